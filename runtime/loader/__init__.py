@@ -1,0 +1,1 @@
+"""Model loaders: GGUF and the HF safetensors layout."""
