@@ -1,0 +1,156 @@
+"""The runtime's Prometheus metrics, named like vLLM's (`vllm:x` is `infleet_x`) so dashboards translate one to one.
+
+The engine owns the numbers and reports them through `RuntimeMetrics`; the server only exposes the registry at
+`/metrics`. Each instance has its own registry so that several engines (or tests) in one process do not collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Bucket edges (seconds) follow vLLM's, extended downwards where a small model on a CPU is fast.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+    0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+REQUEST_BUCKETS = (
+    0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class RuntimeMetrics:
+    """All `infleet_*` series of one served model, labelled with `model_name` and `tier`."""
+
+    def __init__(self, model_name: str, tier: str, registry: CollectorRegistry | None = None) -> None:
+        self.model_name = model_name
+        self.tier = tier
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = ("model_name", "tier")
+        r = self.registry
+
+        self._running = Gauge("infleet_num_requests_running", "Requests in the running batch.", labels, registry=r)
+        self._waiting = Gauge("infleet_num_requests_waiting", "Requests waiting to be scheduled.", labels, registry=r)
+        self._kv_usage = Gauge(
+            "infleet_kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", labels, registry=r
+        )
+        self._ttft = Histogram(
+            "infleet_time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self._itl = Histogram(
+            "infleet_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of a request.",
+            labels,
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self._e2e = Histogram(
+            "infleet_e2e_request_latency_seconds",
+            "Time from arrival to the last token.",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self._queue = Histogram(
+            "infleet_request_queue_time_seconds",
+            "Time a request spent waiting before it was first scheduled.",
+            labels,
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self._prompt_tokens = Counter(
+            "infleet_prompt_tokens", "Prompt tokens of finished requests.", labels, registry=r
+        )
+        self._generation_tokens = Counter(
+            "infleet_generation_tokens", "Generated tokens of finished requests.", labels, registry=r
+        )
+        self._prefix_queries = Counter(
+            "infleet_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", labels, registry=r
+        )
+        self._prefix_hits = Counter(
+            "infleet_prefix_cache_hits", "Prompt tokens found in the prefix cache.", labels, registry=r
+        )
+        self._preemptions = Counter(
+            "infleet_num_preemptions",
+            "Requests preempted (to be recomputed) for lack of KV blocks.",
+            labels,
+            registry=r,
+        )
+        self._success = Counter(
+            "infleet_request_success",
+            "Finished requests by finish reason.",
+            (*labels, "finish_reason"),
+            registry=r,
+        )
+        for reason in ("stop", "length", "abort"):  # export zeros so rate() works from the first scrape
+            self._success.labels(model_name, tier, reason)
+        for metric in (self._running, self._waiting, self._kv_usage, self._ttft, self._itl, self._e2e, self._queue):
+            metric.labels(model_name, tier)
+        for counter in (
+            self._prompt_tokens,
+            self._generation_tokens,
+            self._prefix_queries,
+            self._prefix_hits,
+            self._preemptions,
+        ):
+            counter.labels(model_name, tier)
+
+    @property
+    def _labels(self) -> tuple[str, str]:
+        return self.model_name, self.tier
+
+    def set_queue(self, running: int, waiting: int, kv_usage: float) -> None:
+        """The scheduler's state after a step."""
+        self._running.labels(*self._labels).set(running)
+        self._waiting.labels(*self._labels).set(waiting)
+        self._kv_usage.labels(*self._labels).set(kv_usage)
+
+    def request_finished(
+        self,
+        *,
+        prompt_tokens: int,
+        generation_tokens: int,
+        queue_time: float | None,
+        ttft: float | None,
+        itls: Iterable[float],
+        e2e: float,
+        finish_reason: str,
+    ) -> None:
+        """One request left the engine; `ttft`/`queue_time` are None if it never reached that point (aborted)."""
+        labels = self._labels
+        self._prompt_tokens.labels(*labels).inc(prompt_tokens)
+        self._generation_tokens.labels(*labels).inc(generation_tokens)
+        if queue_time is not None:
+            self._queue.labels(*labels).observe(queue_time)
+        if ttft is not None:
+            self._ttft.labels(*labels).observe(ttft)
+        itl = self._itl.labels(*labels)
+        for gap in itls:
+            itl.observe(gap)
+        self._e2e.labels(*labels).observe(e2e)
+        self._success.labels(*labels, finish_reason).inc()
+
+    def prefix_cache(self, queries: int, hits: int) -> None:
+        """Prompt tokens looked up in / served from the prefix cache since the last call."""
+        self._prefix_queries.labels(*self._labels).inc(queries)
+        self._prefix_hits.labels(*self._labels).inc(hits)
+
+    def preemptions(self, n: int) -> None:
+        self._preemptions.labels(*self._labels).inc(n)
+
+    def render(self) -> bytes:
+        """The text exposition format, for `/metrics`."""
+        return generate_latest(self.registry)
