@@ -1,0 +1,1 @@
+"""Quantization tiers: weight formats (formats.py), layers and the model swap (tiers.py), quality (profile.py)."""
