@@ -1,0 +1,199 @@
+"""A Llama-family decoder in plain PyTorch: RMSNorm, RoPE (with Llama-3 scaling), grouped-query attention, SwiGLU.
+
+Every projection is a bias-free `nn.Linear` with Hugging Face's name (q_proj ... down_proj, embed_tokens, lm_head),
+so quantization can swap modules by walking the tree and tensor parallelism can shard by name. A model instance
+owns the decoder layers `[layer_start, layer_end)`, the unit pipeline parallelism splits on. The forward pass takes a
+flattened batch (all sequences' new tokens end to end) with per-token positions and a paged KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from infleet.runtime.config import ModelConfig
+from infleet.runtime.model.attention import AttentionMetadata, KVCache, paged_attention
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> Tensor:
+    """Inverse frequencies, adjusted by the config's rope scaling (none, linear or Llama-3)."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+        old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"unsupported rope scaling type {kind!r} (supported: default, linear, llama3)")
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables indexed by each token's position (rotate-half layout, as in Hugging Face)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        inv_freq = rope_inv_freq(config)
+        pos = torch.arange(config.max_position_embeddings, dtype=torch.float32)
+        freqs = pos[:, None] * inv_freq[None, :]
+        self.register_buffer("cos", freqs.cos(), persistent=False)
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(self, positions: Tensor, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2]
+        sin = self.sin[positions].unsqueeze(1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+
+    def forward(
+        self, x: Tensor, positions: Tensor, rope: RotaryEmbedding, cache: KVCache, meta: AttentionMetadata
+    ) -> Tensor:
+        t = x.shape[0]
+        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q, k = rope(positions, q, k)
+        return self.o_proj(paged_attention(q, k, v, cache, meta))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: Tensor, positions: Tensor, rope: RotaryEmbedding, cache: KVCache, meta: AttentionMetadata
+    ) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    """Parameter names match Hugging Face's (`model.layers.3.self_attn.q_proj.weight`, ...)."""
+
+    def __init__(self, config: ModelConfig, layer_start: int = 0, layer_end: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_start = layer_start
+        self.layer_end = config.num_hidden_layers if layer_end is None else layer_end
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.model.layers = nn.ModuleList(DecoderLayer(config) for _ in range(self.layer_start, self.layer_end))
+        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.rope = RotaryEmbedding(config)
+
+    @classmethod
+    def empty(
+        cls, config: ModelConfig, dtype: torch.dtype, layer_start: int = 0, layer_end: int | None = None
+    ) -> LlamaForCausalLM:
+        """Allocate without random initialisation (it costs seconds at this size); load_weights fills it."""
+        with torch.device("meta"):
+            model = cls(config, layer_start, layer_end)
+        model = model.to_empty(device="cpu").to(dtype)
+        model.rope = RotaryEmbedding(config)  # buffers computed at init are lost by to_empty
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        return model
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_end - self.layer_start
+
+    def forward(
+        self, input_ids: Tensor, positions: Tensor, kv_caches: list[KVCache], meta: AttentionMetadata
+    ) -> Tensor:
+        """Hidden states `[T, hidden]` after the final norm; call `compute_logits` on the rows to sample from."""
+        x = self.model.embed_tokens(input_ids)
+        for layer, cache in zip(self.model.layers, kv_caches, strict=True):
+            x = layer(x, positions, self.rope, cache, meta)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(hidden).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> None:
+        """Copy Hugging Face-named tensors in; layers outside this instance's range are skipped."""
+        params = dict(self.named_parameters(remove_duplicate=False))
+        seen: set[str] = set()
+        for name, tensor in weights:
+            if name.startswith("model.layers."):
+                index = int(name.split(".")[2])
+                if not self.layer_start <= index < self.layer_end:
+                    continue
+                name = name.replace(f"model.layers.{index}.", f"model.layers.{index - self.layer_start}.", 1)
+            if name not in params:
+                if "rotary_emb" in name:
+                    continue
+                raise ValueError(f"unexpected weight {name!r} for a Llama model")
+            param = params[name]
+            if param.shape != tensor.shape:
+                raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
+            with torch.no_grad():
+                param.copy_(tensor)
+            seen.add(name)
+        tied = {"lm_head.weight", "model.embed_tokens.weight"}
+        if self.config.tie_word_embeddings and seen & tied:
+            seen |= tied
+        missing = set(params) - seen
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]!r}")
