@@ -1,0 +1,138 @@
+"""The node agent: the local fleet's stand-in for kubelet and kube-proxy.
+
+It watches scheduled pods, hands pods of infleet's own images to a `PodRunner` each (real processes), and
+runs the Service proxy. On start it stops processes a previous agent left behind, so a restarted agent
+starts clean rather than adopting processes whose probes and restarts nobody watched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from infleet.cluster.launcher import IpPool, PodRunner, is_launched
+from infleet.cluster.proxy import ServiceProxy
+
+
+def kill_leftovers(pods_dir: Path) -> None:
+    for pid_file in pods_dir.glob("*/*.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass
+        pid_file.unlink(missing_ok=True)
+
+
+class Agent:
+    def __init__(self, fleet_dir: Path) -> None:
+        kubeconfig = fleet_dir / "kubeconfig"
+        self.api = config.new_client_from_config(str(kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.server = self.api.configuration.host
+        self.ca = fleet_dir / "pki" / "ca.crt"
+        self.pods_dir = fleet_dir / "pods"
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.ips = IpPool()
+        self.runners: dict[str, PodRunner] = {}
+        self.lock = threading.Lock()
+
+    def _on_pod(self, kind: str, pod: client.V1Pod) -> None:
+        uid = pod.metadata.uid
+        runner = self.runners.get(uid)
+        if kind == "DELETED":
+            if runner is not None:
+                runner.stop(0)
+            return
+        if pod.metadata.deletion_timestamp is not None:
+            if runner is not None and not runner.stopping.is_set():
+                grace = pod.metadata.deletion_grace_period_seconds
+                runner.stop(float(grace) if grace is not None else None)
+                threading.Thread(target=self._finish_delete, args=(runner, pod), daemon=True).start()
+            elif runner is None:
+                self._force_delete(pod)
+            return
+        if runner is None and pod.status.phase not in ("Succeeded", "Failed"):
+            ip = pod.status.pod_ip or self.ips.allocate()
+            self.ips.claim(ip)
+            runner = PodRunner(self.core, pod, ip, self.pods_dir, self.server, self.ca)
+            self.runners[uid] = runner
+            runner.start()
+
+    def _finish_delete(self, runner: PodRunner, pod: client.V1Pod) -> None:
+        runner.stopped.wait()
+        self._force_delete(pod)
+
+    def _force_delete(self, pod: client.V1Pod) -> None:
+        try:
+            self.core.delete_namespaced_pod(
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.metadata.uid)),
+            )
+        except ApiException as err:
+            if err.status not in (404, 409):
+                raise
+
+    def watch_pods(self) -> None:
+        while True:
+            try:
+                stream = watch.Watch().stream(
+                    self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName!=", timeout_seconds=300
+                )
+                for event in stream:
+                    pod = event["object"]
+                    if is_launched(pod):
+                        with self.lock:
+                            self._on_pod(event["type"], pod)
+            except Exception as err:  # dropped watches restart, as informers do
+                sys.stderr.write(f"agent: pod watch restarted after {err!r}\n")
+                threading.Event().wait(1)
+
+    def shutdown(self) -> None:
+        for runner in list(self.runners.values()):
+            runner.stop()
+        for runner in list(self.runners.values()):
+            runner.stopped.wait(timeout=runner.grace + 10)
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="infleet-node-agent")
+    parser.add_argument("--fleet-dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    kill_leftovers(args.fleet_dir / "pods")
+    agent = Agent(args.fleet_dir)
+    ServiceProxy(agent.api).start()
+    threading.Thread(target=agent.watch_pods, daemon=True, name="pod-watch").start()
+    health = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), _Health)
+    threading.Thread(target=health.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    agent.shutdown()
+    kill_leftovers(args.fleet_dir / "pods")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

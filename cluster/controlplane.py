@@ -1,0 +1,371 @@
+"""Start and stop the local fleet's processes on loopback: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, KWOK, and infleet's node agent (pods -> local processes, Service proxy).
+
+Each component is a detached process with a pid file and a log under the fleet directory, so `up` can
+return while the fleet keeps running, `status` can tell a crashed component, and `down` can stop exactly
+what `up` started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from infleet.cluster import build
+from infleet.cluster.pki import Pki, ensure_pki
+
+FLEET_DIR = Path(os.environ.get("INFLEET_FLEET_DIR", build.CACHE / "fleet"))
+PORT_BASE = int(os.environ.get("INFLEET_FLEET_PORT_BASE", "16000"))
+
+# Loopback ranges (every 127/8 address works on Linux without set-up).
+# Overridable so that a second fleet (a test of `down`, say) can run beside the first.
+SERVICE_CIDR = os.environ.get("INFLEET_SERVICE_CIDR", "127.96.0.0/16")  # ClusterIPs, answered by the agent's proxy
+KWOK_POD_CIDR = os.environ.get("INFLEET_KWOK_POD_CIDR", "127.64.0.0/16")  # pods KWOK only pretends to run
+LAUNCHED_POD_CIDR = os.environ.get("INFLEET_LAUNCHED_POD_CIDR", "127.65.0.0/16")  # pods run as real processes
+
+# The images the launcher runs for real; pods of any other image are KWOK's.
+LAUNCHED_IMAGE_PREFIX = "infleet/"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port the fleet listens on, as offsets from one base so that two fleets can run side by side."""
+
+    base: int = PORT_BASE
+
+    @property
+    def etcd_client(self) -> int:
+        return self.base + 379
+
+    @property
+    def etcd_peer(self) -> int:
+        return self.base + 380
+
+    @property
+    def apiserver(self) -> int:
+        return self.base + 443
+
+    @property
+    def controller_manager(self) -> int:
+        return self.base + 257
+
+    @property
+    def scheduler(self) -> int:
+        return self.base + 259
+
+    @property
+    def kwok(self) -> int:
+        return self.base + 247
+
+    @property
+    def agent(self) -> int:
+        return self.base + 248
+
+    def all(self) -> list[int]:
+        return [self.etcd_client, self.etcd_peer, self.apiserver, self.controller_manager, self.scheduler,
+                self.kwok, self.agent]
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Fleet:
+    """Paths and process control for one local fleet."""
+
+    def __init__(self, directory: Path = FLEET_DIR, ports: Ports | None = None) -> None:
+        self.dir = directory
+        self.ports = ports or Ports()
+        self.bins = build.binaries()
+
+    # --- paths -----------------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def pki(self) -> Pki:
+        return Pki(self.dir / "pki")
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    def log_path(self, name: str) -> Path:
+        return self.dir / "logs" / f"{name}.log"
+
+    def pid_path(self, name: str) -> Path:
+        return self.dir / "run" / f"{name}.pid"
+
+    # --- process control -------------------------------------------------------------------------
+    def pid(self, name: str) -> int | None:
+        try:
+            pid = int(self.pid_path(name).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def start(self, comp: Component, timeout: float = 120) -> None:
+        if self.pid(comp.name) is not None:
+            return
+        self.log_path(comp.name).parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path(comp.name).parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path(comp.name), "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            comp.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **comp.env},
+            cwd=self.dir,
+        )
+        self.pid_path(comp.name).write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        while not comp.ready():
+            if proc.poll() is not None:
+                tail = self.log_path(comp.name).read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{comp.name} exited with {proc.returncode} during start-up:\n{tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{comp.name} not ready after {timeout:.0f}s; see {self.log_path(comp.name)}")
+            time.sleep(0.2)
+
+    def stop(self, name: str, grace: float = 10) -> None:
+        pid = self.pid(name)
+        if pid is not None:
+            _kill_group(pid, grace)
+        self.pid_path(name).unlink(missing_ok=True)
+
+    # --- health ------------------------------------------------------------------------------------
+    def _https_ok(self, url: str) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def apiserver_ready(self) -> bool:
+        return self._https_ok(f"{self.server}/readyz")
+
+    # --- components --------------------------------------------------------------------------------
+    def components(self) -> list[Component]:
+        b, p, pki = self.bins, self.ports, self.pki
+        kc = str(self.kubeconfig)
+        return [
+            Component(
+                "etcd",
+                [
+                    str(b.etcd),
+                    f"--data-dir={self.dir / 'etcd'}",
+                    f"--listen-client-urls=http://127.0.0.1:{p.etcd_client}",
+                    f"--advertise-client-urls=http://127.0.0.1:{p.etcd_client}",
+                    f"--listen-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+                    f"--initial-cluster=default=http://127.0.0.1:{p.etcd_peer}",
+                    "--unsafe-no-fsync",  # a throwaway test store: durability is not worth the latency
+                    "--quota-backend-bytes=4294967296",
+                    "--log-level=warn",
+                ],
+                lambda: _http_ok(f"http://127.0.0.1:{p.etcd_client}/health"),
+            ),
+            Component(
+                "kube-apiserver",
+                [
+                    str(b.kube_apiserver),
+                    f"--etcd-servers=http://127.0.0.1:{p.etcd_client}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={p.apiserver}",
+                    f"--tls-cert-file={pki.serving_cert}",
+                    f"--tls-private-key-file={pki.serving_key}",
+                    f"--client-ca-file={pki.ca_cert}",
+                    f"--service-account-key-file={pki.sa_pub}",
+                    f"--service-account-signing-key-file={pki.sa_key}",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    "--authorization-mode=RBAC",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    "--allow-privileged=true",
+                    "--endpoint-reconciler-type=none",
+                    "--max-requests-inflight=2000",
+                    "--max-mutating-requests-inflight=1000",
+                    "--v=1",
+                ],
+                self.apiserver_ready,
+            ),
+            Component(
+                "kube-controller-manager",
+                [
+                    str(b.kube_controller_manager),
+                    f"--kubeconfig={kc}",
+                    f"--authentication-kubeconfig={kc}",
+                    f"--authorization-kubeconfig={kc}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={p.controller_manager}",
+                    f"--service-account-private-key-file={pki.sa_key}",
+                    f"--root-ca-file={pki.ca_cert}",
+                    "--use-service-account-credentials=true",
+                    "--leader-elect=false",
+                    "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route",
+                    "--kube-api-qps=200",
+                    "--kube-api-burst=400",
+                    "--concurrent-deployment-syncs=10",
+                    "--concurrent-replicaset-syncs=10",
+                    "--v=1",
+                ],
+                lambda: self._https_ok(f"https://127.0.0.1:{p.controller_manager}/healthz"),
+            ),
+            Component(
+                "kube-scheduler",
+                [
+                    str(b.kube_scheduler),
+                    f"--kubeconfig={kc}",
+                    f"--authentication-kubeconfig={kc}",
+                    f"--authorization-kubeconfig={kc}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={p.scheduler}",
+                    "--leader-elect=false",
+                    "--kube-api-qps=200",
+                    "--kube-api-burst=400",
+                    "--v=1",
+                ],
+                lambda: self._https_ok(f"https://127.0.0.1:{p.scheduler}/healthz"),
+            ),
+            Component(
+                "kwok",
+                [
+                    str(b.kwok),
+                    f"--kubeconfig={kc}",
+                    "--manage-all-nodes=false",
+                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                    f"--cidr={KWOK_POD_CIDR}",
+                    "--node-ip=127.0.0.1",
+                    f"--server-address=127.0.0.1:{p.kwok}",
+                    *[f"--config={s}" for s in self.kwok_stages()],
+                ],
+                lambda: _http_ok(f"http://127.0.0.1:{p.kwok}/healthz"),
+            ),
+            Component(
+                "node-agent",
+                [sys.executable, "-m", "infleet.cluster.agent", "--fleet-dir", str(self.dir), "--port", str(p.agent)],
+                lambda: _http_ok(f"http://127.0.0.1:{p.agent}/healthz"),
+            ),
+        ]
+
+    def kwok_stages(self) -> list[Path]:
+        """KWOK's stock stages, narrowed so KWOK leaves alone the pods the launcher runs for real."""
+        out_dir = self.dir / "kwok-stages"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        not_launched = {
+            "key": f'.spec.containers.[] | .image | select(startswith("{LAUNCHED_IMAGE_PREFIX}"))',
+            "operator": "DoesNotExist",
+        }
+        paths = []
+        for src in self.bins.kwok_stages:
+            stage = yaml.safe_load(src.read_text())
+            if stage["spec"]["resourceRef"]["kind"] == "Pod":
+                selector = stage["spec"].setdefault("selector", {})
+                selector.setdefault("matchExpressions", []).append(not_launched)
+            dest = out_dir / src.name
+            dest.write_text(yaml.safe_dump(stage, sort_keys=False))
+            paths.append(dest)
+        return paths
+
+    def write_kubeconfig(self) -> None:
+        pki = self.pki
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "infleet", "cluster": {"server": self.server, "certificate-authority": str(pki.ca_cert)}}
+            ],
+            "users": [
+                {
+                    "name": "infleet-admin",
+                    "user": {"client-certificate": str(pki.admin_cert), "client-key": str(pki.admin_key)},
+                }
+            ],
+            "contexts": [{"name": "infleet", "context": {"cluster": "infleet", "user": "infleet-admin"}}],
+            "current-context": "infleet",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.kubeconfig.chmod(0o600)
+
+    def up(self, log: Callable[[str], None] = print) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ensure_pki(self.pki.dir)
+        self.write_kubeconfig()
+        for comp in self.components():
+            started = time.monotonic()
+            already = self.pid(comp.name) is not None
+            self.start(comp)
+            if not already:
+                log(f"  {comp.name:<24} started in {time.monotonic() - started:.1f}s")
+
+    def down(self) -> None:
+        for comp in reversed(self.components()):
+            self.stop(comp.name)
+
+    def status(self) -> dict[str, str]:
+        result = {}
+        for comp in self.components():
+            if self.pid_path(comp.name).exists() and self.pid(comp.name) is None:
+                result[comp.name] = "crashed (pid file left, process gone; see " + str(self.log_path(comp.name)) + ")"
+            elif self.pid(comp.name) is None:
+                result[comp.name] = "stopped"
+            else:
+                result[comp.name] = "running" if comp.ready() else "running, not ready"
+        return result
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _kill_group(pid: int, grace: float) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after the grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)

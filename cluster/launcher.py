@@ -1,0 +1,447 @@
+"""The local launcher: runs pods of infleet's own images as real processes, the way a kubelet runs containers.
+
+KWOK only pretends to run pods. For a pod whose containers use an `infleet/*` image, the launcher runs each
+container's command as a local process bound to the pod's own loopback IP (see `podshim/`), hands it a
+ServiceAccount token obtained through the TokenRequest API (as a kubeconfig in `KUBECONFIG`, so an
+in-cluster client inside acts with exactly that ServiceAccount's rights), runs the readiness, liveness and
+startup probes, restarts exited processes per the restartPolicy, and reports all of it in the pod's status.
+Deleting the pod stops its processes (SIGTERM, then SIGKILL after the grace period).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from infleet.cluster.controlplane import LAUNCHED_IMAGE_PREFIX, LAUNCHED_POD_CIDR
+
+SHIM_DIR = Path(__file__).with_name("podshim")
+
+# What `docker run IMAGE` would run when a container gives no command.
+ENTRYPOINTS: dict[str, list[str]] = {
+    "infleet/runtime": ["python", "-m", "infleet.runtime"],
+    "infleet/operator": ["python", "-m", "infleet.operator"],
+    "infleet/gateway": ["python", "-m", "infleet.gateway"],
+    "infleet/python": ["python"],
+}
+
+
+def is_launched(pod: client.V1Pod) -> bool:
+    return any(c.image.startswith(LAUNCHED_IMAGE_PREFIX) for c in pod.spec.containers)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_name(image: str) -> str:
+    """`infleet/runtime:0.1.0` -> `infleet/runtime`."""
+    name = image.split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def container_argv(container: client.V1Container) -> list[str]:
+    command = list(container.command or ENTRYPOINTS.get(image_name(container.image), []))
+    argv = command + list(container.args or [])
+    if not argv:
+        raise ValueError(f"container {container.name}: no command and image {container.image} has no entrypoint")
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    elif argv[0] == "infleet":
+        argv[:1] = [sys.executable, "-m", "infleet"]
+    return argv
+
+
+class IpPool:
+    """Pod IPs for launched pods, from a loopback range nothing else uses."""
+
+    def __init__(self, cidr: str = LAUNCHED_POD_CIDR) -> None:
+        self._free = (str(ip) for ip in IPv4Network(cidr).hosts())
+        self._used: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, ip: str) -> None:
+        with self._lock:
+            self._used.add(ip)
+
+    def allocate(self) -> str:
+        with self._lock:
+            for ip in self._free:
+                if ip not in self._used and not ip.endswith((".0", ".255")):
+                    self._used.add(ip)
+                    return ip
+        raise RuntimeError(f"launched-pod range {LAUNCHED_POD_CIDR} is exhausted")
+
+
+@dataclass
+class ProbeState:
+    successes: int = 0
+    failures: int = 0
+    next_at: float = 0.0
+    ok: bool = False
+
+
+@dataclass
+class ContainerRun:
+    spec: client.V1Container
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: str | None = None
+    last_exit: dict[str, Any] | None = None
+    terminated: dict[str, Any] | None = None
+    backoff_until: float = 0.0
+    started_mono: float = 0.0
+    readiness: ProbeState = field(default_factory=ProbeState)
+    liveness: ProbeState = field(default_factory=ProbeState)
+    startup: ProbeState = field(default_factory=ProbeState)
+
+
+class PodRunner(threading.Thread):
+    """One pod: its processes, probes and status."""
+
+    def __init__(self, core: client.CoreV1Api, pod: client.V1Pod, ip: str, pods_dir: Path, server: str, ca: Path):
+        super().__init__(daemon=True, name=f"pod-{pod.metadata.namespace}/{pod.metadata.name}")
+        self.core = core
+        self.pod = pod
+        self.ip = ip
+        self.server = server
+        self.ca = ca
+        self.dir = pods_dir / f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}"
+        self.runs = [ContainerRun(c) for c in pod.spec.containers]
+        self.stopping = threading.Event()
+        self.stopped = threading.Event()
+        self.grace = float(pod.spec.termination_grace_period_seconds or 30)
+        self._last_status: str = ""
+        self._start_time = now()
+
+    # --- set-up ------------------------------------------------------------------------------------
+    def _token_kubeconfig(self) -> Path | None:
+        """A kubeconfig holding a token bound to this pod for its ServiceAccount, as a kubelet would mount."""
+        if self.pod.spec.automount_service_account_token is False:
+            return None
+        sa = self.pod.spec.service_account_name or "default"
+        meta = self.pod.metadata
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[],
+                expiration_seconds=7 * 24 * 3600,
+                bound_object_ref=client.V1BoundObjectReference(api_version="v1", kind="Pod", name=meta.name, uid=meta.uid),
+            )
+        )
+        token = self.core.create_namespaced_service_account_token(sa, meta.namespace, request).status.token
+        secrets = self.dir / "serviceaccount"
+        secrets.mkdir(parents=True, exist_ok=True)
+        (secrets / "token").write_text(token)
+        (secrets / "namespace").write_text(meta.namespace)
+        (secrets / "ca.crt").write_bytes(self.ca.read_bytes())
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "in-cluster", "cluster": {"server": self.server, "certificate-authority": str(self.ca)}}],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [{"name": "in-cluster", "context": {"cluster": "in-cluster", "user": sa, "namespace": meta.namespace}}],
+            "current-context": "in-cluster",
+        }
+        path = secrets / "kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig))
+        return path
+
+    def _env(self, container: client.V1Container, kubeconfig: Path | None) -> dict[str, str]:
+        host, port = self.server.removeprefix("https://").rsplit(":", 1)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(SHIM_DIR),
+            "POD_IP": self.ip,
+            "HOSTNAME": self.pod.metadata.name,
+            "KUBERNETES_SERVICE_HOST": host,
+            "KUBERNETES_SERVICE_PORT": port,
+        }
+        for key in ("INFLEET_CACHE", "HF_HOME", "TRITON_INTERPRET", "OMP_NUM_THREADS"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        if kubeconfig is not None:
+            env["KUBECONFIG"] = str(kubeconfig)
+        for var in container.env or []:
+            env[var.name] = self._env_value(var)
+        return env
+
+    def _env_value(self, var: client.V1EnvVar) -> str:
+        if var.value_from is None:
+            return var.value or ""
+        src = var.value_from
+        if src.field_ref is not None:
+            path = src.field_ref.field_path
+            fields = {
+                "metadata.name": self.pod.metadata.name,
+                "metadata.namespace": self.pod.metadata.namespace,
+                "metadata.uid": self.pod.metadata.uid,
+                "spec.nodeName": self.pod.spec.node_name,
+                "spec.serviceAccountName": self.pod.spec.service_account_name or "default",
+                "status.podIP": self.ip,
+                "status.hostIP": "127.0.0.1",
+            }
+            if path.startswith("metadata.labels['"):
+                return str((self.pod.metadata.labels or {}).get(path[len("metadata.labels['") : -2], ""))
+            if path.startswith("metadata.annotations['"):
+                return str((self.pod.metadata.annotations or {}).get(path[len("metadata.annotations['") : -2], ""))
+            return str(fields.get(path, ""))
+        ns = self.pod.metadata.namespace
+        if src.config_map_key_ref is not None:
+            cm = self.core.read_namespaced_config_map(src.config_map_key_ref.name, ns)
+            return str((cm.data or {}).get(src.config_map_key_ref.key, ""))
+        if src.secret_key_ref is not None:
+            import base64
+
+            secret = self.core.read_namespaced_secret(src.secret_key_ref.name, ns)
+            return base64.b64decode((secret.data or {}).get(src.secret_key_ref.key, "")).decode()
+        return ""
+
+    # --- processes ---------------------------------------------------------------------------------
+    def _spawn(self, run: ContainerRun, env: dict[str, str]) -> None:
+        argv = container_argv(run.spec)
+        log = open(self.dir / f"{run.spec.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        log.write(f"--- {now()} start: {shlex.join(argv)}\n".encode())
+        log.flush()
+        run.proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=run.spec.working_dir or self.dir,
+            start_new_session=True,
+        )
+        log.close()
+        (self.dir / f"{run.spec.name}.pid").write_text(str(run.proc.pid))
+        run.started_at = now()
+        run.started_mono = time.monotonic()
+        run.readiness = ProbeState()
+        run.liveness = ProbeState()
+        run.startup = ProbeState()
+
+    def _kill(self, run: ContainerRun, grace: float) -> int | None:
+        proc = run.proc
+        if proc is None:
+            return None
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                return proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        return proc.poll()
+
+    # --- probes ------------------------------------------------------------------------------------
+    def _port(self, container: client.V1Container, port: int | str) -> int:
+        if isinstance(port, int) or str(port).isdigit():
+            return int(port)
+        for p in container.ports or []:
+            if p.name == port:
+                return int(p.container_port)
+        raise ValueError(f"no container port named {port}")
+
+    def _probe_once(self, container: client.V1Container, probe: client.V1Probe, env: dict[str, str]) -> bool:
+        timeout = float(probe.timeout_seconds or 1)
+        try:
+            if probe.http_get is not None:
+                scheme = (probe.http_get.scheme or "HTTP").lower()
+                port = self._port(container, probe.http_get.port)
+                url = f"{scheme}://{self.ip}:{port}{probe.http_get.path or '/'}"
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    return 200 <= resp.status < 400
+            if probe.tcp_socket is not None:
+                import socket
+
+                with socket.create_connection((self.ip, self._port(container, probe.tcp_socket.port)), timeout=timeout):
+                    return True
+            if probe._exec is not None:
+                done = subprocess.run(probe._exec.command, env=env, timeout=timeout, capture_output=True)
+                return done.returncode == 0
+        except (urllib.error.URLError, OSError, ValueError, subprocess.TimeoutExpired):
+            return False
+        return True
+
+    def _run_probe(self, run: ContainerRun, probe: client.V1Probe | None, state: ProbeState, env: dict[str, str]) -> None:
+        if probe is None:
+            state.ok = True
+            return
+        t = time.monotonic()
+        if t < run.started_mono + (probe.initial_delay_seconds or 0) or t < state.next_at:
+            return
+        state.next_at = t + (probe.period_seconds or 10)
+        if self._probe_once(run.spec, probe, env):
+            state.failures = 0
+            state.successes += 1
+            if state.successes >= (probe.success_threshold or 1):
+                state.ok = True
+        else:
+            state.successes = 0
+            state.failures += 1
+            if state.failures >= (probe.failure_threshold or 3):
+                state.ok = False
+
+    # --- status ------------------------------------------------------------------------------------
+    def _container_status(self, run: ContainerRun) -> dict[str, Any]:
+        running = run.proc is not None and run.proc.poll() is None
+        if running:
+            state: dict[str, Any] = {"running": {"startedAt": run.started_at}}
+        elif run.terminated is not None:
+            state = {"terminated": run.terminated}
+        else:
+            state = {"waiting": {"reason": "CrashLoopBackOff" if run.restarts else "ContainerCreating"}}
+        status: dict[str, Any] = {
+            "name": run.spec.name,
+            "image": run.spec.image,
+            "imageID": "",
+            "containerID": f"local://{run.proc.pid}" if running and run.proc else "",
+            "ready": running and run.readiness.ok and run.startup.ok,
+            "started": running and run.startup.ok,
+            "restartCount": run.restarts,
+            "state": state,
+        }
+        if run.last_exit is not None:
+            status["lastState"] = {"terminated": run.last_exit}
+        return status
+
+    def _publish(self) -> None:
+        statuses = [self._container_status(r) for r in self.runs]
+        ready = all(s["ready"] for s in statuses)
+        if all(r.terminated is not None for r in self.runs):
+            phase = "Succeeded" if all(r.terminated and r.terminated["exitCode"] == 0 for r in self.runs) else "Failed"
+        else:
+            phase = "Running"
+        conditions = [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": str(ready)},
+            {"type": "Ready", "status": str(ready)},
+        ]
+        body = {
+            "phase": phase,
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "startTime": self._start_time,
+            "conditions": conditions,
+            "containerStatuses": statuses,
+        }
+        key = json.dumps(body, sort_keys=True)
+        if key == self._last_status:
+            return
+        stamp = now()
+        for cond in conditions:
+            cond["lastTransitionTime"] = stamp
+        try:
+            self.core.patch_namespaced_pod_status(
+                self.pod.metadata.name, self.pod.metadata.namespace, {"status": body}
+            )
+            self._last_status = key
+        except ApiException as err:
+            if err.status == 404:
+                self.stopping.set()
+
+    def _event(self, reason: str, message: str, kind: str = "Normal") -> None:
+        meta = self.pod.metadata
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta.name}.", namespace=meta.namespace),
+            involved_object=client.V1ObjectReference(
+                kind="Pod", name=meta.name, namespace=meta.namespace, uid=meta.uid, api_version="v1"
+            ),
+            reason=reason,
+            message=message,
+            type=kind,
+            source=client.V1EventSource(component="infleet-launcher", host=self.pod.spec.node_name),
+            first_timestamp=datetime.datetime.now(datetime.UTC),
+            last_timestamp=datetime.datetime.now(datetime.UTC),
+            count=1,
+        )
+        try:
+            self.core.create_namespaced_event(meta.namespace, event)
+        except ApiException:
+            pass  # events are best effort, as for a kubelet
+
+    # --- main loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as err:  # a broken pod must not take the agent down
+            self._event("Failed", f"launcher: {err}", "Warning")
+            sys.stderr.write(f"launcher: pod {self.name}: {err!r}\n")
+        finally:
+            for run in self.runs:
+                self._kill(run, self.grace)
+            self.stopped.set()
+
+    def _run(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        kubeconfig = self._token_kubeconfig()
+        envs = {r.spec.name: self._env(r.spec, kubeconfig) for r in self.runs}
+        policy = self.pod.spec.restart_policy or "Always"
+        for run in self.runs:
+            self._spawn(run, envs[run.spec.name])
+            self._event("Started", f"Started container {run.spec.name} as process {run.proc.pid if run.proc else '?'}")
+        while not self.stopping.is_set():
+            for run in self.runs:
+                env = envs[run.spec.name]
+                if run.proc is not None and run.proc.poll() is not None:
+                    code = run.proc.returncode
+                    exit_info = {
+                        "exitCode": code,
+                        "reason": "Completed" if code == 0 else "Error",
+                        "startedAt": run.started_at,
+                        "finishedAt": now(),
+                    }
+                    run.proc = None
+                    if policy == "Always" or (policy == "OnFailure" and code != 0):
+                        run.last_exit = exit_info
+                        run.restarts += 1
+                        run.backoff_until = time.monotonic() + min(10.0, 2.0 ** (run.restarts - 1))
+                        self._event("BackOff", f"Back-off restarting container {run.spec.name} (exit {code})", "Warning")
+                    else:
+                        run.terminated = exit_info
+                if run.proc is None and run.terminated is None and time.monotonic() >= run.backoff_until:
+                    self._spawn(run, env)
+                if run.proc is None:
+                    continue
+                self._run_probe(run, run.spec.startup_probe, run.startup, env)
+                if not run.startup.ok:
+                    if run.spec.startup_probe and run.startup.failures >= (run.spec.startup_probe.failure_threshold or 3):
+                        self._event("Unhealthy", f"Startup probe failed for {run.spec.name}; restarting", "Warning")
+                        self._kill(run, self.grace)
+                    continue
+                self._run_probe(run, run.spec.readiness_probe, run.readiness, env)
+                self._run_probe(run, run.spec.liveness_probe, run.liveness, env)
+                if run.spec.liveness_probe and run.liveness.failures >= (run.spec.liveness_probe.failure_threshold or 3):
+                    self._event("Killing", f"Container {run.spec.name} failed liveness probe, will be restarted")
+                    self._kill(run, self.grace)
+            self._publish()
+            self.stopping.wait(0.25)
+
+    def stop(self, grace: float | None = None) -> None:
+        if grace is not None:
+            self.grace = grace
+        self.stopping.set()

@@ -1,0 +1,86 @@
+"""Test support: one local fleet per test session (reusing one that is already running), and handles to it."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from infleet.cluster import build
+from infleet.cluster.__main__ import up
+from infleet.cluster.controlplane import Fleet
+from infleet.cluster.nodes import DEFAULT_FLEET
+
+
+@dataclass
+class FleetHandle:
+    fleet: Fleet
+    api: client.ApiClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.api = config.new_client_from_config(str(self.kubeconfig))
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.fleet.kubeconfig
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(build.binaries().kubectl), f"--kubeconfig={self.kubeconfig}", *args]
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc
+
+
+def session_fleet() -> Iterator[FleetHandle]:
+    """Bring the fleet up once for the session, or reuse a running one (then leave it running)."""
+    fleet = Fleet()
+    states = fleet.status() if build.binaries().kube_apiserver.exists() else {}
+    reuse = bool(states) and all(s == "running" for s in states.values())
+    if not reuse:
+        up(DEFAULT_FLEET, None)
+    try:
+        yield FleetHandle(fleet)
+    finally:
+        if not reuse:
+            fleet.down()
+
+
+def fresh_namespace(handle: FleetHandle) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    handle.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    deadline = time.monotonic() + 30
+    while not handle.core.list_namespaced_service_account(name, field_selector="metadata.name=default").items:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"namespace {name} has no default ServiceAccount after 30s")
+        time.sleep(0.1)
+    try:
+        yield name
+    finally:
+        handle.core.delete_namespace(name)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.25, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy and return it; fail the test with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
