@@ -1,0 +1,266 @@
+"""infleet's scaling policy: desired replicas from queue depth, throughput and the p99 SLO, with a reason.
+
+Pure functions over small frozen dataclasses, so the operator's timer, the fleet simulator and the tests all call
+the same `decide(spec, observation, history, now)`. The shape follows the Kubernetes HPA: a raw recommendation per
+sync, a short history of recommendations, separate scale-up and scale-down stabilization windows (up takes the
+lowest recommendation of its window, down the highest of its), and bounded steps. What LLM serving adds:
+
+- demand is measured in tokens/s against a per-replica capacity at the SLO (from the tier profile), and waiting
+  requests add replicas on top, so a backlog is cleared rather than merely not grown;
+- a p99 guard: TTFT or TPOT p99 above the SLO scales up even when the load estimate says otherwise, and the fleet
+  scales down only when every p99 is comfortably inside its SLO and nothing is waiting;
+- missing or stale metrics never scale down: the decision holds and says why in a condition;
+- minReplicas 0: an idle deployment goes to zero after the scale-down window, and any demand (including requests a
+  gateway holds for a deployment at zero) brings it back at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the fleet looked like at `sampled_at` (seconds). `None` means "no data" for that series.
+
+    A p99 is `None` when no request finished in the window (no traffic), which is not an error; `missing` carries
+    the error when the metrics could not be read at all (Prometheus down, series absent).
+    """
+
+    sampled_at: float
+    replicas: int  # the current desired count (spec.replicas)
+    ready_replicas: int | None = None
+    queue_depth: float | None = None  # requests waiting in the replicas' schedulers
+    running: float | None = None  # requests in the replicas' running batches
+    tokens_per_second: float | None = None  # prompt + generated tokens served per second over the window
+    ttft_p99: float | None = None
+    tpot_p99: float | None = None
+    e2e_p99: float | None = None
+    held_requests: int = 0  # requests a gateway holds because no replica is ready (scale from zero)
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """The deployment's scaling targets. Latency SLOs are in seconds and optional."""
+
+    min_replicas: int = 1
+    max_replicas: int = 10
+    capacity_tokens_per_second: float | None = None  # one replica at the SLO (tier profile); None: queue only
+    target_utilization: float = 0.7  # fraction of that capacity to plan for
+    target_queue_per_replica: float = 4.0  # waiting requests one replica may carry before another is added
+    ttft_slo: float | None = None
+    tpot_slo: float | None = None
+    e2e_slo: float | None = None
+    comfort: float = 0.7  # scale down only while every p99 is below comfort x SLO
+    scale_up_window: float = 0.0  # seconds; HPA's default
+    scale_down_window: float = 120.0
+    max_scale_up_pods: int = 4  # per decision: up by at most max(pods, percent of current)
+    max_scale_up_percent: float = 100.0
+    max_scale_down_pods: int = 2
+    max_scale_down_percent: float = 25.0
+    stale_after: float = 60.0  # seconds; older observations count as missing
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.min_replicas < 0:
+            problems.append("minReplicas must be >= 0")
+        if self.max_replicas < max(self.min_replicas, 1):
+            problems.append("maxReplicas must be >= max(minReplicas, 1)")
+        if self.capacity_tokens_per_second is not None and self.capacity_tokens_per_second <= 0:
+            problems.append("capacity tokens/s must be > 0")
+        if not 0 < self.target_utilization <= 1:
+            problems.append("target utilization must be in (0, 1]")
+        if self.target_queue_per_replica <= 0:
+            problems.append("target queue per replica must be > 0")
+        for name in ("ttft_slo", "tpot_slo", "e2e_slo"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"{name} must be > 0 seconds")
+        if not 0 < self.comfort <= 1:
+            problems.append("comfort must be in (0, 1]")
+        if min(self.scale_up_window, self.scale_down_window, self.stale_after) < 0:
+            problems.append("windows must be >= 0 seconds")
+        if self.max_scale_up_pods < 1 or self.max_scale_down_pods < 1:
+            problems.append("step sizes must be >= 1 pod")
+        if problems:
+            raise ValueError("invalid scaling spec: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    at: float
+    replicas: int
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A status condition the operator writes as is (`type`, `status`, `reason`, `message`)."""
+
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str
+    recommendation: int  # before stabilization and step limits
+    history: tuple[Recommendation, ...] = ()  # store it and pass it to the next call
+    conditions: tuple[Condition, ...] = field(default_factory=tuple)
+
+    @property
+    def held(self) -> bool:
+        return any(c.type == "MetricsAvailable" and c.status != "True" for c in self.conditions)
+
+
+def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommendation, ...], now: float) -> Decision:
+    """The replica count to apply now, why, and the history to keep for the next call."""
+    current = observation.replicas
+    problem = _metrics_problem(spec, observation, now)
+    if problem is not None:
+        return _hold(spec, observation, history, now, problem)
+
+    raw, why = recommend(spec, observation)
+    kept = tuple(r for r in history if now - r.at <= max(spec.scale_up_window, spec.scale_down_window))
+    kept += (Recommendation(now, raw),)
+    stabilized = raw if current == 0 else _stabilize(spec, current, raw, kept, now)
+    limited = _limit_step(spec, current, stabilized)
+    replicas = _clamp(limited, spec)
+
+    verb = "hold" if replicas == current else "scale up" if replicas > current else "scale down"
+    notes = [why]
+    if stabilized != raw:
+        window = spec.scale_up_window if raw > current else spec.scale_down_window
+        notes.append(f"stabilized to {stabilized} over {window:g}s")
+    if limited != stabilized:
+        notes.append(f"step limited to {limited}")
+    if replicas != limited:
+        notes.append(f"bounded to [{spec.min_replicas}, {spec.max_replicas}]")
+    reason = f"{verb} {current} -> {replicas}: " + "; ".join(notes)
+    ok = Condition("MetricsAvailable", "True", "MetricsRead", f"metrics read at t={observation.sampled_at:.0f}s")
+    return Decision(replicas, reason, raw, kept, (ok,))
+
+
+def recommend(spec: ScalingSpec, obs: Observation) -> tuple[int, str]:
+    """The raw replica count the current load asks for, and the reason."""
+    current = obs.replicas
+    queue = obs.queue_depth or 0.0
+    running = obs.running or 0.0
+    tokens = obs.tokens_per_second or 0.0
+    demand = queue + running + obs.held_requests + tokens
+
+    if current == 0:
+        if demand > 0:
+            start = max(1, math.ceil((queue + obs.held_requests) / spec.target_queue_per_replica))
+            return start, f"scale from zero: {queue + obs.held_requests:g} requests waiting or held"
+        return 0, "idle at zero"
+
+    parts: list[str] = []
+    if spec.capacity_tokens_per_second is not None:
+        per_replica = spec.capacity_tokens_per_second * spec.target_utilization
+        load_replicas = math.ceil(tokens / per_replica - 1e-9)
+        parts.append(f"{tokens:.0f} tok/s needs {load_replicas} at {per_replica:.0f} tok/s each")
+    else:  # without a capacity, in-flight requests are the load
+        load_replicas = math.ceil((running + queue) / (2 * spec.target_queue_per_replica) - 1e-9)
+        parts.append(f"{running + queue:g} in flight needs {load_replicas}")
+    backlog = queue + obs.held_requests
+    ready = obs.ready_replicas if obs.ready_replicas is not None else current
+    allowed = spec.target_queue_per_replica * max(ready, 1)
+    queue_extra = math.ceil((backlog - allowed) / spec.target_queue_per_replica) if backlog > allowed else 0
+    if backlog > 0:
+        parts.append(f"{backlog:g} waiting (target {spec.target_queue_per_replica:g}/replica) adds {queue_extra}")
+    desired = max(load_replicas, 1 if demand > 0 else 0) + queue_extra
+
+    violated = _violations(spec, obs, 1.0)
+    starting = current - obs.ready_replicas if obs.ready_replicas is not None else 0
+    if violated and starting > 0:  # the window's p99 lags: let the replicas already asked for arrive first
+        desired = max(desired, current)
+        parts.append("p99 above SLO (" + ", ".join(n for n, _ in violated) + f"), {starting} replicas starting")
+    elif violated:
+        worst = max(ratio for _, ratio in violated)
+        desired = max(desired, current + 1, math.ceil(current * min(worst, 2.0)))
+        parts.append("p99 above SLO (" + ", ".join(name for name, _ in violated) + ")")
+    elif desired < current:
+        uncomfortable = _violations(spec, obs, spec.comfort)
+        if backlog > 0 or uncomfortable:
+            parts.append(
+                "no scale-down: "
+                + (f"{backlog:g} waiting" if backlog > 0 else "")
+                + (", " if backlog > 0 and uncomfortable else "")
+                + ", ".join(f"{name} not below {spec.comfort:.0%} of SLO" for name, _ in uncomfortable)
+            )
+            desired = current
+    return desired, "; ".join(parts)
+
+
+def _violations(spec: ScalingSpec, obs: Observation, fraction: float) -> list[tuple[str, float]]:
+    """(name, p99/SLO) for each p99 above `fraction` of its SLO."""
+    out = []
+    for name, p99, slo in (
+        ("TTFT p99", obs.ttft_p99, spec.ttft_slo),
+        ("TPOT p99", obs.tpot_p99, spec.tpot_slo),
+        ("e2e p99", obs.e2e_p99, spec.e2e_slo),
+    ):
+        if p99 is not None and slo is not None and math.isfinite(p99) and p99 > fraction * slo:
+            out.append((f"{name} {p99:.3g}s > {fraction * slo:.3g}s", p99 / slo))
+    return out
+
+
+def _metrics_problem(spec: ScalingSpec, obs: Observation, now: float) -> str | None:
+    if obs.missing:
+        return f"metrics missing: {obs.missing}"
+    if now - obs.sampled_at > spec.stale_after:
+        return f"metrics stale: sampled {now - obs.sampled_at:.0f}s ago (limit {spec.stale_after:g}s)"
+    if obs.queue_depth is None and obs.tokens_per_second is None and obs.running is None:
+        return "metrics missing: no queue, running or throughput series"
+    return None
+
+
+def _hold(
+    spec: ScalingSpec, obs: Observation, history: tuple[Recommendation, ...], now: float, problem: str
+) -> Decision:
+    """Never scale down on missing data; only the spec's bounds and a gateway's held requests still act."""
+    current = obs.replicas
+    replicas = _clamp(current, spec)  # bounds are the user's decision, not the metrics'
+    note = f"hold at {replicas}"
+    if current == 0 and obs.held_requests > 0:
+        replicas = max(replicas, 1)
+        note = f"scale from zero for {obs.held_requests} held requests"
+    elif replicas != current:
+        note = f"bounded {current} -> {replicas} by [{spec.min_replicas}, {spec.max_replicas}]"
+    condition = Condition("MetricsAvailable", "False", "MetricsUnavailable", problem)
+    return Decision(replicas, f"{note}: {problem}", current, history, (condition,))
+
+
+def _stabilize(spec: ScalingSpec, current: int, raw: int, history: tuple[Recommendation, ...], now: float) -> int:
+    """HPA's rule: up to the lowest recommendation of the up window, down to the highest of the down window."""
+    if raw > current:
+        window = [r.replicas for r in history if now - r.at <= spec.scale_up_window]
+        return max(current, min(window))
+    if raw < current:
+        window = [r.replicas for r in history if now - r.at <= spec.scale_down_window]
+        return min(current, max(window))
+    return raw
+
+
+def _limit_step(spec: ScalingSpec, current: int, desired: int) -> int:
+    if desired > current:
+        step = max(spec.max_scale_up_pods, math.ceil(current * spec.max_scale_up_percent / 100))
+        return min(desired, current + step)
+    if desired < current:
+        step = max(spec.max_scale_down_pods, math.floor(current * spec.max_scale_down_percent / 100))
+        return max(desired, current - step)
+    return desired
+
+
+def _clamp(replicas: int, spec: ScalingSpec) -> int:
+    return min(max(replicas, spec.min_replicas), spec.max_replicas)
+
+
+def with_replicas(observation: Observation, replicas: int) -> Observation:
+    """A copy of an observation with another current replica count (handy in tests and the simulator)."""
+    return replace(observation, replicas=replicas)
