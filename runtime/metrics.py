@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 # Bucket edges (seconds) follow vLLM's, extended downwards where a small model on a CPU is fast.
 TTFT_BUCKETS = (
@@ -95,18 +96,25 @@ class RuntimeMetrics:
             (*labels, "finish_reason"),
             registry=r,
         )
-        for reason in ("stop", "length", "abort"):  # export zeros so rate() works from the first scrape
-            self._success.labels(model_name, tier, reason)
-        for metric in (self._running, self._waiting, self._kv_usage, self._ttft, self._itl, self._e2e, self._queue):
-            metric.labels(model_name, tier)
-        for counter in (
-            self._prompt_tokens,
-            self._generation_tokens,
-            self._prefix_queries,
-            self._prefix_hits,
-            self._preemptions,
-        ):
-            counter.labels(model_name, tier)
+        self._all: tuple[MetricWrapperBase, ...] = (
+            self._running, self._waiting, self._kv_usage, self._ttft, self._itl, self._e2e, self._queue,
+            self._prompt_tokens, self._generation_tokens, self._prefix_queries, self._prefix_hits, self._preemptions,
+        )  # fmt: skip
+        self._export_zeros()
+
+    def _export_zeros(self) -> None:
+        """Create every series up front, so dashboards and rate() see zeros from the first scrape."""
+        for metric in self._all:
+            metric.labels(*self._labels)
+        for reason in ("stop", "length", "abort"):
+            self._success.labels(*self._labels, reason)
+
+    def rename(self, model_name: str) -> None:
+        """Relabel with the name clients use, once the model is loaded (before any traffic)."""
+        for metric in (*self._all, self._success):
+            metric.clear()
+        self.model_name = model_name
+        self._export_zeros()
 
     @property
     def _labels(self) -> tuple[str, str]:

@@ -79,3 +79,11 @@ def test_instances_do_not_share_a_registry() -> None:
     a.preemptions(1)
     assert value(scrape(a), "infleet_num_preemptions_total") == 1
     assert value(scrape(b), "infleet_num_preemptions_total") == 0
+
+
+def test_rename_moves_every_series_to_the_new_model_name() -> None:
+    m = RuntimeMetrics("old", "int8")
+    m.rename("m")
+    s = scrape(m)
+    assert value(s, "infleet_prompt_tokens_total") == 0
+    assert not [key for key in s if ("model_name", "old") in key[1]]

@@ -1,0 +1,240 @@
+"""OpenAI request bodies: what the server accepts, with a 400 naming the field for anything it does not.
+
+Fields the engine cannot honour (n > 1, logprobs, penalties, tools, ...) are refused rather than ignored, so a
+client never silently gets something other than it asked for. Unknown fields are ignored, as OpenAI's API does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, TypeVar
+
+from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Fields shared by completions and chat completions, with the ranges the sampler supports."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    n: int = 1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n=1 is supported")
+        return n
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, v: float) -> float:
+        if v != 0.0:
+            raise ValueError("penalties are not supported; leave at 0")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v:
+            raise ValueError("logit_bias is not supported")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for s in [v] if isinstance(v, str) else v or []:
+            if not s:
+                raise ValueError("stop strings must not be empty")
+        return v
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _token_ids(cls, v: list[int]) -> list[int]:
+        if any(t < 0 for t in v):
+            raise ValueError("token ids must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> SamplingFields:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed when stream is true")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def sampling_kwargs(self, max_tokens: int) -> dict[str, Any]:
+        """Keyword arguments for the engine's `SamplingParams`."""
+        return {
+            "max_tokens": max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": self.stop_list(),
+            "stop_token_ids": list(self.stop_token_ids),
+            "ignore_eos": self.ignore_eos,
+        }
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
+        if isinstance(v, list) and v and isinstance(v[0], str | list):
+            if len(v) != 1:
+                raise ValueError("only one prompt per request is supported")
+            v = v[0]
+        if not v:
+            raise ValueError("must not be empty")
+        if isinstance(v, list) and any(not isinstance(t, int) or t < 0 for t in v):
+            raise ValueError("token ids must be integers >= 0")
+        return v
+
+    @field_validator("echo", "suffix", "logprobs")
+    @classmethod
+    def _unsupported(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("not supported")
+        return v
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of(cls, v: int | None) -> int | None:
+        if v not in (None, 1):
+            raise ValueError("only best_of=1 is supported")
+        return v
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _unsupported(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("not supported")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
+        if v:
+            raise ValueError("tool calling is not supported")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and v.get("type") != "text":
+            raise ValueError("only {'type': 'text'} is supported")
+        return v
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """Messages as the chat template expects them: role and plain-text content."""
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise bad_request("the request body is empty; expected a JSON object")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_request(f"the request body is not valid JSON: {e}") from None
+
+
+def parse(model: type[Model], body: bytes) -> Model:
+    """A request model from raw body bytes; every failure is a 400 naming the field."""
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+
+
+def resolve_max_tokens(requested: int | None, default: int | None, prompt_len: int, max_model_len: int) -> int:
+    """The generation budget; a prompt or request that cannot fit the context is a 400 saying by how much."""
+    if prompt_len >= max_model_len:
+        raise APIError(
+            400,
+            f"prompt: the prompt is {prompt_len} tokens but the model's context is {max_model_len} tokens",
+            param="prompt",
+            code="context_length_exceeded",
+        )
+    room = max_model_len - prompt_len
+    max_tokens = requested if requested is not None else (default if default is not None else room)
+    if max_tokens > room:
+        raise APIError(
+            400,
+            f"max_tokens: this model's context is {max_model_len} tokens, but {prompt_len + max_tokens} were requested "
+            f"({prompt_len} in the prompt, {max_tokens} to generate); lower max_tokens to at most {room}",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return max_tokens

@@ -1,0 +1,110 @@
+"""OpenAI request schemas, error shapes and SSE framing, without a model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from infleet.runtime.server import sse
+from infleet.runtime.server.errors import APIError
+from infleet.runtime.server.openai_schemas import ChatCompletionRequest, CompletionRequest, parse, resolve_max_tokens
+
+
+def body(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_completion_defaults_and_sampling_kwargs() -> None:
+    req = parse(CompletionRequest, body(model="m", prompt="hi", stop="\n", top_k=5, seed=3))
+    assert req.prompt == "hi" and not req.stream and not req.include_usage
+    assert req.sampling_kwargs(7) == {
+        "max_tokens": 7, "temperature": 1.0, "top_p": 1.0, "top_k": 5, "seed": 3, "stop": ["\n"],
+        "stop_token_ids": [], "ignore_eos": False,
+    }  # fmt: skip
+
+
+def test_single_prompt_lists_are_unwrapped() -> None:
+    assert parse(CompletionRequest, body(prompt=["one"])).prompt == "one"
+    assert parse(CompletionRequest, body(prompt=[[1, 2, 3]])).prompt == [1, 2, 3]
+    assert parse(CompletionRequest, body(prompt=[4, 5])).prompt == [4, 5]
+
+
+def test_chat_flattens_text_parts_and_prefers_max_completion_tokens() -> None:
+    req = parse(
+        ChatCompletionRequest,
+        body(
+            messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            max_tokens=5,
+            max_completion_tokens=9,
+            stream=True,
+            stream_options={"include_usage": True},
+        ),
+    )
+    assert req.chat_messages() == [{"role": "user", "content": "ab"}]
+    assert req.requested_max_tokens == 9
+    assert req.include_usage
+
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("model", "raw", "message"),
+    [
+        (CompletionRequest, b"", "body is empty"),
+        (CompletionRequest, b"{oops", "not valid JSON"),
+        (CompletionRequest, b"[1]", "must be a JSON object"),
+        (CompletionRequest, body(), "prompt: Field required"),
+        (CompletionRequest, body(prompt=""), "prompt: must not be empty"),
+        (CompletionRequest, body(prompt=["a", "b"]), "only one prompt"),
+        (CompletionRequest, body(prompt=[1, -2]), "token ids must be integers >= 0"),
+        (CompletionRequest, body(prompt="x", max_tokens=0), "max_tokens: Input should be greater than 0"),
+        (CompletionRequest, body(prompt="x", temperature=-0.5), "temperature: Input should be greater than or equal"),
+        (CompletionRequest, body(prompt="x", top_p=0), "top_p: Input should be greater than 0"),
+        (CompletionRequest, body(prompt="x", top_p=1.5), "top_p: Input should be less than or equal to 1"),
+        (CompletionRequest, body(prompt="x", top_k=-1), "top_k: Input should be greater than or equal to 0"),
+        (CompletionRequest, body(prompt="x", n=2), "n: only n=1 is supported"),
+        (CompletionRequest, body(prompt="x", stop=["ok", ""]), "stop: stop strings must not be empty"),
+        (CompletionRequest, body(prompt="x", echo=True), "echo: not supported"),
+        (CompletionRequest, body(prompt="x", logprobs=2), "logprobs: not supported"),
+        (CompletionRequest, body(prompt="x", presence_penalty=0.5), "presence_penalty: penalties are not supported"),
+        (CompletionRequest, body(prompt="x", stream_options={"include_usage": True}), "only allowed when stream"),
+        (CompletionRequest, body(prompt="x", temperature="hot"), "temperature: Input should be a valid number"),
+        (ChatCompletionRequest, body(), "messages: Field required"),
+        (ChatCompletionRequest, body(messages=[]), "messages: List should have at least 1 item"),
+        (ChatCompletionRequest, body(messages=[{"role": "robot", "content": "x"}]), "messages.0.role"),
+        (ChatCompletionRequest, body(messages=[{"content": "x"}]), "messages.0.role: Field required"),
+        (ChatCompletionRequest, body(messages=MSG, tools=[{"type": "function"}]), "tools: tool calling is not"),
+        (ChatCompletionRequest, body(messages=MSG, response_format={"type": "json_object"}), "response_format"),
+        (ChatCompletionRequest, body(messages=MSG, max_completion_tokens=-3), "max_completion_tokens"),
+    ],
+)
+def test_bad_requests_are_400_naming_the_field(model: type, raw: bytes, message: str) -> None:
+    with pytest.raises(APIError) as caught:
+        parse(model, raw)
+    assert caught.value.status == 400
+    assert message in caught.value.message
+
+
+def test_context_budget() -> None:
+    assert resolve_max_tokens(None, None, 10, 100) == 90  # chat: the rest of the context
+    assert resolve_max_tokens(None, 16, 10, 100) == 16
+    with pytest.raises(APIError, match="the prompt is 100 tokens but the model's context is 100"):
+        resolve_max_tokens(5, None, 100, 100)
+    with pytest.raises(APIError, match="lower max_tokens to at most 90") as caught:
+        resolve_max_tokens(91, None, 10, 100)
+    assert caught.value.openai_body()["error"]["code"] == "context_length_exceeded"
+
+
+def test_error_shapes() -> None:
+    e = APIError(429, "full", code="queue_full", retry_after=2)
+    assert e.openai_body() == {
+        "error": {"message": "full", "type": "rate_limit_error", "param": None, "code": "queue_full"}
+    }
+    assert e.kserve_body() == {"error": "full"}
+    assert e.headers() == {"Retry-After": "2"}
+
+
+def test_sse_framing() -> None:
+    assert sse.event({"a": "é"}) == 'data: {"a":"é"}\n\n'.encode()
+    assert sse.DONE == b"data: [DONE]\n\n"
