@@ -37,6 +37,7 @@ class Observation:
     ttft_p99: float | None = None
     tpot_p99: float | None = None
     e2e_p99: float | None = None
+    tokens_per_request: float | None = None  # mean prompt + output tokens of recent requests
     held_requests: int = 0  # requests a gateway holds because no replica is ready (scale from zero)
     missing: str | None = None
 
@@ -50,6 +51,7 @@ class ScalingSpec:
     capacity_tokens_per_second: float | None = None  # one replica at the SLO (tier profile); None: queue only
     target_utilization: float = 0.7  # fraction of that capacity to plan for
     target_queue_per_replica: float = 4.0  # waiting requests one replica may carry before another is added
+    backlog_drain_seconds: float = 60.0  # clear a backlog beyond that over this long (needs tokens/request)
     ttft_slo: float | None = None
     tpot_slo: float | None = None
     e2e_slo: float | None = None
@@ -74,6 +76,8 @@ class ScalingSpec:
             problems.append("target utilization must be in (0, 1]")
         if self.target_queue_per_replica <= 0:
             problems.append("target queue per replica must be > 0")
+        if self.backlog_drain_seconds <= 0:
+            problems.append("backlog drain time must be > 0 seconds")
         for name in ("ttft_slo", "tpot_slo", "e2e_slo"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -170,20 +174,36 @@ def recommend(spec: ScalingSpec, obs: Observation) -> tuple[int, str]:
     backlog = queue + obs.held_requests
     ready = obs.ready_replicas if obs.ready_replicas is not None else current
     allowed = spec.target_queue_per_replica * max(ready, 1)
-    queue_extra = math.ceil((backlog - allowed) / spec.target_queue_per_replica) if backlog > allowed else 0
+    excess = max(0.0, backlog - allowed)
+    if excess and spec.capacity_tokens_per_second is not None and obs.tokens_per_request:
+        # a backlog is work to finish once, not a rate: replicas enough to drain it over the drain time
+        drain_rate = excess * obs.tokens_per_request / spec.backlog_drain_seconds
+        queue_extra = math.ceil(drain_rate / (spec.capacity_tokens_per_second * spec.target_utilization) - 1e-9)
+        how = f"drained over {spec.backlog_drain_seconds:g}s"
+    else:
+        queue_extra = math.ceil(excess / spec.target_queue_per_replica - 1e-9)
+        how = f"target {spec.target_queue_per_replica:g}/replica"
     if backlog > 0:
-        parts.append(f"{backlog:g} waiting (target {spec.target_queue_per_replica:g}/replica) adds {queue_extra}")
+        parts.append(f"{backlog:g} waiting ({how}) adds {queue_extra}")
     desired = max(load_replicas, 1 if demand > 0 else 0) + queue_extra
 
     violated = _violations(spec, obs, 1.0)
     starting = current - obs.ready_replicas if obs.ready_replicas is not None else 0
+    saturated = backlog > allowed or (
+        spec.capacity_tokens_per_second is not None
+        and tokens > spec.capacity_tokens_per_second * spec.target_utilization * max(ready, 1)
+    )
+    names = ", ".join(name for name, _ in violated)
     if violated and starting > 0:  # the window's p99 lags: let the replicas already asked for arrive first
         desired = max(desired, current)
-        parts.append("p99 above SLO (" + ", ".join(n for n, _ in violated) + f"), {starting} replicas starting")
+        parts.append(f"p99 above SLO ({names}), {starting} replicas starting")
+    elif violated and not saturated:  # the violation is history still in the window: hold, do not add
+        desired = max(desired, current)
+        parts.append(f"p99 above SLO ({names}) but no backlog and load within capacity: hold")
     elif violated:
         worst = max(ratio for _, ratio in violated)
         desired = max(desired, current + 1, math.ceil(current * min(worst, 2.0)))
-        parts.append("p99 above SLO (" + ", ".join(name for name, _ in violated) + ")")
+        parts.append(f"p99 above SLO ({names})")
     elif desired < current:
         uncomfortable = _violations(spec, obs, spec.comfort)
         if backlog > 0 or uncomfortable:

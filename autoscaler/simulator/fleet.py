@@ -39,6 +39,7 @@ class FleetObservation:
     held: int  # held at the gateway: no replica ready
     running: int
     tokens_per_second: float
+    tokens_per_request: float | None  # mean prompt + output tokens of requests finished in the rate window
     ttft_p99: float | None
     tpot_p99: float | None
     utilization: float  # mean busy fraction of ready replicas over the rate window
@@ -68,6 +69,9 @@ class SimConfig:
     hold_timeout: float = 300.0  # a request held at the gateway longer than this fails
     drain_limit: float = 3600.0  # after the last arrival, give up on requests still unfinished
     seed: int = 0
+    # Replay the trace's last `warmup` seconds before it, unmeasured, so every policy meets the trace's start with
+    # the fleet its own control loop built (not an arbitrary initial size); GPU time counts from the trace's start.
+    warmup: float = 0.0
 
 
 @dataclass
@@ -128,21 +132,26 @@ class SimResult:
     scale_events: int
     timeline: Timeline
     end: float
+    warmup_requests: int = 0  # the first this many requests are warm-up: replayed, not measured
+    warmup: float = 0.0
+
+    @property
+    def measured(self) -> list[Request]:
+        return self.requests[self.warmup_requests :]
 
     @property
     def failed(self) -> int:
-        return sum(1 for r in self.requests if r.failed)
+        return sum(1 for r in self.measured if r.failed)
 
     @property
     def served_tokens(self) -> int:
         """Prompt + output tokens of the completed requests: what the $/1M tokens divides by."""
-        return sum(r.prompt + r.output for r in self.requests if not r.failed)
+        return sum(r.prompt + r.output for r in self.measured if not r.failed)
 
     def slo_attainment(self, ttft_slo: float, tpot_slo: float) -> float:
-        ok = sum(
-            1 for r in self.requests if not r.failed and r.first_token - r.arrival <= ttft_slo and r.tpot <= tpot_slo
-        )
-        return ok / len(self.requests) if self.requests else 1.0
+        measured = self.measured
+        ok = sum(1 for r in measured if not r.failed and r.first_token - r.arrival <= ttft_slo and r.tpot <= tpot_slo)
+        return ok / len(measured) if measured else 1.0
 
 
 class Fleet:
@@ -164,6 +173,8 @@ class Fleet:
         self.tpot_values: list[float] = []
         self.token_times: list[float] = []
         self.token_cum: list[float] = [0.0]
+        self.done_times: list[float] = []
+        self.done_cum: list[float] = [0.0]
         self.busy_times: list[float] = []
         self.busy_cum: list[float] = [0.0]
         self.concurrency: deque[tuple[float, int]] = deque()
@@ -176,7 +187,11 @@ class Fleet:
         heapq.heappush(self.events, (when, next(self.seq), kind, payload))
 
     def run(self, trace: Sequence[TraceRequest]) -> SimResult:
-        requests = [Request(i, r.arrival, r.prompt_tokens, r.output_tokens) for i, r in enumerate(trace)]
+        w = self.config.warmup
+        span = trace[-1].arrival if trace else 0.0
+        lead = [r for r in trace if r.arrival >= span - w] if w > 0 else []
+        replay = [(r.arrival - (span - w), r) for r in lead] + [(r.arrival + w, r) for r in trace]
+        requests = [Request(i, t, r.prompt_tokens, r.output_tokens) for i, (t, r) in enumerate(replay)]
         for r in requests:
             self._at(r.arrival, "arrive", r)
         for _ in range(self.config.initial_replicas):
@@ -219,8 +234,10 @@ class Fleet:
         gpu_seconds = 0.0
         for rep in self.replicas:
             stop = rep.stopped if not math.isnan(rep.stopped) else end
-            gpu_seconds += max(0.0, stop - rep.started) * self.model.gpus
-        return SimResult(self.policy.name, requests, gpu_seconds, self.tokens, self.scale_events, self.timeline, end)
+            gpu_seconds += max(0.0, stop - max(rep.started, w)) * self.model.gpus
+        return SimResult(
+            self.policy.name, requests, gpu_seconds, self.tokens, self.scale_events, self.timeline, end, len(lead), w
+        )
 
     # --- gateway ------------------------------------------------------------------------------------------
     def _arrive(self, r: Request) -> int:
@@ -275,23 +292,28 @@ class Fleet:
         if rep.busy or rep.outstanding == 0:
             return
         cfg = self.config
-        while rep.waiting and len(rep.prefilling) + len(rep.decoding) < cfg.max_num_seqs:
-            need = rep.waiting[0].prompt + rep.waiting[0].output
-            if rep.kv_reserved + need > self.kv_capacity:
-                break
-            rep.kv_reserved += need
-            rep.prefilling.append(rep.waiting.popleft())
         decode = len(rep.decoding)
         budget = cfg.max_batch_tokens - decode
         chunks: list[tuple[Request, int]] = []
         context = rep.context
-        for r in rep.prefilling:
+        for r in rep.prefilling:  # prompts already started go first
             if budget <= 0:
                 break
             take = min(r.prompt - r.prefilled, budget)
             chunks.append((r, take))
             budget -= take
             context += r.prefilled + take
+        while budget > 0 and rep.waiting and len(rep.prefilling) + decode < cfg.max_num_seqs:
+            r = rep.waiting[0]
+            if rep.kv_reserved + r.prompt + r.output > self.kv_capacity:
+                break
+            rep.waiting.popleft()
+            rep.kv_reserved += r.prompt + r.output
+            rep.prefilling.append(r)
+            take = min(r.prompt, budget)
+            chunks.append((r, take))
+            budget -= take
+            context += take
         if not chunks and decode == 0:
             return
         new_tokens = sum(take for _, take in chunks)
@@ -334,6 +356,8 @@ class Fleet:
 
     def _finish(self, rep: Replica, r: Request) -> int:
         r.finish = self.now
+        self.done_times.append(self.now)
+        self.done_cum.append(self.done_cum[-1] + r.prompt + r.output)
         rep.kv_reserved -= r.prompt + r.output
         if r.output > 1:
             rep.context -= r.prompt + r.output
@@ -353,6 +377,9 @@ class Fleet:
         queue = sum(len(rep.waiting) for rep in serving)
         running = sum(len(rep.prefilling) + len(rep.decoding) for rep in serving)
         rate = _windowed_sum(self.token_times, self.token_cum, self.now - cfg.rate_window) / cfg.rate_window
+        since = self.now - cfg.rate_window
+        done = len(self.done_times) - bisect_left(self.done_times, since)
+        per_request = _windowed_sum(self.done_times, self.done_cum, since) / done if done else None
         busy = _windowed_sum(self.busy_times, self.busy_cum, self.now - cfg.rate_window)
         util = min(1.0, busy / (cfg.rate_window * len(ready))) if ready else 0.0
         stable = [c for t, c in self.concurrency]
@@ -365,6 +392,7 @@ class Fleet:
             held=len(self.held),
             running=running,
             tokens_per_second=rate,
+            tokens_per_request=per_request,
             ttft_p99=_p99(self.ttft_times, self.ttft_values, self.now - cfg.quantile_window),
             tpot_p99=_p99(self.tpot_times, self.tpot_values, self.now - cfg.quantile_window),
             utilization=util,
@@ -427,13 +455,15 @@ def check_conservation(result: SimResult, submitted: int) -> None:
     """Every request completed xor failed, in causal order; the engine processed exactly the tokens of the
     completed requests (prompt + output - 1: the first output token comes out of the prefill) plus any partial
     work of failed ones."""
-    if len(result.requests) != submitted:
-        raise AssertionError(f"{len(result.requests)} requests recorded, {submitted} submitted")
+    if len(result.measured) != submitted:
+        raise AssertionError(f"{len(result.measured)} requests measured, {submitted} submitted")
     completed = [r for r in result.requests if not r.failed]
     for r in completed:
         if not (r.arrival <= r.first_token <= r.finish) or r.prefilled != r.prompt:
             raise AssertionError(f"request {r.id} completed out of order or without its whole prefill: {r}")
     need = sum(r.prompt + r.output - 1 for r in completed)
     partial = sum(r.prefilled + max(0, r.output - 1) for r in result.requests if r.failed)
+    if any(r.failed and not math.isnan(r.first_token) and r.failed.startswith("held") for r in result.requests):
+        raise AssertionError("a request that produced tokens was counted as held at the gateway")
     if not need <= result.tokens <= need + partial:
         raise AssertionError(f"engine processed {result.tokens} tokens; completed requests need {need}")

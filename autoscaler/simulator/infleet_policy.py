@@ -24,6 +24,7 @@ class InfleetPolicy:
             queue_depth=obs.queue_depth,
             running=obs.running,
             tokens_per_second=obs.tokens_per_second,
+            tokens_per_request=obs.tokens_per_request,
             ttft_p99=obs.ttft_p99,
             tpot_p99=obs.tpot_p99,
             held_requests=obs.held,
