@@ -1,0 +1,84 @@
+"""`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`.
+
+Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py` and `autoscaling.py`. Peering
+(leader election) is on: with several replicas, the one with the highest priority handles objects while the others
+stand by; without kopf's peering CRDs installed it falls back to standalone mode with a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import kopf
+from infleet.operator.kube import Kube
+from prometheus_client import start_http_server
+
+PEERING_NAME = "infleet-operator"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # progress and the last handled spec live in annotations under our prefix; status stays ours alone
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="infleet.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="infleet.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "infleet.dev/operator"  # only used if a deletion handler is ever added
+    settings.posting.level = logging.WARNING  # events for problems only, not for every successful handler
+    settings.posting.reporting_component = "infleet-operator"
+    settings.networking.error_backoffs = [1, 2, 4, 8, 16, 30, 60]
+    settings.batching.error_delays = [1, 2, 4, 8, 16, 30, 60]
+    settings.watching.server_timeout = 300
+    settings.peering.name = PEERING_NAME
+    settings.peering.mandatory = False
+    memo.kube = Kube.from_environment(os.environ.get("KUBECONFIG"))
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    kube = getattr(memo, "kube", None)
+    if kube is not None:
+        await kube.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="infleet operator", description="Run the InferenceDeployment operator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus metrics port (0: off)")
+    run.add_argument("--health-port", type=int, default=8080, help="port of /healthz (0: off)")
+    run.add_argument("--priority", type=int, default=0, help="peering priority (highest active replica leads)")
+    run.add_argument("--standalone", action="store_true", help="no leader election")
+    run.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    # the handlers register themselves with kopf when imported
+    from infleet.operator import autoscaling, handlers  # noqa: F401
+
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    namespaces = args.namespace or []
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+        standalone=args.standalone,
+        priority=args.priority,
+        peering_name=PEERING_NAME,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The InferenceDeployment API: pydantic models that are the CRD's single source of truth.
+
+`crd.py` turns these models into the OpenAPI schema the API server enforces, so every bound, enum and
+pattern here is checked by Kubernetes before the operator ever sees an object. Cross-field rules are CEL
+expressions (`x-kubernetes-validations`) attached with `cel(...)`; what only the operator can judge (is there
+a node with this GPU? does the model volume exist?) becomes a `Degraded` condition instead (see `checks.py`).
+
+JSON field names are camelCase (aliases); Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "infleet.dev"
+VERSION = "v1alpha1"
+KIND = "InferenceDeployment"
+PLURAL = "inferencedeployments"
+SINGULAR = "inferencedeployment"
+SHORT_NAMES = ["idep"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Tier = Literal["bf16", "fp8", "int8", "int4"]
+TIERS: tuple[Tier, ...] = ("bf16", "fp8", "int8", "int4")
+Engine = Literal["infleet", "vllm"]
+
+# "500ms", "2s", "1m30s": the subset of Go/CEL durations that people write in SLOs and windows.
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32, examples=["500ms", "2s"])]
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+# hf://org/name, s3://bucket/key, gs://bucket/key, pvc://claim/path, file:///abs/path, https://host/x.gguf
+MODEL_URI_PATTERN = (
+    r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._/-]*"
+    r"|s3://[a-z0-9][a-z0-9.-]{1,62}/.+"
+    r"|gs://[a-z0-9][a-z0-9._-]{1,62}/.+"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?"
+    r"|file:///.+"
+    r"|https?://.+\.gguf)$"
+)
+# Kubernetes quantities ("500m", "2", "8Gi"); resource values are strings so that "8Gi" reads as written.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+# what NVIDIA GPU feature discovery writes into nvidia.com/gpu.product (a label value)
+GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+
+MAX_REPLICAS = 1000
+MAX_GPUS_PER_REPLICA = 128
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration string such as "1m30s" or "500ms"."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"not a duration: {text!r} (write e.g. 500ms, 2s, 5m)")
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    """One CEL validation rule for `x-kubernetes-validations`."""
+    out: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def validations(*rules: dict[str, Any]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error (as the API server's strict mode)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ModelSource(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(oldSelf.servedName) || (has(self.servedName) && self.servedName == oldSelf.servedName)",
+                "model.servedName is immutable: clients and the gateway route by it; create a new deployment",
+                field_path=".servedName",
+            )
+        )
+    )
+
+    uri: str = Field(
+        pattern=MODEL_URI_PATTERN,
+        max_length=1024,
+        description="Where the weights are: hf://org/name, s3://, gs://, pvc://claim/path, file:///path (a .gguf file "
+        "or a directory), https://.../x.gguf. May change: a new URI rolls out like any other spec change.",
+    )
+    revision: str | None = Field(default=None, max_length=128, description="Branch, tag or commit (hf:// only).")
+    served_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$",
+        max_length=128,
+        description="The model name clients send; defaults to the deployment's name. Immutable.",
+    )
+
+
+class Resources(ApiModel):
+    """CPU and memory per pod (GPUs come from parallelism and accelerator)."""
+
+    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=32, description="e.g. 4 or 500m")
+    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=32, description="e.g. 32Gi")
+
+
+class EnvVar(ApiModel):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)
+    value: str = Field(default="", max_length=4096)
+
+
+class RuntimeSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.engine == oldSelf.engine",
+                "runtime.engine is immutable: switching engines changes flags, metrics and images; "
+                "create a new deployment",
+                field_path=".engine",
+            )
+        )
+    )
+
+    engine: Engine = Field(default="infleet", description="infleet (the project's runtime) or vllm.")
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=r"^[^\s]+$",
+        description="Container image; defaults to infleet/runtime:<version> or vllm/vllm-openai:<version>.",
+    )
+    max_batch_tokens: int = Field(default=8192, ge=16, le=1_048_576, description="Tokens per engine step.")
+    max_model_len: int = Field(default=4096, ge=16, le=1_048_576, description="Longest prompt + completion.")
+    prefix_caching: bool = Field(default=True, description="Reuse KV cache blocks across shared prompt prefixes.")
+    resources: Resources | None = None
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
+    extra_args: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=64, description="Extra engine arguments, appended verbatim."
+    )
+
+
+class Parallelism(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                f"self.tensor * self.pipeline <= {MAX_GPUS_PER_REPLICA}",
+                f"parallelism.tensor x parallelism.pipeline (GPUs per replica) must be at most {MAX_GPUS_PER_REPLICA}",
+                field_path=".tensor",
+            )
+        )
+    )
+
+    tensor: int = Field(default=1, ge=1, le=64, description="Tensor-parallel ranks (split each layer).")
+    pipeline: int = Field(default=1, ge=1, le=16, description="Pipeline stages (split the layers).")
+
+
+class Accelerator(ApiModel):
+    type: str = Field(
+        pattern=GPU_PRODUCT_PATTERN,
+        max_length=63,
+        description="GPU product, matched against the node label nvidia.com/gpu.product (e.g. NVIDIA-H100-80GB-HBM3).",
+    )
+    gpus_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="GPUs on one node of this type; learnt from the nodes' nvidia.com/gpu.count when unset. A replica "
+        "needing more GPUs than this spans several pods (a group).",
+    )
+
+
+class Quantization(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.tier == 'auto' || self.tier in self.allowed",
+                "quantization.tier must be 'auto' or one of quantization.allowed",
+                field_path=".tier",
+            )
+        )
+    )
+
+    tier: Literal["auto", "bf16", "fp8", "int8", "int4"] = Field(
+        default="auto", description="Weight precision; auto lets the autoscaler choose among allowed."
+    )
+    allowed: list[Tier] = Field(
+        default_factory=lambda: list(TIERS),
+        min_length=1,
+        max_length=4,
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": list(TIERS)},
+        description="Tiers the autoscaler may choose.",
+    )
+    max_quality_loss: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="Largest quality loss accepted against bf16 (fraction, e.g. 0.02 = 2% greedy mismatch).",
+    )
+
+
+class SLO(ApiModel):
+    ttft_p99: Duration | None = Field(default=None, description="Time to first token, 99th percentile.")
+    tpot_p99: Duration | None = Field(default=None, description="Time per output token (inter-token), p99.")
+    e2e_p99: Duration | None = Field(default=None, description="End-to-end request latency, p99.")
+    objective_percent: float = Field(
+        default=99.0, ge=50.0, le=99.999, description="Share of requests that must meet the targets, in percent."
+    )
+
+
+class Cost(ApiModel):
+    max_per_million_tokens: float | None = Field(default=None, gt=0, description="Budget in $ per 1M tokens served.")
+    gpu_hourly_price: float | None = Field(
+        default=None, gt=0, description="$ per GPU-hour; overrides the chart's table."
+    )
+
+
+class Scaling(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.minReplicas <= self.maxReplicas",
+                "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
+                field_path=".minReplicas",
+            )
+        )
+    )
+
+    enabled: bool = Field(default=False, description="Let the autoscaler set replicas and tier; else spec.replicas.")
+    min_replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS, description="0 allows scale to zero.")
+    max_replicas: int = Field(default=4, ge=1, le=MAX_REPLICAS)
+    target_queue_depth: int = Field(default=8, ge=1, le=10_000, description="Waiting requests per replica to aim at.")
+    scale_up_stabilization: Duration = Field(default="0s", description="Look-back window before scaling up.")
+    scale_down_stabilization: Duration = Field(default="300s", description="Look-back window before scaling down.")
+
+
+class InferenceDeploymentSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.accelerator.gpusPerNode)"
+                " || self.parallelism.tensor * self.parallelism.pipeline <= self.accelerator.gpusPerNode"
+                " || (self.parallelism.tensor * self.parallelism.pipeline) % self.accelerator.gpusPerNode == 0",
+                "parallelism.tensor x parallelism.pipeline must fit on one node or be a multiple of "
+                "accelerator.gpusPerNode (a replica spans whole nodes)",
+                field_path=".parallelism",
+            ),
+        )
+    )
+
+    model: ModelSource
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    parallelism: Parallelism = Field(default_factory=Parallelism)
+    accelerator: Accelerator
+    quantization: Quantization = Field(default_factory=Quantization)
+    slo: SLO = Field(default_factory=SLO)
+    cost: Cost = Field(default_factory=Cost)
+    scaling: Scaling = Field(default_factory=Scaling)
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_REPLICAS,
+        description="Replicas when scaling is off (the scale subresource: kubectl scale idep NAME --replicas=3).",
+    )
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.parallelism.tensor * self.parallelism.pipeline
+
+    @property
+    def tier(self) -> Tier:
+        """The tier to run now: the explicit one, else the first allowed (the autoscaler refines `auto`)."""
+        if self.quantization.tier != "auto":
+            return self.quantization.tier
+        return self.quantization.allowed[0]
+
+
+# ---- status -------------------------------------------------------------------------------------------------------
+
+
+class Condition(ApiModel):
+    """Kubernetes' condition convention; lastTransitionTime changes only when status flips (see status.py)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(max_length=64)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=128)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Observed(ApiModel):
+    """What the autoscaler last read from Prometheus."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ttft_p99_seconds: float | None = None
+    tpot_p99_seconds: float | None = None
+    e2e_p99_seconds: float | None = None
+    queue_depth: float | None = None
+    tokens_per_second: float | None = None
+
+
+class InferenceDeploymentStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    selector: str = ""
+    tier: str | None = None
+    tier_reason: str | None = None
+    gpus_per_replica: int | None = None
+    pods_per_replica: int | None = None
+    revision: str | None = Field(default=None, description="Hash of the pod template now rolled out")
+    workload: str | None = Field(default=None, description="Deployment/<name> or StatefulSet/<name>-<rev>-g0..N")
+    endpoint: str | None = None
+    observed: Observed | None = None
+    cost_per_million_tokens: float | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class InferenceDeployment(ApiModel):
+    """The whole object as the operator sees it (metadata is Kubernetes' own and stays a plain dict)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: InferenceDeploymentSpec
+    status: InferenceDeploymentStatus | None = None

@@ -1,0 +1,251 @@
+"""kopf handlers: *when* to reconcile. One handler per concern; the work itself is in reconcile.py.
+
+- the InferenceDeployment changed (created, spec updated, operator resumed) -> full reconcile;
+- an owned Deployment or StatefulSet changed -> status from its ready counts, and a full reconcile only for drift
+  (deleted, or its spec generation moved without this operator applying it);
+- Degraded deployments are re-judged on a timer (nodes or volumes may have appeared);
+- group pods get their `infleet.dev/rank` label from the StatefulSet ordinal.
+
+Indexes (kopf keeps them from its watches) give the handlers the owners, their StatefulSets and the fleet's GPU
+nodes without extra API calls. Errors: conflicts, throttling and 5xx are `TemporaryError`s with exponential
+backoff; a request the API server refuses for good is a `PermanentError` and a Degraded condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+import pydantic
+from infleet.operator import api, metrics, reconcile, resources, status
+from infleet.operator.kube import Kube, KubeError
+
+IDEP = (api.GROUP, api.VERSION, api.PLURAL)
+MANAGED = {resources.LABEL_MANAGED_BY: resources.MANAGED_BY}
+MAX_BACKOFF = 300.0
+
+# (kind, namespace, name) -> the metadata.generation our last apply produced: a newer one means someone else
+# edited the object (drift).
+_applied_generation: dict[tuple[str, str, str], int] = {}
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+def backoff(retry: int) -> float:
+    return float(min(MAX_BACKOFF, 2 ** min(retry, 9)))
+
+
+def kube_of(memo: Any) -> Kube:
+    kube: Kube = memo.kube
+    return kube
+
+
+def _lock(namespace: str, name: str) -> asyncio.Lock:
+    return _locks.setdefault((namespace, name), asyncio.Lock())
+
+
+# ---- indexes ----------------------------------------------------------------------------------------------------
+
+
+@kopf.index(*IDEP)
+def ideps(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
+def group_sets(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, dict[str, Any]]:
+    return {(namespace, labels.get(resources.LABEL_DEPLOYMENT, "")): dict(body)}
+
+
+@kopf.index("", "v1", "nodes")
+def gpu_nodes(labels: Mapping[str, str], status: Mapping[str, Any], **_: Any) -> dict[str, int] | None:
+    product = labels.get(resources.GPU_PRODUCT_LABEL)
+    if not product:
+        return None
+    allocatable = (status.get("allocatable") or {}).get(resources.GPU_RESOURCE, labels.get("nvidia.com/gpu.count", 0))
+    try:
+        return {product: int(allocatable)}
+    except (TypeError, ValueError):
+        return None
+
+
+def _node_gpus(index: kopf.Index[str, int]) -> dict[str, int]:
+    return reconcile.node_gpus_from({k: list(index[k]) for k in index})
+
+
+def _owner_body(index: kopf.Index[Any, dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
+    bodies = list(index.get((namespace, name), []))
+    return bodies[0] if bodies else None
+
+
+# ---- the InferenceDeployment itself -----------------------------------------------------------------------------
+
+
+async def run_reconcile(
+    body: Mapping[str, Any],
+    memo: Any,
+    gpu_nodes: kopf.Index[str, int],
+    group_sets: kopf.Index[Any, dict[str, Any]],
+    trigger: str,
+    retry: int,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> dict[str, Any]:
+    """Reconcile one owner and return its status patch; maps every failure to kopf's retry semantics."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    started = time.perf_counter()
+    try:
+        async with _lock(ns, name):
+            sets = list(group_sets.get((ns, name), []))
+            outcome = await reconcile.reconcile(kube_of(memo), body, _node_gpus(gpu_nodes), sets)
+    except pydantic.ValidationError as err:
+        metrics.RECONCILES.labels(trigger, "invalid").inc()
+        metrics.RECONCILE_ERRORS.labels("InvalidSpec").inc()
+        message = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        await _mark_degraded(memo, body, "InvalidSpec", message)
+        raise kopf.PermanentError(f"invalid spec: {message}") from err
+    except KubeError as err:
+        metrics.RECONCILES.labels(trigger, "error").inc()
+        metrics.RECONCILE_ERRORS.labels(err.reason or str(err.status)).inc()
+        if err.retryable:
+            raise kopf.TemporaryError(f"Kubernetes API: {err}", delay=backoff(retry)) from err
+        await _mark_degraded(memo, body, "ApplyRejected", str(err))
+        raise kopf.PermanentError(f"the API server rejected an object: {err}") from err
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    for obj in outcome.applied:
+        om = obj["metadata"]
+        _applied_generation[(obj["kind"], om["namespace"], om["name"])] = om.get("generation", 0)
+    for reason, message in outcome.new_problems:
+        kopf.warn(cast(kopf.Body, body), reason=reason, message=message)
+        logger.warning(f"{reason}: {message}")
+    metrics.RECONCILES.labels(trigger, "ok").inc()
+    return outcome.status
+
+
+async def _mark_degraded(memo: Any, body: Mapping[str, Any], reason: str, message: str) -> None:
+    meta = body["metadata"]
+    old = list((body.get("status") or {}).get("conditions") or [])
+    cond = status.condition(status.DEGRADED, True, reason, message, meta.get("generation"))
+    conditions = status.merge_conditions(old, [cond])
+    kopf.warn(cast(kopf.Body, body), reason=reason, message=message)
+    with contextlib.suppress(KubeError):  # the condition is a courtesy; the PermanentError is logged anyway
+        await kube_of(memo).patch_status(meta["namespace"], meta["name"], {"conditions": conditions})
+
+
+@kopf.on.resume(*IDEP, id="reconcile")
+@kopf.on.create(*IDEP, id="reconcile")
+@kopf.on.update(*IDEP, id="reconcile", field="spec")
+async def reconcile_deployment(
+    body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int, reason: str, logger: kopf.Logger, **kw: Any
+) -> None:
+    new_status = await run_reconcile(body, memo, kw["gpu_nodes"], kw["group_sets"], str(reason), retry, logger)
+    patch.status.update(new_status)
+
+
+@kopf.timer(*IDEP, id="recheck-degraded", interval=30, initial_delay=30, when=lambda status, **_: _is_degraded(status))
+async def recheck_degraded(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
+    """What was missing (nodes of a GPU type, a model volume) may exist now."""
+    new_status = await run_reconcile(body, memo, kw["gpu_nodes"], kw["group_sets"], "recheck", 0, logger)
+    if reconcile.status_changed(body.get("status") or {}, new_status):
+        patch.status.update(new_status)
+
+
+def _is_degraded(st: Mapping[str, Any]) -> bool:
+    return status.is_true(list(st.get("conditions") or []), status.DEGRADED)
+
+
+# ---- owned workloads: status and drift ----------------------------------------------------------------------------
+
+
+async def _on_workload_event(
+    kind: str,
+    event_type: str | None,
+    body: Mapping[str, Any],
+    memo: Any,
+    ideps: kopf.Index[Any, dict[str, Any]],
+    gpu_nodes: kopf.Index[str, int],
+    group_sets: kopf.Index[Any, dict[str, Any]],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    owner_name = (meta.get("labels") or {}).get(resources.LABEL_DEPLOYMENT, "")
+    owner = _owner_body(ideps, ns, owner_name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    if not any(ref.get("uid") == owner["metadata"]["uid"] for ref in meta.get("ownerReferences") or []):
+        return  # a leftover of an earlier incarnation; the garbage collector takes it
+    key = (kind, ns, name)
+    try:
+        spec, want, _ = reconcile.plan(owner, _node_gpus(gpu_nodes))
+    except pydantic.ValidationError:
+        return  # the owner's own handler reports it
+    wanted = {o["metadata"]["name"] for o in want.workloads}
+    drift = (event_type == "DELETED" and name in wanted) or (
+        event_type != "DELETED" and key in _applied_generation and meta.get("generation", 0) > _applied_generation[key]
+    )
+    old_group_done = (
+        kind == "StatefulSet" and name not in wanted and _new_groups_ready(want, group_sets, ns, owner_name)
+    )
+    if drift or old_group_done:
+        if drift:
+            metrics.DRIFT_REPAIRS.labels(kind).inc()
+            logger.info(f"{kind} {name} was {'deleted' if event_type == 'DELETED' else 'changed'}: restoring it")
+        try:
+            new_status = await run_reconcile(owner, memo, gpu_nodes, group_sets, "drift", 0, logger)
+        except (kopf.TemporaryError, kopf.PermanentError) as err:
+            logger.warning(f"repairing {kind} {name} failed, retrying on the next event or timer: {err}")
+            return
+    else:
+        if event_type == "DELETED" or name not in wanted:
+            return
+        workloads = [dict(body)] if kind == "Deployment" else list(group_sets.get((ns, owner_name), []))
+        generation = owner["metadata"].get("generation")
+        old = owner.get("status") or {}
+        new_status = reconcile.compute_status(spec, reconcile.owner_of(owner), generation, old, want, workloads, None)
+    old = owner.get("status") or {}
+    if reconcile.status_changed(old, new_status):
+        await kube_of(memo).patch_status(ns, owner_name, new_status)
+
+
+def _new_groups_ready(want: Any, group_sets: kopf.Index[Any, dict[str, Any]], ns: str, owner: str) -> bool:
+    live = {s["metadata"]["name"]: s for s in group_sets.get((ns, owner), [])}
+    current = [live.get(o["metadata"]["name"]) for o in want.workloads]
+    return bool(current) and all(s is not None and status.group_ready(s) for s in current)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def deployment_event(type: str, body: kopf.Body, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
+    await _on_workload_event("Deployment", type, body, memo, kw["ideps"], kw["gpu_nodes"], kw["group_sets"], logger)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
+async def statefulset_event(type: str, body: kopf.Body, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
+    await _on_workload_event("StatefulSet", type, body, memo, kw["ideps"], kw["gpu_nodes"], kw["group_sets"], logger)
+
+
+# ---- group pods -------------------------------------------------------------------------------------------------
+
+
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, resources.LABEL_GROUP: kopf.PRESENT})
+async def label_rank(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Copy the StatefulSet ordinal into `infleet.dev/rank`, so `kubectl get pods -L infleet.dev/rank` shows ranks."""
+    labels = body["metadata"].get("labels") or {}
+    index = labels.get(resources.POD_INDEX_LABEL)
+    if type == "DELETED" or index is None or labels.get(resources.LABEL_RANK) == index:
+        return
+    meta = body["metadata"]
+    url = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+    patch = {"metadata": {"labels": {resources.LABEL_RANK: index}}}
+    try:
+        await kube_of(memo).request("PATCH", url, kind="Pod", body=patch, content_type="application/merge-patch+json")
+    except KubeError as err:
+        if err.status not in (404, 409):
+            raise

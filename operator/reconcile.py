@@ -1,0 +1,153 @@
+"""One reconcile: read the spec, judge it, apply the desired objects, remove what is no longer wanted, and
+compute the status. The kopf handlers (handlers.py) only decide *when* this runs.
+
+Apply is server-side apply of whole objects, so running this twice, or after a crash halfway, converges on the
+same objects and never duplicates one. Grouped workloads keep the previous revision's groups until every group of
+the new revision is ready (surge), then delete them; extra groups after a scale-down go at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from infleet.operator import checks, resources, status
+from infleet.operator.api import InferenceDeploymentSpec
+from infleet.operator.kube import Kube
+from infleet.operator.resources import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGED_BY, Owner
+
+
+def owner_of(body: Mapping[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def owned_selector(owner: Owner) -> str:
+    return f"{LABEL_DEPLOYMENT}={owner.name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    new_problems: list[checks.Problem] = field(default_factory=list)  # to announce as Warning events
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+def node_gpus_from(index: Mapping[str, Any]) -> dict[str, int]:
+    """GPU product -> the largest allocatable GPU count among its nodes (from the kopf node index)."""
+    return {product: max(counts) for product, counts in index.items() if product and list(counts)}
+
+
+def _workload_progress(
+    lay: resources.Layout, revision: str, desired: int, workloads: list[dict[str, Any]]
+) -> status.Progress:
+    if not lay.grouped:
+        deps = [w for w in workloads if w["kind"] == "Deployment"]
+        if not deps:
+            return status.Progress(desired, 0, 0, 0, 0)
+        return status.deployment_progress(deps[0], desired)
+    return status.groups_progress([w for w in workloads if w["kind"] == "StatefulSet"], revision, desired)
+
+
+def compute_status(
+    spec: InferenceDeploymentSpec,
+    owner: Owner,
+    generation: int | None,
+    old_status: Mapping[str, Any],
+    want: resources.Desired,
+    workloads: list[dict[str, Any]],
+    problems: list[checks.Problem] | None,
+    tier_reason: str | None = None,
+) -> dict[str, Any]:
+    """The status patch. `problems` None keeps the current Degraded condition (the event path does not re-judge)."""
+    desired = resources.desired_replicas(spec)
+    progress = _workload_progress(want.layout, want.revision, desired, workloads)
+    new_conditions = status.replica_conditions(progress, generation)
+    if problems is not None:
+        new_conditions.append(status.degraded_condition(problems, generation))
+    new_conditions.append(status.slo_condition(spec, old_status.get("observed"), generation))
+    out: dict[str, Any] = {
+        "replicas": progress.current,
+        "readyReplicas": progress.ready,
+        "updatedReplicas": progress.updated,
+        "selector": resources.selector_string(owner),
+        "tier": want.tier,
+        "gpusPerReplica": want.layout.gpus_per_replica,
+        "podsPerReplica": want.layout.pods_per_replica,
+        "revision": want.revision,
+        "workload": f"StatefulSet/{resources.group_name(owner, want.revision, 0)}..{desired - 1}"
+        if want.layout.grouped
+        else f"Deployment/{owner.name}",
+        "endpoint": resources.endpoint(owner),
+        "conditions": status.merge_conditions(list(old_status.get("conditions") or []), new_conditions),
+    }
+    if problems is not None:
+        out["observedGeneration"] = generation
+    if tier_reason is not None:
+        out["tierReason"] = tier_reason
+    return out
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(old.get(k) != v for k, v in new.items())
+
+
+def plan(
+    body: Mapping[str, Any], node_gpus: Mapping[str, int]
+) -> tuple[InferenceDeploymentSpec, resources.Desired, str]:
+    """Spec -> desired objects, without judging or touching the cluster (the event path uses this)."""
+    spec = InferenceDeploymentSpec.model_validate(body["spec"])
+    tier, reason = checks.choose_tier(spec, (body.get("status") or {}).get("tier"))
+    want = resources.desired(spec, owner_of(body), tier, checks.gpus_per_node(spec, node_gpus))
+    return spec, want, reason
+
+
+async def reconcile(
+    kube: Kube,
+    body: Mapping[str, Any],
+    node_gpus: Mapping[str, int],
+    statefulsets: list[dict[str, Any]] | None = None,
+) -> Outcome:
+    """Bring the cluster to the spec. `statefulsets`: the owner's StatefulSets if the caller has them cached."""
+    owner = owner_of(body)
+    generation = body["metadata"].get("generation")
+    old_status: Mapping[str, Any] = body.get("status") or {}
+    spec, want, tier_reason = plan(body, node_gpus)
+
+    claim = checks.claim_name(spec)
+    missing_claim = claim if claim and await kube.get("PersistentVolumeClaim", owner.namespace, claim) is None else None
+    problems = checks.problems(spec, want.tier, want.layout, node_gpus, missing_claim)
+
+    applied = list(await asyncio.gather(*(kube.apply(obj) for obj in want.objects)))
+    workloads = [o for o in applied if o["kind"] in ("Deployment", "StatefulSet")]
+    deleted: list[str] = []
+
+    was_grouped = (old_status.get("podsPerReplica") or 1) > 1
+    if want.layout.grouped or was_grouped:
+        if statefulsets is None:
+            statefulsets = await kube.list("StatefulSet", owner.namespace, owned_selector(owner))
+        wanted = {o["metadata"]["name"] for o in want.workloads}
+        live = {s["metadata"]["name"]: s for s in statefulsets if s["metadata"]["name"] not in wanted}
+        current = [w for w in workloads if w["kind"] == "StatefulSet"]
+        new_ready = want.layout.grouped and sum(status.group_ready(s) for s in current) >= len(want.workloads)
+        for name, sts in live.items():
+            same_revision = sts["metadata"].get("labels", {}).get(LABEL_REVISION) == want.revision
+            # an extra group of this revision is a scale-down; an old revision waits for the new one (surge)
+            if same_revision or new_ready or not want.layout.grouped:
+                await kube.delete("StatefulSet", owner.namespace, name, uid=sts["metadata"].get("uid"))
+                deleted.append(f"StatefulSet/{name}")
+            else:
+                workloads.append(sts)
+        if want.layout.grouped and not was_grouped:
+            await kube.delete("Deployment", owner.namespace, owner.name)
+        if was_grouped and not want.layout.grouped:
+            await kube.delete("Service", owner.namespace, resources.group_service_name(owner))
+
+    new_status = compute_status(spec, owner, generation, old_status, want, workloads, problems, tier_reason)
+    old_degraded = status.find(list(old_status.get("conditions") or []), status.DEGRADED) or {}
+    announced = str(old_degraded.get("message", "")) if old_degraded.get("status") == "True" else ""
+    new_problems = [p for p in problems if p[1] not in announced]
+    return Outcome(new_status, new_problems, applied, deleted)

@@ -1,0 +1,439 @@
+"""Spec -> Kubernetes objects, as pure functions (no API calls), so every object the operator creates can be
+read and tested here.
+
+Layout. A replica needs `tensor x pipeline` GPUs. When that fits on one node, a replica is one pod and the
+workload is a Deployment (rolling update: surge one, never below the ready count). When it does not, a replica is
+a *group* of `gpus / gpus_per_node` pods, one per node, and each group is its own StatefulSet
+`<name>-<revision>-g<i>` (Parallel pod management, so all ranks start together):
+
+- a pod's rank is its StatefulSet ordinal, read through the downward API from the `apps.kubernetes.io/pod-index`
+  label Kubernetes sets, and rank 0 is the leader, reachable at `<sts>-0.<name>-group.<ns>.svc` (headless Service);
+- scaling adds or removes whole StatefulSets, so a group never runs short of ranks;
+- the revision (a hash of the pod template) is part of the name: a spec change creates a new set of groups beside
+  the old one, and the handler deletes the old set only when the new one is ready (surge for groups too).
+
+Every object carries the labels of DESIGN.md section 2 and an owner reference to the InferenceDeployment, so
+deleting it garbage-collects everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from infleet.operator.api import API_VERSION, KIND, InferenceDeploymentSpec, ModelSource
+
+PORT = 8000
+DIST_PORT = 29500  # the leader's rendezvous port for torch.distributed inside a group
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+MODEL_MOUNT = "/models"
+TEMPLATE_HASH_ANNOTATION = "infleet.dev/template-hash"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_DEPLOYMENT = "infleet.dev/deployment"
+LABEL_TIER = "infleet.dev/tier"
+LABEL_GROUP = "infleet.dev/group"
+LABEL_RANK = "infleet.dev/rank"
+LABEL_REVISION = "infleet.dev/revision"
+MANAGED_BY = "infleet"
+APP_NAME = "infleet-runtime"
+
+
+def infleet_version() -> str:
+    try:
+        return metadata.version("infleet")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferenceDeployment the objects belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one replica maps onto pods and GPUs."""
+
+    gpus_per_replica: int
+    pods_per_replica: int
+    gpus_per_pod: int
+
+    @property
+    def grouped(self) -> bool:
+        return self.pods_per_replica > 1
+
+
+def layout(spec: InferenceDeploymentSpec, gpus_per_node: int) -> Layout:
+    gpus = spec.gpus_per_replica
+    if gpus <= gpus_per_node:
+        return Layout(gpus, 1, gpus)
+    return Layout(gpus, math.ceil(gpus / gpus_per_node), gpus_per_node)
+
+
+def desired_replicas(spec: InferenceDeploymentSpec) -> int:
+    """spec.replicas, kept within the scaling bounds when the autoscaler owns it."""
+    if spec.scaling.enabled:
+        return max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, spec.replicas))
+    return spec.replicas
+
+
+def served_name(spec: InferenceDeploymentSpec, name: str) -> str:
+    return spec.model.served_name or name
+
+
+def labels(owner: Owner, tier: str) -> dict[str, str]:
+    return {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: owner.name,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_DEPLOYMENT: owner.name,
+        LABEL_TIER: tier,
+    }
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    """The stable subset used in selectors (selectors are immutable, so no tier in them)."""
+    return {LABEL_NAME: APP_NAME, LABEL_DEPLOYMENT: owner.name}
+
+
+def selector_string(owner: Owner) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
+
+
+def group_service_name(owner: Owner) -> str:
+    return f"{owner.name}-group"
+
+
+def endpoint(owner: Owner) -> str:
+    return f"http://{owner.name}.{owner.namespace}.svc:{PORT}"
+
+
+def _meta(owner: Owner, name: str, tier: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**labels(owner, tier), **(extra_labels or {})},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+# ---- the container ----------------------------------------------------------------------------------------------
+
+
+def model_location(model: ModelSource) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model argument the engine gets, plus the volumes and mounts it needs.
+
+    pvc://claim/path mounts the claim read-only under /models/claim; file:///path is a path in the image or on the
+    node; hf://, s3://, gs:// and https:// are passed through for the engine to fetch.
+    """
+    uri = model.uri
+    if uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "model", "mountPath": f"{MODEL_MOUNT}/{claim}", "readOnly": True}
+        return f"{MODEL_MOUNT}/{claim}/{path}".rstrip("/"), [volume], [mount]
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://"), [], []
+    return uri, [], []
+
+
+# vLLM has no in-flight int8 weight quantization; int4 in flight is bitsandbytes.
+VLLM_TIER_FLAGS: dict[str, list[str]] = {
+    "bf16": ["--dtype", "bfloat16"],
+    "fp8": ["--quantization", "fp8"],
+    "int4": ["--quantization", "bitsandbytes"],
+}
+
+
+def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_arg: str) -> list[str]:
+    rt, par = spec.runtime, spec.parallelism
+    if rt.engine == "vllm":
+        model = model_arg.removeprefix("hf://")
+        cmd = ["vllm", "serve", model, "--served-model-name", served_name(spec, name), "--host", "0.0.0.0"]
+        cmd += ["--port", str(PORT), "--tensor-parallel-size", str(par.tensor)]
+        cmd += ["--pipeline-parallel-size", str(par.pipeline), "--max-num-batched-tokens", str(rt.max_batch_tokens)]
+        cmd += ["--max-model-len", str(rt.max_model_len)]
+        cmd += ["--enable-prefix-caching" if rt.prefix_caching else "--no-enable-prefix-caching"]
+        cmd += VLLM_TIER_FLAGS.get(tier, [])
+        if spec.model.revision:
+            cmd += ["--revision", spec.model.revision]
+        return cmd + list(rt.extra_args)
+    cmd = ["python", "-m", "infleet.runtime", "serve", "--model", model_arg, "--served-name", served_name(spec, name)]
+    cmd += ["--host", "0.0.0.0", "--port", str(PORT), "--tier", tier, "--tensor-parallel", str(par.tensor)]
+    cmd += ["--pipeline-parallel", str(par.pipeline), "--max-batch-tokens", str(rt.max_batch_tokens)]
+    cmd += ["--max-model-len", str(rt.max_model_len)]
+    if not rt.prefix_caching:
+        cmd += ["--no-prefix-caching"]
+    return cmd + list(rt.extra_args)
+
+
+def image(spec: InferenceDeploymentSpec) -> str:
+    if spec.runtime.image:
+        return spec.runtime.image
+    return VLLM_IMAGE if spec.runtime.engine == "vllm" else f"infleet/runtime:{infleet_version()}"
+
+
+def _probe(path: str, period: int, failures: int, initial: int = 0) -> dict[str, Any]:
+    probe: dict[str, Any] = {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period}
+    probe |= {"failureThreshold": failures, "timeoutSeconds": 5}
+    if initial:
+        probe["initialDelaySeconds"] = initial
+    return probe
+
+
+def container(
+    spec: InferenceDeploymentSpec, owner: Owner, tier: str, lay: Layout, group_env: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The runtime container and the pod volumes it needs."""
+    model_arg, volumes, mounts = model_location(spec.model)
+    env: list[dict[str, Any]] = [
+        {"name": "INFLEET_DEPLOYMENT", "value": owner.name},
+        {"name": "INFLEET_TIER", "value": tier},
+        {"name": "INFLEET_GPUS_PER_POD", "value": str(lay.gpus_per_pod)},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    if spec.model.revision:
+        env.append({"name": "INFLEET_MODEL_REVISION", "value": spec.model.revision})
+    env += group_env + [{"name": e.name, "value": e.value} for e in spec.runtime.env]
+
+    gpus = str(lay.gpus_per_pod)
+    requests: dict[str, str] = {GPU_RESOURCE: gpus}
+    limits: dict[str, str] = {GPU_RESOURCE: gpus}
+    res = spec.runtime.resources
+    if res and res.cpu:
+        requests["cpu"] = res.cpu
+    if res and res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+
+    ports = [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
+    if lay.grouped:
+        ports.append({"name": "dist", "containerPort": DIST_PORT, "protocol": "TCP"})
+    volumes = [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts = [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
+    body = {
+        "name": "runtime",
+        "image": image(spec),
+        "imagePullPolicy": "IfNotPresent",
+        "command": engine_command(spec, owner.name, tier, model_arg),
+        "ports": ports,
+        "env": env,
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": mounts,
+        # loading weights may take minutes: the startup probe holds liveness off until the first healthy answer
+        "startupProbe": _probe("/health", period=5, failures=360),
+        "readinessProbe": _probe("/health", period=5, failures=3),
+        "livenessProbe": _probe("/health", period=10, failures=6),
+    }
+    return body, volumes
+
+
+def pod_template(
+    spec: InferenceDeploymentSpec,
+    owner: Owner,
+    tier: str,
+    lay: Layout,
+    extra_labels: dict[str, str] | None = None,
+    group_env: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    body, volumes = container(spec, owner, tier, lay, group_env or [])
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [spec.accelerator.type]}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+    return {
+        "metadata": {
+            "labels": {**labels(owner, tier), **(extra_labels or {})},
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": {
+            "affinity": affinity,
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [body],
+            "volumes": volumes,
+            "terminationGracePeriodSeconds": 60,  # let in-flight requests finish
+            "enableServiceLinks": False,
+        },
+    }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:8]
+
+
+# ---- workloads --------------------------------------------------------------------------------------------------
+
+
+def deployment(spec: InferenceDeploymentSpec, owner: Owner, tier: str, lay: Layout) -> dict[str, Any]:
+    template = pod_template(spec, owner, tier, lay)
+    meta = _meta(owner, owner.name, tier)
+    meta["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash(template)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": desired_replicas(spec),
+            "selector": {"matchLabels": selector_labels(owner)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": 1800,
+            "template": template,
+        },
+    }
+
+
+def group_revision(spec: InferenceDeploymentSpec, owner: Owner, tier: str, lay: Layout) -> str:
+    """The hash of what a group runs (the group-independent part of its pod template)."""
+    return template_hash(pod_template(spec, owner, tier, lay, group_env=_group_env(owner, "g", lay)))
+
+
+def group_name(owner: Owner, revision: str, group: int) -> str:
+    return f"{owner.name}-{revision}-g{group}"
+
+
+def _group_env(owner: Owner, sts: str, lay: Layout) -> list[dict[str, Any]]:
+    leader = f"{sts}-0.{group_service_name(owner)}.{owner.namespace}.svc"
+    rank = {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}}
+    return [
+        {"name": "INFLEET_GROUP_NAME", "value": sts},
+        {"name": "INFLEET_RANK", "valueFrom": rank},
+        {"name": "INFLEET_WORLD_SIZE", "value": str(lay.pods_per_replica)},
+        {"name": "INFLEET_LEADER_ADDR", "value": leader},
+        {"name": "INFLEET_LEADER_PORT", "value": str(DIST_PORT)},
+    ]
+
+
+def group_statefulset(
+    spec: InferenceDeploymentSpec, owner: Owner, tier: str, lay: Layout, revision: str, group: int
+) -> dict[str, Any]:
+    name = group_name(owner, revision, group)
+    group_labels = {LABEL_GROUP: str(group), LABEL_REVISION: revision}
+    env = [{"name": "INFLEET_GROUP", "value": str(group)}, *_group_env(owner, name, lay)]
+    template = pod_template(spec, owner, tier, lay, extra_labels=group_labels, group_env=env)
+    meta = _meta(owner, name, tier, group_labels)
+    meta["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash(template)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta,
+        "spec": {
+            "replicas": lay.pods_per_replica,
+            "serviceName": group_service_name(owner),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {**selector_labels(owner), **group_labels}},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Delete"},
+            "template": template,
+        },
+    }
+
+
+# ---- services and disruption budget -----------------------------------------------------------------------------
+
+
+def service(owner: Owner, tier: str, lay: Layout) -> dict[str, Any]:
+    """The endpoint: every single-pod replica, or every group's leader (rank 0 serves HTTP for its group)."""
+    selector = selector_labels(owner)
+    if lay.grouped:
+        selector = {**selector, POD_INDEX_LABEL: "0"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, owner.name, tier),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def headless_service(owner: Owner, tier: str) -> dict[str, Any]:
+    """Stable DNS for group members (`<sts>-<rank>.<name>-group`), published before pods are ready so that ranks
+    can find their leader while they load."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, group_service_name(owner), tier),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(owner),
+            "ports": [
+                {"name": "http", "port": PORT, "targetPort": PORT, "protocol": "TCP"},
+                {"name": "dist", "port": DIST_PORT, "targetPort": DIST_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def disruption_budget(owner: Owner, tier: str) -> dict[str, Any]:
+    """Voluntary evictions (node drains) take one pod at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(owner, owner.name, tier),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner)}},
+    }
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything the operator wants to exist for one InferenceDeployment."""
+
+    layout: Layout
+    tier: str
+    revision: str  # template hash of the workload (Deployment) or of each group
+    objects: list[dict[str, Any]]
+
+    @property
+    def workloads(self) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def desired(spec: InferenceDeploymentSpec, owner: Owner, tier: str, gpus_per_node: int) -> Desired:
+    lay = layout(spec, gpus_per_node)
+    objects = [service(owner, tier, lay), disruption_budget(owner, tier)]
+    if not lay.grouped:
+        dep = deployment(spec, owner, tier, lay)
+        return Desired(lay, tier, dep["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION], [dep, *objects])
+    revision = group_revision(spec, owner, tier, lay)
+    groups = [group_statefulset(spec, owner, tier, lay, revision, g) for g in range(desired_replicas(spec))]
+    return Desired(lay, tier, revision, [*groups, headless_service(owner, tier), *objects])
