@@ -31,7 +31,7 @@ typecheck: install
 	@# mypy needs the installed layout (operator/ is infleet.operator): a tree of symlinks gives it that
 	@rm -rf build/typecheck && mkdir -p build/typecheck/infleet
 	@for f in infleet/*.py; do ln -s $(CURDIR)/$$f build/typecheck/infleet/; done
-	@for d in operator runtime autoscaler gateway cluster; do ln -s $(CURDIR)/$$d build/typecheck/infleet/$$d; done
+	@for d in operator runtime autoscaler gateway cluster monitoring; do ln -s $(CURDIR)/$$d build/typecheck/infleet/$$d; done
 	cd build/typecheck && $(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p infleet
 
 test-unit: install

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-PARTS = ("operator", "runtime", "autoscaler", "gateway", "cluster")
+PARTS = ("operator", "runtime", "autoscaler", "gateway", "cluster", "monitoring")
 root = Path(__file__).parent
 packages = ["infleet"]
 package_dir = {"infleet": "infleet"}

@@ -1,0 +1,115 @@
+"""Every metric and label name the rules, dashboards and report read, in one place.
+
+The runtime's series carry no Kubernetes labels; the scrape config (`scrape.py`) adds them as target labels from
+the pod's metadata. Deployments with `engine: vllm` export the same quantities under vLLM's names, so every query
+is written once per engine and the results are joined with `or` (a deployment runs one engine, never both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infleet.runtime.metrics import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
+from prometheus_client.utils import floatToGoString
+
+# target labels the scrape config sets, and the pod labels they come from
+NAMESPACE = "namespace"
+POD = "pod"
+DEPLOYMENT = "deployment"
+TIER = "tier"
+POD_LABEL_DEPLOYMENT = "infleet.dev/deployment"
+POD_LABEL_TIER = "infleet.dev/tier"
+# per-deployment series are aggregated to these labels
+BY = (NAMESPACE, DEPLOYMENT)
+
+# gauges the operator exports, one series per InferenceDeployment (labels namespace, deployment)
+DEPLOYMENT_REPLICAS = "infleet_deployment_replicas"
+DEPLOYMENT_DESIRED_REPLICAS = "infleet_deployment_desired_replicas"
+DEPLOYMENT_TIER_INFO = "infleet_deployment_tier_info"  # value 1, label tier=<current tier>
+DEPLOYMENT_COST = "infleet_deployment_cost_per_million_tokens"
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A latency histogram and the bucket edges (seconds) its engine exports."""
+
+    name: str
+    buckets: tuple[float, ...]
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.name}_bucket"
+
+    @property
+    def count(self) -> str:
+        return f"{self.name}_count"
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """The series one engine exports, under that engine's names."""
+
+    engine: str
+    ttft: Histogram
+    tpot: Histogram
+    e2e: Histogram
+    running: str
+    waiting: str
+    kv_cache_usage: str
+    prompt_tokens: str
+    generation_tokens: str
+    prefix_queries: str
+    prefix_hits: str
+
+
+INFLEET = EngineMetrics(
+    engine="infleet",
+    ttft=Histogram("infleet_time_to_first_token_seconds", TTFT_BUCKETS),
+    tpot=Histogram("infleet_inter_token_latency_seconds", ITL_BUCKETS),
+    e2e=Histogram("infleet_e2e_request_latency_seconds", REQUEST_BUCKETS),
+    running="infleet_num_requests_running",
+    waiting="infleet_num_requests_waiting",
+    kv_cache_usage="infleet_kv_cache_usage_perc",
+    prompt_tokens="infleet_prompt_tokens_total",
+    generation_tokens="infleet_generation_tokens_total",
+    prefix_queries="infleet_prefix_cache_queries_total",
+    prefix_hits="infleet_prefix_cache_hits_total",
+)
+
+# vLLM v1's names and bucket edges (vllm/v1/metrics/loggers.py)
+VLLM_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+VLLM_ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
+    0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+VLLM_REQUEST_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+VLLM = EngineMetrics(
+    engine="vllm",
+    ttft=Histogram("vllm:time_to_first_token_seconds", VLLM_TTFT_BUCKETS),
+    tpot=Histogram("vllm:inter_token_latency_seconds", VLLM_ITL_BUCKETS),
+    e2e=Histogram("vllm:e2e_request_latency_seconds", VLLM_REQUEST_BUCKETS),
+    running="vllm:num_requests_running",
+    waiting="vllm:num_requests_waiting",
+    kv_cache_usage="vllm:kv_cache_usage_perc",
+    prompt_tokens="vllm:prompt_tokens_total",
+    generation_tokens="vllm:generation_tokens_total",
+    prefix_queries="vllm:prefix_cache_queries_total",
+    prefix_hits="vllm:prefix_cache_hits_total",
+)
+
+ENGINES: tuple[EngineMetrics, ...] = (INFLEET, VLLM)
+
+
+def le(edge: float) -> str:
+    """A bucket edge as Python and Go clients write it in the `le` label ("2.0", "0.1")."""
+    return floatToGoString(edge)
+
+
+def by() -> str:
+    return ", ".join(BY)
