@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "infleet.dev"
@@ -203,6 +203,14 @@ class Quantization(ApiModel):
         le=1.0,
         description="Largest quality loss accepted against bf16 (fraction, e.g. 0.02 = 2% greedy mismatch).",
     )
+
+    @field_validator("allowed")
+    @classmethod
+    def _unique(cls, allowed: list[Tier]) -> list[Tier]:
+        """The schema says list-type set (the API server rejects duplicates); say the same here."""
+        if len(set(allowed)) != len(allowed):
+            raise ValueError("tiers must not repeat")
+        return allowed
 
 
 class SLO(ApiModel):

@@ -1,0 +1,160 @@
+"""The objects a spec turns into: pure functions, checked field by field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from infleet.operator import api, resources
+from infleet.operator.resources import Owner
+
+from .specs import good_spec
+
+OWNER = Owner("llama", "serving", "uid-1")
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+def spec_of(**overrides: Any) -> api.InferenceDeploymentSpec:
+    return api.InferenceDeploymentSpec.model_validate(good_spec(**overrides))
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_single_node_replica_is_a_deployment() -> None:
+    spec = spec_of(accelerator={"type": H100}, parallelism={"tensor": 4}, replicas=3)
+    want = resources.desired(spec, OWNER, "fp8", gpus_per_node=8)
+    assert not want.layout.grouped and want.layout.gpus_per_pod == 4
+    kinds = sorted(o["kind"] for o in want.objects)
+    assert kinds == ["Deployment", "PodDisruptionBudget", "Service"]
+    dep = by_kind(want.objects, "Deployment")[0]
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "4" == c["resources"]["limits"]["nvidia.com/gpu"]
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "In", "values": [H100]}]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["ports"][0]["containerPort"] == 8000
+    ann = dep["spec"]["template"]["metadata"]["annotations"]
+    assert ann == {"prometheus.io/scrape": "true", "prometheus.io/port": "8000", "prometheus.io/path": "/metrics"}
+
+
+def test_every_object_is_labelled_and_owned() -> None:
+    for spec, gpn in (
+        (spec_of(), 1),
+        (spec_of(accelerator={"type": H100}, parallelism={"tensor": 8, "pipeline": 2}), 8),
+    ):
+        for obj in resources.desired(spec, OWNER, "bf16", gpn).objects:
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/name"] == "infleet-runtime"
+            assert labels["app.kubernetes.io/instance"] == "llama"
+            assert labels["app.kubernetes.io/managed-by"] == "infleet"
+            assert labels["infleet.dev/deployment"] == "llama" and labels["infleet.dev/tier"] == "bf16"
+            (ref,) = obj["metadata"]["ownerReferences"]
+            assert ref == {
+                "apiVersion": "infleet.dev/v1alpha1",
+                "kind": "InferenceDeployment",
+                "name": "llama",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+            assert obj["metadata"]["namespace"] == "serving"
+
+
+def test_infleet_engine_command() -> None:
+    spec = spec_of(
+        runtime={"maxBatchTokens": 4096, "maxModelLen": 2048}, parallelism={"tensor": 2, "pipeline": 1}, replicas=1
+    )
+    dep = by_kind(resources.desired(spec, OWNER, "int8", 8).objects, "Deployment")[0]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == f"infleet/runtime:{resources.infleet_version()}"
+    cmd = c["command"]
+    assert cmd[:5] == ["python", "-m", "infleet.runtime", "serve", "--model"]
+    flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
+    assert flags["--model"] == "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert flags["--served-name"] == "smollm2" and flags["--tier"] == "int8"
+    assert flags["--tensor-parallel"] == "2" and flags["--pipeline-parallel"] == "1"
+    assert flags["--max-batch-tokens"] == "4096" and flags["--max-model-len"] == "2048" and flags["--port"] == "8000"
+
+
+def test_vllm_engine_command() -> None:
+    spec = spec_of(
+        runtime={"engine": "vllm", "prefixCaching": False}, model={"uri": "hf://Qwen/Qwen2.5-7B", "revision": "v1"}
+    )
+    dep = by_kind(resources.desired(spec, OWNER, "fp8", 8).objects, "Deployment")[0]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"].startswith("vllm/vllm-openai:")
+    cmd = c["command"]
+    assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen2.5-7B"]
+    assert cmd[cmd.index("--served-model-name") + 1] == "llama"  # no servedName: the deployment's name
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "1"
+    assert cmd[cmd.index("--max-num-batched-tokens") + 1] == "8192"
+    assert cmd[cmd.index("--quantization") + 1] == "fp8"
+    assert "--no-enable-prefix-caching" in cmd and cmd[cmd.index("--revision") + 1] == "v1"
+
+
+def test_multi_node_groups_carry_rank_env() -> None:
+    spec = spec_of(accelerator={"type": H100, "gpusPerNode": 8}, parallelism={"tensor": 8, "pipeline": 2}, replicas=3)
+    want = resources.desired(spec, OWNER, "fp8", 8)
+    assert want.layout == resources.Layout(gpus_per_replica=16, pods_per_replica=2, gpus_per_pod=8)
+    groups = by_kind(want.objects, "StatefulSet")
+    assert [g["metadata"]["name"] for g in groups] == [f"llama-{want.revision}-g{i}" for i in range(3)]
+    assert not by_kind(want.objects, "Deployment")
+    headless = [s for s in by_kind(want.objects, "Service") if s["spec"].get("clusterIP") == "None"]
+    assert headless and headless[0]["metadata"]["name"] == "llama-group"
+    for i, sts in enumerate(groups):
+        assert sts["spec"]["replicas"] == 2 and sts["spec"]["podManagementPolicy"] == "Parallel"
+        assert sts["spec"]["serviceName"] == "llama-group"
+        tmpl = sts["spec"]["template"]
+        assert tmpl["metadata"]["labels"]["infleet.dev/group"] == str(i)
+        c = tmpl["spec"]["containers"][0]
+        env = env_of(c)
+        assert env["INFLEET_GROUP"] == str(i) and env["INFLEET_WORLD_SIZE"] == "2"
+        assert env["INFLEET_RANK"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
+        assert env["INFLEET_LEADER_ADDR"] == f"llama-{want.revision}-g{i}-0.llama-group.serving.svc"
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    endpoint = next(s for s in by_kind(want.objects, "Service") if s["metadata"]["name"] == "llama")
+    assert endpoint["spec"]["selector"]["apps.kubernetes.io/pod-index"] == "0"  # leaders serve HTTP
+
+
+def test_group_revision_follows_the_template() -> None:
+    spec = spec_of(accelerator={"type": H100}, parallelism={"tensor": 16})
+    a = resources.desired(spec, OWNER, "bf16", 8).revision
+    assert resources.desired(spec, OWNER, "bf16", 8).revision == a  # stable
+    assert resources.desired(spec, OWNER, "fp8", 8).revision != a  # tier change: new groups
+    more = spec.model_copy(update={"replicas": 4})
+    assert resources.desired(more, OWNER, "bf16", 8).revision == a  # scaling keeps the groups
+
+
+def test_pvc_model_is_mounted() -> None:
+    spec = spec_of(model={"uri": "pvc://weights/llama/8b"})
+    dep = by_kind(resources.desired(spec, OWNER, "bf16", 1).objects, "Deployment")[0]
+    pod = dep["spec"]["template"]["spec"]
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in pod["volumes"]
+    cmd = pod["containers"][0]["command"]
+    assert cmd[cmd.index("--model") + 1] == "/models/weights/llama/8b"
+
+
+@pytest.mark.parametrize(
+    ("enabled", "replicas", "expected"), [(False, 7, 7), (True, 7, 4), (True, 0, 1), (False, 0, 0)]
+)
+def test_desired_replicas_respects_scaling_bounds(enabled: bool, replicas: int, expected: int) -> None:
+    spec = spec_of(scaling={"enabled": enabled, "minReplicas": 1, "maxReplicas": 4}, replicas=replicas)
+    assert resources.desired_replicas(spec) == expected
+
+
+def test_tier_change_changes_the_pod_template() -> None:
+    spec = spec_of()
+    a = by_kind(resources.desired(spec, OWNER, "bf16", 1).objects, "Deployment")[0]
+    b = by_kind(resources.desired(spec, OWNER, "int4", 1).objects, "Deployment")[0]
+    assert a["spec"]["selector"] == b["spec"]["selector"]  # selectors are immutable: no tier in them
+    assert a["spec"]["template"] != b["spec"]["template"]
