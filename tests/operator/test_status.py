@@ -22,8 +22,10 @@ def test_merge_keeps_other_types_and_orders_standard_first() -> None:
     old = [status.condition("MetricsAvailable", True, "Ok", "", 1, now="t0")]
     out = status.merge_conditions(
         old,
-        [status.condition("Degraded", False, "AsExpected", "", 1, now="t1")]
-        + [status.condition("Ready", True, "ReplicasReady", "", 1, now="t1")],
+        [
+            status.condition("Degraded", False, "AsExpected", "", 1, now="t1"),
+            status.condition("Ready", True, "ReplicasReady", "", 1, now="t1"),
+        ],
     )
     assert [c["type"] for c in out] == ["Ready", "Degraded", "MetricsAvailable"]
 

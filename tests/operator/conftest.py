@@ -1,0 +1,164 @@
+"""Operator test support: the CRDs installed in the local fleet, and the operator as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from infleet.cluster.testing import FleetHandle, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """`python -m infleet.operator run --namespace NS` with KUBECONFIG set; logs go to a file for failure reports."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path) -> None:
+        self.kubeconfig, self.namespace, self.log_dir = kubeconfig, namespace, log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.metrics_port = self.health_port = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.namespace}-{self.starts}.log"
+
+    def start(self, *extra: str) -> OperatorProcess:
+        self.starts += 1
+        self.metrics_port, self.health_port = free_port(), free_port()
+        cmd = [sys.executable, "-m", "infleet.operator", "run", "--namespace", self.namespace]
+        cmd += ["--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), *extra]
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_for(self.healthy, timeout=60, what=f"operator /healthz (log: {self.log_path})")
+        return self
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as a crash or an OOM kill would do."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def crds(fleet: FleetHandle) -> FleetHandle:
+    """The InferenceDeployment and kopf peering CRDs, applied from crds/ and established."""
+    fleet.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    fleet.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/inferencedeployments.infleet.dev")
+    return fleet
+
+
+@pytest.fixture
+def operator(crds: FleetHandle, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(crds.kubeconfig, namespace, tmp_path)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------------
+
+
+def idep(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "infleet.dev/v1alpha1",
+        "kind": "InferenceDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def apply(
+    fleet: FleetHandle, namespace: str, *objects: dict[str, Any], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return fleet.kubectl(
+        "apply", "--validate=strict", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects), check=check
+    )
+
+
+def get(fleet: FleetHandle, namespace: str, kind: str, name: str | None = None, selector: str | None = None) -> Any:
+    args = ["get", kind, "-n", namespace, "-o", "json"]
+    if name:
+        args.insert(2, name)
+    if selector:
+        args += ["-l", selector]
+    proc = fleet.kubectl(*args, check=False)
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout)
+
+
+def conditions(body: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in ((body or {}).get("status") or {}).get("conditions") or []}
+
+
+def wait_condition(
+    fleet: FleetHandle,
+    namespace: str,
+    name: str,
+    type_: str,
+    status: str = "True",
+    reason: str | None = None,
+    timeout: float = 90,
+    operator: OperatorProcess | None = None,
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        body = get(fleet, namespace, "inferencedeployment", name)
+        cond = conditions(body).get(type_)
+        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+            return body
+        return None
+
+    try:
+        result: dict[str, Any] = wait_for(
+            check, timeout=timeout, interval=0.5, what=f"{name} {type_}={status} {reason}"
+        )
+    except AssertionError as err:
+        body = get(fleet, namespace, "inferencedeployment", name)
+        logs = operator.log() if operator else ""
+        raise AssertionError(f"{err}\nstatus: {json.dumps((body or {}).get('status'), indent=1)}\n{logs}") from None
+    return result
