@@ -10,18 +10,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 from typing import Any
 
 import kopf
-from infleet.operator.kube import Kube
+from infleet.operator.kube import Kube, KubeError
 from prometheus_client import start_http_server
 
 PEERING_NAME = "infleet-operator"
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     # progress and the last handled spec live in annotations under our prefix; status stays ours alone
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="infleet.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -34,12 +35,32 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.batching.error_delays = [1, 2, 4, 8, 16, 30, 60]
     settings.watching.server_timeout = 300
     settings.peering.name = PEERING_NAME
-    settings.peering.mandatory = False
     memo.kube = Kube.from_environment(os.environ.get("KUBECONFIG"))
+    if not settings.peering.standalone:
+        settings.peering.standalone = not await ensure_peering(memo.kube, memo.namespaces, logger)
+
+
+async def ensure_peering(kube: Kube, namespaces: list[str], logger: kopf.Logger) -> bool:
+    """Create the peering object(s) replicas elect through; False when kopf's peering CRDs are not installed."""
+    plural = "kopfpeerings" if namespaces else "clusterkopfpeerings"
+    kind = "KopfPeering" if namespaces else "ClusterKopfPeering"
+    targets: list[str | None] = list(namespaces) or [None]
+    for ns in targets:
+        where = f"/namespaces/{ns}" if ns else ""
+        body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": PEERING_NAME}}
+        try:
+            await kube.request("POST", f"/apis/kopf.dev/v1{where}/{plural}", kind=kind, body=body)
+        except KubeError as err:
+            if err.status == 404:
+                logger.warning("kopf peering CRDs are not installed (crds/kopf-peering.yaml): running standalone")
+                return False
+            if err.status != 409:  # 409: it exists already
+                raise
+    return True
 
 
 @kopf.on.cleanup()
-async def close(memo: kopf.Memo, **_: Any) -> None:
+async def close(memo: Any, **_: Any) -> None:
     kube = getattr(memo, "kube", None)
     if kube is not None:
         await kube.close()
@@ -54,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
     run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus metrics port (0: off)")
     run.add_argument("--health-port", type=int, default=8080, help="port of /healthz (0: off)")
-    run.add_argument("--priority", type=int, default=0, help="peering priority (highest active replica leads)")
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority: the highest live replica works, the others stand by (default: random)",
+    )
     run.add_argument("--standalone", action="store_true", help="no leader election")
     run.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
@@ -73,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
-        standalone=args.standalone,
-        priority=args.priority,
-        peering_name=PEERING_NAME,
+        standalone=True if args.standalone else None,
+        priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
+        memo=kopf.Memo(namespaces=namespaces),
     )
     return 0
 
