@@ -249,3 +249,54 @@ async def label_rank(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     except KubeError as err:
         if err.status not in (404, 409):
             raise
+
+
+# ---- a group fails as a whole -----------------------------------------------------------------------------------
+
+GROUP_RESTART_COOLDOWN = 30.0
+_restarts_seen: dict[str, int] = {}  # pod uid -> container restarts last seen
+_group_restarted_at: dict[tuple[str, str], float] = {}  # (namespace, statefulset) -> when its ranks were restarted
+
+
+def restarts(pod: Mapping[str, Any]) -> int:
+    return sum(c.get("restartCount", 0) for c in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def group_of(pod: Mapping[str, Any]) -> str | None:
+    """The StatefulSet a group pod belongs to (its controller owner)."""
+    refs = pod["metadata"].get("ownerReferences") or []
+    return next((r["name"] for r in refs if r.get("kind") == "StatefulSet" and r.get("controller")), None)
+
+
+def crashed(pod: Mapping[str, Any], seen_before: int | None) -> bool:
+    """A rank's container restarted since we last looked: its peers hold a broken collective and must restart."""
+    return seen_before is not None and restarts(pod) > seen_before
+
+
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, resources.LABEL_GROUP: kopf.PRESENT}, id="restart-group")
+async def restart_group(type: str, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """torch.distributed cannot re-admit a restarted rank: when one rank's container restarts, delete the other
+    ranks of its group so that the StatefulSet brings the whole group back together."""
+    uid = body["metadata"]["uid"]
+    if type == "DELETED":
+        _restarts_seen.pop(uid, None)
+        return
+    before = _restarts_seen.get(uid)
+    _restarts_seen[uid] = restarts(body)
+    sts = group_of(body)
+    ns = body["metadata"]["namespace"]
+    if sts is None or not crashed(body, before):
+        return
+    now = time.monotonic()
+    if now - _group_restarted_at.get((ns, sts), -GROUP_RESTART_COOLDOWN) < GROUP_RESTART_COOLDOWN:
+        return
+    _group_restarted_at[(ns, sts)] = now
+    kube = kube_of(memo)
+    labels = body["metadata"].get("labels") or {}
+    selector = ",".join(
+        f"{k}={labels[k]}" for k in (resources.LABEL_DEPLOYMENT, resources.LABEL_GROUP, resources.LABEL_REVISION)
+    )
+    for pod in await kube.list("Pod", ns, selector):
+        if pod["metadata"]["uid"] != uid:
+            logger.warning(f"rank {pod['metadata']['name']} restarts with its group {sts} (a peer crashed)")
+            await kube.delete("Pod", ns, pod["metadata"]["name"], uid=pod["metadata"]["uid"])

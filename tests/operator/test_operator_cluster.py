@@ -206,3 +206,26 @@ def test_operator_health_and_metrics(crds: FleetHandle, namespace: str, operator
     ):
         assert name in text
     assert operator.healthy()
+
+
+def test_two_replicas_elect_one_through_peering(crds: FleetHandle, namespace: str, tmp_path: Any) -> None:
+    """Two operators: the higher priority works, the other stands by and takes over when the first exits."""
+    leader = OperatorProcess(crds.kubeconfig, namespace, tmp_path / "a")
+    standby = OperatorProcess(crds.kubeconfig, namespace, tmp_path / "b")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    try:
+        leader.start("--priority", "200")
+        standby.start("--priority", "100")
+        wait_for(
+            lambda: "Pausing" in standby.log() or "paused" in standby.log().lower(), timeout=60, what="standby pauses"
+        )
+        apply(crds, namespace, idep("first", good_spec()))
+        wait_condition(crds, namespace, "first", "Ready", operator=leader)
+        assert 'infleet_operator_reconcile_total{result="ok",trigger="create"}' not in standby.metrics()
+        leader.stop()  # a clean exit leaves the peering at once
+        apply(crds, namespace, idep("second", good_spec()))
+        wait_condition(crds, namespace, "second", "Ready", operator=standby, timeout=120)
+    finally:
+        leader.stop()
+        standby.stop()

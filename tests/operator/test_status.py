@@ -153,3 +153,15 @@ def test_auto_tier_skips_what_cannot_run() -> None:
     h100 = spec_of(accelerator={"type": "NVIDIA-H100-80GB-HBM3"}, quantization={"allowed": ["fp8", "int8"]})
     assert checks.choose_tier(h100, "int8")[0] == "int8"  # the autoscaler's choice stays
     assert checks.supports_fp8("NVIDIA-L4") and not checks.supports_fp8("Tesla-T4")
+
+
+def test_a_group_restarts_when_a_rank_crashes() -> None:
+    from infleet.operator import handlers
+
+    pod = {
+        "metadata": {"ownerReferences": [{"kind": "StatefulSet", "name": "big-abc-g0", "controller": True}]},
+        "status": {"containerStatuses": [{"restartCount": 2}]},
+    }
+    assert handlers.group_of(pod) == "big-abc-g0"
+    assert handlers.crashed(pod, 1) and not handlers.crashed(pod, 2)
+    assert not handlers.crashed(pod, None)  # first sighting (e.g. after an operator restart) is not a crash
