@@ -1,0 +1,110 @@
+"""The tier chooser: Pareto frontier, constraints, hysteresis, and profiles (measured or from the roofline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from infleet.autoscaler.simulator.latency_model import MODELS
+from infleet.autoscaler.tiers import (
+    ProfileError,
+    TierOption,
+    TierState,
+    choose_tier,
+    load_profile,
+    pareto_frontier,
+    price_options,
+    roofline_profile,
+)
+
+L4, H100 = "NVIDIA-L4", "NVIDIA-H100-80GB-HBM3"
+OPTIONS = [
+    TierOption("bf16", L4, 1000, 0.0),
+    TierOption("int8", L4, 2000, 0.01),
+    TierOption("int4", L4, 3000, 0.05),
+    TierOption("bf16", H100, 5000, 0.0),
+    TierOption("fp8", H100, 5500, 0.03),  # dominated by int8 on L4 at low load: costlier and worse
+]
+
+
+def test_pareto_frontier_drops_dominated_options() -> None:
+    costs = price_options(OPTIONS, load_tokens_per_second=2000, target_utilization=0.7, prices=None)
+    replicas = {c.key: c.replicas for c in costs}
+    assert replicas == {("bf16", L4): 3, ("int8", L4): 2, ("int4", L4): 1, ("bf16", H100): 1, ("fp8", H100): 1}
+    front = pareto_frontier(costs)
+    # cheapest first, quality improving; bf16 on H100 ($4/h) loses to bf16 on 3 L4s ($2.40/h), fp8 on H100 to both
+    assert [c.key for c in front] == [("int4", L4), ("int8", L4), ("bf16", L4)]
+    assert [round(c.dollars_per_hour, 2) for c in front] == [0.8, 1.6, 2.4]
+    # at 1400 tok/s int4 and int8 both fit one replica: int4 is now dominated (same cost, worse quality)
+    assert ("int4", L4) not in [c.key for c in pareto_frontier(price_options(OPTIONS, 1400))]
+
+
+def test_picks_cheapest_within_quality_budget() -> None:
+    d = choose_tier(OPTIONS, 1400, max_quality_loss=0.02, state=TierState(), now=0)
+    assert (d.tier, d.gpu, d.replicas) == ("int8", L4, 1)
+    assert "choose int8" in d.reason
+    strict = choose_tier(OPTIONS, 1400, max_quality_loss=0.0, state=TierState(), now=0)
+    assert strict.tier == "bf16" and strict.gpu == L4
+
+
+def test_respects_max_replicas_at_the_predicted_load() -> None:
+    # 20,000 tok/s: bf16 on L4 would need 29 replicas; with at most 10 only H100 qualifies
+    d = choose_tier(OPTIONS, 20_000, max_quality_loss=0.0, state=TierState(), now=0, max_replicas=10)
+    assert (d.tier, d.gpu) == ("bf16", H100)
+    none = choose_tier(OPTIONS, 200_000, max_quality_loss=0.0, state=TierState("bf16", L4), now=0, max_replicas=10)
+    assert none.tier == "bf16" and "no tier" in none.reason
+
+
+def test_hysteresis_needs_margin_and_dwell() -> None:
+    opts = [TierOption("bf16", L4, 1000, 0.0), TierOption("int8", L4, 1080, 0.0)]  # 14 vs 13 replicas: 7%
+    small = choose_tier(opts, 9800, 0.01, TierState("bf16", L4), now=0, margin=0.1)
+    assert small.tier == "bf16" and "margin" in small.reason
+
+    state = TierState("bf16", L4)
+    first = choose_tier(OPTIONS, 1400, 0.02, state, now=0, dwell=600)
+    assert first.tier == "bf16" and "for now" in first.reason  # int8 saves 50%, but only just now
+    mid = choose_tier(OPTIONS, 1400, 0.02, first.state, now=300, dwell=600)
+    assert mid.tier == "bf16"
+    # the load dips so the saving vanishes: the dwell clock restarts
+    dip = choose_tier(OPTIONS, 500, 0.02, mid.state, now=400, dwell=600)
+    assert dip.tier == "bf16" and dip.state.challenger is None
+    again = choose_tier(OPTIONS, 1400, 0.02, dip.state, now=500, dwell=600)
+    late = choose_tier(OPTIONS, 1400, 0.02, again.state, now=1000, dwell=600)
+    assert late.tier == "bf16"
+    done = choose_tier(OPTIONS, 1400, 0.02, late.state, now=1100, dwell=600)
+    assert done.tier == "int8" and "switch to int8" in done.reason
+
+
+def test_a_tier_that_no_longer_qualifies_is_left_at_once() -> None:
+    d = choose_tier(OPTIONS, 1400, 0.02, TierState("int4", L4), now=0, dwell=600)
+    assert d.tier == "int8" and "no longer qualifies" in d.reason
+
+
+def test_roofline_profile_follows_memory_and_precision() -> None:
+    big = roofline_profile(MODELS["llama-3.1-70b"], ["L4", "H100"], 2000, 200, tpot_slo=0.1, ttft_slo=2.0)
+    assert not any(o.gpu == L4 for o in big)  # even 4-bit 70B weights (44 GB) exceed 24 GB
+    assert {o.tier for o in big} == {"fp8", "int8", "int4"}  # bf16 70B (141 GB) does not fit one H100 either
+    h100 = {o.tier: o.capacity_tokens_per_second for o in big}
+    assert h100["int4"] > h100["fp8"]  # fp8 weights leave almost no KV cache room: int4 serves more
+
+    small = roofline_profile(MODELS["llama-3.1-8b"], ["A100"], 2000, 200, tpot_slo=0.1, ttft_slo=2.0)
+    a100 = {o.tier: o.capacity_tokens_per_second for o in small}
+    assert a100["int8"] == pytest.approx(2 * a100["bf16"])  # int8 tensor cores: prefill-bound at twice the FLOPs
+    assert a100["fp8"] == pytest.approx(a100["bf16"])  # no fp8 on an A100: weight-only, bf16 matmuls
+
+
+def test_load_measured_profile(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({
+        "model": "smollm2-135m", "gpu": "cpu",
+        "tiers": {"bf16": {"capacity_tokens_per_second": 50, "quality_loss": 0.0},
+                  "int8": {"capacity_tokens_per_second": 140, "quality_loss": 0.02, "memory_bytes": 1.4e8}},
+    }))  # fmt: skip
+    opts = load_profile(path)
+    assert [(o.tier, o.gpu, o.capacity_tokens_per_second) for o in opts] == [("bf16", "cpu", 50), ("int8", "cpu", 140)]
+    d = choose_tier(opts, 60, 0.05, TierState(), now=0, prices={"cpu": 0.05})
+    assert d.tier == "int8" and d.replicas == 1
+    path.write_text(json.dumps({"tiers": [{"tier": "int4"}]}))
+    with pytest.raises(ProfileError, match="entry 0"):
+        load_profile(path)
