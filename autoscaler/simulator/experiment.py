@@ -1,0 +1,131 @@
+"""One comparison: a trace, a latency model, and every policy run against the same fleet.
+
+All policies get the same per-replica numbers: the capacity at the SLO from the latency model (infleet's policy,
+the static sizing) and the matching concurrency (KPA's target), so the comparison is of control logic alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from infleet.autoscaler.cost import cost_of_gpu_hours, gpu_hourly_price
+from infleet.autoscaler.policy import ScalingSpec
+from infleet.autoscaler.simulator.baselines import HPA, KEDA, KPA, HPABehavior, Static
+from infleet.autoscaler.simulator.fleet import Policy, SimConfig, SimResult, simulate
+from infleet.autoscaler.simulator.infleet_policy import InfleetPolicy
+from infleet.autoscaler.simulator.latency_model import LatencyModel
+from infleet.autoscaler.simulator.trace import TraceRequest
+
+POLICIES = ("infleet", "hpa-gpu-util", "keda-queue", "knative-kpa", "static-peak", "static-oracle")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the policies are told about the replicas and the trace."""
+
+    capacity: float  # tokens/s per replica at the SLO
+    concurrency: float  # in-flight requests per replica at that capacity (Little's law)
+    peak_tokens_per_second: float  # highest 60 s average of the trace
+    mean_prompt: float
+    mean_output: float
+
+
+def describe(trace: Sequence[TraceRequest], model: LatencyModel, config: SimConfig) -> Workload:
+    prompt = float(np.mean([r.prompt_tokens for r in trace]))
+    output = float(np.mean([r.output_tokens for r in trace]))
+    capacity = model.capacity(prompt, output, config.tpot_slo, config.ttft_slo, config.max_batch_tokens)
+    # Little's law at capacity: requests/s x time in system (prefill chunks plus one decode step per output token)
+    step = model.decode_step_time(8, int(8 * (prompt + output / 2)))
+    in_system = math.ceil(prompt / config.max_batch_tokens) * step + output * step
+    concurrency = capacity / (prompt + output) * in_system
+    arrivals = np.array([r.arrival for r in trace])
+    tokens = np.array([r.prompt_tokens + r.output_tokens for r in trace], dtype=float)
+    per_minute = np.bincount((arrivals // 60).astype(int), weights=tokens) / 60
+    return Workload(capacity, max(concurrency, 1.0), float(per_minute.max()), prompt, output)
+
+
+def infleet_spec(workload: Workload, config: SimConfig, max_replicas: int = 64) -> ScalingSpec:
+    """The spec an operator would build: SLO and capacity from the deployment, everything else the defaults."""
+    return ScalingSpec(
+        min_replicas=1,
+        max_replicas=max_replicas,
+        capacity_tokens_per_second=workload.capacity,
+        ttft_slo=config.ttft_slo,
+        tpot_slo=config.tpot_slo,
+    )
+
+
+def make_policy(name: str, workload: Workload, config: SimConfig, static_replicas: int | None = None) -> Policy:
+    if name == "infleet":
+        return InfleetPolicy(infleet_spec(workload, config))
+    if name == "hpa-gpu-util":
+        return HPA(behavior=HPABehavior())
+    if name == "keda-queue":
+        return KEDA(behavior=HPABehavior())
+    if name == "knative-kpa":
+        return KPA(target_concurrency=workload.concurrency)
+    if name == "static-peak":  # the 60 s peak at the same 70% target utilization as the HPA
+        return Static(math.ceil(workload.peak_tokens_per_second / (workload.capacity * 0.7)))
+    if name == "static-oracle":
+        if static_replicas is None:
+            raise ValueError("static-oracle needs its replica count (see oracle_static)")
+        return Static(static_replicas, name="static-oracle")
+    raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+
+
+def oracle_static(
+    run: Callable[[Policy], SimResult], config: SimConfig, target: float = 0.99, limit: int = 128
+) -> tuple[int, SimResult]:
+    """The smallest fixed fleet reaching `target` attainment: hindsight no real autoscaler has."""
+    lo, hi = 1, 1
+    best = run(Static(hi, name="static-oracle"))
+    while best.slo_attainment(config.ttft_slo, config.tpot_slo) < target and hi < limit:
+        lo, hi = hi + 1, min(hi * 2, limit)
+        best = run(Static(hi, name="static-oracle"))
+    while lo < hi:  # invariant: hi meets the target (or is the limit)
+        mid = (lo + hi) // 2
+        result = run(Static(mid, name="static-oracle"))
+        if result.slo_attainment(config.ttft_slo, config.tpot_slo) >= target:
+            hi, best = mid, result
+        else:
+            lo = mid + 1
+    return hi, best
+
+
+def summarize(result: SimResult, config: SimConfig, gpu_price: float) -> dict[str, float | int]:
+    gpu_hours = result.gpu_seconds / 3600
+    return {
+        "slo_attainment": round(result.slo_attainment(config.ttft_slo, config.tpot_slo), 5),
+        "gpu_hours": round(gpu_hours, 4),
+        "cost_per_million_tokens": round(cost_of_gpu_hours(gpu_hours, gpu_price, result.served_tokens), 5),
+        "scale_events": result.scale_events,
+        "requests": len(result.measured),
+        "failed": result.failed,
+        "max_replicas": max(result.timeline.replicas, default=0),
+    }
+
+
+def compare(
+    trace: Sequence[TraceRequest],
+    model: LatencyModel,
+    config: SimConfig,
+    names: Sequence[str] = POLICIES,
+    prices: dict[str, float] | None = None,
+) -> tuple[dict[str, dict[str, float | int]], dict[str, SimResult], Workload]:
+    workload = describe(trace, model, config)
+    price = gpu_hourly_price(model.device.name, prices)
+
+    def run(policy: Policy) -> SimResult:
+        return simulate(trace, model, policy, config)
+
+    results: dict[str, SimResult] = {}
+    for name in names:
+        if name == "static-oracle":
+            _, results[name] = oracle_static(run, config)
+        else:
+            results[name] = run(make_policy(name, workload, config))
+    summary = {name: summarize(r, config, price) for name, r in results.items()}
+    return summary, results, workload
