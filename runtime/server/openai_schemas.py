@@ -109,22 +109,23 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: str | list[int]  # one prompt: text or token ids
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, v: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
+    def _one_prompt(cls, v: Any) -> Any:
+        """OpenAI also takes a list of prompts; one is fine, more would need n>1 semantics."""
         if isinstance(v, list) and v and isinstance(v[0], str | list):
             if len(v) != 1:
                 raise ValueError("only one prompt per request is supported")
             v = v[0]
         if not v:
             raise ValueError("must not be empty")
-        if isinstance(v, list) and any(not isinstance(t, int) or t < 0 for t in v):
+        if isinstance(v, list) and any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in v):
             raise ValueError("token ids must be integers >= 0")
         return v
 

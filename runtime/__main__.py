@@ -1,0 +1,153 @@
+"""`python -m infleet.runtime serve --model PATH_OR_URI ...` (also `infleet runtime serve ...`).
+
+SIGTERM drains: new requests get 503 with Retry-After and `/health` turns 503 (so Kubernetes and the gateway stop
+sending), requests in flight finish within `--shutdown-grace-seconds`, then the process exits 0.
+A second SIGTERM, or SIGINT, stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from urllib.parse import unquote, urlparse
+
+import uvicorn
+from infleet.runtime.server.admission import ServerState
+
+TIERS = ("bf16", "fp8", "int8", "int4")
+PROG = "infleet runtime"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="infleet's inference server")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve a model over HTTP (OpenAI, KServe v2, /health, /metrics)")
+    s.add_argument("--model", required=True, help="a GGUF file or an HF model directory; file:// URIs accepted")
+    s.add_argument("--served-name", help="the model name clients use (default: from the model)")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--tier", choices=TIERS, default="bf16", help="weight quantization tier")
+    s.add_argument("--tensor-parallel", type=int, default=1, metavar="N")
+    s.add_argument("--pipeline-parallel", type=int, default=1, metavar="N")
+    s.add_argument("--max-batch-tokens", type=int, default=2048, metavar="N", help="token budget per engine step")
+    s.add_argument("--max-model-len", type=int, default=None, metavar="N", help="context length (default: model's)")
+    s.add_argument("--max-num-seqs", type=int, default=64, metavar="N", help="most sequences in one batch")
+    s.add_argument("--max-waiting", type=int, default=256, metavar="N", help="waiting queue bound; beyond it 429")
+    s.add_argument("--num-kv-blocks", type=int, default=None, metavar="N", help="KV-cache blocks (default: sized)")
+    s.add_argument("--no-prefix-caching", action="store_true", help="turn automatic prefix caching off")
+    s.add_argument("--shutdown-grace-seconds", type=float, default=30.0, metavar="S")
+    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    s.add_argument("--access-log", action="store_true", help="log every request")
+    return p
+
+
+def model_path(uri: str) -> Path:
+    """A local path from a path or a file:// URI; anything else is a ValueError with the reason."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file URI {uri!r} names host {parsed.netloc!r}; only local files are supported")
+        path = Path(unquote(parsed.path))
+    elif parsed.scheme and len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive, not a URI
+        raise ValueError(f"model URI scheme {parsed.scheme!r} is not supported; give a local path or file:// URI")
+    else:
+        path = Path(uri).expanduser()
+    if not path.exists():
+        raise ValueError(f"model path {str(path)!r} does not exist")
+    return path
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM drains instead of closing the listener straight away."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, grace_seconds: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.grace_seconds = grace_seconds
+        self.drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self.drain_deadline is None:
+            self.state.draining = True
+            self.drain_deadline = time.monotonic() + self.grace_seconds
+            logging.getLogger("infleet.runtime").info(
+                "SIGTERM: draining %d request(s), at most %.0fs", self.state.in_flight, self.grace_seconds
+            )
+            return
+        # SIGINT, or a second SIGTERM: stop now (uvicorn cancels what is left after its own short timeout)
+        self.state.draining = True
+        self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_deadline is not None and (self.state.in_flight == 0 or time.monotonic() >= self.drain_deadline):
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.tensor_parallel > 1 or args.pipeline_parallel > 1:
+        print(f"{PROG}: --tensor-parallel/--pipeline-parallel > 1 is not yet supported", file=sys.stderr)
+        return 2
+    for flag in ("port", "max_batch_tokens", "max_num_seqs", "max_waiting"):
+        if getattr(args, flag) < 1:
+            print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        path = model_path(args.model)
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # heavy imports only once the arguments are known to be good
+    from infleet.runtime.engine.engine import AsyncEngine
+    from infleet.runtime.metrics import RuntimeMetrics
+    from infleet.runtime.server.app import Serving, build_app
+
+    metrics = RuntimeMetrics(args.served_name or path.stem, args.tier)
+    try:
+        engine = AsyncEngine(
+            str(path),
+            tier=args.tier,
+            max_batch_tokens=args.max_batch_tokens,
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            max_waiting=args.max_waiting,
+            num_kv_blocks=args.num_kv_blocks,
+            prefix_caching=not args.no_prefix_caching,
+            metrics=metrics,
+        )
+    except Exception as e:  # one clear line, not a traceback: the operator shows it as the pod's failure
+        print(f"{PROG}: cannot load model {str(path)!r}: {e}", file=sys.stderr)
+        return 1
+    served_name = args.served_name or engine.model_name
+    metrics.rename(served_name)  # label series with the name clients use
+    serving = Serving(engine=engine, served_name=served_name, metrics=metrics)
+    config = uvicorn.Config(
+        build_app(serving),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=1,
+        lifespan="on",
+    )
+    server = DrainingServer(config, serving.state, args.shutdown_grace_seconds)
+    server.run()
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

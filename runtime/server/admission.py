@@ -1,0 +1,77 @@
+"""Whether the server takes new work: ready after start-up, draining after SIGTERM.
+
+Every POST is work. While not ready or draining, a new one gets 503 with Retry-After (so a load balancer or the
+gateway retries elsewhere) and `/health` says 503; requests already admitted run to the end, and the count of
+them tells the shutdown sequence when it may stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+from infleet.runtime.server.errors import APIError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+RETRY_AFTER_SECONDS = 5
+
+
+@dataclass
+class ServerState:
+    ready: bool = False
+    draining: bool = False
+    in_flight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.draining
+
+    def admitted(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        if self.in_flight:
+            await self._idle.wait()
+
+
+def refusal(state: ServerState) -> APIError:
+    why = "the server is shutting down" if state.draining else "the model is still loading"
+    return APIError(503, f"{why}; retry on another replica", code="unavailable", retry_after=RETRY_AFTER_SECONDS)
+
+
+class Admission:
+    """ASGI middleware: refuse POSTs unless accepting, and count the admitted ones until their response ends."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if not self.state.accepting:
+            await self._refuse(scope, send)
+            return
+        self.state.admitted()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.done()
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        error = refusal(self.state)
+        body = error.kserve_body() if scope["path"].startswith("/v2") else error.openai_body()
+        payload = json.dumps(body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})

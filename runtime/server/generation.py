@@ -1,0 +1,157 @@
+"""Running one request through the engine on behalf of an HTTP handler.
+
+Three things every API needs: overload becomes a 429 before any response byte is sent (so the first output is
+awaited up front), the engine request is aborted whenever the handler stops listening (client gone, error,
+shutdown), and a client that disconnects while a non-streaming request runs cancels it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from infleet.runtime.engine.engine import QueueFull, RequestOutput
+from infleet.runtime.engine.sampler import SamplingParams
+from infleet.runtime.server.errors import APIError
+from starlette.requests import Request
+
+if TYPE_CHECKING:
+    from infleet.runtime.engine.engine import AsyncEngine
+
+T = TypeVar("T")
+RETRY_AFTER_SECONDS = 1
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def make_params(kwargs: dict[str, Any], max_model_len: int, prompt_len: int) -> SamplingParams:
+    """The engine's sampling parameters; its own validation failures are 400s naming the field."""
+    params = SamplingParams(**kwargs)
+    try:
+        params.validate(max_model_len, prompt_len)
+    except ValueError as e:
+        message = str(e)
+        field = message.split(":", 1)[0] if ":" in message else None
+        raise APIError(400, message, param=field) from None
+    return params
+
+
+def usage(out: RequestOutput | Finished) -> dict[str, int]:
+    """OpenAI's `usage` object."""
+    return {
+        "prompt_tokens": out.prompt_tokens,
+        "completion_tokens": out.completion_tokens,
+        "total_tokens": out.prompt_tokens + out.completion_tokens,
+    }
+
+
+@dataclass
+class Finished:
+    """A whole generation, for non-streaming responses."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+    def usage(self) -> dict[str, int]:
+        return usage(self)
+
+
+class Generation:
+    """The engine's outputs for one request, with its first output already in hand."""
+
+    def __init__(self, outputs: AsyncIterator[RequestOutput], first: RequestOutput | None) -> None:
+        self._outputs = outputs
+        self._first = first
+
+    def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[RequestOutput]:
+        try:
+            if self._first is not None:
+                first, self._first = self._first, None
+                yield first
+                if first.finished:
+                    return
+            async for out in self._outputs:
+                yield out
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Abort the engine request if it still runs; shielded so a cancelled handler still reaches the engine."""
+        closer = getattr(self._outputs, "aclose", None)
+        if closer is not None:
+            with anyio.CancelScope(shield=True):
+                await closer()
+
+    async def collect(self) -> Finished:
+        text: list[str] = []
+        ids: list[int] = []
+        last: RequestOutput | None = None
+        async for out in self:
+            text.append(out.new_text)
+            ids.extend(out.new_token_ids)
+            last = out
+        if last is None:
+            raise APIError(500, "the engine ended the request without output")
+        return Finished("".join(text), ids, last.finish_reason, last.prompt_tokens, last.completion_tokens)
+
+
+async def start(engine: AsyncEngine, prompt_ids: list[int], params: SamplingParams, request_id: str) -> Generation:
+    """Submit a request and wait for its first output; a full waiting queue is a 429 with Retry-After."""
+    outputs: Any = engine.generate(prompt_ids, params, request_id)
+    if inspect.isawaitable(outputs):
+        outputs = await outputs
+    try:
+        first = await anext(outputs)
+    except QueueFull:
+        raise APIError(
+            429,
+            "the server is at capacity (its waiting queue is full); retry later",
+            code="queue_full",
+            retry_after=RETRY_AFTER_SECONDS,
+        ) from None
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        closer = getattr(outputs, "aclose", None)
+        if closer is not None:
+            with anyio.CancelScope(shield=True):
+                await closer()
+        raise
+    return Generation(outputs, first)
+
+
+async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
+    """Run `work` unless the client goes away first; then cancel it (which aborts its engine request)."""
+    task = asyncio.ensure_future(work())
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()

@@ -1,0 +1,189 @@
+"""OpenAI-compatible endpoints: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (JSON or SSE streams)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from infleet.runtime.engine.engine import RequestOutput
+from infleet.runtime.server import sse
+from infleet.runtime.server.errors import APIError
+from infleet.runtime.server.generation import (
+    Finished,
+    Generation,
+    make_params,
+    new_request_id,
+    start,
+    until_disconnect,
+    usage,
+)
+from infleet.runtime.server.openai_schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    parse,
+    resolve_max_tokens,
+)
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from infleet.runtime.server.app import Serving
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default; chat defaults to the rest of the context
+
+
+def check_model(serving: Serving, body: SamplingFields) -> str:
+    if body.model is not None and body.model != serving.served_name:
+        raise APIError(
+            404,
+            f"model: the model {body.model!r} does not exist here; this server serves {serving.served_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+    return serving.served_name
+
+
+async def list_models(request: Request) -> Response:
+    serving: Serving = request.app.state.serving
+    card = {
+        "id": serving.served_name,
+        "object": "model",
+        "created": serving.created,
+        "owned_by": "infleet",
+        "max_model_len": serving.engine.max_model_len,
+    }
+    return JSONResponse({"object": "list", "data": [card]})
+
+
+class Job:
+    """One validated OpenAI request, ready to run: the prompt ids and sampling parameters."""
+
+    def __init__(self, serving: Serving, body: SamplingFields, prompt_ids: list[int], default_max: int | None) -> None:
+        self.serving = serving
+        self.body = body
+        self.model = check_model(serving, body)
+        self.prompt_ids = prompt_ids
+        engine = serving.engine
+        max_tokens = resolve_max_tokens(body.requested_max_tokens, default_max, len(prompt_ids), engine.max_model_len)
+        self.params = make_params(body.sampling_kwargs(max_tokens), engine.max_model_len, len(prompt_ids))
+        self.created = int(time.time())
+
+    async def run(
+        self,
+        request: Request,
+        request_id: str,
+        whole: Callable[[Finished], dict[str, Any]],
+        chunks: Callable[[Generation], AsyncIterator[bytes]],
+    ) -> Response:
+        async def begin() -> Generation:
+            return await start(self.serving.engine, self.prompt_ids, self.params, request_id)
+
+        generation = await until_disconnect(request, begin)
+        if generation is None:
+            return Response(status_code=499)  # the client left; nobody reads this
+        if self.body.stream:
+            return StreamingResponse(
+                chunks(generation), media_type=sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache"}
+            )
+        finished = await until_disconnect(request, generation.collect)
+        if finished is None:
+            return Response(status_code=499)
+        return JSONResponse(whole(finished))
+
+    def header(self, request_id: str, object_name: str) -> dict[str, Any]:
+        return {"id": request_id, "object": object_name, "created": self.created, "model": self.model}
+
+    async def stream(
+        self, generation: Generation, request_id: str, object_name: str, choice: Callable[[RequestOutput, bool], Any]
+    ) -> AsyncIterator[bytes]:
+        """SSE chunks; a failure mid-stream is sent as an `error` event, since the 200 is already on the wire."""
+        head = self.header(request_id, object_name)
+        include_usage = self.body.include_usage
+        last: RequestOutput | None = None
+        first = True
+        try:
+            async for out in generation:
+                last = out
+                if not out.new_text and not out.finished and not first:
+                    continue
+                event: dict[str, Any] = {**head, "choices": [choice(out, first)]}
+                if include_usage:
+                    event["usage"] = None
+                first = False
+                yield sse.event(event)
+            if include_usage and last is not None:
+                yield sse.event({**head, "choices": [], "usage": usage(last)})
+        except APIError as e:
+            yield sse.event(e.openai_body())
+        except Exception as e:  # the client must hear about it; the engine request is already aborted
+            yield sse.event(APIError(500, f"generation failed: {e}").openai_body())
+        yield sse.DONE
+
+
+async def completions(request: Request) -> Response:
+    serving: Serving = request.app.state.serving
+    body = parse(CompletionRequest, await request.body())
+    tokenizer = serving.engine.tokenizer
+    if isinstance(body.prompt, list):
+        prompt_ids = list(body.prompt)
+        vocab = getattr(tokenizer, "vocab_size", None)
+        if vocab is not None and max(prompt_ids) >= vocab:
+            raise APIError(
+                400, f"prompt: token id {max(prompt_ids)} is outside the vocabulary of {vocab}", param="prompt"
+            )
+    else:
+        prompt_ids = tokenizer.encode(body.prompt)
+        if not prompt_ids:
+            raise APIError(400, "prompt: encodes to no tokens", param="prompt")
+    job = Job(serving, body, prompt_ids, COMPLETION_DEFAULT_MAX_TOKENS)
+    request_id = new_request_id("cmpl")
+
+    def whole(f: Finished) -> dict[str, Any]:
+        choice = {"index": 0, "text": f.text, "logprobs": None, "finish_reason": f.finish_reason}
+        return {**job.header(request_id, "text_completion"), "choices": [choice], "usage": f.usage()}
+
+    def choice(out: RequestOutput, first: bool) -> dict[str, Any]:
+        reason = out.finish_reason if out.finished else None
+        return {"index": 0, "text": out.new_text, "logprobs": None, "finish_reason": reason}
+
+    return await job.run(request, request_id, whole, lambda g: job.stream(g, request_id, "text_completion", choice))
+
+
+async def chat_completions(request: Request) -> Response:
+    serving: Serving = request.app.state.serving
+    body = parse(ChatCompletionRequest, await request.body())
+    tokenizer = serving.engine.tokenizer
+    try:
+        text = tokenizer.apply_chat_template(body.chat_messages(), add_generation_prompt=True)
+    except Exception as e:  # a template may reject a conversation (say, roles out of order)
+        raise APIError(400, f"messages: the chat template rejected them: {e}", param="messages") from None
+    prompt_ids = tokenizer.encode(text, add_special_tokens=False)
+    job = Job(serving, body, prompt_ids, None)
+    request_id = new_request_id("chatcmpl")
+
+    def whole(f: Finished) -> dict[str, Any]:
+        message = {"role": "assistant", "content": f.text}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": f.finish_reason}
+        return {**job.header(request_id, "chat.completion"), "choices": [choice], "usage": f.usage()}
+
+    def choice(out: RequestOutput, first: bool) -> dict[str, Any]:
+        delta: dict[str, Any] = {"role": "assistant"} if first else {}
+        if out.new_text or first:
+            delta["content"] = out.new_text
+        reason = out.finish_reason if out.finished else None
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+    return await job.run(
+        request, request_id, whole, lambda g: job.stream(g, request_id, "chat.completion.chunk", choice)
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
