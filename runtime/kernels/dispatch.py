@@ -1,0 +1,104 @@
+"""Pick the kernel for where the tensors live: the Triton kernel on CUDA, PyTorch's own kernel or the reference on CPU.
+
+Triton kernels are launched for CUDA tensors only; CPU tensors never reach them (the test suite calls the
+`*_triton` functions directly under TRITON_INTERPRET=1).
+PyTorch's CPU weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are fast for bf16
+activations only, so on CPU the activations are rounded to bf16 around those calls and the result cast back.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from infleet.runtime.kernels.activation import silu_and_mul_reference
+from infleet.runtime.kernels.dequant_gemm import int4_gemm_reference, int8_gemm_reference
+from infleet.runtime.kernels.paged_attention import paged_attention_reference
+from infleet.runtime.kernels.rmsnorm import rms_norm_reference
+
+CPU_INT8_MM = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+CPU_INT4_MM = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
+    torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"
+)
+
+
+def _gpu_activations(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float16, torch.bfloat16) else x.to(torch.bfloat16)
+
+
+def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ (int8 weight [N, K] * scale [N]).T in x's dtype."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x.is_cuda:
+        from infleet.runtime.kernels.dequant_gemm import int8_gemm_triton
+
+        y = int8_gemm_triton(_gpu_activations(x2), weight, scale)
+    elif CPU_INT8_MM:
+        y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), weight, scale.to(torch.bfloat16))
+    else:
+        y = int8_gemm_reference(x2, weight, scale)
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def int4_linear(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """x [..., K] @ dequantize(int4 packed [N, K // 2], scale/zero [N, K // group_size]).T, portable layout."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x.is_cuda:
+        from infleet.runtime.kernels.dequant_gemm import int4_gemm_triton
+
+        y = int4_gemm_triton(_gpu_activations(x2), packed, scale, zero, group_size)
+    else:
+        y = int4_gemm_reference(x2, packed, scale, zero, group_size)
+    return y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
+
+
+def to_cpu_int4_pack(codes: torch.Tensor) -> torch.Tensor:
+    """[N, K] codes 0..15 -> the layout `_weight_int4pack_mm_for_cpu` reads (N must be a multiple of 16)."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+
+
+def cpu_int4_scales_and_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """PyTorch's CPU kernel computes (q - 8) * s + z', so an integer zero point z becomes z' = (8 - z) * s."""
+    return torch.stack([scale, (8 - zero.float()) * scale], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def cpu_int4_linear(
+    x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, group_size, scales_and_zeros)
+    return y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if x.is_cuda:
+        from infleet.runtime.kernels.rmsnorm import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps, residual)
+    return rms_norm_reference(x, weight, eps, residual)
+
+
+def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    if gate.is_cuda:
+        from infleet.runtime.kernels.activation import silu_and_mul_triton
+
+        return silu_and_mul_triton(gate, up)
+    return silu_and_mul_reference(gate, up)
+
+
+def paged_attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    if q.is_cuda:
+        from infleet.runtime.kernels.paged_attention import paged_attention_triton
+
+        return paged_attention_triton(q, k_cache, v_cache, block_tables, context_lens, scale)
+    return paged_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale)

@@ -1,0 +1,180 @@
+"""Quantization tiers: swap a model's nn.Linear layers for weight-only quantized ones, in place, at load time.
+
+Tiers: `bf16` (the float weights as loaded: for a GGUF model, its dequantized weights), `fp8` (e4m3, per-channel
+scale), `int8` (symmetric per output channel), `int4` (asymmetric, group size 128/64/32, the largest that divides
+every layer's input dimension). Every nn.Linear is quantized, the tied lm_head too (the embedding keeps its
+float table: a lookup reads a few rows, not the whole matrix). Activations stay in the model's dtype.
+
+Quantize on the device the model will run on: the int4 layer picks its packing there (PyTorch's CPU int4 kernel
+layout on CPU, the portable nibble layout the Triton kernel reads on CUDA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from infleet.runtime.kernels import dispatch
+from infleet.runtime.quant import formats as F
+
+TIERS = ("bf16", "fp8", "int8", "int4")
+
+
+class TierError(ValueError):
+    """The tier cannot apply to this model; the message says why. Raised before any layer is changed."""
+
+
+class Fp8Linear(nn.Module):
+    """Weights in e4m3 with a float32 scale per output channel; upcast per call (no fp8 matmul on CPU)."""
+
+    def __init__(self, q: F.Fp8Weight) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.weight.shape
+        self.register_buffer("weight", q.weight)
+        self.register_buffer("scale", q.scale)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Fp8Linear:
+        return cls(F.quantize_fp8(linear.weight.detach()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+
+
+class Int8Linear(nn.Module):
+    """Int8 codes [out, in] with a float32 scale per output channel (symmetric: no zero point)."""
+
+    def __init__(self, q: F.Int8Weight) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.weight.shape
+        self.register_buffer("weight", q.weight)
+        self.register_buffer("scale", q.scale)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        return cls(F.quantize_int8(linear.weight.detach()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dispatch.int8_linear(x, self.weight, self.scale)
+
+
+class Int4Linear(nn.Module):
+    """Int4 codes, two per byte, with a scale and zero point per group of `group_size` input columns."""
+
+    def __init__(self, q: F.Int4Weight, device: torch.device) -> None:
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.group_size = q.group_size
+        # PyTorch's CPU kernel wants N % 16 == 0; other shapes use the portable layout and the reference.
+        self.cpu_layout = device.type == "cpu" and dispatch.CPU_INT4_MM and self.out_features % 16 == 0
+        if self.cpu_layout:
+            self.register_buffer("packed", dispatch.to_cpu_int4_pack(F.unpack_int4(q.packed)))
+            self.register_buffer("scales_and_zeros", dispatch.cpu_int4_scales_and_zeros(q.scale, q.zero))
+        else:
+            self.register_buffer("packed", q.packed)
+            self.register_buffer("scale", q.scale)
+            self.register_buffer("zero", q.zero)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int) -> Int4Linear:
+        w = linear.weight.detach()
+        return cls(F.quantize_int4(w, group_size), w.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_layout:
+            return dispatch.cpu_int4_linear(x, self.packed, self.scales_and_zeros, self.group_size)
+        return dispatch.int4_linear(x, self.packed, self.scale, self.zero, self.group_size)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+
+
+@dataclass
+class TierInfo:
+    """What quantize_model did: reported by the runtime (`/v1/models`, logs) and written to the tier profile."""
+
+    tier: str
+    layers: int = 0  # nn.Linear layers replaced
+    group_size: int | None = None  # int4 only
+    weight_bytes: int = 0  # parameters and buffers after the swap, each shared tensor counted once
+    float_weight_bytes: int = 0  # the same before it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and persistent buffers (tied weights once): the weight memory a decode step reads from."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() in seen or t.device.type == "meta":
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, layer) for every nn.Linear, so each can be replaced with setattr."""
+    return [
+        (parent, attr, child)
+        for parent in model.modules()
+        for attr, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
+
+
+def int4_group_size(model: nn.Module) -> int:
+    """The largest group size that divides every Linear's input dimension, or TierError naming the layer that fails."""
+    dims = {linear.in_features for _, _, linear in _linears(model)}
+    for size in F.INT4_GROUP_SIZES:
+        if all(d % size == 0 for d in dims):
+            return size
+    bad = sorted(d for d in dims if d % F.INT4_GROUP_SIZES[-1])
+    raise TierError(
+        f"tier int4 cannot apply: input dimension(s) {bad} are not divisible by any int4 group size "
+        f"{F.INT4_GROUP_SIZES}; serve this model with --tier int8 or fp8"
+    )
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, tier: str) -> TierInfo:
+    """Replace every nn.Linear by the tier's layer, in place. Checks that the whole model fits the tier first."""
+    if tier not in TIERS:
+        raise TierError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+    info = TierInfo(tier=tier, float_weight_bytes=model_bytes(model))
+    if tier == "bf16":
+        info.weight_bytes = info.float_weight_bytes
+        return info
+    linears = _linears(model)
+    if not linears:
+        raise TierError(f"tier {tier} cannot apply: the model has no nn.Linear layers")
+    for _, _, linear in linears:
+        if linear.bias is not None:
+            raise TierError(f"tier {tier} quantizes bias-free layers only; {linear} has a bias")
+    group_size = int4_group_size(model) if tier == "int4" else None
+    for parent, attr, linear in linears:
+        new: nn.Module
+        if tier == "fp8":
+            new = Fp8Linear.from_linear(linear)
+        elif tier == "int8":
+            new = Int8Linear.from_linear(linear)
+        else:
+            assert group_size is not None
+            new = Int4Linear.from_linear(linear, group_size)
+        setattr(parent, attr, new)
+        info.layers += 1
+    info.group_size = group_size
+    info.weight_bytes = model_bytes(model)
+    return info
+
+
+def apply_tier(model: nn.Module, tier: str) -> nn.Module:
+    """The engine's entry point: quantize in place, keep the TierInfo on the model as `tier_info`, return it."""
+    info = quantize_model(model, tier)
+    model.tier_info = info  # type: ignore[assignment]
+    return model
