@@ -1,0 +1,132 @@
+"""`infleet gateway run [--port 8080] [--namespace NS ...]` (also `python -m infleet.gateway run ...`).
+
+In a cluster the gateway discovers InferenceDeployments through the Kubernetes API (in-cluster config, else
+KUBECONFIG or --kubeconfig). `--upstream model=http://host:port,...` serves fixed replicas instead, with no
+Kubernetes at all (local runs, tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+from infleet.gateway.activator import HoldPolicy
+from infleet.gateway.app import Gateway, build_app
+from infleet.gateway.auth import KeyStore
+from infleet.gateway.catalog import LEAST_OUTSTANDING, STRATEGIES
+from infleet.gateway.routing import DEFAULT_EPS, DEFAULT_PREFIX_CHARS, Router
+
+PROG = "infleet gateway"
+SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="the fleet's OpenAI and KServe v2 entrypoint")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="serve HTTP in front of every reachable InferenceDeployment")
+    r.add_argument("--host", default="0.0.0.0")
+    r.add_argument("--port", type=int, default=8080)
+    r.add_argument("--namespace", action="append", default=[], metavar="NS", help="watch only NS (repeatable)")
+    r.add_argument("--kubeconfig", help="outside a cluster: the kubeconfig (default: KUBECONFIG or ~/.kube/config)")
+    r.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="[NS/]MODEL=URL[,URL...]",
+        help="serve fixed replicas instead of discovering them (repeatable; no Kubernetes)",
+    )
+    r.add_argument("--routing", choices=STRATEGIES, default=LEAST_OUTSTANDING, help="strategy for --upstream models")
+    r.add_argument("--api-keys-file", type=Path, help="YAML mapping API key -> namespaces ('*' for all)")
+    r.add_argument(
+        "--api-key-secrets",
+        action="store_true",
+        help="require API keys, read from Secrets labelled infleet.dev/api-keys=true in --secrets-namespace",
+    )
+    r.add_argument("--secrets-namespace", help="where API-key Secrets live (default: the gateway's own namespace)")
+    r.add_argument("--max-held", type=int, default=64, metavar="N", help="requests held per deployment at zero")
+    r.add_argument("--hold-timeout", type=float, default=300.0, metavar="S", help="longest hold for a replica")
+    r.add_argument("--retry-after", type=int, default=10, metavar="S", help="Retry-After when turning a request away")
+    r.add_argument("--prefix-chars", type=int, default=DEFAULT_PREFIX_CHARS, metavar="N", help="prefix-affinity key")
+    r.add_argument("--load-bound", type=float, default=DEFAULT_EPS, metavar="EPS", help="prefix affinity: (1+EPS)")
+    r.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    r.add_argument("--access-log", action="store_true")
+    return p
+
+
+def own_namespace() -> str:
+    if SA_NAMESPACE_FILE.exists():
+        return SA_NAMESPACE_FILE.read_text().strip()
+    return os.environ.get("POD_NAMESPACE", "default")
+
+
+def run(args: argparse.Namespace) -> int:
+    for flag in ("port", "max_held", "prefix_chars"):
+        if getattr(args, flag) < 1:
+            print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    if args.hold_timeout <= 0 or args.load_bound <= 0 or args.retry_after < 0:
+        print(f"{PROG}: --hold-timeout and --load-bound must be positive, --retry-after not negative", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    keys = KeyStore(enabled=bool(args.api_keys_file or args.api_key_secrets))
+    if args.api_keys_file:
+        try:
+            keys.load_file(args.api_keys_file)
+        except (OSError, ValueError) as e:
+            print(f"{PROG}: cannot read API keys: {e}", file=sys.stderr)
+            return 1
+    router = Router(eps=args.load_bound, prefix_chars=args.prefix_chars)
+    hold = HoldPolicy(max_held=args.max_held, timeout=args.hold_timeout, retry_after=args.retry_after)
+
+    if args.upstream:
+        from infleet.gateway.discovery import load_static
+
+        gateway = Gateway(keys=keys, router=router, hold=hold)
+        try:
+            load_static(gateway.catalog, args.upstream, args.routing)
+        except ValueError as e:
+            print(f"{PROG}: {e}", file=sys.stderr)
+            return 2
+        app = build_app(gateway)
+    else:
+        from infleet.gateway.discovery import AnnotationDemand, KubernetesDiscovery
+        from kubernetes import client, config
+
+        try:
+            if os.environ.get("KUBERNETES_SERVICE_HOST") and not args.kubeconfig:
+                config.load_incluster_config()
+            else:
+                config.load_kube_config(config_file=args.kubeconfig)
+        except Exception as e:
+            print(f"{PROG}: no Kubernetes configuration ({e}); give --kubeconfig, or --upstream", file=sys.stderr)
+            return 1
+        api = client.ApiClient()
+        gateway = Gateway(keys=keys, router=router, hold=hold, record_demand=AnnotationDemand(api))
+        discovery = KubernetesDiscovery(
+            api,
+            gateway.catalog,
+            args.namespace or None,
+            keys if args.api_key_secrets else None,
+            args.secrets_namespace or own_namespace(),
+        )
+        gateway.ready = discovery.synced.is_set
+        app = build_app(gateway, on_start=discovery.start, on_stop=discovery.stop)
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "run":
+        return run(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

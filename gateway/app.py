@@ -1,0 +1,417 @@
+"""The gateway's HTTP app: one OpenAI and KServe v2 entrypoint in front of every reachable InferenceDeployment.
+
+A request's model name (the OpenAI `model` field, or the v2 path's model name) selects a deployment by its served
+name; `namespace/servedName` or the `X-Infleet-Namespace` header picks among namespaces, and an API key's scope
+limits which namespaces are visible. The body goes to one ready replica byte-exact (only a namespace-qualified
+`model` field is rewritten to the bare served name the replica knows); SSE streams are relayed event by event as
+they arrive, and other responses whole.
+
+Failures: a replica that fails before the first byte reaches the client (connection refused or reset, a draining
+replica's 503) is retried once on another replica; a stream that has started is never replayed: a mid-stream
+failure ends it with an SSE event carrying an `error` key and `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
+from infleet.gateway.auth import KeyStore, Unauthorized
+from infleet.gateway.catalog import Catalog, Deployment, Endpoint, LookupFailed
+from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from infleet.gateway.prompts import kserve_prompt, openai_prompt
+from infleet.gateway.routing import Router
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+import infleet
+
+log = logging.getLogger("infleet.gateway")
+
+NAMESPACE_HEADER = "x-infleet-namespace"
+BINARY_HEADER = "inference-header-content-length"
+MAX_BODY_BYTES = 64 * 1024 * 1024
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "host", "content-length",
+}  # fmt: skip
+NOT_FORWARDED = HOP_BY_HOP | {"authorization", NAMESPACE_HEADER}  # the gateway's key never reaches a replica
+NOT_RETURNED = HOP_BY_HOP | {"date", "server"}  # the gateway's own server sets these
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+}
+# /v2/models/<name>[/versions/<v>][/ready|/infer|/generate|/generate_stream]; the name itself may hold a '/'
+V2_MODEL_PATH = re.compile(
+    r"^(?P<name>.+?)(?P<rest>(?:/versions/[^/]+)?(?:/(?:ready|infer|generate|generate_stream))?)$"
+)
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.retry_after = retry_after
+
+
+def error_body(path: str, status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    """KServe/Triton clients read `{"error": "..."}`; OpenAI clients read `{"error": {"message", "type", ...}}`."""
+    if path.startswith("/v2"):
+        return {"error": message}
+    kind = OPENAI_TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def sse_error(path: str, message: str) -> bytes:
+    payload = error_body(path, 502, message, "upstream_disconnected")
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+def _complete_events(buffer: bytes) -> int:
+    """Length of the leading part of `buffer` made of complete SSE events (0 if none is complete)."""
+    return max((i + len(sep) for sep in _EVENT_ENDS if (i := buffer.rfind(sep)) >= 0), default=0)
+
+
+async def sse_events(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """Upstream bytes cut at event boundaries, each as soon as it is complete: never half an event, so an error
+    event can always follow cleanly."""
+    buffer = b""
+    async for chunk in upstream.aiter_raw():
+        buffer += chunk
+        cut = _complete_events(buffer)
+        if cut:
+            yield buffer[:cut]
+            buffer = buffer[cut:]
+    if buffer:
+        yield buffer
+
+
+class RelayResponse(StreamingResponse):
+    """A streamed response whose clean-up runs however the stream ends (finished, failed, client gone)."""
+
+    def __init__(self, content: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.cleanup()
+
+
+@dataclass
+class Gateway:
+    """Everything the handlers share."""
+
+    catalog: Catalog = field(default_factory=Catalog)
+    keys: KeyStore = field(default_factory=KeyStore)
+    router: Router = field(default_factory=Router)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    hold: HoldPolicy = field(default_factory=HoldPolicy)
+    record_demand: Callable[[Deployment], Awaitable[None]] | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 600.0  # between two upstream chunks: a long prefill under load
+    ready: Callable[[], bool] = lambda: True
+    created: int = field(default_factory=lambda: int(time.time()))
+    activator: Activator = field(init=False)
+    client: httpx.AsyncClient | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.activator = Activator(self.catalog, self.metrics, self.hold, self.record_demand)
+
+    def open_client(self) -> httpx.AsyncClient:
+        timeout = httpx.Timeout(self.read_timeout, connect=self.connect_timeout, pool=None)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
+        self.client = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"accept-encoding": "identity"})
+        return self.client
+
+    # ---- the proxy ----------------------------------------------------------------------------------------------
+
+    async def forward(
+        self, request: Request, deployment: Deployment, path: str, body: bytes, prompt: str | None
+    ) -> Response:
+        """Send the request to a ready replica (holding it while there is none), retrying once before the first
+        byte, and relay the answer."""
+        assert self.client is not None, "the app's lifespan opens the client"
+        labels = {"namespace": deployment.namespace, "deployment": deployment.name}
+        url_path = path + (f"?{request.url.query}" if request.url.query else "")
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
+        tried: list[Endpoint] = []
+        failure = ""
+        for attempt in range(2):
+            if attempt:
+                self.metrics.retries.labels(**labels).inc()
+            try:
+                deployment = await self.activator.endpoints(deployment, exclude=tried)
+            except ModelStarting as e:
+                raise GatewayError(503, e.message, code="model_starting", retry_after=e.retry_after) from None
+            except LookupError as e:
+                raise GatewayError(404, str(e), code="model_not_found") from None
+            self.metrics.endpoints.labels(**labels).set(len(deployment.endpoints))
+            choice = self.router.choose(deployment, prompt, self.router.usable(deployment.endpoints, tried))
+            self.metrics.routing.labels(**labels, strategy=choice.strategy).inc()
+            if choice.affinity:
+                self.metrics.affinity.labels(**labels, result=choice.affinity).inc()
+            endpoint = choice.endpoint
+            tried.append(endpoint)
+            self.router.acquire(endpoint)
+            self.metrics.in_flight.labels(**labels).inc()
+            released = False
+
+            async def release(endpoint: Endpoint = endpoint) -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    self.router.release(endpoint)
+                    self.metrics.in_flight.labels(**labels).dec()
+
+            upstream: httpx.Response | None = None
+            handed_off = False  # once a RelayResponse owns the upstream, its clean-up closes and releases
+            try:
+                upstream = await self.client.send(
+                    self.client.build_request(request.method, endpoint.url + url_path, headers=headers, content=body),
+                    stream=True,
+                )
+                if upstream.status_code == 503 and attempt == 0:  # draining or starting: nothing was done yet
+                    failure = f"{endpoint.url} answered 503: {(await upstream.aread())[:200]!r}"
+                    self.router.eject(endpoint)
+                    continue
+                returned = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in NOT_RETURNED]
+                if not upstream.headers.get("content-type", "").startswith("text/event-stream"):
+                    content = await upstream.aread()
+                    return Response(content, status_code=upstream.status_code, headers=dict(returned))
+                # a stream: answer only once its first event is here, so that a replica failing before it is retried
+                events = sse_events(upstream)
+                first = await anext(events, b"")
+                response = RelayResponse(
+                    self._relay(first, events, path, labels),
+                    cleanup=self._closer(upstream, events, release),
+                    status_code=upstream.status_code,
+                    headers=dict(returned),
+                )
+                handed_off = True
+                return response
+            except httpx.TransportError as e:
+                failure = f"{endpoint.url}: {type(e).__name__}: {e}"
+                log.warning("replica %s of %s failed before the first byte: %s", endpoint.url, deployment.qualified, e)
+                self.router.eject(endpoint)
+            finally:
+                if not handed_off:
+                    with anyio.CancelScope(shield=True):
+                        if upstream is not None:
+                            await upstream.aclose()
+                        await release()
+        self.metrics.errors.labels(**labels, reason="upstream_unreachable").inc()
+        raise GatewayError(502, f"no replica of {deployment.served_name!r} answered ({failure})", code="bad_gateway")
+
+    async def _relay(
+        self, first: bytes, events: AsyncIterator[bytes], path: str, labels: dict[str, str]
+    ) -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        try:
+            async for chunk in events:
+                yield chunk
+        except httpx.HTTPError as e:  # the replica went away mid-stream: never replay, end the stream cleanly
+            self.metrics.errors.labels(**labels, reason="stream_interrupted").inc()
+            log.warning("stream from %s/%s interrupted: %s", labels["namespace"], labels["deployment"], e)
+            yield sse_error(path, f"the replica serving this stream failed: {type(e).__name__}: {e}")
+            yield SSE_DONE
+
+    @staticmethod
+    def _closer(
+        upstream: httpx.Response, events: AsyncIterator[bytes], release: Callable[[], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        async def close() -> None:
+            try:
+                await events.aclose()  # type: ignore[attr-defined]
+                await upstream.aclose()
+            finally:
+                await release()
+
+        return close
+
+
+# ---- handlers ------------------------------------------------------------------------------------------------------
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _error(request: Request, e: GatewayError) -> Response:
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
+    return JSONResponse(error_body(request.url.path, e.status, e.message, e.code), e.status, headers=headers)
+
+
+def _scope(request: Request) -> frozenset[str] | None:
+    try:
+        return _gateway(request).keys.authorize(request.headers.get("authorization"))
+    except Unauthorized as e:
+        raise GatewayError(401, str(e), code="invalid_api_key") from None
+
+
+def _lookup(request: Request, model: str) -> Deployment:
+    gateway = _gateway(request)
+    try:
+        return gateway.catalog.lookup(model, _scope(request), request.headers.get(NAMESPACE_HEADER))
+    except LookupFailed as e:
+        raise GatewayError(e.status, e.message, code="model_not_found" if e.status == 404 else None) from None
+
+
+async def _body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise GatewayError(413, f"request body of {length} bytes exceeds the gateway's {MAX_BODY_BYTES} byte limit")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise GatewayError(413, f"request body exceeds the gateway's {MAX_BODY_BYTES} byte limit")
+    return body
+
+
+def _count(gateway: Gateway, deployment: Deployment | None, status: int) -> None:
+    ns, name = deployment.key if deployment else ("", "")
+    gateway.metrics.requests.labels(namespace=ns, deployment=name, code=str(status)).inc()
+
+
+async def openai_request(request: Request) -> Response:
+    """POST /v1/completions and /v1/chat/completions."""
+    gateway = _gateway(request)
+    deployment = None
+    try:
+        _scope(request)  # 401 comes before any look at the body
+        body = await _body(request)
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise GatewayError(400, "the request body is not valid JSON") from None
+        if not isinstance(payload, dict):
+            raise GatewayError(400, "the request body must be a JSON object")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            served = ", ".join(repr(m) for m in sorted(gateway.catalog.model_ids(_scope(request)))) or "none"
+            raise GatewayError(400, f"model: a model name is required; served models: {served}")
+        deployment = _lookup(request, model)
+        if model != deployment.served_name:  # a namespace-qualified name: the replica knows the bare one
+            payload["model"] = deployment.served_name
+            body = json.dumps(payload).encode()
+        response = await gateway.forward(request, deployment, request.url.path, body, openai_prompt(payload))
+    except GatewayError as e:
+        response = _error(request, e)
+    _count(gateway, deployment, response.status_code)
+    return response
+
+
+async def list_models(request: Request) -> Response:
+    gateway = _gateway(request)
+    try:
+        scope = _scope(request)
+    except GatewayError as e:
+        return _error(request, e)
+    data = [
+        {"id": model_id, "object": "model", "created": gateway.created, "owned_by": d.namespace}
+        for model_id, d in sorted(gateway.catalog.model_ids(scope).items())
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def kserve_model(request: Request) -> Response:
+    """Everything under /v2/models/<name>: forwarded to a replica with the path naming its served name."""
+    gateway = _gateway(request)
+    deployment = None
+    try:
+        match = V2_MODEL_PATH.match(request.path_params["rest"])
+        if match is None:
+            raise GatewayError(404, f"no such KServe v2 path: {request.url.path}")
+        deployment = _lookup(request, match["name"])
+        path = f"/v2/models/{quote(deployment.served_name, safe='')}{match['rest']}"
+        if match["rest"].endswith("/ready") and not deployment.endpoints:
+            # readiness is a question, not demand: answer it without waking the deployment
+            raise GatewayError(503, f"model {deployment.served_name!r} has no ready replica (it may be scaled to zero)")
+        body = await _body(request) if request.method == "POST" else b""
+        length = request.headers.get(BINARY_HEADER)
+        prompt = kserve_prompt(body, int(length) if length and length.isdigit() else None) if body else None
+        response = await gateway.forward(request, deployment, path, body, prompt)
+    except GatewayError as e:
+        response = _error(request, e)
+    _count(gateway, deployment, response.status_code)
+    return response
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONResponse(
+        {"name": "infleet-gateway", "version": infleet.__version__, "extensions": ["binary_tensor_data", "generate"]}
+    )
+
+
+async def health(request: Request) -> Response:
+    if _gateway(request).ready():
+        return PlainTextResponse("ok")
+    return PlainTextResponse("starting: discovery has not listed the fleet yet", status_code=503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_gateway(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+def build_app(
+    gateway: Gateway, *, on_start: Callable[[], None] | None = None, on_stop: Callable[[], None] | None = None
+) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gateway.activator.attach(asyncio.get_running_loop())
+        client = gateway.open_client()
+        if on_start:
+            on_start()
+        try:
+            yield
+        finally:
+            if on_stop:
+                on_stop()
+            await client.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/completions", openai_request, methods=["POST"]),
+            Route("/v1/chat/completions", openai_request, methods=["POST"]),
+            Route("/v2", server_metadata, methods=["GET"]),
+            Route("/v2/health/live", health, methods=["GET"]),
+            Route("/v2/health/ready", health, methods=["GET"]),
+            Route("/v2/models/{rest:path}", kserve_model, methods=["GET", "POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

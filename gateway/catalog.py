@@ -1,0 +1,185 @@
+"""What the gateway knows about the fleet: each InferenceDeployment's served name, routing strategy and ready endpoints.
+
+Discovery (Kubernetes watches, or a static list) writes here from its own threads; request handlers read here and
+subscribe to changes, so a held request wakes the moment an endpoint turns ready. One lock guards everything: the
+catalog is small and reads are short.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+
+LEAST_OUTSTANDING = "leastOutstanding"
+PREFIX_AFFINITY = "prefixAffinity"
+STRATEGIES = (LEAST_OUTSTANDING, PREFIX_AFFINITY)
+
+Key = tuple[str, str]  # (namespace, InferenceDeployment name)
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """One ready replica's HTTP address."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    namespace: str
+    name: str
+    served_name: str
+    strategy: str = LEAST_OUTSTANDING
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.namespace}/{self.served_name}"
+
+
+class LookupFailed(Exception):
+    """The model name selects no deployment (404) or several (400); `choices` are the names the caller may use."""
+
+    def __init__(self, status: int, message: str, choices: list[str]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.choices = choices
+
+
+@dataclass
+class _Spec:
+    served_name: str
+    strategy: str
+
+
+@dataclass
+class Catalog:
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _specs: dict[Key, _Spec] = field(default_factory=dict)
+    # (namespace, deployment) -> EndpointSlice name -> its ready endpoints
+    _slices: dict[Key, dict[str, tuple[Endpoint, ...]]] = field(default_factory=dict)
+    _listeners: list[Callable[[Key], None]] = field(default_factory=list)
+
+    # ---- writers (discovery) --------------------------------------------------------------------------------------
+
+    def set_deployment(self, namespace: str, name: str, served_name: str, strategy: str = LEAST_OUTSTANDING) -> None:
+        if strategy not in STRATEGIES:
+            strategy = LEAST_OUTSTANDING
+        with self._lock:
+            self._specs[(namespace, name)] = _Spec(served_name, strategy)
+        self._notify([(namespace, name)])
+
+    def remove_deployment(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._specs.pop((namespace, name), None)
+        self._notify([(namespace, name)])
+
+    def replace_deployments(self, namespace: str | None, items: Iterable[Deployment]) -> None:
+        """After a (re)list: the deployments in `namespace` (None: everywhere) are exactly `items`."""
+        with self._lock:
+            stale = [k for k in self._specs if namespace is None or k[0] == namespace]
+            for k in stale:
+                del self._specs[k]
+            for d in items:
+                self._specs[d.key] = _Spec(d.served_name, d.strategy)
+            changed = set(stale) | set(self._specs)
+        self._notify(changed)
+
+    def set_slice(self, namespace: str, deployment: str, slice_name: str, endpoints: Iterable[Endpoint]) -> None:
+        with self._lock:
+            self._slices.setdefault((namespace, deployment), {})[slice_name] = tuple(endpoints)
+        self._notify([(namespace, deployment)])
+
+    def remove_slice(self, namespace: str, deployment: str, slice_name: str) -> None:
+        with self._lock:
+            self._slices.get((namespace, deployment), {}).pop(slice_name, None)
+        self._notify([(namespace, deployment)])
+
+    def replace_slices(
+        self, namespace: str | None, items: Iterable[tuple[str, str, str, tuple[Endpoint, ...]]]
+    ) -> None:
+        """After a (re)list: (namespace, deployment, slice name, endpoints) for every slice in scope."""
+        with self._lock:
+            stale = [k for k in self._slices if namespace is None or k[0] == namespace]
+            for k in stale:
+                del self._slices[k]
+            for ns, dep, slice_name, endpoints in items:
+                self._slices.setdefault((ns, dep), {})[slice_name] = endpoints
+            changed = set(stale) | set(self._slices)
+        self._notify(changed)
+
+    def subscribe(self, listener: Callable[[Key], None]) -> None:
+        """`listener(key)` runs after every change to that deployment, on the writer's thread."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _notify(self, keys: Iterable[Key]) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for key in keys:
+            for listener in listeners:
+                listener(key)
+
+    # ---- readers (request handlers) -------------------------------------------------------------------------------
+
+    def _build(self, key: Key, spec: _Spec) -> Deployment:
+        endpoints = sorted({e for eps in self._slices.get(key, {}).values() for e in eps})
+        return Deployment(key[0], key[1], spec.served_name, spec.strategy, tuple(endpoints))
+
+    def get(self, key: Key) -> Deployment | None:
+        with self._lock:
+            spec = self._specs.get(key)
+            return None if spec is None else self._build(key, spec)
+
+    def deployments(self, namespaces: Collection[str] | None = None) -> list[Deployment]:
+        """Every deployment in `namespaces` (None: all), sorted by namespace and name."""
+        with self._lock:
+            return [
+                self._build(k, s) for k, s in sorted(self._specs.items()) if namespaces is None or k[0] in namespaces
+            ]
+
+    def model_ids(self, namespaces: Collection[str] | None = None) -> dict[str, Deployment]:
+        """The names clients may send: the bare served name when it is unique among the visible deployments, else
+        `namespace/servedName`."""
+        visible = self.deployments(namespaces)
+        counts: dict[str, int] = {}
+        for d in visible:
+            counts[d.served_name] = counts.get(d.served_name, 0) + 1
+        return {(d.served_name if counts[d.served_name] == 1 else d.qualified): d for d in visible}
+
+    def lookup(self, model: str, namespaces: Collection[str] | None = None, namespace: str | None = None) -> Deployment:
+        """The deployment a model name selects: its served name, or `namespace/servedName`; `namespace` (a header)
+        narrows the search. Raises LookupFailed naming the models the caller may use."""
+        visible = self.deployments(namespaces)
+        if namespace is not None:
+            visible = [d for d in visible if d.namespace == namespace]
+        found = [d for d in visible if d.served_name == model]
+        if not found and "/" in model:
+            ns, _, name = model.partition("/")
+            found = [d for d in visible if d.namespace == ns and d.served_name == name]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            choices = [d.qualified for d in found]
+            raise LookupFailed(
+                400,
+                f"model {model!r} is served in several namespaces; name one: {', '.join(choices)} "
+                "(or send the X-Infleet-Namespace header)",
+                choices,
+            )
+        choices = sorted(self.model_ids(namespaces))
+        where = f" in namespace {namespace!r}" if namespace is not None else ""
+        served = ", ".join(repr(c) for c in choices) if choices else "none"
+        raise LookupFailed(404, f"the model {model!r} does not exist{where}; served models: {served}", choices)

@@ -1,0 +1,63 @@
+"""The gateway's Prometheus metrics, per InferenceDeployment (`namespace`, `deployment` labels), in one registry per
+gateway so that tests and several gateways in one process never share series.
+
+Prefix-affinity hit rate in PromQL (the share of requests that went to their prefix's own replica):
+  sum(rate(infleet_gateway_prefix_affinity_total{result="home"}[5m]))
+    / sum(rate(infleet_gateway_prefix_affinity_total[5m]))
+The autoscaler and operator read `infleet_gateway_held_requests` as demand for a deployment at zero replicas.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+DEPLOYMENT = ("namespace", "deployment")
+HELD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "infleet_gateway_requests", "Requests answered, by HTTP status code.", [*DEPLOYMENT, "code"], registry=r
+        )
+        self.errors = Counter(
+            "infleet_gateway_errors",
+            "Requests that failed in the gateway or upstream, by reason (no_replica, queue_full, hold_timeout, "
+            "upstream_unreachable, stream_interrupted).",
+            [*DEPLOYMENT, "reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "infleet_gateway_retries", "Requests retried on another replica before their first byte.", DEPLOYMENT,
+            registry=r,
+        )  # fmt: skip
+        self.held = Gauge(
+            "infleet_gateway_held_requests",
+            "Requests waiting for a ready replica (a deployment scaling from zero).",
+            DEPLOYMENT,
+            registry=r,
+        )
+        self.held_seconds = Histogram(
+            "infleet_gateway_held_seconds",
+            "Time requests waited for a ready replica.",
+            DEPLOYMENT,
+            buckets=HELD_BUCKETS,
+            registry=r,
+        )
+        self.routing = Counter(
+            "infleet_gateway_routing_decisions", "Replica choices, by strategy.", [*DEPLOYMENT, "strategy"], registry=r
+        )
+        self.affinity = Counter(
+            "infleet_gateway_prefix_affinity",
+            "Prefix-affinity choices: home (the prefix's own replica, a likely cache hit) or spill (load bound).",
+            [*DEPLOYMENT, "result"],
+            registry=r,
+        )
+        self.endpoints = Gauge("infleet_gateway_ready_endpoints", "Ready replicas known.", DEPLOYMENT, registry=r)
+        self.in_flight = Gauge("infleet_gateway_in_flight_requests", "Requests being proxied.", DEPLOYMENT, registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

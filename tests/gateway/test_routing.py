@@ -1,0 +1,129 @@
+"""Routing: least outstanding, consistent-hashing stability, and the bounded-load spill of prefix affinity."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infleet.gateway.catalog import LEAST_OUTSTANDING, PREFIX_AFFINITY, Deployment, Endpoint
+from infleet.gateway.routing import Ring, Router
+
+EPS = [Endpoint(f"127.0.0.{i}", 8000) for i in range(1, 5)]
+
+
+def deployment(strategy: str, endpoints: list[Endpoint] = EPS) -> Deployment:
+    return Deployment("ns", "d", "m", strategy, tuple(endpoints))
+
+
+def test_least_outstanding_picks_the_replica_with_fewest_in_flight() -> None:
+    router = Router()
+    for e, n in zip(EPS, [3, 1, 2, 5], strict=True):
+        for _ in range(n):
+            router.acquire(e)
+    choice = router.choose(deployment(LEAST_OUTSTANDING), "any prompt", EPS)
+    assert choice == type(choice)(EPS[1], LEAST_OUTSTANDING, None)
+    router.release(EPS[0])
+    router.release(EPS[0])
+    router.release(EPS[0])  # now EPS[0] has none in flight
+    assert router.least_outstanding(EPS) == EPS[0]
+    assert EPS[0] not in router.outstanding  # released to zero: no stale entry
+
+
+def test_least_outstanding_spreads_ties_over_every_replica() -> None:
+    router = Router()
+    picks = []
+    for _ in range(8):
+        e = router.least_outstanding(EPS)
+        router.acquire(e)
+        picks.append(e)
+    assert sorted(picks) == sorted(EPS * 2)
+
+
+def test_ring_is_stable_across_instances_and_processes() -> None:
+    """blake2b, not Python's salted hash(): two gateways (or restarts) agree on every key's home."""
+    keys = [f"system prompt {i}" for i in range(200)]
+    a, b = Ring(EPS), Ring(list(reversed(EPS)))
+    assert [a.walk(k)[0] for k in keys] == [b.walk(k)[0] for k in keys]
+    assert Ring(EPS).walk("fixed")[0] == Ring(EPS).walk("fixed")[0]
+    assert sorted(a.walk("x")) == sorted(EPS)  # the walk visits every replica once
+
+
+def test_adding_a_replica_moves_only_keys_to_it() -> None:
+    keys = [f"tenant-{i}: you are a helpful assistant" for i in range(2000)]
+    before = Ring(EPS)
+    new = Endpoint("127.0.0.9", 8000)
+    after = Ring([*EPS, new])
+    moved = [k for k in keys if before.walk(k)[0] != after.walk(k)[0]]
+    assert all(after.walk(k)[0] == new for k in moved)
+    # about 1/5 of the keys should move; allow generous slack for the hash's variance
+    assert 0.1 < len(moved) / len(keys) < 0.3
+    # and shares stay even-ish: every replica owns between half and twice its fair share
+    owners = [after.walk(k)[0] for k in keys]
+    for e in after.walk("x"):
+        assert 0.5 / 5 < owners.count(e) / len(keys) < 2 / 5
+
+
+def test_prefix_affinity_sends_a_shared_prefix_home_while_load_allows() -> None:
+    router = Router(prefix_chars=32)
+    system = "You are a terse assistant for ACME Corp. Answer in one line."
+    homes = {router.choose(deployment(PREFIX_AFFINITY), system + f" user {i}", EPS).endpoint for i in range(10)}
+    assert len(homes) == 1  # only the first 32 characters count, and they are shared
+
+
+def test_bounded_load_spills_a_hot_prefix_to_the_next_replica() -> None:
+    router = Router(eps=0.25, prefix_chars=64)
+    d = deployment(PREFIX_AFFINITY)
+    key = "hot system prompt"
+    walk = router._ring(EPS).walk(key)
+    first = router.choose(d, key, EPS)
+    assert first.endpoint == walk[0] and first.affinity == "home"
+    # keep everything in flight: the home replica fills to the bound, then the walk's next replica takes over
+    chosen = [first.endpoint]
+    router.acquire(first.endpoint)
+    for _ in range(11):
+        c = router.choose(d, key, EPS)
+        router.acquire(c.endpoint)
+        chosen.append(c.endpoint)
+    total = len(chosen)
+    # at every step no replica went above ceil(1.25 x average)
+    assert max(router.outstanding.values()) <= math.ceil(1.25 * total / len(EPS))
+    assert chosen.count(walk[0]) >= chosen.count(walk[-1])
+    spills = [e for e in chosen if e != walk[0]]
+    assert spills and spills[0] == walk[1]  # it spills in ring order, not at random
+
+
+def test_prefix_affinity_without_a_prompt_falls_back_to_least_outstanding() -> None:
+    router = Router()
+    assert router.choose(deployment(PREFIX_AFFINITY), None, EPS).strategy == LEAST_OUTSTANDING
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    loads=st.lists(st.integers(0, 50), min_size=1, max_size=6),
+    key=st.text(max_size=40),
+    eps=st.sampled_from([0.05, 0.25, 1.0]),
+)
+def test_bounded_load_always_finds_a_replica_under_the_bound(loads: list[int], key: str, eps: float) -> None:
+    endpoints = EPS[: len(loads)] if len(loads) <= 4 else [*EPS, *(Endpoint("127.0.1.1", p) for p in (1, 2))]
+    endpoints = endpoints[: len(loads)]
+    router = Router(eps=eps)
+    for e, n in zip(endpoints, loads, strict=True):
+        for _ in range(n):
+            router.acquire(e)
+    chosen, home = router.bounded_affinity(key, endpoints)
+    capacity = math.ceil((1 + eps) * (sum(loads) + 1) / len(endpoints))
+    assert router.outstanding[chosen] < capacity
+    walk = router._ring(endpoints).walk(key)
+    assert home == (chosen == walk[0])
+    # it is the first replica on the walk under the bound
+    assert all(router.outstanding[e] >= capacity for e in walk[: walk.index(chosen)])
+
+
+def test_ejected_replicas_are_skipped_while_others_remain() -> None:
+    router = Router()
+    router.eject(EPS[0])
+    assert EPS[0] not in router.usable(EPS)
+    assert router.usable([EPS[0]]) == [EPS[0]]  # the only one left is still tried
+    assert router.usable(EPS, exclude=[EPS[1]]) == [EPS[2], EPS[3]]
