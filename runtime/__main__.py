@@ -17,6 +17,7 @@ from types import FrameType
 from urllib.parse import unquote, urlparse
 
 import uvicorn
+
 from infleet.runtime.server.admission import ServerState
 
 TIERS = ("bf16", "fp8", "int8", "int4")

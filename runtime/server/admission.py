@@ -11,8 +11,9 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from infleet.runtime.server.errors import APIError
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from infleet.runtime.server.errors import APIError
 
 RETRY_AFTER_SECONDS = 5
 

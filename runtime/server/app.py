@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -9,20 +10,22 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from infleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from infleet.runtime.server import kserve, openai
-from infleet.runtime.server.admission import Admission, ServerState
-from infleet.runtime.server.errors import APIError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from infleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
+from infleet.runtime.server import kserve, openai
+from infleet.runtime.server.admission import Admission, ServerState
+from infleet.runtime.server.errors import APIError
+
 if TYPE_CHECKING:
     from infleet.runtime.engine.engine import AsyncEngine
 
 log = logging.getLogger("infleet.runtime.server")
+ENGINE_SHUTDOWN_SECONDS = 10.0
 
 
 @dataclass
@@ -73,8 +76,11 @@ def build_app(serving: Serving, *, manage_engine: bool = True) -> Starlette:
             yield
         finally:
             serving.state.ready = False
-            if manage_engine:
-                await serving.engine.shutdown()
+            if manage_engine:  # requests were drained already; anything left is aborted
+                try:
+                    await asyncio.wait_for(serving.engine.shutdown(), ENGINE_SHUTDOWN_SECONDS)
+                except TimeoutError:
+                    log.warning("the engine did not stop within %ss", ENGINE_SHUTDOWN_SECONDS)
 
     app = Starlette(
         routes=[

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from infleet.runtime.engine.engine import QueueFull, RequestOutput
+from starlette.requests import Request
+
+from infleet.runtime.engine.engine import EngineClosed, QueueFull, RequestOutput
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.server.errors import APIError
-from starlette.requests import Request
 
 if TYPE_CHECKING:
     from infleet.runtime.engine.engine import AsyncEngine
@@ -122,6 +123,11 @@ async def start(engine: AsyncEngine, prompt_ids: list[int], params: SamplingPara
             code="queue_full",
             retry_after=RETRY_AFTER_SECONDS,
         ) from None
+    except EngineClosed:
+        raise APIError(503, "the server is shutting down; retry on another replica", retry_after=5) from None
+    except ValueError as e:  # the engine's own check of the request, "<field>: <what is wrong>"
+        message = str(e)
+        raise APIError(400, message, param=message.split(":", 1)[0] if ":" in message else None) from None
     except StopAsyncIteration:
         first = None
     except BaseException:

@@ -17,17 +17,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from infleet.runtime.server import sse
-from infleet.runtime.server.binary_tensor import HEADER_LENGTH, Tensor, TensorError, decode_request, encode_response
-from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
-from infleet.runtime.server.generation import Generation, make_params, new_request_id, start, until_disconnect
-from infleet.runtime.server.openai_schemas import parse_json, resolve_max_tokens
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import infleet
+from infleet.runtime.server import sse
+from infleet.runtime.server.binary_tensor import HEADER_LENGTH, Tensor, TensorError, decode_request, encode_response
+from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
+from infleet.runtime.server.generation import Generation, make_params, new_request_id, start, until_disconnect
+from infleet.runtime.server.openai_schemas import parse_json, resolve_max_tokens
 
 if TYPE_CHECKING:
     from infleet.runtime.server.app import Serving

@@ -6,6 +6,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
 from infleet.runtime.engine.engine import RequestOutput
 from infleet.runtime.server import sse
 from infleet.runtime.server.errors import APIError
@@ -25,9 +29,6 @@ from infleet.runtime.server.openai_schemas import (
     parse,
     resolve_max_tokens,
 )
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 if TYPE_CHECKING:
     from infleet.runtime.server.app import Serving

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, TypeVar
 
-from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+
 from infleet.runtime.server.binary_tensor import Tensor, TensorError, decode_request, encode_response, pack_bytes
 
 

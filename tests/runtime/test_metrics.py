@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from infleet.runtime.metrics import RuntimeMetrics
 from prometheus_client.parser import text_string_to_metric_families
+
+from infleet.runtime.metrics import RuntimeMetrics
 
 DESIGN_NAMES = {
     "infleet_num_requests_running",

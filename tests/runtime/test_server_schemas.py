@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from infleet.runtime.server import sse
 from infleet.runtime.server.errors import APIError
 from infleet.runtime.server.openai_schemas import ChatCompletionRequest, CompletionRequest, parse, resolve_max_tokens
