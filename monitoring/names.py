@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infleet.runtime.metrics import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
 from prometheus_client.utils import floatToGoString
+
+from infleet.runtime.metrics import ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS
 
 # target labels the scrape config sets, and the pod labels they come from
 NAMESPACE = "namespace"

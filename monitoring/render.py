@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from infleet.monitoring.dashboards import dashboards
 from infleet.monitoring.rules import rule_files
 

@@ -96,7 +96,8 @@ def recording_rules(targets: SLOTargets = DEFAULT_TARGETS, selector: str = "") -
         rules.append(
             {
                 "record": f"infleet:slo_burn_rate:rate{window}",
-                "expr": f"(1 - {good_ratio(window, selector)}) / {targets.budget:g}",
+                # rounded to 1e-4 so that a burn of exactly 6x compares equal to 6, not 5.999999999
+                "expr": f"round((1 - {good_ratio(window, selector)}) / {targets.budget:g}, 0.0001)",
             }
         )
     rules.append(
