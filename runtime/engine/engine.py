@@ -1,0 +1,443 @@
+"""The step loop (`LLMEngine`, synchronous) and its asyncio face (`AsyncEngine`, a background thread).
+
+One step: the scheduler picks sequences and token counts, the model runner computes them in one forward pass,
+the sampler draws a token for every sequence that reached its end, and each such sequence's text delta is
+produced, with stop strings trimmed (text that could still become a stop string is held back until it cannot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from infleet.runtime.config import ModelConfig
+from infleet.runtime.engine.kv_cache import BlockManager
+from infleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_token
+from infleet.runtime.engine.sampler import SamplingParams, sample
+from infleet.runtime.engine.scheduler import Scheduler
+from infleet.runtime.engine.sequence import Sequence
+from infleet.runtime.model.llama import LlamaForCausalLM
+from infleet.runtime.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from infleet.runtime.metrics import RuntimeMetrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
+
+
+@dataclass
+class RequestOutput:
+    """Incremental: one per step in which the request produced tokens (or ended)."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str  # detokenized delta; stop strings are trimmed and never emitted
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | "abort"
+    prompt_tokens: int
+    completion_tokens: int  # cumulative
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float  # 0..1, blocks referenced by live sequences
+    num_kv_blocks: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache (cumulative)
+    prefix_cache_hits: int  # of those, tokens served from it
+    preemptions: int
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound; the caller should shed load (HTTP 429 with Retry-After)."""
+
+
+class EngineClosed(Exception):
+    """The engine is shutting down and admits no new requests."""
+
+
+def apply_tier(model: LlamaForCausalLM, tier: str) -> LlamaForCausalLM:
+    """The one place where the loaded float model becomes a quantization tier ("bf16": the float weights as loaded)."""
+    if tier == "bf16":
+        return model
+    try:
+        from infleet.runtime.quant import tiers
+    except ImportError as exc:
+        raise ValueError(f"tier {tier!r} is not available: {exc}") from exc
+    converted: LlamaForCausalLM = tiers.apply_tier(model, tier)
+    return converted
+
+
+def _holdback(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of a stop string (it may still complete)."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        *,
+        max_batch_tokens: int = 2048,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 64,
+        block_size: int = 16,
+        num_kv_blocks: int | None = None,
+        prefix_caching: bool = True,
+        kv_dtype: torch.dtype | None = None,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        kv_dtype = kv_dtype or next(model.parameters()).dtype
+        max_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+        if num_kv_blocks is None:
+            per_block = kv_bytes_per_token(model, kv_dtype) * block_size
+            wanted = -(-max_num_seqs * max_len // block_size)
+            num_kv_blocks = max(1, min(wanted, DEFAULT_KV_CACHE_BYTES // per_block))
+        # A sequence alone must always fit, or it could never finish.
+        self.max_model_len = min(max_len, num_kv_blocks * block_size)
+        if max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be at least 1")
+        self.block_manager = BlockManager(num_kv_blocks, block_size, prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, max_batch_tokens=max_batch_tokens, max_num_seqs=max_num_seqs)
+        self.runner = ModelRunner(model, num_blocks=num_kv_blocks, block_size=block_size, kv_dtype=kv_dtype)
+        self.eos_token_ids = set(tokenizer.eos_token_ids) | set(config.eos_token_ids)
+        self.requests: dict[str, Sequence] = {}
+        self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics
+
+    # --- requests ---------------------------------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Sequence:
+        if request_id in self.requests:
+            raise ValueError(f"request_id: {request_id!r} is already in use")
+        params.validate(self.max_model_len, len(prompt_ids))
+        vocab = self.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise ValueError(f"prompt: token ids must be in [0, {vocab})")
+        seq = Sequence(
+            request_id,
+            list(prompt_ids),
+            len(prompt_ids),
+            params,
+            detokenizer=self.tokenizer.detokenizer(prompt_ids),
+            generator=params.make_generator(),
+        )
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self.requests.pop(request_id, None)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq)
+        seq.finish_reason = "abort"
+        self._report_finished(seq, time.monotonic())
+        return RequestOutput(request_id, [], "", True, "abort", seq.prompt_len, seq.num_output_tokens)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_cache_usage=bm.usage,
+            num_kv_blocks=bm.num_blocks,
+            prefix_cache_queries=bm.prefix_queries,
+            prefix_cache_hits=bm.prefix_hits,
+            preemptions=self.scheduler.num_preemptions,
+        )
+
+    # --- the step ---------------------------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        now = time.monotonic()
+        for entry in batch:
+            if entry.seq.first_scheduled_time is None:
+                entry.seq.first_scheduled_time = now
+        samplers, logits = self.runner.run(batch)
+        for entry in batch:
+            entry.seq.num_computed_tokens += entry.num_tokens
+            self.block_manager.commit_full_blocks(entry.seq)
+        tokens = sample(logits, [e.seq.params for e in samplers], [e.seq.generator for e in samplers])
+        now = time.monotonic()
+        outputs = [self._append_token(entry.seq, tok, now) for entry, tok in zip(samplers, tokens, strict=True)]
+        self._report_step()
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, now: float) -> RequestOutput:
+        seq.token_ids.append(token)
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        elif seq.last_token_time is not None:
+            seq.itls.append(now - seq.last_token_time)
+        seq.last_token_time = now
+        params = seq.params
+        assert seq.detokenizer is not None
+        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+            seq.finish_reason = "stop"
+            seq.text += seq.detokenizer.flush()
+        else:
+            before = len(seq.text)
+            seq.text += seq.detokenizer.step([token])
+            if params.stop:
+                start = max(0, before - max(len(s) for s in params.stop) + 1)
+                hits = [i for i in (seq.text.find(s, start) for s in params.stop) if i >= 0]
+                if hits:
+                    seq.text = seq.text[: min(hits)]
+                    seq.finish_reason = "stop"
+            if seq.finish_reason is None and (
+                seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len
+            ):
+                seq.finish_reason = "length"
+                seq.text += seq.detokenizer.flush()
+        finished = seq.finish_reason is not None
+        end = len(seq.text) if finished else len(seq.text) - _holdback(seq.text, params.stop)
+        new_text = seq.text[seq.emitted : end] if end > seq.emitted else ""
+        seq.emitted = max(seq.emitted, end)
+        if finished:
+            self.scheduler.finish(seq)
+            self.requests.pop(seq.request_id, None)
+            self._report_finished(seq, now)
+        return RequestOutput(
+            seq.request_id, [token], new_text, finished, seq.finish_reason, seq.prompt_len, seq.num_output_tokens
+        )
+
+    # --- metrics ----------------------------------------------------------------------------------------------------
+    def _report_step(self) -> None:
+        if self.metrics is None:
+            return
+        s = self.stats()
+        self.metrics.set_queue(s.running, s.waiting, s.kv_cache_usage)
+        queries, hits, preemptions = self._reported
+        if s.prefix_cache_queries > queries:
+            self.metrics.prefix_cache(s.prefix_cache_queries - queries, s.prefix_cache_hits - hits)
+        if s.preemptions > preemptions:
+            self.metrics.preemptions(s.preemptions - preemptions)
+        self._reported = (s.prefix_cache_queries, s.prefix_cache_hits, s.preemptions)
+
+    def _report_finished(self, seq: Sequence, now: float) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.request_finished(
+            prompt_tokens=seq.prompt_len,
+            generation_tokens=seq.num_output_tokens,
+            queue_time=None if seq.first_scheduled_time is None else seq.first_scheduled_time - seq.arrival_time,
+            ttft=None if seq.first_token_time is None else seq.first_token_time - seq.arrival_time,
+            itls=seq.itls,
+            e2e=now - seq.arrival_time,
+            finish_reason=seq.finish_reason or "abort",
+        )
+
+    # --- offline use (tests, benchmarks) ---------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+        """Run prompts to completion together; returns each one's generated token ids."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"offline-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
+        out: dict[str, list[int]] = {rid: [] for rid in ids}
+        for rid, prompt, p in zip(ids, prompts, plist, strict=True):
+            self.add_request(rid, prompt, p)
+        while self.has_unfinished():
+            for o in self.step():
+                out[o.request_id].extend(o.new_token_ids)
+        return [out[rid] for rid in ids]
+
+
+class AsyncEngine:
+    """Runs the step loop in a background thread; asyncio-facing."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        tier: str = "bf16",
+        max_batch_tokens: int = 2048,
+        max_model_len: int | None = None,
+        max_num_seqs: int = 64,
+        max_waiting: int = 256,
+        block_size: int = 16,
+        num_kv_blocks: int | None = None,
+        prefix_caching: bool = True,
+        metrics: RuntimeMetrics | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        from infleet.runtime.loader import load_model
+
+        model, config, tokenizer = load_model(model_path, dtype=dtype)
+        model = apply_tier(model, tier)
+        engine = LLMEngine(
+            model,
+            config,
+            tokenizer,
+            max_batch_tokens=max_batch_tokens,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            block_size=block_size,
+            num_kv_blocks=num_kv_blocks,
+            prefix_caching=prefix_caching,
+            kv_dtype=dtype,
+            metrics=metrics,
+        )
+        self._setup(engine, max_waiting=max_waiting, model_name=config.name, tier=tier)
+
+    @classmethod
+    def from_engine(cls, engine: LLMEngine, *, max_waiting: int = 256, tier: str = "bf16") -> AsyncEngine:
+        """Wrap an engine built elsewhere (tests with a small model, benchmarks)."""
+        self = cls.__new__(cls)
+        self._setup(engine, max_waiting=max_waiting, model_name=engine.config.name, tier=tier)
+        return self
+
+    def _setup(self, engine: LLMEngine, *, max_waiting: int, model_name: str, tier: str) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_name = model_name
+        self.tier = tier
+        self.max_model_len = engine.max_model_len
+        self.max_waiting = max_waiting
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._inbox: list[tuple[str, list[int], SamplingParams]] = []
+        self._aborts: list[str] = []
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput | BaseException]]] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._accepting = True
+        self._last_stats = engine.stats()
+
+    # --- lifecycle --------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="infleet-engine", daemon=True)
+            self._thread.start()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop admitting, let in-flight requests finish (up to `timeout` seconds), abort the rest, stop the thread."""
+        self._accepting = False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.num_unfinished() and (deadline is None or time.monotonic() < deadline):
+            await asyncio.sleep(0.02)
+        with self._lock:
+            self._aborts.extend(self._streams)
+            self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+
+    def num_unfinished(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    def stats(self) -> EngineStats:
+        return self._last_stats
+
+    # --- requests ---------------------------------------------------------------------------------------------------
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream one request's outputs. Raises (on first iteration) QueueFull, EngineClosed, or ValueError for bad
+        parameters. Closing or cancelling the iterator aborts the request and frees its blocks."""
+        if not self._accepting:
+            raise EngineClosed("the engine is shutting down")
+        params.validate(self.max_model_len, len(prompt_ids))
+        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        with self._lock:
+            if request_id in self._streams:
+                raise ValueError(f"request_id: {request_id!r} is already in use")
+            if len(self._inbox) + self._last_stats.waiting >= self.max_waiting:
+                raise QueueFull(f"{self.max_waiting} requests are already waiting")
+            self._streams[request_id] = (asyncio.get_running_loop(), queue)
+            self._inbox.append((request_id, list(prompt_ids), params))
+        self.start()
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                with self._lock:
+                    self._aborts.append(request_id)
+                self._wake.set()
+
+    # --- the engine thread ------------------------------------------------------------------------------------------
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException, last: bool) -> None:
+        with self._lock:
+            target = self._streams.pop(request_id, None) if last else self._streams.get(request_id)
+        if target is not None:
+            loop, queue = target
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody to tell
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def _loop(self) -> None:
+        engine = self.engine
+        while True:
+            with self._lock:
+                inbox, self._inbox = self._inbox, []
+                aborts, self._aborts = self._aborts, []
+                stopping = self._stopping
+            for request_id in aborts:
+                engine.abort(request_id)
+                with self._lock:
+                    self._streams.pop(request_id, None)
+            for request_id, prompt, params in inbox:
+                try:
+                    engine.add_request(request_id, prompt, params)
+                except ValueError as exc:
+                    self._deliver(request_id, exc, last=True)
+            if stopping:
+                self._last_stats = engine.stats()
+                return
+            if not engine.has_unfinished():
+                self._last_stats = engine.stats()
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                outputs = engine.step()
+            except Exception as exc:  # fail every request loudly rather than leave clients hanging
+                log.exception("engine step failed")
+                for request_id in list(engine.requests):
+                    engine.abort(request_id)
+                    self._deliver(request_id, RuntimeError(f"engine step failed: {exc}"), last=True)
+                outputs = []
+            self._last_stats = engine.stats()
+            for out in outputs:
+                self._deliver(out.request_id, out, last=out.finished)
