@@ -115,7 +115,7 @@ def never_fires(burn: float = 0.9, targets: SLOTargets = DEFAULT_TARGETS) -> dic
             "alert_rule_test": checks}  # fmt: skip
 
 
-def test_files(
+def promtool_cases(
     rule_files: list[str], targets: SLOTargets = DEFAULT_TARGETS, runbook_url: str = RUNBOOK_URL
 ) -> dict[str, dict[str, Any]]:
     """promtool test files by name. Page alerts are checked minute by minute; ticket alerts, whose windows are
