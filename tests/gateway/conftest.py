@@ -35,7 +35,9 @@ class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
         self.host, self.port = host, free_port(host)
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+            uvicorn.Config(
+                app, host=host, port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

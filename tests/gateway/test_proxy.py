@@ -1,0 +1,144 @@
+"""The proxy over real HTTP: model selection and errors, SSE pass-through without buffering, retries before the
+first byte, clean mid-stream failures, and KServe v2 binary tensors byte-exact."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from infleet.cluster.testing import wait_for
+from infleet.gateway.app import Gateway
+from infleet.gateway.catalog import Endpoint
+from infleet.gateway.prompts import kserve_prompt, openai_prompt
+
+from .conftest import ServerThread, Upstream, free_port, serve_gateway
+
+CHAT = {"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def fleet(upstream: tuple[Upstream, ServerThread]):  # type: ignore[no-untyped-def]
+    up, replica = upstream
+    gateway = Gateway()
+    gateway.catalog.set_deployment("team-a", "d", "m")
+    gateway.catalog.set_slice("team-a", "d", "s", (replica.endpoint,))
+    with serve_gateway(gateway) as gw:
+        yield gateway, gw, up
+
+
+def test_unknown_model_is_404_listing_the_served_models(fleet) -> None:  # type: ignore[no-untyped-def]
+    gateway, gw, _ = fleet
+    gateway.catalog.set_deployment("team-b", "other", "other-model")
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "gpt-5"})
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert error["code"] == "model_not_found" and error["type"] == "not_found_error"
+    assert "'gpt-5'" in error["message"] and "'m'" in error["message"] and "'other-model'" in error["message"]
+    v2 = httpx.post(f"{gw.url}/v2/models/gpt-5/infer", content=b"{}")
+    assert v2.status_code == 404 and "served models" in v2.json()["error"]  # KServe's error shape
+    for bad, status in ((b"not json", 400), (b"[1]", 400), (json.dumps({"messages": []}).encode(), 400)):
+        r = httpx.post(f"{gw.url}/v1/chat/completions", content=bad, headers={"content-type": "application/json"})
+        assert r.status_code == status and r.json()["error"]["message"]
+
+
+def test_models_union_and_namespaced_names(fleet) -> None:  # type: ignore[no-untyped-def]
+    gateway, gw, up = fleet
+    gateway.catalog.set_deployment("team-b", "d", "m")  # the same served name in a second namespace
+    gateway.catalog.set_slice("team-b", "d", "s", gateway.catalog.get(("team-a", "d")).endpoints)
+    ids = [m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]]
+    assert ids == ["team-a/m", "team-b/m"]
+    ambiguous = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT)
+    assert ambiguous.status_code == 400 and "team-a/m" in ambiguous.json()["error"]["message"]
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "team-b/m"})
+    assert r.status_code == 200 and r.json()["model"] == "m"  # rewritten to the name the replica serves
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT, headers={"X-Infleet-Namespace": "team-a"})
+    assert r.status_code == 200
+    assert "x-infleet-namespace" not in up.seen[-1]["headers"]
+
+
+def test_sse_events_pass_through_before_the_upstream_finishes(fleet) -> None:  # type: ignore[no-untyped-def]
+    """The upstream sends event 1 and then blocks until the client has seen event 1 through the gateway: if the
+    gateway buffered, the upstream would wait out its 30 s and report that nobody released it."""
+    _, gw, up = fleet
+    received = []
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json={**CHAT, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line:
+                received.append(line)
+                if line == 'data: {"n": 1}':
+                    up.go.set()
+    assert received == ['data: {"n": 1}', 'data: {"n": 2}', "data: [DONE]"]
+    assert up.released_by_client is True
+
+
+def test_a_stream_that_breaks_ends_with_an_error_event_and_done(fleet) -> None:  # type: ignore[no-untyped-def]
+    gateway, gw, _ = fleet
+    body = {**CHAT, "stream": True, "messages": [{"role": "user", "content": "die"}]}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=30) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[0] == 'data: {"n": 1}'
+    error = json.loads(lines[1].removeprefix("data: "))
+    assert "failed" in error["error"]["message"]
+    assert lines[2:] == ["data: [DONE]"]
+    # the failed stream releases its replica (clean-up runs just after the last byte went out)
+    wait_for(lambda: gateway.router.outstanding.total() == 0, timeout=5, interval=0.01, what="the replica's release")
+
+
+def test_a_refused_connection_is_retried_on_another_replica(fleet) -> None:  # type: ignore[no-untyped-def]
+    gateway, gw, up = fleet
+    dead = Endpoint("127.0.0.1", free_port())  # nothing listens there
+    live = gateway.catalog.get(("team-a", "d")).endpoints
+    gateway.catalog.set_slice("team-a", "d", "s", (dead, *live))
+    up.go.set()  # streams run to the end
+    for i in range(6):
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "stream": i % 2 == 0})
+        assert r.status_code == 200
+        assert r.text.endswith("data: [DONE]\n\n") if i % 2 == 0 else r.json()["upstream"] == "upstream"
+    retries = gateway.metrics.registry.get_sample_value(
+        "infleet_gateway_retries_total", {"namespace": "team-a", "deployment": "d"}
+    )
+    assert retries is not None and retries >= 1
+    # with only dead replicas left, the answer is a clear 502 after one retry
+    gateway.catalog.set_slice("team-a", "d", "s", (dead, Endpoint("127.0.0.1", free_port())))
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT)
+    assert r.status_code == 502 and "no replica" in r.json()["error"]["message"]
+
+
+def test_kserve_binary_tensors_pass_through_byte_exact(fleet) -> None:  # type: ignore[no-untyped-def]
+    gateway, gw, up = fleet
+    tensor = triton.InferInput("text_input", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array(["héllo wörld".encode()], dtype=object), binary_data=True)
+    limit = triton.InferInput("max_tokens", [1], "INT32")
+    limit.set_data_from_numpy(np.array([4], dtype=np.int32), binary_data=True)
+    body, header_length = triton.InferenceServerClient.generate_request_body([limit, tensor])
+    assert kserve_prompt(body, header_length) == "héllo wörld"
+    headers = {"Inference-Header-Content-Length": str(header_length), "Content-Type": "application/octet-stream"}
+    r = httpx.post(f"{gw.url}/v2/models/team-a%2Fm/versions/1/infer", content=body, headers=headers)
+    assert r.status_code == 200
+    assert up.seen[-1]["body"] == body  # byte-exact to the replica
+    assert up.seen[-1]["headers"]["inference-header-content-length"] == str(header_length)
+    assert r.headers["x-upstream-path"] == "/v2/models/m/versions/1/infer"
+    assert r.content == body and r.headers["inference-header-content-length"] == str(header_length)
+    # readiness of a deployment without replicas is answered, not held
+    gateway.catalog.set_deployment("team-a", "idle", "idle-model")
+    assert httpx.get(f"{gw.url}/v2/models/idle-model/ready").status_code == 503
+    assert httpx.get(f"{gw.url}/v2").json()["extensions"] == ["binary_tensor_data", "generate"]
+
+
+def test_prompt_prefixes() -> None:
+    assert openai_prompt(CHAT) == "system\nbe brief\nuser\nhi\n"
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]}]}
+    assert openai_prompt(parts) == "user\na\n"
+    assert openai_prompt({"prompt": "once"}) == "once"
+    assert openai_prompt({"prompt": ["first", "second"]}) == "first"
+    assert openai_prompt({"prompt": [1, 2, 3]}) == "1,2,3"
+    assert openai_prompt({"prompt": 5}) is None and openai_prompt([]) is None
+    assert kserve_prompt(json.dumps({"text_input": "gen"}).encode(), None) == "gen"
+    infer = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["json"]}]}
+    assert kserve_prompt(json.dumps(infer).encode(), None) == "json"
+    assert kserve_prompt(b"\x00garbage", 3) is None
