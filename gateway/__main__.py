@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+
 from infleet.gateway.activator import HoldPolicy
 from infleet.gateway.app import Gateway, build_app
 from infleet.gateway.auth import KeyStore
@@ -94,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
         app = build_app(gateway)
     else:
-        from infleet.gateway.discovery import AnnotationDemand, KubernetesDiscovery
         from kubernetes import client, config
+
+        from infleet.gateway.discovery import AnnotationDemand, KubernetesDiscovery
 
         try:
             if os.environ.get("KUBERNETES_SERVICE_HOST") and not args.kubeconfig:

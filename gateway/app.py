@@ -26,12 +26,6 @@ from urllib.parse import quote
 
 import anyio
 import httpx
-from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
-from infleet.gateway.auth import KeyStore, Unauthorized
-from infleet.gateway.catalog import Catalog, Deployment, Endpoint, LookupFailed
-from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
-from infleet.gateway.prompts import kserve_prompt, openai_prompt
-from infleet.gateway.routing import Router
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -39,6 +33,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import infleet
+from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
+from infleet.gateway.auth import KeyStore, Unauthorized
+from infleet.gateway.catalog import Catalog, Deployment, Endpoint, LookupFailed
+from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from infleet.gateway.prompts import kserve_prompt, openai_prompt
+from infleet.gateway.routing import Router
 
 log = logging.getLogger("infleet.gateway")
 

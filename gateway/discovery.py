@@ -22,11 +22,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
 from infleet.gateway.activator import SCALE_FROM_ZERO_ANNOTATION
 from infleet.gateway.auth import API_KEYS_LABEL, KeyStore
 from infleet.gateway.catalog import LEAST_OUTSTANDING, Catalog, Deployment, Endpoint
-from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
 
 log = logging.getLogger("infleet.gateway.discovery")
 
