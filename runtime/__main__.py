@@ -124,7 +124,8 @@ def serve(args: argparse.Namespace) -> int:
             metrics=metrics,
         )
     except Exception as e:  # one clear line, not a traceback: the operator shows it as the pod's failure
-        print(f"{PROG}: cannot load model {str(path)!r}: {e}", file=sys.stderr)
+        message = str(e) if "cannot load" in str(e) else f"cannot load model {str(path)!r}: {e}"
+        print(f"{PROG}: {message}", file=sys.stderr)
         return 1
     served_name = args.served_name or engine.model_name
     metrics.rename(served_name)  # label series with the name clients use

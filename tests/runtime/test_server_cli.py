@@ -1,0 +1,51 @@
+"""`python -m infleet.runtime serve` argument handling that fails before any model is loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infleet.runtime.__main__ import main, model_path
+
+
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "infleet.runtime", "serve", *args, "--port", "1"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("/no/such/model.gguf", "model path '/no/such/model.gguf' does not exist"),
+        ("file:///no/such/dir", "model path '/no/such/dir' does not exist"),
+        ("s3://bucket/model", "scheme 's3' is not supported"),
+    ],
+)
+def test_bad_model_paths_exit_1_with_one_line(model: str, message: str) -> None:
+    done = serve("--model", model)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_a_file_that_is_not_a_model_exits_1_with_one_line(tmp_path: Path) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a model")
+    done = serve("--model", str(fake))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "GGUF" in lines[0], done.stderr
+
+
+def test_file_uris_resolve_to_paths(tmp_path: Path) -> None:
+    (tmp_path / "my model.gguf").write_bytes(b"")
+    assert model_path(f"file://{tmp_path}/my%20model.gguf") == tmp_path / "my model.gguf"
+    assert model_path(str(tmp_path)) == tmp_path
+
+
+def test_parallelism_is_not_yet_supported(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "x", "--tensor-parallel", "2"]) == 2
+    assert "not yet supported" in capsys.readouterr().err
