@@ -15,8 +15,9 @@ import sys
 from typing import Any
 
 import kopf
-from infleet.operator.kube import Kube, KubeError
 from prometheus_client import start_http_server
+
+from infleet.operator.kube import Kube, KubeError
 
 PEERING_NAME = "infleet-operator"
 

@@ -252,7 +252,7 @@ class InferenceDeploymentSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
-                "!has(self.accelerator.gpusPerNode)"
+                "!has(self.accelerator.gpusPerNode) || self.accelerator.gpusPerNode < 1"
                 " || self.parallelism.tensor * self.parallelism.pipeline <= self.accelerator.gpusPerNode"
                 " || (self.parallelism.tensor * self.parallelism.pipeline) % self.accelerator.gpusPerNode == 0",
                 "parallelism.tensor x parallelism.pipeline must fit on one node or be a multiple of "

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 import kopf
+
 from infleet.autoscaler import policy
 from infleet.operator import api, resources, status
 from infleet.operator.handlers import IDEP, kube_of
@@ -25,6 +26,7 @@ from infleet.operator.kube import KubeError
 # (spec, status, name, namespace) -> what the fleet looks like now
 Observer = Callable[[api.InferenceDeploymentSpec, dict[str, Any], str, str], Awaitable[policy.Observation]]
 INTERVAL = 15.0
+STATUS_MANAGER = "infleet-autoscaler"
 
 _observer: Observer | None = None
 _history: dict[tuple[str, str], tuple[policy.Recommendation, ...]] = {}
@@ -88,14 +90,16 @@ async def autoscale(
     decision = policy.decide(scaling_spec(parsed), obs, _history.get((namespace, name), ()), now)
     _history[(namespace, name)] = decision.history
     extra = status_from(decision, obs, body["metadata"].get("generation"))
-    patch_status: dict[str, Any] = {
-        "conditions": status.merge_conditions(list(st.get("conditions") or []), extra["conditions"])
+    slo = status.slo_condition(parsed, extra["observed"] or None, body["metadata"].get("generation"))
+    merged = {
+        c["type"]: c for c in status.merge_conditions(list(st.get("conditions") or []), [*extra["conditions"], slo])
     }
+    patch_status: dict[str, Any] = {"conditions": [merged[c["type"]] for c in [*extra["conditions"], slo]]}
     if extra["observed"]:
         patch_status["observed"] = extra["observed"]
     kube = kube_of(memo)
     try:
-        await kube.patch_status(namespace, name, patch_status)
+        await kube.apply_status(namespace, name, patch_status, manager=STATUS_MANAGER)
         target = resources.desired_replicas(parsed.model_copy(update={"replicas": decision.replicas}))
         if target != parsed.replicas:
             logger.info(f"autoscaler: {parsed.replicas} -> {target} replicas ({decision.reason})")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from infleet.operator import api
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,20 +72,21 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _default_nested_objects(schema: dict[str, Any]) -> None:
-    """Give optional sub-objects `default: {}` so the API server fills in their own defaults (and CEL rules can
-    rely on e.g. `self.parallelism.tensor` being present)."""
-    required = set(schema.get("required", []))
-    for name, prop in schema.get("properties", {}).items():
-        if prop.get("type") == "object" and "properties" in prop:
-            if name not in required and "default" not in prop:
-                prop["default"] = {}
-            _default_nested_objects(prop)
+def _default_sections(schema: dict[str, Any]) -> None:
+    """Give each optional spec section (runtime, scaling, ...) its full default, so the API server fills it in when
+    omitted and CEL rules can rely on e.g. `self.parallelism.tensor` being there. The API server checks these
+    defaults against the section's own rules, so they must be complete objects, not `{}`."""
+    for name, info in api.InferenceDeploymentSpec.model_fields.items():
+        if info.default_factory is None:
+            continue
+        alias = info.alias or name
+        value = info.default_factory()  # type: ignore[call-arg]
+        schema["properties"][alias]["default"] = value.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def spec_schema() -> dict[str, Any]:
     schema = structural(api.InferenceDeploymentSpec.model_json_schema(by_alias=True))
-    _default_nested_objects(schema)
+    _default_sections(schema)
     return schema
 
 

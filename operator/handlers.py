@@ -3,7 +3,7 @@
 - the InferenceDeployment changed (created, spec updated, operator resumed) -> full reconcile;
 - an owned Deployment or StatefulSet changed -> status from its ready counts, and a full reconcile only for drift
   (deleted, or its spec generation moved without this operator applying it);
-- Degraded deployments are re-judged on a timer (nodes or volumes may have appeared);
+- Degraded deployments are re-judged when nodes or volumes change (what was missing may have appeared);
 - group pods get their `infleet.dev/rank` label from the StatefulSet ordinal.
 
 Indexes (kopf keeps them from its watches) give the handlers the owners, their StatefulSets and the fleet's GPU
@@ -22,12 +22,14 @@ from typing import Any, cast
 
 import kopf
 import pydantic
+
 from infleet.operator import api, metrics, reconcile, resources, status
 from infleet.operator.kube import Kube, KubeError
 
 IDEP = (api.GROUP, api.VERSION, api.PLURAL)
 MANAGED = {resources.LABEL_MANAGED_BY: resources.MANAGED_BY}
 MAX_BACKOFF = 300.0
+WORKLOAD_STATUS_MANAGER = "infleet-operator-workloads"  # status from workload events (see Kube.apply_status)
 
 # (kind, namespace, name) -> the metadata.generation our last apply produced: a newer one means someone else
 # edited the object (drift).
@@ -133,10 +135,10 @@ async def _mark_degraded(memo: Any, body: Mapping[str, Any], reason: str, messag
     meta = body["metadata"]
     old = list((body.get("status") or {}).get("conditions") or [])
     cond = status.condition(status.DEGRADED, True, reason, message, meta.get("generation"))
-    conditions = status.merge_conditions(old, [cond])
+    conditions = [c for c in status.merge_conditions(old, [cond]) if c["type"] == status.DEGRADED]
     kopf.warn(cast(kopf.Body, body), reason=reason, message=message)
     with contextlib.suppress(KubeError):  # the condition is a courtesy; the PermanentError is logged anyway
-        await kube_of(memo).patch_status(meta["namespace"], meta["name"], {"conditions": conditions})
+        await kube_of(memo).apply_status(meta["namespace"], meta["name"], {"conditions": conditions})
 
 
 @kopf.on.resume(*IDEP, id="reconcile")
@@ -145,20 +147,69 @@ async def _mark_degraded(memo: Any, body: Mapping[str, Any], reason: str, messag
 async def reconcile_deployment(
     body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int, reason: str, logger: kopf.Logger, **kw: Any
 ) -> None:
-    new_status = await run_reconcile(body, memo, kw["gpu_nodes"], kw["group_sets"], str(reason), retry, logger)
+    new_status = await run_reconcile(
+        body, memo, kw["gpu_nodes"], kw["group_sets"], str(getattr(reason, "value", reason)), retry, logger
+    )
     patch.status.update(new_status)
 
 
-@kopf.timer(*IDEP, id="recheck-degraded", interval=30, initial_delay=30, when=lambda status, **_: _is_degraded(status))
-async def recheck_degraded(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
-    """What was missing (nodes of a GPU type, a model volume) may exist now."""
-    new_status = await run_reconcile(body, memo, kw["gpu_nodes"], kw["group_sets"], "recheck", 0, logger)
-    if reconcile.status_changed(body.get("status") or {}, new_status):
-        patch.status.update(new_status)
+# ---- re-judging: what was missing may appear ---------------------------------------------------------------------
+# Event-driven rather than a timer: kopf puts a finalizer on every object a timer serves, and deleting an
+# InferenceDeployment should never wait for the operator.
+
+_fleet_products: dict[str, int] = {}  # the last GPU product -> GPUs per node picture the rechecks acted on
+
+
+async def recheck_degraded(
+    owners: list[dict[str, Any]],
+    memo: Any,
+    gpu_nodes: kopf.Index[str, int],
+    group_sets: kopf.Index[Any, dict[str, Any]],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    for body in owners:
+        if not _is_degraded(body.get("status") or {}):
+            continue
+        try:
+            new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, "recheck", 0, logger)
+            if reconcile.status_changed(body.get("status") or {}, new_status):
+                await _write_status(memo, body, new_status)
+        except (kopf.TemporaryError, kopf.PermanentError) as err:
+            logger.warning(f"re-checking {body['metadata']['name']} failed: {err}")
+
+
+@kopf.on.event("", "v1", "nodes", id="fleet-changed")
+async def fleet_changed(memo: Any, logger: kopf.Logger, **kw: Any) -> None:
+    """When GPU products or per-node GPU counts change, re-judge the deployments that are Degraded."""
+    global _fleet_products
+    products = _node_gpus(kw["gpu_nodes"])
+    if products == _fleet_products:
+        return
+    first = not _fleet_products
+    _fleet_products = products
+    if not first:
+        owners = [b for key in kw["ideps"] for b in kw["ideps"][key]]
+        await recheck_degraded(owners, memo, kw["gpu_nodes"], kw["group_sets"], logger)
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims", id="volume-appeared")
+async def volume_appeared(type: str, namespace: str | None, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
+    if type != "ADDED":
+        return
+    owners = [b for key in kw["ideps"] if key[0] == namespace for b in kw["ideps"][key]]
+    await recheck_degraded(owners, memo, kw["gpu_nodes"], kw["group_sets"], logger)
 
 
 def _is_degraded(st: Mapping[str, Any]) -> bool:
     return status.is_true(list(st.get("conditions") or []), status.DEGRADED)
+
+
+async def _write_status(memo: Any, body: Mapping[str, Any], new_status: dict[str, Any]) -> None:
+    meta = body["metadata"]
+    try:
+        await kube_of(memo).apply_status(meta["namespace"], meta["name"], new_status)
+    except KubeError as err:
+        raise kopf.TemporaryError(f"writing status: {err}", delay=backoff(0)) from err
 
 
 # ---- owned workloads: status and drift ----------------------------------------------------------------------------
@@ -212,7 +263,7 @@ async def _on_workload_event(
         new_status = reconcile.compute_status(spec, reconcile.owner_of(owner), generation, old, want, workloads, None)
     old = owner.get("status") or {}
     if reconcile.status_changed(old, new_status):
-        await kube_of(memo).patch_status(ns, owner_name, new_status)
+        await kube_of(memo).apply_status(ns, owner_name, new_status, manager=WORKLOAD_STATUS_MANAGER)
 
 
 def _new_groups_ready(want: Any, group_sets: kopf.Index[Any, dict[str, Any]], ns: str, owner: str) -> bool:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from infleet.operator import api, metrics
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+
+from infleet.operator import api, metrics
 
 FIELD_MANAGER = "infleet-operator"
 
@@ -169,13 +170,28 @@ class Kube:
             if err.status != 409:  # the precondition failed: someone already replaced it
                 raise
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch an InferenceDeployment's status subresource."""
+    async def apply_status(
+        self, namespace: str, name: str, status: dict[str, Any], manager: str = FIELD_MANAGER
+    ) -> dict[str, Any] | None:
+        """Server-side apply to an InferenceDeployment's status subresource under `manager`.
+
+        Conditions are a list-map keyed by type, so each writer (reconcile, workload watcher, autoscaler) owns only
+        the conditions it sends, and no writer can wipe another's with a stale copy of the list."""
         url = path(api.KIND, namespace, name, "status")
-        body = {"status": status}
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": {k: v for k, v in status.items() if v is not None},
+        }
         try:
             return await self.request(
-                "PATCH", url, kind=api.KIND, body=body, content_type="application/merge-patch+json"
+                "PATCH",
+                url,
+                kind=api.KIND,
+                params={"fieldManager": manager, "force": "true"},
+                body=body,
+                content_type="application/apply-patch+yaml",
             )
         except KubeError as err:
             if err.status == 404:  # deleted meanwhile

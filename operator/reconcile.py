@@ -62,13 +62,14 @@ def compute_status(
     problems: list[checks.Problem] | None,
     tier_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The status patch. `problems` None keeps the current Degraded condition (the event path does not re-judge)."""
+    """The status to apply. `problems` None: only what the workload says (replica counts, Ready, Progressing), as
+    the workload watcher writes it; else also Degraded and SLOMet, as a full reconcile writes them."""
     desired = resources.desired_replicas(spec)
     progress = _workload_progress(want.layout, want.revision, desired, workloads)
     new_conditions = status.replica_conditions(progress, generation)
     if problems is not None:
         new_conditions.append(status.degraded_condition(problems, generation))
-    new_conditions.append(status.slo_condition(spec, old_status.get("observed"), generation))
+        new_conditions.append(status.slo_condition(spec, old_status.get("observed"), generation))
     out: dict[str, Any] = {
         "replicas": progress.current,
         "readyReplicas": progress.ready,
@@ -82,7 +83,7 @@ def compute_status(
         if want.layout.grouped
         else f"Deployment/{owner.name}",
         "endpoint": resources.endpoint(owner),
-        "conditions": status.merge_conditions(list(old_status.get("conditions") or []), new_conditions),
+        "conditions": _keep_transition_times(list(old_status.get("conditions") or []), new_conditions),
     }
     if problems is not None:
         out["observedGeneration"] = generation
@@ -91,8 +92,19 @@ def compute_status(
     return out
 
 
+def _keep_transition_times(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Only the conditions in `new`, with lastTransitionTime carried over where the status did not flip."""
+    merged = {c["type"]: c for c in status.merge_conditions(old, new)}
+    return [merged[c["type"]] for c in new]
+
+
 def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    return any(old.get(k) != v for k, v in new.items())
+    """Would applying `new` change anything? (conditions compared by type, ignoring the ones `new` leaves out)"""
+    for key, value in new.items():
+        if key != "conditions" and old.get(key) != value:
+            return True
+    current = {c.get("type"): c for c in old.get("conditions") or []}
+    return any(current.get(c["type"]) != c for c in new.get("conditions") or [])
 
 
 def plan(
