@@ -55,14 +55,17 @@ class ScalingSpec:
     ttft_slo: float | None = None
     tpot_slo: float | None = None
     e2e_slo: float | None = None
+    guard: float = 0.8  # scale up while any p99 is above guard x SLO (a p99 at the SLO is already too late)
     comfort: float = 0.7  # scale down only while every p99 is below comfort x SLO
     scale_up_window: float = 0.0  # seconds; HPA's default
-    scale_down_window: float = 120.0
+    scale_down_window: float = 600.0  # a cold start costs tens of seconds: keep capacity through lulls
     max_scale_up_pods: int = 4  # per decision: up by at most max(pods, percent of current)
-    max_scale_up_percent: float = 100.0
-    max_scale_down_pods: int = 2
-    max_scale_down_percent: float = 25.0
+    max_scale_up_percent: float = 50.0
+    max_scale_down_pods: int = 1  # per scale-down period: down by at most max(pods, percent of the period's top)
+    max_scale_down_percent: float = 10.0
+    scale_down_period: float = 60.0  # seconds; 0 applies the limit per decision
     stale_after: float = 60.0  # seconds; older observations count as missing
+    p99_window: float = 30.0  # the rate window behind the p99s: growth within it has not shown in them yet
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,9 +85,9 @@ class ScalingSpec:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 problems.append(f"{name} must be > 0 seconds")
-        if not 0 < self.comfort <= 1:
-            problems.append("comfort must be in (0, 1]")
-        if min(self.scale_up_window, self.scale_down_window, self.stale_after) < 0:
+        if not 0 < self.comfort <= self.guard:
+            problems.append("comfort must be in (0, guard]")
+        if min(self.scale_up_window, self.scale_down_window, self.stale_after, self.scale_down_period) < 0:
             problems.append("windows must be >= 0 seconds")
         if self.max_scale_up_pods < 1 or self.max_scale_down_pods < 1:
             problems.append("step sizes must be >= 1 pod")
@@ -96,6 +99,8 @@ class ScalingSpec:
 class Recommendation:
     at: float
     replicas: int
+    ready: int | None = None  # ready replicas when it was made: tells the p99 guard about recent growth
+    current: int | None = None  # the replica count it was made at: the scale-down rate limit's reference
 
 
 @dataclass(frozen=True)
@@ -128,16 +133,21 @@ def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommend
     if problem is not None:
         return _hold(spec, observation, history, now, problem)
 
-    raw, why = recommend(spec, observation)
-    kept = tuple(r for r in history if now - r.at <= max(spec.scale_up_window, spec.scale_down_window))
-    kept += (Recommendation(now, raw),)
+    raw, why, floor = recommend(spec, observation, history)
+    keep_for = max(spec.scale_up_window, spec.scale_down_window, spec.p99_window, spec.scale_down_period)
+    kept = tuple(r for r in history if now - r.at <= keep_for)
+    kept += (Recommendation(now, raw, observation.ready_replicas, current),)
     stabilized = raw if current == 0 else _stabilize(spec, current, raw, kept, now)
-    limited = _limit_step(spec, current, stabilized)
+    stabilized = max(stabilized, floor)  # a veto on scaling down holds the fleet, but is not a recommendation
+    period_start = max(
+        [r.current for r in kept if r.current is not None and now - r.at <= spec.scale_down_period] + [current]
+    )
+    limited = _limit_step(spec, current, stabilized, period_start)
     replicas = _clamp(limited, spec)
 
     verb = "hold" if replicas == current else "scale up" if replicas > current else "scale down"
     notes = [why]
-    if stabilized != raw:
+    if stabilized != raw and stabilized != floor:
         window = spec.scale_up_window if raw > current else spec.scale_down_window
         notes.append(f"stabilized to {stabilized} over {window:g}s")
     if limited != stabilized:
@@ -149,8 +159,10 @@ def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommend
     return Decision(replicas, reason, raw, kept, (ok,))
 
 
-def recommend(spec: ScalingSpec, obs: Observation) -> tuple[int, str]:
-    """The raw replica count the current load asks for, and the reason."""
+def recommend(spec: ScalingSpec, obs: Observation, history: tuple[Recommendation, ...] = ()) -> tuple[int, str, int]:
+    """The replica count the current load asks for, the reason, and a floor: the current count when scaling down
+    is vetoed (p99 not comfortably inside the SLO, requests waiting), else 0. The floor stays out of the
+    recommendation history, so a veto does not restart the scale-down window."""
     current = obs.replicas
     queue = obs.queue_depth or 0.0
     running = obs.running or 0.0
@@ -160,8 +172,8 @@ def recommend(spec: ScalingSpec, obs: Observation) -> tuple[int, str]:
     if current == 0:
         if demand > 0:
             start = max(1, math.ceil((queue + obs.held_requests) / spec.target_queue_per_replica))
-            return start, f"scale from zero: {queue + obs.held_requests:g} requests waiting or held"
-        return 0, "idle at zero"
+            return start, f"scale from zero: {queue + obs.held_requests:g} requests waiting or held", 0
+        return 0, "idle at zero", 0
 
     parts: list[str] = []
     if spec.capacity_tokens_per_second is not None:
@@ -187,22 +199,23 @@ def recommend(spec: ScalingSpec, obs: Observation) -> tuple[int, str]:
         parts.append(f"{backlog:g} waiting ({how}) adds {queue_extra}")
     desired = max(load_replicas, 1 if demand > 0 else 0) + queue_extra
 
-    violated = _violations(spec, obs, 1.0)
+    violated = _violations(spec, obs, spec.guard)
     starting = current - obs.ready_replicas if obs.ready_replicas is not None else 0
-    saturated = backlog > allowed or (
-        spec.capacity_tokens_per_second is not None
-        and tokens > spec.capacity_tokens_per_second * spec.target_utilization * max(ready, 1)
+    grown = obs.ready_replicas is not None and any(
+        r.ready is not None and r.ready < obs.ready_replicas and obs.sampled_at - r.at <= spec.p99_window
+        for r in history
     )
     names = ", ".join(name for name, _ in violated)
+    floor = 0
     if violated and starting > 0:  # the window's p99 lags: let the replicas already asked for arrive first
-        desired = max(desired, current)
+        floor = current
         parts.append(f"p99 above SLO ({names}), {starting} replicas starting")
-    elif violated and not saturated:  # the violation is history still in the window: hold, do not add
-        desired = max(desired, current)
-        parts.append(f"p99 above SLO ({names}) but no backlog and load within capacity: hold")
+    elif violated and grown:  # replicas became ready within the p99 window: it still shows the time before
+        floor = current
+        parts.append(f"p99 above SLO ({names}), but replicas became ready within the last {spec.p99_window:g}s")
     elif violated:
         worst = max(ratio for _, ratio in violated)
-        desired = max(desired, current + 1, math.ceil(current * min(worst, 2.0)))
+        desired = max(desired, current + 1, math.ceil(current * min(worst / spec.guard, 2.0)))
         parts.append(f"p99 above SLO ({names})")
     elif desired < current:
         uncomfortable = _violations(spec, obs, spec.comfort)
@@ -213,8 +226,8 @@ def recommend(spec: ScalingSpec, obs: Observation) -> tuple[int, str]:
                 + (", " if backlog > 0 and uncomfortable else "")
                 + ", ".join(f"{name} not below {spec.comfort:.0%} of SLO" for name, _ in uncomfortable)
             )
-            desired = current
-    return desired, "; ".join(parts)
+            floor = current
+    return desired, "; ".join(parts), floor
 
 
 def _violations(spec: ScalingSpec, obs: Observation, fraction: float) -> list[tuple[str, float]]:
@@ -267,13 +280,15 @@ def _stabilize(spec: ScalingSpec, current: int, raw: int, history: tuple[Recomme
     return raw
 
 
-def _limit_step(spec: ScalingSpec, current: int, desired: int) -> int:
+def _limit_step(spec: ScalingSpec, current: int, desired: int, period_start: int) -> int:
+    """Up: at most max(pods, percent) per decision. Down: at most max(pods, percent) below the highest count of
+    the scale-down period (the HPA's `periodSeconds` policies)."""
     if desired > current:
         step = max(spec.max_scale_up_pods, math.ceil(current * spec.max_scale_up_percent / 100))
         return min(desired, current + step)
     if desired < current:
-        step = max(spec.max_scale_down_pods, math.floor(current * spec.max_scale_down_percent / 100))
-        return max(desired, current - step)
+        step = max(spec.max_scale_down_pods, math.floor(period_start * spec.max_scale_down_percent / 100))
+        return min(current, max(desired, period_start - step))
     return desired
 
 

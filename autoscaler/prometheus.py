@@ -22,8 +22,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from infleet.autoscaler.policy import Observation
 from prometheus_api_client import PrometheusConnect
+
+from infleet.autoscaler.policy import Observation
 
 NAMESPACE_LABEL = "namespace"
 DEPLOYMENT_LABEL = "infleet_dev_deployment"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from infleet.autoscaler.cost import cost_of_gpu_hours, gpu_hourly_price
 from infleet.autoscaler.policy import ScalingSpec
 from infleet.autoscaler.simulator.baselines import HPA, KEDA, KPA, HPABehavior, Static

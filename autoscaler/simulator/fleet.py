@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
 from infleet.autoscaler.simulator.latency_model import LatencyModel
 from infleet.autoscaler.simulator.trace import TraceRequest
 
@@ -64,7 +65,7 @@ class SimConfig:
     max_num_seqs: int = 256
     max_model_len: int = 32768
     initial_replicas: int = 1
-    quantile_window: float = 60.0
+    quantile_window: float = 30.0  # the p99s' rate window (infleet's policy reads `[30s]` histograms)
     rate_window: float = 30.0
     hold_timeout: float = 300.0  # a request held at the gateway longer than this fails
     drain_limit: float = 3600.0  # after the last arrival, give up on requests still unfinished

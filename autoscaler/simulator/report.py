@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
 from infleet.autoscaler.simulator.fleet import SimConfig, SimResult
 from infleet.autoscaler.simulator.trace import TraceRequest
 

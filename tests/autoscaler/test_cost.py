@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from infleet.autoscaler.cost import (
     DEFAULT_GPU_PRICES,
     cost_of_gpu_hours,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from infleet.autoscaler.policy import Observation, Recommendation, ScalingSpec, decide
 
 SPEC = ScalingSpec(
@@ -16,6 +17,11 @@ SPEC = ScalingSpec(
     ttft_slo=2.0,
     tpot_slo=0.1,
     scale_down_window=120,
+    scale_down_period=0,  # step limits per decision, as the HPA's 15 s policies
+    max_scale_up_percent=100,
+    max_scale_down_pods=2,
+    max_scale_down_percent=25,
+    guard=1.0,
 )
 
 
@@ -58,9 +64,36 @@ def test_p99_guard_waits_for_starting_replicas() -> None:
     assert "starting" in d.reason
 
 
-def test_p99_violation_blocks_scale_down_even_without_load() -> None:
+def test_p99_violation_scales_up_even_without_load() -> None:
     d = decide(SPEC, obs(replicas=8, tokens_per_second=100, queue_depth=0, tpot_p99=0.15), (), now=100)
-    assert d.replicas == 8
+    assert d.replicas == 12  # 8 x 1.5, the TPOT p99 over its SLO
+    assert "TPOT p99" in d.reason
+
+
+def test_p99_guard_holds_while_new_replicas_show_up_in_the_window() -> None:
+    history = (Recommendation(80, 8, ready=6),)  # 20 s ago only 6 were ready: the 30 s p99 window predates 2
+    d = decide(SPEC, obs(replicas=8, tokens_per_second=100, tpot_p99=0.15), history, now=100)
+    assert d.replicas == 8  # neither more (the p99 is stale) nor fewer (it is above the SLO)
+    assert "became ready" in d.reason
+
+
+def test_guard_fraction_acts_before_the_slo_is_reached() -> None:
+    early = ScalingSpec(max_replicas=20, capacity_tokens_per_second=1000, ttft_slo=2.0, guard=0.8)
+    d = decide(early, obs(tokens_per_second=1000, ttft_p99=1.8), (), now=100)
+    assert d.replicas > 4 and "TTFT p99 1.8s > 1.6s" in d.reason
+    assert decide(SPEC, obs(tokens_per_second=1000, ttft_p99=1.8), (), now=100).replicas == 4
+
+
+def test_scale_down_rate_is_limited_per_period() -> None:
+    spec = ScalingSpec(max_replicas=40, capacity_tokens_per_second=1000, scale_down_window=0,
+                       scale_down_period=60, max_scale_down_pods=1, max_scale_down_percent=10)  # fmt: skip
+    idle = dict(tokens_per_second=0, queue_depth=0, running=0)
+    first = decide(spec, obs(t=100, replicas=30, **idle), (), now=100)
+    assert first.replicas == 27  # 10% of 30
+    again = decide(spec, obs(t=110, replicas=27, **idle), first.history, now=110)
+    assert again.replicas == 27  # still within the period that started at 30
+    later = decide(spec, obs(t=170, replicas=27, **idle), again.history, now=170)
+    assert later.replicas == 27 - 2  # a new period: 10% of 27, rounded down
 
 
 def test_scale_down_only_when_comfortably_inside_slo() -> None:
@@ -109,7 +142,9 @@ def test_scale_from_zero_is_immediate_and_to_zero_waits_for_the_window() -> None
     early = decide(spec, obs(t=100, replicas=2, **idle), history, now=100)
     assert early.replicas == 2  # a 2 within the 60 s down window
     late = decide(spec, obs(t=200, replicas=2, **idle), early.history, now=200)
-    assert late.replicas == 0
+    assert late.replicas == 1  # one replica per minute by default
+    last = decide(spec, obs(t=270, replicas=1, **idle), late.history, now=270)
+    assert last.replicas == 0
 
 
 def test_scale_down_stabilization_keeps_the_window_maximum() -> None:

@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
 from infleet.autoscaler.policy import Observation, ScalingSpec, decide
 from infleet.autoscaler.prometheus import PrometheusReader, Queries
 from infleet.runtime.metrics import TTFT_BUCKETS, RuntimeMetrics
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from .conftest import free_port
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from infleet.autoscaler.simulator.latency_model import MODELS
 from infleet.autoscaler.tiers import (
     ProfileError,
