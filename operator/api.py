@@ -248,6 +248,14 @@ class Scaling(ApiModel):
     scale_down_stabilization: Duration = Field(default="300s", description="Look-back window before scaling down.")
 
 
+class Routing(ApiModel):
+    strategy: Literal["leastOutstanding", "prefixAffinity"] = Field(
+        default="leastOutstanding",
+        description="How the gateway picks a replica: fewest requests in flight, or prompts sharing a prefix on the "
+        "replica that already caches it (with a load bound).",
+    )
+
+
 class InferenceDeploymentSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -270,6 +278,7 @@ class InferenceDeploymentSpec(ApiModel):
     slo: SLO = Field(default_factory=SLO)
     cost: Cost = Field(default_factory=Cost)
     scaling: Scaling = Field(default_factory=Scaling)
+    routing: Routing = Field(default_factory=Routing)
     replicas: int = Field(
         default=1,
         ge=0,
