@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from infleet.runtime.server.errors import APIError
 
 RETRY_AFTER_SECONDS = 5
+MAX_BODY_BYTES = 32 * 1024 * 1024  # far above any prompt that fits a context; refuses memory-filling uploads
 
 
 @dataclass
@@ -49,7 +50,7 @@ def refusal(state: ServerState) -> APIError:
 
 
 class Admission:
-    """ASGI middleware: refuse POSTs unless accepting, and count the admitted ones until their response ends."""
+    """ASGI middleware: refuse POSTs unless accepting (or too large), count admitted ones until their response ends."""
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
         self.app = app
@@ -60,7 +61,12 @@ class Admission:
             await self.app(scope, receive, send)
             return
         if not self.state.accepting:
-            await self._refuse(scope, send)
+            await self._refuse(scope, send, refusal(self.state))
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            too_big = APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+            await self._refuse(scope, send, too_big)
             return
         self.state.admitted()
         try:
@@ -68,8 +74,7 @@ class Admission:
         finally:
             self.state.done()
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        error = refusal(self.state)
+    async def _refuse(self, scope: Scope, send: Send, error: APIError) -> None:
         body = error.kserve_body() if scope["path"].startswith("/v2") else error.openai_body()
         payload = json.dumps(body).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -97,31 +97,38 @@ class Job:
     def header(self, request_id: str, object_name: str) -> dict[str, Any]:
         return {"id": request_id, "object": object_name, "created": self.created, "model": self.model}
 
-    async def stream(
+    def stream(
         self, generation: Generation, request_id: str, object_name: str, choice: Callable[[RequestOutput, bool], Any]
     ) -> AsyncIterator[bytes]:
-        """SSE chunks; a failure mid-stream is sent as an `error` event, since the 200 is already on the wire."""
-        head = self.header(request_id, object_name)
-        include_usage = self.body.include_usage
-        last: RequestOutput | None = None
-        first = True
-        try:
-            async for out in generation:
-                last = out
-                if not out.new_text and not out.finished and not first:
-                    continue
-                event: dict[str, Any] = {**head, "choices": [choice(out, first)]}
-                if include_usage:
-                    event["usage"] = None
-                first = False
-                yield sse.event(event)
-            if include_usage and last is not None:
-                yield sse.event({**head, "choices": [], "usage": usage(last)})
-        except APIError as e:
-            yield sse.event(e.openai_body())
-        except Exception as e:  # the client must hear about it; the engine request is already aborted
-            yield sse.event(APIError(500, f"generation failed: {e}").openai_body())
-        yield sse.DONE
+        return sse_chunks(generation, self.header(request_id, object_name), self.body.include_usage, choice)
+
+
+async def sse_chunks(
+    outputs: AsyncIterable[RequestOutput],
+    head: dict[str, Any],
+    include_usage: bool,
+    choice: Callable[[RequestOutput, bool], Any],
+) -> AsyncIterator[bytes]:
+    """SSE chunks; a failure mid-stream is sent as an `error` event, since the 200 is already on the wire."""
+    last: RequestOutput | None = None
+    first = True
+    try:
+        async for out in outputs:
+            last = out
+            if not out.new_text and not out.finished and not first:
+                continue
+            event: dict[str, Any] = {**head, "choices": [choice(out, first)]}
+            if include_usage:
+                event["usage"] = None
+            first = False
+            yield sse.event(event)
+        if include_usage and last is not None:
+            yield sse.event({**head, "choices": [], "usage": usage(last)})
+    except APIError as e:
+        yield sse.event(e.openai_body())
+    except Exception as e:  # the client must hear about it; the engine request is already aborted
+        yield sse.event(APIError(500, f"generation failed: {e}").openai_body())
+    yield sse.DONE
 
 
 async def completions(request: Request) -> Response:

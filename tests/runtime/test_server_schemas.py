@@ -109,3 +109,24 @@ def test_error_shapes() -> None:
 def test_sse_framing() -> None:
     assert sse.event({"a": "é"}) == 'data: {"a":"é"}\n\n'.encode()
     assert sse.DONE == b"data: [DONE]\n\n"
+
+
+def test_a_failure_mid_stream_becomes_an_error_event_then_done() -> None:
+    import asyncio
+
+    from infleet.runtime.engine.engine import RequestOutput
+    from infleet.runtime.server.openai import sse_chunks
+
+    async def outputs():
+        yield RequestOutput("r", [1], "Hel", False, None, 3, 1)
+        raise RuntimeError("engine step failed: out of memory")
+
+    async def collect() -> list[bytes]:
+        choice = lambda out, first: {"index": 0, "text": out.new_text}  # noqa: E731
+        return [chunk async for chunk in sse_chunks(outputs(), {"id": "r"}, True, choice)]
+
+    chunks = asyncio.run(collect())
+    assert json.loads(chunks[0][6:]) == {"id": "r", "choices": [{"index": 0, "text": "Hel"}], "usage": None}
+    error = json.loads(chunks[1][6:])["error"]
+    assert error["message"] == "generation failed: engine step failed: out of memory" and error["type"]
+    assert chunks[2:] == [sse.DONE]
