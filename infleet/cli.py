@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("infleet.runtime.__main__", "the inference server (serve --model ...)"),
     "gateway": ("infleet.gateway.__main__", "the fleet's HTTP entrypoint (run [--port 8080])"),
     "autoscaler": ("infleet.autoscaler.__main__", "the trace-driven fleet simulator (simulate --trace FILE)"),
-    "report": ("infleet.autoscaler.report", "PNG plots of the last run from Prometheus"),
+    "report": ("infleet.monitoring.report", "PNG plots of the last run from Prometheus"),
 }
 
 

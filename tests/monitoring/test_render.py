@@ -1,0 +1,117 @@
+"""Generated files match the code; dashboards, ConfigMaps and scrape configs have the shape their consumers need."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from infleet.monitoring.__main__ import main
+from infleet.monitoring.dashboards import configmap, dashboards
+from infleet.monitoring.scrape import file_sd_job, meta_label, pod_job, pod_target, prometheus_config
+
+
+def test_chart_files_do_not_drift_from_the_code() -> None:
+    assert main(["render", "--check"]) == 0
+
+
+def test_check_reports_a_hand_edit(tmp_path: Path, capsys) -> None:
+    assert main(["render", "--root", str(tmp_path)]) == 0
+    assert main(["render", "--check", "--root", str(tmp_path)]) == 0
+    board = tmp_path / "charts/infleet/dashboards/slo.json"
+    board.write_text(board.read_text().replace("SLO error budgets", "edited by hand"))
+    (tmp_path / "charts/infleet/rules/slo-alerts.yaml").unlink()
+    assert main(["render", "--check", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "slo.json" in err and "slo-alerts.yaml" in err
+
+
+def test_dashboards_filter_every_query_by_namespace_and_deployment() -> None:
+    boards = dashboards()
+    assert len({b["uid"] for b in boards.values()}) == len(boards)
+    for board in boards.values():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert {"datasource", "namespace", "deployment"} <= set(variables)
+        assert variables["deployment"]["includeAll"] and variables["deployment"]["multi"]
+        exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+        exprs += [a["expr"] for a in board["annotations"]["list"] if "expr" in a]
+        for expr in exprs:
+            for selector in re.findall(r"\{([^}]*)\}", expr):
+                if selector.startswith(("{", "namespace}", "deployment}", "sli}", "tier}", "alertname}")):
+                    continue  # legend templates, not selectors
+                assert 'namespace=~"$namespace"' in selector and 'deployment=~"$deployment"' in selector, expr
+    titles = [p["title"] for p in boards["fleet-overview.json"]["panels"]]
+    for needed in ("Replicas", "Tier", "$ / 1M tokens", "p99", "Error budget", "Queue", "Tokens", "KV-cache", "Prefix"):
+        assert any(needed in t for t in titles), needed
+    annotations = [a["name"] for a in boards["fleet-overview.json"]["annotations"]["list"]]
+    assert {"Scale", "Tier change"} <= set(annotations)
+    ttft = next(p for p in boards["fleet-overview.json"]["panels"] if p["title"] == "p99 time to first token")
+    assert ttft["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] == 2.0  # the SLO line
+
+
+def test_configmap_is_picked_up_by_the_grafana_sidecar() -> None:
+    cm = configmap("slo.json", dashboards()["slo.json"], namespace="monitoring")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["slo.json"])["uid"] == "infleet-slo"
+
+
+def test_pod_job_maps_pod_metadata_to_target_labels() -> None:
+    job = pod_job()
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    targets = {r.get("target_label"): r["source_labels"] for r in job["relabel_configs"]}
+    assert targets["namespace"] == ["__meta_kubernetes_namespace"]
+    assert targets["pod"] == ["__meta_kubernetes_pod_name"]
+    assert targets["deployment"] == ["__meta_kubernetes_pod_label_infleet_dev_deployment"]
+    assert targets["tier"] == ["__meta_kubernetes_pod_label_infleet_dev_tier"]
+    keep = job["relabel_configs"][0]
+    assert keep == {
+        "source_labels": [meta_label("annotation", "prometheus.io/scrape")],
+        "regex": "true",
+        "action": "keep",
+    }
+    assert keep["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+
+
+def test_pod_job_inside_and_outside_the_cluster() -> None:
+    """Debian's promtool is built without Kubernetes discovery, so this job's shape is checked here, not by promtool."""
+    outside = pod_job(kubeconfig="/etc/infleet/kubeconfig", namespaces=["ml"])
+    assert outside["kubernetes_sd_configs"] == [
+        {"role": "pod", "kubeconfig_file": "/etc/infleet/kubeconfig", "namespaces": {"names": ["ml"]}}
+    ]
+    assert "kubeconfig_file" not in pod_job()["kubernetes_sd_configs"][0]
+    assert pod_job()["honor_labels"] is True
+
+
+def _pod(annotations: dict[str, str], phase: str = "Running", ip: str | None = "127.0.5.3") -> dict[str, object]:
+    return {
+        "metadata": {"name": "chat-7d9", "namespace": "ml", "annotations": annotations,
+                     "labels": {"infleet.dev/deployment": "chat", "infleet.dev/tier": "int8"}},
+        "status": {"phase": phase, "podIP": ip},
+    }  # fmt: skip
+
+
+def test_pod_target_gives_the_labels_discovery_would() -> None:
+    target = pod_target(_pod({"prometheus.io/scrape": "true", "prometheus.io/port": "8000"}))
+    assert target == {
+        "targets": ["127.0.5.3:8000"],
+        "labels": {"namespace": "ml", "pod": "chat-7d9", "deployment": "chat", "tier": "int8"},
+    }
+    custom = pod_target(_pod({"prometheus.io/scrape": "true", "prometheus.io/path": "/m"}), default_port=9100)
+    assert (
+        custom is not None and custom["targets"] == ["127.0.5.3:9100"] and custom["labels"]["__metrics_path__"] == "/m"
+    )
+    assert pod_target(_pod({})) is None
+    assert pod_target(_pod({"prometheus.io/scrape": "true"}, phase="Pending")) is None
+    assert pod_target(_pod({"prometheus.io/scrape": "true"}, ip=None)) is None
+
+
+def test_file_sd_config_passes_promtool(promtool: str, tmp_path: Path) -> None:
+    targets = tmp_path / "pods.json"
+    targets.write_text(json.dumps([pod_target(_pod({"prometheus.io/scrape": "true"}))]))
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(prometheus_config([file_sd_job([str(targets)])], rule_files=[])))
+    proc = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
