@@ -332,6 +332,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._accepting = True
+        self._engine_waiting = 0
         self._last_stats = engine.stats()
 
     # --- lifecycle --------------------------------------------------------------------------------------------------
@@ -374,7 +375,7 @@ class AsyncEngine:
         with self._lock:
             if request_id in self._streams:
                 raise ValueError(f"request_id: {request_id!r} is already in use")
-            if len(self._inbox) + self._last_stats.waiting >= self.max_waiting:
+            if len(self._inbox) + self._engine_waiting >= self.max_waiting:
                 raise QueueFull(f"{self.max_waiting} requests are already waiting")
             self._streams[request_id] = (asyncio.get_running_loop(), queue)
             self._inbox.append((request_id, list(prompt_ids), params))
@@ -410,18 +411,21 @@ class AsyncEngine:
         engine = self.engine
         while True:
             with self._lock:
-                inbox, self._inbox = self._inbox, []
+                inbox = list(self._inbox)  # left in place until added, so the waiting count never dips
                 aborts, self._aborts = self._aborts, []
                 stopping = self._stopping
-            for request_id in aborts:
-                engine.abort(request_id)
-                with self._lock:
-                    self._streams.pop(request_id, None)
             for request_id, prompt, params in inbox:
                 try:
                     engine.add_request(request_id, prompt, params)
                 except ValueError as exc:
                     self._deliver(request_id, exc, last=True)
+            for request_id in aborts:
+                engine.abort(request_id)
+                with self._lock:
+                    self._streams.pop(request_id, None)
+            with self._lock:
+                del self._inbox[: len(inbox)]
+                self._engine_waiting = engine.num_waiting
             if stopping:
                 self._last_stats = engine.stats()
                 return
@@ -439,5 +443,7 @@ class AsyncEngine:
                     self._deliver(request_id, RuntimeError(f"engine step failed: {exc}"), last=True)
                 outputs = []
             self._last_stats = engine.stats()
+            with self._lock:
+                self._engine_waiting = engine.num_waiting
             for out in outputs:
                 self._deliver(out.request_id, out, last=out.finished)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from infleet.runtime.loader import ModelLoadError, load_model
 from infleet.runtime.loader.gguf import read_config, read_tokenizer
 from infleet.runtime.tokenizer import Tokenizer
