@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from infleet.runtime.model.attention import AttentionMetadata, KVCache
 
 pytestmark = pytest.mark.model
@@ -58,3 +59,68 @@ def test_weights_match_transformers(smollm2: Any, hf_smollm2: Any) -> None:
         "model.norm.weight",
     ):
         assert torch.equal(ours[name], theirs[name].float()), name
+
+
+GREEDY_TOKENS = 24
+CHAT = [
+    "What is the capital of France?",
+    "Write a haiku about autumn leaves.",
+    "Explain recursion to a five-year-old.",
+    "List three uses of copper.",
+    "Translate 'good morning' into Spanish and German.",
+    "What is 17 times 23?",
+    "Give me a short tip for writing clean Python code.",
+    "Who wrote Pride and Prejudice?",
+]
+COMPLETIONS = [
+    "Once upon a time",
+    "The quick brown fox",
+    "import numpy as np\n\ndef softmax(x):\n",
+    "The theory of relativity states that",
+    "1. Preheat the oven to 180 degrees.\n2.",
+    "SELECT name, COUNT(*) FROM users",
+    "Dear hiring manager,\n\nI am writing to",
+    "La tour Eiffel est",
+    "Q: What is photosynthesis?\nA:",
+    "<html>\n<head>\n<title>",
+    "In the year 2050, cities will",
+    "The mitochondria is the powerhouse of the cell. " * 4,
+]
+
+
+def test_greedy_generations_match_transformers(smollm2: Any, hf_smollm2: Any) -> None:
+    """20 varied prompts, generated together in one engine (batched, mixed lengths) vs transformers one by one.
+
+    Both stop at the end-of-sequence token (transformers' `min_new_tokens` would instead ban it, changing the text).
+    """
+    from infleet.runtime.engine.engine import LLMEngine
+    from infleet.runtime.engine.sampler import SamplingParams
+
+    model, config, tokenizer = smollm2
+    prompts = [
+        tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}]), add_special_tokens=False)
+        for q in CHAT
+    ] + [tokenizer.encode(t) for t in COMPLETIONS]
+    assert len(prompts) >= 20
+    engine = LLMEngine(model, config, tokenizer, max_model_len=1024, max_num_seqs=32)
+    ours = engine.generate(prompts, SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0))
+    mismatches = []
+    for prompt, got in zip(prompts, ours, strict=True):
+        with torch.inference_mode():
+            out = hf_smollm2.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=GREEDY_TOKENS,
+                do_sample=False,
+                eos_token_id=config.eos_token_ids,
+                pad_token_id=config.eos_token_ids[0],
+            )
+        expected = out[0, len(prompt) :].tolist()
+        for i, token in enumerate(expected):  # both stop after the end-of-sequence token (and keep it)
+            if token in config.eos_token_ids:
+                expected = expected[: i + 1]
+                break
+        if got != expected:
+            mismatches.append((tokenizer.decode(prompt), tokenizer.decode(got), tokenizer.decode(expected)))
+    assert not mismatches, mismatches
+    assert "Paris" in tokenizer.decode(ours[0])
