@@ -83,7 +83,7 @@ class Source:
 
 def _axes_plot(ax: Any, series: list[Series], suffix: str = "", style: str = "-") -> None:
     for s in series:
-        ax.plot(s.times, s.values, style, label=s.name + suffix, drawstyle="steps-post")
+        ax.plot(s.times, s.values, style, label=s.name + suffix, drawstyle="steps-post", markersize=2)
 
 
 def _finish(fig: Any, axes: list[Any], title: str, path: Path) -> None:
@@ -125,17 +125,20 @@ def build_report(source: Source, out: Path, rate_window: str, targets: SLOTarget
 
     fig, ax = plt.subplots(figsize=(10, 4))
     info = source.query(promql.tier(sel))
-    by_deployment: dict[str, list[tuple[datetime, float]]] = {}
-    for s in info:
-        level = TIERS.index(s.labels["tier"]) if s.labels.get("tier") in TIERS else -1
-        by_deployment.setdefault(s.name, []).extend((t, level) for t, v in zip(s.times, s.values, strict=True) if v)
-    for name, points in sorted(by_deployment.items()):
-        points.sort()
-        ax.plot([t for t, _ in points], [v for _, v in points], "o-", label=name, drawstyle="steps-post", markersize=2)
+    points: dict[str, list[tuple[datetime, float]]] = {}
+    labels: dict[str, dict[str, str]] = {}
+    for s in info:  # one series per (deployment, tier) while that tier is current: merge into a level per deployment
+        level = float(TIERS.index(s.labels["tier"])) if s.labels.get("tier") in TIERS else -1.0
+        points.setdefault(s.name, []).extend((t, level) for t, v in zip(s.times, s.values, strict=True) if v)
+        labels[s.name] = s.labels
+    tiers = [
+        Series(labels[name], [t for t, _ in sorted(p)], [v for _, v in sorted(p)]) for name, p in sorted(points.items())
+    ]
+    _axes_plot(ax, tiers, style="o-")
     ax.set_yticks(range(len(TIERS)), TIERS)
     ax.set_ylabel("tier")
     _finish(fig, [ax], "Quantization tier", out / "tier.png")
-    counts["tier.png"] = len(by_deployment)
+    counts["tier.png"] = len(tiers)
 
     slos = {"ttft": targets.ttft, "tpot": targets.tpot, "e2e": targets.e2e}
     fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)

@@ -86,7 +86,7 @@ def fires_within_window(
     """Healthy for the long window, then burning at exactly the alert's rate: silent halfway, firing at the end."""
     long = minutes(alert.long)
     s = Scenario(f"{engine.engine}-{alert.severity}-{alert.long}", engine, sli, long, alert.burn, long + 30, step)
-    checks = [{"eval_time": f"{long + long // 2}m", "alertname": alert.name, "exp_alerts": []}]
+    checks: list[dict[str, Any]] = [{"eval_time": f"{long + long // 2}m", "alertname": alert.name, "exp_alerts": []}]
     checks.append(
         {
             "eval_time": f"{2 * long + 5}m",
