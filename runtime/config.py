@@ -47,6 +47,8 @@ class ModelConfig:
         ):
             raise ValueError(f"unsupported architecture {archs[0]!r} (supported: Llama-family decoders)")
         heads = int(cfg["num_attention_heads"])
+        # transformers 5 writes `rope_parameters` (theta included); older versions `rope_theta` + `rope_scaling`
+        rope = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
         eos = cfg.get("eos_token_id")
         eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
         return cls(
@@ -58,8 +60,8 @@ class ModelConfig:
             num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
             head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            rope_scaling=cfg.get("rope_scaling"),
+            rope_theta=float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0),
+            rope_scaling=rope if rope.get("rope_type", rope.get("type", "default")) != "default" else None,
             max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             bos_token_id=cfg.get("bos_token_id"),
