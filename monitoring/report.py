@@ -162,7 +162,10 @@ def build_report(source: Source, out: Path, rate_window: str, targets: SLOTarget
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="infleet report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="infleet report",
+        description="PNG plots of load, replicas, tier, p99 against the SLO, and cost, from Prometheus.",
+    )
     parser.add_argument("--out", type=Path, default=Path("infleet-report"), help="directory for the PNG files")
     parser.add_argument(
         "--prometheus",
