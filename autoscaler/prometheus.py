@@ -100,7 +100,7 @@ class Queries:
 class PrometheusReader:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = url
-        self.client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout)  # type: ignore[arg-type]
+        self.client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout)
 
     def scalar(self, query: str) -> float | None:
         """One number, or None when the query has no series or the value is NaN (no traffic in the window)."""

@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,13 +28,13 @@ from infleet.autoscaler.simulator.experiment import POLICIES, compare, describe
 from infleet.autoscaler.simulator.fleet import SimConfig
 from infleet.autoscaler.simulator.latency_model import MODELS, LatencyModel, device
 from infleet.autoscaler.simulator.report import plot
-from infleet.autoscaler.simulator.trace import load_trace
+from infleet.autoscaler.simulator.trace import TraceRequest, load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU, MODEL, TIER = "NVIDIA-L4", "llama-3.1-8b", "fp8"
 
 
-def needed_replicas(trace: list, capacity: float) -> dict[str, int]:  # type: ignore[type-arg]
+def needed_replicas(trace: list[TraceRequest], capacity: float) -> dict[str, int]:
     """Replicas the load needs at full capacity, by window: the range the time scale is chosen for."""
     arrivals = np.array([r.arrival for r in trace])
     tokens = np.array([r.prompt_tokens + r.output_tokens for r in trace], dtype=float)
@@ -46,9 +47,9 @@ def needed_replicas(trace: list, capacity: float) -> dict[str, int]:  # type: ig
     return out
 
 
-def run(trace_path: Path, scales: list[float], seeds: list[int], out: Path) -> dict:  # type: ignore[type-arg]
+def run(trace_path: Path, scales: list[float], seeds: list[int], out: Path) -> dict[str, Any]:
     model = LatencyModel(device(GPU), MODELS[MODEL], TIER)
-    report: dict = {  # type: ignore[type-arg]
+    report: dict[str, Any] = {
         "setup": {
             "trace": trace_path.name,
             "gpu": GPU,
@@ -84,7 +85,7 @@ def run(trace_path: Path, scales: list[float], seeds: list[int], out: Path) -> d
     return report
 
 
-def aggregate(rows: list[dict]) -> dict:  # type: ignore[type-arg]
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def mean(key: str) -> float:
         return statistics.fmean(float(r[key]) for r in rows)
 
@@ -100,7 +101,7 @@ def aggregate(rows: list[dict]) -> dict:  # type: ignore[type-arg]
     }
 
 
-def verdict(policies: dict) -> str:  # type: ignore[type-arg]
+def verdict(policies: dict[str, Any]) -> str:
     ours = policies["infleet"]
     if ours["slo_attainment"] < 0.99:
         return f"infleet misses 99% attainment ({100 * ours['slo_attainment']:.2f}%)"
@@ -122,7 +123,7 @@ def verdict(policies: dict) -> str:  # type: ignore[type-arg]
     return text
 
 
-def markdown(report: dict) -> str:  # type: ignore[type-arg]
+def markdown(report: dict[str, Any]) -> str:
     s = report["setup"]
     lines = [
         "## Autoscaler",
