@@ -4,64 +4,18 @@ deployment."""
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from infleet.monitoring import promql
+from infleet.monitoring.catalog import expressions, substitute
 from infleet.monitoring.dashboards import dashboards
 from infleet.monitoring.rules import rule_files
 
 from .conftest import DEPLOYMENTS, LivePrometheus
 
-# Grafana's variables, as a test-sized Prometheus sees them (1 s scrapes)
-SUBSTITUTIONS = {"$__rate_interval": "10s", "$__interval": "5s", "$namespace": ".*", "$deployment": ".*"}
-
-
-def substitute(expr: str) -> str:
-    for variable, value in SUBSTITUTIONS.items():
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, f"unsubstituted variable in {expr}"
-    return expr
-
-
-def _walk(node: Any, where: str) -> Iterator[tuple[str, str]]:
-    if isinstance(node, dict):
-        title = node.get("title") or node.get("name") or ""
-        here = f"{where}/{title}" if title else where
-        if isinstance(node.get("expr"), str):
-            yield f"{here}#{node.get('refId', 'annotation')}", node["expr"]
-        query = node.get("query")
-        if node.get("type") == "query" and isinstance(query, dict):
-            # label_values(SELECTOR, LABEL) -> the series behind the variable's choices
-            m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query["query"])
-            assert m, f"unexpected variable query {query['query']}"
-            yield f"{here}#variable", f"group by ({m.group(2)}) ({m.group(1)})"
-        for key, value in node.items():
-            if key != "query":
-                yield from _walk(value, here)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item, where)
-
-
-def all_expressions() -> list[tuple[str, str]]:
-    found = []
-    for name, board in dashboards().items():
-        found += list(_walk(board, name))
-    for name, content in rule_files().items():
-        for group in content["groups"]:
-            for rule in group["rules"]:
-                label = rule.get("record") or rule["alert"]
-                sli = rule.get("labels", {}).get("sli", "")
-                found.append((f"{name}/{label}{'/' + sli if sli else ''}", rule["expr"]))
-    return found
-
-
-EXPRESSIONS = all_expressions()
+EXPRESSIONS = expressions()
 
 
 def test_the_walk_finds_every_panel_and_rule() -> None:
