@@ -97,9 +97,10 @@ def test_roofline_profile_follows_memory_and_precision() -> None:
 
 def test_load_measured_profile(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
-    path.write_text(json.dumps({
-        "model": "smollm2-135m", "gpu": "cpu",
-        "tiers": {"bf16": {"capacity_tokens_per_second": 50, "quality_loss": 0.0},
+    path.write_text(json.dumps({  # the runtime's infleet.tier-profile/v1 shape (extra fields are ignored)
+        "schema": "infleet.tier-profile/v1", "model": "smollm2-135m", "gpu": "cpu",
+        "tiers": {"bf16": {"capacity_tokens_per_second": 50, "quality_loss": 0.0, "perplexity": 12.1,
+                           "decode_tokens_per_second": {"1": 15.0, "8": 50.0}},
                   "int8": {"capacity_tokens_per_second": 140, "quality_loss": 0.02, "memory_bytes": 1.4e8}},
     }))  # fmt: skip
     opts = load_profile(path)
@@ -109,3 +110,11 @@ def test_load_measured_profile(tmp_path: Path) -> None:
     path.write_text(json.dumps({"tiers": [{"tier": "int4"}]}))
     with pytest.raises(ProfileError, match="entry 0"):
         load_profile(path)
+
+
+def test_the_runtime_s_measured_profile_loads_when_present() -> None:
+    path = Path(__file__).resolve().parents[2] / "runtime" / "quant" / "profiles" / "smollm2-135m-cpu.json"
+    if not path.exists():
+        pytest.skip(f"{path.name} has not been measured in this checkout yet")
+    opts = load_profile(path)
+    assert "bf16" in {o.tier for o in opts} and all(o.capacity_tokens_per_second > 0 for o in opts)
