@@ -164,3 +164,11 @@ def rule_files(
             "groups": [{"name": "infleet-slo-alerts", "rules": alert_rules(targets, selector, runbook_url)}]
         },
     }
+
+
+def prometheus_rule(name: str, rules: RuleFile, namespace: str | None = None) -> dict[str, Any]:
+    """A Prometheus Operator `PrometheusRule` holding one rule file's groups (for the chart or the operator)."""
+    metadata: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "infleet"}}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": metadata, "spec": rules}

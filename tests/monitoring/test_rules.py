@@ -11,7 +11,7 @@ import pytest
 from infleet.monitoring.names import INFLEET, VLLM
 from infleet.monitoring.render import REPO, to_yaml
 from infleet.monitoring.rule_tests import promtool_cases
-from infleet.monitoring.rules import alert_rules, good_rate, recording_rules, rule_files, sli_expr
+from infleet.monitoring.rules import alert_rules, good_rate, prometheus_rule, recording_rules, rule_files, sli_expr
 from infleet.monitoring.slo import BURN_ALERTS, WINDOWS, SLOTargets
 
 CHART_RULES = sorted((REPO / "charts/infleet/rules").glob("*.yaml"))
@@ -137,3 +137,11 @@ def test_alerts_follow_the_recipe_and_link_their_runbook() -> None:
         anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
         assert rule["annotations"]["runbook_url"].split("#")[0].endswith("docs/runbooks.md")
         assert anchor in headings, f"docs/runbooks.md has no section for #{anchor}"
+
+
+def test_prometheus_rule_wraps_the_groups_unchanged() -> None:
+    files = rule_files()
+    cr = prometheus_rule("infleet-slo-alerts", files["slo-alerts.yaml"], namespace="monitoring")
+    assert cr["apiVersion"] == "monitoring.coreos.com/v1" and cr["kind"] == "PrometheusRule"
+    assert cr["metadata"]["namespace"] == "monitoring"
+    assert cr["spec"]["groups"] == files["slo-alerts.yaml"]["groups"]
