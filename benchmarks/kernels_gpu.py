@@ -64,8 +64,8 @@ def gemm_rows(peak: float) -> list[dict[str, Any]]:
             rows.append(row(f"{name} bf16", b, base, base, n * k * 2 + io, peak))
             t8 = bench(lambda: int8_gemm_triton(x, q8.weight, q8.scale))  # noqa: B023
             rows.append(row(f"{name} int8", b, t8, base, n * k + 4 * n + io, peak))
-            t4 = bench(lambda: int4_gemm_triton(x, q4.packed, q4.scale, q4.zero, q4.group_size))  # noqa: B023
-            rows.append(row(f"{name} int4 g{q4.group_size}", b, t4, base, n * k // 2 + 5 * q4.scale.numel() + io, peak))
+            t4 = bench(lambda: int4_gemm_triton(x, q4.packed, q4.scale, q4.offset, q4.group_size))  # noqa: B023
+            rows.append(row(f"{name} int4 g{q4.group_size}", b, t4, base, n * k // 2 + 8 * q4.scale.numel() + io, peak))
     return rows
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
 from infleet.runtime.kernels._triton import check_device
 
 
@@ -14,7 +15,7 @@ def silu_and_mul_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor
 
 
 @triton.jit
-def _silu_and_mul_kernel(g_ptr, u_ptr, o_ptr, n, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(g_ptr, u_ptr, o_ptr, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)

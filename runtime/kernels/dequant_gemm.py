@@ -3,7 +3,7 @@
 Decode is memory-bound, so the win is reading 1 (int8) or 0.5 (int4) bytes per weight instead of 2 and
 dequantizing in registers on the way into the tensor-core dot product. Weight layouts are the ones
 `infleet.runtime.quant.formats` produces: int8 [N, K] with a float32 scale per row; int4 packed [N, K // 2]
-(even column in the low nibble) with a float32 scale and a uint8 zero point per row and group of K.
+(even column in the low nibble) with a float32 scale and offset per row and group of K (w = code * scale + offset).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from infleet.runtime.kernels._triton import check_device, dot_in_fp32
 
 
@@ -20,16 +21,16 @@ def int8_gemm_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 
 
 def int4_gemm_reference(
-    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int
 ) -> torch.Tensor:
     n = packed.shape[0]
     codes = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(n, -1, group_size).to(torch.float32)
-    w = ((codes - zero.to(torch.float32)[..., None]) * scale.to(torch.float32)[..., None]).reshape(n, -1)
+    w = (codes * scale.to(torch.float32)[..., None] + offset.to(torch.float32)[..., None]).reshape(n, -1)
     return (x.to(torch.float32) @ w.T).to(x.dtype)
 
 
 @triton.jit
-def _int8_gemm_kernel(
+def _int8_gemm_kernel(  # type: ignore[no-untyped-def]
     x_ptr, w_ptr, s_ptr, o_ptr, M, N, K,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
@@ -44,7 +45,7 @@ def _int8_gemm_kernel(
                     mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)  # fmt: skip
         w = tl.load(w_ptr + rn[:, None] * stride_wn + kk[None, :] * stride_wk,
                     mask=(rn[:, None] < N) & (kk[None, :] < K), other=0).to(tl.float32)  # fmt: skip
-        if DOT_F32:  # noqa: SIM108 (Triton branches on a constexpr)
+        if DOT_F32:
             acc = tl.dot(x.to(tl.float32), tl.trans(w), acc)
         else:
             acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)  # int8 codes are exact in 16-bit floats
@@ -55,12 +56,12 @@ def _int8_gemm_kernel(
 
 
 @triton.jit
-def _int4_gemm_kernel(
-    x_ptr, p_ptr, s_ptr, z_ptr, o_ptr, M, N, K, GROUP,
+def _int4_gemm_kernel(  # type: ignore[no-untyped-def]
+    x_ptr, p_ptr, s_ptr, f_ptr, o_ptr, M, N, K, GROUP,
     stride_xm, stride_xk, stride_pn, stride_pk, stride_sn, stride_sg, stride_om, stride_on,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
 ):  # fmt: skip
-    # BLOCK_K divides GROUP, so each K tile lies in one group and needs one scale/zero per output row.
+    # BLOCK_K divides GROUP, so each K tile lies in one group and needs one scale/offset per output row.
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -75,9 +76,9 @@ def _int4_gemm_kernel(
         codes = ((packed >> shift[None, :]) & 0xF).to(tl.float32)
         g = k0 // GROUP
         scale = tl.load(s_ptr + rn * stride_sn + g * stride_sg, mask=rn < N, other=0.0)
-        zero = tl.load(z_ptr + rn * stride_sn + g * stride_sg, mask=rn < N, other=0).to(tl.float32)
-        w = (codes - zero[:, None]) * scale[:, None]
-        if DOT_F32:  # noqa: SIM108 (Triton branches on a constexpr)
+        offset = tl.load(f_ptr + rn * stride_sn + g * stride_sg, mask=rn < N, other=0.0)
+        w = codes * scale[:, None] + offset[:, None]
+        if DOT_F32:
             acc = tl.dot(x.to(tl.float32), tl.trans(w), acc)
         else:
             acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
@@ -112,21 +113,21 @@ def int8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor)
 
 
 def int4_gemm_triton(
-    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int
 ) -> torch.Tensor:
     n, k = packed.shape[0], packed.shape[1] * 2
     _check_x(x, k)
-    check_device(x, packed, scale, zero)
+    check_device(x, packed, scale, offset)
     if group_size < 16 or group_size & (group_size - 1):
         raise ValueError(f"the int4 kernel takes power-of-two group sizes of at least 16, got {group_size}")
-    if scale.shape != (n, k // group_size) or zero.shape != scale.shape:
-        raise ValueError(f"scale and zero must be [{n}, {k // group_size}], got {tuple(scale.shape)}")
-    scale, zero = scale.to(torch.float32).contiguous(), zero.contiguous()
+    if scale.shape != (n, k // group_size) or offset.shape != scale.shape:
+        raise ValueError(f"scale and offset must be [{n}, {k // group_size}], got {tuple(scale.shape)}")
+    scale, offset = scale.to(torch.float32).contiguous(), offset.to(torch.float32).contiguous()
     out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
     block_m, block_n, block_k = _block_m(x.shape[0]), 64, min(group_size, 64)
     grid = (triton.cdiv(x.shape[0], block_m), triton.cdiv(n, block_n))
     _int4_gemm_kernel[grid](
-        x, packed, scale, zero, out, x.shape[0], n, k, group_size,
+        x, packed, scale, offset, out, x.shape[0], n, k, group_size,
         x.stride(0), x.stride(1), packed.stride(0), packed.stride(1), scale.stride(0), scale.stride(1),
         out.stride(0), out.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_F32=dot_in_fp32(x.dtype),

@@ -40,16 +40,16 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
 
 
 def int4_linear(
-    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int
 ) -> torch.Tensor:
-    """x [..., K] @ dequantize(int4 packed [N, K // 2], scale/zero [N, K // group_size]).T, portable layout."""
+    """x [..., K] @ dequantize(int4 packed [N, K // 2], scale/offset [N, K // group_size]).T, portable layout."""
     x2 = x.reshape(-1, x.shape[-1])
     if x.is_cuda:
         from infleet.runtime.kernels.dequant_gemm import int4_gemm_triton
 
-        y = int4_gemm_triton(_gpu_activations(x2), packed, scale, zero, group_size)
+        y = int4_gemm_triton(_gpu_activations(x2), packed, scale, offset, group_size)
     else:
-        y = int4_gemm_reference(x2, packed, scale, zero, group_size)
+        y = int4_gemm_reference(x2, packed, scale, offset, group_size)
     return y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
 
 
@@ -58,9 +58,9 @@ def to_cpu_int4_pack(codes: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
 
 
-def cpu_int4_scales_and_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """PyTorch's CPU kernel computes (q - 8) * s + z', so an integer zero point z becomes z' = (8 - z) * s."""
-    return torch.stack([scale, (8 - zero.float()) * scale], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+def cpu_int4_scales_and_zeros(scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """[K // group, N, 2] bf16: PyTorch's CPU kernel computes (q - 8) * s + z, so z = offset + 8 * s."""
+    return torch.stack([scale, offset + 8 * scale], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
 def cpu_int4_linear(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from infleet.runtime.kernels._triton import check_device
 
 
@@ -67,7 +68,7 @@ def paged_attention_reference(
 
 
 @triton.jit
-def _paged_attention_kernel(
+def _paged_attention_kernel(  # type: ignore[no-untyped-def]
     q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, o_ptr, scale,
     stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_btb,
     stride_ob, stride_oh,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from infleet.runtime.kernels._triton import check_device
 
 
@@ -24,7 +25,7 @@ def rms_norm_reference(
 
 
 @triton.jit
-def _rms_norm_kernel(
+def _rms_norm_kernel(  # type: ignore[no-untyped-def]
     x_ptr, r_ptr, w_ptr, o_ptr, ro_ptr, D, stride_x, stride_r, stride_o, stride_ro, eps,
     HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip

@@ -7,10 +7,11 @@ Each format promises an error bound on `dequantize(quantize(W))`, element by ele
   subnormal step, 2^-10 x scale. Bound: max(|w| / 16, scale / 1024).
 - int8 (symmetric, one scale per output channel, scale = amax / 127, codes -127..127): round-to-nearest, so at most
   half a step. Bound: scale / 2.
-- int4 (asymmetric, a scale and an integer zero point per group of `group_size` input columns, codes 0..15, two
-  codes per byte: even column in the low nibble, odd column in the high one). The group's range is widened to
-  include 0 so the zero point is an exact code; the clamped ends are within half a step of the range's ends.
-  Bound: scale / 2 with scale = (max(w, 0) - min(w, 0)) / 15 per group.
+- int4 (asymmetric: per group of `group_size` input columns a scale and a float offset, the group's minimum, so
+  w ~ code * scale + offset with codes 0..15, two per byte: even column in the low nibble, odd in the high one).
+  A float offset (rather than an integer zero point) lets the 16 levels span exactly [min, max] of the group, which
+  also reproduces the grid of weights that were already 4-bit (GGUF Q4_0/Q4_1) when the groups line up.
+  Bound: scale / 2 with scale = (max(w) - min(w)) / 15 per group.
 
 Scales are kept in float32; `dequantize` returns the dtype asked for (the bound is on the float32 result).
 """
@@ -46,7 +47,7 @@ class Int8Weight:
 class Int4Weight:
     packed: torch.Tensor  # [out, in // 2] uint8: column 2j in the low nibble, 2j + 1 in the high nibble
     scale: torch.Tensor  # [out, in // group_size] float32
-    zero: torch.Tensor  # [out, in // group_size] uint8, integer zero point in 0..15
+    offset: torch.Tensor  # [out, in // group_size] float32, the group's minimum (the value of code 0)
     group_size: int
 
     @property
@@ -129,19 +130,17 @@ def quantize_int4(w: torch.Tensor, group_size: int | None = None) -> Int4Weight:
     if group_size % 2:
         raise QuantizationError(f"int4 packs two codes per byte, so the group size must be even, got {group_size}")
     g = w.float().reshape(out_features, in_features // group_size, group_size)
-    lo = g.amin(dim=-1).clamp(max=0.0)
-    hi = g.amax(dim=-1).clamp(min=0.0)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
     span = hi - lo
     scale = torch.where(span > 0, span / 15, torch.ones_like(span))
-    zero = torch.round(-lo / scale).clamp(0, 15)
-    codes = (torch.round(g / scale[..., None]) + zero[..., None]).clamp(0, 15)
-    return Int4Weight(pack_int4(codes.reshape(out_features, in_features)), scale, zero.to(torch.uint8), group_size)
+    codes = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15)
+    return Int4Weight(pack_int4(codes.reshape(out_features, in_features)), scale, lo, group_size)
 
 
 def dequantize_int4(q: Int4Weight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     out_features, in_features = q.shape
     codes = unpack_int4(q.packed).float().reshape(out_features, -1, q.group_size)
-    w = (codes - q.zero.float()[..., None]) * q.scale[..., None]
+    w = codes * q.scale[..., None] + q.offset[..., None]
     return w.reshape(out_features, in_features).to(dtype)
 
 

@@ -40,7 +40,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,14 +56,23 @@ SCHEMA = "infleet.tier-profile/v1"
 BLOCK_SIZE = 16
 
 
+def embedding(model: nn.Module) -> nn.Embedding:
+    return cast(nn.Embedding, model.model.embed_tokens)  # type: ignore[union-attr]
+
+
+def float_dtype(model: nn.Module) -> torch.dtype:
+    """The activation (and KV-cache) dtype: the embedding's, which no tier quantizes."""
+    return embedding(model).weight.dtype
+
+
 @torch.inference_mode()
 def logits_for(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
     """Logits [len(ids), vocab] of one fresh sequence (a single prefill through the paged-attention path)."""
     c = model.config
     blocks = -(-len(ids) // BLOCK_SIZE)
-    dtype = model.model.embed_tokens.weight.dtype
+    dtype = float_dtype(model)
     caches = [
-        KVCache.allocate(blocks, BLOCK_SIZE, c.num_key_value_heads, c.head_dim, dtype) for _ in model.model.layers
+        KVCache.allocate(blocks, BLOCK_SIZE, c.num_key_value_heads, c.head_dim, dtype) for _ in range(model.num_layers)
     ]
     meta = AttentionMetadata.build([len(ids)], [len(ids)], [list(range(blocks))], BLOCK_SIZE)
     hidden = model(torch.tensor(ids), torch.arange(len(ids)), caches, meta)
@@ -105,7 +114,7 @@ def prefix_match(outputs: list[list[int]], references: list[list[int]]) -> float
 def make_engine(model: LlamaForCausalLM, config: Any, tokenizer: Any, max_num_seqs: int) -> LLMEngine:
     return LLMEngine(
         model, config, tokenizer, max_num_seqs=max_num_seqs, max_model_len=512, block_size=BLOCK_SIZE,
-        kv_dtype=model.model.embed_tokens.weight.dtype, prefix_caching=False,
+        kv_dtype=float_dtype(model), prefix_caching=False,
     )  # fmt: skip
 
 
@@ -131,7 +140,7 @@ def decode_tokens_per_second(engine: LLMEngine, prompt: list[int], batch: int, t
 def bytes_per_decode_step(model: nn.Module) -> int:
     """Weights a decode step reads: everything but the embedding table, unless the lm_head reads it as its weight."""
     total = model_bytes(model)
-    embed = model.model.embed_tokens.weight  # type: ignore[union-attr]
+    embed = embedding(model).weight
     head = getattr(model.lm_head, "weight", None)
     if head is None or head.data_ptr() != embed.data_ptr():
         total -= embed.numel() * embed.element_size()
@@ -154,7 +163,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "schema": SCHEMA, "model": config.name, "model_file": Path(args.model).name, "device": "cpu", "gpu": "cpu",
         "device_detail": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "threads": torch.get_num_threads(), "activation_dtype": str(float_model.model.embed_tokens.weight.dtype),
+        "threads": torch.get_num_threads(), "activation_dtype": str(float_dtype(float_model)),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "baseline": "bf16",
         "eval": {"text": "runtime/quant/data/eval_text.txt", "text_tokens": len(text_ids), "window": args.window,
                  "prompts": len(prompts), "greedy_tokens": args.greedy_tokens, "decode_tokens": args.decode_tokens,
@@ -207,9 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--batches", default="1,8", help="decode batch sizes to time")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (the best is kept)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--bandwidth-gbs", type=float, default=9.0, help="DRAM read bandwidth for MBU (DESIGN.md 6)")
     args = p.parse_args(argv)
     args.model = args.model or str(smollm2_gguf())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     unknown = set(args.tiers.split(",")) - set(TIERS)
     if unknown:
         p.error(f"unknown tier(s) {sorted(unknown)}; choose from {', '.join(TIERS)}")

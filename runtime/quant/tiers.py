@@ -2,8 +2,10 @@
 
 Tiers: `bf16` (the float weights as loaded: for a GGUF model, its dequantized weights), `fp8` (e4m3, per-channel
 scale), `int8` (symmetric per output channel), `int4` (asymmetric, group size 128/64/32, the largest that divides
-every layer's input dimension). Every nn.Linear is quantized, the tied lm_head too (the embedding keeps its
-float table: a lookup reads a few rows, not the whole matrix). Activations stay in the model's dtype.
+every layer's input dimension). Every nn.Linear is quantized except an lm_head tied to the embedding: that one
+shares the float table the embedding lookup keeps anyway, so quantizing it would add memory rather than save it,
+and on SmolLM2 a quantized head cost most of int8's perplexity loss (its logits go through the bf16 CPU kernel).
+Activations stay in the model's dtype.
 
 Quantize on the device the model will run on: the int4 layer picks its packing there (PyTorch's CPU int4 kernel
 layout on CPU, the portable nibble layout the Triton kernel reads on CUDA).
@@ -12,7 +14,7 @@ layout on CPU, the portable nibble layout the Triton kernel reads on CUDA).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +23,7 @@ from infleet.runtime.kernels import dispatch
 from infleet.runtime.quant import formats as F
 
 TIERS = ("bf16", "fp8", "int8", "int4")
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class TierError(ValueError):
@@ -29,6 +32,9 @@ class TierError(ValueError):
 
 class Fp8Linear(nn.Module):
     """Weights in e4m3 with a float32 scale per output channel; upcast per call (no fp8 matmul on CPU)."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, q: F.Fp8Weight) -> None:
         super().__init__()
@@ -47,6 +53,9 @@ class Fp8Linear(nn.Module):
 class Int8Linear(nn.Module):
     """Int8 codes [out, in] with a float32 scale per output channel (symmetric: no zero point)."""
 
+    weight: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, q: F.Int8Weight) -> None:
         super().__init__()
         self.out_features, self.in_features = q.weight.shape
@@ -62,7 +71,12 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """Int4 codes, two per byte, with a scale and zero point per group of `group_size` input columns."""
+    """Int4 codes, two per byte, with a scale and offset per group of `group_size` input columns."""
+
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor  # CPU layout only
+    scale: torch.Tensor  # portable layout only
+    offset: torch.Tensor  # portable layout only
 
     def __init__(self, q: F.Int4Weight, device: torch.device) -> None:
         super().__init__()
@@ -72,11 +86,11 @@ class Int4Linear(nn.Module):
         self.cpu_layout = device.type == "cpu" and dispatch.CPU_INT4_MM and self.out_features % 16 == 0
         if self.cpu_layout:
             self.register_buffer("packed", dispatch.to_cpu_int4_pack(F.unpack_int4(q.packed)))
-            self.register_buffer("scales_and_zeros", dispatch.cpu_int4_scales_and_zeros(q.scale, q.zero))
+            self.register_buffer("scales_and_zeros", dispatch.cpu_int4_scales_and_zeros(q.scale, q.offset))
         else:
             self.register_buffer("packed", q.packed)
             self.register_buffer("scale", q.scale)
-            self.register_buffer("zero", q.zero)
+            self.register_buffer("offset", q.offset)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int) -> Int4Linear:
@@ -86,7 +100,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpu_layout:
             return dispatch.cpu_int4_linear(x, self.packed, self.scales_and_zeros, self.group_size)
-        return dispatch.int4_linear(x, self.packed, self.scale, self.zero, self.group_size)
+        return dispatch.int4_linear(x, self.packed, self.scale, self.offset, self.group_size)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
@@ -118,13 +132,19 @@ def model_bytes(model: nn.Module) -> int:
     return total
 
 
+def _tied_weights(model: nn.Module) -> set[int]:
+    """data_ptr of every weight an nn.Embedding shares (a tied lm_head reads the embedding's table)."""
+    return {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+
+
 def _linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, layer) for every nn.Linear, so each can be replaced with setattr."""
+    """(parent, attribute, layer) for every nn.Linear to quantize, so each can be replaced with setattr."""
+    tied = _tied_weights(model)
     return [
         (parent, attr, child)
         for parent in model.modules()
         for attr, child in parent.named_children()
-        if isinstance(child, nn.Linear)
+        if isinstance(child, nn.Linear) and child.weight.data_ptr() not in tied
     ]
 
 
@@ -173,7 +193,7 @@ def quantize_model(model: nn.Module, tier: str) -> TierInfo:
     return info
 
 
-def apply_tier(model: nn.Module, tier: str) -> nn.Module:
+def apply_tier(model: ModuleT, tier: str) -> ModuleT:
     """The engine's entry point: quantize in place, keep the TierInfo on the model as `tier_info`, return it."""
     info = quantize_model(model, tier)
     model.tier_info = info  # type: ignore[assignment]

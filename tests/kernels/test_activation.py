@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from infleet.runtime.kernels import activation as A
 
 DTYPES = st.sampled_from([torch.float16, torch.bfloat16, torch.float32])

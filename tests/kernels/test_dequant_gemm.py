@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from infleet.runtime.kernels import dequant_gemm as G
 from infleet.runtime.quant import formats as F
 
@@ -38,8 +39,8 @@ def test_int4_gemm_matches_reference(
     k = groups * group_size
     x = torch.randn(m, k, generator=g).to(dtype)
     q = F.quantize_int4(torch.randn(n, k, generator=g), group_size)
-    out = G.int4_gemm_triton(x, q.packed, q.scale, q.zero, q.group_size)
-    ref = G.int4_gemm_reference(x, q.packed, q.scale, q.zero, q.group_size)
+    out = G.int4_gemm_triton(x, q.packed, q.scale, q.offset, q.group_size)
+    ref = G.int4_gemm_reference(x, q.packed, q.scale, q.offset, q.group_size)
     _close(out, ref, x, F.dequantize_int4(q))
 
 
@@ -49,7 +50,7 @@ def test_references_agree_with_dequantized_weights() -> None:
     q8, q4 = F.quantize_int8(w), F.quantize_int4(w)
     torch.testing.assert_close(G.int8_gemm_reference(x, q8.weight, q8.scale), x @ F.dequantize_int8(q8).T)
     torch.testing.assert_close(
-        G.int4_gemm_reference(x, q4.packed, q4.scale, q4.zero, q4.group_size), x @ F.dequantize_int4(q4).T
+        G.int4_gemm_reference(x, q4.packed, q4.scale, q4.offset, q4.group_size), x @ F.dequantize_int4(q4).T
     )
 
 

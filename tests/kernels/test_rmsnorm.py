@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from infleet.runtime.kernels import rmsnorm as R
 
 DTYPES = st.sampled_from([torch.float16, torch.bfloat16, torch.float32])

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from infleet.runtime.quant import formats as F
 
 # Float32 arithmetic in scale/divide/multiply adds a few ulps beyond the exact-arithmetic bound.

@@ -12,7 +12,7 @@ from infleet.runtime.quant import formats as F
 from infleet.runtime.quant import tiers as T
 
 
-def tiny_llama(hidden: int = 64, ffn: int = 128, vocab: int = 256) -> LlamaForCausalLM:
+def tiny_llama(hidden: int = 64, ffn: int = 128, vocab: int = 256, tied: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = ModelConfig(
         vocab_size=vocab,
@@ -22,13 +22,22 @@ def tiny_llama(hidden: int = 64, ffn: int = 128, vocab: int = 256) -> LlamaForCa
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=hidden // 4,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         max_position_embeddings=64,
     )
     model = LlamaForCausalLM(config)
     for p in model.parameters():
         nn.init.normal_(p, std=0.05)
     return model
+
+
+def test_tied_lm_head_keeps_the_embedding_table() -> None:
+    model = tiny_llama(tied=True)
+    info = T.quantize_model(model, "int8")
+    assert info.layers == 2 * 7
+    assert isinstance(model.lm_head, nn.Linear)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert isinstance(model.model.layers[0].mlp.down_proj, T.Int8Linear)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +52,7 @@ def test_quantize_model_swaps_all_linears(tier: str, layer_type: type, max_rel: 
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
     assert info.layers == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, plus lm_head
     assert isinstance(model.lm_head, layer_type)
-    assert model.model.embed_tokens.weight.dtype == torch.float32  # the embedding keeps its float table
+    assert model.model.embed_tokens.weight.dtype == torch.float32
     assert info.weight_bytes < info.float_weight_bytes
     out = model.lm_head(x)
     assert out.dtype == x.dtype and out.shape == ref.shape
