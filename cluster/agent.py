@@ -14,11 +14,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from infleet.cluster.launcher import IpPool, PodRunner, is_launched
+from infleet.cluster.network import PodNetwork
 from infleet.cluster.proxy import ServiceProxy
 
 
@@ -32,15 +34,17 @@ def kill_leftovers(pods_dir: Path) -> None:
 
 
 class Agent:
-    def __init__(self, fleet_dir: Path) -> None:
+    def __init__(self, fleet_dir: Path, network: PodNetwork) -> None:
         kubeconfig = fleet_dir / "kubeconfig"
         self.api = config.new_client_from_config(str(kubeconfig))
         self.core = client.CoreV1Api(self.api)
-        self.server = self.api.configuration.host
+        self.network = network
+        # Pods reach the API server through the host end of the pod network (see `forward` in main).
+        self.server = f"https://{network.host_ip}:{urlparse(self.api.configuration.host).port}"
         self.ca = fleet_dir / "pki" / "ca.crt"
         self.pods_dir = fleet_dir / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
-        self.ips = IpPool()
+        self.ips = IpPool(network)
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
 
@@ -60,9 +64,13 @@ class Agent:
                 self._force_delete(pod)
             return
         if runner is None and pod.status.phase not in ("Succeeded", "Failed"):
-            ip = pod.status.pod_ip or self.ips.allocate()
-            self.ips.claim(ip)
-            runner = PodRunner(self.core, pod, ip, self.pods_dir, self.server, self.ca)
+            ip = pod.status.pod_ip
+            if ip:
+                self.ips.claim(ip)
+                self.network.add_ip(ip)
+            else:
+                ip = self.ips.allocate()
+            runner = PodRunner(self.core, pod, ip, self.pods_dir, self.server, self.ca, self.network.exec_prefix())
             self.runners[uid] = runner
             runner.start()
 
@@ -75,8 +83,9 @@ class Agent:
             self.core.delete_namespaced_pod(
                 pod.metadata.name,
                 pod.metadata.namespace,
-                grace_period_seconds=0,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.metadata.uid)),
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.metadata.uid)
+                ),
             )
         except ApiException as err:
             if err.status not in (404, 409):
@@ -118,10 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infleet-node-agent")
     parser.add_argument("--fleet-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port-base", type=int, required=True)
     args = parser.parse_args(argv)
     kill_leftovers(args.fleet_dir / "pods")
-    agent = Agent(args.fleet_dir)
-    ServiceProxy(agent.api).start()
+    agent = Agent(args.fleet_dir, PodNetwork.from_env(args.port_base))
+    proxy = ServiceProxy(agent.api)
+    proxy.start()
+    apiserver = urlparse(agent.api.configuration.host)
+    proxy.forward(
+        (str(agent.network.host_ip), apiserver.port or 443), (apiserver.hostname or "127.0.0.1", apiserver.port or 443)
+    )
     threading.Thread(target=agent.watch_pods, daemon=True, name="pod-watch").start()
     health = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), _Health)
     threading.Thread(target=health.serve_forever, daemon=True).start()

@@ -110,8 +110,10 @@ def _go_build(packages: list[str], out: Path, cwd: Path, ldflags: str, what: str
 
     def ticker() -> None:
         while not stop.wait(15):
-            _log(f"{what}: {done}/{total} packages compiled (cached ones are not counted), "
-                 f"{time.monotonic() - started:.0f}s so far")
+            _log(
+                f"{what}: {done}/{total} packages compiled (cached ones are not counted), "
+                f"{time.monotonic() - started:.0f}s so far"
+            )
 
     thread = threading.Thread(target=ticker, daemon=True)
     thread.start()
@@ -153,8 +155,11 @@ def _scratch_module() -> Path:
     if (src / "go.mod").exists() and "replace" in (src / "go.mod").read_text():
         return src
     (src / "go.mod").write_text("module infleet.local/fleet\n\ngo 1.26\n")
-    info = _run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], src,
-                "downloading k8s.io/kubernetes")
+    info = _run(
+        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+        src,
+        "downloading k8s.io/kubernetes",
+    )
     gomod = Path(re.search(r'"GoMod":\s*"([^"]+)"', info).group(1))  # type: ignore[union-attr]
     staging = re.findall(r"^\s+(k8s\.io/[\w.\-]+) v0\.0\.0$", gomod.read_text(), re.M)
     minor = KUBERNETES_VERSION.lstrip("v").split(".")[1]
@@ -166,12 +171,17 @@ def _scratch_module() -> Path:
 
 def build_kubernetes() -> None:
     bins = binaries()
-    if all(p.exists() for p in (bins.kube_apiserver, bins.kube_controller_manager, bins.kube_scheduler,
-                                bins.kubectl, bins.etcd)):
+    if all(
+        p.exists()
+        for p in (bins.kube_apiserver, bins.kube_controller_manager, bins.kube_scheduler, bins.kubectl, bins.etcd)
+    ):
         return
     src = _scratch_module()
-    _run(["go", "get", f"k8s.io/kubernetes@{KUBERNETES_VERSION}", "go.etcd.io/etcd/server/v3"], src,
-         "resolving the module graph")
+    _run(
+        ["go", "get", f"k8s.io/kubernetes@{KUBERNETES_VERSION}", "go.etcd.io/etcd/server/v3"],
+        src,
+        "resolving the module graph",
+    )
     packages = [f"k8s.io/kubernetes/cmd/{b}" for b in KUBE_BINARIES] + ["./etcd"]
     tmp = kube_dir().parent / (kube_dir().name + ".partial")
     _go_build(packages, tmp, src, _version_ldflags(), f"Kubernetes {KUBERNETES_VERSION} + etcd")
@@ -188,12 +198,17 @@ def build_kwok() -> None:
     src.mkdir(parents=True, exist_ok=True)
     (src / "go.mod").write_text("module infleet.local/kwok\n\ngo 1.26\n")
     _run(["go", "get", f"sigs.k8s.io/kwok@{KWOK_VERSION}"], src, "resolving kwok")
-    _go_build(["sigs.k8s.io/kwok/cmd/kwok"], bins.kwok.parent, src,
-              f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}", f"kwok {KWOK_VERSION}")
+    _go_build(
+        ["sigs.k8s.io/kwok/cmd/kwok"],
+        bins.kwok.parent,
+        src,
+        f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}",
+        f"kwok {KWOK_VERSION}",
+    )
     moddir = _run(["go", "list", "-mod=mod", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"], src, "locating kwok stages")
     stage_dir = bins.kwok_stages[0].parent
     stage_dir.mkdir(parents=True, exist_ok=True)
-    for rel, dest in zip(KWOK_STAGES, bins.kwok_stages):
+    for rel, dest in zip(KWOK_STAGES, bins.kwok_stages, strict=True):
         shutil.copyfile(Path(moddir.strip()) / "kustomize" / "stage" / rel, dest)
 
 
@@ -205,9 +220,14 @@ def build_helm() -> None:
     src.mkdir(parents=True, exist_ok=True)
     (src / "go.mod").write_text("module infleet.local/helm\n\ngo 1.26\n")
     _run(["go", "get", f"helm.sh/helm/v3@{HELM_VERSION}"], src, "resolving helm")
-    _go_build(["helm.sh/helm/v3/cmd/helm"], bins.helm.parent, src,
-              f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION} "
-              "-X helm.sh/helm/v3/internal/version.gitTreeState=clean", f"helm {HELM_VERSION}")
+    _go_build(
+        ["helm.sh/helm/v3/cmd/helm"],
+        bins.helm.parent,
+        src,
+        f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION} "
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+        f"helm {HELM_VERSION}",
+    )
 
 
 def ensure_prometheus() -> Path:

@@ -23,16 +23,16 @@ from pathlib import Path
 import yaml
 
 from infleet.cluster import build
+from infleet.cluster.network import PodNetwork
 from infleet.cluster.pki import Pki, ensure_pki
 
 FLEET_DIR = Path(os.environ.get("INFLEET_FLEET_DIR", build.CACHE / "fleet"))
 PORT_BASE = int(os.environ.get("INFLEET_FLEET_PORT_BASE", "16000"))
 
-# Loopback ranges (every 127/8 address works on Linux without set-up).
-# Overridable so that a second fleet (a test of `down`, say) can run beside the first.
-SERVICE_CIDR = os.environ.get("INFLEET_SERVICE_CIDR", "127.96.0.0/16")  # ClusterIPs, answered by the agent's proxy
-KWOK_POD_CIDR = os.environ.get("INFLEET_KWOK_POD_CIDR", "127.64.0.0/16")  # pods KWOK only pretends to run
-LAUNCHED_POD_CIDR = os.environ.get("INFLEET_LAUNCHED_POD_CIDR", "127.65.0.0/16")  # pods run as real processes
+# Service ClusterIPs are loopback addresses (every 127/8 address works on Linux without set-up), answered by the
+# node agent's proxy; pod IPs come from the pod network (network.py). Both overridable, so that a second fleet
+# (a test of `down`, say) can run beside the first.
+SERVICE_CIDR = os.environ.get("INFLEET_SERVICE_CIDR", "127.96.0.0/16")
 
 # The images the launcher runs for real; pods of any other image are KWOK's.
 LAUNCHED_IMAGE_PREFIX = "infleet/"
@@ -73,8 +73,15 @@ class Ports:
         return self.base + 248
 
     def all(self) -> list[int]:
-        return [self.etcd_client, self.etcd_peer, self.apiserver, self.controller_manager, self.scheduler,
-                self.kwok, self.agent]
+        return [
+            self.etcd_client,
+            self.etcd_peer,
+            self.apiserver,
+            self.controller_manager,
+            self.scheduler,
+            self.kwok,
+            self.agent,
+        ]
 
 
 @dataclass
@@ -92,6 +99,7 @@ class Fleet:
         self.dir = directory
         self.ports = ports or Ports()
         self.bins = build.binaries()
+        self.network = PodNetwork.from_env(self.ports.base)
 
     # --- paths -----------------------------------------------------------------------------------
     @property
@@ -152,8 +160,12 @@ class Fleet:
         self.pid_path(name).unlink(missing_ok=True)
 
     # --- health ------------------------------------------------------------------------------------
-    def _https_ok(self, url: str) -> bool:
+    def _https_ok(self, url: str, verify: bool = True) -> bool:
+        """With `verify=False` for components that serve /healthz with a self-signed loopback cert."""
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
         ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         try:
             with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
@@ -196,6 +208,11 @@ class Fleet:
                     f"--tls-cert-file={pki.serving_cert}",
                     f"--tls-private-key-file={pki.serving_key}",
                     f"--client-ca-file={pki.ca_cert}",
+                    f"--requestheader-client-ca-file={pki.ca_cert}",
+                    "--requestheader-allowed-names=front-proxy-client",
+                    "--requestheader-username-headers=X-Remote-User",
+                    "--requestheader-group-headers=X-Remote-Group",
+                    "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                     f"--service-account-key-file={pki.sa_pub}",
                     f"--service-account-signing-key-file={pki.sa_key}",
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -222,14 +239,14 @@ class Fleet:
                     f"--root-ca-file={pki.ca_cert}",
                     "--use-service-account-credentials=true",
                     "--leader-elect=false",
-                    "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route",
+                    "--controllers=*,-nodeipam",
                     "--kube-api-qps=200",
                     "--kube-api-burst=400",
                     "--concurrent-deployment-syncs=10",
                     "--concurrent-replicaset-syncs=10",
                     "--v=1",
                 ],
-                lambda: self._https_ok(f"https://127.0.0.1:{p.controller_manager}/healthz"),
+                lambda: self._https_ok(f"https://127.0.0.1:{p.controller_manager}/healthz", verify=False),
             ),
             Component(
                 "kube-scheduler",
@@ -245,7 +262,7 @@ class Fleet:
                     "--kube-api-burst=400",
                     "--v=1",
                 ],
-                lambda: self._https_ok(f"https://127.0.0.1:{p.scheduler}/healthz"),
+                lambda: self._https_ok(f"https://127.0.0.1:{p.scheduler}/healthz", verify=False),
             ),
             Component(
                 "kwok",
@@ -254,38 +271,43 @@ class Fleet:
                     f"--kubeconfig={kc}",
                     "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                    f"--cidr={KWOK_POD_CIDR}",
+                    f"--cidr={self.network.kwok_range[1]}/{self.network.kwok_range.prefixlen}",
                     "--node-ip=127.0.0.1",
                     f"--server-address=127.0.0.1:{p.kwok}",
-                    *[f"--config={s}" for s in self.kwok_stages()],
+                    *[f"--config={s}" for s in self.kwok_stage_paths()],
                 ],
                 lambda: _http_ok(f"http://127.0.0.1:{p.kwok}/healthz"),
             ),
             Component(
                 "node-agent",
-                [sys.executable, "-m", "infleet.cluster.agent", "--fleet-dir", str(self.dir), "--port", str(p.agent)],
+                [
+                    sys.executable,
+                    "-m",
+                    "infleet.cluster.agent",
+                    f"--fleet-dir={self.dir}",
+                    f"--port={p.agent}",
+                    f"--port-base={p.base}",
+                ],
                 lambda: _http_ok(f"http://127.0.0.1:{p.agent}/healthz"),
             ),
         ]
 
-    def kwok_stages(self) -> list[Path]:
+    def kwok_stage_paths(self) -> list[Path]:
+        return [self.dir / "kwok-stages" / src.name for src in self.bins.kwok_stages]
+
+    def write_kwok_stages(self) -> None:
         """KWOK's stock stages, narrowed so KWOK leaves alone the pods the launcher runs for real."""
-        out_dir = self.dir / "kwok-stages"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "kwok-stages").mkdir(parents=True, exist_ok=True)
         not_launched = {
             "key": f'.spec.containers.[] | .image | select(startswith("{LAUNCHED_IMAGE_PREFIX}"))',
             "operator": "DoesNotExist",
         }
-        paths = []
-        for src in self.bins.kwok_stages:
+        for src, dest in zip(self.bins.kwok_stages, self.kwok_stage_paths(), strict=True):
             stage = yaml.safe_load(src.read_text())
             if stage["spec"]["resourceRef"]["kind"] == "Pod":
                 selector = stage["spec"].setdefault("selector", {})
                 selector.setdefault("matchExpressions", []).append(not_launched)
-            dest = out_dir / src.name
             dest.write_text(yaml.safe_dump(stage, sort_keys=False))
-            paths.append(dest)
-        return paths
 
     def write_kubeconfig(self) -> None:
         pki = self.pki
@@ -309,8 +331,10 @@ class Fleet:
 
     def up(self, log: Callable[[str], None] = print) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        ensure_pki(self.pki.dir)
+        self.network.up()
+        ensure_pki(self.pki.dir, [str(self.network.host_ip)])
         self.write_kubeconfig()
+        self.write_kwok_stages()
         for comp in self.components():
             started = time.monotonic()
             already = self.pid(comp.name) is not None
@@ -321,6 +345,7 @@ class Fleet:
     def down(self) -> None:
         for comp in reversed(self.components()):
             self.stop(comp.name)
+        self.network.down()
 
     def status(self) -> dict[str, str]:
         result = {}

@@ -22,7 +22,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from infleet.cluster.controlplane import LAUNCHED_IMAGE_PREFIX, LAUNCHED_POD_CIDR
+from infleet.cluster.controlplane import LAUNCHED_IMAGE_PREFIX
+from infleet.cluster.network import PodNetwork
 
 SHIM_DIR = Path(__file__).with_name("podshim")
 
@@ -70,10 +70,11 @@ def container_argv(container: client.V1Container) -> list[str]:
 
 
 class IpPool:
-    """Pod IPs for launched pods, from a loopback range nothing else uses."""
+    """Pod IPs for launched pods: the pod network's lower half, less its host address."""
 
-    def __init__(self, cidr: str = LAUNCHED_POD_CIDR) -> None:
-        self._free = (str(ip) for ip in IPv4Network(cidr).hosts())
+    def __init__(self, network: PodNetwork) -> None:
+        self.network = network
+        self._free = (str(ip) for ip in network.launched_range.hosts() if ip != network.host_ip)
         self._used: set[str] = set()
         self._lock = threading.Lock()
 
@@ -86,8 +87,9 @@ class IpPool:
             for ip in self._free:
                 if ip not in self._used and not ip.endswith((".0", ".255")):
                     self._used.add(ip)
+                    self.network.add_ip(ip)
                     return ip
-        raise RuntimeError(f"launched-pod range {LAUNCHED_POD_CIDR} is exhausted")
+        raise RuntimeError(f"launched-pod range {self.network.launched_range} is exhausted")
 
 
 @dataclass
@@ -116,11 +118,21 @@ class ContainerRun:
 class PodRunner(threading.Thread):
     """One pod: its processes, probes and status."""
 
-    def __init__(self, core: client.CoreV1Api, pod: client.V1Pod, ip: str, pods_dir: Path, server: str, ca: Path):
+    def __init__(
+        self,
+        core: client.CoreV1Api,
+        pod: client.V1Pod,
+        ip: str,
+        pods_dir: Path,
+        server: str,
+        ca: Path,
+        netns: list[str],
+    ) -> None:
         super().__init__(daemon=True, name=f"pod-{pod.metadata.namespace}/{pod.metadata.name}")
         self.core = core
         self.pod = pod
         self.ip = ip
+        self.netns = netns
         self.server = server
         self.ca = ca
         self.dir = pods_dir / f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}"
@@ -142,7 +154,9 @@ class PodRunner(threading.Thread):
             spec=client.V1TokenRequestSpec(
                 audiences=[],
                 expiration_seconds=7 * 24 * 3600,
-                bound_object_ref=client.V1BoundObjectReference(api_version="v1", kind="Pod", name=meta.name, uid=meta.uid),
+                bound_object_ref=client.V1BoundObjectReference(
+                    api_version="v1", kind="Pod", name=meta.name, uid=meta.uid
+                ),
             )
         )
         token = self.core.create_namespaced_service_account_token(sa, meta.namespace, request).status.token
@@ -154,9 +168,13 @@ class PodRunner(threading.Thread):
         kubeconfig = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "in-cluster", "cluster": {"server": self.server, "certificate-authority": str(self.ca)}}],
+            "clusters": [
+                {"name": "in-cluster", "cluster": {"server": self.server, "certificate-authority": str(self.ca)}}
+            ],
             "users": [{"name": sa, "user": {"token": token}}],
-            "contexts": [{"name": "in-cluster", "context": {"cluster": "in-cluster", "user": sa, "namespace": meta.namespace}}],
+            "contexts": [
+                {"name": "in-cluster", "context": {"cluster": "in-cluster", "user": sa, "namespace": meta.namespace}}
+            ],
             "current-context": "in-cluster",
         }
         path = secrets / "kubeconfig"
@@ -218,7 +236,7 @@ class PodRunner(threading.Thread):
 
     # --- processes ---------------------------------------------------------------------------------
     def _spawn(self, run: ContainerRun, env: dict[str, str]) -> None:
-        argv = container_argv(run.spec)
+        argv = self.netns + container_argv(run.spec)
         log = open(self.dir / f"{run.spec.name}.log", "ab")  # noqa: SIM115 - handed to the child
         log.write(f"--- {now()} start: {shlex.join(argv)}\n".encode())
         log.flush()
@@ -284,7 +302,9 @@ class PodRunner(threading.Thread):
             return False
         return True
 
-    def _run_probe(self, run: ContainerRun, probe: client.V1Probe | None, state: ProbeState, env: dict[str, str]) -> None:
+    def _run_probe(
+        self, run: ContainerRun, probe: client.V1Probe | None, state: ProbeState, env: dict[str, str]
+    ) -> None:
         if probe is None:
             state.ok = True
             return
@@ -356,9 +376,7 @@ class PodRunner(threading.Thread):
         for cond in conditions:
             cond["lastTransitionTime"] = stamp
         try:
-            self.core.patch_namespaced_pod_status(
-                self.pod.metadata.name, self.pod.metadata.namespace, {"status": body}
-            )
+            self.core.patch_namespaced_pod_status(self.pod.metadata.name, self.pod.metadata.namespace, {"status": body})
             self._last_status = key
         except ApiException as err:
             if err.status == 404:
@@ -420,7 +438,9 @@ class PodRunner(threading.Thread):
                         run.last_exit = exit_info
                         run.restarts += 1
                         run.backoff_until = time.monotonic() + min(10.0, 2.0 ** (run.restarts - 1))
-                        self._event("BackOff", f"Back-off restarting container {run.spec.name} (exit {code})", "Warning")
+                        self._event(
+                            "BackOff", f"Back-off restarting container {run.spec.name} (exit {code})", "Warning"
+                        )
                     else:
                         run.terminated = exit_info
                 if run.proc is None and run.terminated is None and time.monotonic() >= run.backoff_until:
@@ -429,13 +449,17 @@ class PodRunner(threading.Thread):
                     continue
                 self._run_probe(run, run.spec.startup_probe, run.startup, env)
                 if not run.startup.ok:
-                    if run.spec.startup_probe and run.startup.failures >= (run.spec.startup_probe.failure_threshold or 3):
+                    if run.spec.startup_probe and run.startup.failures >= (
+                        run.spec.startup_probe.failure_threshold or 3
+                    ):
                         self._event("Unhealthy", f"Startup probe failed for {run.spec.name}; restarting", "Warning")
                         self._kill(run, self.grace)
                     continue
                 self._run_probe(run, run.spec.readiness_probe, run.readiness, env)
                 self._run_probe(run, run.spec.liveness_probe, run.liveness, env)
-                if run.spec.liveness_probe and run.liveness.failures >= (run.spec.liveness_probe.failure_threshold or 3):
+                if run.spec.liveness_probe and run.liveness.failures >= (
+                    run.spec.liveness_probe.failure_threshold or 3
+                ):
                     self._event("Killing", f"Container {run.spec.name} failed liveness probe, will be restarted")
                     self._kill(run, self.grace)
             self._publish()

@@ -80,7 +80,7 @@ def _sign(
     issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None,
     *,
     ca: bool = False,
-    usage: ExtendedKeyUsageOID | None = None,
+    usage: x509.ObjectIdentifier | None = None,
     sans: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
@@ -110,7 +110,7 @@ def _write_cert(cert: x509.Certificate, path: Path) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def ensure_pki(directory: Path) -> Pki:
+def ensure_pki(directory: Path, extra_ips: list[str] | None = None) -> Pki:
     pki = Pki(directory)
     if pki.sa_pub.exists():
         return pki
@@ -126,13 +126,18 @@ def ensure_pki(directory: Path) -> Pki:
         x509.DNSName("kubernetes"),
         x509.DNSName("kubernetes.default.svc"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        *[x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips or []],
     ]
-    serving = _sign(_name("kube-apiserver"), serving_key, (ca, ca_key), usage=ExtendedKeyUsageOID.SERVER_AUTH, sans=sans)
+    serving = _sign(
+        _name("kube-apiserver"), serving_key, (ca, ca_key), usage=ExtendedKeyUsageOID.SERVER_AUTH, sans=sans
+    )
     _write_key(serving_key, pki.serving_key)
     _write_cert(serving, pki.serving_cert)
 
     admin_key = _key()
-    admin = _sign(_name("infleet-admin", "system:masters"), admin_key, (ca, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    admin = _sign(
+        _name("infleet-admin", "system:masters"), admin_key, (ca, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH
+    )
     _write_key(admin_key, pki.admin_key)
     _write_cert(admin, pki.admin_cert)
 

@@ -41,7 +41,9 @@ class ServiceProxy:
                     if event["type"] == "DELETED" or not ip or ip == "None":
                         ports: dict[str, Key] = {}
                     else:
-                        ports = {(p.name or ""): (ip, p.port) for p in svc.spec.ports or [] if p.protocol in (None, "TCP")}
+                        ports = {
+                            (p.name or ""): (ip, p.port) for p in svc.spec.ports or [] if p.protocol in (None, "TCP")
+                        }
                     old = self.services.get(key, {})
                     self.services[key] = ports
                     for gone in set(old.values()) - set(ports.values()):
@@ -85,28 +87,42 @@ class ServiceProxy:
     async def _listen(self, addr: Key, service: tuple[str, str], port_name: str) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             targets = self._endpoints(service, port_name)
-            if not targets:
-                writer.close()
-                return
-            host, port = targets[next(self.counter) % len(targets)]
-            try:
-                up_reader, up_writer = await asyncio.open_connection(host, port)
-            except OSError:
-                writer.close()
-                return
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-            for w in (writer, up_writer):
-                w.close()
+            await _splice(reader, writer, targets[next(self.counter) % len(targets)] if targets else None)
 
         try:
             self.servers[addr] = await asyncio.start_server(handle, addr[0], addr[1], reuse_address=True)
         except OSError:
             pass  # the port is taken on that address; the Service stays reachable through its endpoints
 
+    def forward(self, listen: Key, target: Key) -> None:
+        """A plain TCP forward, for pods to reach the API server from the pod network."""
+
+        async def serve() -> None:
+            self.servers[listen] = await asyncio.start_server(
+                lambda r, w: _splice(r, w, target), listen[0], listen[1], reuse_address=True
+            )
+
+        asyncio.run_coroutine_threadsafe(serve(), self.loop).result(timeout=10)
+
     async def _close(self, addr: Key) -> None:
         server = self.servers.pop(addr, None)
         if server is not None:
             server.close()
+
+
+async def _splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: Key | None) -> None:
+    """Connect to `target` and copy bytes both ways until both sides are done."""
+    if target is None:
+        writer.close()
+        return
+    try:
+        up_reader, up_writer = await asyncio.open_connection(*target)
+    except OSError:
+        writer.close()
+        return
+    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+    for w in (writer, up_writer):
+        w.close()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -8,6 +8,7 @@ pod's own loopback IP (``POD_IP``), which every Service, EndpointSlice and Prome
 
 import os
 import socket
+from typing import Any
 
 _POD_IP = os.environ.get("POD_IP", "")
 _WILDCARDS = ("", "0.0.0.0", "::")
@@ -15,7 +16,7 @@ _WILDCARDS = ("", "0.0.0.0", "::")
 if _POD_IP:
     _bind = socket.socket.bind
 
-    def _bind_pod_ip(self: socket.socket, address: object) -> None:
+    def _bind_pod_ip(self: socket.socket, address: Any) -> None:
         if self.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple) and address[0] in _WILDCARDS:
             if self.family == socket.AF_INET6:
                 # Pods have an IPv4 address only; a dual-stack server's IPv6 socket gets a private port on ::1.
@@ -24,4 +25,4 @@ if _POD_IP:
                 address = (_POD_IP, *address[1:])
         _bind(self, address)
 
-    socket.socket.bind = _bind_pod_ip  # type: ignore[method-assign]
+    socket.socket.bind = _bind_pod_ip  # type: ignore[method-assign,assignment]

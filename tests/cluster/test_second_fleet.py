@@ -30,8 +30,7 @@ def second_fleet(tmp_path_factory: pytest.TempPathFactory, fleet: FleetHandle) -
         "INFLEET_FLEET_DIR": str(directory),
         "INFLEET_FLEET_PORT_BASE": str(PORT_BASE),
         "INFLEET_SERVICE_CIDR": "127.97.0.0/16",
-        "INFLEET_KWOK_POD_CIDR": "127.66.0.0/16",
-        "INFLEET_LAUNCHED_POD_CIDR": "127.67.0.0/16",
+        "INFLEET_POD_CIDR": "10.245.0.0/16",
     }
     up = subprocess.run(
         [sys.executable, "-m", "infleet.cluster", "up", "--nodes", "1000"], env=env, capture_output=True, text=True
@@ -82,7 +81,9 @@ def test_down_leaves_no_process_and_no_listener(second_fleet: tuple[Path, dict[s
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"containers": [{"name": "web", "image": "infleet/python", "command": ["python", "-m", "http.server"]}]},
+        "spec": {
+            "containers": [{"name": "web", "image": "infleet/python", "command": ["python", "-m", "http.server"]}]
+        },
     }
     subprocess.run([*kubectl, "apply", "-f", "-"], input=yaml.safe_dump(pod), text=True, check=True, env=env)
     core = client.CoreV1Api(config.new_client_from_config(str(directory / "kubeconfig")))
