@@ -12,8 +12,9 @@ The observer is pluggable (`set_observer`): the Prometheus adapter registers its
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -27,6 +28,9 @@ from infleet.operator.kube import KubeError
 Observer = Callable[[api.InferenceDeploymentSpec, dict[str, Any], str, str], Awaitable[policy.Observation]]
 INTERVAL = 15.0
 STATUS_MANAGER = "infleet-autoscaler"
+# A gateway holding requests for a deployment at zero writes this (an RFC 3339 time) and renews it while it holds.
+SCALE_FROM_ZERO_ANNOTATION = "infleet.dev/scale-from-zero-requested"
+DEMAND_FRESH_SECONDS = 60.0
 
 _observer: Observer | None = None
 _history: dict[tuple[str, str], tuple[policy.Recommendation, ...]] = {}
@@ -61,6 +65,16 @@ async def observe(
     return replace(await _observer(spec, st, name, namespace), replicas=spec.replicas)
 
 
+def held_from_annotation(metadata: Mapping[str, Any], now: float) -> int:
+    """1 while a gateway's scale-from-zero request is fresh, else 0 (the policy wakes a deployment at zero for it)."""
+    stamp = (metadata.get("annotations") or {}).get(SCALE_FROM_ZERO_ANNOTATION)
+    try:
+        at = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() if stamp else None
+    except ValueError:
+        return 0
+    return 1 if at is not None and now - at <= DEMAND_FRESH_SECONDS else 0
+
+
 def status_from(decision: policy.Decision, obs: policy.Observation, generation: int | None) -> dict[str, Any]:
     conditions = [
         status.condition(c.type, {"True": True, "False": False}.get(c.status), c.reason, c.message, generation)
@@ -87,6 +101,7 @@ async def autoscale(
     st = dict(body.get("status") or {})
     obs = await observe(parsed, st, name, namespace)
     now = time.time()
+    obs = replace(obs, held_requests=max(obs.held_requests, held_from_annotation(body["metadata"], now)))
     decision = policy.decide(scaling_spec(parsed), obs, _history.get((namespace, name), ()), now)
     _history[(namespace, name)] = decision.history
     extra = status_from(decision, obs, body["metadata"].get("generation"))

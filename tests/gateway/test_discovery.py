@@ -1,0 +1,92 @@
+"""Discovery's object mapping, static upstreams, and the scale-from-zero contract with the operator."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client
+
+from infleet.gateway.activator import SCALE_FROM_ZERO_ANNOTATION
+from infleet.gateway.catalog import PREFIX_AFFINITY, Catalog, Endpoint
+from infleet.gateway.discovery import deployment_from, load_static, now_rfc3339, parse_upstream, slice_endpoints
+
+
+def endpoint_slice(service: str, deployment: str, endpoints: list[tuple[str, bool | None]]) -> client.V1EndpointSlice:
+    return client.V1EndpointSlice(
+        address_type="IPv4",
+        metadata=client.V1ObjectMeta(
+            name=f"{service}-abcde",
+            namespace="ns",
+            labels={"infleet.dev/deployment": deployment, "kubernetes.io/service-name": service},
+        ),
+        ports=[client.DiscoveryV1EndpointPort(name="http", port=8000)],
+        endpoints=[
+            client.V1Endpoint(
+                addresses=[ip], conditions=None if ready is None else client.V1EndpointConditions(ready=ready)
+            )
+            for ip, ready in endpoints
+        ],
+    )
+
+
+def test_only_ready_endpoints_of_the_main_service_count() -> None:
+    s = endpoint_slice("llama", "llama", [("10.0.0.1", True), ("10.0.0.2", False), ("10.0.0.3", None)])
+    assert slice_endpoints(s) == (
+        "ns",
+        "llama",
+        "llama-abcde",
+        (Endpoint("10.0.0.1", 8000), Endpoint("10.0.0.3", 8000)),
+    )
+    # the headless group Service carries the same deployment label but is not where clients go
+    assert slice_endpoints(endpoint_slice("llama-group", "llama", [("10.0.0.1", True)])) is None
+
+
+def test_deployment_fields() -> None:
+    obj = {
+        "metadata": {"name": "llama", "namespace": "ns"},
+        "spec": {"model": {"servedName": "meta/llama"}, "routing": {"strategy": PREFIX_AFFINITY}},
+    }
+    d = deployment_from(obj)
+    assert (d.namespace, d.name, d.served_name, d.strategy) == ("ns", "llama", "meta/llama", PREFIX_AFFINITY)
+    bare = deployment_from({"metadata": {"name": "llama", "namespace": "ns"}, "spec": {"model": {}}})
+    assert bare.served_name == "llama" and bare.strategy == "leastOutstanding"
+
+
+def test_slices_and_relists_update_the_catalog() -> None:
+    catalog = Catalog()
+    seen: list[tuple[str, str]] = []
+    catalog.subscribe(seen.append)
+    catalog.replace_deployments(None, [deployment_from({"metadata": {"name": "d", "namespace": "ns"}, "spec": {}})])
+    entry = slice_endpoints(endpoint_slice("d", "d", [("10.0.0.1", True)]))
+    assert entry is not None
+    catalog.replace_slices(None, [entry])
+    assert catalog.get(("ns", "d")).endpoints == (Endpoint("10.0.0.1", 8000),)  # type: ignore[union-attr]
+    catalog.replace_slices("ns", [])  # a relist that no longer has the slice
+    assert catalog.get(("ns", "d")).endpoints == ()  # type: ignore[union-attr]
+    assert ("ns", "d") in seen
+
+
+def test_static_upstreams() -> None:
+    catalog = Catalog()
+    load_static(catalog, ["m=http://127.0.0.1:8001,http://127.0.0.2:8002", "team/x=http://h:1"], PREFIX_AFFINITY)
+    assert catalog.get(("default", "m")).endpoints == (  # type: ignore[union-attr]
+        Endpoint("127.0.0.1", 8001),
+        Endpoint("127.0.0.2", 8002),
+    )
+    assert catalog.lookup("team/x").strategy == PREFIX_AFFINITY
+    for bad in ("m", "m=", "=http://h:1", "m=ftp://h:1", "m=http://h:1/v1"):
+        with pytest.raises(ValueError, match="--upstream"):
+            parse_upstream(bad)
+
+
+def test_the_operator_reads_the_demand_the_gateway_writes() -> None:
+    from infleet.operator.autoscaling import SCALE_FROM_ZERO_ANNOTATION as OPERATOR_ANNOTATION
+    from infleet.operator.autoscaling import held_from_annotation
+
+    assert OPERATOR_ANNOTATION == SCALE_FROM_ZERO_ANNOTATION
+    meta = {"annotations": {SCALE_FROM_ZERO_ANNOTATION: now_rfc3339()}}
+    assert held_from_annotation(meta, time.time()) == 1
+    assert held_from_annotation(meta, time.time() + 3600) == 0  # stale demand wakes nothing
+    assert held_from_annotation({"annotations": {SCALE_FROM_ZERO_ANNOTATION: "yesterday"}}, time.time()) == 0
+    assert held_from_annotation({}, time.time()) == 0
