@@ -60,7 +60,7 @@ class ScalingSpec:
     scale_up_window: float = 0.0  # seconds; HPA's default
     scale_down_window: float = 600.0  # a cold start costs tens of seconds: keep capacity through lulls
     max_scale_up_pods: int = 4  # per decision: up by at most max(pods, percent of current)
-    max_scale_up_percent: float = 50.0
+    max_scale_up_percent: float = 25.0  # small steps, often: a cold start hides how much the last one helped
     max_scale_down_pods: int = 1  # per scale-down period: down by at most max(pods, percent of the period's top)
     max_scale_down_percent: float = 10.0
     scale_down_period: float = 60.0  # seconds; 0 applies the limit per decision

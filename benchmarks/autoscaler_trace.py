@@ -4,7 +4,7 @@ Llama-3.1-8B in fp8 on L4 GPUs (roofline latency model), SLO TTFT p99 2 s and TP
 values for this model), 30 s cold starts, 15 minutes of warm-up replayed before the measured hour. Each time scale
 is run with several seeds (they move the cold starts); the table shows the mean (and the worst attainment).
 
-    python benchmarks/autoscaler_trace.py [--trace FILE] [--time-scales 1 2] [--seeds 0 1 2] [--out benchmarks/results]
+    python benchmarks/autoscaler_trace.py [--trace FILE] [--time-scales 1 2 3] [--seeds 0 1 2] [--out DIR]
 
 Writes `OUT/autoscaler_trace.json`, PNG timelines of the first seed in `OUT/autoscaler_trace/`, and the
 `## Autoscaler` section of docs/benchmarks.md.
@@ -186,7 +186,7 @@ def update_docs(section: str, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", type=Path, default=ROOT.parent / "shared" / "traces" / "azure_llm_2023_code.csv")
-    p.add_argument("--time-scales", type=float, nargs="+", default=[1.0, 2.0])
+    p.add_argument("--time-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
