@@ -122,8 +122,9 @@ class Tokenizer:
             template = (path / "chat_template.jinja").read_text()
         eos_ids = list(eos_token_ids or [])
         eos_tok = _token_str(cfg.get("eos_token"))
-        if eos_tok and hf.token_to_id(eos_tok) is not None:
-            eos_ids.append(hf.token_to_id(eos_tok))
+        eos_id = hf.token_to_id(eos_tok) if eos_tok else None
+        if eos_id is not None:
+            eos_ids.append(eos_id)
         return cls(
             hf,
             chat_template=template,

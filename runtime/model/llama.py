@@ -12,9 +12,10 @@ import math
 from collections.abc import Iterable
 
 import torch
+from torch import Tensor, nn
+
 from infleet.runtime.config import ModelConfig
 from infleet.runtime.model.attention import AttentionMetadata, KVCache, paged_attention
-from torch import Tensor, nn
 
 
 class RMSNorm(nn.Module):
@@ -55,6 +56,9 @@ def rope_inv_freq(config: ModelConfig) -> Tensor:
 
 class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin tables indexed by each token's position (rotate-half layout, as in Hugging Face)."""
+
+    cos: Tensor
+    sin: Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -125,6 +129,16 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class LlamaModel(nn.Module):
+    """The embedding, this instance's decoder layers and the final norm (Hugging Face's `model.` prefix)."""
+
+    def __init__(self, config: ModelConfig, num_layers: int) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
 class LlamaForCausalLM(nn.Module):
     """Parameter names match Hugging Face's (`model.layers.3.self_attn.q_proj.weight`, ...)."""
 
@@ -133,10 +147,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.layer_start = layer_start
         self.layer_end = config.num_hidden_layers if layer_end is None else layer_end
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.model.layers = nn.ModuleList(DecoderLayer(config) for _ in range(self.layer_start, self.layer_end))
-        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.model = LlamaModel(config, self.layer_end - self.layer_start)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
