@@ -205,18 +205,18 @@ def recommend(spec: ScalingSpec, obs: Observation, history: tuple[Recommendation
         r.ready is not None and r.ready < obs.ready_replicas and obs.sampled_at - r.at <= spec.p99_window
         for r in history
     )
-    names = ", ".join(name for name, _ in violated)
+    names = f"above {spec.guard:.0%} of SLO: " + ", ".join(name for name, _ in violated)
     floor = 0
     if violated and starting > 0:  # the window's p99 lags: let the replicas already asked for arrive first
         floor = current
-        parts.append(f"p99 above SLO ({names}), {starting} replicas starting")
+        parts.append(f"p99 {names}; {starting} replicas starting")
     elif violated and grown:  # replicas became ready within the p99 window: it still shows the time before
         floor = current
-        parts.append(f"p99 above SLO ({names}), but replicas became ready within the last {spec.p99_window:g}s")
+        parts.append(f"p99 {names}; but replicas became ready within the last {spec.p99_window:g}s")
     elif violated:
         worst = max(ratio for _, ratio in violated)
         desired = max(desired, current + 1, math.ceil(current * min(worst / spec.guard, 2.0)))
-        parts.append(f"p99 above SLO ({names})")
+        parts.append(f"p99 {names}")
     elif desired < current:
         uncomfortable = _violations(spec, obs, spec.comfort)
         if backlog > 0 or uncomfortable:
