@@ -67,6 +67,16 @@ async def close(memo: Any, **_: Any) -> None:
         await kube.close()
 
 
+class QuietWatchers(logging.Filter):
+    """Drop kopf's "Handler ... succeeded" lines for the watch handlers that run on every node/pod/workload event."""
+
+    NOISY = ("fleet-changed", "volume-appeared", "restart-group", "label_rank", "deployment_event", "statefulset_event")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (record.levelno <= logging.INFO and "succeeded" in message and any(n in message for n in self.NOISY))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infleet operator", description="Run the InferenceDeployment operator.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(QuietWatchers())
     # the handlers register themselves with kopf when imported
     from infleet.operator import autoscaling, handlers  # noqa: F401
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from infleet.cluster.testing import FleetHandle, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,5 +162,97 @@ def wait_condition(
     except AssertionError as err:
         body = get(fleet, namespace, "inferencedeployment", name)
         logs = operator.log() if operator else ""
-        raise AssertionError(f"{err}\nstatus: {json.dumps((body or {}).get('status'), indent=1)}\n{logs}") from None
+        pods = fleet.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+        events = fleet.kubectl("get", "events", "-n", namespace, check=False).stdout[-3000:]
+        state = json.dumps((body or {}).get("status"), indent=1)
+        raise AssertionError(f"{err}\nstatus: {state}\npods:\n{pods}\nevents:\n{events}\n{logs}") from None
     return result
+
+
+class ConditionRecorder:
+    """Watches one InferenceDeployment and records every (Ready, Progressing) pair it passes through, so a test
+    sees transitions that happen faster than any poll."""
+
+    def __init__(self, fleet: FleetHandle, namespace: str, name: str) -> None:
+        import threading
+
+        from kubernetes import client, watch
+
+        self.seen: list[tuple[str, str]] = []
+        self._watch = watch.Watch()
+        custom = client.CustomObjectsApi(fleet.api)
+
+        def run() -> None:
+            stream = self._watch.stream(
+                custom.list_namespaced_custom_object,
+                "infleet.dev",
+                "v1alpha1",
+                namespace,
+                "inferencedeployments",
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=300,
+            )
+            for event in stream:
+                conds = conditions(event["object"])
+                pair = (conds.get("Ready", {}).get("status", "-"), conds.get("Progressing", {}).get("status", "-"))
+                if not self.seen or self.seen[-1] != pair:
+                    self.seen.append(pair)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        time.sleep(0.5)  # let the watch open before the test creates the object
+
+    def stop(self) -> list[tuple[str, str]]:
+        self._watch.stop()
+        return self.seen
+
+
+class RolloutRecorder:
+    """Watches a deployment's pods during a rollout and checks, at every moment an old pod starts terminating,
+    that at least as many new pods are already Ready as old pods have gone: new pods before old go."""
+
+    def __init__(self, fleet: FleetHandle, namespace: str, name: str, new_tier: str) -> None:
+        import threading
+
+        from kubernetes import client, watch
+
+        self.violations: list[str] = []
+        self.most_pods = 0
+        self._watch = watch.Watch()
+        core = client.CoreV1Api(fleet.api)
+        ready_new: set[str] = set()
+        going_old: set[str] = set()
+        alive: set[str] = set()
+
+        def run() -> None:
+            stream = self._watch.stream(
+                core.list_namespaced_pod,
+                namespace,
+                label_selector=f"infleet.dev/deployment={name}",
+                timeout_seconds=300,
+            )
+            for event in stream:
+                pod = event["object"]
+                pod_name, tier = pod.metadata.name, pod.metadata.labels.get("infleet.dev/tier")
+                is_ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+                if event["type"] == "DELETED":
+                    alive.discard(pod_name)
+                else:
+                    alive.add(pod_name)
+                self.most_pods = max(self.most_pods, len(alive))
+                if tier == new_tier:
+                    (ready_new.add if is_ready and event["type"] != "DELETED" else ready_new.discard)(pod_name)
+                elif (pod.metadata.deletion_timestamp or event["type"] == "DELETED") and pod_name not in going_old:
+                    going_old.add(pod_name)
+                    if len(ready_new) < len(going_old):
+                        self.violations.append(
+                            f"old pod {pod_name} went while only {len(ready_new)} new pods were ready "
+                            f"({len(going_old)} old pods gone)"
+                        )
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._watch.stop()

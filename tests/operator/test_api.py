@@ -7,6 +7,7 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
+
 from infleet.operator import api
 
 from .specs import BAD_SPECS, good_spec

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from infleet.operator import crd
 
 
@@ -96,6 +97,10 @@ def test_rendered_yaml_round_trips() -> None:
 def test_defaults_fill_nested_objects() -> None:
     spec = schema()["properties"]["spec"]
     for name in ("runtime", "parallelism", "quantization", "slo", "cost", "scaling"):
-        assert spec["properties"][name]["default"] == {}, name
+        assert isinstance(spec["properties"][name]["default"], dict), name
+    # complete objects: the API server checks each default against its section's CEL rules
+    assert spec["properties"]["scaling"]["default"]["minReplicas"] == 1
+    assert spec["properties"]["parallelism"]["default"] == {"tensor": 1, "pipeline": 1}
+    assert spec["properties"]["runtime"]["default"]["engine"] == "infleet"
     assert set(spec["required"]) == {"model", "accelerator"}
     assert spec["properties"]["quantization"]["properties"]["allowed"]["default"] == ["bf16", "fp8", "int8", "int4"]

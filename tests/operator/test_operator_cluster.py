@@ -7,9 +7,10 @@ import time
 from typing import Any
 
 import pytest
+
 from infleet.cluster.testing import FleetHandle, wait_for
 
-from .conftest import OperatorProcess, apply, conditions, get, idep, wait_condition
+from .conftest import ConditionRecorder, OperatorProcess, RolloutRecorder, apply, conditions, get, idep, wait_condition
 from .specs import good_spec
 
 pytestmark = pytest.mark.cluster
@@ -20,6 +21,12 @@ L4 = "NVIDIA-L4"
 
 def pods(fleet: FleetHandle, ns: str, name: str) -> list[dict[str, Any]]:
     return list(get(fleet, ns, "pods", selector=f"infleet.dev/deployment={name}")["items"])
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 def node_products(fleet: FleetHandle) -> dict[str, str]:
@@ -39,11 +46,15 @@ def test_pods_land_on_the_gpu_type_with_the_gpu_count(
     crds: FleetHandle, namespace: str, operator: OperatorProcess
 ) -> None:
     spec = good_spec(accelerator={"type": H100}, parallelism={"tensor": 4}, replicas=2)
+    recorder = ConditionRecorder(crds, namespace, "h100x4")
     apply(crds, namespace, idep("h100x4", spec))
-    progressing = wait_condition(crds, namespace, "h100x4", "Progressing", operator=operator, timeout=30)
-    assert progressing["status"]["selector"] == "app.kubernetes.io/name=infleet-runtime,infleet.dev/deployment=h100x4"
     body = wait_condition(crds, namespace, "h100x4", "Ready", operator=operator)
     assert conditions(body)["Progressing"]["status"] == "False"
+    seen = recorder.stop()
+    # (Ready, Progressing): created, progressing while pods start, then ready and done
+    assert ("False", "True") in seen and seen[-1] == ("True", "False"), seen
+    assert seen.index(("False", "True")) < seen.index(("True", "False")), seen
+    assert body["status"]["selector"] == "app.kubernetes.io/name=infleet-runtime,infleet.dev/deployment=h100x4"
     assert body["status"]["readyReplicas"] == 2 and body["status"]["replicas"] == 2
     assert body["status"]["endpoint"] == f"http://h100x4.{namespace}.svc:8000"
     products = node_products(crds)
@@ -136,25 +147,23 @@ def test_tier_change_rolls_out_new_pods_before_old_go(
     apply(crds, namespace, idep("roll", good_spec(replicas=3, quantization={"tier": "bf16"})))
     wait_condition(crds, namespace, "roll", "Ready", operator=operator)
     old = {p["metadata"]["name"] for p in pods(crds, namespace, "roll")}
+    strategy = get(crds, namespace, "deployment", "roll")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    recorder = RolloutRecorder(crds, namespace, "roll", new_tier="int8")
     apply(crds, namespace, idep("roll", good_spec(replicas=3, quantization={"tier": "int8"})))
-    lowest_ready, surged = 3, False
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        dep = get(crds, namespace, "deployment", "roll")
-        st = dep.get("status") or {}
-        lowest_ready = min(lowest_ready, st.get("availableReplicas", 0))
-        surged |= st.get("replicas", 0) > 3
-        tiers = {p["metadata"]["labels"]["infleet.dev/tier"] for p in pods(crds, namespace, "roll")}
-        if tiers == {"int8"} and st.get("updatedReplicas") == 3 == st.get("availableReplicas") == st.get("replicas"):
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("rollout to int8 did not finish")
-    assert lowest_ready >= 3, "capacity dropped below the ready count during the rollout"
-    assert surged, "no surge pod was seen: new pods must start before old ones go"
+
+    def rolled_out() -> bool:
+        current = pods(crds, namespace, "roll")
+        tiers = [p["metadata"]["labels"]["infleet.dev/tier"] for p in current if ready(p)]
+        return tiers == ["int8"] * 3 and len(current) == 3
+
+    wait_for(rolled_out, timeout=90, what="rollout to int8")
+    recorder.stop()
+    assert not recorder.violations, recorder.violations
+    assert recorder.most_pods > 3, "no surge pod was seen: new pods must start before old ones go"
     assert not old & {p["metadata"]["name"] for p in pods(crds, namespace, "roll")}
     body = wait_condition(crds, namespace, "roll", "Progressing", "False", operator=operator)
-    assert body["status"]["tier"] == "int8"
+    assert body["status"]["tier"] == "int8" and body["status"]["readyReplicas"] == 3
 
 
 def test_restart_during_reconcile_converges_without_duplicates(

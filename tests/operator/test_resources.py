@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from infleet.operator import api, resources
 from infleet.operator.resources import Owner
 

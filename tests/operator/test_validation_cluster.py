@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from infleet.cluster.testing import FleetHandle, fresh_namespace, wait_for
 
 from .conftest import OperatorProcess, apply, get, idep, wait_condition
