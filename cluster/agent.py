@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import json
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from urllib.parse import urlparse
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from infleet.cluster.discovery import pod_target_groups
 from infleet.cluster.launcher import IpPool, PodRunner, is_launched
 from infleet.cluster.network import PodNetwork
 from infleet.cluster.proxy import ServiceProxy
@@ -46,6 +48,7 @@ class Agent:
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.ips = IpPool(network)
         self.runners: dict[str, PodRunner] = {}
+        self.pods: dict[str, client.V1Pod] = {}  # every scheduled pod, for service discovery
         self.lock = threading.Lock()
 
     def _on_pod(self, kind: str, pod: client.V1Pod) -> None:
@@ -99,6 +102,10 @@ class Agent:
                 )
                 for event in stream:
                     pod = event["object"]
+                    if event["type"] == "DELETED":
+                        self.pods.pop(pod.metadata.uid, None)
+                    else:
+                        self.pods[pod.metadata.uid] = pod
                     if is_launched(pod):
                         with self.lock:
                             self._on_pod(event["type"], pod)
@@ -113,14 +120,28 @@ class Agent:
             runner.stopped.wait(timeout=runner.grace + 10)
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/healthz" else 404)
-        self.end_headers()
-        self.wfile.write(b"ok\n")
+def http_handler(agent: Agent) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        """`/healthz`, and `/sd/pods`: Prometheus HTTP service discovery (see discovery.py)."""
 
-    def log_message(self, *args: object) -> None:
-        pass
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                body = b"ok\n"
+            elif self.path == "/sd/pods":
+                body = json.dumps([g for pod in list(agent.pods.values()) for g in pod_target_groups(pod)]).encode()
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         (str(agent.network.host_ip), apiserver.port or 443), (apiserver.hostname or "127.0.0.1", apiserver.port or 443)
     )
     threading.Thread(target=agent.watch_pods, daemon=True, name="pod-watch").start()
-    health = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), _Health)
+    health = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), http_handler(agent))
     threading.Thread(target=health.serve_forever, daemon=True).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

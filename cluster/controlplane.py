@@ -9,6 +9,7 @@ what `up` started.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from infleet.cluster import build
+from infleet.cluster import build, prometheus
 from infleet.cluster.network import PodNetwork
 from infleet.cluster.pki import Pki, ensure_pki
 
@@ -72,6 +73,10 @@ class Ports:
     def agent(self) -> int:
         return self.base + 248
 
+    @property
+    def prometheus(self) -> int:
+        return self.base + 90
+
     def all(self) -> list[int]:
         return [
             self.etcd_client,
@@ -81,6 +86,7 @@ class Ports:
             self.scheduler,
             self.kwok,
             self.agent,
+            self.prometheus,
         ]
 
 
@@ -290,7 +296,24 @@ class Fleet:
                 ],
                 lambda: _http_ok(f"http://127.0.0.1:{p.agent}/healthz"),
             ),
+            Component(
+                "prometheus",
+                [
+                    shutil.which("prometheus") or "prometheus",  # installed by build.ensure_all
+                    f"--config.file={self.dir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.dir / 'prometheus'}",
+                    f"--web.listen-address=127.0.0.1:{p.prometheus}",
+                    "--web.enable-lifecycle",
+                    "--storage.tsdb.retention.time=7d",
+                    "--log.level=warn",
+                ],
+                lambda: _http_ok(f"{self.prometheus_url}/-/ready"),
+            ),
         ]
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.prometheus}"
 
     def kwok_stage_paths(self) -> list[Path]:
         return [self.dir / "kwok-stages" / src.name for src in self.bins.kwok_stages]
@@ -335,6 +358,7 @@ class Fleet:
         ensure_pki(self.pki.dir, [str(self.network.host_ip)])
         self.write_kubeconfig()
         self.write_kwok_stages()
+        prometheus.write_config(self.dir / "prometheus.yml", self.ports.agent)
         for comp in self.components():
             started = time.monotonic()
             already = self.pid(comp.name) is not None
