@@ -41,7 +41,7 @@ test: install fleet-bins lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 up: install fleet-bins
-	$(PY) -m infleet.cluster up
+	$(PY) -m infleet.cluster.stack up
 
 down:
 	$(PY) -m infleet.cluster down
