@@ -75,14 +75,19 @@ def test_repeated_prompt_hits_the_prefix_cache(runtime_server) -> None:
     assert delta(before, after, "infleet_prefix_cache_hits_total") >= 16  # at least one full block of the repeat
 
 
-def test_client_disconnect_aborts_the_request(runtime_server) -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "non-streaming"])
+def test_client_disconnect_aborts_the_request(runtime_server, stream: bool) -> None:
     url = runtime_server.url
     before = scrape(url)
-    body = {"prompt": "Tell me a very long story.", "max_tokens": 900, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
-        for i, _ in enumerate(r.iter_lines()):
-            if i >= 4:
-                break  # leave mid-stream: the connection closes here
+    body = {"prompt": "Tell me a very long story.", "max_tokens": 900, "ignore_eos": True, "stream": stream}
+    if stream:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
+            for i, _ in enumerate(r.iter_lines()):
+                if i >= 4:
+                    break  # leave mid-stream: the connection closes here
+    else:
+        with pytest.raises(httpx.ReadTimeout):  # give up waiting: the connection closes
+            httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(120, read=3))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         after = scrape(url)
