@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         from infleet.gateway.discovery import AnnotationDemand, KubernetesDiscovery
 
         try:
-            if os.environ.get("KUBERNETES_SERVICE_HOST") and not args.kubeconfig:
+            # a KUBECONFIG in the environment wins (the local launcher hands pods their token that way)
+            if os.environ.get("KUBERNETES_SERVICE_HOST") and not (args.kubeconfig or os.environ.get("KUBECONFIG")):
                 config.load_incluster_config()
             else:
                 config.load_kube_config(config_file=args.kubeconfig)
