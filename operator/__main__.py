@@ -36,6 +36,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     settings.batching.error_delays = [1, 2, 4, 8, 16, 30, 60]
     settings.watching.server_timeout = 300
     settings.peering.name = PEERING_NAME
+    # a replica that dies without saying goodbye blocks the others for this long (kopf's default is 60 s)
+    settings.peering.lifetime = 15
     memo.kube = Kube.from_environment(os.environ.get("KUBECONFIG"))
     if not settings.peering.standalone:
         settings.peering.standalone = not await ensure_peering(memo.kube, memo.namespaces, logger)
