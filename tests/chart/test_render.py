@@ -1,0 +1,286 @@
+"""`helm lint` and `helm template` over a matrix of values, asserting on the rendered objects; bad values are
+refused with the schema's message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infleet.autoscaler.cost import DEFAULT_GPU_PRICES
+
+from .helm import CHART, RELEASE, helm, named, of_kind, permissions, pod_spec, render, set_args
+
+MATRIX: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "monitoring-on": {"monitoring": {"prometheusOperator": True, "selectorLabels": {"release": "prom"}}},
+    "monitoring-off": {
+        "monitoring": {"prometheusOperator": False, "prometheusRule": False, "dashboards": {"enabled": False}}
+    },
+    "operator-2-replicas": {"operator": {"replicas": 2}},
+    "gateway-off": {"gateway": {"enabled": False}},
+    "custom-prices": {"gpuPrices": {"NVIDIA-L4": 0.55, "NVIDIA-B200-180GB": 9.5}},
+    "watch-namespaces": {
+        "operator": {"watchNamespaces": ["team-a", "team-b"]},
+        "gateway": {"watchNamespaces": ["team-a"], "apiKeys": {"fromSecrets": True}},
+    },
+}
+
+
+def merged(values: dict[str, Any]) -> dict[str, Any]:
+    """Values as helm sees them: the chart's defaults with `values` deep-merged on top."""
+    base: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return out
+
+    return merge(base, values)
+
+
+def rendered(case: str) -> list[dict[str, Any]]:
+    values = MATRIX[case]
+    # --set-json replaces whole top-level maps, so hand helm the merged values of each case
+    return render({k: v for k, v in merged(values).items() if k in values})
+
+
+def test_lint_passes_strict() -> None:
+    proc = helm("lint", "--strict", str(CHART))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_every_pod_runs_locked_down(case: str) -> None:
+    docs = rendered(case)
+    workloads = of_kind(docs, "Deployment")
+    assert workloads, "no Deployment rendered"
+    for doc in workloads:
+        spec = pod_spec(doc)
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["serviceAccountName"], doc["metadata"]["name"]
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True, c["name"]
+            assert sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, c["name"]
+            # the local launcher runs infleet/* images as processes: the command must be explicit
+            assert c["command"][:2] == ["python", "-m"] and c["command"][3] == "run", c["command"]
+            assert c["image"].endswith(":0.1.0")
+            assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_every_object_is_labelled(case: str) -> None:
+    for doc in rendered(case):
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE, doc["metadata"]["name"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "infleet-0.1.0"
+        if doc["kind"] == "Deployment":
+            selector = doc["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= doc["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_defaults() -> None:
+    docs = rendered("defaults")
+    op = named(docs, "Deployment", "-operator")
+    assert op["spec"]["replicas"] == 1
+    c = pod_spec(op)["containers"][0]
+    assert c["command"] == ["python", "-m", "infleet.operator", "run"]
+    assert c["args"] == ["--metrics-port=8081", "--health-port=8080"]  # every namespace, with peering
+    assert c["image"] == "infleet/operator:0.1.0"
+    annotations = op["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8081"
+    gw = named(docs, "Deployment", "-gateway")
+    gc = pod_spec(gw)["containers"][0]
+    assert gc["command"] == ["python", "-m", "infleet.gateway", "run"] and "--port=8080" in gc["args"]
+    assert gc["image"] == "infleet/gateway:0.1.0"
+    svc = named(docs, "Service", "-gateway")
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert svc["spec"]["selector"] == gw["spec"]["selector"]["matchLabels"]
+    # without the Prometheus Operator's API: no PodMonitor or PrometheusRule, but the dashboards
+    assert not of_kind(docs, "PodMonitor") and not of_kind(docs, "PrometheusRule")
+    dashboards = [d for d in of_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
+    assert sorted(next(iter(d["data"])) for d in dashboards) == ["fleet-overview.json", "slo.json"]
+    for d in dashboards:
+        assert d["metadata"]["labels"]["grafana_dashboard"] == "1"
+        name, body = next(iter(d["data"].items()))
+        assert json.loads(body) == json.loads((CHART / "dashboards" / name).read_text())
+
+
+def test_default_prices_follow_the_cost_model() -> None:
+    cm = named(rendered("defaults"), "ConfigMap", "-gpus")
+    assert json.loads(cm["data"]["gpu-prices.json"]) == DEFAULT_GPU_PRICES
+    catalogue = json.loads(cm["data"]["accelerators.json"])
+    assert set(catalogue) == set(DEFAULT_GPU_PRICES)
+    op = pod_spec(named(rendered("defaults"), "Deployment", "-operator"))["containers"][0]
+    env = {e["name"]: e for e in op["env"]}
+    assert env["INFLEET_GPU_PRICES"]["valueFrom"]["configMapKeyRef"] == {
+        "name": cm["metadata"]["name"],
+        "key": "gpu-prices.json",
+    }
+
+
+def test_custom_prices() -> None:
+    cm = named(rendered("custom-prices"), "ConfigMap", "-gpus")
+    prices = json.loads(cm["data"]["gpu-prices.json"])
+    assert prices["NVIDIA-L4"] == 0.55 and prices["NVIDIA-B200-180GB"] == 9.5
+    assert prices["NVIDIA-H100-80GB-HBM3"] == DEFAULT_GPU_PRICES["NVIDIA-H100-80GB-HBM3"]
+
+
+def test_operator_two_replicas_elect_a_leader() -> None:
+    docs = rendered("operator-2-replicas")
+    op = named(docs, "Deployment", "-operator")
+    assert op["spec"]["replicas"] == 2
+    assert "--standalone" not in pod_spec(op)["containers"][0]["args"]
+    role = named(docs, "ClusterRole", "-operator")
+    assert ("ClusterRole", "kopf.dev", "clusterkopfpeerings", "patch") in permissions(role["rules"], "ClusterRole")
+    # the peering CRDs travel in crds/ (generated by `infleet crds render`)
+    crds = [yaml.safe_load_all(p.read_text()) for p in sorted((CHART / "crds").glob("*.yaml"))]
+    names = {d["metadata"]["name"] for docs_ in crds for d in docs_ if d}
+    assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev", "inferencedeployments.infleet.dev"} <= names
+
+
+def test_standalone_operator_has_no_peering_rights() -> None:
+    docs = render({"operator": {**merged({})["operator"], "leaderElection": False}})
+    assert "--standalone" in pod_spec(named(docs, "Deployment", "-operator"))["containers"][0]["args"]
+    groups = {g for r in named(docs, "ClusterRole", "-operator")["rules"] for g in r["apiGroups"]}
+    assert "kopf.dev" not in groups
+
+
+def test_gateway_off() -> None:
+    docs = rendered("gateway-off")
+    assert not [d for d in docs if "gateway" in d["metadata"]["name"]]
+    assert named(docs, "Deployment", "-operator")
+
+
+def test_monitoring_on() -> None:
+    docs = rendered("monitoring-on")
+    monitors = {d["metadata"]["name"].rsplit("-", 1)[1]: d for d in of_kind(docs, "PodMonitor")}
+    assert sorted(monitors) == ["gateway", "operator", "runtime"]
+    runtime = monitors["runtime"]["spec"]
+    assert runtime["selector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "infleet",
+        "app.kubernetes.io/name": "infleet-runtime",
+    }
+    assert runtime["namespaceSelector"] == {"any": True}
+    assert monitors["operator"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    for m in monitors.values():
+        assert m["metadata"]["labels"]["release"] == "prom"
+    # plain scrape annotations give way to the PodMonitors
+    for d in of_kind(docs, "Deployment"):
+        assert "prometheus.io/scrape" not in (d["spec"]["template"]["metadata"].get("annotations") or {})
+    rules = {d["metadata"]["name"]: d for d in of_kind(docs, "PrometheusRule")}
+    assert sorted(rules) == [f"{RELEASE}-infleet-slo-alerts", f"{RELEASE}-infleet-slo-recording"]
+    for name, doc in rules.items():
+        source = yaml.safe_load((CHART / "rules" / (name.split("infleet-", 1)[1] + ".yaml")).read_text())
+        assert doc["spec"] == source  # included raw: Prometheus' {{ $labels }} templates survive helm
+    alerts = rules[f"{RELEASE}-infleet-slo-alerts"]["spec"]["groups"][0]["rules"]
+    assert "{{ $labels.namespace }}" in alerts[0]["annotations"]["summary"]
+
+
+def test_monitoring_auto_follows_the_cluster_api() -> None:
+    docs = render(None, "--api-versions", "monitoring.coreos.com/v1")
+    assert len(of_kind(docs, "PodMonitor")) == 3 and len(of_kind(docs, "PrometheusRule")) == 2
+
+
+def test_monitoring_off() -> None:
+    docs = rendered("monitoring-off")
+    assert not of_kind(docs, "PodMonitor") and not of_kind(docs, "PrometheusRule")
+    assert not [d for d in of_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
+
+
+def test_cluster_wide_rbac_is_exactly_what_the_operator_uses() -> None:
+    docs = rendered("defaults")
+    assert not of_kind(docs, "Role")
+    got = set(permissions(named(docs, "ClusterRole", "-operator")["rules"], "ClusterRole"))
+    core = {("", "nodes", v) for v in ("list", "watch")} | {
+        ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")
+    }
+    assert {(g, r, v) for _, g, r, v in got} >= core
+    verbs = {v for _, _, _, v in got}
+    assert verbs <= {"get", "list", "watch", "create", "patch", "delete"}  # never update, deletecollection, *
+    assert not any(r in ("secrets", "configmaps", "*") for _, _, r, _ in got)
+    binding = named(docs, "ClusterRoleBinding", "-operator")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{RELEASE}-infleet-operator", "namespace": "infleet-system"}
+    ]
+    gw = permissions(named(docs, "ClusterRole", "-gateway")["rules"], "ClusterRole")
+    assert sorted(gw) == sorted(
+        [
+            ("ClusterRole", "infleet.dev", "inferencedeployments", "list"),
+            ("ClusterRole", "infleet.dev", "inferencedeployments", "watch"),
+            ("ClusterRole", "infleet.dev", "inferencedeployments", "patch"),
+            ("ClusterRole", "discovery.k8s.io", "endpointslices", "list"),
+            ("ClusterRole", "discovery.k8s.io", "endpointslices", "watch"),
+        ]
+    )
+
+
+def test_watched_namespaces_keep_rights_in_them() -> None:
+    docs = rendered("watch-namespaces")
+    cluster = {(g, r) for _, g, r, _ in permissions(named(docs, "ClusterRole", "-operator")["rules"], "ClusterRole")}
+    assert cluster == {("", "nodes"), ("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    roles = [d for d in of_kind(docs, "Role") if d["metadata"]["name"].endswith("-operator")]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        perms = permissions(role["rules"], "Role")
+        assert ("Role", "kopf.dev", "kopfpeerings", "patch") in perms
+        assert ("Role", "apps", "deployments", "create") in perms
+    args = pod_spec(named(docs, "Deployment", "-operator"))["containers"][0]["args"]
+    assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
+    assert not [d for d in of_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-gateway")]
+    keys = named(docs, "Role", "-gateway-api-keys")
+    assert keys["metadata"]["namespace"] == "infleet-system"
+    assert keys["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}]
+    gargs = pod_spec(named(docs, "Deployment", "-gateway"))["containers"][0]["args"]
+    assert "--api-key-secrets" in gargs and "--secrets-namespace=infleet-system" in gargs
+
+
+BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
+    "negative price": ({"gpuPrices": {"NVIDIA-L4": -1}}, "at '/gpuPrices/NVIDIA-L4': minimum"),
+    "price not a number": ({"gpuPrices": {"NVIDIA-L4": "cheap"}}, "at '/gpuPrices/NVIDIA-L4'"),
+    "zero operator replicas": ({"operator": {"replicas": 0}}, "at '/operator/replicas'"),
+    "two replicas without leader election": (
+        {"operator": {"replicas": 2, "leaderElection": False}},
+        "at '/operator/leaderElection'",
+    ),
+    "typo in a key": ({"operator": {"replicaz": 2}}, "additional properties 'replicaz' not allowed"),
+    "bad service type": ({"gateway": {"service": {"type": "Ingress"}}}, "at '/gateway/service/type'"),
+    "bad namespace name": ({"operator": {"watchNamespaces": ["Team_A"]}}, "at '/operator/watchNamespaces/0'"),
+    "root allowed": ({"podSecurityContext": {"runAsNonRoot": False}}, "at '/podSecurityContext/runAsNonRoot'"),
+    "privilege escalation": (
+        {"containerSecurityContext": {"allowPrivilegeEscalation": True}},
+        "at '/containerSecurityContext/allowPrivilegeEscalation'",
+    ),
+    "bad monitoring mode": ({"monitoring": {"prometheusOperator": "maybe"}}, "at '/monitoring/prometheusOperator'"),
+}
+
+
+def bad_values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_are_refused_with_the_schema_message(case: str, tmp_path: Path) -> None:
+    values, message = BAD_VALUES[case]
+    path = bad_values_file(tmp_path, values)
+    for args in (["template", RELEASE, str(CHART)], ["lint", str(CHART)]):
+        proc = helm(*args, "--values", str(path))
+        assert proc.returncode != 0, f"helm {args[0]} accepted {values}"
+        out = proc.stdout + proc.stderr
+        assert "values don't meet the specifications of the schema" in out and message in out, out
+
+
+def test_set_json_arguments_are_typed() -> None:
+    assert set_args({"operator": {"replicas": 2}}) == ["--set-json", 'operator={"replicas": 2}']
