@@ -35,7 +35,7 @@ def test_a_held_request_is_released_when_an_endpoint_turns_ready() -> None:
     async def scenario() -> Deployment:
         activator = Activator(catalog, metrics, HoldPolicy(max_held=4, timeout=30), record)
         activator.attach(asyncio.get_running_loop())
-        waiter = asyncio.create_task(activator.endpoints(catalog.get(("ns", "d"))))  # type: ignore[arg-type]
+        waiter = asyncio.create_task(activator.endpoints(catalog.get(("ns", "d"))))
         while sample(metrics, "infleet_gateway_held_requests", namespace="ns", deployment="d") < 1:
             await asyncio.sleep(0.01)
         assert not waiter.done()
@@ -54,7 +54,7 @@ def test_ready_deployments_pass_straight_through() -> None:
     catalog, metrics = Catalog(), GatewayMetrics()
     catalog.set_deployment("ns", "d", "m")
     catalog.set_slice("ns", "d", "s", (READY,))
-    got = asyncio.run(Activator(catalog, metrics).endpoints(catalog.get(("ns", "d"))))  # type: ignore[arg-type]
+    got = asyncio.run(Activator(catalog, metrics).endpoints(catalog.get(("ns", "d"))))
     assert got.endpoints == (READY,)
     assert sample(metrics, "infleet_gateway_held_seconds_count", namespace="ns", deployment="d") == 0
 

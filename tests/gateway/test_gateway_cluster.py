@@ -171,11 +171,12 @@ def test_scale_from_zero_holds_the_request_then_serves_it(stack: tuple[FleetHand
     try:
         start = time.monotonic()
         answer = pool.submit(  # no client-side retry: the gateway holds it until a replica is ready
-            c.chat.completions.create,
-            model="smollm2-sleepy",
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-            max_tokens=8,
-            temperature=0,
+            lambda: c.chat.completions.create(
+                model="smollm2-sleepy",
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                max_tokens=8,
+                temperature=0,
+            )
         )
         wait_for(
             lambda: ANNOTATION in (idep(fleet, ns, "sleepy")["metadata"].get("annotations") or {}),

@@ -4,6 +4,7 @@ first byte, clean mid-stream failures, and KServe v2 binary tensors byte-exact."
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -17,11 +18,12 @@ from infleet.gateway.prompts import kserve_prompt, openai_prompt
 
 from .conftest import ServerThread, Upstream, free_port, serve_gateway
 
+Fleet = tuple[Gateway, ServerThread, Upstream]
 CHAT = {"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture
-def fleet(upstream: tuple[Upstream, ServerThread]):  # type: ignore[no-untyped-def]
+def fleet(upstream: tuple[Upstream, ServerThread]) -> Iterator[Fleet]:
     up, replica = upstream
     gateway = Gateway()
     gateway.catalog.set_deployment("team-a", "d", "m")
@@ -30,7 +32,7 @@ def fleet(upstream: tuple[Upstream, ServerThread]):  # type: ignore[no-untyped-d
         yield gateway, gw, up
 
 
-def test_unknown_model_is_404_listing_the_served_models(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_model_is_404_listing_the_served_models(fleet: Fleet) -> None:
     gateway, gw, _ = fleet
     gateway.catalog.set_deployment("team-b", "other", "other-model")
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "gpt-5"})
@@ -45,7 +47,7 @@ def test_unknown_model_is_404_listing_the_served_models(fleet) -> None:  # type:
         assert r.status_code == status and r.json()["error"]["message"]
 
 
-def test_models_union_and_namespaced_names(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_models_union_and_namespaced_names(fleet: Fleet) -> None:
     gateway, gw, up = fleet
     gateway.catalog.set_deployment("team-b", "d", "m")  # the same served name in a second namespace
     gateway.catalog.set_slice("team-b", "d", "s", gateway.catalog.get(("team-a", "d")).endpoints)
@@ -60,7 +62,7 @@ def test_models_union_and_namespaced_names(fleet) -> None:  # type: ignore[no-un
     assert "x-infleet-namespace" not in up.seen[-1]["headers"]
 
 
-def test_sse_events_pass_through_before_the_upstream_finishes(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_sse_events_pass_through_before_the_upstream_finishes(fleet: Fleet) -> None:
     """The upstream sends event 1 and then blocks until the client has seen event 1 through the gateway: if the
     gateway buffered, the upstream would wait out its 30 s and report that nobody released it."""
     _, gw, up = fleet
@@ -76,7 +78,7 @@ def test_sse_events_pass_through_before_the_upstream_finishes(fleet) -> None:  #
     assert up.released_by_client is True
 
 
-def test_a_stream_that_breaks_ends_with_an_error_event_and_done(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_a_stream_that_breaks_ends_with_an_error_event_and_done(fleet: Fleet) -> None:
     gateway, gw, _ = fleet
     body = {**CHAT, "stream": True, "messages": [{"role": "user", "content": "die"}]}
     with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=30) as r:
@@ -89,7 +91,7 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_done(fleet) -> None: 
     wait_for(lambda: gateway.router.outstanding.total() == 0, timeout=5, interval=0.01, what="the replica's release")
 
 
-def test_a_refused_connection_is_retried_on_another_replica(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_connection_is_retried_on_another_replica(fleet: Fleet) -> None:
     gateway, gw, up = fleet
     dead = Endpoint("127.0.0.1", free_port())  # nothing listens there
     live = gateway.catalog.get(("team-a", "d")).endpoints
@@ -109,7 +111,7 @@ def test_a_refused_connection_is_retried_on_another_replica(fleet) -> None:  # t
     assert r.status_code == 502 and "no replica" in r.json()["error"]["message"]
 
 
-def test_kserve_binary_tensors_pass_through_byte_exact(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_kserve_binary_tensors_pass_through_byte_exact(fleet: Fleet) -> None:
     gateway, gw, up = fleet
     tensor = triton.InferInput("text_input", [1], "BYTES")
     tensor.set_data_from_numpy(np.array(["héllo wörld".encode()], dtype=object), binary_data=True)

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -33,7 +34,7 @@ SERVED = "smollm2"
 
 
 @pytest.fixture(scope="module")
-def replicas() -> Iterator[list]:  # type: ignore[type-arg]
+def replicas() -> Iterator[list[Any]]:
     from infleet.runtime.loader.smollm2 import smollm2_gguf
     from infleet.runtime.server.launch import ServerProcess
 
@@ -83,7 +84,7 @@ class GatewayProcess:
             self.process.wait()
 
 
-def gateway_for(replicas: list, strategy: str) -> GatewayProcess:  # type: ignore[type-arg]
+def gateway_for(replicas: list[Any], strategy: str) -> GatewayProcess:
     upstream = f"{SERVED}=" + ",".join(r.url for r in replicas)
     return GatewayProcess("--upstream", upstream, "--routing", strategy)
 
@@ -92,7 +93,7 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
-def prefix_cache(replicas: list) -> tuple[float, float]:  # type: ignore[type-arg]
+def prefix_cache(replicas: list[Any]) -> tuple[float, float]:
     """(queries, hits) summed over the replicas, from the runtimes' own /metrics."""
     queries = hits = 0.0
     for r in replicas:
@@ -102,7 +103,7 @@ def prefix_cache(replicas: list) -> tuple[float, float]:  # type: ignore[type-ar
     return queries, hits
 
 
-def test_openai_client_through_the_gateway(replicas: list) -> None:  # type: ignore[type-arg]
+def test_openai_client_through_the_gateway(replicas: list[Any]) -> None:
     gw = gateway_for(replicas, "leastOutstanding")
     try:
         c = client(gw.url)
@@ -135,7 +136,7 @@ def test_openai_client_through_the_gateway(replicas: list) -> None:  # type: ign
         gw.stop()
 
 
-def test_prefix_affinity_raises_the_runtimes_prefix_cache_hit_rate(replicas: list) -> None:  # type: ignore[type-arg]
+def test_prefix_affinity_raises_the_runtimes_prefix_cache_hit_rate(replicas: list[Any]) -> None:
     """Several tenants, each with its own long system prompt, each sending a few user questions. With prefix
     affinity a tenant's requests land where its system prompt's KV blocks already are; with least outstanding they
     alternate between replicas and each replica computes each system prompt once more."""
@@ -171,7 +172,7 @@ def test_prefix_affinity_raises_the_runtimes_prefix_cache_hit_rate(replicas: lis
 
 
 def test_killing_a_replica_under_load_loses_no_request_that_had_not_started_streaming(
-    replicas: list,  # type: ignore[type-arg]
+    replicas: list[Any],
 ) -> None:
     """Requests in flight when one replica is SIGKILLed: unanswered ones are retried on the other replica; streams
     that had started end with an error event (the client raises), never a hang or a replay."""
