@@ -18,6 +18,7 @@ policy then holds instead of scaling down. Nothing here raises to the caller.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -151,4 +152,18 @@ class PrometheusReader:
             e2e_p99=values["e2e_p99"],
             held_requests=held_requests,
             missing=missing,
+        )
+
+    async def observe_async(
+        self,
+        namespace: str,
+        deployment: str,
+        replicas: int,
+        ready_replicas: int | None = None,
+        window: str = "1m",
+        held_requests: int = 0,
+    ) -> Observation:
+        """`observe` off the event loop (the client is blocking HTTP), for the operator's async timers."""
+        return await asyncio.to_thread(
+            self.observe, namespace, deployment, replicas, ready_replicas, window, held_requests
         )

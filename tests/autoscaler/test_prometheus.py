@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,3 +164,10 @@ def test_unreachable_prometheus_is_a_held_decision_not_an_exception() -> None:
     (condition,) = decision.conditions
     assert condition.type == "MetricsAvailable" and condition.status == "False"
     assert "Prometheus" in condition.message
+
+
+def test_async_observe_for_the_operator_timer(exporters: Exporters) -> None:
+    obs = asyncio.run(PrometheusReader(exporters.url).observe_async("default", "chat", replicas=2, ready_replicas=2))
+    assert obs.missing is None and obs.queue_depth is not None and obs.ready_replicas == 2
+    down = asyncio.run(PrometheusReader(f"http://127.0.0.1:{free_port()}", timeout=2).observe_async("d", "x", 1))
+    assert down.missing is not None
