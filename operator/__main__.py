@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API request is noise, and costs CPU
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietWatchers())
     # the handlers register themselves with kopf when imported

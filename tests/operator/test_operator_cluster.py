@@ -175,9 +175,9 @@ def test_restart_during_reconcile_converges_without_duplicates(
     apply(crds, namespace, *[idep(n, s) for n, s in zip(names, specs, strict=True)])
     time.sleep(0.3)
     operator.kill()  # mid-reconcile: some objects exist, some do not
-    operator.start()
+    operator.start()  # waits out the dead replica's peering lease (15 s) before it works
     for n in names:
-        wait_condition(crds, namespace, n, "Ready", operator=operator)
+        wait_condition(crds, namespace, n, "Ready", operator=operator, timeout=150)
     first = {n: owned(crds, namespace, n) for n in names}
     for n in names[:5]:
         assert first[n] == {"deployments": [n], "statefulsets": [], "services": [n], "poddisruptionbudgets": [n]}
@@ -185,7 +185,7 @@ def test_restart_during_reconcile_converges_without_duplicates(
     versions = {n: get(crds, namespace, "deployment", n)["metadata"]["resourceVersion"] for n in names[:5]}
     operator.kill()
     operator.start()
-    time.sleep(5)  # the resume handlers run again on start
+    time.sleep(25)  # past the dead replica's lease: the resume handlers have run again
     assert {n: owned(crds, namespace, n) for n in names} == first
     # a clean re-apply changes nothing: server-side apply of identical objects is a no-op
     assert {n: get(crds, namespace, "deployment", n)["metadata"]["resourceVersion"] for n in names[:5]} == versions
