@@ -28,6 +28,18 @@ T = TypeVar("T")
 RETRY_AFTER_SECONDS = 1
 
 
+THREAD_ENCODE_CHARS = 8192
+
+
+async def encode(tokenizer: Any, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of `text`; a long text is encoded on a worker thread so it does not stall every other stream."""
+    if len(text) < THREAD_ENCODE_CHARS:
+        ids: list[int] = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    else:
+        ids = await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)
+    return ids
+
+
 def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 

@@ -26,7 +26,7 @@ import infleet
 from infleet.runtime.server import sse
 from infleet.runtime.server.binary_tensor import HEADER_LENGTH, Tensor, TensorError, decode_request, encode_response
 from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
-from infleet.runtime.server.generation import Generation, make_params, new_request_id, start, until_disconnect
+from infleet.runtime.server.generation import Generation, encode, make_params, new_request_id, start, until_disconnect
 from infleet.runtime.server.openai_schemas import parse_json, resolve_max_tokens
 
 if TYPE_CHECKING:
@@ -189,8 +189,12 @@ def values_from_json(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return values, {k: v for k, v in parameters.items() if k != "stream"}
 
 
+async def text_job(serving: Serving, req: TextRequest) -> TextJob:
+    return TextJob(serving, req, await encode(serving.engine.tokenizer, req.text))
+
+
 class TextJob:
-    def __init__(self, serving: Serving, req: TextRequest) -> None:
+    def __init__(self, serving: Serving, req: TextRequest, prompt_ids: list[int]) -> None:
         engine = serving.engine
         self.serving = serving
         self.req = req
@@ -199,7 +203,7 @@ class TextJob:
         except ValidationError as e:
             error = from_validation_error(e)
             raise bad_request(f"sampling_parameters.{error.message}", param=error.param) from None
-        self.prompt_ids = engine.tokenizer.encode(req.text)
+        self.prompt_ids = prompt_ids
         if not self.prompt_ids:
             raise bad_request("text_input: must not be empty", param="text_input")
         max_tokens = resolve_max_tokens(sampling.max_tokens, None, len(self.prompt_ids), engine.max_model_len)
@@ -299,7 +303,7 @@ async def infer(request: Request) -> Response:
             raise bad_request(f"outputs: unknown output {wanted['name']!r}; this model's are {', '.join(OUTPUTS)}")
         if wanted["name"] != "text_output":
             req.returns.add(wanted["name"])
-    job = TextJob(serving, req)
+    job = await text_job(serving, req)
     produced = await job.whole(request)
     if produced is None:
         return Response(status_code=499)
@@ -336,7 +340,7 @@ async def generate(request: Request) -> Response:
     req = generate_body(parse_json(await request.body()))
     if req.stream:
         raise bad_request("stream: use /generate_stream to stream", param="stream")
-    produced = await TextJob(serving, req).whole(request)
+    produced = await (await text_job(serving, req)).whole(request)
     if produced is None:
         return Response(status_code=499)
     return JSONResponse({"model_name": serving.served_name, "model_version": VERSION, **tensor_json(produced)})
@@ -346,7 +350,7 @@ async def generate_stream(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     check_model(serving, request.path_params["name"], request.path_params.get("version"))
     req = generate_body(parse_json(await request.body()))
-    job = TextJob(serving, req)
+    job = await text_job(serving, req)
     generation = await until_disconnect(request, job.begin)
     if generation is None:
         return Response(status_code=499)

@@ -16,6 +16,7 @@ from infleet.runtime.server.errors import APIError
 from infleet.runtime.server.generation import (
     Finished,
     Generation,
+    encode,
     make_params,
     new_request_id,
     start,
@@ -143,7 +144,7 @@ async def completions(request: Request) -> Response:
                 400, f"prompt: token id {max(prompt_ids)} is outside the vocabulary of {vocab}", param="prompt"
             )
     else:
-        prompt_ids = tokenizer.encode(body.prompt)
+        prompt_ids = await encode(tokenizer, body.prompt)
         if not prompt_ids:
             raise APIError(400, "prompt: encodes to no tokens", param="prompt")
     job = Job(serving, body, prompt_ids, COMPLETION_DEFAULT_MAX_TOKENS)
@@ -168,7 +169,7 @@ async def chat_completions(request: Request) -> Response:
         text = tokenizer.apply_chat_template(body.chat_messages(), add_generation_prompt=True)
     except Exception as e:  # a template may reject a conversation (say, roles out of order)
         raise APIError(400, f"messages: the chat template rejected them: {e}", param="messages") from None
-    prompt_ids = tokenizer.encode(text, add_special_tokens=False)
+    prompt_ids = await encode(tokenizer, text, add_special_tokens=False)
     job = Job(serving, body, prompt_ids, None)
     request_id = new_request_id("chatcmpl")
 
