@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from infleet.runtime.kernels import dispatch as kernels
+
 
 @dataclass
 class KVCache:
@@ -102,9 +104,13 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, cache: KVCache, meta: Atten
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
-    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype)
+    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     nd = meta.num_decode
-    if nd:
+    if nd and q.is_cuda:  # the Triton kernel reads the block tables directly: no gather of K/V
+        lens = meta.decode_mask[:, 0, 0, :].sum(-1).to(q.device)
+        tables = meta.decode_block_tables.to(q.device)
+        out[:nd] = kernels.paged_attention_decode(q[:nd], cache.k, cache.v, tables, lens, head_dim**-0.5)
+    elif nd:
         # Query heads that share a KV head become a group of rows: no repeat of K/V, and the mask is per key only.
         qd = q[:nd].view(nd, num_kv_heads, group, head_dim)
         kd = _gather(cache.k, meta.decode_block_tables).to(q.dtype)

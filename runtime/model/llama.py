@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from infleet.runtime.config import ModelConfig
+from infleet.runtime.kernels import dispatch as kernels
 from infleet.runtime.model.attention import AttentionMetadata, KVCache, paged_attention
 
 
@@ -25,6 +26,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:  # fused Triton kernel
+            return kernels.rms_norm(x, self.weight, self.eps)[0]
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -111,6 +114,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda:  # fused Triton kernel
+            return self.down_proj(kernels.silu_and_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
