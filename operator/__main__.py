@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         help="peering priority: the highest live replica works, the others stand by (default: random)",
     )
     run.add_argument("--standalone", action="store_true", help="no leader election")
+    run.add_argument("--prometheus-url", help="where the autoscaler reads latency and queue metrics")
     run.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
 
@@ -106,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietWatchers())
     # the handlers register themselves with kopf when imported
-    from infleet.operator import autoscaling, handlers  # noqa: F401
+    from infleet.operator import autoscaling, handlers  # noqa: F401  (handlers registers by import)
 
+    if args.prometheus_url:
+        autoscaling.set_observer(autoscaling.prometheus_observer(args.prometheus_url))
     if args.metrics_port:
         start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None

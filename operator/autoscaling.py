@@ -41,6 +41,18 @@ def set_observer(observer: Observer | None) -> None:
     _observer = observer
 
 
+def prometheus_observer(url: str) -> Observer:
+    """Observations from Prometheus (the autoscaler's reader: infleet_* and vllm:* series alike)."""
+    from infleet.autoscaler.prometheus import PrometheusReader
+
+    reader = PrometheusReader(url)
+
+    async def observe(spec: api.InferenceDeploymentSpec, st: dict[str, Any], name: str, namespace: str) -> Any:
+        return await reader.observe_async(namespace, name, spec.replicas, st.get("readyReplicas"))
+
+    return observe
+
+
 def scaling_spec(spec: api.InferenceDeploymentSpec) -> policy.ScalingSpec:
     s = spec.scaling
     seconds = lambda d: api.parse_duration(d) if d else None  # noqa: E731
