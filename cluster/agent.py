@@ -15,12 +15,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from infleet.cluster.discovery import pod_target_groups
+from infleet.cluster.discovery import pod_target_groups, resolve
 from infleet.cluster.launcher import IpPool, PodRunner, is_launched
 from infleet.cluster.network import PodNetwork
 from infleet.cluster.proxy import ServiceProxy
@@ -36,7 +36,7 @@ def kill_leftovers(pods_dir: Path) -> None:
 
 
 class Agent:
-    def __init__(self, fleet_dir: Path, network: PodNetwork) -> None:
+    def __init__(self, fleet_dir: Path, network: PodNetwork, port: int) -> None:
         kubeconfig = fleet_dir / "kubeconfig"
         self.api = config.new_client_from_config(str(kubeconfig))
         self.core = client.CoreV1Api(self.api)
@@ -47,6 +47,7 @@ class Agent:
         self.pods_dir = fleet_dir / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.ips = IpPool(network)
+        self.dns = f"http://{network.host_ip}:{port}/dns"
         self.runners: dict[str, PodRunner] = {}
         self.pods: dict[str, client.V1Pod] = {}  # every scheduled pod, for service discovery
         self.lock = threading.Lock()
@@ -73,7 +74,9 @@ class Agent:
                 self.network.add_ip(ip)
             else:
                 ip = self.ips.allocate()
-            runner = PodRunner(self.core, pod, ip, self.pods_dir, self.server, self.ca, self.network.exec_prefix())
+            runner = PodRunner(
+                self.core, pod, ip, self.pods_dir, self.server, self.ca, self.network.exec_prefix(), self.dns
+            )
             self.runners[uid] = runner
             runner.start()
 
@@ -107,8 +110,12 @@ class Agent:
                     else:
                         self.pods[pod.metadata.uid] = pod
                     if is_launched(pod):
-                        with self.lock:
-                            self._on_pod(event["type"], pod)
+                        try:
+                            with self.lock:
+                                self._on_pod(event["type"], pod)
+                        except Exception as err:  # one pod's trouble must not stop the others
+                            meta = pod.metadata
+                            sys.stderr.write(f"agent: pod {meta.namespace}/{meta.name}: {err!r}\n")
             except Exception as err:  # dropped watches restart, as informers do
                 sys.stderr.write(f"agent: pod watch restarted after {err!r}\n")
                 threading.Event().wait(1)
@@ -122,13 +129,19 @@ class Agent:
 
 def http_handler(agent: Agent) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        """`/healthz`, and `/sd/pods`: Prometheus HTTP service discovery (see discovery.py)."""
+        """`/healthz`; `/sd/pods`, Prometheus HTTP service discovery; `/dns?name=N&namespace=NS`, cluster DNS for
+        launched pods (see discovery.py)."""
 
         def do_GET(self) -> None:
-            if self.path == "/healthz":
+            url = urlparse(self.path)
+            if url.path == "/healthz":
                 body = b"ok\n"
-            elif self.path == "/sd/pods":
+            elif url.path == "/sd/pods":
                 body = json.dumps([g for pod in list(agent.pods.values()) for g in pod_target_groups(pod)]).encode()
+            elif url.path == "/dns":
+                query = parse_qs(url.query)
+                name, namespace = query.get("name", [""])[0], query.get("namespace", ["default"])[0]
+                body = json.dumps(resolve(agent.core, list(agent.pods.values()), name, namespace)).encode()
             else:
                 self.send_error(404)
                 return
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-base", type=int, required=True)
     args = parser.parse_args(argv)
     kill_leftovers(args.fleet_dir / "pods")
-    agent = Agent(args.fleet_dir, PodNetwork.from_env(args.port_base))
+    agent = Agent(args.fleet_dir, PodNetwork.from_env(args.port_base), args.port)
     proxy = ServiceProxy(agent.api)
     proxy.start()
     apiserver = urlparse(agent.api.configuration.host)
@@ -159,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         (str(agent.network.host_ip), apiserver.port or 443), (apiserver.hostname or "127.0.0.1", apiserver.port or 443)
     )
     threading.Thread(target=agent.watch_pods, daemon=True, name="pod-watch").start()
-    health = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), http_handler(agent))
-    threading.Thread(target=health.serve_forever, daemon=True).start()
+    # On loopback for the host, and on the pod network's host address for pods (their DNS questions).
+    for address in ("127.0.0.1", str(agent.network.host_ip)):
+        server = http.server.ThreadingHTTPServer((address, args.port), http_handler(agent))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -51,3 +51,36 @@ def pod_target_groups(pod: client.V1Pod) -> list[dict[str, Any]]:
                 }
             )
     return groups or [{"targets": [ip], "labels": labels}]
+
+
+def resolve(core: client.CoreV1Api, pods: list[client.V1Pod], name: str, namespace: str) -> list[str]:
+    """Cluster DNS for launched pods, as kube-dns answers it, but always with pod IPs (ClusterIPs live on the
+    host's loopback, which the pod network cannot reach): `<svc>.<ns>.svc[.cluster.local]` gives the Service's
+    ready endpoints, `<hostname>.<subdomain>.<ns>.svc[.cluster.local]` a StatefulSet-style pod, and `<svc>` or
+    `<svc>.<ns>` are completed from the asking pod's namespace."""
+    parts = name.rstrip(".").removesuffix(".cluster.local").removesuffix(".svc").split(".")
+    if len(parts) == 1:
+        parts.append(namespace)
+    if len(parts) == 3:
+        hostname, subdomain, ns = parts
+        return [
+            p.status.pod_ip
+            for p in pods
+            if p.metadata.namespace == ns
+            and (p.spec.hostname or p.metadata.name) == hostname
+            and p.spec.subdomain == subdomain
+            and p.status.pod_ip
+        ]
+    if len(parts) != 2:
+        return []
+    service, ns = parts
+    slices = client.DiscoveryV1Api(core.api_client).list_namespaced_endpoint_slice(
+        ns, label_selector=f"kubernetes.io/service-name={service}"
+    )
+    return [
+        address
+        for s in slices.items
+        for e in s.endpoints or []
+        if e.conditions is None or e.conditions.ready is not False
+        for address in e.addresses
+    ]

@@ -127,12 +127,14 @@ class PodRunner(threading.Thread):
         server: str,
         ca: Path,
         netns: list[str],
+        dns: str,
     ) -> None:
         super().__init__(daemon=True, name=f"pod-{pod.metadata.namespace}/{pod.metadata.name}")
         self.core = core
         self.pod = pod
         self.ip = ip
         self.netns = netns
+        self.dns = dns
         self.server = server
         self.ca = ca
         self.dir = pods_dir / f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}"
@@ -190,6 +192,8 @@ class PodRunner(threading.Thread):
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(SHIM_DIR),
             "POD_IP": self.ip,
+            "POD_NAMESPACE": self.pod.metadata.namespace,
+            "INFLEET_CLUSTER_DNS": self.dns,
             "HOSTNAME": self.pod.metadata.name,
             "KUBERNETES_SERVICE_HOST": host,
             "KUBERNETES_SERVICE_PORT": port,

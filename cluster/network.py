@@ -79,7 +79,7 @@ class PodNetwork:
         done = subprocess.run(
             ["ip", "-n", self.name, "addr", "add", f"{ip}/32", "dev", self.pod_if], capture_output=True, text=True
         )
-        if done.returncode != 0 and "File exists" not in done.stderr:
+        if done.returncode != 0 and not ("File exists" in done.stderr or "already assigned" in done.stderr):
             raise RuntimeError(f"cannot add pod IP {ip}: {done.stderr.strip()}")
 
 

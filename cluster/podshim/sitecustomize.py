@@ -1,16 +1,23 @@
 """Loaded by every Python process the launcher starts for a pod (it is on the pod's PYTHONPATH).
 
-All pods share the machine's network stack, so a server that binds the wildcard address (``""``,
-``0.0.0.0``) would take the port on every address and collide with the next pod. A kubelet's pod has a
-network namespace of its own; here the same effect comes from turning wildcard binds into binds on the
-pod's own loopback IP (``POD_IP``), which every Service, EndpointSlice and Prometheus target points at.
+Two things a kubelet's pod gets from its own network namespace and kube-dns, done here in Python:
+
+- Binding: all launched pods share one pod network (see network.py), so a server binding the wildcard address
+  (``""``, ``0.0.0.0``) would take the port on every pod's IP. Wildcard binds become binds on ``POD_IP``.
+- Cluster DNS: names under ``.svc`` / ``.svc.cluster.local`` (and ``<svc>.<ns>`` forms that end in ``.svc``)
+  are answered by the node agent (``INFLEET_CLUSTER_DNS``), with pod IPs, before the system resolver is asked.
 """
 
+import json
 import os
 import socket
+import urllib.parse
+import urllib.request
 from typing import Any
 
 _POD_IP = os.environ.get("POD_IP", "")
+_DNS = os.environ.get("INFLEET_CLUSTER_DNS", "")
+_NAMESPACE = os.environ.get("POD_NAMESPACE", "default")
 _WILDCARDS = ("", "0.0.0.0", "::")
 
 if _POD_IP:
@@ -26,3 +33,33 @@ if _POD_IP:
         _bind(self, address)
 
     socket.socket.bind = _bind_pod_ip  # type: ignore[method-assign,assignment]
+
+
+def _cluster_name(host: Any) -> bool:
+    if not isinstance(host, str):
+        return False
+    name = host.rstrip(".")
+    return name.endswith((".svc", ".svc.cluster.local"))
+
+
+def _lookup(host: str) -> str:
+    query = urllib.parse.urlencode({"name": host, "namespace": _NAMESPACE})
+    with urllib.request.urlopen(f"{_DNS}?{query}", timeout=5) as resp:
+        addresses = json.load(resp)
+    if not addresses:
+        raise socket.gaierror(socket.EAI_NONAME, f"cluster DNS: no ready address for {host}")
+    return str(addresses[0])
+
+
+if _DNS:
+    _getaddrinfo = socket.getaddrinfo
+    _gethostbyname = socket.gethostbyname
+
+    def _cluster_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return _getaddrinfo(_lookup(host) if _cluster_name(host) else host, *args, **kwargs)
+
+    def _cluster_gethostbyname(host: str) -> str:
+        return _lookup(host) if _cluster_name(host) else _gethostbyname(host)
+
+    socket.getaddrinfo = _cluster_getaddrinfo
+    socket.gethostbyname = _cluster_gethostbyname

@@ -293,3 +293,52 @@ def test_cluster_env_prints_a_working_kubeconfig(fleet: FleetHandle) -> None:
     version = json.loads(fleet.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == "v1.37.0"
     assert version["clientVersion"]["gitVersion"] == "v1.37.0"
+
+
+FETCH = textwrap.dedent(
+    """
+    import sys, urllib.request
+    for name in sys.argv[1:]:
+        print(name, urllib.request.urlopen(f"http://{name}:8000/", timeout=5).status)
+    """
+)
+
+
+def test_launched_pods_resolve_cluster_dns_names(fleet: FleetHandle, namespace: str) -> None:
+    server = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-0", "labels": {"app": "web"}},
+        "spec": {"hostname": "web-0", "subdomain": "web", "containers": [HTTP_SERVER]},
+    }
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 8000}]},
+    }
+    apply(fleet, namespace, server, headless)
+    wait_for(lambda: ready(fleet.core.read_namespaced_pod("web-0", namespace)), what="web-0 ready")
+    names = [f"web-0.web.{namespace}.svc.cluster.local", f"web.{namespace}.svc", f"web.{namespace}.svc.cluster.local"]
+    client_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "fetch"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "infleet/python", "command": ["python", "-c", FETCH, *names]}],
+        },
+    }
+    wait_for(
+        lambda: client.DiscoveryV1Api(fleet.api).list_namespaced_endpoint_slice(namespace).items[0].endpoints,
+        what="the headless Service's endpoints",
+    )
+    apply(fleet, namespace, client_pod)
+
+    def finished() -> client.V1Pod | None:
+        p = fleet.core.read_namespaced_pod("fetch", namespace)
+        return p if p.status.phase in ("Succeeded", "Failed") else None
+
+    pod = wait_for(finished, what="the fetching pod to finish")
+    log = fleet.kubectl("logs", "fetch", "-n", namespace, check=False).stdout  # launched pods keep logs locally
+    assert pod.status.phase == "Succeeded", log
