@@ -1,12 +1,9 @@
 """Read one InferenceDeployment's observation from Prometheus (a thin adapter over `prometheus-api-client`).
 
-Series are selected by two labels, which the chart's PodMonitor and the local fleet's scrape config attach to
-every runtime pod's series through Kubernetes service discovery relabeling:
-
-- `namespace`: the pod's namespace (`__meta_kubernetes_namespace`);
-- `infleet_dev_deployment`: the pod label `infleet.dev/deployment`
-  (`__meta_kubernetes_pod_label_infleet_dev_deployment`, what a `labelmap` of `__meta_kubernetes_pod_label_(.+)`
-  produces).
+Series are selected by two target labels, which the scrape config (`infleet.monitoring.scrape`, used by the chart
+and the local fleet) attaches to every runtime pod's series through Kubernetes service discovery relabelling:
+`namespace` (the pod's namespace) and `deployment` (the pod label `infleet.dev/deployment`). Their names live in
+`infleet.monitoring.names`, with the rules' and dashboards'.
 
 Both the runtime's `infleet_*` names and vLLM's `vllm:*` names are read (`A or B`), so deployments with
 `engine: vllm` scale the same way. vLLM's names are also read as `vllm_*`: prometheus_client's OpenMetrics output
@@ -26,9 +23,8 @@ from dataclasses import dataclass
 from prometheus_api_client import PrometheusConnect
 
 from infleet.autoscaler.policy import Observation
-
-NAMESPACE_LABEL = "namespace"
-DEPLOYMENT_LABEL = "infleet_dev_deployment"
+from infleet.monitoring.names import DEPLOYMENT as DEPLOYMENT_LABEL
+from infleet.monitoring.names import NAMESPACE as NAMESPACE_LABEL
 
 
 def _names(infleet: str, *vllm: str) -> tuple[str, ...]:

@@ -61,7 +61,7 @@ def exporters(prometheus_factory: Callable[[dict], str]) -> Iterator[Exporters]:
             "static_configs": [
                 {
                     "targets": [f"127.0.0.1:{port}"],
-                    "labels": {"namespace": "default", "infleet_dev_deployment": deployment},
+                    "labels": {"namespace": "default", "deployment": deployment},
                 }
             ],
         }
@@ -149,7 +149,7 @@ def test_selects_by_deployment_label(exporters: Exporters) -> None:
     assert obs.missing is not None and "no infleet_* or vllm:* series" in obs.missing
     assert obs.queue_depth is None
     assert (
-        'infleet_dev_deployment="no-such-deployment"'
+        'deployment="no-such-deployment"'
         in Queries.for_deployment("default", "no-such-deployment").queue_depth
     )
 
