@@ -94,8 +94,9 @@ class Kube:
             base_url=configuration.host,
             verify=ctx if ctx is not None else True,
             headers=headers,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            # waiting for a free connection is back-pressure, not failure: only the request itself times out
+            timeout=httpx.Timeout(timeout, pool=None),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
         )
 
     @classmethod
