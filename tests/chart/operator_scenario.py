@@ -203,7 +203,7 @@ class Scenario:
         while True:
             denied = self.op.denied()
             if denied:
-                raise ScenarioFailed(step, f"the operator was refused: {denied.strip()}")
+                raise ScenarioFailed(step, f"the operator was refused: {denied.strip()[:400]}")
             if self.op.proc and self.op.proc.poll() is not None:
                 raise ScenarioFailed(step, f"the operator exited with {self.op.proc.returncode}")
             value = predicate()
