@@ -35,11 +35,12 @@ from typing import Any
 
 import torch
 
-from infleet.runtime.engine.engine import AsyncEngine, LLMEngine
+from infleet.runtime.engine.engine import AsyncEngine, LLMEngine, apply_tier
 from infleet.runtime.engine.model_runner import kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.loader import load_model
 from infleet.runtime.loader.smollm2 import smollm2_gguf
+from infleet.runtime.quant.tiers import model_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = Path("/work/shared/traces/azure_llm_2023_code.csv")
@@ -198,7 +199,7 @@ def read_bandwidth(gib: float = 1.0) -> float:
 
 def decode_bytes(model: Any, kv_dtype: torch.dtype, mean_context: float) -> float:
     """What one batch-1 decode step reads: every weight once (the tied embedding once, as lm_head) plus the KV."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() dedupes tied weights
+    weights = model_bytes(model)  # quantized layers keep their weights in buffers; tied weights count once
     return weights + kv_bytes_per_token(model, kv_dtype) * mean_context
 
 
@@ -212,7 +213,9 @@ def write_docs(results: dict, path: Path) -> None:
         "## Runtime on CPU",
         "",
         f"`python benchmarks/runtime_cpu.py` ({results['setup']['date']}): SmolLM2-135M-Instruct GGUF, "
-        f"{results['setup']['threads']} torch thread(s), fp32 weights on both sides, prompts from the Azure code trace "
+        f"{results['setup']['threads']} torch thread(s), fp32 weights (infleet's bf16 tier is the dequantized float "
+        f"weights; other infleet rows are quantized tiers), infleet step budget {results['setup']['max_batch_tokens']} "
+        "tokens, prompts from the Azure code trace "
         f"scaled to {results['setup']['context']} tokens (mean {results['setup']['mean_prompt_tokens']:.0f}), "
         f"greedy, {results['setup']['min_out']}-{results['setup']['max_out']} output tokens. "
         f"Machine read bandwidth measured at {results['setup']['read_bandwidth_gbs']:.1f} GB/s (shared, loaded).",
@@ -252,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-out", type=int, default=16)
     ap.add_argument("--max-out", type=int, default=48)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--max-batch-tokens", type=int, default=128, help="infleet's per-step token budget")
+    ap.add_argument(
+        "--tiers",
+        nargs="+",
+        default=["bf16"],
+        help="infleet rows: bf16 (fp32 weights), bf16-native (bf16 weights), int8, int4, fp8",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_cpu.json")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
@@ -261,8 +271,20 @@ def main(argv: list[str] | None = None) -> int:
     gguf_path = smollm2_gguf()
 
     model, config, tokenizer = load_model(gguf_path, dtype=torch.float32)
-    llm_engine = LLMEngine(model, config, tokenizer, max_model_len=2048, max_num_seqs=64, max_batch_tokens=512)
-    engine = AsyncEngine.from_engine(llm_engine)
+    engines: dict[str, AsyncEngine] = {}
+    for tier in args.tiers:
+        # "bf16" is the float tier: fp32 weights (the like-for-like row), "bf16-native" the same weights held in bf16
+        if tier == "bf16":
+            tier_model = model
+        elif tier == "bf16-native":
+            tier_model = load_model(gguf_path, dtype=torch.bfloat16)[0]
+        else:
+            tier_model = apply_tier(load_model(gguf_path, dtype=torch.float32)[0], tier)
+        llm_engine = LLMEngine(
+            tier_model, config, tokenizer, max_model_len=2048, max_num_seqs=64, max_batch_tokens=args.max_batch_tokens
+        )
+        name = "infleet" if tier == "bf16" else f"infleet-{tier}"
+        engines[name] = AsyncEngine.from_engine(llm_engine, tier=tier.removesuffix("-native"))
     workloads = {
         c: make_requests(tokenizer, n, args, seed=c) for c, n in zip(args.concurrency, args.requests, strict=True)
     }
@@ -292,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg()[0],
             "context": args.context,
+            "max_batch_tokens": args.max_batch_tokens,
+            "tiers": args.tiers,
             "mean_prompt_tokens": statistics.mean(all_prompts),
             "min_out": args.min_out,
             "max_out": args.max_out,
@@ -303,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     for c, reqs in workloads.items():
         print(f"== concurrency {c}: {len(reqs)} requests", flush=True)
         level: dict[str, Any] = {"concurrency": c, "requests": len(reqs), "runtimes": {}}
-        level["runtimes"]["infleet"] = run_infleet(engine, reqs, c)
-        print("  infleet", level["runtimes"]["infleet"], flush=True)
+        for name, engine in engines.items():
+            level["runtimes"][name] = run_infleet(engine, reqs, c)
+            print(f"  {name}", level["runtimes"][name], flush=True)
         if hf_model is not None:
             level["runtimes"]["transformers"] = run_transformers(hf_model, reqs, c, pad_id=config.eos_token_ids[0])
             print("  transformers", level["runtimes"]["transformers"], flush=True)
@@ -321,26 +346,31 @@ def main(argv: list[str] | None = None) -> int:
                 # the Q4_1/Q8_0 file as stored is what llama.cpp reads per token
                 "llama-cpp-python": gguf_path.stat().st_size + kv_bytes_per_token(model, torch.float16) * mean_ctx,
             }
+            for name, engine in engines.items():
+                kv_dtype = engine.engine.runner.kv_caches[0].k.dtype
+                per_step[name] = decode_bytes(engine.engine.model, kv_dtype, mean_ctx)
             for name, r in level["runtimes"].items():
                 if not r.get("skipped"):
                     r["bytes_per_step"] = per_step[name]
                     r["mbu"] = per_step[name] * r["decode_steps_per_s"] / bandwidth
-        ours = level["runtimes"]["infleet"]
-        for peer, r in level["runtimes"].items():
-            if peer == "infleet" or r.get("skipped"):
-                continue
-            ratio = {
-                "throughput": ours["output_tok_s"] / r["output_tok_s"],
-                "ttft_p99": ours["ttft_p99_s"] / r["ttft_p99_s"],
-            }
-            level.setdefault("ratios", {})[peer] = ratio
-            ratios_text.append(
-                f"c={c} vs {peer}: throughput x{ratio['throughput']:.2f}, TTFT p99 x{ratio['ttft_p99']:.2f}"
-            )
+        for name in engines:
+            ours = level["runtimes"][name]
+            for peer, r in level["runtimes"].items():
+                if peer.startswith("infleet") or r.get("skipped"):
+                    continue
+                ratio = {
+                    "throughput": ours["output_tok_s"] / r["output_tok_s"],
+                    "ttft_p99": ours["ttft_p99_s"] / r["ttft_p99_s"],
+                }
+                level.setdefault("ratios", {})[f"{name} vs {peer}"] = ratio
+                ratios_text.append(
+                    f"c={c} {name} vs {peer}: throughput x{ratio['throughput']:.2f}, TTFT p99 x{ratio['ttft_p99']:.2f}"
+                )
         results["levels"].append(level)
     results["ratios_text"] = ratios_text
-    results["engine_stats"] = vars(engine.stats())
-    asyncio.run(engine.shutdown())
+    results["engine_stats"] = {name: vars(engine.stats()) for name, engine in engines.items()}
+    for engine in engines.values():
+        asyncio.run(engine.shutdown())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     write_docs(results, args.docs)
