@@ -7,9 +7,8 @@ them tells the shutdown sequence when it may stop.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,7 +23,6 @@ class ServerState:
     ready: bool = False
     draining: bool = False
     in_flight: int = 0
-    _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def accepting(self) -> bool:
@@ -32,16 +30,9 @@ class ServerState:
 
     def admitted(self) -> None:
         self.in_flight += 1
-        self._idle.clear()
 
     def done(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        if self.in_flight:
-            await self._idle.wait()
 
 
 def refusal(state: ServerState) -> APIError:
