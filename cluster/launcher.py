@@ -33,6 +33,7 @@ from infleet.cluster.controlplane import LAUNCHED_IMAGE_PREFIX
 from infleet.cluster.network import PodNetwork
 
 SHIM_DIR = Path(__file__).with_name("podshim")
+REASSERT_STATUS_SECONDS = 10.0
 
 # What `docker run IMAGE` would run when a container gives no command.
 ENTRYPOINTS: dict[str, list[str]] = {
@@ -143,6 +144,8 @@ class PodRunner(threading.Thread):
         self.stopped = threading.Event()
         self.grace = float(pod.spec.termination_grace_period_seconds or 30)
         self._last_status: str = ""
+        self._stamp = ""
+        self._published_at = 0.0
         self._start_time = now()
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -374,14 +377,17 @@ class PodRunner(threading.Thread):
             "containerStatuses": statuses,
         }
         key = json.dumps(body, sort_keys=True)
-        if key == self._last_status:
+        # unchanged: publish again now and then anyway, since the node lifecycle controller may have marked the pod
+        # NotReady meanwhile (a late node heartbeat under load) and nothing else would ever set it back
+        same = key == self._last_status
+        if same and time.monotonic() - self._published_at < REASSERT_STATUS_SECONDS:
             return
-        stamp = now()
+        stamp = self._stamp if same else now()
         for cond in conditions:
             cond["lastTransitionTime"] = stamp
         try:
             self.core.patch_namespaced_pod_status(self.pod.metadata.name, self.pod.metadata.namespace, {"status": body})
-            self._last_status = key
+            self._last_status, self._stamp, self._published_at = key, stamp, time.monotonic()
         except ApiException as err:
             if err.status == 404:
                 self.stopping.set()
