@@ -91,8 +91,8 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(args: argparse.Namespace) -> int:
-    if args.tensor_parallel > 1 or args.pipeline_parallel > 1:
-        print(f"{PROG}: --tensor-parallel/--pipeline-parallel > 1 is not yet supported", file=sys.stderr)
+    if args.tensor_parallel < 1 or args.pipeline_parallel < 1:
+        print(f"{PROG}: --tensor-parallel and --pipeline-parallel must be at least 1", file=sys.stderr)
         return 2
     for flag in ("port", "max_batch_tokens", "max_num_seqs", "max_waiting"):
         if getattr(args, flag) < 1:
@@ -104,6 +104,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
 
+    if args.tensor_parallel > 1 or args.pipeline_parallel > 1:
+        from infleet.runtime.parallel.launch import serve_parallel
+
+        return serve_parallel(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # heavy imports only once the arguments are known to be good
     from infleet.runtime.engine.engine import AsyncEngine

@@ -106,7 +106,9 @@ class LLMEngine:
         prefix_caching: bool = True,
         kv_dtype: torch.dtype | None = None,
         metrics: RuntimeMetrics | None = None,
+        runner: ModelRunner | None = None,
     ) -> None:
+        """`runner` replaces the in-process model runner (tensor/pipeline parallelism passes its own)."""
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
@@ -123,7 +125,7 @@ class LLMEngine:
             raise ValueError("max_batch_tokens must be at least 1")
         self.block_manager = BlockManager(num_kv_blocks, block_size, prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_batch_tokens=max_batch_tokens, max_num_seqs=max_num_seqs)
-        self.runner = ModelRunner(model, num_blocks=num_kv_blocks, block_size=block_size, kv_dtype=kv_dtype)
+        self.runner = runner or ModelRunner(model, num_blocks=num_kv_blocks, block_size=block_size, kv_dtype=kv_dtype)
         self.eos_token_ids = set(tokenizer.eos_token_ids) | set(config.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
         self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics

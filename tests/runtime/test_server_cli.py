@@ -46,6 +46,8 @@ def test_file_uris_resolve_to_paths(tmp_path: Path) -> None:
     assert model_path(str(tmp_path)) == tmp_path
 
 
-def test_parallelism_is_not_yet_supported(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--model", "x", "--tensor-parallel", "2"]) == 2
-    assert "not yet supported" in capsys.readouterr().err
+def test_bad_parallel_sizes_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "x", "--tensor-parallel", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert main(["serve", "--model", "x", "--pipeline-parallel", "2"]) == 2  # checked before any rank starts
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,253 @@
+"""Start this pod's ranks and, on the leader, the engine over them.
+
+One process per rank: the pod's main process runs its first rank and starts the others as children
+(`python -m infleet.runtime.parallel.worker`). On one machine without the operator's variables, the main
+process is the leader and starts every other rank itself (tests, benchmarks, `serve --tensor-parallel 3`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from infleet.runtime.config import ModelConfig
+from infleet.runtime.engine.engine import DEFAULT_KV_CACHE_BYTES, LLMEngine
+from infleet.runtime.parallel.channel import Channel, Message
+from infleet.runtime.parallel.groups import PodPlacement, RankContext, Topology, placement_from_env
+from infleet.runtime.parallel.loading import read_metadata
+from infleet.runtime.parallel.pipeline import Stage, stage_layers
+from infleet.runtime.parallel.runner import ParallelRunner
+from infleet.runtime.parallel.tensor import TensorShard
+from infleet.runtime.parallel.watchdog import Watchdog
+from infleet.runtime.parallel.worker import RankArgs, load_rank, report_stats, run_worker
+
+log = logging.getLogger("infleet.runtime.parallel")
+STOP_WAIT = timedelta(seconds=20)
+LEADER_GRACE_SECONDS = 2.0  # /health answers 503 this long before the leader exits
+
+
+def kv_blocks(config: ModelConfig, max_num_seqs: int, max_model_len: int | None, block_size: int) -> int:
+    """The same number on every rank (each holds its layers' and heads' part of every block)."""
+    per_block = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4 * block_size
+    max_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+    wanted = -(-max_num_seqs * max_len // block_size)
+    return max(1, min(wanted, DEFAULT_KV_CACHE_BYTES // per_block))
+
+
+def check_layout(config: ModelConfig, topo: Topology) -> None:
+    """A clear error before any process starts."""
+    TensorShard.check(config, topo.tensor)
+    stage_layers(config.num_hidden_layers, topo.pipeline, 0)
+
+
+def spawn_ranks(base: RankArgs, ranks: list[int]) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "infleet.runtime.parallel.worker"]
+    return [subprocess.Popen([*cmd, replace(base, rank=r).to_json()], env=env) for r in ranks]
+
+
+@dataclass
+class ParallelGroup:
+    """The leader's handle on the replica: its own rank, the other ranks' channel, and local child processes."""
+
+    ctx: RankContext
+    stage: Stage
+    channel: Channel
+    children: list[subprocess.Popen[bytes]]
+    watchdog: Watchdog | None = None
+    stopped: bool = field(default=False)
+
+    @classmethod
+    def start(
+        cls,
+        model: str,
+        topo: Topology,
+        *,
+        num_kv_blocks: int,
+        tier: str = "bf16",
+        block_size: int = 16,
+        placement: PodPlacement | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> ParallelGroup:
+        placement = placement or placement_from_env(topo, {}, local_port=_free_port())
+        base = RankArgs(
+            model, topo.tensor, topo.pipeline, 0, placement.leader_addr, placement.leader_port,
+            num_kv_blocks, block_size, tier,
+        )  # fmt: skip
+        children = spawn_ranks(base, placement.ranks[1:])
+        try:
+            ctx, stage = load_rank(base)
+            grace = LEADER_GRACE_SECONDS if on_failure else 0.0
+            watchdog = Watchdog(ctx.store_client(), 0, topo.world_size, grace=grace, on_failure=on_failure).start()
+            ctx.store.add("loaded", 1)
+            deadline = time.monotonic() + 3600
+            while ctx.store.add("loaded", 0) < topo.world_size:  # every rank has its weights
+                if time.monotonic() > deadline:
+                    raise TimeoutError("ranks did not finish loading")
+                time.sleep(0.1)
+        except BaseException:
+            for child in children:
+                child.kill()
+            raise
+        return cls(ctx, stage, Channel(ctx.store), children, watchdog)
+
+    def engine(self, config: ModelConfig, tokenizer: Any, **kwargs: Any) -> LLMEngine:
+        runner = ParallelRunner(self.stage, self.channel)
+        return LLMEngine(
+            self.stage.model,
+            config,
+            tokenizer,
+            num_kv_blocks=len(self.stage.kv_caches[0].k) if self.stage.kv_caches else None,
+            block_size=self.stage.block_size,
+            kv_dtype=self.stage.dtype,
+            runner=runner,
+            **kwargs,
+        )
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Every rank's memory and busy time, plus the leader's step time (for the bubble)."""
+        self.channel.publish(Message("stats"))
+        report_stats(self.ctx, self.stage)
+        out = []
+        for rank in range(self.ctx.topo.world_size):
+            self.ctx.store.wait([f"stats/{rank}"], STOP_WAIT)
+            out.append(json.loads(self.ctx.store.get(f"stats/{rank}")))
+            self.ctx.store.delete_key(f"stats/{rank}")
+        out[0]["step_time_s"] = self.stage.stats.step_time
+        return out
+
+    def stop(self) -> None:
+        """Tell every rank to leave, wait for them, and leave the process group."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        self.ctx.store.set("shutdown", "1")
+        self.channel.publish(Message("stop"))
+        deadline = time.monotonic() + STOP_WAIT.total_seconds()
+        while self.ctx.store.add("stopped", 0) < self.ctx.topo.world_size - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for child in self.children:
+            try:
+                child.wait(STOP_WAIT.total_seconds())
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _free_port() -> int:
+    from infleet.runtime.server.launch import free_port
+
+    return free_port()
+
+
+class _Health(BaseHTTPRequestHandler):
+    """A rank pod is healthy while it runs: a lost peer ends the process (see watchdog.py)."""
+
+    def do_GET(self) -> None:
+        ok = self.path == "/health"
+        body = b"ok" if ok else b"not found"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def serve_rank_pod(args: Any, topo: Topology, placement: PodPlacement, num_kv_blocks: int) -> int:
+    """A pod without the leader: run its ranks, answer `/health` on the HTTP port (no API, no metrics)."""
+    base = RankArgs(
+        str(args.model), topo.tensor, topo.pipeline, placement.ranks[0], placement.leader_addr,
+        placement.leader_port, num_kv_blocks, 16, args.tier,
+    )  # fmt: skip
+    children = spawn_ranks(base, placement.ranks[1:])
+    server = ThreadingHTTPServer((args.host, args.port), _Health)
+    threading.Thread(target=server.serve_forever, name="infleet-health", daemon=True).start()
+    try:
+        return run_worker(base)
+    finally:
+        server.shutdown()
+        for child in children:
+            try:
+                child.wait(STOP_WAIT.total_seconds())
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def serve_parallel(args: Any) -> int:
+    """`serve --tensor-parallel T --pipeline-parallel P`: this pod's ranks; the leader pod also serves HTTP."""
+    import uvicorn
+
+    from infleet.runtime.__main__ import PROG, DrainingServer, model_path
+    from infleet.runtime.engine.engine import AsyncEngine
+    from infleet.runtime.metrics import RuntimeMetrics
+    from infleet.runtime.server.app import Serving, build_app
+
+    try:
+        path = model_path(args.model)
+        topo = Topology(args.tensor_parallel, args.pipeline_parallel)
+        config, tokenizer = read_metadata(path)
+        check_layout(config, topo)
+        placement = placement_from_env(topo, local_port=_free_port())
+    except (ValueError, OSError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    num_blocks = args.num_kv_blocks or kv_blocks(config, args.max_num_seqs, args.max_model_len, 16)
+    if not placement.is_leader_pod:
+        return serve_rank_pod(args, topo, placement, num_blocks)
+
+    served_name = args.served_name or config.name
+    metrics = RuntimeMetrics(served_name, args.tier)
+    holder: dict[str, Serving] = {}
+
+    def unhealthy(reason: str) -> None:
+        if "serving" in holder:
+            holder["serving"].state.draining = True  # /health: 503 before the process goes
+
+    group = ParallelGroup.start(
+        str(path), topo, num_kv_blocks=num_blocks, tier=args.tier, placement=placement, on_failure=unhealthy
+    )
+    engine = group.engine(
+        config,
+        tokenizer,
+        max_batch_tokens=args.max_batch_tokens,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        prefix_caching=not args.no_prefix_caching,
+        metrics=metrics,
+    )
+    serving = Serving(
+        engine=AsyncEngine.from_engine(engine, max_waiting=args.max_waiting, tier=args.tier),
+        served_name=served_name,
+        metrics=metrics,
+    )
+    holder["serving"] = serving
+    config_ = uvicorn.Config(
+        build_app(serving),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=1,
+        lifespan="on",
+    )
+    server = DrainingServer(config_, serving.state, args.shutdown_grace_seconds)
+    try:
+        server.run()
+    finally:
+        group.stop()
+    return 0 if server.started else 1

@@ -1,0 +1,57 @@
+"""Greedy generation over a parallel replica without HTTP: `python -m infleet.runtime.parallel.offline '<json>'`.
+
+Prints one JSON object: each prompt's generated ids, the wall time, and every rank's memory and busy time. The
+tests compare these ids with the single-process runtime's; the benchmark reads the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from infleet.runtime.engine.sampler import SamplingParams
+from infleet.runtime.parallel.groups import Topology
+from infleet.runtime.parallel.launch import ParallelGroup, check_layout, kv_blocks
+from infleet.runtime.parallel.loading import read_metadata
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    path = Path(spec["model"])
+    topo = Topology(int(spec.get("tensor", 1)), int(spec.get("pipeline", 1)))
+    config, tokenizer = read_metadata(path)
+    check_layout(config, topo)
+    blocks = kv_blocks(config, 64, spec.get("max_model_len", 1024), 16)
+    start = time.perf_counter()
+    group = ParallelGroup.start(str(path), topo, num_kv_blocks=blocks)
+    load_s = time.perf_counter() - start
+    try:
+        engine = group.engine(config, tokenizer, max_model_len=spec.get("max_model_len", 1024))
+        params = SamplingParams(temperature=0.0, max_tokens=int(spec["max_tokens"]), ignore_eos=True)
+        prompts: list[list[int]] = spec["prompts"]
+        if spec.get("warmup"):
+            engine.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
+        before = group.stage.stats.step_time
+        start = time.perf_counter()
+        tokens = engine.generate(prompts, params)
+        wall = time.perf_counter() - start
+        stats = group.stats()
+        stats[0]["generate_step_time_s"] = group.stage.stats.step_time - before
+        return {"tokens": tokens, "wall_s": wall, "load_s": load_s, "ranks": stats}
+    finally:
+        group.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    print(json.dumps(run(json.loads(argv[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
