@@ -249,6 +249,8 @@ class Fleet:
                     "--kube-api-qps=200",
                     "--kube-api-burst=400",
                     "--concurrent-deployment-syncs=10",
+                    # KWOK heartbeats can arrive late on a busy two-core machine; do not evict pods for it
+                    "--node-monitor-grace-period=120s",
                     "--concurrent-replicaset-syncs=10",
                     "--v=1",
                 ],
