@@ -4,6 +4,7 @@ under the chart's ServiceAccounts, the operator reconciles an InferenceDeploymen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -31,23 +32,33 @@ def pods(fleet: FleetHandle, namespace: str, component: str) -> list[dict[str, A
 
 
 def ready(pod: dict[str, Any]) -> bool:
+    """Its process runs and passes its readiness probe (ContainersReady: the pod's Ready condition can lag while
+    the node lifecycle controller catches up with a late node heartbeat on a loaded machine)."""
     conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return any(c["type"] == "ContainersReady" and c["status"] == "True" for c in conditions)
 
 
 @pytest.fixture
 def release(fleet: FleetHandle, namespace: str) -> Iterator[str]:
     """The chart installed into the test namespace, watching only that namespace (the fleet is shared)."""
     values = {
-        "operator": {"watchNamespaces": [namespace]},
+        "operator": {"watchNamespaces": [namespace], "replicas": 2},  # two replicas: one leader, one standby
         "gateway": {"watchNamespaces": [namespace]},
     }
-    args = ["install", namespace, str(CHART), "--namespace", namespace, *set_args(values), "--wait", "--timeout=120s"]
-    proc = helm(*args, kubeconfig=fleet.kubeconfig, timeout=180)
-    if proc.returncode != 0:
-        state = fleet.kubectl("get", "pods,events", "-n", namespace, check=False).stdout
-        raise AssertionError(f"helm install failed:\n{proc.stdout}{proc.stderr}\n{state}")
+    args = ["install", namespace, str(CHART), "--namespace", namespace, *set_args(values)]
+    proc = helm(*args, kubeconfig=fleet.kubeconfig, timeout=120)
+    assert proc.returncode == 0, f"helm install failed:\n{proc.stdout}{proc.stderr}"
     assert "NOTES:" in proc.stdout and "kubectl apply -f" in proc.stdout  # the next step, printed
+
+    def running() -> bool:
+        ops, gws = pods(fleet, namespace, "operator"), pods(fleet, namespace, "gateway")
+        return len(ops) == 2 and len(gws) == 1 and all(ready(p) for p in ops + gws)
+
+    try:
+        wait_for(running, timeout=120, what="the chart's operator and gateway pods")
+    except AssertionError as err:
+        state = fleet.kubectl("get", "pods,events", "-n", namespace, check=False).stdout
+        raise AssertionError(f"{err}\n{state}") from None
     try:
         yield namespace
     finally:
@@ -56,13 +67,19 @@ def release(fleet: FleetHandle, namespace: str) -> Iterator[str]:
 
 def test_install_runs_the_operator_under_the_chart_service_account(fleet: FleetHandle, release: str) -> None:
     ns = release
-    (operator,) = pods(fleet, ns, "operator")
-    assert ready(operator)
-    assert operator["spec"]["serviceAccountName"] == f"{release}-infleet-operator"
-    assert operator["spec"]["containers"][0]["command"] == ["python", "-m", "infleet.operator", "run"]
-    # the launcher hands the process a token of that ServiceAccount: the peering object it created proves it
-    # acted (kopf.dev is granted only through the chart's Role)
-    wait_for(lambda: get(fleet, ns, "kopfpeering", "infleet-operator"), timeout=30, what="the operator's KopfPeering")
+    operators = pods(fleet, ns, "operator")
+    assert len(operators) == 2 and all(ready(p) for p in operators)
+    for pod in operators:
+        assert pod["spec"]["serviceAccountName"] == f"{release}-infleet-operator"
+        assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "infleet.operator", "run"]
+
+    # the launcher hands each process a token of that ServiceAccount; both replicas take part in the election
+    # through the KopfPeering (kopf.dev is granted only by the chart's Role)
+    def two_peers() -> bool:
+        peering = get(fleet, ns, "kopfpeering", "infleet-operator") or {}
+        return len(peering.get("status") or {}) == 2
+
+    wait_for(two_peers, timeout=45, what="two operator replicas in the KopfPeering")
 
     fleet.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(idep("chat", spec({"type": H100}))))
 
@@ -78,15 +95,38 @@ def test_install_runs_the_operator_under_the_chart_service_account(fleet: FleetH
     assert gateway["spec"]["serviceAccountName"] == f"{release}-infleet-gateway"
     url = f"http://{gateway['status']['podIP']}:8080/v1/models"
 
-    def listed() -> list[str] | None:
+    def listed_all() -> list[str] | None:
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
-                names = [m["id"] for m in json.loads(resp.read())["data"]]
+                return [m["id"] for m in json.loads(resp.read())["data"]]
         except OSError:
             return None
-        return names if "smollm2" in names else None
+
+    def listed() -> list[str] | None:
+        names = listed_all()
+        return names if names and "smollm2" in names else None
 
     wait_for(listed, timeout=30, what="the gateway listing the deployment's served name")
+    # scale from zero under both ServiceAccounts: the gateway holds a request and records the demand on the
+    # InferenceDeployment (patch), the operator's autoscaler turns it into a replica (the scale subresource)
+    zero = spec({"type": H100}, replicas=0, scaling={"enabled": True, "minReplicas": 0, "maxReplicas": 1})
+    zero["model"]["servedName"] = "smollm2-sleepy"
+    fleet.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(idep("sleepy", zero)))
+    body = json.dumps({"model": "smollm2-sleepy", "prompt": "hi", "max_tokens": 1}).encode()
+    wait_for(lambda: "smollm2-sleepy" in (listed_all() or []), timeout=30, what="the gateway listing smollm2-sleepy")
+    request = urllib.request.Request(
+        url.replace("/v1/models", "/v1/completions"), body, {"Content-Type": "application/json"}
+    )
+    with contextlib.suppress(OSError):  # the fake replica cannot answer; only the scale-up matters here
+        urllib.request.urlopen(request, timeout=3).close()
+
+    def scaled_up() -> bool:
+        obj = get(fleet, ns, "inferencedeployment", "sleepy") or {}
+        annotations = obj.get("metadata", {}).get("annotations") or {}
+        return "infleet.dev/scale-from-zero-requested" in annotations and obj["spec"]["replicas"] == 1
+
+    wait_for(scaled_up, timeout=45, what="scale from zero: the gateway's annotation and the operator's /scale")
+
     slices = get(fleet, ns, "endpointslices", "-l", f"kubernetes.io/service-name={release}-infleet-gateway")
     addresses = [a for s in slices["items"] for e in s.get("endpoints") or [] for a in e["addresses"]]
     assert addresses == [gateway["status"]["podIP"]]
