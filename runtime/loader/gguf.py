@@ -13,6 +13,7 @@ from typing import Any
 import gguf
 import numpy as np
 import torch
+
 from infleet.runtime.config import ModelConfig
 from infleet.runtime.model.llama import LlamaForCausalLM
 from infleet.runtime.tokenizer import Tokenizer

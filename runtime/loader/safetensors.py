@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
 from infleet.runtime.config import ModelConfig
 from infleet.runtime.model.llama import LlamaForCausalLM
 from infleet.runtime.tokenizer import Tokenizer
-from safetensors import safe_open
 
 
 def read_config(path: Path) -> ModelConfig:
