@@ -24,7 +24,7 @@ and `memory_bytes` are what `infleet.autoscaler.tiers.load_profile` reads):
          "perplexity": float, "greedy_match_rate": float (0..1), "greedy_prefix_match": float (0..1),
          "memory_bytes": int       # weights resident: parameters and buffers, shared tensors once
          "weight_bytes_per_step": int  # what one decode step reads (the embedding table only if tied to lm_head)
-         "group_size": int | null, "layers_quantized": int,
+         "group_size": int | null, "group_size_reason": str | null, "layers_quantized": int,
          "decode_tokens_per_second": {"<batch>": float}, "mbu": {"<batch>": float},
          "capacity_tokens_per_second": float  # the largest batch's decode tokens/s: one replica's throughput
      }}}
@@ -193,6 +193,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
             "memory_bytes": info.weight_bytes,
             "weight_bytes_per_step": step_bytes,
             "group_size": info.group_size,
+            "group_size_reason": info.group_size_reason,
             "layers_quantized": info.layers,
             "decode_tokens_per_second": {str(b): round(s, 2) for b, s in speed.items()},
             "mbu": {str(b): round(step_bytes * s / b / (args.bandwidth_gbs * 1e9), 3) for b, s in speed.items()},

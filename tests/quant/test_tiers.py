@@ -105,6 +105,31 @@ def test_refuses_unknown_tier_and_undividable_shapes() -> None:
     T.quantize_model(model, "int8")  # int8 has no such constraint
 
 
+def test_int4_follows_a_4bit_source_grid() -> None:
+    """Weights already on a 4-bit grid in blocks of 32 (a dequantized GGUF Q4_1) get groups of 32, losslessly."""
+    model = tiny_llama()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                w = module.weight
+                codes = torch.randint(0, 16, (w.shape[0], w.shape[1] // 32, 32)).float()
+                codes[..., 0], codes[..., 1] = 0, 15  # Q4_1 maps each block's min and max to codes 0 and 15
+                d, m = (
+                    torch.rand(w.shape[0], w.shape[1] // 32, 1) * 0.01,
+                    -torch.rand(w.shape[0], w.shape[1] // 32, 1) * 0.05,
+                )
+                w.copy_((codes * d + m).reshape(w.shape))
+    assert T.source_grid_block(model) == 32
+    assert T.source_grid_block(tiny_llama()) is None
+    before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    info = T.quantize_model(model, "int4")
+    assert info.group_size == 32 and "4-bit grid" in (info.group_size_reason or "")
+    torch.testing.assert_close(F.dequantize_int4(F.quantize_int4(before, 32)), before, atol=1e-6, rtol=0)
+    x = torch.randn(3, 64)
+    err = (model.model.layers[0].mlp.up_proj(x) - x @ before.T).abs()
+    assert (err <= (x.abs() @ before.abs().T) * 2**-6).all()  # only the bf16 rounding of PyTorch's CPU kernel
+
+
 def test_apply_tier_keeps_info_on_model() -> None:
     model = T.apply_tier(tiny_llama(), "int4")
     assert model.tier_info.tier == "int4" and model.tier_info.group_size == 64
