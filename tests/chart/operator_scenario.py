@@ -35,9 +35,13 @@ DENIED = re.compile(r"\b403\b|[Ff]orbidden|Not enough permissions")
 
 
 class ScenarioFailed(AssertionError):
-    def __init__(self, step: str, evidence: str) -> None:
+    def __init__(self, step: str, evidence: str, denied: str | None = None) -> None:
         super().__init__(f"step {step!r} failed: {evidence}")
-        self.step, self.evidence = step, evidence
+        self.step, self.evidence, self.denied = step, evidence, denied
+
+    def names(self, resource: str, verb: str) -> bool:
+        """Was the operator refused exactly this (in the API server's words)?"""
+        return self.denied is not None and f'cannot {verb} resource "{resource}"' in self.denied
 
 
 # ---- a ServiceAccount with exactly some rules -------------------------------------------------------------------
@@ -176,7 +180,7 @@ H100_NODES = {"type": H100, "gpusPerNode": 2}
 
 
 class Scenario:
-    STEP_TIMEOUT = 30.0
+    STEP_TIMEOUT = 45.0  # generous: the machine is shared; a refused request ends a step at once anyway
 
     def __init__(self, fleet: FleetHandle, namespace: str, operator: Operator) -> None:
         self.fleet, self.ns, self.op = fleet, namespace, operator
@@ -203,7 +207,7 @@ class Scenario:
         while True:
             denied = self.op.denied()
             if denied:
-                raise ScenarioFailed(step, f"the operator was refused: {denied.strip()[:400]}")
+                raise ScenarioFailed(step, f"the operator was refused: {denied.strip()[:400]}", denied)
             if self.op.proc and self.op.proc.poll() is not None:
                 raise ScenarioFailed(step, f"the operator exited with {self.op.proc.returncode}")
             value = predicate()

@@ -82,6 +82,8 @@ def check_removal(crds: FleetHandle, namespace: str, tmp_path: Path, permission:
         with pytest.raises(ScenarioFailed) as failed:
             scenario.run()
         print(f"without {label(permission)}: {failed.value} (after {scenario.passed})")
+        # the failure must be this permission's, not a slow step on a loaded machine
+        assert failed.value.names(resource, verb), f"failed, but not for want of {verb} {resource}: {failed.value}"
 
 
 @pytest.mark.parametrize("permission", sorted(FAST), ids=label)
