@@ -284,3 +284,17 @@ def test_bad_values_are_refused_with_the_schema_message(case: str, tmp_path: Pat
 
 def test_set_json_arguments_are_typed() -> None:
     assert set_args({"operator": {"replicas": 2}}) == ["--set-json", 'operator={"replicas": 2}']
+
+
+def test_cluster_wide_and_per_namespace_rbac_grant_the_same() -> None:
+    """The RBAC proof runs the operator per namespace (the fleet is shared); a cluster-wide install must grant
+    the very same rules, with the cluster-scoped peering object instead of the namespaced one."""
+    wide = rendered("defaults")
+    narrow = rendered("watch-namespaces")
+    wide_rules = {(g, r, v) for _, g, r, v in permissions(named(wide, "ClusterRole", "-operator")["rules"], "x")}
+    narrow_cluster = permissions(named(narrow, "ClusterRole", "-operator")["rules"], "x")
+    role = next(d for d in of_kind(narrow, "Role") if d["metadata"]["name"].endswith("-operator"))
+    narrow_rules = {(g, r, v) for _, g, r, v in narrow_cluster + permissions(role["rules"], "x")}
+    swap = {"kopfpeerings": "clusterkopfpeerings"}
+    translated = {(g, swap.get(r, r), v) for g, r, v in narrow_rules if r != "namespaces"}
+    assert translated == wide_rules
