@@ -144,3 +144,17 @@ def test_uninstall_leaves_nothing_of_the_release(fleet: FleetHandle, namespace: 
     assert get(fleet, namespace, kinds, "-l", selector)["items"] == []
     cluster = fleet.kubectl("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name").stdout
     assert cluster.strip() == ""
+
+
+def test_install_refuses_bad_values_with_the_schema_message(fleet: FleetHandle, namespace: str, tmp_path: Any) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump({"operator": {"replicas": 2, "leaderElection": False}, "gpuPrices": {"NVIDIA-L4": -1}})
+    )
+    proc = helm(
+        "install", namespace, str(CHART), "--namespace", namespace, "--values", str(bad), kubeconfig=fleet.kubeconfig
+    )
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert "at '/operator/leaderElection'" in proc.stderr and "at '/gpuPrices/NVIDIA-L4'" in proc.stderr
+    assert helm("status", namespace, "--namespace", namespace, kubeconfig=fleet.kubeconfig).returncode != 0
