@@ -8,6 +8,7 @@ import contextlib
 import json
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,7 +147,7 @@ def test_uninstall_leaves_nothing_of_the_release(fleet: FleetHandle, namespace: 
     assert cluster.strip() == ""
 
 
-def test_install_refuses_bad_values_with_the_schema_message(fleet: FleetHandle, namespace: str, tmp_path: Any) -> None:
+def test_install_refuses_bad_values_with_the_schema_message(fleet: FleetHandle, namespace: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         yaml.safe_dump({"operator": {"replicas": 2, "leaderElection": False}, "gpuPrices": {"NVIDIA-L4": -1}})
