@@ -26,12 +26,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     topo = Topology(int(spec.get("tensor", 1)), int(spec.get("pipeline", 1)))
     config, tokenizer = read_metadata(path)
     check_layout(config, topo)
-    blocks = kv_blocks(config, 64, spec.get("max_model_len", 1024), 16)
+    blocks = kv_blocks(config, 16, spec.get("max_model_len", 512), 16)
     start = time.perf_counter()
     group = ParallelGroup.start(str(path), topo, num_kv_blocks=blocks)
     load_s = time.perf_counter() - start
     try:
-        engine = group.engine(config, tokenizer, max_model_len=spec.get("max_model_len", 1024))
+        engine = group.engine(config, tokenizer, max_model_len=spec.get("max_model_len", 512), max_num_seqs=16)
         params = SamplingParams(temperature=0.0, max_tokens=int(spec["max_tokens"]), ignore_eos=True)
         prompts: list[list[int]] = spec["prompts"]
         if spec.get("warmup"):
