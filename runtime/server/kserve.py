@@ -54,6 +54,7 @@ OUTPUTS: dict[str, str] = {
     "num_input_tokens": "UINT32",
     "num_output_tokens": "UINT32",
 }
+OUTPUTS_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
 # Triton's own request parameters, never sampling parameters
 RESERVED_PARAMETERS = {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 
@@ -139,9 +140,6 @@ def text_request(values: dict[str, Any], request_parameters: dict[str, Any]) -> 
     )
 
 
-OUTPUTS_FLAGS = ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens")
-
-
 def values_from_tensors(inputs: dict[str, Tensor]) -> dict[str, Any]:
     """Check each tensor against the model's inputs and take its single element."""
     values: dict[str, Any] = {}
@@ -194,6 +192,8 @@ async def text_job(serving: Serving, req: TextRequest) -> TextJob:
 
 
 class TextJob:
+    """One validated text-generation request: prompt ids, sampling parameters, and which outputs to return."""
+
     def __init__(self, serving: Serving, req: TextRequest, prompt_ids: list[int]) -> None:
         engine = serving.engine
         self.serving = serving

@@ -135,6 +135,7 @@ async def sse_chunks(
 async def completions(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     body = parse(CompletionRequest, await request.body())
+    check_model(serving, body)  # before any tokenizing
     tokenizer = serving.engine.tokenizer
     if isinstance(body.prompt, list):
         prompt_ids = list(body.prompt)
@@ -164,6 +165,7 @@ async def completions(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     body = parse(ChatCompletionRequest, await request.body())
+    check_model(serving, body)
     tokenizer = serving.engine.tokenizer
     try:
         text = tokenizer.apply_chat_template(body.chat_messages(), add_generation_prompt=True)
