@@ -241,6 +241,11 @@ async def _on_workload_event(
     ns, name = meta["namespace"], meta["name"]
     owner_name = (meta.get("labels") or {}).get(resources.LABEL_DEPLOYMENT, "")
     owner = _owner_body(ideps, ns, owner_name)
+    if owner is None and owner_name:  # the index may not have it yet (just after a start): ask the API
+        try:
+            owner = await kube_of(memo).get(api.KIND, ns, owner_name)
+        except KubeError:
+            return
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
     if not any(ref.get("uid") == owner["metadata"]["uid"] for ref in meta.get("ownerReferences") or []):
@@ -262,18 +267,21 @@ async def _on_workload_event(
             metrics.DRIFT_REPAIRS.labels(kind).inc()
             logger.info(f"{kind} {name} was {'deleted' if event_type == 'DELETED' else 'changed'}: restoring it")
         try:
-            new_status = await run_reconcile(owner, memo, gpu_nodes, group_sets, "drift", 0, logger)
+            judged = await run_reconcile(owner, memo, gpu_nodes, group_sets, "drift", 0, logger)
+            await _write_status(memo, owner, judged)
         except (kopf.TemporaryError, kopf.PermanentError) as err:
-            logger.warning(f"repairing {kind} {name} failed, retrying on the next event or timer: {err}")
+            logger.warning(f"repairing {kind} {name} failed, retrying on the next event: {err}")
             return
-    else:
-        if event_type == "DELETED" or name not in wanted:
-            return
-        workloads = [dict(body)] if kind == "Deployment" else list(group_sets.get((ns, owner_name), []))
-        generation = owner["metadata"].get("generation")
-        old = owner.get("status") or {}
-        new_status = reconcile.compute_status(spec, reconcile.owner_of(owner), generation, old, want, workloads, None)
+    if kind == "Deployment" and (event_type == "DELETED" or name not in wanted):
+        return
+    if kind == "Deployment":
+        workloads = [dict(body)]
+    else:  # a group changed or went: count all groups of this owner, as they are now
+        sets = list(group_sets.get((ns, owner_name), []))
+        workloads = [s for s in sets if not (event_type == "DELETED" and s["metadata"]["name"] == name)]
+    generation = owner["metadata"].get("generation")
     old = owner.get("status") or {}
+    new_status = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)
     if reconcile.status_changed(old, new_status):
         await kube_of(memo).apply_status(ns, owner_name, new_status, manager=WORKLOAD_STATUS_MANAGER)
 

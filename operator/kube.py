@@ -158,7 +158,11 @@ class Kube:
     async def list(self, kind: str, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
         params = {"labelSelector": selector} if selector else None
         out = await self.request("GET", path(kind, namespace), kind=kind, params=params)
-        return list((out or {}).get("items", []))
+        items = list((out or {}).get("items", []))
+        for item in items:  # list responses leave kind out of their items; the rest of the code relies on it
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", API_VERSIONS[kind])
+        return items
 
     async def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> None:
         """Delete in the background; with `uid`, only that incarnation (a precondition guards against races)."""

@@ -52,30 +52,48 @@ def _workload_progress(
     return status.groups_progress([w for w in workloads if w["kind"] == "StatefulSet"], revision, desired)
 
 
-def compute_status(
+def workload_status(
     spec: InferenceDeploymentSpec,
     owner: Owner,
     generation: int | None,
     old_status: Mapping[str, Any],
     want: resources.Desired,
     workloads: list[dict[str, Any]],
-    problems: list[checks.Problem] | None,
-    tier_reason: str | None = None,
 ) -> dict[str, Any]:
-    """The status to apply. `problems` None: only what the workload says (replica counts, Ready, Progressing), as
-    the workload watcher writes it; else also Degraded and SLOMet, as a full reconcile writes them."""
+    """What the workload objects say: replica counts, Ready and Progressing. Written from workload events only,
+    which arrive in order, so a slow reconcile holding an older snapshot can never overwrite a newer state."""
     desired = resources.desired_replicas(spec)
     progress = _workload_progress(want.layout, want.revision, desired, workloads)
-    new_conditions = status.replica_conditions(progress, generation)
-    if problems is not None:
-        new_conditions.append(status.degraded_condition(problems, generation))
-        new_conditions.append(status.slo_condition(spec, old_status.get("observed"), generation))
-    out: dict[str, Any] = {
+    conditions = status.replica_conditions(progress, generation)
+    return {
         "replicas": progress.current,
         "readyReplicas": progress.ready,
         "updatedReplicas": progress.updated,
         "selector": resources.selector_string(owner),
+        "conditions": _keep_transition_times(list(old_status.get("conditions") or []), conditions),
+    }
+
+
+def judged_status(
+    spec: InferenceDeploymentSpec,
+    owner: Owner,
+    generation: int | None,
+    old_status: Mapping[str, Any],
+    want: resources.Desired,
+    problems: list[checks.Problem],
+    tier_reason: str,
+) -> dict[str, Any]:
+    """What a reconcile decides: the layout, tier, endpoint, Degraded and SLOMet."""
+    desired = resources.desired_replicas(spec)
+    conditions = [
+        status.degraded_condition(problems, generation),
+        status.slo_condition(spec, old_status.get("observed"), generation),
+    ]
+    return {
+        "observedGeneration": generation,
+        "selector": resources.selector_string(owner),
         "tier": want.tier,
+        "tierReason": tier_reason,
         "gpusPerReplica": want.layout.gpus_per_replica,
         "podsPerReplica": want.layout.pods_per_replica,
         "revision": want.revision,
@@ -83,13 +101,8 @@ def compute_status(
         if want.layout.grouped
         else f"Deployment/{owner.name}",
         "endpoint": resources.endpoint(owner),
-        "conditions": _keep_transition_times(list(old_status.get("conditions") or []), new_conditions),
+        "conditions": _keep_transition_times(list(old_status.get("conditions") or []), conditions),
     }
-    if problems is not None:
-        out["observedGeneration"] = generation
-    if tier_reason is not None:
-        out["tierReason"] = tier_reason
-    return out
 
 
 def _keep_transition_times(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -158,7 +171,11 @@ async def reconcile(
         if was_grouped and not want.layout.grouped:
             await kube.delete("Service", owner.namespace, resources.group_service_name(owner))
 
-    new_status = compute_status(spec, owner, generation, old_status, want, workloads, problems, tier_reason)
+    new_status = judged_status(spec, owner, generation, old_status, want, problems, tier_reason)
+    if want.layout.grouped and not want.workloads:
+        # zero groups: no workload event will ever report, so the reconcile says Ready (scaled to zero) itself
+        replica_part = workload_status(spec, owner, generation, old_status, want, workloads)
+        new_status = {**replica_part, **new_status, "conditions": replica_part["conditions"] + new_status["conditions"]}
     old_degraded = status.find(list(old_status.get("conditions") or []), status.DEGRADED) or {}
     announced = str(old_degraded.get("message", "")) if old_degraded.get("status") == "True" else ""
     new_problems = [p for p in problems if p[1] not in announced]

@@ -16,7 +16,12 @@ from .specs import good_spec
 pytestmark = pytest.mark.cluster
 
 H100 = "NVIDIA-H100-80GB-HBM3"
-L4 = "NVIDIA-L4"
+A100 = "NVIDIA-A100-SXM4-80GB"
+
+
+def a100_spec(**overrides: Any) -> dict[str, Any]:
+    """Single-GPU replicas on the A100 pool (32 GPUs), which other suites leave mostly free; the L4 pool has 8."""
+    return good_spec(**{"accelerator": {"type": A100}, **overrides})
 
 
 def pods(fleet: FleetHandle, ns: str, name: str) -> list[dict[str, Any]]:
@@ -103,7 +108,7 @@ def test_multi_node_groups_get_ranks(crds: FleetHandle, namespace: str, operator
 
 
 def test_kubectl_scale(crds: FleetHandle, namespace: str, operator: OperatorProcess) -> None:
-    apply(crds, namespace, idep("scaled", good_spec()))
+    apply(crds, namespace, idep("scaled", a100_spec()))
     wait_condition(crds, namespace, "scaled", "Ready", operator=operator)
     crds.kubectl("scale", "-n", namespace, "idep", "scaled", "--replicas=3")
 
@@ -119,7 +124,7 @@ def test_kubectl_scale(crds: FleetHandle, namespace: str, operator: OperatorProc
 
 
 def test_drift_is_repaired(crds: FleetHandle, namespace: str, operator: OperatorProcess) -> None:
-    apply(crds, namespace, idep("drift", good_spec(replicas=2)))
+    apply(crds, namespace, idep("drift", a100_spec(replicas=2)))
     wait_condition(crds, namespace, "drift", "Ready", operator=operator)
     uid = get(crds, namespace, "deployment", "drift")["metadata"]["uid"]
 
@@ -144,13 +149,13 @@ def test_drift_is_repaired(crds: FleetHandle, namespace: str, operator: Operator
 def test_tier_change_rolls_out_new_pods_before_old_go(
     crds: FleetHandle, namespace: str, operator: OperatorProcess
 ) -> None:
-    apply(crds, namespace, idep("roll", good_spec(replicas=3, quantization={"tier": "bf16"})))
+    apply(crds, namespace, idep("roll", a100_spec(replicas=3, quantization={"tier": "bf16"})))
     wait_condition(crds, namespace, "roll", "Ready", operator=operator)
     old = {p["metadata"]["name"] for p in pods(crds, namespace, "roll")}
     strategy = get(crds, namespace, "deployment", "roll")["spec"]["strategy"]
     assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     recorder = RolloutRecorder(crds, namespace, "roll", new_tier="int8")
-    apply(crds, namespace, idep("roll", good_spec(replicas=3, quantization={"tier": "int8"})))
+    apply(crds, namespace, idep("roll", a100_spec(replicas=3, quantization={"tier": "int8"})))
 
     def rolled_out() -> bool:
         current = pods(crds, namespace, "roll")
@@ -170,7 +175,7 @@ def test_restart_during_reconcile_converges_without_duplicates(
     crds: FleetHandle, namespace: str, operator: OperatorProcess
 ) -> None:
     names = [f"r{i}" for i in range(6)]
-    specs = [good_spec(replicas=1 + i % 2) for i in range(6)]
+    specs = [a100_spec(replicas=1 + i % 2) for i in range(6)]
     specs[5] = good_spec(accelerator={"type": H100}, parallelism={"tensor": 16}, replicas=2)  # a grouped one too
     apply(crds, namespace, *[idep(n, s) for n, s in zip(names, specs, strict=True)])
     time.sleep(0.3)
@@ -193,7 +198,7 @@ def test_restart_during_reconcile_converges_without_duplicates(
 
 def test_delete_removes_everything(crds: FleetHandle, namespace: str, operator: OperatorProcess) -> None:
     spec = good_spec(accelerator={"type": H100}, parallelism={"tensor": 16})
-    apply(crds, namespace, idep("gone", spec), idep("kept", good_spec()))
+    apply(crds, namespace, idep("gone", spec), idep("kept", a100_spec()))
     wait_condition(crds, namespace, "gone", "Ready", operator=operator)
     wait_condition(crds, namespace, "kept", "Ready", operator=operator)
     assert any(owned(crds, namespace, "gone").values())
@@ -205,7 +210,7 @@ def test_delete_removes_everything(crds: FleetHandle, namespace: str, operator: 
 
 
 def test_operator_health_and_metrics(crds: FleetHandle, namespace: str, operator: OperatorProcess) -> None:
-    apply(crds, namespace, idep("m", good_spec()))
+    apply(crds, namespace, idep("m", a100_spec()))
     wait_condition(crds, namespace, "m", "Ready", operator=operator)
     text = operator.metrics()
     for name in (
@@ -229,14 +234,14 @@ def test_two_replicas_elect_one_through_peering(crds: FleetHandle, namespace: st
         wait_for(
             lambda: "Pausing" in standby.log() or "paused" in standby.log().lower(), timeout=60, what="standby pauses"
         )
-        apply(crds, namespace, idep("first", good_spec()))
+        apply(crds, namespace, idep("first", a100_spec()))
         wait_condition(crds, namespace, "first", "Ready", operator=leader)
         handled = [
             line for line in standby.metrics().splitlines() if line.startswith("infleet_operator_reconcile_total{")
         ]
         assert not handled, f"the standby reconciled while the leader was alive: {handled}"
         leader.stop()  # a clean exit leaves the peering at once
-        apply(crds, namespace, idep("second", good_spec()))
+        apply(crds, namespace, idep("second", a100_spec()))
         wait_condition(crds, namespace, "second", "Ready", operator=standby, timeout=120)
     finally:
         leader.stop()
