@@ -84,7 +84,7 @@ class Stack:
 
     def install_chart(self, *values: str) -> None:
         """`helm upgrade --install`, with `--set` values; the operator reads this fleet's Prometheus."""
-        sets = [f"--set={v}" for v in (f"operator.prometheusUrl={self.fleet.prometheus_url}", *values)]
+        sets = [f"--set={v}" for v in (f"operator.prometheusUrl={self.fleet.prometheus_url_for_pods}", *values)]
         self.helm(
             "upgrade",
             "--install",
@@ -113,7 +113,8 @@ class Stack:
         )
 
     def gateway_url(self) -> str:
-        service = self.core.read_namespaced_service(f"{self.release}-gateway", self.namespace)
+        selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=gateway"
+        service = self.core.list_namespaced_service(self.namespace, label_selector=selector).items[0]
         return f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}"
 
 

@@ -1,0 +1,185 @@
+"""The product's life on the local fleet, in order: install and chat, heal a killed runtime, survive a killed
+operator, roll out a tier change without failing a request, and uninstall leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes.client
+import numpy as np
+import openai
+import pytest
+import tritonclient.http as triton
+
+from infleet.cluster.stack import Stack, example
+from infleet.cluster.testing import FleetHandle, wait_for
+from infleet.runtime.loader.smollm2 import smollm2_gguf
+
+pytestmark = [pytest.mark.cluster, pytest.mark.model, pytest.mark.slow]
+
+NAMESPACE = "e2e-demo"
+NAME = "smollm2"
+
+
+@pytest.fixture(scope="module")
+def served(stack: Stack) -> Iterator[str]:
+    """The SmolLM2 example applied in its own namespace; yields the served model name."""
+    idep = example(smollm2_gguf(), NAMESPACE)
+    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}, idep)
+    stack.wait_ready(NAMESPACE, NAME, quiet=True)
+    yield str(idep["spec"]["model"]["servedName"])
+
+
+def client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(stack: Stack, model: str, text: str = "What is the capital of France?") -> str:
+    reply = client(stack).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=16, temperature=0
+    )
+    return str(reply.choices[0].message.content)
+
+
+def runtime_pods(fleet: FleetHandle) -> list:
+    return list(fleet.core.list_namespaced_pod(NAMESPACE, label_selector=f"infleet.dev/deployment={NAME}").items)
+
+
+def test_install_and_chat_through_the_gateway(stack: Stack, served: str) -> None:
+    assert "Paris" in chat(stack, served)
+    stream = client(stack).chat.completions.create(
+        model=served, messages=[{"role": "user", "content": "Count to five."}], max_tokens=12, stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len(pieces) > 2 and "".join(pieces).strip()
+    models = [m.id for m in client(stack).models.list().data]
+    assert served in models
+
+
+def test_kserve_v2_through_the_gateway(stack: Stack, served: str) -> None:
+    url = stack.gateway_url().removeprefix("http://")
+    kserve = triton.InferenceServerClient(url=url)
+    text = triton.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"The capital of France is"], dtype=object))
+    result = kserve.infer(served, [text], outputs=[triton.InferRequestedOutput("text_output")])
+    assert result.as_numpy("text_output")[0]
+
+
+def launched_pid(fleet: FleetHandle, pod) -> int:
+    meta = pod.metadata
+    return int((fleet.fleet.dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid}" / "runtime.pid").read_text())
+
+
+def test_a_killed_runtime_process_is_healed(stack: Stack, fleet: FleetHandle, served: str) -> None:
+    pod = runtime_pods(fleet)[0]
+    os.kill(launched_pid(fleet, pod), signal.SIGKILL)
+    wait_for(
+        lambda: (
+            fleet.core.read_namespaced_pod(pod.metadata.name, NAMESPACE).status.container_statuses[0].restart_count >= 1
+        ),
+        what="the runtime's restart",
+    )
+    stack.wait_ready(NAMESPACE, NAME, timeout=600, quiet=True)
+    assert "Paris" in wait_for(lambda: _try_chat(stack, served), timeout=300, what="a chat after the restart")
+
+
+def _try_chat(stack: Stack, model: str) -> str | None:
+    try:
+        return chat(stack, model)
+    except openai.APIError:
+        return None
+
+
+def test_killing_the_operator_mid_reconcile_converges_without_duplicates(
+    stack: Stack, fleet: FleetHandle, served: str
+) -> None:
+    operator = fleet.core.list_namespaced_pod(stack.namespace, label_selector="app.kubernetes.io/component=operator")
+    pod = operator.items[0]
+    stack.kubectl("scale", "idep", NAME, "-n", NAMESPACE, "--replicas=2")
+    meta = pod.metadata
+    pid = int((fleet.fleet.dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid}" / "operator.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: len([p for p in runtime_pods(fleet) if p.status.phase == "Running"]) == 2,
+        timeout=600,
+        what="two runtime pods after the operator restarted",
+    )
+    deployments = fleet.apps.list_namespaced_deployment(NAMESPACE).items
+    services = fleet.core.list_namespaced_service(NAMESPACE).items
+    assert len(deployments) == 1 and deployments[0].spec.replicas == 2
+    assert len([s for s in services if s.spec.cluster_ip != "None"]) == 1
+    stack.kubectl("scale", "idep", NAME, "-n", NAMESPACE, "--replicas=1")
+    wait_for(lambda: len(runtime_pods(fleet)) == 1, timeout=300, what="back to one runtime pod")
+
+
+def test_a_tier_change_rolls_out_without_a_failed_request(stack: Stack, fleet: FleetHandle, served: str) -> None:
+    failures: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    def load() -> None:
+        nonlocal answered
+        while not stop.is_set():
+            try:
+                chat(stack, served, "Say hi.")
+                answered += 1
+            except openai.APIError as err:
+                failures.append(repr(err))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        stack.kubectl(
+            "patch", "idep", NAME, "-n", NAMESPACE, "--type=merge", "-p", '{"spec": {"quantization": {"tier": "int4"}}}'
+        )
+        wait_for(
+            lambda: (
+                [
+                    p
+                    for p in runtime_pods(fleet)
+                    if p.metadata.labels.get("infleet.dev/tier") == "int4" and p.metadata.deletion_timestamp is None
+                ]
+                and all(p.metadata.labels.get("infleet.dev/tier") == "int4" for p in runtime_pods(fleet))
+            ),
+            timeout=900,
+            what="the int4 rollout to replace every pod",
+        )
+        stack.wait_ready(NAMESPACE, NAME, timeout=600, quiet=True)
+    finally:
+        stop.set()
+        worker.join(timeout=180)
+    assert answered > 0
+    assert failures == []
+    assert stack.idep(NAMESPACE, NAME)["status"]["tier"] == "int4"
+
+
+def test_uninstall_and_namespace_deletion_leave_nothing(stack: Stack, fleet: FleetHandle, served: str) -> None:
+    pods_dir: Path = fleet.fleet.dir / "pods"
+    pids = [launched_pid(fleet, p) for p in runtime_pods(fleet)]
+    fleet.core.delete_namespace(NAMESPACE)
+    stack.helm("uninstall", stack.release, f"--namespace={stack.namespace}", "--wait")
+    fleet.core.delete_namespace(stack.namespace)
+
+    def gone() -> bool:
+        names = {n.metadata.name for n in fleet.core.list_namespace().items}
+        return NAMESPACE not in names and stack.namespace not in names
+
+    wait_for(gone, timeout=300, what="both namespaces to be deleted")
+    assert not any(_alive(pid) for pid in pids)
+    rbac = kubernetes.client.RbacAuthorizationV1Api(fleet.api)
+    leftovers = [c.metadata.name for c in rbac.list_cluster_role().items if c.metadata.name.startswith("e2e-")]
+    assert leftovers == []
+    assert not [d for d in pods_dir.glob(f"{NAMESPACE}_*") if any(_alive(int(p.read_text())) for p in d.glob("*.pid"))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[-1][0] != "Z"
