@@ -180,7 +180,7 @@ H100_NODES = {"type": H100, "gpusPerNode": 2}
 
 
 class Scenario:
-    STEP_TIMEOUT = 45.0  # generous: the machine is shared; a refused request ends a step at once anyway
+    STEP_TIMEOUT = 90.0  # generous: the machine is shared; a refused request ends a step at once anyway
 
     def __init__(self, fleet: FleetHandle, namespace: str, operator: Operator) -> None:
         self.fleet, self.ns, self.op = fleet, namespace, operator
