@@ -1,0 +1,40 @@
+"""The committed SmolLM2 CPU tier profile follows the documented schema and is what the autoscaler's chooser reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infleet.autoscaler.tiers import load_profile
+from infleet.runtime.quant import profile as P
+from infleet.runtime.quant.tiers import TIERS
+
+PROFILE = Path(P.__file__).parent / "profiles" / "smollm2-135m-cpu.json"
+
+
+def test_committed_profile_matches_schema() -> None:
+    doc = json.loads(PROFILE.read_text())
+    assert doc["schema"] == P.SCHEMA and doc["device"] == "cpu" and doc["baseline"] == "bf16"
+    assert set(doc["tiers"]) == set(TIERS)
+    base = doc["tiers"]["bf16"]
+    assert base["quality_loss"] == 0 and base["greedy_match_rate"] == 1.0
+    for tier, entry in doc["tiers"].items():
+        assert entry["perplexity"] > 1 and 0 <= entry["greedy_match_rate"] <= 1, tier
+        assert entry["quality_loss"] == pytest.approx(max(entry["perplexity"] / base["perplexity"] - 1, 0), abs=1e-4)
+        assert set(entry["decode_tokens_per_second"]) == {str(b) for b in doc["eval"]["batches"]}
+        if tier != "bf16":
+            assert entry["memory_bytes"] < base["memory_bytes"]
+    # SmolLM2's GGUF is Q4_1: its weights sit on a 4-bit grid in blocks of 32, which int4 groups follow
+    assert doc["tiers"]["int4"]["group_size"] == 32 and "4-bit grid" in doc["tiers"]["int4"]["group_size_reason"]
+
+
+def test_autoscaler_reads_it() -> None:
+    options = {o.tier: o for o in load_profile(PROFILE)}
+    assert set(options) == set(TIERS)
+    assert all(o.gpu == "cpu" and o.capacity_tokens_per_second > 0 for o in options.values())
+
+
+def test_prefix_match() -> None:
+    assert P.prefix_match([[1, 2, 3, 4], [5, 6]], [[1, 2, 9, 4], [5, 6]]) == pytest.approx((0.5 + 1.0) / 2)
