@@ -1,8 +1,10 @@
 """`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`.
 
-Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py` and `autoscaling.py`. Peering
-(leader election) is on: with several replicas, the one with the highest priority handles objects while the others
-stand by; without kopf's peering CRDs installed it falls back to standalone mode with a warning.
+Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py` and `autoscaling.py`. With
+`--peering` (leader election, for several replicas) the live replica with the highest priority handles objects while
+the others stand by; without kopf's peering CRDs installed it falls back to standalone mode with a warning. A replica
+that dies without notice holds the others off for the peering lifetime (15 s). Peering is opt-in because kopf 1.45
+was seen to stay idle when it paused during its own start-up (a restart inside a dead replica's lifetime).
 """
 
 from __future__ import annotations
@@ -94,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="peering priority: the highest live replica works, the others stand by (default: random)",
     )
-    run.add_argument("--standalone", action="store_true", help="no leader election")
+    run.add_argument(
+        "--peering",
+        action="store_true",
+        help="leader election through kopf peering, for several replicas (one works, the others stand by)",
+    )
     run.add_argument("--prometheus-url", help="where the autoscaler reads latency and queue metrics")
     run.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
-        standalone=True if args.standalone else None,
+        standalone=not args.peering,
         priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
         memo=kopf.Memo(namespaces=namespaces),
     )

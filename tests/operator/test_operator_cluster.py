@@ -180,7 +180,7 @@ def test_restart_during_reconcile_converges_without_duplicates(
     apply(crds, namespace, *[idep(n, s) for n, s in zip(names, specs, strict=True)])
     time.sleep(0.3)
     operator.kill()  # mid-reconcile: some objects exist, some do not
-    operator.start()  # waits out the dead replica's peering lease (15 s) before it works
+    operator.start()
     for n in names:
         wait_condition(crds, namespace, n, "Ready", operator=operator, timeout=150)
     first = {n: owned(crds, namespace, n) for n in names}
@@ -195,7 +195,7 @@ def test_restart_during_reconcile_converges_without_duplicates(
     versions = identities()
     operator.kill()
     operator.start()
-    time.sleep(25)  # past the dead replica's lease: the resume handlers have run again
+    time.sleep(10)  # the resume handlers have run again
     assert {n: owned(crds, namespace, n) for n in names} == first
     # a clean re-apply changes nothing: same objects (uid) with the same spec (generation)
     assert identities() == versions
@@ -234,8 +234,9 @@ def test_two_replicas_elect_one_through_peering(crds: FleetHandle, namespace: st
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     try:
-        leader.start("--priority", "200")
-        standby.start("--priority", "100")
+        leader.start("--peering", "--priority", "200")
+        time.sleep(3)  # the leader is up before the standby starts (see __main__: pausing during start-up)
+        standby.start("--peering", "--priority", "100")
         wait_for(
             lambda: "Pausing" in standby.log() or "paused" in standby.log().lower(), timeout=60, what="standby pauses"
         )
