@@ -159,10 +159,31 @@ async def _mark_degraded(memo: Any, body: Mapping[str, Any], reason: str, messag
 async def reconcile_deployment(
     body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int, reason: str, logger: kopf.Logger, **kw: Any
 ) -> None:
-    new_status = await run_reconcile(
-        body, memo, kw["gpu_nodes"], kw["group_sets"], str(getattr(reason, "value", reason)), retry, logger
-    )
-    patch.status.update(new_status)
+    trigger = str(getattr(reason, "value", reason))
+    new_status = await run_reconcile(body, memo, kw["gpu_nodes"], kw["group_sets"], trigger, retry, logger)
+    await _write_status(memo, body, new_status)
+    await refresh_workload_status(memo, body, kw["gpu_nodes"])
+
+
+async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes: kopf.Index[str, int]) -> None:
+    """Replica counts from a fresh read of the workload, written at once. Workload events keep them current; this
+    covers the case where no further event comes (the operator restarted after the workload settled)."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec, want, _ = reconcile.plan(body, _node_gpus(gpu_nodes))
+    owner = reconcile.owner_of(body)
+    kube = kube_of(memo)
+    try:
+        if want.layout.grouped:
+            workloads = await kube.list("StatefulSet", ns, reconcile.owned_selector(owner))
+        else:
+            dep = await kube.get("Deployment", ns, name)
+            workloads = [dep] if dep else []
+        old = body.get("status") or {}
+        new_status = reconcile.workload_status(spec, owner, meta.get("generation"), old, want, workloads)
+        await kube.apply_status(ns, name, new_status, manager=WORKLOAD_STATUS_MANAGER)
+    except KubeError as err:
+        logging.getLogger(__name__).warning(f"refreshing replica status of {ns}/{name} failed: {err}")
 
 
 # ---- re-judging: what was missing may appear ---------------------------------------------------------------------
