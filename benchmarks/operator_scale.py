@@ -100,7 +100,7 @@ def idep(name: str, i: int) -> dict[str, Any]:
 def run_one(env: dict[str, str], count: int, log_dir: Path) -> dict[str, Any]:
     core = client.CoreV1Api(config.new_client_from_config(env["KUBECONFIG"]))
     custom = client.CustomObjectsApi(core.api_client)
-    ns = f"scale-{count}"
+    ns = f"scale-{count}-{os.getpid()}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     metrics_port, health_port = free_port(), free_port()
     log = (log_dir / f"operator-{count}.log").open("wb")
