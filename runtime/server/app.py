@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -37,6 +37,12 @@ class Serving:
     metrics: RuntimeMetrics
     state: ServerState = field(default_factory=ServerState)
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def quantization(self) -> dict[str, Any]:
+        """The tier the weights were loaded at and how (reported by `/v1/models` and the v2 model metadata)."""
+        info = getattr(self.engine.engine.model, "tier_info", None)
+        details = info.to_dict() if info is not None else {}
+        return {**details, "tier": self.engine.tier}
 
 
 async def health(request: Request) -> Response:

@@ -262,6 +262,7 @@ async def model_metadata(request: Request) -> Response:
             "name": serving.served_name,
             "versions": [VERSION],
             "platform": "infleet",
+            "parameters": {"tier": serving.engine.tier},
             "inputs": [{"name": n, "datatype": d, "shape": [1], "optional": not req} for n, (d, req) in INPUTS.items()],
             "outputs": [{"name": n, "datatype": d, "shape": [1]} for n, d in OUTPUTS.items()],
         }

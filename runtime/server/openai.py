@@ -56,6 +56,8 @@ async def list_models(request: Request) -> Response:
         "created": serving.created,
         "owned_by": "infleet",
         "max_model_len": serving.engine.max_model_len,
+        "tier": serving.engine.tier,
+        "quantization": serving.quantization(),
     }
     return JSONResponse({"object": "list", "data": [card]})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -104,3 +105,10 @@ def test_errors_raise_the_matching_openai_exceptions(client: openai.OpenAI) -> N
         client.completions.create(model="gpt-4", prompt="hi")
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=-1)
+
+
+def test_models_and_v2_metadata_report_the_tier(runtime_server) -> None:
+    card = httpx.get(f"{runtime_server.url}/v1/models", timeout=30).json()["data"][0]
+    assert card["tier"] == card["quantization"]["tier"] == "bf16"
+    meta = httpx.get(f"{runtime_server.url}/v2/models/{card['id']}", timeout=30).json()
+    assert meta["parameters"]["tier"] == "bf16"
