@@ -49,5 +49,5 @@ def test_file_uris_resolve_to_paths(tmp_path: Path) -> None:
 def test_bad_parallel_sizes_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--model", "x", "--tensor-parallel", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
-    assert main(["serve", "--model", "x", "--pipeline-parallel", "2"]) == 2  # checked before any rank starts
+    assert main(["serve", "--model", "x", "--pipeline-parallel", "2"]) == 1  # checked before any rank starts
     assert "does not exist" in capsys.readouterr().err
