@@ -127,7 +127,7 @@ class Operator:
 
     def start(self) -> Operator:
         cmd = [sys.executable, "-m", "infleet.operator", "run", "--namespace", self.namespace]
-        cmd += ["--metrics-port", "0", "--health-port", str(self.health_port)]
+        cmd += ["--metrics-port", "0", "--health-port", str(self.health_port), "--peering"]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

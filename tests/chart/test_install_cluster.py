@@ -43,7 +43,7 @@ def ready(pod: dict[str, Any]) -> bool:
 def release(fleet: FleetHandle, namespace: str) -> Iterator[str]:
     """The chart installed into the test namespace, watching only that namespace (the fleet is shared)."""
     values = {
-        "operator": {"watchNamespaces": [namespace], "replicas": 2},  # two replicas: one leader, one standby
+        "operator": {"watchNamespaces": [namespace], "replicas": 2, "leaderElection": True},  # one leader, one standby
         "gateway": {"watchNamespaces": [namespace]},
     }
     args = ["install", namespace, str(CHART), "--namespace", namespace, *set_args(values)]

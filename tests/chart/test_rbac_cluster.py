@@ -25,7 +25,7 @@ PLACEHOLDER_NS = "rbac-proof"  # rendered with this namespace, applied to the te
 
 
 def chart_rules() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    docs = render({"operator": {"watchNamespaces": [PLACEHOLDER_NS]}})
+    docs = render({"operator": {"watchNamespaces": [PLACEHOLDER_NS], "leaderElection": True}})
     cluster = named(docs, "ClusterRole", "-operator")["rules"]
     namespaced = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == PLACEHOLDER_NS)["rules"]
     return cluster, namespaced
