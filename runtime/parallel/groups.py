@@ -139,9 +139,13 @@ class RankContext:
         return dist.TCPStore(self.leader_addr, self.leader_port, is_master=False, timeout=COLLECTIVE_TIMEOUT)
 
 
-def init_rank(topo: Topology, rank: int, leader_addr: str, leader_port: int) -> RankContext:
-    """Join the replica's process group (gloo on CPU, NCCL when a GPU is present) and build the tensor groups."""
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+def init_rank(
+    topo: Topology, rank: int, leader_addr: str, leader_port: int, device: torch.device | None = None
+) -> RankContext:
+    """Join the replica's process group (gloo for a CPU model, NCCL for a GPU one) and build the tensor groups.
+
+    The runtime keeps its model on the CPU today, so the default device is the CPU."""
+    device = device or torch.device("cpu")
     backend = "nccl" if device.type == "cuda" else "gloo"
     store = dist.TCPStore(
         leader_addr,
