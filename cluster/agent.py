@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from infleet.cluster.controlplane import Ports
 from infleet.cluster.discovery import pod_target_groups, resolve
 from infleet.cluster.launcher import IpPool, PodRunner, is_launched
 from infleet.cluster.network import PodNetwork
@@ -167,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(args.fleet_dir, PodNetwork.from_env(args.port_base), args.port)
     proxy = ServiceProxy(agent.api)
     proxy.start()
-    apiserver = urlparse(agent.api.configuration.host)
-    proxy.forward(
-        (str(agent.network.host_ip), apiserver.port or 443), (apiserver.hostname or "127.0.0.1", apiserver.port or 443)
-    )
+    # Pods reach the fleet's own loopback services (API server, Prometheus) at the pod network's host address.
+    ports = Ports(args.port_base)
+    for port in (ports.apiserver, ports.prometheus):
+        proxy.forward((str(agent.network.host_ip), port), ("127.0.0.1", port))
     threading.Thread(target=agent.watch_pods, daemon=True, name="pod-watch").start()
     # On loopback for the host, and on the pod network's host address for pods (their DNS questions).
     for address in ("127.0.0.1", str(agent.network.host_ip)):

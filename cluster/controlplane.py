@@ -317,6 +317,11 @@ class Fleet:
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.prometheus}"
 
+    @property
+    def prometheus_url_for_pods(self) -> str:
+        """The same Prometheus as seen from the pod network (the node agent forwards it)."""
+        return f"http://{self.network.host_ip}:{self.ports.prometheus}"
+
     def kwok_stage_paths(self) -> list[Path]:
         return [self.dir / "kwok-stages" / src.name for src in self.bins.kwok_stages]
 
