@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.infleet-$(shell cat pyproject.toml setup.py | sha1sum | cut -c1-12)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install fleet-bins lint typecheck crds-check test test-unit up down clean
+.PHONY: install fleet-bins lint typecheck test test-unit test-all up down clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -35,9 +35,13 @@ typecheck: install
 	cd build/typecheck && $(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p infleet
 
 test-unit: install
-	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster and not exhaustive" $(PYTEST_ARGS)
 
+# The whole suite but the exhaustive matrices, which `make test-all` adds.
 test: install fleet-bins lint typecheck
+	$(PY) -m pytest -m "not exhaustive" $(PYTEST_ARGS)
+
+test-all: install fleet-bins lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 up: install fleet-bins

@@ -94,6 +94,7 @@ def test_removing_a_permission_breaks_the_operator(
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("permission", sorted(set(ALL) - FAST), ids=label)
 def test_removing_any_permission_breaks_the_operator(
     crds: FleetHandle, namespace: str, tmp_path: Path, permission: Permission
