@@ -321,7 +321,7 @@ class Observed(ApiModel):
 
     ttft_p99_seconds: float | None = None
     tpot_p99_seconds: float | None = None
-    e2e_p99_seconds: float | None = None
+    e2e_p99_seconds: float | None = Field(default=None, alias="e2eP99Seconds")  # to_camel would say e2EP99
     queue_depth: float | None = None
     tokens_per_second: float | None = None
 
