@@ -132,7 +132,7 @@ class Fleet:
             pid = int(self.pid_path(name).read_text())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def start(self, comp: Component, timeout: float = 120) -> None:
         if self.pid(comp.name) is not None:
@@ -398,7 +398,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -422,6 +422,6 @@ def _kill_group(pid: int, grace: float) -> None:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not process_alive(pid):
                 return
             time.sleep(0.1)

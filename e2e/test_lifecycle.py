@@ -15,6 +15,7 @@ import openai
 import pytest
 import tritonclient.http as triton
 
+from infleet.cluster.controlplane import process_alive
 from infleet.cluster.stack import Stack, example
 from infleet.cluster.testing import FleetHandle, wait_for
 from infleet.runtime.loader.smollm2 import smollm2_gguf
@@ -169,17 +170,10 @@ def test_uninstall_and_namespace_deletion_leave_nothing(stack: Stack, fleet: Fle
         return NAMESPACE not in names and stack.namespace not in names
 
     wait_for(gone, timeout=300, what="both namespaces to be deleted")
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     rbac = kubernetes.client.RbacAuthorizationV1Api(fleet.api)
     leftovers = [c.metadata.name for c in rbac.list_cluster_role().items if c.metadata.name.startswith("e2e-")]
     assert leftovers == []
-    assert not [d for d in pods_dir.glob(f"{NAMESPACE}_*") if any(_alive(int(p.read_text())) for p in d.glob("*.pid"))]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(") ")[-1][0] != "Z"
+    assert not [
+        d for d in pods_dir.glob(f"{NAMESPACE}_*") if any(process_alive(int(p.read_text())) for p in d.glob("*.pid"))
+    ]

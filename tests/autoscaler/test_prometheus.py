@@ -148,10 +148,7 @@ def test_selects_by_deployment_label(exporters: Exporters) -> None:
     obs = PrometheusReader(exporters.url).observe("default", "no-such-deployment", replicas=3)
     assert obs.missing is not None and "no infleet_* or vllm:* series" in obs.missing
     assert obs.queue_depth is None
-    assert (
-        'deployment="no-such-deployment"'
-        in Queries.for_deployment("default", "no-such-deployment").queue_depth
-    )
+    assert 'deployment="no-such-deployment"' in Queries.for_deployment("default", "no-such-deployment").queue_depth
 
 
 def test_unreachable_prometheus_is_a_held_decision_not_an_exception() -> None:

@@ -15,6 +15,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from infleet.cluster.controlplane import process_alive
 from infleet.cluster.testing import FleetHandle, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -212,15 +213,6 @@ def launched_pid(fleet: FleetHandle, pod: client.V1Pod, container: str = "web") 
     return int(pid_file.read_text())
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(") ")[-1][0] != "Z"
-
-
 def test_killed_process_restarts_and_deleted_pod_stops(fleet: FleetHandle, namespace: str) -> None:
     apply(fleet, namespace, deployment("web", HTTP_SERVER))
     pod = wait_for(lambda: next((p for p in pods(fleet, namespace, "app=web") if ready(p)), None), what="a ready pod")
@@ -237,9 +229,9 @@ def test_killed_process_restarts_and_deleted_pod_stops(fleet: FleetHandle, names
     assert any(line.split()[3] == "1" for line in out.splitlines()[1:]), f"RESTARTS column shows 1:\n{out}"
 
     new_pid = launched_pid(fleet, pod)
-    assert new_pid != pid and alive(new_pid)
+    assert new_pid != pid and process_alive(new_pid)
     fleet.core.delete_namespaced_pod(pod.metadata.name, namespace)
-    wait_for(lambda: not alive(new_pid), what="the process to stop after the pod was deleted")
+    wait_for(lambda: not process_alive(new_pid), what="the process to stop after the pod was deleted")
     wait_for(lambda: _gone(fleet, namespace, pod.metadata.name), what="the pod object to go")
 
 
@@ -282,7 +274,7 @@ def test_deleting_a_namespace_completes(fleet: FleetHandle) -> None:
         return False
 
     wait_for(namespace_gone, timeout=120, what="namespace deletion to complete")
-    assert not any(alive(p) for p in pids)
+    assert not any(process_alive(p) for p in pids)
 
 
 def test_cluster_env_prints_a_working_kubeconfig(fleet: FleetHandle) -> None:
