@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from infleet.runtime.config import ModelConfig
 from infleet.runtime.engine.engine import DEFAULT_KV_CACHE_BYTES, LLMEngine
@@ -30,6 +30,9 @@ from infleet.runtime.parallel.runner import ParallelRunner
 from infleet.runtime.parallel.tensor import TensorShard
 from infleet.runtime.parallel.watchdog import Watchdog
 from infleet.runtime.parallel.worker import RankArgs, load_rank, report_stats, run_worker
+
+if TYPE_CHECKING:
+    from infleet.runtime.model.llama import LlamaForCausalLM
 
 log = logging.getLogger("infleet.runtime.parallel")
 STOP_WAIT = timedelta(seconds=20)
@@ -104,7 +107,7 @@ class ParallelGroup:
     def engine(self, config: ModelConfig, tokenizer: Any, **kwargs: Any) -> LLMEngine:
         runner = ParallelRunner(self.stage, self.channel)
         return LLMEngine(
-            self.stage.model,
+            cast("LlamaForCausalLM", self.stage.model),  # a stage serves the engine through the same interface
             config,
             tokenizer,
             num_kv_blocks=len(self.stage.kv_caches[0].k) if self.stage.kv_caches else None,

@@ -7,6 +7,7 @@ publishes them to every rank, runs its own stage, and returns the logits the las
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -15,6 +16,9 @@ from infleet.runtime.engine.model_runner import ModelRunner
 from infleet.runtime.engine.scheduler import ScheduledSequence
 from infleet.runtime.parallel.channel import Channel, Message
 from infleet.runtime.parallel.pipeline import MicroBatch, Stage
+
+if TYPE_CHECKING:
+    from infleet.runtime.model.llama import LlamaForCausalLM
 
 
 def split_batch(ordered: list[ScheduledSequence], parts: int) -> list[list[ScheduledSequence]]:
@@ -52,7 +56,7 @@ class ParallelRunner(ModelRunner):
     def __init__(self, stage: Stage, channel: Channel) -> None:  # no super().__init__: the stage owns the cache
         self.stage = stage
         self.channel = channel
-        self.model = stage.model
+        self.model = cast("LlamaForCausalLM", stage.model)  # a stage serves the engine through the same interface
         self.block_size = stage.block_size
         self.kv_caches = stage.kv_caches
         self.micro_batches = stage.ctx.topo.pipeline

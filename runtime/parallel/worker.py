@@ -61,8 +61,8 @@ def report_stats(ctx: RankContext, stage: Stage) -> None:
 def load_rank(args: RankArgs) -> tuple[RankContext, Stage]:
     from pathlib import Path
 
-    from infleet.runtime.engine.engine import apply_tier
     from infleet.runtime.parallel.loading import read_metadata
+    from infleet.runtime.quant.tiers import apply_tier
 
     torch.set_num_threads(int(__import__("os").environ.get("INFLEET_RANK_THREADS", "1")))
     topo = Topology(args.tensor, args.pipeline)
