@@ -33,12 +33,12 @@ def chart_rules() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 CLUSTER_RULES, NAMESPACED_RULES = chart_rules()
 ALL = permissions(CLUSTER_RULES, "ClusterRole") + permissions(NAMESPACED_RULES, "Role")
-# One per kind of failure, for the default run: a workload write, a status write, a cluster-scoped watch, events.
+# One per kind of failure, for the default run: a workload write, a status write, a cluster-scoped watch. (Events
+# are left to the exhaustive run: whether a refused event shows within the scenario's time depends on timing.)
 FAST = {
     ("Role", "apps", "deployments", "create"),
     ("Role", "infleet.dev", "inferencedeployments/status", "patch"),
     ("ClusterRole", "", "nodes", "watch"),
-    ("Role", "", "events", "create"),
 }
 
 
