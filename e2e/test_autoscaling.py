@@ -4,6 +4,7 @@ replicas return to the minimum after the scale-down window."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from infleet.runtime.loader.smollm2 import smollm2_gguf
 
 pytestmark = [pytest.mark.cluster, pytest.mark.model, pytest.mark.slow]
 
-NAMESPACE = "e2e-demo"  # the namespace the e2e release's operator watches
+NAMESPACE = os.environ.get("INFLEET_E2E_RELEASE", "e2e") + "-demo"  # the namespace the release watches
 NAME = "scaler"
 
 

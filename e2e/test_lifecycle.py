@@ -22,7 +22,7 @@ from infleet.runtime.loader.smollm2 import smollm2_gguf
 
 pytestmark = [pytest.mark.cluster, pytest.mark.model, pytest.mark.slow]
 
-NAMESPACE = "e2e-demo"
+NAMESPACE = os.environ.get("INFLEET_E2E_RELEASE", "e2e") + "-demo"  # the namespace the release watches
 NAME = "smollm2"
 
 

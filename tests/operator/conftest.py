@@ -10,11 +10,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 
 from infleet.cluster.testing import FleetHandle, wait_for
@@ -145,7 +146,7 @@ def wait_condition(
     type_: str,
     status: str = "True",
     reason: str | None = None,
-    timeout: float = 90,
+    timeout: float = 180,
     operator: OperatorProcess | None = None,
 ) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
@@ -155,10 +156,24 @@ def wait_condition(
             return body
         return None
 
+    result: dict[str, Any] = wait_explained(
+        fleet, namespace, name, check, timeout=timeout, what=f"{name} {type_}={status} {reason}", operator=operator
+    )
+    return result
+
+
+def wait_explained(
+    fleet: FleetHandle,
+    namespace: str,
+    name: str,
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    operator: OperatorProcess | None = None,
+) -> Any:
+    """`wait_for`, but a timeout reports the deployment's status, pods, events and the operator's log."""
     try:
-        result: dict[str, Any] = wait_for(
-            check, timeout=timeout, interval=0.5, what=f"{name} {type_}={status} {reason}"
-        )
+        return wait_for(predicate, timeout=timeout, interval=0.5, what=what)
     except AssertionError as err:
         body = get(fleet, namespace, "inferencedeployment", name)
         logs = operator.log() if operator else ""
@@ -166,7 +181,14 @@ def wait_condition(
         events = fleet.kubectl("get", "events", "-n", namespace, check=False).stdout[-3000:]
         state = json.dumps((body or {}).get("status"), indent=1)
         raise AssertionError(f"{err}\nstatus: {state}\npods:\n{pods}\nevents:\n{events}\n{logs}") from None
-    return result
+
+
+def _quietly(stream: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A watch stream that ends without an exception when the watch is stopped or the connection drops."""
+    try:
+        yield from stream
+    except (urllib3.exceptions.HTTPError, OSError):
+        return
 
 
 class ConditionRecorder:
@@ -192,7 +214,7 @@ class ConditionRecorder:
                 field_selector=f"metadata.name={name}",
                 timeout_seconds=300,
             )
-            for event in stream:
+            for event in _quietly(stream):
                 conds = conditions(event["object"])
                 pair = (conds.get("Ready", {}).get("status", "-"), conds.get("Progressing", {}).get("status", "-"))
                 if not self.seen or self.seen[-1] != pair:
@@ -231,7 +253,7 @@ class RolloutRecorder:
                 label_selector=f"infleet.dev/deployment={name}",
                 timeout_seconds=300,
             )
-            for event in stream:
+            for event in _quietly(stream):
                 pod = event["object"]
                 pod_name, tier = pod.metadata.name, pod.metadata.labels.get("infleet.dev/tier")
                 is_ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])

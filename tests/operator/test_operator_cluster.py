@@ -10,7 +10,17 @@ import pytest
 
 from infleet.cluster.testing import FleetHandle, wait_for
 
-from .conftest import ConditionRecorder, OperatorProcess, RolloutRecorder, apply, conditions, get, idep, wait_condition
+from .conftest import (
+    ConditionRecorder,
+    OperatorProcess,
+    RolloutRecorder,
+    apply,
+    conditions,
+    get,
+    idep,
+    wait_condition,
+    wait_explained,
+)
 from .specs import good_spec
 
 pytestmark = pytest.mark.cluster
@@ -86,7 +96,7 @@ def test_multi_node_groups_get_ranks(crds: FleetHandle, namespace: str, operator
         found = pods(crds, namespace, "big")
         return found if len(found) == 4 and all("infleet.dev/rank" in p["metadata"]["labels"] for p in found) else None
 
-    running = wait_for(ranked, timeout=60, what="4 group pods with rank labels")
+    running = wait_for(ranked, timeout=120, what="4 group pods with rank labels")
     products = node_products(crds)
     seen = set()
     for pod in running:
@@ -117,10 +127,10 @@ def test_kubectl_scale(crds: FleetHandle, namespace: str, operator: OperatorProc
         st = body.get("status") or {}
         return st.get("readyReplicas") == 3 and conditions(body)["Ready"]["status"] == "True"
 
-    wait_for(three_ready, timeout=60, what="3 ready replicas after kubectl scale")
+    wait_explained(crds, namespace, "scaled", three_ready, 180, "3 ready replicas after kubectl scale", operator)
     assert get(crds, namespace, "deployment", "scaled")["spec"]["replicas"] == 3
     crds.kubectl("scale", "-n", namespace, "idep", "scaled", "--replicas=1")
-    wait_for(lambda: len(pods(crds, namespace, "scaled")) == 1, timeout=60, what="scale down to 1 pod")
+    wait_for(lambda: len(pods(crds, namespace, "scaled")) == 1, timeout=120, what="scale down to 1 pod")
 
 
 def test_drift_is_repaired(crds: FleetHandle, namespace: str, operator: OperatorProcess) -> None:
@@ -131,7 +141,7 @@ def test_drift_is_repaired(crds: FleetHandle, namespace: str, operator: Operator
     crds.kubectl("scale", "-n", namespace, "deployment", "drift", "--replicas=5")
     wait_for(
         lambda: get(crds, namespace, "deployment", "drift")["spec"]["replicas"] == 2,
-        timeout=30,
+        timeout=90,
         what="replicas edit reverted",
     )
     crds.kubectl("delete", "-n", namespace, "deployment", "drift", "--wait=false")
@@ -140,7 +150,7 @@ def test_drift_is_repaired(crds: FleetHandle, namespace: str, operator: Operator
         dep = get(crds, namespace, "deployment", "drift")
         return bool(dep and dep["metadata"]["uid"] != uid and dep["spec"]["replicas"] == 2)
 
-    wait_for(recreated, timeout=30, what="deleted Deployment recreated")
+    wait_for(recreated, timeout=180, what="deleted Deployment recreated")
     crds.kubectl("delete", "-n", namespace, "service", "drift", "--wait=false")
     wait_condition(crds, namespace, "drift", "Ready", operator=operator)
     assert "infleet_operator_drift_repairs_total" in operator.metrics()
@@ -162,7 +172,7 @@ def test_tier_change_rolls_out_new_pods_before_old_go(
         tiers = [p["metadata"]["labels"]["infleet.dev/tier"] for p in current if ready(p)]
         return tiers == ["int8"] * 3 and len(current) == 3
 
-    wait_for(rolled_out, timeout=90, what="rollout to int8")
+    wait_for(rolled_out, timeout=180, what="rollout to int8")
     recorder.stop()
     assert not recorder.violations, recorder.violations
     assert recorder.most_pods > 3, "no surge pod was seen: new pods must start before old ones go"
@@ -209,8 +219,8 @@ def test_delete_removes_everything(crds: FleetHandle, namespace: str, operator: 
     assert any(owned(crds, namespace, "gone").values())
     crds.kubectl("delete", "-n", namespace, "idep", "gone", "--timeout=30s")
     empty = {"deployments": [], "statefulsets": [], "services": [], "poddisruptionbudgets": []}
-    wait_for(lambda: owned(crds, namespace, "gone") == empty, timeout=60, what="garbage collection of owned objects")
-    wait_for(lambda: not pods(crds, namespace, "gone"), timeout=60, what="pods gone")
+    wait_for(lambda: owned(crds, namespace, "gone") == empty, timeout=120, what="garbage collection of owned objects")
+    wait_for(lambda: not pods(crds, namespace, "gone"), timeout=120, what="pods gone")
     assert owned(crds, namespace, "kept")["deployments"] == ["kept"]
 
 
@@ -238,7 +248,7 @@ def test_two_replicas_elect_one_through_peering(crds: FleetHandle, namespace: st
         time.sleep(3)  # the leader is up before the standby starts (see __main__: pausing during start-up)
         standby.start("--peering", "--priority", "100")
         wait_for(
-            lambda: "Pausing" in standby.log() or "paused" in standby.log().lower(), timeout=60, what="standby pauses"
+            lambda: "Pausing" in standby.log() or "paused" in standby.log().lower(), timeout=120, what="standby pauses"
         )
         apply(crds, namespace, idep("first", a100_spec()))
         wait_condition(crds, namespace, "first", "Ready", operator=leader)
