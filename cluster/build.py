@@ -190,20 +190,23 @@ def build_kubernetes() -> None:
     tmp.rename(kube_dir())
 
 
+def _build_go_tool(name: str, module: str, version: str, package: str, dest: Path, ldflags: str) -> Path:
+    """`go build` one command of a released module in a scratch module of its own; returns that module's dir."""
+    src = CACHE / "src" / f"{name}-{version}"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "go.mod").write_text(f"module infleet.local/{name}\n\ngo 1.26\n")
+    _run(["go", "get", f"{module}@{version}"], src, f"resolving {name}")
+    _go_build([package], dest, src, ldflags, f"{name} {version}")
+    return src
+
+
 def build_kwok() -> None:
     bins = binaries()
     if bins.kwok.exists() and all(p.exists() for p in bins.kwok_stages):
         return
-    src = CACHE / "src" / f"kwok-{KWOK_VERSION}"
-    src.mkdir(parents=True, exist_ok=True)
-    (src / "go.mod").write_text("module infleet.local/kwok\n\ngo 1.26\n")
-    _run(["go", "get", f"sigs.k8s.io/kwok@{KWOK_VERSION}"], src, "resolving kwok")
-    _go_build(
-        ["sigs.k8s.io/kwok/cmd/kwok"],
-        bins.kwok.parent,
-        src,
-        f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}",
-        f"kwok {KWOK_VERSION}",
+    ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}"
+    src = _build_go_tool(
+        "kwok", "sigs.k8s.io/kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok", bins.kwok.parent, ldflags
     )
     moddir = _run(["go", "list", "-mod=mod", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"], src, "locating kwok stages")
     stage_dir = bins.kwok_stages[0].parent
@@ -216,18 +219,11 @@ def build_helm() -> None:
     bins = binaries()
     if bins.helm.exists():
         return
-    src = CACHE / "src" / f"helm-{HELM_VERSION}"
-    src.mkdir(parents=True, exist_ok=True)
-    (src / "go.mod").write_text("module infleet.local/helm\n\ngo 1.26\n")
-    _run(["go", "get", f"helm.sh/helm/v3@{HELM_VERSION}"], src, "resolving helm")
-    _go_build(
-        ["helm.sh/helm/v3/cmd/helm"],
-        bins.helm.parent,
-        src,
+    ldflags = (
         f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION} "
-        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
-        f"helm {HELM_VERSION}",
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"
     )
+    _build_go_tool("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm", bins.helm.parent, ldflags)
 
 
 def ensure_prometheus() -> Path:
