@@ -50,7 +50,8 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        wait_for(self.healthy, timeout=60, what=f"operator /healthz (log: {self.log_path})")
+        # a loaded machine can take a minute just to import and log in; the wait names the log to read
+        wait_for(self.healthy, timeout=180, interval=0.5, what=f"operator /healthz (log: {self.log_path})")
         return self
 
     def healthy(self) -> bool:
@@ -58,14 +59,24 @@ class OperatorProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=10) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as resp:
             return str(resp.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples whose labels include `labels` (0 when there are none yet)."""
+        found = 0.0
+        for line in self.metrics().splitlines():
+            metric, _, value = line.rpartition(" ")
+            family, _, label_text = metric.partition("{")
+            if family == name and all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                found += float(value)
+        return found
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""

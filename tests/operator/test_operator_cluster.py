@@ -153,7 +153,7 @@ def test_drift_is_repaired(crds: FleetHandle, namespace: str, operator: Operator
     wait_for(recreated, timeout=180, what="deleted Deployment recreated")
     crds.kubectl("delete", "-n", namespace, "service", "drift", "--wait=false")
     wait_condition(crds, namespace, "drift", "Ready", operator=operator)
-    assert "infleet_operator_drift_repairs_total" in operator.metrics()
+    assert operator.metric("infleet_operator_drift_repairs_total", kind="Deployment") >= 1
 
 
 def test_tier_change_rolls_out_new_pods_before_old_go(
@@ -227,14 +227,12 @@ def test_delete_removes_everything(crds: FleetHandle, namespace: str, operator: 
 def test_operator_health_and_metrics(crds: FleetHandle, namespace: str, operator: OperatorProcess) -> None:
     apply(crds, namespace, idep("m", a100_spec()))
     wait_condition(crds, namespace, "m", "Ready", operator=operator)
-    text = operator.metrics()
-    for name in (
-        "infleet_operator_reconcile_total",
-        "infleet_operator_reconcile_duration_seconds_bucket",
-        "infleet_operator_api_requests_total",
-    ):
-        assert name in text
-    assert operator.healthy()
+    # the counters are read after Ready: the reconcile that led there has been counted by then
+    assert operator.metric("infleet_operator_reconcile_total", trigger="create", result="ok") >= 1
+    assert operator.metric("infleet_operator_reconcile_duration_seconds_count") >= 1
+    assert operator.metric("infleet_operator_api_requests_total", verb="PATCH", kind="Deployment") >= 1
+    # one slow answer on a loaded machine is not a failure: /healthz must come back within a minute
+    wait_for(operator.healthy, timeout=60, interval=1, what=f"operator /healthz (log: {operator.log_path})")
 
 
 def test_two_replicas_elect_one_through_peering(crds: FleetHandle, namespace: str, tmp_path: Any) -> None:
