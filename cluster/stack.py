@@ -9,9 +9,12 @@ is applied, and once it answers a chat through the gateway the next steps are pr
 from __future__ import annotations
 
 import argparse
+import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,8 @@ RELEASE, SYSTEM_NAMESPACE, DEMO_NAMESPACE = "infleet", "infleet-system", "demo"
 GROUP, VERSION, PLURAL = "infleet.dev", "v1alpha1", "inferencedeployments"
 
 
-def run(cmd: list[str], fleet: Fleet, input: str | None = None) -> str:
-    env = {"KUBECONFIG": str(fleet.kubeconfig), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+def run(cmd: list[str], kubeconfig: Path, input: str | None = None) -> str:
+    env = {"KUBECONFIG": str(kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
     done = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"infleet: {' '.join(cmd[:3])} failed:\n{done.stdout}{done.stderr}")
@@ -67,24 +70,52 @@ def condition(obj: dict[str, Any], kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True" for c in obj.get("status", {}).get("conditions", []))
 
 
-class Stack:
-    """The chart and the example on a running fleet: what `make up` sets up and the e2e suite drives."""
+def tool(name: str, built: Path) -> str:
+    """The fleet's own build of a tool when there is one, else the one on PATH (a machine driving another cluster)."""
+    if built.exists():
+        return str(built)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"infleet: {name} not found: run `make fleet-bins` or put {name} on PATH")
+    return found
 
-    def __init__(self, fleet: Fleet, release: str = RELEASE, namespace: str = SYSTEM_NAMESPACE) -> None:
-        self.fleet, self.release, self.namespace = fleet, release, namespace
-        self.bins = build.binaries()
-        api = config.new_client_from_config(str(fleet.kubeconfig))
+
+class Stack:
+    """The chart and the example on a running cluster (the local fleet, or any cluster a kubeconfig names): what
+    `make up` sets up and the e2e suite drives. `prometheus_url` is the Prometheus the operator reads, as pods
+    reach it; `values` are extra `--set` values for every install (image names for a real cluster, say)."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        release: str = RELEASE,
+        namespace: str = SYSTEM_NAMESPACE,
+        prometheus_url: str | None = None,
+        values: Sequence[str] = (),
+    ) -> None:
+        self.kubeconfig, self.release, self.namespace = kubeconfig, release, namespace
+        self.prometheus_url, self.values = prometheus_url, tuple(values)
+        bins = build.binaries()
+        self.helm_bin, self.kubectl_bin = tool("helm", bins.helm), tool("kubectl", bins.kubectl)
+        api = config.new_client_from_config(str(kubeconfig))
         self.core, self.custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        self._forward: subprocess.Popen[str] | None = None
+        self._gateway_url: str | None = None
+
+    @classmethod
+    def on_fleet(cls, fleet: Fleet, release: str = RELEASE, namespace: str = SYSTEM_NAMESPACE) -> Stack:
+        return cls(fleet.kubeconfig, release, namespace, prometheus_url=fleet.prometheus_url_for_pods)
 
     def helm(self, *args: str) -> str:
-        return run([str(self.bins.helm), *args], self.fleet)
+        return run([self.helm_bin, *args], self.kubeconfig)
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        return run([str(self.bins.kubectl), *args], self.fleet, input=input)
+        return run([self.kubectl_bin, *args], self.kubeconfig, input=input)
 
     def install_chart(self, *values: str) -> None:
-        """`helm upgrade --install`, with `--set` values; the operator reads this fleet's Prometheus."""
-        sets = [f"--set={v}" for v in (f"operator.prometheusUrl={self.fleet.prometheus_url_for_pods}", *values)]
+        """`helm upgrade --install`, with `--set` values; the operator reads `prometheus_url` when there is one."""
+        reader = [f"operator.prometheusUrl={self.prometheus_url}"] if self.prometheus_url else []
+        sets = [f"--set={v}" for v in (*reader, *self.values, *values)]
         self.helm(
             "upgrade",
             "--install",
@@ -113,14 +144,50 @@ class Stack:
         )
 
     def gateway_url(self) -> str:
-        selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=gateway"
-        service = self.core.list_namespaced_service(self.namespace, label_selector=selector).items[0]
-        return f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}"
+        """The gateway Service's cluster address when this machine reaches it (the local fleet routes the service
+        network), else a `kubectl port-forward` to it (a kind cluster's service network is inside Docker)."""
+        if self._gateway_url is None:
+            selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=gateway"
+            service = self.core.list_namespaced_service(self.namespace, label_selector=selector).items[0]
+            host, port = service.spec.cluster_ip, service.spec.ports[0].port
+            if reachable(host, port):
+                self._gateway_url = f"http://{host}:{port}"
+            else:
+                self._gateway_url = self.port_forward(f"svc/{service.metadata.name}", port)
+        return self._gateway_url
+
+    def port_forward(self, target: str, port: int) -> str:
+        """Start `kubectl port-forward` to `target` (kept until `close`) and return its local base URL."""
+        cmd = [self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", "-n", self.namespace, "port-forward", target]
+        self._forward = subprocess.Popen(
+            [*cmd, f":{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert self._forward.stdout is not None
+        line = self._forward.stdout.readline()  # "Forwarding from 127.0.0.1:41235 -> 8000"
+        if "Forwarding from" not in line:
+            self.close()
+            raise SystemExit(f"infleet: kubectl port-forward {target} failed: {line.strip()}")
+        return f"http://{line.split()[2]}"
+
+    def close(self) -> None:
+        if self._forward is not None and self._forward.poll() is None:
+            self._forward.terminate()
+            self._forward.wait(timeout=10)
+        self._forward = None
+
+
+def reachable(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def up(nodes: int | None) -> int:
     fleet_up(DEFAULT_FLEET, nodes)
-    stack = Stack(Fleet())
+    fleet = Fleet()
+    stack = Stack.on_fleet(fleet)
     print("infleet: installing the chart", flush=True)
     stack.install_chart()
     print("infleet: applying the SmolLM2 example", flush=True)
@@ -130,7 +197,7 @@ def up(nodes: int | None) -> int:
     url = stack.gateway_url()
     model = idep["spec"]["model"]["servedName"]
     answer = wait("a chat answer through the gateway", lambda: _chat(url, model), timeout=300)
-    prometheus_url = stack.fleet.prometheus_url
+    prometheus_url = fleet.prometheus_url
     print(
         f"""
 infleet is up. The model answered through the gateway: {answer!r}

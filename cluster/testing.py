@@ -39,11 +39,18 @@ class FleetHandle:
         return client.AppsV1Api(self.api)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [str(build.binaries().kubectl), f"--kubeconfig={self.kubeconfig}", *args]
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=120)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-        return proc
+        return kubectl(self.kubeconfig, *args, input=input, check=check)
+
+
+def kubectl(
+    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True, binary: Path | str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """kubectl against a kubeconfig; a failure fails the test with kubectl's own output."""
+    cmd = [str(binary or build.binaries().kubectl), f"--kubeconfig={kubeconfig}", *args]
+    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc
 
 
 def session_fleet() -> Iterator[FleetHandle]:

@@ -86,7 +86,10 @@ def cost_per_million_tokens(sel: str) -> str:
 
 
 def scale_events(sel: str, window: str) -> str:
-    return f"changes({series(DEPLOYMENT_REPLICAS, sel)}[{window}]) > 0"
+    """Replicas differing from one interval before: the moment of a scale (valued at the new count). Not
+    `changes(x[interval]) > 0`: a window as short as the scrape interval holds one sample and never sees a change."""
+    replicas = series(DEPLOYMENT_REPLICAS, sel)
+    return f"{replicas} != {replicas} offset {window}"
 
 
 def tier_changes(sel: str, window: str) -> str:

@@ -75,3 +75,14 @@ def test_tier_change_is_an_annotation_event(live_prometheus: LivePrometheus) -> 
     expr = promql.tier_changes('deployment="chat"', "5s")
     got = live_prometheus.query_range(expr, first_seen + 6, time.time())
     assert {r["metric"]["tier"] for r in got} == {"int4"}  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_a_scale_is_an_annotation_event(live_prometheus: LivePrometheus) -> None:
+    """Replicas step every three seconds in the synthetic traffic; each step shows, valued at the new count, even
+    with the interval as short as the scrape interval (one sample per window)."""
+    got = live_prometheus.query_range(
+        promql.scale_events('deployment="chat"', "1s"), live_prometheus.started, time.time()
+    )
+    values = {float(v) for series in got for _, v in series["values"]}  # type: ignore[attr-defined]
+    assert got and values <= {1.0, 2.0, 3.0} and len(values) >= 2, values
