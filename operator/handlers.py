@@ -162,7 +162,8 @@ async def reconcile_deployment(
     trigger = str(getattr(reason, "value", reason))
     new_status = await run_reconcile(body, memo, kw["gpu_nodes"], kw["group_sets"], trigger, retry, logger)
     await _write_status(memo, body, new_status)
-    await refresh_workload_status(memo, body, kw["gpu_nodes"])
+    if trigger != "create":  # a workload this reconcile created reports through its own events
+        await refresh_workload_status(memo, body, kw["gpu_nodes"])
 
 
 async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes: kopf.Index[str, int]) -> None:
@@ -181,9 +182,34 @@ async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes:
             workloads = [dep] if dep else []
         old = body.get("status") or {}
         new_status = reconcile.workload_status(spec, owner, meta.get("generation"), old, want, workloads)
-        await kube.apply_status(ns, name, new_status, manager=WORKLOAD_STATUS_MANAGER)
+        await _write_workload_status(kube, ns, name, meta["uid"], new_status)
     except KubeError as err:
         logging.getLogger(__name__).warning(f"refreshing replica status of {ns}/{name} failed: {err}")
+
+
+# (namespace, name) -> (owner uid, the replica status last written for it): workload events judge against the owner
+# in kopf's index, which lags this operator's own writes, and would write the same status again.
+_workload_written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+_workload_locks: dict[tuple[str, str], asyncio.Lock] = {}  # one writer per owner: the cache follows the server's order
+
+
+def _without_times(st: Mapping[str, Any]) -> dict[str, Any]:
+    conditions = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in st.get("conditions") or []]
+    return {**st, "conditions": conditions}
+
+
+async def _write_workload_status(kube: Kube, ns: str, name: str, uid: str, new_status: dict[str, Any]) -> None:
+    """Write the replica status under the workload manager, unless it is what this operator last wrote there."""
+    async with _workload_locks.setdefault((ns, name), asyncio.Lock()):
+        last = _workload_written.get((ns, name))
+        if (
+            last
+            and last[0] == uid
+            and not reconcile.status_changed(_without_times(last[1]), _without_times(new_status))
+        ):
+            return
+        await kube.apply_status(ns, name, new_status, manager=WORKLOAD_STATUS_MANAGER)
+        _workload_written[(ns, name)] = (uid, new_status)
 
 
 # ---- re-judging: what was missing may appear ---------------------------------------------------------------------
@@ -239,6 +265,7 @@ def _is_degraded(st: Mapping[str, Any]) -> bool:
 
 async def _write_status(memo: Any, body: Mapping[str, Any], new_status: dict[str, Any]) -> None:
     meta = body["metadata"]
+    _workload_written.pop((meta["namespace"], meta["name"]), None)  # a reconcile may write replica fields too
     try:
         await kube_of(memo).apply_status(meta["namespace"], meta["name"], new_status)
     except KubeError as err:
@@ -304,7 +331,7 @@ async def _on_workload_event(
     old = owner.get("status") or {}
     new_status = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)
     if reconcile.status_changed(old, new_status):
-        await kube_of(memo).apply_status(ns, owner_name, new_status, manager=WORKLOAD_STATUS_MANAGER)
+        await _write_workload_status(kube_of(memo), ns, owner_name, owner["metadata"]["uid"], new_status)
 
 
 def _new_groups_ready(want: Any, group_sets: kopf.Index[Any, dict[str, Any]], ns: str, owner: str) -> bool:

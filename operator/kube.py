@@ -8,6 +8,7 @@ Every request is counted (`metrics.API_REQUESTS`), which is how API requests per
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from kubernetes import config as k8s_config
 from infleet.operator import api, metrics
 
 FIELD_MANAGER = "infleet-operator"
+MAX_IN_FLIGHT = 32  # concurrent requests (and connections) to the API server
 
 # kind -> (plural, namespaced)
 KINDS: dict[str, tuple[str, bool]] = {
@@ -96,8 +98,11 @@ class Kube:
             headers=headers,
             # waiting for a free connection is back-pressure, not failure: only the request itself times out
             timeout=httpx.Timeout(timeout, pool=None),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT),
         )
+        # Requests beyond the connections wait here, not in httpx's pool: its queue is rescanned for every request
+        # it assigns, which took a tenth of the operator's CPU with a few hundred queued (1,000 deployments at once).
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> Kube:
@@ -126,7 +131,8 @@ class Kube:
         headers = {"Content-Type": content_type} if body is not None else {}
         content = json.dumps(body) if body is not None else None
         try:
-            response = await self.http.request(method, url, params=params, content=content, headers=headers)
+            async with self._in_flight:
+                response = await self.http.request(method, url, params=params, content=content, headers=headers)
         except httpx.HTTPError as err:
             raise KubeError(0, type(err).__name__, str(err)) from err
         if response.status_code == 404 and method in ("GET", "DELETE"):
