@@ -1,15 +1,21 @@
-"""How the operator scales: N InferenceDeployments on a 1,000-node simulated fleet.
+"""How the operator scales: N InferenceDeployments on a 1,000-node simulated fleet, beside the plain Deployment
+controller doing the equivalent work.
 
-Brings up its own throwaway fleet (separate directory, ports and CIDRs, so a running fleet is left alone), installs
-the CRDs, starts the operator as a subprocess, creates N deployments at once (single-GPU replicas spread over the
-H100 and A100 pools, a non-infleet image so KWOK fakes the pods) and reports:
+Brings up its own throwaway fleet (separate directory, ports, service and pod CIDRs, so a running fleet is left
+alone), installs the CRDs and, for each N:
 
-- seconds until every deployment is Ready (status condition), and until the first one is;
-- Kubernetes API requests the operator sent, per reconcile and per deployment (its own counters);
-- the operator's peak resident memory (VmHWM) and its memory at the end (VmRSS);
-- the reconcile duration histogram's mean.
+- peer: N plain Deployments with exactly the pod template the operator renders (single-GPU replicas spread over the
+  H100 and A100 pools, a non-infleet image so KWOK fakes the pods), created at once; time until every one is
+  available. This is the floor: the operator's Deployments go through the same controllers.
+- operator: the operator as a subprocess, N InferenceDeployments created at once; time until every one is Ready
+  (status condition).
 
-    python benchmarks/operator_scale.py --counts 100 1000 [--nodes 1000] [--out benchmarks/results]
+Reported per run: seconds until all are ready, p50/p99 of each object's own time from creation to ready (from a
+watch), API requests the operator sent (its own counter, per deployment and per reconcile), the API server's request
+counts by resource, the operator's peak resident memory (VmHWM) and its reconcile errors; then the ratio of the
+operator's all-Ready time to the peer's all-available time.
+
+    python benchmarks/operator_scale.py [--counts 100 1000] [--nodes 1000] [--port-base 18000]
 """
 
 from __future__ import annotations
@@ -18,20 +24,60 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-from kubernetes import client, config
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from infleet.cluster import build
+from infleet.cluster.testing import wait_for
+from infleet.operator import api, resources
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTS = ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB")
+FAKE_IMAGE = "registry.local/fake-runtime:1"  # not an infleet image: KWOK fakes the pod and marks it Ready
+TIER = "bf16"
+GPUS_PER_NODE = 8
+CREATORS = 8  # parallel POSTs that create a run's objects
+# the API server resources whose request counts say what a run cost (node heartbeats and leases are background)
+RESOURCES = ("inferencedeployments", "deployments", "replicasets", "pods", "services", "poddisruptionbudgets", "events")
+
+
+# ---- the fleet --------------------------------------------------------------------------------------------------
+
+
+def fleet_env(directory: Path, port_base: int) -> dict[str, str]:
+    """Everything that keeps this fleet apart from the shared one: directory, ports, service and pod networks."""
+    env = {
+        **os.environ,
+        "INFLEET_FLEET_DIR": str(directory),
+        "INFLEET_FLEET_PORT_BASE": str(port_base),
+        "INFLEET_SERVICE_CIDR": "127.95.0.0/16",
+        "INFLEET_POD_CIDR": "10.246.0.0/16",
+    }
+    env["KUBECONFIG"] = str(directory / "kubeconfig")
+    return env
+
+
+def kubectl(env: Mapping[str, str], *args: str, stdin: str | None = None, timeout: float = 1800) -> str:
+    cmd = [str(build.binaries().kubectl), f"--kubeconfig={env['KUBECONFIG']}", *args]
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, env=dict(env))
+    if proc.returncode:
+        raise RuntimeError(f"kubectl {' '.join(args[:3])}: {proc.stderr[-2000:]}")
+    return proc.stdout
 
 
 def free_port() -> int:
@@ -40,189 +86,439 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fleet_env(directory: Path, port_base: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "INFLEET_FLEET_DIR": str(directory),
-        "INFLEET_FLEET_PORT_BASE": str(port_base),
-        "INFLEET_SERVICE_CIDR": "127.95.0.0/16",
-        "INFLEET_KWOK_POD_CIDR": "127.62.0.0/16",
-        "INFLEET_LAUNCHED_POD_CIDR": "127.63.0.0/16",
-    }
+# ---- what is measured -------------------------------------------------------------------------------------------
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
 
 
-def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    from infleet.cluster import build
-
-    cmd = [str(build.binaries().kubectl), f"--kubeconfig={env['KUBECONFIG']}", *args]
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr}")
-    return proc.stdout
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Sum every sample of each metric family (labels dropped)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    sums: dict[str, float] = {}
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text -> {(name, sorted labels): value}."""
+    out: Samples = {}
     for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$", line)
-        if m and not line.startswith("#"):
-            sums[m.group(1)] = sums.get(m.group(1), 0.0) + float(m.group(3))
-    return sums
+        m = SAMPLE.match(line)
+        if m:
+            labels = tuple(sorted(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or "")))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def total(samples: Samples, name: str, **match: str) -> float:
+    return sum(v for (n, labels), v in samples.items() if n == name and match.items() <= dict(labels).items())
+
+
+def delta(after: Samples, before: Samples, name: str, **match: str) -> float:
+    return total(after, name, **match) - total(before, name, **match)
+
+
+def operator_metrics(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        return parse_metrics(resp.read().decode())
+
+
+def apiserver_metrics(env: Mapping[str, str]) -> Samples:
+    text = kubectl(env, "get", "--raw", "/metrics", timeout=120)
+    return {k: v for k, v in parse_metrics(text).items() if k[0] == "apiserver_request_total"}
+
+
+def apiserver_requests(after: Samples, before: Samples) -> dict[str, dict[str, int]]:
+    """resource -> verb -> requests the API server answered during the run (watches left out)."""
+    out: dict[str, dict[str, int]] = {}
+    for (name, labels), value in after.items():
+        lab = dict(labels)
+        if lab.get("resource") not in RESOURCES or lab.get("verb") in ("WATCH", "CONNECT"):
+            continue
+        got = value - before.get((name, labels), 0.0)
+        if got:
+            verbs = out.setdefault(lab["resource"], {})
+            verbs[lab["verb"]] = verbs.get(lab["verb"], 0) + int(got)
+    return out
 
 
 def memory_kib(pid: int) -> dict[str, int]:
     fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0])
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+    except OSError:
+        pass
     return fields
 
 
-def idep(name: str, i: int) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+class ReadyWatcher:
+    """Watches one kind in one namespace and records when each object was first seen and first ready: each
+    object's own time to ready, at a finer grain than any poll. Reconnects (and relists after 410 Gone) by itself."""
+
+    def __init__(
+        self, api_client: client.ApiClient, group: str, version: str, namespace: str, plural: str, is_ready: Callable
+    ) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.args = (group, version, namespace, plural)
+        self.is_ready = is_ready
+        self.seen: dict[str, float] = {}
+        self.ready: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stopped = False
+        self._watch: watch.Watch | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> ReadyWatcher:
+        self.thread.start()
+        wait_for(lambda: self._watch is not None, timeout=30, what="the watch to open")
+        time.sleep(0.5)
+        return self
+
+    def _run(self) -> None:
+        version: str | None = None
+        while not self.stopped:
+            self._watch = watch.Watch()
+            kwargs: dict[str, Any] = {"timeout_seconds": 300}
+            if version:
+                kwargs["resource_version"] = version
+            try:
+                for event in self._watch.stream(self.custom.list_namespaced_custom_object, *self.args, **kwargs):
+                    self.observe(event["object"])
+                version = self._watch.resource_version
+            except ApiException as err:
+                version = None if err.status == 410 else version
+                time.sleep(1)
+            except (urllib3.exceptions.HTTPError, OSError):
+                time.sleep(1)
+
+    def observe(self, obj: Mapping[str, Any], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        name = obj["metadata"]["name"]
+        with self.lock:
+            self.seen.setdefault(name, now)
+            if name not in self.ready and self.is_ready(obj):
+                self.ready[name] = now
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._watch is not None:
+            self._watch.stop()
+
+    def latencies(self) -> list[float]:
+        with self.lock:
+            return [self.ready[n] - self.seen[n] for n in self.ready]
+
+
+def idep_ready(obj: Mapping[str, Any]) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def deployment_available(obj: Mapping[str, Any]) -> bool:
+    spec, st = obj.get("spec") or {}, obj.get("status") or {}
+    return (
+        st.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
+        and st.get("availableReplicas", 0) >= spec.get("replicas", 1)
+        and st.get("updatedReplicas", 0) >= spec.get("replicas", 1)
+    )
+
+
+# ---- the objects ------------------------------------------------------------------------------------------------
+
+
+def idep_spec(i: int) -> dict[str, Any]:
     return {
-        "apiVersion": "infleet.dev/v1alpha1",
-        "kind": "InferenceDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
-            "runtime": {"image": "registry.local/fake-runtime:1"},
-            "accelerator": {"type": PRODUCTS[i % len(PRODUCTS)]},
-            "quantization": {"tier": "bf16"},
-            "replicas": 1,
-        },
+        "model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "runtime": {"image": FAKE_IMAGE},
+        "accelerator": {"type": PRODUCTS[i % len(PRODUCTS)]},
+        "quantization": {"tier": TIER},
+        "replicas": 1,
     }
 
 
-def run_one(env: dict[str, str], count: int, log_dir: Path) -> dict[str, Any]:
-    core = client.CoreV1Api(config.new_client_from_config(env["KUBECONFIG"]))
-    custom = client.CustomObjectsApi(core.api_client)
-    ns = f"scale-{count}-{os.getpid()}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-    metrics_port, health_port = free_port(), free_port()
-    log = (log_dir / f"operator-{count}.log").open("wb")
-    cmd = [sys.executable, "-m", "infleet.operator", "run", "--namespace", ns]
-    cmd += ["--metrics-port", str(metrics_port), "--health-port", str(health_port)]
-    op = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or op.poll() is not None:
-                    raise RuntimeError(f"operator did not become healthy; see {log.name}") from None
-                time.sleep(0.2)
-        base = scrape(metrics_port)
-        docs = yaml.safe_dump_all([idep(f"d{i:04d}", i) for i in range(count)])
+def idep(name: str, i: int) -> dict[str, Any]:
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": idep_spec(i)}
+
+
+def plain_deployment(name: str, namespace: str, i: int) -> dict[str, Any]:
+    """The Deployment the operator would render for deployment i, with no owner: the peer's unit of work."""
+    spec = api.InferenceDeploymentSpec.model_validate(idep_spec(i))
+    owner = resources.Owner(name=name, namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
+    dep = resources.deployment(spec, owner, TIER, resources.layout(spec, GPUS_PER_NODE))
+    del dep["metadata"]["ownerReferences"]
+    return dep
+
+
+# ---- one run ----------------------------------------------------------------------------------------------------
+
+
+class Run:
+    """A fresh namespace, a watch on the kind that says ready, and the wait until all N are."""
+
+    def __init__(self, env: Mapping[str, str], label: str, count: int) -> None:
+        self.env, self.count = env, count
+        self.api_client = config.new_client_from_config(env["KUBECONFIG"])
+        self.core = client.CoreV1Api(self.api_client)
+        self.namespace = f"{label}-{count}-{os.getpid()}"
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=self.namespace)))
+        # pods cannot be created before the controller-manager made the namespace's default ServiceAccount
+        wait_for(
+            lambda: self.core.list_namespaced_service_account(self.namespace).items,
+            timeout=300,
+            what=f"the default ServiceAccount of {self.namespace}",
+        )
+
+    def wait(
+        self,
+        watcher: ReadyWatcher,
+        objects: list[dict[str, Any]],
+        timeout: float,
+        sample: Callable[[], None] = lambda: None,
+    ) -> dict[str, Any]:
+        """Create `objects` at once and wait until the watcher saw all ready. Created by parallel POSTs (kubectl
+        apply sends one object at a time, and a 1,000-object apply would measure kubectl more than controllers)."""
+        custom = client.CustomObjectsApi(self.api_client)
+
+        def create(obj: dict[str, Any]) -> None:
+            group, _, version = obj["apiVersion"].rpartition("/")
+            plural = watcher.args[3]
+            custom.create_namespaced_custom_object(group, version, self.namespace, plural, obj)
+
         start = time.monotonic()
-        kubectl(env, "apply", "-n", ns, "-f", "-", stdin=docs)
-        created = time.monotonic() - start
-        first_ready: float | None = None
-        peak = 0
-        while True:
-            items = custom.list_namespaced_custom_object("infleet.dev", "v1alpha1", ns, "inferencedeployments")["items"]
-            ready = sum(
-                any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in (i.get("status") or {}).get("conditions", [])
-                )
-                for i in items
-            )
-            peak = max(peak, memory_kib(op.pid).get("VmRSS", 0))
-            if ready and first_ready is None:
-                first_ready = time.monotonic() - start
-            if ready == count:
-                break
-            if time.monotonic() - start > 1800:
-                raise RuntimeError(f"only {ready}/{count} Ready after 30 minutes")
+        with ThreadPoolExecutor(max_workers=CREATORS) as pool:
+            list(pool.map(create, objects))
+        applied = time.monotonic() - start
+        last_report = start
+        while len(watcher.ready) < self.count and time.monotonic() - start < timeout:
+            sample()
+            if time.monotonic() - last_report > 30:
+                last_report = time.monotonic()
+                print(f"   {last_report - start:6.0f}s: {len(watcher.ready)}/{self.count} ready", flush=True)
             time.sleep(1.0)
-        all_ready = time.monotonic() - start
-        time.sleep(5)  # let trailing status events settle before reading the counters
-        after = scrape(metrics_port)
-        mem = memory_kib(op.pid)
-        requests = after.get("infleet_operator_api_requests_total", 0) - base.get(
-            "infleet_operator_api_requests_total", 0
-        )
-        reconciles = after.get("infleet_operator_reconcile_total", 0) - base.get("infleet_operator_reconcile_total", 0)
-        seconds = after.get("infleet_operator_reconcile_duration_seconds_sum", 0) - base.get(
-            "infleet_operator_reconcile_duration_seconds_sum", 0
-        )
+        elapsed = time.monotonic() - start
+        ready_at = sorted(watcher.ready.values())
+        latencies = watcher.latencies()
         return {
-            "deployments": count,
-            "apply_seconds": round(created, 2),
-            "first_ready_seconds": round(first_ready or 0.0, 2),
-            "all_ready_seconds": round(all_ready, 2),
+            "deployments": self.count,
+            "ready": len(ready_at),
+            "timed_out": len(ready_at) < self.count,
+            "create_seconds": round(applied, 2),
+            "first_ready_seconds": round(ready_at[0] - start, 2) if ready_at else None,
+            "all_ready_seconds": round(ready_at[-1] - start if len(ready_at) == self.count else elapsed, 2),
+            "per_deployment_p50_seconds": round(percentile(latencies, 0.5), 2),
+            "per_deployment_p99_seconds": round(percentile(latencies, 0.99), 2),
+            "per_deployment_mean_seconds": round(statistics.fmean(latencies), 2) if latencies else None,
+        }
+
+
+def run_peer(env: Mapping[str, str], count: int, timeout: float) -> dict[str, Any]:
+    run = Run(env, "plain", count)
+    watcher = ReadyWatcher(run.api_client, "apps", "v1", run.namespace, "deployments", deployment_available).start()
+    before = apiserver_metrics(env)
+    try:
+        objects = [plain_deployment(f"d{i:04d}", run.namespace, i) for i in range(count)]
+        result = run.wait(watcher, objects, timeout)
+    finally:
+        watcher.stop()
+    time.sleep(5)  # trailing status updates
+    result["apiserver_requests"] = apiserver_requests(apiserver_metrics(env), before)
+    return result
+
+
+class Operator:
+    """The operator as a subprocess watching one namespace, with its metrics port and memory at hand."""
+
+    def __init__(self, env: Mapping[str, str], namespace: str, log_path: Path) -> None:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "infleet.operator", "run", "--namespace", namespace]
+        cmd += ["--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_for(self.healthy, timeout=120, what=f"the operator's /healthz (log: {log_path})")
+        self.peak_rss_kib = 0
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the operator exited with {self.proc.returncode}; see {self.log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=5) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def sample(self) -> None:
+        self.peak_rss_kib = max(self.peak_rss_kib, memory_kib(self.proc.pid).get("VmRSS", 0))
+
+    def failed_handlers(self) -> int:
+        """Handler runs kopf logged as failed (temporarily or for good): errors the metrics may not see."""
+        return sum("failed" in line and "Handler" in line for line in self.log_path.open(errors="replace"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Path) -> dict[str, Any]:
+    run = Run(env, "idep", count)
+    op = Operator(env, run.namespace, log_dir / f"operator-{count}.log")
+    watcher = ReadyWatcher(run.api_client, api.GROUP, api.VERSION, run.namespace, api.PLURAL, idep_ready)
+    try:
+        watcher.start()
+        before, server_before = operator_metrics(op.metrics_port), apiserver_metrics(env)
+        cpu_before = cpu_seconds(op.proc.pid)
+        result = run.wait(watcher, [idep(f"d{i:04d}", i) for i in range(count)], timeout, op.sample)
+        time.sleep(5)  # trailing status writes from workload events
+        after, server_after = operator_metrics(op.metrics_port), apiserver_metrics(env)
+        op.sample()
+        memory = memory_kib(op.proc.pid)
+        cpu = cpu_seconds(op.proc.pid) - cpu_before
+    finally:
+        watcher.stop()
+        op.stop()
+    requests = delta(after, before, "infleet_operator_api_requests_total")
+    reconciles = delta(after, before, "infleet_operator_reconcile_total")
+    seconds = delta(after, before, "infleet_operator_reconcile_duration_seconds_sum")
+    by_kind: dict[str, int] = {}
+    by_trigger: dict[str, int] = {}
+    for (name, labels), value in after.items():
+        lab, got = dict(labels), int(value - before.get((name, labels), 0.0))
+        if name == "infleet_operator_api_requests_total" and got:
+            by_kind[f"{lab['verb']} {lab['kind']}"] = got
+        if name == "infleet_operator_reconcile_total" and got:
+            by_trigger[f"{lab['trigger']} {lab['result']}"] = got
+    result.update(
+        {
             "reconciles": int(reconciles),
-            "api_requests": int(requests),
+            "reconciles_by_trigger_result": dict(sorted(by_trigger.items())),
+            "reconcile_errors": int(delta(after, before, "infleet_operator_reconcile_errors_total")),
+            "failed_handler_runs": op.failed_handlers(),
+            "operator_api_requests": int(requests),
+            "operator_api_requests_by_verb_kind": dict(sorted(by_kind.items())),
             "api_requests_per_reconcile": round(requests / max(reconciles, 1), 2),
             "api_requests_per_deployment": round(requests / count, 2),
-            "mean_reconcile_ms": round(1000 * seconds / max(reconciles, 1), 2),
-            "operator_rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
-            "operator_peak_rss_mib": round(max(mem.get("VmHWM", 0), peak) / 1024, 1),
+            "mean_reconcile_ms": round(1000 * seconds / max(reconciles, 1), 1),
+            "operator_cpu_seconds": round(cpu, 1),
+            "operator_cpu_ms_per_deployment": round(1000 * cpu / count, 1),
+            "operator_rss_mib": round(memory.get("VmRSS", 0) / 1024, 1),
+            "operator_peak_rss_mib": round(max(memory.get("VmHWM", 0), op.peak_rss_kib) / 1024, 1),
+            "apiserver_requests": apiserver_requests(server_after, server_before),
         }
-    finally:
-        op.send_signal(signal.SIGTERM)
-        try:
-            op.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            op.kill()
-        log.close()
-        core.delete_namespace(ns)
+    )
+    # kopf's own writes (progress annotations) go through its client, not ours: the API server counts them
+    idep_writes = sum(
+        v for verb, v in result["apiserver_requests"].get("inferencedeployments", {}).items() if verb != "LIST"
+    )
+    ours = sum(v for k, v in by_kind.items() if k.endswith(api.KIND))
+    result["kopf_api_requests_per_deployment"] = round(max(idep_writes - ours - count, 0) / count, 2)
+    return result
+
+
+# ---- the whole benchmark ----------------------------------------------------------------------------------------
+
+
+def fleet_up(env: Mapping[str, str], nodes: int) -> float:
+    t = time.monotonic()
+    status = subprocess.run([sys.executable, "-m", "infleet.cluster", "status"], env=dict(env), capture_output=True)
+    if status.returncode:  # not running: start from an empty store, not an earlier run's objects
+        shutil.rmtree(Path(env["INFLEET_FLEET_DIR"]) / "etcd", ignore_errors=True)
+    up = subprocess.run([sys.executable, "-m", "infleet.cluster", "up", "--nodes", str(nodes)], env=dict(env))
+    if up.returncode:
+        raise RuntimeError(f"infleet cluster up exited with {up.returncode}")
+    core = client.CoreV1Api(config.new_client_from_config(env["KUBECONFIG"]))
+
+    def all_ready() -> bool:
+        items = core.list_node(label_selector="type=kwok").items
+        ok = [n for n in items if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])]
+        return len(ok) >= nodes
+
+    wait_for(all_ready, timeout=900, interval=5, what=f"{nodes} Ready nodes")
+    return time.monotonic() - t
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'N':>5} {'who':>9} {'all ready s':>11} {'p50 s':>7} {'p99 s':>7} {'req/deploy':>10} "
+        f"{'req/reconcile':>13} {'peak RSS MiB':>12} {'CPU s':>6} {'errors':>6}"
+    )
+    lines = [head]
+    for r in runs:
+        for who in ("peer", "operator"):
+            x = r.get(who)
+            if not x:
+                continue
+            lines.append(
+                f"{r['deployments']:>5} {'plain' if who == 'peer' else 'infleet':>9} "
+                f"{x['all_ready_seconds']:>11}{'*' if x['timed_out'] else ' '}"
+                f"{x['per_deployment_p50_seconds']:>7} {x['per_deployment_p99_seconds']:>7} "
+                f"{x.get('api_requests_per_deployment', '-'):>10} {x.get('api_requests_per_reconcile', '-'):>13} "
+                f"{x.get('operator_peak_rss_mib', '-'):>12} {x.get('operator_cpu_seconds', '-'):>6} "
+                f"{x.get('reconcile_errors', '-'):>6}"
+            )
+        if r.get("ratio_all_ready") is not None:
+            lines.append(f"{'':>5} {'ratio':>9} {r['ratio_all_ready']:>11}x (infleet all-Ready / plain all-available)")
+    if any(x["timed_out"] for r in runs for x in (r.get("peer"), r.get("operator")) if x):
+        lines.append("(* timed out: not all ready)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--port-base", type=int, default=18000)
+    parser.add_argument("--port-base", type=int, default=18000, help="the fleet's ports (the shared fleet's is 16000)")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/infleet-operator-scale"), help="the fleet's directory")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one run's objects")
+    parser.add_argument("--skip-peer", action="store_true", help="only the operator")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    directory = Path(os.environ.get("INFLEET_BENCH_FLEET_DIR", "/tmp/infleet-operator-scale"))
-    directory.mkdir(parents=True, exist_ok=True)
-    env = fleet_env(directory, args.port_base)
-    env["KUBECONFIG"] = str(directory / "kubeconfig")
-    print(f"== fleet of {args.nodes} nodes in {directory}")
-    t = time.monotonic()
-    up = subprocess.run([sys.executable, "-m", "infleet.cluster", "up", "--nodes", str(args.nodes)], env=env)
-    if up.returncode:
-        return up.returncode
-    print(f"   up in {time.monotonic() - t:.1f}s")
-    results = []
+    args.dir.mkdir(parents=True, exist_ok=True)
+    env = fleet_env(args.dir, args.port_base)
+    print(f"== a fleet of {args.nodes} nodes in {args.dir} (ports {args.port_base}+)", flush=True)
+    report: dict[str, Any] = {"nodes": args.nodes, "cpus": os.cpu_count(), "runs": []}
     try:
+        report["fleet_up_seconds"] = round(fleet_up(env, args.nodes), 1)
+        print(f"   up and all nodes Ready in {report['fleet_up_seconds']}s", flush=True)
         kubectl(env, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        kubectl(env, "wait", "--for=condition=Established", "crd/inferencedeployments.infleet.dev")
+        kubectl(env, "wait", "--for=condition=Established", "--timeout=120s", f"crd/{api.PLURAL}.{api.GROUP}")
         for count in args.counts:
-            print(f"== {count} InferenceDeployments")
-            result = run_one(env, count, args.out)
-            results.append(result)
-            print("   " + json.dumps(result))
+            entry: dict[str, Any] = {"deployments": count}
+            report["runs"].append(entry)
+            if not args.skip_peer:
+                print(f"== {count} plain Deployments (the peer)", flush=True)
+                entry["peer"] = run_peer(env, count, args.timeout)
+                print("   " + json.dumps(entry["peer"]), flush=True)
+            print(f"== {count} InferenceDeployments", flush=True)
+            entry["operator"] = run_operator(env, count, args.timeout, args.dir)
+            print("   " + json.dumps(entry["operator"]), flush=True)
+            if entry.get("peer") and not entry["peer"]["timed_out"] and not entry["operator"]["timed_out"]:
+                entry["ratio_all_ready"] = round(
+                    entry["operator"]["all_ready_seconds"] / max(entry["peer"]["all_ready_seconds"], 1e-9), 2
+                )
     finally:
         if not args.keep:
-            subprocess.run([sys.executable, "-m", "infleet.cluster", "down"], env=env)
-    report = {"nodes": args.nodes, "cpus": os.cpu_count(), "runs": results}
-    path = args.out / "operator_scale.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'deployments':>11} {'all Ready s':>11} {'req/reconcile':>13} {'req/deploy':>10} {'peak RSS MiB':>12}")
-    for r in results:
-        print(
-            f"{r['deployments']:>11} {r['all_ready_seconds']:>11} {r['api_requests_per_reconcile']:>13} "
-            f"{r['api_requests_per_deployment']:>10} {r['operator_peak_rss_mib']:>12}"
-        )
-    if len(results) > 1:
-        a, b = results[0], results[-1]
-        print(
-            f"\n{b['deployments'] / a['deployments']:.0f}x the deployments took "
-            f"{b['all_ready_seconds'] / max(a['all_ready_seconds'], 1e-9):.1f}x the time "
-            f"and {b['operator_peak_rss_mib'] / max(a['operator_peak_rss_mib'], 1e-9):.2f}x the memory"
-        )
+            subprocess.run([sys.executable, "-m", "infleet.cluster", "down"], env=dict(env))
+        path = args.out / "operator_scale.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(table(report["runs"]))
     print(f"wrote {path}")
     return 0
 
