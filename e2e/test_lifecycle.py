@@ -1,13 +1,14 @@
-"""The product's life on the local fleet, in order: install and chat, heal a killed runtime, survive a killed
-operator, roll out a tier change without failing a request, and uninstall leaving nothing behind."""
+"""The product's life on the cluster under test (the local fleet, or one INFLEET_E2E_KUBECONFIG names), in order:
+install and chat, heal a killed runtime, survive a killed operator, roll out a tier change without failing a
+request, and uninstall leaving nothing behind."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import kubernetes.client
 import numpy as np
@@ -15,21 +16,22 @@ import openai
 import pytest
 import tritonclient.http as triton
 
-from infleet.cluster.controlplane import process_alive
-from infleet.cluster.stack import Stack, example
-from infleet.cluster.testing import FleetHandle, wait_for
-from infleet.runtime.loader.smollm2 import smollm2_gguf
+from infleet.cluster.controlplane import Fleet, process_alive
+from infleet.cluster.stack import Stack
+from infleet.cluster.testing import wait_for
+
+from .conftest import DEMO_NAMESPACE, RELEASE, Cluster, launched_pid
 
 pytestmark = [pytest.mark.cluster, pytest.mark.model, pytest.mark.slow]
 
-NAMESPACE = os.environ.get("INFLEET_E2E_RELEASE", "e2e") + "-demo"  # the namespace the release watches
+NAMESPACE = DEMO_NAMESPACE
 NAME = "smollm2"
 
 
 @pytest.fixture(scope="module")
-def served(stack: Stack) -> Iterator[str]:
+def served(stack: Stack, smollm2: Callable[[str], dict[str, Any]]) -> Iterator[str]:
     """The SmolLM2 example applied in its own namespace; yields the served model name."""
-    idep = example(smollm2_gguf(), NAMESPACE)
+    idep = smollm2(NAME)
     stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}, idep)
     stack.wait_ready(NAMESPACE, NAME, quiet=True)
     yield str(idep["spec"]["model"]["servedName"])
@@ -46,7 +48,7 @@ def chat(stack: Stack, model: str, text: str = "What is the capital of France?")
     return str(reply.choices[0].message.content)
 
 
-def runtime_pods(fleet: FleetHandle) -> list:
+def runtime_pods(fleet: Cluster) -> list:
     return list(fleet.core.list_namespaced_pod(NAMESPACE, label_selector=f"infleet.dev/deployment={NAME}").items)
 
 
@@ -70,14 +72,9 @@ def test_kserve_v2_through_the_gateway(stack: Stack, served: str) -> None:
     assert result.as_numpy("text_output")[0]
 
 
-def launched_pid(fleet: FleetHandle, pod) -> int:
-    meta = pod.metadata
-    return int((fleet.fleet.dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid}" / "runtime.pid").read_text())
-
-
-def test_a_killed_runtime_process_is_healed(stack: Stack, fleet: FleetHandle, served: str) -> None:
+def test_a_killed_runtime_process_is_healed(stack: Stack, fleet: Cluster, launcher: Fleet, served: str) -> None:
     pod = runtime_pods(fleet)[0]
-    os.kill(launched_pid(fleet, pod), signal.SIGKILL)
+    os.kill(launched_pid(launcher, pod), signal.SIGKILL)
     wait_for(
         lambda: (
             fleet.core.read_namespaced_pod(pod.metadata.name, NAMESPACE).status.container_statuses[0].restart_count >= 1
@@ -96,14 +93,15 @@ def _try_chat(stack: Stack, model: str) -> str | None:
 
 
 def test_killing_the_operator_mid_reconcile_converges_without_duplicates(
-    stack: Stack, fleet: FleetHandle, served: str
+    stack: Stack, fleet: Cluster, external: bool, served: str
 ) -> None:
     operator = fleet.core.list_namespaced_pod(stack.namespace, label_selector="app.kubernetes.io/component=operator")
     pod = operator.items[0]
     stack.kubectl("scale", "idep", NAME, "-n", NAMESPACE, "--replicas=2")
-    meta = pod.metadata
-    pid = int((fleet.fleet.dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid}" / "operator.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
+    if external:  # no pid to kill: the pod goes at once, without a grace period, as a crashed node would take it
+        stack.kubectl("delete", "pod", pod.metadata.name, "-n", stack.namespace, "--grace-period=0", "--force")
+    else:
+        os.kill(launched_pid(fleet.fleet, pod, "operator"), signal.SIGKILL)
     wait_for(
         lambda: len([p for p in runtime_pods(fleet) if p.status.phase == "Running"]) == 2,
         timeout=600,
@@ -117,7 +115,7 @@ def test_killing_the_operator_mid_reconcile_converges_without_duplicates(
     wait_for(lambda: len(runtime_pods(fleet)) == 1, timeout=300, what="back to one runtime pod")
 
 
-def test_a_tier_change_rolls_out_without_a_failed_request(stack: Stack, fleet: FleetHandle, served: str) -> None:
+def test_a_tier_change_rolls_out_without_a_failed_request(stack: Stack, fleet: Cluster, served: str) -> None:
     failures: list[str] = []
     answered = 0
     stop = threading.Event()
@@ -158,9 +156,13 @@ def test_a_tier_change_rolls_out_without_a_failed_request(stack: Stack, fleet: F
     assert stack.idep(NAMESPACE, NAME)["status"]["tier"] == "int4"
 
 
-def test_uninstall_and_namespace_deletion_leave_nothing(stack: Stack, fleet: FleetHandle, served: str) -> None:
-    pods_dir: Path = fleet.fleet.dir / "pods"
-    pids = [launched_pid(fleet, p) for p in runtime_pods(fleet)]
+def test_uninstall_and_namespace_deletion_leave_nothing(
+    stack: Stack, fleet: Cluster, external: bool, served: str
+) -> None:
+    """Everything the release made goes; on the local fleet, the processes its pods ran are gone too."""
+    pods = runtime_pods(fleet)
+    assert pods
+    pids = [] if external else [launched_pid(fleet.fleet, p) for p in pods]
     fleet.core.delete_namespace(NAMESPACE)
     stack.helm("uninstall", stack.release, f"--namespace={stack.namespace}", "--wait")
     fleet.core.delete_namespace(stack.namespace)
@@ -170,10 +172,14 @@ def test_uninstall_and_namespace_deletion_leave_nothing(stack: Stack, fleet: Fle
         return NAMESPACE not in names and stack.namespace not in names
 
     wait_for(gone, timeout=300, what="both namespaces to be deleted")
-    assert not any(process_alive(pid) for pid in pids)
     rbac = kubernetes.client.RbacAuthorizationV1Api(fleet.api)
-    leftovers = [c.metadata.name for c in rbac.list_cluster_role().items if c.metadata.name.startswith("e2e-")]
+    leftovers = [c.metadata.name for c in rbac.list_cluster_role().items if c.metadata.name.startswith(f"{RELEASE}-")]
     assert leftovers == []
-    assert not [
-        d for d in pods_dir.glob(f"{NAMESPACE}_*") if any(process_alive(int(p.read_text())) for p in d.glob("*.pid"))
-    ]
+    if not external:
+        assert not any(process_alive(pid) for pid in pids)
+        pods_dir = fleet.fleet.dir / "pods"
+        assert not [
+            d
+            for d in pods_dir.glob(f"{NAMESPACE}_*")
+            if any(process_alive(int(p.read_text())) for p in d.glob("*.pid"))
+        ]
