@@ -8,13 +8,21 @@ For a predicted load each option costs `replicas x price`. Among the options who
 `max_replicas`, those that no other beats on both cost and quality loss form the Pareto frontier; the choice is the
 cheapest frontier option within `max_quality_loss`. Switching tiers is a rollout, so the chooser only moves off a
 tier that still qualifies when another saves more than `margin` and has kept doing so for `dwell` seconds.
+
+With a cost budget (`spec.cost.maxPerMillionTokens`) the budget is the constraint and quality the goal: the choice is
+the lowest-quality-loss tier whose *capacity cost* fits the budget, the $/1M tokens of one replica's capacity at the
+planned utilization (`price x GPUs x 1e6 / (3600 x capacity x utilization)`). That is the cost the fleet approaches
+as the autoscaler sizes it to the load, and it depends on the tier alone: at a load below one replica the minimum
+replicas set the cost whatever the tier, so judging tiers by the integer-replica cost there would make every tier
+equal and the budget meaningless. A tier over the budget is left at once when another fits it; a move to a better
+tier that the budget allows waits `dwell` seconds.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,7 +48,8 @@ class TierCost:
     option: TierOption
     replicas: int
     dollars_per_hour: float
-    cost_per_million_tokens: float
+    cost_per_million_tokens: float  # the fleet of `replicas` at the predicted load
+    capacity_cost_per_million_tokens: float = math.nan  # one replica's capacity at the planned utilization
 
     @property
     def key(self) -> tuple[str, str]:
@@ -81,23 +90,31 @@ def price_options(
         price = gpu_hourly_price(o.gpu, prices)
         dollars = price * o.gpus_per_replica * replicas
         per_million = cost_per_million_tokens(price, o.gpus_per_replica, replicas, load_tokens_per_second)
-        out.append(TierCost(o, replicas, dollars, per_million))
+        at_capacity = cost_per_million_tokens(
+            price, o.gpus_per_replica, 1, o.capacity_tokens_per_second * target_utilization
+        )
+        out.append(TierCost(o, replicas, dollars, per_million, at_capacity))
     return out
 
 
-def pareto_frontier(costs: Sequence[TierCost]) -> list[TierCost]:
-    """Options not dominated on (dollars per hour, quality loss), cheapest first."""
+def pareto_frontier(costs: Sequence[TierCost], by_capacity_cost: bool = False) -> list[TierCost]:
+    """Options not dominated on (cost, quality loss), cheapest first. Cost: dollars per hour at the predicted load,
+    or with `by_capacity_cost` the $/1M tokens of the tier's capacity (the budget's measure)."""
+
+    def cost(c: TierCost) -> float:
+        return c.capacity_cost_per_million_tokens if by_capacity_cost else c.dollars_per_hour
+
     front = [
         c
         for c in costs
         if not any(
-            d.dollars_per_hour <= c.dollars_per_hour
+            cost(d) <= cost(c)
             and d.option.quality_loss <= c.option.quality_loss
-            and (d.dollars_per_hour < c.dollars_per_hour or d.option.quality_loss < c.option.quality_loss)
+            and (cost(d) < cost(c) or d.option.quality_loss < c.option.quality_loss)
             for d in costs
         )
     ]
-    return sorted(front, key=lambda c: (c.dollars_per_hour, c.option.quality_loss))
+    return sorted(front, key=lambda c: (cost(c), c.option.quality_loss))
 
 
 def choose_tier(
@@ -111,9 +128,24 @@ def choose_tier(
     margin: float = 0.1,
     dwell: float = 600.0,
     prices: Mapping[str, float] | None = None,
+    max_cost_per_million_tokens: float | None = None,
 ) -> TierDecision:
     if not options:
         return TierDecision(state.tier, state.gpu, 0, "no tier profile: keep the current tier", state)
+    if max_cost_per_million_tokens is not None:
+        return _choose_within_budget(
+            options,
+            load_tokens_per_second,
+            max_quality_loss,
+            state,
+            now,
+            max_replicas,
+            target_utilization,
+            margin,
+            dwell,
+            prices,
+            max_cost_per_million_tokens,
+        )
     costs = price_options(options, load_tokens_per_second, target_utilization, prices)
     feasible = [c for c in costs if c.replicas <= max_replicas]  # the fleet meets the SLO at this load
     frontier = tuple(pareto_frontier(feasible))
@@ -152,14 +184,99 @@ def choose_tier(
             f"keep {state.tier}: {best.option.tier} would save {saving:.0%}, not more than the {margin:.0%} margin",
             replace(state, challenger=None),
         )
+    return _after_dwell(
+        best, current, state, now, dwell, decided, f"saves {saving:.0%}", f"switch to {describe}; saves {saving:.0%}"
+    )
+
+
+def _after_dwell(
+    best: TierCost,
+    current: TierCost,
+    state: TierState,
+    now: float,
+    dwell: float,
+    decided: Callable[[TierCost, str, TierState], TierDecision],
+    gain: str,
+    switch: str,
+) -> TierDecision:
+    """Move to `best` only once it has been the better choice for `dwell` seconds (hysteresis against flapping)."""
     since = state.challenger_since if state.challenger == best.key else now
     if now - since < dwell:
         return decided(
             current,
-            f"keep {state.tier} for now: {best.option.tier} saves {saving:.0%} for {now - since:.0f}s of {dwell:g}s",
+            f"keep {state.tier} for now: {best.option.tier} {gain} for {now - since:.0f}s of {dwell:g}s",
             replace(state, challenger=best.key, challenger_since=since),
         )
-    return decided(best, f"switch to {describe}; saves {saving:.0%} for {now - since:.0f}s", settled)
+    return decided(best, f"{switch} for {now - since:.0f}s", TierState(best.option.tier, best.option.gpu))
+
+
+def _choose_within_budget(
+    options: Sequence[TierOption],
+    load_tokens_per_second: float,
+    max_quality_loss: float,
+    state: TierState,
+    now: float,
+    max_replicas: int,
+    target_utilization: float,
+    margin: float,
+    dwell: float,
+    prices: Mapping[str, float] | None,
+    budget: float,
+) -> TierDecision:
+    """The best quality whose capacity cost fits the budget; the cheapest when none fits (see the module text)."""
+    costs = price_options(options, load_tokens_per_second, target_utilization, prices)
+    feasible = [c for c in costs if c.replicas <= max_replicas]
+    frontier = tuple(pareto_frontier(feasible, by_capacity_cost=True))
+    qualified = [c for c in frontier if c.option.quality_loss <= max_quality_loss]
+    current = next((c for c in costs if c.key == (state.tier, state.gpu)), None)
+    load = f"{load_tokens_per_second:.0f} tok/s"
+    if not qualified:
+        why = (
+            f"no tier within quality loss {max_quality_loss:g} meets the SLO at {load} with <= {max_replicas} replicas"
+        )
+        return TierDecision(state.tier, state.gpu, current.replicas if current else 0, why, state, frontier)
+    affordable = [c for c in qualified if c.capacity_cost_per_million_tokens <= budget]
+    # the frontier runs from cheap to good: the last affordable option is the best quality the budget buys
+    best = affordable[-1] if affordable else qualified[0]
+
+    def decided(c: TierCost, reason: str, new_state: TierState) -> TierDecision:
+        return TierDecision(
+            c.option.tier, c.option.gpu, c.replicas, reason, new_state, frontier, c.cost_per_million_tokens
+        )
+
+    def priced(c: TierCost) -> str:
+        return f"${c.capacity_cost_per_million_tokens:.3g}/1M tokens at capacity"
+
+    fits = f"within the ${budget:g}/1M budget" if affordable else f"over the ${budget:g}/1M budget: no tier fits it"
+    describe = (
+        f"{best.option.tier} on {best.option.gpu} ({priced(best)}, {fits}; quality loss "
+        f"{best.option.quality_loss:g}; {best.replicas} replicas at {load})"
+    )
+    settled = TierState(best.option.tier, best.option.gpu)
+    if current is None:
+        return decided(best, f"no current tier: choose {describe}", settled)
+    if current.option.quality_loss > max_quality_loss or current.replicas > max_replicas:
+        return decided(best, f"current tier {state.tier} no longer qualifies: choose {describe}", settled)
+    over = current.capacity_cost_per_million_tokens > budget
+    if over and affordable:
+        return decided(best, f"{state.tier} ({priced(current)}) is over the ${budget:g}/1M budget: {describe}", settled)
+    if best.key == current.key:
+        return decided(best, f"keep {describe}", settled)
+    if over:  # nothing fits: move to the cheapest only when it is clearly cheaper
+        saving = 1 - best.capacity_cost_per_million_tokens / current.capacity_cost_per_million_tokens
+        if saving <= margin:
+            return decided(
+                current,
+                f"keep {state.tier}: no tier fits the ${budget:g}/1M budget and "
+                f"{best.option.tier} would save only {saving:.0%}",
+                replace(state, challenger=None),
+            )
+        gain = f"costs {saving:.0%} less"
+    elif best.option.quality_loss < current.option.quality_loss:
+        gain = f"fits the budget with quality loss {best.option.quality_loss:g} < {current.option.quality_loss:g}"
+    else:
+        return decided(current, f"keep {state.tier}: within the ${budget:g}/1M budget", replace(state, challenger=None))
+    return _after_dwell(best, current, state, now, dwell, decided, gain, f"switch to {describe}")
 
 
 def roofline_profile(

@@ -74,7 +74,15 @@ async def close(memo: Any, **_: Any) -> None:
 class QuietWatchers(logging.Filter):
     """Drop kopf's "Handler ... succeeded" lines for the watch handlers that run on every node/pod/workload event."""
 
-    NOISY = ("fleet-changed", "volume-appeared", "restart-group", "label_rank", "deployment_event", "statefulset_event")
+    NOISY = (
+        "fleet-changed",
+        "volume-appeared",
+        "restart-group",
+        "label_rank",
+        "deployment_event",
+        "statefulset_event",
+        "deployment-gauges",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -102,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         help="leader election through kopf peering, for several replicas (one works, the others stand by)",
     )
     run.add_argument("--prometheus-url", help="where the autoscaler reads latency and queue metrics")
+    run.add_argument(
+        "--replica-device",
+        help="the device whose measured tier profile describes the runtime replicas (e.g. cpu, on a fleet whose GPU "
+        "nodes are simulated and run every pod on the CPU); default: each deployment's accelerator type",
+    )
     run.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
 
@@ -113,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietWatchers())
     # the handlers register themselves with kopf when imported
-    from infleet.operator import autoscaling, handlers  # noqa: F401  (handlers registers by import)
+    from infleet.operator import autoscaling, deployment_metrics, handlers  # noqa: F401  (they register by import)
 
     if args.prometheus_url:
         autoscaling.set_observer(autoscaling.prometheus_observer(args.prometheus_url))
+    autoscaling.set_replica_device(args.replica_device)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None

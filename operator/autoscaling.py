@@ -7,10 +7,24 @@ ordinary reconcile then rolls it out. The policy's conditions and the observed f
 
 The observer is pluggable (`set_observer`): the Prometheus adapter registers itself; with none, observations are
 "missing", and the policy holds the current count (it never scales down without data).
+
+Under `spec.quantization.tier: auto` the same tick asks the tier chooser (`infleet.autoscaler.tiers`) for the tier,
+from the deployment's tier profile (`infleet.autoscaler.profiles`), the observed load, `maxQualityLoss`, the cost
+budget and the GPU price. A new tier is written to `status.tier` with its reason, announced by a `TierChanged` event,
+and rolled out by the ordinary reconcile (`handlers.roll_out_tier`): the reconcile runs the tier that status names,
+so an automatic tier change is the same surge rollout as a spec change. The chooser's hysteresis state lives here.
+
+`status.costPerMillionTokens` is the cost model over what was observed: the GPU's hourly price (`spec.cost`
+override, else the chart's table in `INFLEET_GPU_PRICES`, else the defaults), GPUs per replica, the replicas that
+exist and the tokens/s served. Unknown (no throughput, no price) leaves it out of status.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -19,10 +33,11 @@ from typing import Any
 
 import kopf
 
-from infleet.autoscaler import policy
-from infleet.operator import api, resources, status
-from infleet.operator.handlers import IDEP, kube_of
+from infleet.autoscaler import cost, policy, profiles, tiers
+from infleet.operator import api, checks, resources, status
+from infleet.operator.handlers import IDEP, kube_of, roll_out_tier
 from infleet.operator.kube import KubeError
+from infleet.operator.kube import path as kube_path
 
 # (spec, status, name, namespace) -> what the fleet looks like now
 Observer = Callable[[api.InferenceDeploymentSpec, dict[str, Any], str, str], Awaitable[policy.Observation]]
@@ -32,13 +47,133 @@ STATUS_MANAGER = "infleet-autoscaler"
 SCALE_FROM_ZERO_ANNOTATION = "infleet.dev/scale-from-zero-requested"
 DEMAND_FRESH_SECONDS = 60.0
 
+# the chart hands the operator its GPU price table as JSON (USD per GPU-hour by nvidia.com/gpu.product)
+PRICES_ENV = "INFLEET_GPU_PRICES"
+TIER_DWELL = 600.0  # seconds a better tier must stay better before the chooser moves to it (a rollout each time)
+
 _observer: Observer | None = None
 _history: dict[tuple[str, str], tuple[policy.Recommendation, ...]] = {}
+_tier_states: dict[tuple[str, str], tiers.TierState] = {}
+_replica_device: str | None = None
 
 
 def set_observer(observer: Observer | None) -> None:
     global _observer
     _observer = observer
+
+
+def set_replica_device(device: str | None) -> None:
+    """The device whose measured tier profile describes the replicas (`--replica-device`); None: the accelerator."""
+    global _replica_device
+    _replica_device = device or None
+
+
+def price_table(environ: Mapping[str, str] = os.environ) -> dict[str, float]:
+    """The defaults with the chart's table on top; a table that does not parse is reported and ignored."""
+    raw = environ.get(PRICES_ENV)
+    if not raw:
+        return cost.price_table()
+    try:
+        table = json.loads(raw)
+        if not isinstance(table, dict):
+            raise ValueError("not a JSON object")
+        return cost.price_table({str(k): float(v) for k, v in table.items()})
+    except (ValueError, TypeError) as err:
+        logging.getLogger(__name__).warning(f"{PRICES_ENV} is not a price table ({err}); using the default prices")
+        return cost.price_table()
+
+
+def prices_for(spec: api.InferenceDeploymentSpec, table: Mapping[str, float]) -> dict[str, float]:
+    """The price table with this deployment's own GPU price (spec.cost.gpuHourlyPrice) for its accelerator."""
+    out = dict(table)
+    if spec.cost.gpu_hourly_price is not None:
+        out[spec.accelerator.type] = spec.cost.gpu_hourly_price
+    return out
+
+
+def observed_cost(
+    spec: api.InferenceDeploymentSpec, replicas: int, tokens_per_second: float | None, prices: Mapping[str, float]
+) -> float | None:
+    """$ per 1M tokens the fleet costs at the observed throughput; None when it cannot be known or is infinite."""
+    price = prices.get(spec.accelerator.type)
+    if price is None or tokens_per_second is None:
+        return None
+    value = cost.cost_per_million_tokens(price, spec.gpus_per_replica, replicas, tokens_per_second)
+    return value if math.isfinite(value) else None
+
+
+def choose_tier(
+    spec: api.InferenceDeploymentSpec,
+    current: str | None,
+    obs: policy.Observation,
+    state: tiers.TierState,
+    now: float,
+    prices: Mapping[str, float],
+) -> tuple[tiers.TierDecision, str] | None:
+    """The tier chooser's decision for an `auto` deployment, and where its profile came from; None if not auto."""
+    q = spec.quantization
+    if q.tier != "auto":
+        return None
+    gpu = spec.accelerator.type
+    if state.tier != current or state.gpu != gpu:  # someone else moved the tier: start from what runs
+        state = tiers.TierState(current, gpu)
+    runnable = [t for t in q.allowed if checks.tier_problem(spec, t) is None]
+    slo = spec.slo
+    choice = profiles.tier_options(
+        spec.model.uri,
+        gpu,
+        runnable,
+        spec.gpus_per_replica,
+        _replica_device,
+        api.parse_duration(slo.tpot_p99) if slo.tpot_p99 else None,
+        api.parse_duration(slo.ttft_p99) if slo.ttft_p99 else None,
+    )
+    if gpu not in prices and choice.options:
+        reason = f"no GPU price for {gpu} (set spec.cost.gpuHourlyPrice or the chart's gpuPrices): keep {current}"
+        return tiers.TierDecision(current, gpu, 0, reason, state), choice.source
+    decision = tiers.choose_tier(
+        choice.options,
+        obs.tokens_per_second or 0.0,
+        q.max_quality_loss,
+        state,
+        now,
+        max_replicas=spec.scaling.max_replicas,
+        dwell=TIER_DWELL,
+        prices=prices,
+        max_cost_per_million_tokens=spec.cost.max_per_million_tokens,
+    )
+    return decision, choice.source
+
+
+async def post_event(kube: Any, body: Mapping[str, Any], reason: str, message: str) -> None:
+    """A Normal event on the InferenceDeployment (`kubectl describe idep` shows it), written at once and awaited, so
+    it is there by the time the change it announces is; a refused event is logged, never fatal to the decision."""
+    meta = body["metadata"]
+    now = status.now_iso()
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Normal",
+        "source": {"component": STATUS_MANAGER},
+        "reportingComponent": STATUS_MANAGER,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        await kube.request("POST", kube_path("Event", meta["namespace"]), kind="Event", body=event)
+    except KubeError as err:
+        logging.getLogger(__name__).warning(f"could not post the {reason} event: {err}")
 
 
 def prometheus_observer(url: str) -> Observer:
@@ -106,27 +241,54 @@ def status_from(decision: policy.Decision, obs: policy.Observation, generation: 
     *IDEP, id="autoscale", interval=INTERVAL, when=lambda spec, **_: bool(spec.get("scaling", {}).get("enabled"))
 )
 async def autoscale(
-    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None, memo: Any, logger: kopf.Logger, **_: Any
+    body: kopf.Body,
+    spec: kopf.Spec,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    logger: kopf.Logger,
+    **kw: Any,
 ) -> None:
     assert namespace is not None  # InferenceDeployments are namespaced
     parsed = api.InferenceDeploymentSpec.model_validate(dict(spec))
     st = dict(body.get("status") or {})
+    generation = body["metadata"].get("generation")
     obs = await observe(parsed, st, name, namespace)
     now = time.time()
     obs = replace(obs, held_requests=max(obs.held_requests, held_from_annotation(body["metadata"], now)))
     decision = policy.decide(scaling_spec(parsed), obs, _history.get((namespace, name), ()), now)
     _history[(namespace, name)] = decision.history
-    extra = status_from(decision, obs, body["metadata"].get("generation"))
-    slo = status.slo_condition(parsed, extra["observed"] or None, body["metadata"].get("generation"))
+    extra = status_from(decision, obs, generation)
+    slo = status.slo_condition(parsed, extra["observed"] or None, generation)
     merged = {
         c["type"]: c for c in status.merge_conditions(list(st.get("conditions") or []), [*extra["conditions"], slo])
     }
     patch_status: dict[str, Any] = {"conditions": [merged[c["type"]] for c in [*extra["conditions"], slo]]}
     if extra["observed"]:
         patch_status["observed"] = extra["observed"]
+    prices = prices_for(parsed, price_table())
+    replicas_now = int(st.get("replicas") or parsed.replicas)
+    patch_status["costPerMillionTokens"] = observed_cost(parsed, replicas_now, obs.tokens_per_second, prices)
+
+    current_tier = st.get("tier")
+    chosen = choose_tier(parsed, current_tier, obs, _tier_states.get((namespace, name), tiers.TierState()), now, prices)
+    new_tier: str | None = None
+    if chosen is not None:
+        tier_decision, source = chosen
+        _tier_states[(namespace, name)] = tier_decision.state
+        patch_status["tierReason"] = f"{tier_decision.reason} [{source}]"
+        if tier_decision.tier is not None and tier_decision.tier != current_tier:
+            new_tier = tier_decision.tier
+        # always sent while auto: this manager keeps owning the field, so it never vanishes between writers
+        patch_status["tier"] = new_tier or current_tier
     kube = kube_of(memo)
     try:
-        await kube.apply_status(namespace, name, patch_status, manager=STATUS_MANAGER)
+        written = await kube.apply_status(namespace, name, patch_status, manager=STATUS_MANAGER)
+        if new_tier is not None and written is not None:
+            message = f"{current_tier or 'none'} -> {new_tier}: {patch_status['tierReason']}"
+            logger.info(f"autoscaler: tier {message}")
+            await post_event(kube, body, "TierChanged", message)
+            await roll_out_tier(written, memo, kw["gpu_nodes"], kw["group_sets"], logger)
         target = resources.desired_replicas(parsed.model_copy(update={"replicas": decision.replicas}))
         if target != parsed.replicas:
             logger.info(f"autoscaler: {parsed.replicas} -> {target} replicas ({decision.reason})")
@@ -138,5 +300,8 @@ async def autoscale(
                 body={"spec": {"replicas": target}},
                 content_type="application/merge-patch+json",
             )
+            verb = "ScaledUp" if target > parsed.replicas else "ScaledDown"
+            message = f"{parsed.replicas} -> {target} replicas: {decision.reason}"
+            await post_event(kube, body, verb, message)
     except KubeError as err:
         raise kopf.TemporaryError(f"autoscaler could not write its decision: {err}", delay=INTERVAL) from err

@@ -34,14 +34,17 @@ def tier_problem(spec: InferenceDeploymentSpec, tier: str) -> Problem | None:
     return None
 
 
-def choose_tier(spec: InferenceDeploymentSpec, current: str | None) -> tuple[str, str]:
+def choose_tier(
+    spec: InferenceDeploymentSpec, current: str | None, current_reason: str | None = None
+) -> tuple[str, str]:
     """The tier to run and why: an explicit spec.quantization.tier wins; under `auto`, the autoscaler's last choice
-    (status.tier) stays while it is allowed and runnable, else the first allowed tier that runs here."""
+    (status.tier) stays, with the autoscaler's reason, while it is allowed and runnable, else the first allowed tier
+    that runs here."""
     q = spec.quantization
     if q.tier != "auto":
         return q.tier, "set in spec.quantization.tier"
     if current in q.allowed and tier_problem(spec, current) is None:
-        return current, "kept the autoscaler's choice"
+        return current, current_reason or "kept the autoscaler's choice"
     for tier in q.allowed:
         if tier_problem(spec, tier) is None:
             return tier, f"first allowed tier runnable on {spec.accelerator.type} with {spec.runtime.engine}"

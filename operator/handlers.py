@@ -166,6 +166,19 @@ async def reconcile_deployment(
         await refresh_workload_status(memo, body, kw["gpu_nodes"])
 
 
+async def roll_out_tier(
+    body: Mapping[str, Any],
+    memo: Any,
+    gpu_nodes: kopf.Index[str, int],
+    group_sets: kopf.Index[Any, dict[str, Any]],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Roll out the tier the autoscaler just wrote to status.tier (`body` is the object after that write): the
+    reconcile of a spec change, so an automatic tier change is the same surge rollout."""
+    new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, "tier", 0, logger)
+    await _write_status(memo, body, new_status)
+
+
 async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes: kopf.Index[str, int]) -> None:
     """Replica counts from a fresh read of the workload, written at once. Workload events keep them current; this
     covers the case where no further event comes (the operator restarted after the workload settled)."""

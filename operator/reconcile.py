@@ -125,7 +125,8 @@ def plan(
 ) -> tuple[InferenceDeploymentSpec, resources.Desired, str]:
     """Spec -> desired objects, without judging or touching the cluster (the event path uses this)."""
     spec = InferenceDeploymentSpec.model_validate(body["spec"])
-    tier, reason = checks.choose_tier(spec, (body.get("status") or {}).get("tier"))
+    old_status = body.get("status") or {}
+    tier, reason = checks.choose_tier(spec, old_status.get("tier"), old_status.get("tierReason"))
     want = resources.desired(spec, owner_of(body), tier, checks.gpus_per_node(spec, node_gpus))
     return spec, want, reason
 

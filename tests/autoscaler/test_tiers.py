@@ -118,3 +118,54 @@ def test_the_runtime_s_measured_profile_loads_when_present() -> None:
         pytest.skip(f"{path.name} has not been measured in this checkout yet")
     opts = load_profile(path)
     assert "bf16" in {o.tier for o in opts} and all(o.capacity_tokens_per_second > 0 for o in opts)
+
+
+# ---- a cost budget: the best quality it buys ---------------------------------------------------------------------
+
+BUDGET_OPTIONS = [  # one GPU at $0.80/h: capacity costs $0.80e6 / (3600 x capacity x 0.7)
+    TierOption("bf16", L4, 100, 0.0),  # $3.17/1M at capacity
+    TierOption("int8", L4, 150, 0.005),  # $2.12
+    TierOption("int4", L4, 250, 0.03),  # $1.27
+]
+
+
+def test_capacity_cost_is_the_price_of_one_replica_at_the_planned_utilization() -> None:
+    costs = {c.option.tier: c for c in price_options(BUDGET_OPTIONS, 10, target_utilization=0.7)}
+    assert costs["bf16"].capacity_cost_per_million_tokens == pytest.approx(0.8e6 / (3600 * 100 * 0.7))
+    assert costs["int4"].capacity_cost_per_million_tokens == pytest.approx(0.8e6 / (3600 * 250 * 0.7))
+    # at 10 tok/s each tier needs one replica: the fleet's cost per token is the same whatever the tier
+    assert costs["bf16"].cost_per_million_tokens == pytest.approx(costs["int4"].cost_per_million_tokens)
+
+
+def test_a_budget_buys_the_best_quality_that_fits_it() -> None:
+    loose = choose_tier(BUDGET_OPTIONS, 10, 0.05, TierState(), now=0, max_cost_per_million_tokens=5.0)
+    assert loose.tier == "bf16" and "within the $5/1M budget" in loose.reason
+    mid = choose_tier(BUDGET_OPTIONS, 10, 0.05, TierState(), now=0, max_cost_per_million_tokens=2.5)
+    assert mid.tier == "int8"
+    # the quality limit still binds: int4 would fit a $1.5 budget but loses too much
+    strict = choose_tier(BUDGET_OPTIONS, 10, 0.01, TierState(), now=0, max_cost_per_million_tokens=1.5)
+    assert strict.tier == "int8" and "no tier fits it" in strict.reason
+
+
+def test_over_budget_leaves_at_once_and_an_upgrade_waits_the_dwell() -> None:
+    running_bf16 = TierState("bf16", L4)
+    tighter = choose_tier(BUDGET_OPTIONS, 10, 0.05, running_bf16, now=0, dwell=600, max_cost_per_million_tokens=2.5)
+    assert tighter.tier == "int8" and "over the $2.5/1M budget" in tighter.reason
+    # the budget is raised again: bf16 fits, but moving back is a rollout, so it waits
+    looser = choose_tier(BUDGET_OPTIONS, 10, 0.05, tighter.state, now=10, dwell=600, max_cost_per_million_tokens=5.0)
+    assert looser.tier == "int8" and "for now" in looser.reason
+    later = choose_tier(BUDGET_OPTIONS, 10, 0.05, looser.state, now=300, dwell=600, max_cost_per_million_tokens=5.0)
+    assert later.tier == "int8"
+    back = choose_tier(BUDGET_OPTIONS, 10, 0.05, later.state, now=620, dwell=600, max_cost_per_million_tokens=5.0)
+    assert back.tier == "bf16" and "switch to bf16" in back.reason
+    # the load swinging does not move a budget choice: capacity cost does not depend on it
+    for load in (1, 50, 120, 3):
+        d = choose_tier(BUDGET_OPTIONS, load, 0.05, back.state, now=700, dwell=600, max_cost_per_million_tokens=5.0)
+        assert d.tier == "bf16" and d.state.challenger is None
+
+
+def test_when_no_tier_fits_the_budget_the_cheapest_runs() -> None:
+    d = choose_tier(BUDGET_OPTIONS, 10, 0.05, TierState("bf16", L4), now=0, max_cost_per_million_tokens=0.5)
+    assert d.tier == "bf16" and "for now" in d.reason  # int4 is 60% cheaper, but not for long enough yet
+    done = choose_tier(BUDGET_OPTIONS, 10, 0.05, d.state, now=700, max_cost_per_million_tokens=0.5)
+    assert done.tier == "int4" and "no tier fits it" in done.reason

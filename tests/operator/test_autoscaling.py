@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from infleet.autoscaler import policy
+import pytest
+
+from infleet.autoscaler import policy, tiers
 from infleet.operator import api, autoscaling
 
 from .specs import good_spec
@@ -49,3 +51,108 @@ def test_observed_figures_reach_status() -> None:
     decision = policy.Decision(replicas=1, reason="hold", recommendation=1)
     out = autoscaling.status_from(decision, obs, 1)
     assert out["observed"] == {"ttftP99Seconds": 0.8, "queueDepth": 2.0, "tokensPerSecond": 150.0}
+
+
+# ---- cost and tier -----------------------------------------------------------------------------------------------
+
+GGUF = "file:///models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_price_table_comes_from_the_chart_with_defaults_underneath() -> None:
+    table = autoscaling.price_table({"INFLEET_GPU_PRICES": '{"NVIDIA-L4": 1.25, "NVIDIA-T4": 0.35}'})
+    assert table["NVIDIA-L4"] == 1.25 and table["NVIDIA-T4"] == 0.35 and table["NVIDIA-H100-80GB-HBM3"] == 4.0
+    assert autoscaling.price_table({"INFLEET_GPU_PRICES": "not json"})["NVIDIA-L4"] == 0.8
+    assert autoscaling.price_table({"INFLEET_GPU_PRICES": '{"NVIDIA-L4": -1}'})["NVIDIA-L4"] == 0.8
+    own = spec_of(cost={"gpuHourlyPrice": 2.0})
+    assert autoscaling.prices_for(own, autoscaling.price_table({}))["NVIDIA-L4"] == 2.0
+
+
+def test_observed_cost_is_the_cost_model_over_what_was_served() -> None:
+    spec = spec_of(parallelism={"tensor": 2}, accelerator={"type": "NVIDIA-L4", "gpusPerNode": 2})
+    prices = autoscaling.price_table({})
+    # $0.80 x 2 GPUs x 3 replicas = $4.80/h over 100 tok/s = 360,000 tokens/h -> $13.33 per 1M
+    assert autoscaling.observed_cost(spec, 3, 100.0, prices) == pytest.approx(4.8e6 / 360_000)
+    assert autoscaling.observed_cost(spec, 3, 0.0, prices) is None  # paying for nothing served: not a number
+    assert autoscaling.observed_cost(spec, 3, None, prices) is None
+    assert autoscaling.observed_cost(spec_of(accelerator={"type": "NVIDIA-T4"}), 1, 10.0, prices) is None
+
+
+def auto_spec(**overrides: Any) -> api.InferenceDeploymentSpec:
+    base: dict[str, Any] = {
+        "model": {"uri": GGUF, "servedName": "s"},
+        "quantization": {"tier": "auto", "allowed": ["bf16", "int8"], "maxQualityLoss": 0.01},
+        "cost": {"maxPerMillionTokens": 100.0},
+        "scaling": {"enabled": True},
+    }
+    base.update(overrides)
+    return spec_of(**base)
+
+
+def test_auto_tier_follows_the_cost_budget_with_the_measured_cpu_profile() -> None:
+    autoscaling.set_replica_device("cpu")
+    try:
+        obs = policy.Observation(sampled_at=0.0, replicas=1, tokens_per_second=5.0)
+        chosen = autoscaling.choose_tier(auto_spec(), "bf16", obs, tiers.TierState(), 0.0, autoscaling.price_table({}))
+        assert chosen is not None
+        decision, source = chosen
+        assert decision.tier == "bf16" and "smollm2-135m-cpu.json" in source  # best quality; the budget is loose
+        # the measured profile: int8 (quality loss 0.003) serves more tokens per CPU than bf16, so it costs less
+        tight = auto_spec(cost={"maxPerMillionTokens": 18.0})
+        chosen = autoscaling.choose_tier(tight, "bf16", obs, decision.state, 15.0, autoscaling.price_table({}))
+        assert chosen is not None and chosen[0].tier == "int8" and "over the $18/1M budget" in chosen[0].reason
+        explicit = spec_of(quantization={"tier": "bf16", "allowed": ["bf16"]})
+        assert autoscaling.choose_tier(explicit, "bf16", obs, tiers.TierState(), 0, {}) is None
+    finally:
+        autoscaling.set_replica_device(None)
+
+
+def test_tiers_the_accelerator_cannot_run_are_never_chosen() -> None:
+    spec = auto_spec(
+        accelerator={"type": "NVIDIA-A100-SXM4-80GB"},
+        quantization={"tier": "auto", "allowed": ["fp8", "bf16"], "maxQualityLoss": 0.5},
+        cost={"maxPerMillionTokens": 1e-6},  # nothing fits: the cheapest runnable one
+    )
+    obs = policy.Observation(sampled_at=0.0, replicas=1)
+    chosen = autoscaling.choose_tier(spec, None, obs, tiers.TierState(), 0.0, autoscaling.price_table({}))
+    assert chosen is not None and chosen[0].tier == "bf16"  # fp8 needs FP8 tensor cores, which an A100 lacks
+
+
+def test_an_unpriced_accelerator_keeps_the_tier_and_says_why() -> None:
+    spec = auto_spec(accelerator={"type": "NVIDIA-L4"})
+    obs = policy.Observation(sampled_at=0.0, replicas=1)
+    autoscaling.set_replica_device("cpu")
+    try:
+        chosen = autoscaling.choose_tier(spec, "bf16", obs, tiers.TierState(), 0.0, {})
+    finally:
+        autoscaling.set_replica_device(None)
+    assert chosen is not None and chosen[0].tier == "bf16" and "no GPU price for NVIDIA-L4" in chosen[0].reason
+
+
+def test_deployment_gauges_mirror_status_and_go_with_the_deployment() -> None:
+    from prometheus_client import REGISTRY
+
+    from infleet.operator import deployment_metrics as dm
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": "ns", "deployment": "d", **labels})
+
+    body = {"spec": {"replicas": 3}, "status": {"replicas": 2, "tier": "bf16", "costPerMillionTokens": 1.5}}
+    dm.export("ns", "d", body)
+    assert value("infleet_deployment_replicas") == 2 and value("infleet_deployment_desired_replicas") == 3
+    assert value("infleet_deployment_tier_info", tier="bf16") == 1
+    assert value("infleet_deployment_cost_per_million_tokens") == 1.5
+    dm.export("ns", "d", {"spec": {"replicas": 3}, "status": {"replicas": 3, "tier": "int8"}})
+    assert value("infleet_deployment_tier_info", tier="bf16") is None  # one tier series at a time
+    assert value("infleet_deployment_tier_info", tier="int8") == 1
+    assert value("infleet_deployment_cost_per_million_tokens") is None  # unknown cost: no series
+    dm.forget("ns", "d")
+    assert value("infleet_deployment_replicas") is None and value("infleet_deployment_tier_info", tier="int8") is None
+
+
+def test_the_operator_exports_exactly_the_gauges_the_dashboards_read() -> None:
+    from infleet.monitoring import names
+    from infleet.operator import deployment_metrics as dm
+
+    exported = {g._name for g in (dm.REPLICAS, dm.DESIRED, dm.TIER, dm.COST)}
+    read = {v for k, v in vars(names).items() if k.startswith("DEPLOYMENT_") and isinstance(v, str)}
+    assert exported == read
