@@ -104,7 +104,9 @@ class Stack:
 
     @classmethod
     def on_fleet(cls, fleet: Fleet, release: str = RELEASE, namespace: str = SYSTEM_NAMESPACE) -> Stack:
-        return cls(fleet.kubeconfig, release, namespace, prometheus_url=fleet.prometheus_url_for_pods)
+        # every runtime pod of the local fleet is a CPU process: the measured CPU tier profile is what replicas do
+        values = ("operator.replicaDevice=cpu",)
+        return cls(fleet.kubeconfig, release, namespace, prometheus_url=fleet.prometheus_url_for_pods, values=values)
 
     def helm(self, *args: str) -> str:
         return run([self.helm_bin, *args], self.kubeconfig)

@@ -22,6 +22,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     },
     "operator-2-replicas": {"operator": {"replicas": 2, "leaderElection": True}},
     "gateway-off": {"gateway": {"enabled": False}},
+    "replica-device": {"operator": {"replicaDevice": "cpu"}},
     "custom-prices": {"gpuPrices": {"NVIDIA-L4": 0.55, "NVIDIA-B200-180GB": 9.5}},
     "watch-namespaces": {
         "operator": {"watchNamespaces": ["team-a", "team-b"], "leaderElection": True},
@@ -149,6 +150,13 @@ def test_operator_two_replicas_elect_a_leader() -> None:
     assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev", "inferencedeployments.infleet.dev"} <= names
 
 
+def test_replica_device_reaches_the_operator() -> None:
+    args = pod_spec(named(rendered("replica-device"), "Deployment", "-operator"))["containers"][0]["args"]
+    assert "--replica-device=cpu" in args
+    defaults = pod_spec(named(rendered("defaults"), "Deployment", "-operator"))["containers"][0]["args"]
+    assert not any(a.startswith("--replica-device") for a in defaults)  # each deployment's accelerator
+
+
 def test_standalone_operator_has_no_peering_rights() -> None:
     docs = rendered("defaults")
     assert "--peering" not in pod_spec(named(docs, "Deployment", "-operator"))["containers"][0]["args"]
@@ -262,6 +270,7 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "at '/containerSecurityContext/allowPrivilegeEscalation'",
     ),
     "bad monitoring mode": ({"monitoring": {"prometheusOperator": "maybe"}}, "at '/monitoring/prometheusOperator'"),
+    "bad replica device": ({"operator": {"replicaDevice": "--cpu x"}}, "at '/operator/replicaDevice'"),
 }
 
 
