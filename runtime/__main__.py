@@ -14,11 +14,16 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import uvicorn
 
+from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
 from infleet.runtime.server.admission import ServerState
+
+if TYPE_CHECKING:
+    from infleet.runtime.server.app import Serving
 
 TIERS = ("bf16", "fp8", "int8", "int4")
 PROG = "infleet runtime"
@@ -36,6 +41,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tensor-parallel", type=int, default=1, metavar="N")
     s.add_argument("--pipeline-parallel", type=int, default=1, metavar="N")
     s.add_argument("--max-batch-tokens", type=int, default=2048, metavar="N", help="token budget per engine step")
+    s.add_argument(
+        "--max-prefill-tokens-per-step",
+        type=int,
+        default=DEFAULT_MAX_PREFILL_TOKENS,
+        metavar="N",
+        help="prompt tokens per step at most; running decodes are scheduled first, prefill chunks fill the rest "
+        f"(smaller: steadier inter-token latency, later first tokens; default {DEFAULT_MAX_PREFILL_TOKENS})",
+    )
     s.add_argument("--max-model-len", type=int, default=None, metavar="N", help="context length (default: model's)")
     s.add_argument("--max-num-seqs", type=int, default=64, metavar="N", help="most sequences in one batch")
     s.add_argument("--max-waiting", type=int, default=256, metavar="N", help="waiting queue bound; beyond it 429")
@@ -94,7 +107,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.tensor_parallel < 1 or args.pipeline_parallel < 1:
         print(f"{PROG}: --tensor-parallel and --pipeline-parallel must be at least 1", file=sys.stderr)
         return 2
-    for flag in ("port", "max_batch_tokens", "max_num_seqs", "max_waiting"):
+    for flag in ("port", "max_batch_tokens", "max_prefill_tokens_per_step", "max_num_seqs", "max_waiting"):
         if getattr(args, flag) < 1:
             print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
@@ -112,7 +125,7 @@ def serve(args: argparse.Namespace) -> int:
     # heavy imports only once the arguments are known to be good
     from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.metrics import RuntimeMetrics
-    from infleet.runtime.server.app import Serving, build_app
+    from infleet.runtime.server.app import Serving
 
     metrics = RuntimeMetrics(args.served_name or path.stem, args.tier)
     try:
@@ -120,6 +133,7 @@ def serve(args: argparse.Namespace) -> int:
             str(path),
             tier=args.tier,
             max_batch_tokens=args.max_batch_tokens,
+            max_prefill_tokens=args.max_prefill_tokens_per_step,
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
             max_waiting=args.max_waiting,
@@ -133,7 +147,13 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     served_name = args.served_name or engine.model_name
     metrics.rename(served_name)  # label series with the name clients use
-    serving = Serving(engine=engine, served_name=served_name, metrics=metrics)
+    return run_http(Serving(engine=engine, served_name=served_name, metrics=metrics), args)
+
+
+def run_http(serving: Serving, args: argparse.Namespace) -> int:
+    """Serve the HTTP APIs until SIGTERM has drained them (one process or a parallel group's leader); exit code."""
+    from infleet.runtime.server.app import build_app
+
     config = uvicorn.Config(
         build_app(serving),
         host=args.host,

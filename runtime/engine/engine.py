@@ -21,6 +21,7 @@ import torch
 
 from infleet.runtime.config import ModelConfig
 from infleet.runtime.engine.kv_cache import BlockManager
+from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
 from infleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams, sample
 from infleet.runtime.engine.scheduler import Scheduler
@@ -99,6 +100,7 @@ class LLMEngine:
         tokenizer: Tokenizer,
         *,
         max_batch_tokens: int = 2048,
+        max_prefill_tokens: int | None = DEFAULT_MAX_PREFILL_TOKENS,
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         block_size: int = 16,
@@ -123,8 +125,15 @@ class LLMEngine:
         self.max_model_len = min(max_len, num_kv_blocks * block_size)
         if max_batch_tokens < 1:
             raise ValueError("max_batch_tokens must be at least 1")
+        if max_prefill_tokens is not None and max_prefill_tokens < 1:
+            raise ValueError("max_prefill_tokens must be at least 1")
         self.block_manager = BlockManager(num_kv_blocks, block_size, prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, max_batch_tokens=max_batch_tokens, max_num_seqs=max_num_seqs)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            max_batch_tokens=max_batch_tokens,
+            max_num_seqs=max_num_seqs,
+            max_prefill_tokens=max_prefill_tokens,
+        )
         self.runner = runner or ModelRunner(model, num_blocks=num_kv_blocks, block_size=block_size, kv_dtype=kv_dtype)
         self.eos_token_ids = set(tokenizer.eos_token_ids) | set(config.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
@@ -284,6 +293,7 @@ class AsyncEngine:
         *,
         tier: str = "bf16",
         max_batch_tokens: int = 2048,
+        max_prefill_tokens: int | None = DEFAULT_MAX_PREFILL_TOKENS,
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         max_waiting: int = 256,
@@ -302,6 +312,7 @@ class AsyncEngine:
             config,
             tokenizer,
             max_batch_tokens=max_batch_tokens,
+            max_prefill_tokens=max_prefill_tokens,
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             block_size=block_size,

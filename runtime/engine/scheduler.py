@@ -1,11 +1,19 @@
 """Continuous batching: which sequences run this step, and how many of their tokens.
 
-Each step has a token budget (`max_batch_tokens`). Running sequences go first, in arrival order: a decoding
-sequence needs one token, a sequence still in its prompt takes as much as the budget leaves (chunked prefill,
-so a long prompt never stalls the decodes around it). Waiting sequences are admitted while budget, sequence slots
-and KV blocks last; their cached prefix is matched at admission. When blocks run out mid-step, the most recently
+Each step has a token budget (`max_batch_tokens`), filled in three passes, as vLLM does:
+
+1. Running decodes (one token each), in arrival order. They always come first, so the time between a stream's
+   tokens is one step whatever else is going on.
+2. Prefill chunks of running sequences still in their prompt (chunked prefill), then
+3. waiting sequences, admitted while sequence slots and KV blocks last (their cached prefix is matched first).
+
+Passes 2 and 3 share what the decodes left, capped at `max_prefill_tokens` per step while any decode runs: a
+step's cost on a CPU grows with its tokens, so the cap bounds how much a long prompt can lengthen the step the
+decodes wait on (inter-token latency), at the price of more steps to its first token. With no decode running there
+is nothing to protect, and prompts take the whole budget. When blocks run out for a decode, the most recently
 admitted running sequence is preempted: its blocks are freed and it waits at the front of the queue to be
-recomputed (its earlier blocks often survive in the prefix cache, so recompute is cheap).
+recomputed (its earlier blocks often survive in the prefix cache, so recompute is cheap). A prefill chunk never
+preempts a sequence already scheduled in the step.
 """
 
 from __future__ import annotations
@@ -29,12 +37,23 @@ class ScheduledSequence:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, *, max_batch_tokens: int, max_num_seqs: int) -> None:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        *,
+        max_batch_tokens: int,
+        max_num_seqs: int,
+        max_prefill_tokens: int | None = None,
+    ) -> None:
+        """`max_prefill_tokens`: prompt tokens per step at most (None: whatever the decodes leave of the budget)."""
         if max_batch_tokens < 1 or max_num_seqs < 1:
             raise ValueError("max_batch_tokens and max_num_seqs must be positive")
+        if max_prefill_tokens is not None and max_prefill_tokens < 1:
+            raise ValueError("max_prefill_tokens must be positive")
         self.block_manager = block_manager
         self.max_batch_tokens = max_batch_tokens
         self.max_num_seqs = max_num_seqs
+        self.max_prefill_tokens = min(max_prefill_tokens or max_batch_tokens, max_batch_tokens)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -49,29 +68,58 @@ class Scheduler:
     def schedule(self) -> list[ScheduledSequence]:
         budget = self.max_batch_tokens
         scheduled: list[ScheduledSequence] = []
-        preempted = False
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens, budget)
-            while not self.block_manager.allocate(seq, n):
+        preempted = stalled = False
+        # 1. decodes
+        for seq in [s for s in self.running if s.num_uncomputed_tokens == 1]:
+            if budget == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this pass
+                continue
+            while not self.block_manager.allocate(seq, 1):
                 victim = self.running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.status is SequenceStatus.RUNNING:
+                scheduled.append(ScheduledSequence(seq, 1))
+                budget -= 1
+        # the cap protects decodes from a long step; with none running, prompts take the whole budget
+        prefill = min(budget, self.max_prefill_tokens) if scheduled else budget
+        # 2. prefill chunks of running sequences
+        done = {id(e.seq) for e in scheduled}
+        for seq in [s for s in self.running if id(s) not in done and s.num_uncomputed_tokens > 1]:
+            if prefill == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            n = min(seq.num_uncomputed_tokens, prefill)
+            while not self.block_manager.allocate(seq, n):
+                victims = [s for s in self.running if id(s) not in done and s is not seq]
+                if victims:
+                    victim = victims[-1]
+                elif not scheduled:  # nothing else runs: give its blocks back and retry it from the queue
+                    victim = seq
+                else:  # the scheduled decodes hold the blocks; the chunk waits for them to finish or yield
+                    stalled = True
+                    break
+                self.running.remove(victim)
                 self._preempt(victim)
                 preempted = True
                 if victim is seq:
                     break
             else:
                 scheduled.append(ScheduledSequence(seq, n))
-                budget -= n
-                i += 1
+                done.add(id(seq))
+                prefill -= n
                 continue
             break
-        # New sequences only when nothing had to be preempted: otherwise they would take the blocks just freed.
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
+        # 3. new sequences, only when nothing had to be preempted or wait for blocks: else they would jump the queue
+        while self.waiting and prefill > 0 and len(self.running) < self.max_num_seqs and not (preempted or stalled):
             seq = self.waiting[0]
             if not seq.block_table:
                 self.block_manager.match_prefix(seq)
-            n = min(seq.num_uncomputed_tokens, budget)
+            n = min(seq.num_uncomputed_tokens, prefill)
             if not self.block_manager.allocate(seq, n):
                 if not self.running:  # alone and still too big: it can never run
                     raise RuntimeError(
@@ -84,7 +132,7 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             scheduled.append(ScheduledSequence(seq, n))
-            budget -= n
+            prefill -= n
         return scheduled
 
     def _preempt(self, seq: Sequence) -> None:

@@ -192,12 +192,10 @@ def serve_rank_pod(args: Any, topo: Topology, placement: PodPlacement, num_kv_bl
 
 def serve_parallel(args: Any) -> int:
     """`serve --tensor-parallel T --pipeline-parallel P`: this pod's ranks; the leader pod also serves HTTP."""
-    import uvicorn
-
-    from infleet.runtime.__main__ import PROG, DrainingServer, model_path
+    from infleet.runtime.__main__ import PROG, model_path, run_http
     from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.metrics import RuntimeMetrics
-    from infleet.runtime.server.app import Serving, build_app
+    from infleet.runtime.server.app import Serving
 
     try:
         path = model_path(args.model)
@@ -228,6 +226,7 @@ def serve_parallel(args: Any) -> int:
         config,
         tokenizer,
         max_batch_tokens=args.max_batch_tokens,
+        max_prefill_tokens=args.max_prefill_tokens_per_step,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         prefix_caching=not args.no_prefix_caching,
@@ -239,18 +238,7 @@ def serve_parallel(args: Any) -> int:
         metrics=metrics,
     )
     holder["serving"] = serving
-    config_ = uvicorn.Config(
-        build_app(serving),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=1,
-        lifespan="on",
-    )
-    server = DrainingServer(config_, serving.state, args.shutdown_grace_seconds)
     try:
-        server.run()
+        return run_http(serving, args)
     finally:
         group.stop()
-    return 0 if server.started else 1

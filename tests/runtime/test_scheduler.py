@@ -60,6 +60,63 @@ def test_running_decodes_are_served_before_new_prefills() -> None:
         complete(batch, bm)
 
 
+def test_decodes_run_every_step_while_a_long_prompt_prefills_in_capped_chunks() -> None:
+    """Step accounting, not wall clock: each running stream gets its token in every step, and the long prompt adds
+    at most `max_prefill_tokens` to a step, so the step the decodes wait on stays short."""
+    bm = BlockManager(256, 4)
+    sched = Scheduler(bm, max_batch_tokens=64, max_num_seqs=8, max_prefill_tokens=16)
+    streams = [make_seq(3, f"d{i}") for i in range(4)]
+    for s in streams:
+        sched.add(s)
+    complete(sched.schedule(), bm)  # 12 prompt tokens in one step; all four decode from now on
+    long = make_seq(200, "long")
+    sched.add(long)
+    steps = 0
+    while long.num_output_tokens == 0:
+        batch = sched.schedule()
+        tokens = {e.seq.request_id: e.num_tokens for e in batch}
+        assert all(tokens.get(s.request_id) == 1 for s in streams), tokens  # no stream skips a step
+        assert tokens["long"] == min(16, 200 - 16 * steps)
+        assert sum(tokens.values()) <= 4 + 16
+        complete(batch, bm)
+        steps += 1
+    assert steps == -(-200 // 16)  # the prompt still advances by the whole cap every step
+    assert all(s.num_output_tokens == 1 + steps for s in streams)
+
+
+def test_with_no_decode_running_a_prompt_takes_the_whole_budget() -> None:
+    bm = BlockManager(256, 4)
+    sched = Scheduler(bm, max_batch_tokens=64, max_num_seqs=8, max_prefill_tokens=16)
+    sched.add(make_seq(200, "alone"))
+    assert [e.num_tokens for e in sched.schedule()] == [64]
+
+
+def test_a_running_prefill_never_delays_decodes_behind_it_in_arrival_order() -> None:
+    """After preemption a recomputing sequence can sit ahead of decoding ones; the decodes still go first."""
+    bm = BlockManager(64, 4)
+    sched = Scheduler(bm, max_batch_tokens=6, max_num_seqs=8)
+    a, b = make_seq(20, "a"), make_seq(3, "b")
+    sched.add(a)
+    sched.add(b)
+    a.status = b.status = SequenceStatus.RUNNING
+    sched.waiting.clear()
+    sched.running = [a, b]  # a arrived first and is mid-prompt; b is decoding
+    b.num_computed_tokens = 2
+    assert bm.allocate(b, 2)
+    batch = sched.schedule()
+    assert [(e.seq.request_id, e.num_tokens) for e in batch] == [("b", 1), ("a", 5)]
+
+
+def test_prefill_cap_defaults_to_the_budget_and_must_be_positive() -> None:
+    assert Scheduler(BlockManager(8, 4), max_batch_tokens=32, max_num_seqs=2).max_prefill_tokens == 32
+    assert (
+        Scheduler(BlockManager(8, 4), max_batch_tokens=32, max_num_seqs=2, max_prefill_tokens=99).max_prefill_tokens
+        == 32
+    )
+    with pytest.raises(ValueError, match="max_prefill_tokens must be positive"):
+        Scheduler(BlockManager(8, 4), max_batch_tokens=32, max_num_seqs=2, max_prefill_tokens=0)
+
+
 def test_max_num_seqs_limits_admission() -> None:
     sched = Scheduler(BlockManager(64, 4), max_batch_tokens=100, max_num_seqs=2)
     for i in range(4):

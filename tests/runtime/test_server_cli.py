@@ -51,3 +51,8 @@ def test_bad_parallel_sizes_are_refused(capsys: pytest.CaptureFixture[str]) -> N
     assert "at least 1" in capsys.readouterr().err
     assert main(["serve", "--model", "x", "--pipeline-parallel", "2"]) == 1  # checked before any rank starts
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_prefill_cap_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "x", "--max-prefill-tokens-per-step", "0"]) == 2
+    assert "--max-prefill-tokens-per-step must be at least 1" in capsys.readouterr().err
