@@ -37,6 +37,14 @@ NO_LAUNCHER = (
 )
 
 
+# Uninstalls the release the whole session shares: it runs after every other e2e test, whatever the module order.
+LAST = "test_uninstall_and_namespace_deletion_leave_nothing"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: getattr(item, "originalname", item.name) == LAST)  # stable: the rest keep order
+
+
 class ExternalCluster:
     """An existing cluster named by a kubeconfig, with the handles the tests use on the local fleet (`core`, `apps`,
     `api`, `kubectl`); it has no launcher, so `launcher` is None."""
