@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.infleet-$(shell cat pyproject.toml setup.py | sha1sum | cut -c1-12)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install fleet-bins lint typecheck test test-unit test-all up down clean
+.PHONY: install fleet-bins lint typecheck test test-unit test-all bench-runtime up down clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -43,6 +43,13 @@ test: install fleet-bins lint typecheck
 
 test-all: install fleet-bins lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The runtime against transformers and llama-cpp-python (the `bench` extra: llama.cpp is compiled, about 10 min once,
+# plain CPU build for this machine). BENCH_ARGS passes options, e.g. BENCH_ARGS="--concurrency 1 8 --requests 4 16".
+bench-runtime: install
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF" \
+		$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/runtime_cpu.py $(BENCH_ARGS)
 
 up: install fleet-bins
 	$(PY) -m infleet.cluster.stack up

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import functools
 import itertools
 import json
 import math
@@ -30,6 +31,7 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,15 @@ from infleet.runtime.quant.tiers import model_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = Path("/work/shared/traces/azure_llm_2023_code.csv")
+ORDER = [
+    "infleet",
+    "infleet-bf16-native",
+    "infleet-int8",
+    "infleet-int4",
+    "infleet-fp8",
+    "transformers",
+    "llama-cpp-python",
+]
 WORDS = ["the", "of", "data", "function", "value", "return", "class", "model", "server", "cache", "queue", "and"]
 
 
@@ -165,24 +176,103 @@ def run_transformers(model: Any, requests: list[tuple[list[int], int]], concurre
 
 
 # --- llama-cpp-python --------------------------------------------------------------------------------------------
-def run_llama_cpp(llm: Any, requests: list[tuple[list[int], int]], concurrency: int) -> dict:
-    ttfts: list[float] = []
-    itls: list[float] = []
-    tokens = 0
-    t0 = time.perf_counter()
-    for ids, gen in requests:  # one request at a time: a single Llama object does not batch requests
-        llm.reset()
-        start = last = time.perf_counter()
-        for n, _ in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True)):
-            now = time.perf_counter()
-            (ttfts.append(now - start) if n == 0 else itls.append(now - last))
-            last = now
-            tokens += 1
-            if n + 1 >= gen:
-                break
-    wall = time.perf_counter() - t0
-    steps_per_s = 1 / statistics.median(itls) if itls else 0.0
-    return summarize(ttfts, itls, tokens, wall, steps_per_s)
+class LlamaCppBatched:
+    """Continuous batching over llama-cpp-python's low-level API, the way llama.cpp's own server batches.
+
+    llama-cpp-python's OpenAI server (`llama_cpp.server`) and its `Llama` object serve one request at a time (the
+    server holds a lock per request), so they would measure queueing, not the engine. Its bindings do expose
+    multi-sequence `llama_decode`: one KV sequence per client slot, and every step one batch with each running
+    stream's next token first and then prompt tokens (chunked) up to `n_batch`, as llama-server fills its batches.
+    Greedy: the argmax of each sampled row's logits.
+    """
+
+    def __init__(self, path: Path, threads: int, n_batch: int) -> None:
+        import logging
+
+        import llama_cpp
+
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load log goes through it
+        self.lib = llama_cpp
+        self.threads = threads
+        self.n_batch = n_batch
+        llama_cpp.llama_backend_init()
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_cpp.llama_model_default_params())
+        if not self.model:
+            raise RuntimeError(f"llama.cpp cannot load {path}")
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+
+    def close(self) -> None:
+        self.lib.llama_model_free(self.model)
+
+    def run(self, requests: list[tuple[list[int], int]], concurrency: int) -> dict:
+        import numpy as np
+
+        lib = self.lib
+        params = lib.llama_context_default_params()
+        params.n_ctx = concurrency * (max(len(ids) + gen for ids, gen in requests) + 16)  # a slot's share each
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = concurrency
+        params.n_threads = params.n_threads_batch = self.threads
+        ctx = lib.llama_init_from_model(self.model, params)
+        if not ctx:
+            raise RuntimeError("llama.cpp cannot create a context")
+        memory = lib.llama_get_memory(ctx)
+        batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        queue = list(requests)
+        self.outputs: list[list[int]] = []  # generated ids, in the order requests finish (for a sanity check)
+        free = list(range(concurrency))
+        # per slot: [tokens so far, prompt length, tokens computed, tokens wanted, start time, last token time]
+        active: dict[int, list[Any]] = {}
+        ttfts: list[float] = []
+        itls: list[float] = []
+        tokens = 0
+        t0 = time.perf_counter()
+        try:
+            while queue or active:
+                while queue and free:  # a closed loop: a client sends its next request once the last one ended
+                    ids, gen = queue.pop(0)
+                    active[free.pop(0)] = [list(ids), len(ids), 0, gen, time.perf_counter(), None]
+                rows: list[tuple[int, int, int]] = []  # (slot, token, position)
+                sampled: list[tuple[int, int]] = []  # (slot, row in the batch)
+                for slot, st in active.items():  # decodes first
+                    if st[2] == len(st[0]) - 1 and st[2] >= st[1]:
+                        sampled.append((slot, len(rows)))
+                        rows.append((slot, st[0][-1], st[2]))
+                for slot, st in active.items():  # then prompt chunks, while the batch has room
+                    if st[2] < st[1] and len(rows) < self.n_batch:
+                        n = min(st[1] - st[2], self.n_batch - len(rows))
+                        rows.extend((slot, st[0][st[2] + k], st[2] + k) for k in range(n))
+                        if st[2] + n == st[1]:
+                            sampled.append((slot, len(rows) - 1))
+                batch.n_tokens = len(rows)
+                want = {r for _, r in sampled}
+                for i, (slot, tok, pos) in enumerate(rows):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, 1
+                    batch.seq_id[i][0] = slot
+                    batch.logits[i] = i in want
+                if lib.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed")
+                now = time.perf_counter()
+                for slot, _, _ in rows:
+                    active[slot][2] += 1
+                for slot, row in sampled:
+                    logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, row), shape=(self.n_vocab,))
+                    st = active[slot]
+                    st[0].append(int(logits.argmax()))
+                    (ttfts.append(now - st[4]) if st[5] is None else itls.append(now - st[5]))
+                    st[5] = now
+                    tokens += 1
+                    if len(st[0]) - st[1] >= st[3]:
+                        self.outputs.append(st[0][st[1] :])
+                        lib.llama_memory_seq_rm(memory, slot, -1, -1)
+                        del active[slot]
+                        free.append(slot)
+        finally:
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)
+        wall = time.perf_counter() - t0
+        steps_per_s = 1 / statistics.median(itls) if itls else 0.0
+        return summarize(ttfts, itls, tokens, wall, steps_per_s)
 
 
 # --- bandwidth and MBU -------------------------------------------------------------------------------------------
@@ -209,16 +299,26 @@ def fmt(x: float | None, scale: float = 1.0, digits: int = 0) -> str:
 
 
 def write_docs(results: dict, path: Path) -> None:
+    setup = results["setup"]
     lines = [
         "## Runtime on CPU",
         "",
-        f"`python benchmarks/runtime_cpu.py` ({results['setup']['date']}): SmolLM2-135M-Instruct GGUF, "
-        f"{results['setup']['threads']} torch thread(s), fp32 weights (infleet's bf16 tier is the dequantized float "
-        f"weights; other infleet rows are quantized tiers), infleet step budget {results['setup']['max_batch_tokens']} "
-        "tokens, prompts from the Azure code trace "
-        f"scaled to {results['setup']['context']} tokens (mean {results['setup']['mean_prompt_tokens']:.0f}), "
-        f"greedy, {results['setup']['min_out']}-{results['setup']['max_out']} output tokens. "
-        f"Machine read bandwidth measured at {results['setup']['read_bandwidth_gbs']:.1f} GB/s (shared, loaded).",
+        f"`make bench-runtime` (`python benchmarks/runtime_cpu.py`, {setup['date']}): SmolLM2-135M-Instruct GGUF "
+        f"({setup['model']}), {setup['threads']} thread(s) for every runtime, prompts from the Azure code trace "
+        f"scaled to {setup['context']} tokens (mean {setup['mean_prompt_tokens']:.0f}), greedy, "
+        f"{setup['min_out']}-{setup['max_out']} output tokens, a closed loop of `concurrency` clients. "
+        "infleet and transformers run the GGUF's weights dequantized to fp32 (infleet's bf16 tier; other infleet "
+        f"rows are quantized tiers); infleet: step budget {setup['max_batch_tokens']} tokens, decodes first, at most "
+        f"{setup['max_prefill_tokens']} prompt tokens per step. transformers: static batches of `concurrency`, one "
+        "`generate` each. llama-cpp-python: "
+        + (
+            f"{setup['llama_cpp']}, the quantized weights as stored, continuous batching over its low-level "
+            "multi-sequence `llama_decode` (its OpenAI server and `Llama` object serve one request at a time)"
+            if setup.get("llama_cpp")
+            else "not installed"
+        )
+        + f". Machine read bandwidth measured at {setup['read_bandwidth_gbs']:.1f} GB/s (shared, loaded, load "
+        f"average {setup['load_average']:.1f}); the runtimes take turns within each level.",
         "",
         "| runtime | concurrency | requests | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | MBU |",
         "|---|---|---|---|---|---|---|",
@@ -257,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--max-batch-tokens", type=int, default=128, help="infleet's per-step token budget")
     ap.add_argument(
+        "--max-prefill-tokens", type=int, default=32, help="infleet's prompt tokens per step at most (after decodes)"
+    )
+    ap.add_argument("--llama-batch", type=int, default=512, help="llama.cpp's tokens per batch (n_batch)")
+    ap.add_argument(
         "--tiers",
         nargs="+",
         default=["bf16"],
@@ -281,7 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tier_model = apply_tier(load_model(gguf_path, dtype=torch.float32)[0], tier)
         llm_engine = LLMEngine(
-            tier_model, config, tokenizer, max_model_len=2048, max_num_seqs=64, max_batch_tokens=args.max_batch_tokens
+            tier_model,
+            config,
+            tokenizer,
+            max_model_len=2048,
+            max_num_seqs=64,
+            max_batch_tokens=args.max_batch_tokens,
+            max_prefill_tokens=args.max_prefill_tokens,
         )
         name = "infleet" if tier == "bf16" else f"infleet-{tier}"
         engines[name] = AsyncEngine.from_engine(llm_engine, tier=tier.removesuffix("-native"))
@@ -299,12 +409,10 @@ def main(argv: list[str] | None = None) -> int:
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         ).eval()
     try:
-        import llama_cpp
-
-        llama = llama_cpp.Llama(str(gguf_path), n_ctx=2048, n_threads=args.threads, n_batch=512, verbose=False)
+        llama: LlamaCppBatched | None = LlamaCppBatched(gguf_path, args.threads, args.llama_batch)
         llama_skip = None
     except ImportError:
-        llama, llama_skip = None, "llama-cpp-python is not installed"
+        llama, llama_skip = None, "llama-cpp-python is not installed (make bench-runtime installs it)"
 
     results: dict[str, Any] = {
         "setup": {
@@ -315,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": os.getloadavg()[0],
             "context": args.context,
             "max_batch_tokens": args.max_batch_tokens,
+            "max_prefill_tokens": args.max_prefill_tokens,
+            "llama_cpp": None
+            if llama is None
+            else f"llama-cpp-python {llama.lib.__version__}, n_batch {args.llama_batch}",
             "tiers": args.tiers,
             "mean_prompt_tokens": statistics.mean(all_prompts),
             "min_out": args.min_out,
@@ -327,17 +439,22 @@ def main(argv: list[str] | None = None) -> int:
     for c, reqs in workloads.items():
         print(f"== concurrency {c}: {len(reqs)} requests", flush=True)
         level: dict[str, Any] = {"concurrency": c, "requests": len(reqs), "runtimes": {}}
-        for name, engine in engines.items():
-            level["runtimes"][name] = run_infleet(engine, reqs, c)
-            print(f"  {name}", level["runtimes"][name], flush=True)
+        runs: list[tuple[str, Callable[[], dict]]] = [
+            (name, functools.partial(run_infleet, engine, reqs, c)) for name, engine in engines.items()
+        ]
         if hf_model is not None:
-            level["runtimes"]["transformers"] = run_transformers(hf_model, reqs, c, pad_id=config.eos_token_ids[0])
-            print("  transformers", level["runtimes"]["transformers"], flush=True)
+            pad_id = config.eos_token_ids[0]
+            runs.append(("transformers", functools.partial(run_transformers, hf_model, reqs, c, pad_id)))
         if llama is not None:
-            level["runtimes"]["llama-cpp-python"] = run_llama_cpp(llama, reqs, c)
-            print("  llama-cpp-python", level["runtimes"]["llama-cpp-python"], flush=True)
-        else:
+            runs.append(("llama-cpp-python", functools.partial(llama.run, reqs, c)))
+        # the machine is shared: the runtimes take turns, each level in a rotated order, so none always goes first
+        shift = len(results["levels"]) % len(runs)
+        for name, run in runs[shift:] + runs[:shift]:
+            level["runtimes"][name] = run()
+            print(f"  {name}", level["runtimes"][name], flush=True)
+        if llama is None:
             level["runtimes"]["llama-cpp-python"] = {"skipped": llama_skip}
+        level["runtimes"] = {k: level["runtimes"][k] for k in sorted(level["runtimes"], key=ORDER.index)}
         if c == 1:
             mean_ctx = statistics.mean(len(ids) + gen / 2 for ids, gen in reqs)
             per_step = {
@@ -358,19 +475,22 @@ def main(argv: list[str] | None = None) -> int:
             for peer, r in level["runtimes"].items():
                 if peer.startswith("infleet") or r.get("skipped"):
                     continue
-                ratio = {
-                    "throughput": ours["output_tok_s"] / r["output_tok_s"],
-                    "ttft_p99": ours["ttft_p99_s"] / r["ttft_p99_s"],
-                }
+                ratio = {"throughput": ours["output_tok_s"] / r["output_tok_s"]}
+                for key in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99"):
+                    ratio[key] = ours[f"{key}_s"] / r[f"{key}_s"]
                 level.setdefault("ratios", {})[f"{name} vs {peer}"] = ratio
                 ratios_text.append(
-                    f"c={c} {name} vs {peer}: throughput x{ratio['throughput']:.2f}, TTFT p99 x{ratio['ttft_p99']:.2f}"
+                    f"c={c} {name} vs {peer}: throughput x{ratio['throughput']:.2f}, "
+                    f"TTFT p50 x{ratio['ttft_p50']:.2f} p99 x{ratio['ttft_p99']:.2f}, "
+                    f"ITL p50 x{ratio['itl_p50']:.2f} p99 x{ratio['itl_p99']:.2f}"
                 )
         results["levels"].append(level)
     results["ratios_text"] = ratios_text
     results["engine_stats"] = {name: vars(engine.stats()) for name, engine in engines.items()}
     for engine in engines.values():
         asyncio.run(engine.shutdown())
+    if llama is not None:
+        llama.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     write_docs(results, args.docs)
