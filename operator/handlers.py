@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Mapping
@@ -179,9 +180,10 @@ async def roll_out_tier(
     await _write_status(memo, body, new_status)
 
 
-async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes: kopf.Index[str, int]) -> None:
+async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes: kopf.Index[str, int]) -> bool:
     """Replica counts from a fresh read of the workload, written at once. Workload events keep them current; this
-    covers the case where no further event comes (the operator restarted after the workload settled)."""
+    covers the case where no further event comes (the operator restarted after the workload settled, or an event's
+    write failed). False when it is worth trying again (the API server could not be reached)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     spec, want, _ = reconcile.plan(body, _node_gpus(gpu_nodes))
@@ -198,6 +200,38 @@ async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes:
         await _write_workload_status(kube, ns, name, meta["uid"], new_status)
     except KubeError as err:
         logging.getLogger(__name__).warning(f"refreshing replica status of {ns}/{name} failed: {err}")
+        return not err.retryable
+    return True
+
+
+_repairs: dict[tuple[str, str], asyncio.Task[None]] = {}
+REPAIR_MAX_DELAY = 60.0
+
+
+def repair_status_later(
+    memo: Any, ideps: kopf.Index[Any, dict[str, Any]], gpu_nodes: kopf.Index[str, int], ns: str, name: str
+) -> None:
+    """A replica status write from a workload event failed (API server unreachable). kopf does not retry event
+    handlers, and a workload that has settled sends no further event, so the status would stay stale: refresh it
+    from fresh reads, with backoff, until a write succeeds or the owner is gone (seen at 1,000 deployments when
+    the API server stopped accepting connections for minutes)."""
+    key = (ns, name)
+    if key in _repairs and not _repairs[key].done():
+        return
+
+    async def repair() -> None:
+        for attempt in itertools.count():
+            await asyncio.sleep(min(REPAIR_MAX_DELAY, backoff(attempt)))
+            owner = _owner_body(ideps, ns, name)
+            if owner is None or owner["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                if await refresh_workload_status(memo, owner, gpu_nodes):
+                    return
+            except pydantic.ValidationError:
+                return  # the owner's own handler reports it
+
+    _repairs[key] = asyncio.create_task(repair())
 
 
 # (namespace, name) -> (owner uid, the replica status last written for it): workload events judge against the owner
@@ -301,12 +335,9 @@ async def _on_workload_event(
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     owner_name = (meta.get("labels") or {}).get(resources.LABEL_DEPLOYMENT, "")
+    # kopf runs no handler before every index is filled, and an owner is indexed before its reconcile creates
+    # workloads: an owner missing from the index is gone (so the operator needs no `get` on InferenceDeployments)
     owner = _owner_body(ideps, ns, owner_name)
-    if owner is None and owner_name:  # the index may not have it yet (just after a start): ask the API
-        try:
-            owner = await kube_of(memo).get(api.KIND, ns, owner_name)
-        except KubeError:
-            return
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
     if not any(ref.get("uid") == owner["metadata"]["uid"] for ref in meta.get("ownerReferences") or []):
@@ -344,7 +375,13 @@ async def _on_workload_event(
     old = owner.get("status") or {}
     new_status = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)
     if reconcile.status_changed(old, new_status):
-        await _write_workload_status(kube_of(memo), ns, owner_name, owner["metadata"]["uid"], new_status)
+        try:
+            await _write_workload_status(kube_of(memo), ns, owner_name, owner["metadata"]["uid"], new_status)
+        except KubeError as err:
+            if not err.retryable:
+                raise
+            logger.warning(f"writing the replica status of {owner_name} failed ({err}): retrying from fresh reads")
+            repair_status_later(memo, ideps, gpu_nodes, ns, owner_name)
 
 
 def _new_groups_ready(want: Any, group_sets: kopf.Index[Any, dict[str, Any]], ns: str, owner: str) -> bool:
