@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from infleet.autoscaler.simulator import calibration
 from infleet.autoscaler.simulator.experiment import POLICIES, compare
 from infleet.autoscaler.simulator.fleet import SimConfig
 from infleet.autoscaler.simulator.latency_model import MODELS, TIER_BYTES, LatencyModel, device
@@ -25,6 +26,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tier", default="fp8", choices=sorted(TIER_BYTES))
     s.add_argument("--ttft-slo", type=float, default=2.0, help="seconds (MLPerf server value for Llama-3.1-8B)")
     s.add_argument("--tpot-slo", type=float, default=0.1, help="seconds")
+    s.add_argument(
+        "--latency-profile",
+        help="a CPU latency profile (infleet.latency-profile/v1, python -m infleet.autoscaler.simulator.calibration) "
+        "instead of the roofline of --model on --gpu; replicas are still priced as --gpu",
+    )
     s.add_argument("--cold-start", type=float, default=30.0, help="seconds from scale-up to a ready replica")
     s.add_argument("--warmup", type=float, default=900.0, help="seconds of the trace's end replayed first, unmeasured")
     s.add_argument("--seed", type=int, default=0)
@@ -40,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         trace = load_trace(args.trace, args.time_scale)
-        model = LatencyModel(device(args.gpu), MODELS[args.model], args.tier)
+        model: LatencyModel
+        if args.latency_profile:
+            model = calibration.load(args.latency_profile, device_name=device(args.gpu).name)
+        else:
+            model = LatencyModel(device(args.gpu), MODELS[args.model], args.tier)
         config = SimConfig(
             ttft_slo=args.ttft_slo,
             tpot_slo=args.tpot_slo,
@@ -51,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except (TraceError, KeyError, ValueError) as err:
         print(f"infleet autoscaler: {err}", file=sys.stderr)
         return 2
-    summary, results, workload = compare(trace, model, config, names)
+    try:
+        summary, results, workload = compare(trace, model, config, names)
+    except ValueError as err:
+        print(f"infleet autoscaler: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     meta = {"args": vars(args), "capacity_tokens_per_second": workload.capacity, "workload": workload.__dict__}
     path = write_results(out, summary, meta)

@@ -38,6 +38,11 @@ def describe(trace: Sequence[TraceRequest], model: LatencyModel, config: SimConf
     prompt = float(np.mean([r.prompt_tokens for r in trace]))
     output = float(np.mean([r.output_tokens for r in trace]))
     capacity = model.capacity(prompt, output, config.tpot_slo, config.ttft_slo, config.max_batch_tokens)
+    if capacity <= 0:
+        raise ValueError(
+            f"one replica cannot meet the SLO (TPOT {config.tpot_slo:g}s, TTFT {config.ttft_slo:g}s) even alone: "
+            f"a decode step takes {model.step_time(0, 1, int(prompt)):.3g}s; loosen the SLO or pick a faster device"
+        )
     # Little's law at capacity: requests/s x time in system (prefill chunks plus one decode step per output token)
     step = model.decode_step_time(8, int(8 * (prompt + output / 2)))
     in_system = math.ceil(prompt / config.max_batch_tokens) * step + output * step
