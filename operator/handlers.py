@@ -335,12 +335,9 @@ async def _on_workload_event(
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     owner_name = (meta.get("labels") or {}).get(resources.LABEL_DEPLOYMENT, "")
+    # kopf runs no handler before every index is filled, and an owner is indexed before its reconcile creates
+    # workloads: an owner missing from the index is gone (so the operator needs no `get` on InferenceDeployments)
     owner = _owner_body(ideps, ns, owner_name)
-    if owner is None and owner_name:  # the index may not have it yet (just after a start): ask the API
-        try:
-            owner = await kube_of(memo).get(api.KIND, ns, owner_name)
-        except KubeError:
-            return
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
     if not any(ref.get("uid") == owner["metadata"]["uid"] for ref in meta.get("ownerReferences") or []):
