@@ -7,8 +7,8 @@ SmolLM2 (prompts 1/32 of the recorded context, 8 to 128 words; outputs as record
 of the recorded rate (about 0.5 requests/s) the trace overloads one CPU replica: the TTFT p99 goes above the SLO
 and the autoscaler adds a replica. The replay then goes on at a fortieth of the recorded rate (the lull after a
 burst); the burst's requests not yet sent are dropped, those in flight finish, and the p99 the autoscaler observes
-comes back under the SLO. When the load stops, replicas fall back to the minimum after the scale-down
-stabilization window.
+comes back under the SLO. With the load fallen (the lull) and then stopped, replicas are back at the minimum, and
+no sooner than the scale-down stabilization window after the scale-up (the autoscaler may already act in the lull).
 
 On this two-core machine both replicas share the same cores, so the second replica does not add compute: the p99
 recovers because the burst passes, with the fleet scaled for it. The windows are small (30 s stabilization, the
@@ -40,6 +40,7 @@ NAMESPACE = DEMO_NAMESPACE
 NAME = "scaler"
 TRACE = Path("/work/shared/traces/azure_llm_2023_code.csv")
 SLICE = 600  # requests: the trace's first four minutes, replayed in a loop as long as a phase lasts
+STABILIZATION = 30  # seconds: the scale-down stabilization window
 TTFT_SLO = 4.0  # seconds: met by one request at a time on a busy two-core machine, far exceeded by a backlog
 BURST_SCALE, LULL_SCALE = 1 / 5, 1 / 40  # time scales: a fifth of the recorded 2.5 requests/s, then a fortieth
 IN_FLIGHT = 12  # requests sent at once at most: enough to overload one replica, few enough to drain soon after
@@ -141,7 +142,7 @@ def autoscaled(stack: Stack, smollm2: Callable[[str], dict[str, Any]]) -> Iterat
         "minReplicas": 1,
         "maxReplicas": 2,
         "targetQueueDepth": 4,
-        "scaleDownStabilization": "30s",
+        "scaleDownStabilization": f"{STABILIZATION}s",
     }
     stack.apply(idep)
     stack.wait_ready(NAMESPACE, NAME, quiet=True)
@@ -193,4 +194,6 @@ def test_trace_load_raises_replicas_p99_recovers_and_they_fall_back(stack: Stack
         interval=3,
         what="replicas back at the minimum after the load stopped",
     )
-    print(f"back to one replica after {time.monotonic() - started:.0f}s; {replay.answered} requests answered")
+    down_after = time.monotonic() - started
+    print(f"back to one replica after {down_after:.0f}s; {replay.answered} requests answered")
+    assert down_after - up_after >= STABILIZATION, f"scaled down {down_after - up_after:.0f}s after scaling up"
