@@ -5,8 +5,11 @@ VENV ?= $(CACHE)/venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.infleet-$(shell cat pyproject.toml setup.py | sha1sum | cut -c1-12)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# `python -m` run from the checkout must never find operator/ as the standard library's `operator` (a fresh
+# venv imports it late, after the working directory is on sys.path): never put the working directory there.
+export PYTHONSAFEPATH := 1
 
-.PHONY: install fleet-bins lint typecheck test test-unit test-all bench-runtime up down clean
+.PHONY: install fleet-bins lint typecheck test test-unit test-all bench-runtime up down env clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -56,6 +59,11 @@ up: install fleet-bins
 
 down:
 	$(PY) -m infleet.cluster down
+
+# eval "$$(make -s env)": KUBECONFIG and PATH for kubectl and helm, and the environment's `infleet` command
+env:
+	@$(PY) -m infleet.cluster env
+	@echo 'export PATH=$(VENV)/bin:$$PATH'
 
 clean:
 	rm -rf build dist *.egg-info

@@ -204,7 +204,7 @@ def up(nodes: int | None) -> int:
         f"""
 infleet is up. The model answered through the gateway: {answer!r}
 
-  kubectl:  eval "$(python -m infleet.cluster env)"; kubectl get idep -A
+  kubectl:  eval "$(make -s env)"; kubectl get idep -A
   curl:     curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\
               -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}]}}'
   openai (Python):
@@ -212,7 +212,7 @@ infleet is up. The model answered through the gateway: {answer!r}
     client = OpenAI(base_url="{url}/v1", api_key="unused")
     reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi"}}])
     print(reply.choices[0].message.content)
-  metrics:  {prometheus_url}   report: python -m infleet report --prometheus {prometheus_url}
+  metrics:  {prometheus_url}   report: infleet report --prometheus {prometheus_url}
   stop:     make down
 
 INFLEET_URL={url}"""
