@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--max-batch-tokens", type=int, default=128, help="infleet's per-step token budget")
     ap.add_argument(
-        "--max-prefill-tokens", type=int, default=32, help="infleet's prompt tokens per step at most (after decodes)"
+        "--max-prefill-tokens", type=int, default=64, help="infleet's prompt tokens per step at most (after decodes)"
     )
     ap.add_argument("--llama-batch", type=int, default=512, help="llama.cpp's tokens per batch (n_batch)")
     ap.add_argument(
