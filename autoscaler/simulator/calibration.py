@@ -1,11 +1,13 @@
 """The simulator's latency model for a CPU, calibrated on infleet's own runtime rather than a datasheet roofline.
 
 A continuous-batching step on a CPU costs a fixed part (reading every weight once, scheduling, sampling), a part per
-prompt token it prefills and a part per sequence it decodes. `measure` times single engine steps of the real runtime
-(`LLMEngine`, SmolLM2 or any model it loads): prefill-only steps of several prompt lengths and decode-only steps of
-several batch sizes. `fit` finds, by least squares over all of them at once,
+prompt token it prefills and a part per sequence it decodes; a step that prefills at all pays a further fixed part
+(the prompt path's own kernels and masks: measured here, a 16-token prefill step takes about three decode steps).
+`measure` times single engine steps of the real runtime (`LLMEngine`, SmolLM2 or any model it loads): prefill-only
+steps of several prompt lengths and decode-only steps of several batch sizes. `fit` finds, by least squares over all
+of them at once,
 
-    step seconds = base + prefill_s_per_token x prompt tokens in the step + decode_s_per_seq x decoding sequences
+    step seconds = base + (prefill_base_s + prefill_s_per_token x prompt tokens, if any) + decode_s_per_seq x seqs
 
 and `save`/`load` keep that fit as a latency profile (`infleet.latency-profile/v1`, JSON) that `CalibratedModel`
 replays in the simulator (`infleet autoscaler simulate --latency-profile FILE`). The KV cache read grows with the
@@ -49,9 +51,11 @@ class StepFit:
     base_s: float
     prefill_s_per_token: float
     decode_s_per_seq: float
+    prefill_base_s: float = 0.0
 
     def step_time(self, prompt_tokens: int, decode_seqs: int) -> float:
-        return self.base_s + self.prefill_s_per_token * prompt_tokens + self.decode_s_per_seq * decode_seqs
+        prefill = self.prefill_base_s + self.prefill_s_per_token * prompt_tokens if prompt_tokens > 0 else 0.0
+        return self.base_s + prefill + self.decode_s_per_seq * decode_seqs
 
     def prefill_time(self, tokens: int) -> float:
         return self.step_time(tokens, 0)
@@ -61,14 +65,36 @@ class StepFit:
 
 
 def fit(measurements: Sequence[Measurement]) -> StepFit:
-    """Least squares over every step at once; each coefficient is a time, so none may be negative."""
-    if len(measurements) < 3 or len({(m.prompt_tokens, m.decode_seqs) for m in measurements}) < 3:
-        raise ValueError("a fit needs steps of at least three different shapes (prompt lengths and batch sizes)")
-    a = np.array([[1.0, m.prompt_tokens, m.decode_seqs] for m in measurements])
-    y = np.array([m.seconds for m in measurements])
-    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-    base, per_token, per_seq = (max(0.0, float(c)) for c in coef)
-    return StepFit(base, per_token, per_seq)
+    """Two least-squares lines over each shape's median step (on a shared machine a step now and then takes several
+    times its usual time): decode-only steps give the base and the cost per sequence, prefill-only steps the prefill
+    line, whose excess over the base is the prefill's own fixed part. Every coefficient is a time: never negative."""
+    shapes = median_by_shape(measurements)
+    prefill = {p: t for (p, b), t in shapes.items() if p > 0 and b == 0}
+    decode = {b: t for (p, b), t in shapes.items() if p == 0 and b > 0}
+    if len(prefill) < 2 or len(decode) < 2:
+        raise ValueError(
+            "a fit needs at least three different shapes: two prompt lengths and two decode batch sizes at least"
+        )
+
+    def line(points: dict[int, float]) -> tuple[float, float]:
+        x = np.array(list(points), dtype=float)
+        slope, intercept = np.polyfit(x, np.array(list(points.values())), 1)
+        return max(0.0, float(intercept)), max(0.0, float(slope))
+
+    base, per_seq = line(decode)
+    prefill_intercept, per_token = line(prefill)
+    return StepFit(base, per_token, per_seq, max(0.0, prefill_intercept - base))
+
+
+def fit_mixed(steps: Sequence[Measurement]) -> StepFit:
+    """Least squares over the steps of a replayed load (`replay(..., steps=...)`): mixed prefill and decode steps in
+    the proportions a real load makes, so the fit's mean step matches that load's mean step. Never negative."""
+    if len({(m.prompt_tokens > 0, m.decode_seqs) for m in steps}) < 3 or not any(m.prompt_tokens for m in steps):
+        raise ValueError("a replay to fit needs prefill steps and decode steps of at least two batch sizes")
+    a = np.array([[1.0, m.prompt_tokens, m.decode_seqs, float(m.prompt_tokens > 0)] for m in steps])
+    coef, *_ = np.linalg.lstsq(a, np.array([m.seconds for m in steps]), rcond=None)
+    base, per_token, per_seq, prefill_base = (max(0.0, float(c)) for c in coef)
+    return StepFit(base, per_token, per_seq, prefill_base)
 
 
 @dataclass(frozen=True)
@@ -201,10 +227,21 @@ class Served:
     finish: float
 
 
-def replay(engine: Any, trace: Sequence[Any]) -> list[Served]:
+def _hand_over(scheduler: Any, batch: list[Any]) -> None:
+    """The scheduler's next `schedule()` returns `batch` (scheduled already, to read its shape), then it is itself."""
+
+    def scheduled() -> list[Any]:
+        del scheduler.schedule  # the instance attribute goes: the class's method answers again
+        return batch
+
+    scheduler.schedule = scheduled
+
+
+def replay(engine: Any, trace: Sequence[Any], steps: list[Measurement] | None = None) -> list[Served]:
     """Replay `trace` (`TraceRequest`s: arrival, prompt and output tokens) open-loop against the engine in real time,
     as one server would: arrivals join between steps, greedy decoding, end-of-sequence ignored so each request
-    produces exactly its output tokens. Returns, per request in trace order, when its first token and its last came."""
+    produces exactly its output tokens. Returns, per request in trace order, when its first token and its last came;
+    with `steps`, also appends every engine step's shape and time (mixed steps, as a real load makes them)."""
     from infleet.runtime.engine.sampler import SamplingParams
 
     pending = sorted(range(len(trace)), key=lambda i: trace[i].arrival)
@@ -221,8 +258,16 @@ def replay(engine: Any, trace: Sequence[Any]) -> list[Served]:
         if not engine.has_unfinished():
             time.sleep(max(0.0, min(0.01, trace[pending[0]].arrival - now)))
             continue
+        if steps is not None:  # the step's shape, read the way the engine will schedule it
+            batch = engine.scheduler.schedule()
+            _hand_over(engine.scheduler, batch)
+            decodes = sum(1 for e in batch if e.seq.num_computed_tokens >= e.seq.prompt_len)
+            prompt = sum(e.num_tokens for e in batch if e.seq.num_computed_tokens < e.seq.prompt_len)
+        began = time.perf_counter()
         outputs = engine.step()
         at = time.perf_counter() - start
+        if steps is not None:
+            steps.append(Measurement(prompt, decodes, time.perf_counter() - began))
         for out in outputs:
             if out.new_token_ids:
                 first.setdefault(out.request_id, at)
@@ -239,6 +284,13 @@ def median_by_shape(points: Sequence[Measurement]) -> dict[tuple[int, int], floa
     return {k: statistics.median(v) for k, v in sorted(shapes.items())}
 
 
+# the load `main` replays to calibrate: arrivals every 0.5 s, prompts 20 to 220 tokens, outputs 6 to 20, so steps
+# mix prefill chunks with decode batches of one to several sequences, as a server's steps do
+CALIBRATION_LOAD = (
+    (140, 10), (30, 16), (220, 8), (56, 14), (100, 6), (20, 20), (180, 12), (72, 10), (36, 8), (150, 16),
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m infleet.autoscaler.simulator.calibration [--tier T ...] [--out DIR]`: measure and store profiles."""
     import argparse
@@ -252,17 +304,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PROFILE_DIR)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    from infleet.autoscaler.simulator.trace import TraceRequest
+
+    load_trace = [TraceRequest(0.5 * i, p, o) for i, (p, o) in enumerate(CALIBRATION_LOAD)]
     for tier in args.tier or ["bf16", "int8"]:
         engine = engine_for(smollm2_gguf(), tier)
-        points = measure(engine, repeats=args.repeats)
-        steps = fit(points)
+        points = measure(engine, repeats=args.repeats)  # isolated steps: the table below
+        replayed: list[Measurement] = []
+        replay(engine, load_trace, replayed)
+        steps = fit_mixed(replayed)  # the fit: mixed steps of a replayed load
         load_average = os.getloadavg()[0]
         path = save(
             args.out / f"smollm2-135m-cpu-{tier}.json",
             "smollm2-135m",
             tier,
             steps,
-            points,
+            replayed,
+            isolated_steps=[asdict(m) for m in points],
             threads=torch.get_num_threads(),
             load_average=round(load_average, 2),
         )
