@@ -99,7 +99,12 @@ def observed_cost(
     if price is None or tokens_per_second is None:
         return None
     value = cost.cost_per_million_tokens(price, spec.gpus_per_replica, replicas, tokens_per_second)
-    return value if math.isfinite(value) else None
+    return readable(value) if math.isfinite(value) else None
+
+
+def readable(value: float) -> float:
+    """Four significant digits: `kubectl get idep` prints status numbers as they are stored."""
+    return float(f"{value:.4g}")
 
 
 def choose_tier(
@@ -234,7 +239,7 @@ def status_from(decision: policy.Decision, obs: policy.Observation, generation: 
         "queueDepth": obs.queue_depth,
         "tokensPerSecond": obs.tokens_per_second,
     }
-    return {"conditions": conditions, "observed": {k: v for k, v in observed.items() if v is not None}}
+    return {"conditions": conditions, "observed": {k: readable(v) for k, v in observed.items() if v is not None}}
 
 
 @kopf.timer(

@@ -119,6 +119,10 @@ async def run_reconcile(
             started = time.perf_counter()  # the time spent working, not queueing for a slot
             sets = list(group_sets.get((ns, name), []))
             outcome = await reconcile.reconcile(kube_of(memo), body, _node_gpus(gpu_nodes), sets)
+            # recorded before the lock goes: a workload event that waits on it then sees our own change as ours
+            for obj in outcome.applied:
+                om = obj["metadata"]
+                _applied_generation[(obj["kind"], om["namespace"], om["name"])] = om.get("generation", 0)
     except pydantic.ValidationError as err:
         metrics.RECONCILES.labels(trigger, "invalid").inc()
         metrics.RECONCILE_ERRORS.labels("InvalidSpec").inc()
@@ -134,9 +138,6 @@ async def run_reconcile(
         raise kopf.PermanentError(f"the API server rejected an object: {err}") from err
     finally:
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-    for obj in outcome.applied:
-        om = obj["metadata"]
-        _applied_generation[(obj["kind"], om["namespace"], om["name"])] = om.get("generation", 0)
     for reason, message in outcome.new_problems:
         kopf.warn(cast(kopf.Body, body), reason=reason, message=message)
         logger.warning(f"{reason}: {message}")
@@ -348,9 +349,14 @@ async def _on_workload_event(
     except pydantic.ValidationError:
         return  # the owner's own handler reports it
     wanted = {o["metadata"]["name"] for o in want.workloads}
-    drift = (event_type == "DELETED" and name in wanted) or (
-        event_type != "DELETED" and key in _applied_generation and meta.get("generation", 0) > _applied_generation[key]
-    )
+
+    def changed_by_others() -> bool:
+        return key in _applied_generation and meta.get("generation", 0) > _applied_generation[key]
+
+    if event_type != "DELETED" and changed_by_others():
+        async with _lock(ns, owner_name):
+            pass  # an apply of our own may still be in flight: its reconcile records the generation before unlocking
+    drift = (event_type == "DELETED" and name in wanted) or (event_type != "DELETED" and changed_by_others())
     old_group_done = (
         kind == "StatefulSet" and name not in wanted and _new_groups_ready(want, group_sets, ns, owner_name)
     )

@@ -71,7 +71,9 @@ def test_observed_cost_is_the_cost_model_over_what_was_served() -> None:
     spec = spec_of(parallelism={"tensor": 2}, accelerator={"type": "NVIDIA-L4", "gpusPerNode": 2})
     prices = autoscaling.price_table({})
     # $0.80 x 2 GPUs x 3 replicas = $4.80/h over 100 tok/s = 360,000 tokens/h -> $13.33 per 1M
-    assert autoscaling.observed_cost(spec, 3, 100.0, prices) == pytest.approx(4.8e6 / 360_000)
+    assert autoscaling.observed_cost(spec, 3, 100.0, prices) == pytest.approx(
+        4.8e6 / 360_000, rel=1e-3
+    )  # stored to 4 digits
     assert autoscaling.observed_cost(spec, 3, 0.0, prices) is None  # paying for nothing served: not a number
     assert autoscaling.observed_cost(spec, 3, None, prices) is None
     assert autoscaling.observed_cost(spec_of(accelerator={"type": "NVIDIA-T4"}), 1, 10.0, prices) is None
