@@ -45,7 +45,7 @@ from infleet.runtime.loader.smollm2 import smollm2_gguf
 from infleet.runtime.quant.tiers import model_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
-TRACE = Path("/work/shared/traces/azure_llm_2023_code.csv")
+TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_code.csv"
 ORDER = [
     "infleet",
     "infleet-bf16-native",

@@ -64,7 +64,7 @@ def test_bad_traces_say_where(tmp_path: Path, name: str, text: str, message: str
 
 
 def test_real_azure_trace_loads() -> None:
-    path = Path("/work/shared/traces/azure_llm_2023_code.csv")
+    path = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "azure_llm_2023_code.csv"
     if not path.exists():
         pytest.skip("the shared Azure trace is not on this machine")
     reqs = load_trace(path)
