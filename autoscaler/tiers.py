@@ -117,6 +117,49 @@ def pareto_frontier(costs: Sequence[TierCost], by_capacity_cost: bool = False) -
     return sorted(front, key=lambda c: (cost(c), c.option.quality_loss))
 
 
+@dataclass(frozen=True)
+class _Field:
+    """What both choosers start from: the priced options that meet the SLO within `max_replicas`, their Pareto
+    frontier, those within the quality floor, and the current tier's own pricing."""
+
+    frontier: tuple[TierCost, ...]
+    qualified: list[TierCost]
+    current: TierCost | None
+    load: str
+
+    @classmethod
+    def of(
+        cls,
+        options: Sequence[TierOption],
+        load_tokens_per_second: float,
+        max_quality_loss: float,
+        state: TierState,
+        max_replicas: int,
+        target_utilization: float,
+        prices: Mapping[str, float] | None,
+        by_capacity_cost: bool = False,
+    ) -> _Field | TierDecision:
+        """The field, or the decision to keep the current tier when no option qualifies."""
+        costs = price_options(options, load_tokens_per_second, target_utilization, prices)
+        feasible = [c for c in costs if c.replicas <= max_replicas]  # the fleet meets the SLO at this load
+        frontier = tuple(pareto_frontier(feasible, by_capacity_cost=by_capacity_cost))
+        qualified = [c for c in frontier if c.option.quality_loss <= max_quality_loss]
+        current = next((c for c in costs if c.key == (state.tier, state.gpu)), None)
+        load = f"{load_tokens_per_second:.0f} tok/s"
+        if not qualified:
+            why = (
+                f"no tier within quality loss {max_quality_loss:g} meets the SLO at {load} "
+                f"with <= {max_replicas} replicas"
+            )
+            return TierDecision(state.tier, state.gpu, current.replicas if current else 0, why, state, frontier)
+        return cls(frontier, qualified, current, load)
+
+    def decided(self, c: TierCost, reason: str, new_state: TierState) -> TierDecision:
+        return TierDecision(
+            c.option.tier, c.option.gpu, c.replicas, reason, new_state, self.frontier, c.cost_per_million_tokens
+        )
+
+
 def choose_tier(
     options: Sequence[TierOption],
     load_tokens_per_second: float,
@@ -146,23 +189,13 @@ def choose_tier(
             prices,
             max_cost_per_million_tokens,
         )
-    costs = price_options(options, load_tokens_per_second, target_utilization, prices)
-    feasible = [c for c in costs if c.replicas <= max_replicas]  # the fleet meets the SLO at this load
-    frontier = tuple(pareto_frontier(feasible))
-    qualified = [c for c in frontier if c.option.quality_loss <= max_quality_loss]
-    current = next((c for c in costs if c.key == (state.tier, state.gpu)), None)
-    load = f"{load_tokens_per_second:.0f} tok/s"
-    if not qualified:
-        why = (
-            f"no tier within quality loss {max_quality_loss:g} meets the SLO at {load} with <= {max_replicas} replicas"
-        )
-        return TierDecision(state.tier, state.gpu, current.replicas if current else 0, why, state, frontier)
+    field = _Field.of(
+        options, load_tokens_per_second, max_quality_loss, state, max_replicas, target_utilization, prices
+    )
+    if isinstance(field, TierDecision):
+        return field
+    qualified, current, load, decided = field.qualified, field.current, field.load, field.decided
     best = qualified[0]
-
-    def decided(c: TierCost, reason: str, new_state: TierState) -> TierDecision:
-        return TierDecision(
-            c.option.tier, c.option.gpu, c.replicas, reason, new_state, frontier, c.cost_per_million_tokens
-        )
 
     describe = (
         f"{best.option.tier} on {best.option.gpu}: {best.replicas} replicas, ${best.dollars_per_hour:.2f}/h, "
@@ -224,25 +257,15 @@ def _choose_within_budget(
     budget: float,
 ) -> TierDecision:
     """The best quality whose capacity cost fits the budget; the cheapest when none fits (see the module text)."""
-    costs = price_options(options, load_tokens_per_second, target_utilization, prices)
-    feasible = [c for c in costs if c.replicas <= max_replicas]
-    frontier = tuple(pareto_frontier(feasible, by_capacity_cost=True))
-    qualified = [c for c in frontier if c.option.quality_loss <= max_quality_loss]
-    current = next((c for c in costs if c.key == (state.tier, state.gpu)), None)
-    load = f"{load_tokens_per_second:.0f} tok/s"
-    if not qualified:
-        why = (
-            f"no tier within quality loss {max_quality_loss:g} meets the SLO at {load} with <= {max_replicas} replicas"
-        )
-        return TierDecision(state.tier, state.gpu, current.replicas if current else 0, why, state, frontier)
+    field = _Field.of(
+        options, load_tokens_per_second, max_quality_loss, state, max_replicas, target_utilization, prices, True
+    )
+    if isinstance(field, TierDecision):
+        return field
+    qualified, current, load, decided = field.qualified, field.current, field.load, field.decided
     affordable = [c for c in qualified if c.capacity_cost_per_million_tokens <= budget]
     # the frontier runs from cheap to good: the last affordable option is the best quality the budget buys
     best = affordable[-1] if affordable else qualified[0]
-
-    def decided(c: TierCost, reason: str, new_state: TierState) -> TierDecision:
-        return TierDecision(
-            c.option.tier, c.option.gpu, c.replicas, reason, new_state, frontier, c.cost_per_million_tokens
-        )
 
     def priced(c: TierCost) -> str:
         return f"${c.capacity_cost_per_million_tokens:.3g}/1M tokens at capacity"
