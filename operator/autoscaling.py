@@ -21,6 +21,7 @@ exist and the tokens/s served. Unknown (no throughput, no price) leaves it out o
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -81,6 +82,13 @@ def price_table(environ: Mapping[str, str] = os.environ) -> dict[str, float]:
     except (ValueError, TypeError) as err:
         logging.getLogger(__name__).warning(f"{PRICES_ENV} is not a price table ({err}); using the default prices")
         return cost.price_table()
+
+
+@functools.cache
+def configured_prices() -> dict[str, float]:
+    """The operator's price table, read once: the environment does not change while it runs, and a bad table is
+    reported once, not on every tick of every deployment."""
+    return price_table()
 
 
 def prices_for(spec: api.InferenceDeploymentSpec, table: Mapping[str, float]) -> dict[str, float]:
@@ -271,7 +279,7 @@ async def autoscale(
     patch_status: dict[str, Any] = {"conditions": [merged[c["type"]] for c in [*extra["conditions"], slo]]}
     if extra["observed"]:
         patch_status["observed"] = extra["observed"]
-    prices = prices_for(parsed, price_table())
+    prices = prices_for(parsed, configured_prices())
     replicas_now = int(st.get("replicas") or parsed.replicas)
     patch_status["costPerMillionTokens"] = observed_cost(parsed, replicas_now, obs.tokens_per_second, prices)
 
