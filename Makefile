@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # venv imports it late, after the working directory is on sys.path): never put the working directory there.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install fleet-bins lint typecheck test test-unit test-all bench-runtime up down env clean
+.PHONY: install fleet-bins setup lint typecheck test test-unit test-all bench-runtime up down env clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -23,8 +23,13 @@ install: $(STAMP)
 	@# re-point the editable install at this checkout (a CI clone shares the cached environment)
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
 
-fleet-bins: install
-	$(PY) -m infleet.cluster.build
+# The Go builds need only the standard library (cluster/build.py imports nothing else), so on a fresh machine they
+# download and compile while pip installs the Python environment: `setup` runs both side by side.
+fleet-bins:
+	python3 cluster/build.py
+
+setup:
+	@$(MAKE) --no-print-directory -j2 install fleet-bins
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -41,10 +46,10 @@ test-unit: install
 	$(PY) -m pytest -m "not cluster and not exhaustive" $(PYTEST_ARGS)
 
 # The whole suite but the exhaustive matrices, which `make test-all` adds.
-test: install fleet-bins lint typecheck
+test: setup lint typecheck
 	$(PY) -m pytest -m "not exhaustive" $(PYTEST_ARGS)
 
-test-all: install fleet-bins lint typecheck
+test-all: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The runtime against transformers and llama-cpp-python (the `bench` extra: llama.cpp is compiled, about 10 min once,
@@ -54,7 +59,7 @@ bench-runtime: install
 		$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/runtime_cpu.py $(BENCH_ARGS)
 
-up: install fleet-bins
+up: setup
 	$(PY) -m infleet.cluster.stack up
 
 down:
