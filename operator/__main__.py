@@ -31,7 +31,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="infleet.dev", key="last-handled-configuration"
     )
-    settings.persistence.finalizer = "infleet.dev/operator"  # only used if a deletion handler is ever added
+    settings.persistence.finalizer = "infleet.dev/operator"  # on objects the autoscaler timer serves (kopf needs it)
     settings.posting.level = logging.WARNING  # events for problems only, not for every successful handler
     settings.posting.reporting_component = "infleet-operator"
     settings.networking.error_backoffs = [1, 2, 4, 8, 16, 30, 60]
