@@ -3,7 +3,8 @@
 Each configuration (one rank, TP3, PP2, PP3) runs SmolLM2 as real processes (`infleet.runtime.parallel.offline`)
 on the same greedy workload. Per rank: parameter bytes (its shard), KV-cache bytes, resident and peak resident
 memory. The bubble is the share of step time a rank spends not computing, averaged over ranks:
-`1 - mean(busy) / step time`. On two cores every extra rank competes for the same cores, so parallel
+`1 - mean(busy) / step time`; pipeline rows run with the default one micro-batch per stage (M = P) and with
+two per stage (`M=2P`), side by side. On two cores every extra rank competes for the same cores, so parallel
 configurations are expected to be slower here; the point is that they are correct and what each rank holds.
 
     python benchmarks/parallel_cpu.py [--prompts 8] [--max-tokens 16] [--out benchmarks/results/parallel_cpu.json]
@@ -18,7 +19,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CONFIGS = {"1": (1, 1), "TP3": (3, 1), "PP2": (1, 2), "PP3": (1, 3)}
+# name -> (tensor, pipeline, micro-batches per stage); the `M=2P` rows run two micro-batches per stage next to the
+# default one, so that the bubble and the throughput of both schedules are measured under the same load.
+CONFIGS = {
+    "1": (1, 1, 1),
+    "TP3": (3, 1, 1),
+    "PP2": (1, 2, 1),
+    "PP2 M=2P": (1, 2, 2),
+    "PP3": (1, 3, 1),
+    "PP3 M=2P": (1, 3, 2),
+}
 TEXTS = [
     "Once upon a time",
     "The capital of France is",
@@ -31,8 +41,11 @@ TEXTS = [
 ]
 
 
-def run(model: Path, tensor: int, pipeline: int, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
+def run(
+    model: Path, tensor: int, pipeline: int, per_stage: int, prompts: list[list[int]], max_tokens: int
+) -> dict[str, Any]:
     spec = {"model": str(model), "tensor": tensor, "pipeline": pipeline, "max_tokens": max_tokens}
+    spec |= {"micro_batches_per_stage": per_stage}
     spec |= {"prompts": prompts, "warmup": True}
     done = subprocess.run(
         [sys.executable, "-m", "infleet.runtime.parallel.offline", json.dumps(spec)], capture_output=True, text=True
@@ -76,7 +89,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of: {', '.join(CONFIGS)}")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/parallel_cpu.json"))
     args = p.parse_args()
 
@@ -89,15 +102,17 @@ def main() -> int:
     rows = []
     reference: list[list[int]] | None = None
     for name in args.configs.split(","):
-        tensor, pipeline = CONFIGS[name]
-        result = run(model, tensor, pipeline, prompts, args.max_tokens)
+        tensor, pipeline, per_stage = CONFIGS[name]
+        result = run(model, tensor, pipeline, per_stage, prompts, args.max_tokens)
         row = summarize(name, result, args.max_tokens)
+        row["micro_batches"] = pipeline * per_stage if pipeline > 1 else 1
         reference = reference or result["tokens"]
         row["same_tokens_as_first"] = result["tokens"] == reference
         rows.append(row)
         mem = ", ".join(f"{r['param_mib']:.0f}/{r['rss_mib']:.0f}" for r in row["per_rank"])
         print(
-            f"{name:>4}: {row['tokens_per_s']:6.2f} tok/s  bubble {row['bubble_fraction']:.2f}  "
+            f"{name:>7}: {row['tokens_per_s']:6.2f} tok/s  bubble {row['bubble_fraction']:.2f} "
+            f"(M={row['micro_batches']})  "
             f"params/RSS MiB per rank [{mem}]  same tokens: {row['same_tokens_as_first']}",
             flush=True,
         )

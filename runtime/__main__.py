@@ -40,6 +40,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tier", choices=TIERS, default="bf16", help="weight quantization tier")
     s.add_argument("--tensor-parallel", type=int, default=1, metavar="N")
     s.add_argument("--pipeline-parallel", type=int, default=1, metavar="N")
+    s.add_argument(
+        "--micro-batches-per-stage",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with pipeline parallelism, split each step into N x stages micro-batches (more: a smaller bubble, "
+        "more fixed cost per micro-batch; default 1)",
+    )
     s.add_argument("--max-batch-tokens", type=int, default=2048, metavar="N", help="token budget per engine step")
     s.add_argument(
         "--max-prefill-tokens-per-step",
@@ -107,7 +115,14 @@ def serve(args: argparse.Namespace) -> int:
     if args.tensor_parallel < 1 or args.pipeline_parallel < 1:
         print(f"{PROG}: --tensor-parallel and --pipeline-parallel must be at least 1", file=sys.stderr)
         return 2
-    for flag in ("port", "max_batch_tokens", "max_prefill_tokens_per_step", "max_num_seqs", "max_waiting"):
+    for flag in (
+        "port",
+        "max_batch_tokens",
+        "max_prefill_tokens_per_step",
+        "max_num_seqs",
+        "max_waiting",
+        "micro_batches_per_stage",
+    ):
         if getattr(args, flag) < 1:
             print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2

@@ -104,8 +104,8 @@ class ParallelGroup:
             raise
         return cls(ctx, stage, Channel(ctx.store), children, watchdog)
 
-    def engine(self, config: ModelConfig, tokenizer: Any, **kwargs: Any) -> LLMEngine:
-        runner = ParallelRunner(self.stage, self.channel)
+    def engine(self, config: ModelConfig, tokenizer: Any, micro_batches_per_stage: int = 1, **kwargs: Any) -> LLMEngine:
+        runner = ParallelRunner(self.stage, self.channel, micro_batches_per_stage)
         return LLMEngine(
             cast("LlamaForCausalLM", self.stage.model),  # a stage serves the engine through the same interface
             config,
@@ -225,6 +225,7 @@ def serve_parallel(args: Any) -> int:
     engine = group.engine(
         config,
         tokenizer,
+        micro_batches_per_stage=args.micro_batches_per_stage,
         max_batch_tokens=args.max_batch_tokens,
         max_prefill_tokens=args.max_prefill_tokens_per_step,
         max_model_len=args.max_model_len,

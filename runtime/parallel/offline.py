@@ -31,7 +31,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     group = ParallelGroup.start(str(path), topo, num_kv_blocks=blocks)
     load_s = time.perf_counter() - start
     try:
-        engine = group.engine(config, tokenizer, max_model_len=spec.get("max_model_len", 512), max_num_seqs=16)
+        engine = group.engine(
+            config,
+            tokenizer,
+            micro_batches_per_stage=int(spec.get("micro_batches_per_stage", 1)),
+            max_model_len=spec.get("max_model_len", 512),
+            max_num_seqs=16,
+        )
         params = SamplingParams(temperature=0.0, max_tokens=int(spec["max_tokens"]), ignore_eos=True)
         prompts: list[list[int]] = spec["prompts"]
         if spec.get("warmup"):

@@ -39,11 +39,17 @@ def reference_tokens(model_path: Path, prompts: list[list[int]], max_tokens: int
 
 
 def parallel_generate(
-    model_path: Path, prompts: list[list[int]], *, tensor: int, pipeline: int, max_tokens: int
+    model_path: Path,
+    prompts: list[list[int]],
+    *,
+    tensor: int,
+    pipeline: int,
+    max_tokens: int,
+    micro_batches_per_stage: int = 1,
 ) -> dict[str, Any]:
     """Greedy generation on `tensor x pipeline` real processes (python -m infleet.runtime.parallel.offline)."""
     spec = {"model": str(model_path), "tensor": tensor, "pipeline": pipeline, "max_tokens": max_tokens}
-    spec["prompts"] = prompts
+    spec |= {"prompts": prompts, "micro_batches_per_stage": micro_batches_per_stage}
     done = subprocess.run(
         [sys.executable, "-m", "infleet.runtime.parallel.offline", json.dumps(spec)],
         capture_output=True,

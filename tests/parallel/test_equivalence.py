@@ -44,11 +44,27 @@ def test_smollm2_parallel_matches_single_process(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("tensor", "pipeline"), [(2, 1), (4, 1), (2, 2)], ids=["tp2", "tp4", "tp2xpp2"])
+@pytest.mark.parametrize(
+    ("tensor", "pipeline", "per_stage"),
+    [(2, 1, 1), (4, 1, 1), (2, 2, 1), (1, 3, 2)],
+    ids=["tp2", "tp4", "tp2xpp2", "pp3-two-micro-batches-per-stage"],
+)
 def test_tiny_model_parallel_matches_single_process(
-    tiny_model_dir: Path, prompt_ids: list[list[int]], tiny_reference: list[list[int]], tensor: int, pipeline: int
+    tiny_model_dir: Path,
+    prompt_ids: list[list[int]],
+    tiny_reference: list[list[int]],
+    tensor: int,
+    pipeline: int,
+    per_stage: int,
 ) -> None:
     """8 heads over 2 KV heads: tensor 2 splits the KV heads, tensor 4 replicates each on two ranks."""
-    result = parallel_generate(tiny_model_dir, prompt_ids, tensor=tensor, pipeline=pipeline, max_tokens=MAX_TOKENS)
+    result = parallel_generate(
+        tiny_model_dir,
+        prompt_ids,
+        tensor=tensor,
+        pipeline=pipeline,
+        max_tokens=MAX_TOKENS,
+        micro_batches_per_stage=per_stage,
+    )
     assert result["tokens"] == tiny_reference
     assert len({tuple(t) for t in tiny_reference}) > 1  # the prompts lead to different continuations

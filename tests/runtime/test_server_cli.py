@@ -56,3 +56,8 @@ def test_bad_parallel_sizes_are_refused(capsys: pytest.CaptureFixture[str]) -> N
 def test_a_prefill_cap_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--model", "x", "--max-prefill-tokens-per-step", "0"]) == 2
     assert "--max-prefill-tokens-per-step must be at least 1" in capsys.readouterr().err
+
+
+def test_zero_micro_batches_per_stage_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "x", "--pipeline-parallel", "2", "--micro-batches-per-stage", "0"]) == 2
+    assert "--micro-batches-per-stage must be at least 1" in capsys.readouterr().err
