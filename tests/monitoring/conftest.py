@@ -75,6 +75,9 @@ class VllmMetrics:
         self.queries = Counter("vllm:prefix_cache_queries", "", lab, registry=r)
         self.hits = Counter("vllm:prefix_cache_hits", "", lab, registry=r)
         self.model = model
+        # its own generator: this feeds exporters from a background thread while other tests run, and Hypothesis
+        # warns about (and cannot replay) draws during which the global `random` state moves
+        self.rng = random.Random(0)
 
     def request(self, ttft: float, itl: float, e2e: float) -> None:
         m = self.model
@@ -86,8 +89,8 @@ class VllmMetrics:
         self.queries.labels(m).inc(100)
         self.hits.labels(m).inc(40)
         self.running.labels(m).set(3)
-        self.waiting.labels(m).set(random.randint(0, 5))
-        self.kv.labels(m).set(random.random())
+        self.waiting.labels(m).set(self.rng.randint(0, 5))
+        self.kv.labels(m).set(self.rng.random())
 
 
 class OperatorGauges:
