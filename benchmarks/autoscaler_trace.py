@@ -28,7 +28,7 @@ from infleet.autoscaler.simulator.experiment import POLICIES, compare, describe
 from infleet.autoscaler.simulator.fleet import SimConfig
 from infleet.autoscaler.simulator.latency_model import MODELS, LatencyModel, device
 from infleet.autoscaler.simulator.report import plot
-from infleet.autoscaler.simulator.trace import TraceRequest, load_trace
+from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE, TraceRequest, load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU, MODEL, TIER = "NVIDIA-L4", "llama-3.1-8b", "fp8"
@@ -185,7 +185,7 @@ def update_docs(section: str, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", type=Path, default=ROOT.parent / "shared" / "traces" / "azure_llm_2023_code.csv")
+    p.add_argument("--trace", type=Path, default=AZURE_CODE_TRACE)
     p.add_argument("--time-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE
 from infleet.runtime.engine.engine import AsyncEngine, LLMEngine, apply_tier
 from infleet.runtime.engine.model_runner import kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams
@@ -45,7 +46,7 @@ from infleet.runtime.loader.smollm2 import smollm2_gguf
 from infleet.runtime.quant.tiers import model_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
-TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_2023_code.csv"
+TRACE = AZURE_CODE_TRACE
 ORDER = [
     "infleet",
     "infleet-bf16-native",

@@ -24,13 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from infleet.autoscaler.simulator.trace import TraceRequest, load_trace
+from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE, TraceRequest, load_trace
 from infleet.cluster.stack import Stack
 from infleet.cluster.testing import wait_for
 
@@ -40,7 +39,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.model, pytest.mark.slow]
 
 NAMESPACE = DEMO_NAMESPACE
 NAME = "scaler"
-TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "azure_llm_2023_code.csv"
+TRACE = AZURE_CODE_TRACE
 SLICE = slice(64, 594)  # the busy minute, replayed in a loop as long as a phase lasts
 STABILIZATION = 30  # seconds: the scale-down stabilization window
 TTFT_SLO = 4.0  # seconds: met by one request at a time on a busy two-core machine, far exceeded by a backlog

@@ -22,6 +22,11 @@ class TraceRequest:
     output_tokens: int
 
 
+# The Azure LLM code trace as the workspace shares it: `shared/traces/` beside a source checkout (this file is
+# <checkout>/autoscaler/simulator/trace.py under an editable install). Tests and benchmarks skip or say so when absent.
+AZURE_CODE_TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "azure_llm_2023_code.csv"
+
+
 class TraceError(ValueError):
     pass
 

@@ -14,7 +14,7 @@ from infleet.autoscaler.simulator.baselines import KPA, Static
 from infleet.autoscaler.simulator.experiment import describe, make_policy
 from infleet.autoscaler.simulator.fleet import FleetObservation, SimConfig, check_conservation, simulate
 from infleet.autoscaler.simulator.latency_model import MODELS, LatencyModel, calibrated, device
-from infleet.autoscaler.simulator.trace import TraceError, TraceRequest, load_trace
+from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE, TraceError, TraceRequest, load_trace
 
 L4_8B = LatencyModel(device("L4"), MODELS["llama-3.1-8b"], "fp8")
 
@@ -64,7 +64,7 @@ def test_bad_traces_say_where(tmp_path: Path, name: str, text: str, message: str
 
 
 def test_real_azure_trace_loads() -> None:
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "azure_llm_2023_code.csv"
+    path = AZURE_CODE_TRACE
     if not path.exists():
         pytest.skip("the shared Azure trace is not on this machine")
     reqs = load_trace(path)
