@@ -31,11 +31,12 @@ fleet-bins:
 setup:
 	@$(MAKE) --no-print-directory -j2 install fleet-bins
 
-lint: install
+# lint and typecheck read the checkout, not the installed package: the environment existing is enough
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: install
+typecheck: $(STAMP)
 	@# mypy needs the installed layout (operator/ is infleet.operator): a tree of symlinks gives it that
 	@rm -rf build/typecheck && mkdir -p build/typecheck/infleet
 	@for f in infleet/*.py; do ln -s $(CURDIR)/$$f build/typecheck/infleet/; done

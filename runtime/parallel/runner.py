@@ -2,7 +2,7 @@
 
 Each step it flattens the scheduled sequences into micro-batches, publishes them to every rank, runs its own stage,
 and returns the logits the last stage sent back. With P stages and M micro-batches a step's idle share (the
-bubble) is (P-1)/(M+P-1). M = P by default: M = 2P lowers the measured bubble (PP2 0.38 -> 0.29) but each
+bubble) is (P-1)/(M+P-1). M = P by default: M = 2P lowers the measured bubble (PP2 0.39 -> 0.30) but each
 micro-batch pays its own per-layer overhead, and on SmolLM2 on CPU throughput fell by a quarter to a half
 (benchmarks/parallel_cpu.py). More per stage can pay where a micro-batch's fixed cost is small next to its compute.
 """
