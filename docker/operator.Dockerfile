@@ -11,6 +11,11 @@ COPY pyproject.toml setup.py README.md ./
 COPY infleet ./infleet
 COPY operator ./operator
 COPY autoscaler ./autoscaler
+COPY monitoring ./monitoring
+# the torch-free corner of the runtime that the operator reads: metric names and buckets, measured tier profiles
+COPY runtime/__init__.py runtime/metrics.py ./runtime/
+COPY runtime/quant/__init__.py ./runtime/quant/
+COPY runtime/quant/profiles ./runtime/quant/profiles
 # only what the operator imports; the package itself without its heavy (runtime) dependencies
 RUN /opt/infleet/bin/pip install \
         "kopf==1.45.2" "kubernetes==37.0.2" "pydantic==2.14.3" "prometheus-client==0.26.0" \
