@@ -197,6 +197,24 @@ def image(spec: InferenceDeploymentSpec) -> str:
     return VLLM_IMAGE if spec.runtime.engine == "vllm" else f"infleet/runtime:{infleet_version()}"
 
 
+# Pod Security Standard "restricted": non-root (the images' numeric user), no privilege escalation, no capabilities,
+# the runtime's default seccomp profile, a read-only root filesystem (writable emptyDirs are mounted where needed).
+RUNTIME_UID = 10001
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUNTIME_UID,
+    "runAsGroup": RUNTIME_UID,
+    "fsGroup": RUNTIME_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def _probe(path: str, period: int, failures: int, initial: int = 0) -> dict[str, Any]:
     probe: dict[str, Any] = {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period}
     probe |= {"failureThreshold": failures, "timeoutSeconds": 5}
@@ -218,6 +236,8 @@ def container(
     ]
     if spec.model.revision:
         env.append({"name": "INFLEET_MODEL_REVISION", "value": spec.model.revision})
+    if spec.runtime.engine == "vllm":
+        env.append({"name": "HOME", "value": "/tmp"})  # its image's HOME is /root, unwritable as the non-root user
     env += group_env + [{"name": e.name, "value": e.value} for e in spec.runtime.env]
 
     gpus = str(lay.gpus_per_pod)
@@ -232,8 +252,10 @@ def container(
     ports = [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
     if lay.grouped:
         ports.append({"name": "dist", "containerPort": DIST_PORT, "protocol": "TCP"})
-    volumes = [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    mounts = [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}]
+    # the root filesystem is read-only: shared memory for NCCL/gloo, and /tmp for the caches the images point at
+    # (TRITON_CACHE_DIR, HF_HOME, INFLEET_CACHE live under /tmp in the runtime image)
+    volumes = [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}, {"name": "tmp", "emptyDir": {}}]
+    mounts = [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}]
     body = {
         "name": "runtime",
         "image": image(spec),
@@ -243,6 +265,7 @@ def container(
         "env": env,
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,
+        "securityContext": CONTAINER_SECURITY,
         # loading weights may take minutes: the startup probe holds liveness off until the first healthy answer
         "startupProbe": _probe("/health", period=5, failures=360),
         "readinessProbe": _probe("/health", period=5, failures=3),
@@ -287,6 +310,7 @@ def pod_template(
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [body],
             "volumes": volumes,
+            "securityContext": POD_SECURITY,
             "terminationGracePeriodSeconds": 60,  # let in-flight requests finish
             "enableServiceLinks": False,
         },
