@@ -14,7 +14,6 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
 
 GROUP = "infleet.dev"
 VERSION = "v1alpha1"
@@ -48,7 +47,17 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # what NVIDIA GPU feature discovery writes into nvidia.com/gpu.product (a label value)
 GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 
+# metav1.Condition's own patterns: a type is a (optionally prefixed) name, a reason a CamelCase word
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
 MAX_REPLICAS = 1000
+# A multi-node replica is a StatefulSet named `<name>-<8-hex revision>-g<group>` (group < MAX_REPLICAS: 14 characters
+# added), and a StatefulSet name must leave room for its pods' `controller-revision-hash` label, `<sts>-<10 chars>`
+# within 63: 52 - 14 = 38. One bound for every deployment, so that changing parallelism never breaks a name.
+MAX_NAME_LENGTH = 52 - len(f"-{'0' * 8}-g{MAX_REPLICAS - 1}")
 MAX_GPUS_PER_REPLICA = 128
 
 
@@ -73,10 +82,16 @@ def validations(*rules: dict[str, Any]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
 
 
+def camel(name: str) -> str:
+    """snake_case -> camelCase word by word: `e2e_p99` is `e2eP99` (pydantic's to_camel would say `e2EP99`)."""
+    first, *rest = name.split("_")
+    return first + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are an error (as the API server's strict mode)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=camel, populate_by_name=True, extra="forbid")
 
 
 class ModelSource(ApiModel):
@@ -302,16 +317,16 @@ class InferenceDeploymentSpec(ApiModel):
 
 
 class Condition(ApiModel):
-    """Kubernetes' condition convention; lastTransitionTime changes only when status flips (see status.py)."""
+    """metav1.Condition field for field; lastTransitionTime changes only when status flips (see status.py)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    type: str = Field(max_length=64)
+    type: str = Field(max_length=316, pattern=CONDITION_TYPE_PATTERN)
     status: Literal["True", "False", "Unknown"]
-    reason: str = Field(default="", max_length=128)
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
+    reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)
+    message: str = Field(max_length=32768)
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(default=None, ge=0)
 
 
 class Observed(ApiModel):
@@ -321,7 +336,7 @@ class Observed(ApiModel):
 
     ttft_p99_seconds: float | None = None
     tpot_p99_seconds: float | None = None
-    e2e_p99_seconds: float | None = Field(default=None, alias="e2eP99Seconds")  # to_camel would say e2EP99
+    e2e_p99_seconds: float | None = None
     queue_depth: float | None = None
     tokens_per_second: float | None = None
 

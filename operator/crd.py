@@ -158,6 +158,14 @@ def inference_deployment_crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "An LLM served by a fleet of GPU replicas, scaled against latency SLOs.",
                             "required": ["spec"],
+                            **api.validations(
+                                api.cel(
+                                    f"size(self.metadata.name) <= {api.MAX_NAME_LENGTH}",
+                                    f"metadata.name must be at most {api.MAX_NAME_LENGTH} characters: the names of "
+                                    "the StatefulSets and pods derived from it must fit Kubernetes' 63",
+                                    reason="FieldValueInvalid",
+                                )
+                            ),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

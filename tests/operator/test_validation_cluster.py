@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from infleet.cluster.testing import FleetHandle, fresh_namespace, wait_for
+from infleet.operator.api import MAX_NAME_LENGTH
 
 from .conftest import OperatorProcess, apply, get, idep, wait_condition
 from .specs import BAD_SPECS, BadSpec, good_spec
@@ -45,6 +46,20 @@ def test_good_spec_is_accepted_with_defaults(crds: FleetHandle, shared_namespace
     assert spec["parallelism"] == {"tensor": 1, "pipeline": 1}
     assert spec["quantization"]["tier"] == "auto" and spec["quantization"]["allowed"] == ["bf16", "fp8", "int8", "int4"]
     assert spec["scaling"]["enabled"] is False and spec["scaling"]["scaleDownStabilization"] == "300s"
+
+
+def test_names_are_bounded_so_derived_names_fit(crds: FleetHandle, shared_namespace: str) -> None:
+    longest = "n" * MAX_NAME_LENGTH
+    apply(crds, shared_namespace, idep(longest, good_spec()))
+    proc = apply(crds, shared_namespace, idep(longest + "x", good_spec()), check=False)
+    assert proc.returncode != 0 and f"at most {MAX_NAME_LENGTH} characters" in proc.stderr, proc.stderr
+
+
+def test_e2e_slo_is_spelled_e2eP99(crds: FleetHandle, shared_namespace: str) -> None:
+    apply(crds, shared_namespace, idep("e2e-slo", good_spec(slo={"e2eP99": "30s"})))
+    assert get(crds, shared_namespace, "inferencedeployment", "e2e-slo")["spec"]["slo"]["e2eP99"] == "30s"
+    proc = apply(crds, shared_namespace, idep("e2e-old", good_spec(slo={"e2EP99": "30s"})), check=False)
+    assert proc.returncode != 0 and "e2EP99" in proc.stderr, "the old spelling must be refused, not silently dropped"
 
 
 def test_operator_degrades_what_only_it_can_judge(crds: FleetHandle, namespace: str, operator: OperatorProcess) -> None:
