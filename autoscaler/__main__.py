@@ -38,6 +38,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def say(line: str) -> None:
+    """Progress on stderr, so that stdout stays the result table."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     names = list(POLICIES) if args.policy == "all" else [args.policy]
@@ -62,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"infleet autoscaler: {err}", file=sys.stderr)
         return 2
     try:
-        summary, results, workload = compare(trace, model, config, names)
+        summary, results, workload = compare(
+            trace, model, config, names, progress=lambda line: print(line, file=sys.stderr)
+        )
     except ValueError as err:
         print(f"infleet autoscaler: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 # sub-command -> (module whose main(argv) runs it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -20,15 +21,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def usage() -> str:
-    lines = ["usage: infleet COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: infleet [--version] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 
+def infleet_version() -> str:
+    try:
+        return version("infleet")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:  # as git and kubectl do: usage on stderr, and a status that tells a script nothing ran
+        print(usage(), file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if args[0] in ("-V", "--version", "version"):
+        print(f"infleet {infleet_version()}")
         return 0
     if args[0] not in COMMANDS:
         print(f"infleet: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)

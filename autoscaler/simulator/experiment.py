@@ -7,6 +7,7 @@ the static sizing) and the matching concurrency (KPA's target), so the compariso
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -120,12 +121,25 @@ def compare(
     config: SimConfig,
     names: Sequence[str] = POLICIES,
     prices: dict[str, float] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, dict[str, float | int]], dict[str, SimResult], Workload]:
+    """Every named policy over the same trace; `progress` hears one line per simulated run (a long trace takes a
+    while per policy, and the static oracle replays it several times)."""
     workload = describe(trace, model, config)
     price = gpu_hourly_price(model.device.name, prices)
+    runs = 0
 
     def run(policy: Policy) -> SimResult:
-        return simulate(trace, model, policy, config)
+        nonlocal runs
+        started = time.monotonic()
+        result = simulate(trace, model, policy, config)
+        runs += 1
+        if progress:
+            attained = result.slo_attainment(config.ttft_slo, config.tpot_slo)
+            label = f"{policy.name} x{policy.replicas}" if isinstance(policy, Static) else policy.name
+            took = time.monotonic() - started
+            progress(f"run {runs}: {label} replayed {len(trace):,} requests in {took:.1f}s, attainment {attained:.1%}")
+        return result
 
     results: dict[str, SimResult] = {}
     for name in names:

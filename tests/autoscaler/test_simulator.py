@@ -177,7 +177,7 @@ def test_kpa_panics_on_a_burst_and_does_not_scale_down_while_panicking() -> None
 
 
 # --- the command line ---------------------------------------------------------------------------------------
-def test_simulate_command_writes_results_and_plots(tmp_path: Path) -> None:
+def test_simulate_command_writes_results_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = tmp_path / "t.jsonl"
     rows = [{"arrival": r.arrival, "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens}
             for r in bursty_trace(n=200)]  # fmt: skip
@@ -193,6 +193,9 @@ def test_simulate_command_writes_results_and_plots(tmp_path: Path) -> None:
         )
         assert row["requests"] == 200 and math.isfinite(row["cost_per_million_tokens"])
     assert (out / "timeline_infleet.png").stat().st_size > 10_000 and (out / "replicas.png").exists()
+    progress = capsys.readouterr().err.splitlines()  # one line per replay, the oracle's trials included
+    assert len(progress) >= len(results) and all("replayed 200 requests" in line for line in progress)
+    assert any(line.startswith("run 1: infleet") for line in progress)
 
 
 def test_simulate_command_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
