@@ -14,6 +14,8 @@ from infleet.cluster.build import binaries
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "infleet"
 RELEASE = "test"
+# `helm template` assumes Kubernetes 1.20 offline, older than the chart's kubeVersion: render for the local fleet's
+KUBE_VERSION = "1.37.0"
 
 
 def helm(*args: str, kubeconfig: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -33,7 +35,8 @@ def set_args(values: dict[str, Any] | None) -> list[str]:
 def render(
     values: dict[str, Any] | None = None, *extra: str, namespace: str = "infleet-system"
 ) -> list[dict[str, Any]]:
-    proc = helm("template", RELEASE, str(CHART), "--namespace", namespace, *set_args(values), *extra)
+    args = ("--kube-version", KUBE_VERSION, *extra) if "--kube-version" not in extra else extra
+    proc = helm("template", RELEASE, str(CHART), "--namespace", namespace, *set_args(values), *args)
     if proc.returncode != 0:
         raise AssertionError(f"helm template failed:\n{proc.stderr}")
     return [d for d in yaml.safe_load_all(proc.stdout) if d]

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 
+from infleet.cluster.logs import pod_log
 from infleet.cluster.testing import FleetHandle, wait_for
 
 from .helm import CHART, helm, set_args
@@ -41,10 +45,19 @@ def ready(pod: dict[str, Any]) -> bool:
 
 @pytest.fixture
 def release(fleet: FleetHandle, namespace: str) -> Iterator[str]:
-    """The chart installed into the test namespace, watching only that namespace (the fleet is shared)."""
+    """The chart installed into the test namespace, watching only that namespace (the fleet is shared). The
+    namespace enforces Pod Security "restricted", as `infleet-system` should in production: the API server's
+    PodSecurity admission refuses any pod of the chart (or of the operator's runtime) that asks for more."""
+    restricted = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    fleet.core.patch_namespace(namespace, {"metadata": {"labels": restricted}})
     values = {
         "operator": {"watchNamespaces": [namespace], "replicas": 2, "leaderElection": True},  # one leader, one standby
-        "gateway": {"watchNamespaces": [namespace]},
+        # the local fleet's cluster DNS answers a Service name with its pods' IPs (ClusterIPs live on the host's
+        # loopback, out of the pod network's reach), so a pod calling the Service by name needs port = targetPort
+        "gateway": {"watchNamespaces": [namespace], "service": {"port": 8080}},
     }
     args = ["install", namespace, str(CHART), "--namespace", namespace, *set_args(values)]
     proc = helm(*args, kubeconfig=fleet.kubeconfig, timeout=120)
@@ -53,7 +66,7 @@ def release(fleet: FleetHandle, namespace: str) -> Iterator[str]:
 
     def running() -> bool:
         ops, gws = pods(fleet, namespace, "operator"), pods(fleet, namespace, "gateway")
-        return len(ops) == 2 and len(gws) == 1 and all(ready(p) for p in ops + gws)
+        return len(ops) == 2 and len(gws) == 2 and all(ready(p) for p in ops + gws)
 
     try:
         wait_for(running, timeout=120, what="the chart's operator and gateway pods")
@@ -92,8 +105,9 @@ def test_install_runs_the_operator_under_the_chart_service_account(fleet: FleetH
     wait_for(idep_ready, timeout=60, what="InferenceDeployment chat Ready under the chart's operator")
     assert get(fleet, ns, "deployment", "chat")["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]
 
-    (gateway,) = wait_for(lambda: [p for p in pods(fleet, ns, "gateway") if ready(p)], timeout=60, what="gateway")
-    assert gateway["spec"]["serviceAccountName"] == f"{release}-infleet-gateway"
+    gateways = wait_for(lambda: [p for p in pods(fleet, ns, "gateway") if ready(p)], timeout=60, what="gateway")
+    gateway = gateways[0]
+    assert all(g["spec"]["serviceAccountName"] == f"{release}-infleet-gateway" for g in gateways)
     url = f"http://{gateway['status']['podIP']}:8080/v1/models"
 
     def listed_all() -> list[str] | None:
@@ -130,7 +144,48 @@ def test_install_runs_the_operator_under_the_chart_service_account(fleet: FleetH
 
     slices = get(fleet, ns, "endpointslices", "-l", f"kubernetes.io/service-name={release}-infleet-gateway")
     addresses = [a for s in slices["items"] for e in s.get("endpoints") or [] for a in e["addresses"]]
-    assert addresses == [gateway["status"]["podIP"]]
+    assert sorted(addresses) == sorted(g["status"]["podIP"] for g in pods(fleet, ns, "gateway"))
+
+    # `helm test`: a pod of the chart lists the models through the gateway's Service, under "restricted" too
+    proc = helm("test", release, "--namespace", ns, kubeconfig=fleet.kubeconfig, timeout=180)
+    assert proc.returncode == 0 and "Phase:          Succeeded" in proc.stdout, proc.stdout + proc.stderr
+    test_pod = pod_log(fleet.fleet.dir / "pods", ns, f"{release}-infleet-test-models", None).read_text()
+    assert "\n200 {\"object\":\"list\"" in test_pod and "smollm2" in test_pod, test_pod
+
+
+def test_losing_a_gateway_replica_fails_only_its_requests_in_flight(fleet: FleetHandle, release: str) -> None:
+    """Clients reach the gateway through its Service; one of its two pods is killed under load. Requests that
+    were not on that pod never fail, and the official client's own retry carries every request through."""
+    ns = release
+    wait_for(lambda: len([p for p in pods(fleet, ns, "gateway") if ready(p)]) == 2, timeout=60, what="2 gateways")
+    svc = get(fleet, ns, "service", f"{release}-infleet-gateway")
+    base = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}/v1"
+    client = openai.OpenAI(base_url=base, api_key="unused", max_retries=2, timeout=10)
+    results: list[tuple[float, bool]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                client.models.list()
+                results.append((time.monotonic(), True))
+            except openai.OpenAIError:
+                results.append((time.monotonic(), False))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(results) >= 40, timeout=60, what="traffic through the gateway Service")
+    victim = pods(fleet, ns, "gateway")[0]["metadata"]["name"]
+    fleet.kubectl("delete", "pod", victim, "-n", ns, "--grace-period=0", "--force", "--wait=false")
+    killed_at = time.monotonic()
+    wait_for(lambda: len([r for r in results if r[0] > killed_at]) >= 80, timeout=120, what="traffic after the kill")
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    after = [ok for at, ok in results if at > killed_at]
+    assert all(ok for _, ok in results), f"{sum(not ok for _, ok in results)} of {len(results)} requests failed"
+    assert len(after) >= 80
 
 
 def test_uninstall_leaves_nothing_of_the_release(fleet: FleetHandle, namespace: str) -> None:

@@ -307,3 +307,58 @@ def test_cluster_wide_and_per_namespace_rbac_grant_the_same() -> None:
     swap = {"kopfpeerings": "clusterkopfpeerings"}
     translated = {(g, swap.get(r, r), v) for g, r, v in narrow_rules if r != "namespaces"}
     assert translated == wide_rules
+
+
+def test_gateway_has_no_single_point_of_failure() -> None:
+    docs = render()
+    gw = named(docs, "Deployment", "-gateway")
+    assert gw["spec"]["replicas"] == 2
+    selector = gw["spec"]["selector"]["matchLabels"]
+    pdb = named(docs, "PodDisruptionBudget", "-gateway")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    spread = pod_spec(gw)["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert all(
+        c["labelSelector"]["matchLabels"] == selector and c["whenUnsatisfiable"] == "ScheduleAnyway" for c in spread
+    )
+    assert not of_kind(docs, "HorizontalPodAutoscaler")
+    # one replica asked for: a PDB of minAvailable 1 would block every drain, so there is none
+    assert not of_kind(render({"gateway": merged({"gateway": {"replicas": 1}})["gateway"]}), "PodDisruptionBudget")
+
+
+def test_gateway_autoscaling_replaces_the_replica_count() -> None:
+    gateway = merged({"gateway": {"autoscaling": {"enabled": True, "maxReplicas": 8}}})["gateway"]
+    docs = render({"gateway": gateway})
+    gw = named(docs, "Deployment", "-gateway")
+    assert "replicas" not in gw["spec"]
+    hpa = named(docs, "HorizontalPodAutoscaler", "-gateway")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == gw["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert named(docs, "PodDisruptionBudget", "-gateway")
+
+
+def test_helm_test_lists_models_through_the_gateway() -> None:
+    docs = render()
+    pod = named(docs, "Pod", "-test-models")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    svc = named(docs, "Service", "-gateway")
+    assert f"{svc['metadata']['name']}.infleet-system.svc:80/v1/models" in container["command"][2]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_service_accounts_carry_cloud_iam_annotations() -> None:
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/infleet"}
+    values = merged(
+        {"operator": {"serviceAccount": {"annotations": role}}, "gateway": {"serviceAccount": {"annotations": role}}}
+    )
+    docs = render({"operator": values["operator"], "gateway": values["gateway"]})
+    for suffix in ("-operator", "-gateway"):
+        assert named(docs, "ServiceAccount", suffix)["metadata"]["annotations"] == role
+
+
+def test_chart_refuses_clusters_older_than_the_crd_needs() -> None:
+    proc = helm("template", RELEASE, str(CHART), "--kube-version", "1.29.0")
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr, proc.stderr
+    assert render(None, "--kube-version", "1.30.0")
