@@ -150,7 +150,7 @@ def test_install_runs_the_operator_under_the_chart_service_account(fleet: FleetH
     proc = helm("test", release, "--namespace", ns, kubeconfig=fleet.kubeconfig, timeout=180)
     assert proc.returncode == 0 and "Phase:          Succeeded" in proc.stdout, proc.stdout + proc.stderr
     test_pod = pod_log(fleet.fleet.dir / "pods", ns, f"{release}-infleet-test-models", None).read_text()
-    assert "\n200 {\"object\":\"list\"" in test_pod and "smollm2" in test_pod, test_pod
+    assert '\n200 {"object":"list"' in test_pod and "smollm2" in test_pod, test_pod
 
 
 def test_losing_a_gateway_replica_fails_only_its_requests_in_flight(fleet: FleetHandle, release: str) -> None:
