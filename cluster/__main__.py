@@ -16,7 +16,6 @@ from infleet.cluster.agent import kill_leftovers
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.nodes import DEFAULT_FLEET, apply_fleet, load_fleet
 
-
 GATEWAY_SELECTOR = "app.kubernetes.io/name=infleet-gateway,app.kubernetes.io/component=gateway"
 
 

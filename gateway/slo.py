@@ -49,13 +49,30 @@ class Thresholds:
     @classmethod
     def from_spec(cls, slo: dict[str, object] | None) -> Thresholds:
         slo = slo or {}
-        return cls(seconds(slo.get("ttftP99")), seconds(slo.get("tpotP99")), seconds(slo.get("e2eP99")))
+        e2e = slo.get("e2eP99", slo.get("e2EP99"))  # the CRD of v1alpha1 spells it e2EP99 (pydantic's to_camel)
+        return cls(seconds(slo.get("ttftP99")), seconds(slo.get("tpotP99")), seconds(e2e))
 
     def items(self) -> list[tuple[str, float]]:
         return [(sli, value) for sli in SLIS if (value := getattr(self, sli)) is not None]
 
 
 NO_SLO = Thresholds()
+
+
+def verdicts(
+    thresholds: Thresholds, ttft: float | None, tpot: float | None, e2e: float | None, failed: bool = False
+) -> dict[str, bool]:
+    """SLI -> good for one request's measured values (None: not measurable for this request); a failed request is
+    bad for every SLI the deployment sets."""
+    measured = {"ttft": ttft, "tpot": tpot, "e2e": e2e}
+    out = {}
+    for sli, threshold in thresholds.items():
+        value = measured[sli]
+        if failed:
+            out[sli] = False
+        elif value is not None:
+            out[sli] = value <= threshold
+    return out
 
 
 @dataclass
@@ -80,20 +97,12 @@ class RequestClock:
 
     def judge(self, failed: bool = False) -> dict[str, bool]:
         """SLI -> good, for every SLI the deployment sets and this request can be judged on."""
-        end = time.perf_counter()
-        measured: dict[str, float | None] = {"e2e": end - self.started, "ttft": None, "tpot": None}
+        ttft = tpot = None
         if self.first is not None:
-            measured["ttft"] = self.first - self.started
+            ttft = self.first - self.started
             if self.events > 1 and self.last is not None:
-                measured["tpot"] = (self.last - self.first) / (self.events - 1)
-        out = {}
-        for sli, threshold in self.thresholds.items():
-            value = measured[sli]
-            if failed:
-                out[sli] = False
-            elif value is not None:
-                out[sli] = value <= threshold
-        return out
+                tpot = (self.last - self.first) / (self.events - 1)
+        return verdicts(self.thresholds, ttft, tpot, time.perf_counter() - self.started, failed)
 
     def count(self, counter: Counter, namespace: str, deployment: str, failed: bool = False) -> None:
         for sli, good in self.judge(failed).items():
