@@ -170,10 +170,10 @@ def cost_over_budget(runbook_url: str = RUNBOOK_URL) -> dict[str, Any]:
     and a third sets no limit."""
     series = []
     for dep, limit in (("pricey", 2.0), ("roomy", 5.0), ("unbounded", None)):
-        labels = f'namespace="{NAMESPACE}",deployment="{dep}"'
-        series.append({"series": f"{names.DEPLOYMENT_COST}{{{labels}}}", "values": constant(3.0, 30, 1)})
+        sel = f'namespace="{NAMESPACE}",deployment="{dep}"'
+        series.append({"series": f"{names.DEPLOYMENT_COST}{{{sel}}}", "values": constant(3.0, 30, 1)})
         if limit is not None:
-            series.append({"series": f"{names.DEPLOYMENT_COST_LIMIT}{{{labels}}}", "values": constant(limit, 30, 1)})
+            series.append({"series": f"{names.DEPLOYMENT_COST_LIMIT}{{{sel}}}", "values": constant(limit, 30, 1)})
     labels = {"namespace": NAMESPACE, "deployment": "pricey", "severity": "ticket"}
     annotations = {
         key: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
