@@ -72,14 +72,21 @@ def test_both_show_their_figures_and_each_is_judged_on_its_own_slo(stack: Stack,
     client = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=0, timeout=300)
     stop = threading.Event()
     answered: dict[str, int] = {SCALED: 0, FIXED: 0}
+    failures: list[str] = []
 
     def chat(model: str) -> None:  # streamed, so the gateway times every token (TTFT and TPOT)
         while not stop.is_set():
-            chunks = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "Tell me about bread."}], max_tokens=24, stream=True
-            )
-            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            answered[model] += 1
+            try:
+                chunks = client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": "Tell me about bread."}],
+                    max_tokens=24,
+                    stream=True,
+                )
+                if "".join(c.choices[0].delta.content or "" for c in chunks if c.choices):
+                    answered[model] += 1
+            except openai.APIError as err:  # reported below; the traffic goes on
+                failures.append(f"{model}: {err}")
             stop.wait(1)
 
     threads = [threading.Thread(target=chat, args=(name,), daemon=True) for name in (SCALED, FIXED)]
@@ -95,7 +102,7 @@ def test_both_show_their_figures_and_each_is_judged_on_its_own_slo(stack: Stack,
             interval=5,
             what="P99 TTFT, COST and SLO MET for both deployments in `kubectl get idep`",
         )
-        print(f"kubectl get idep: {rows}")
+        print(f"kubectl get idep: {rows}; answered {answered}, failed {failures[:5]}")
         fixed = wait_for(
             lambda: (c := slo_met(stack, FIXED)).get("status") == "False" and c,
             timeout=120,
@@ -119,4 +126,4 @@ def test_both_show_their_figures_and_each_is_judged_on_its_own_slo(stack: Stack,
         stop.set()
         for t in threads:
             t.join(timeout=300)
-    assert all(answered.values()), answered
+    assert all(answered.values()), (answered, failures[:5])

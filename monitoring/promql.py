@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from infleet.monitoring import rules
 from infleet.monitoring.names import (
     DEPLOYMENT_COST,
     DEPLOYMENT_COST_LIMIT,
@@ -111,7 +112,7 @@ def slo_threshold(sli: str, sel: str) -> str:
 
 def objective(sel: str) -> str:
     """spec.slo.objectivePercent / 100, recorded by the rules."""
-    return series("infleet:slo_objective:ratio", sel)
+    return series(rules.OBJECTIVE, sel)
 
 
 def cost_limit(sel: str) -> str:
@@ -120,12 +121,11 @@ def cost_limit(sel: str) -> str:
 
 def attainment(window: str, sel: str) -> str:
     """Share of requests within the SLI's threshold: window `5m`, `1h`, ... or `period` (the budget period)."""
-    name = "infleet:slo_good:ratio_period" if window == "period" else f"infleet:slo_good:ratio_rate{window}"
-    return series(name, sel)
+    return series(rules.GOOD_PERIOD if window == "period" else rules.good_ratio(window), sel)
 
 
 def budget_left(sel: str) -> str:
-    return series("infleet:slo_error_budget_remaining:ratio", sel)
+    return series(rules.BUDGET_REMAINING, sel)
 
 
 def spend_per_hour(sel: str, window: str) -> str:

@@ -32,6 +32,8 @@ BY_SLI = f"{BY}, sli"
 OBJECTIVE = "infleet:slo_objective:ratio"
 ERROR_BUDGET = "infleet:slo_error_budget:ratio"
 BUDGET_REMAINING = "infleet:slo_error_budget_remaining:ratio"
+ERROR_PERIOD = "infleet:slo_error:ratio_period"
+GOOD_PERIOD = "infleet:slo_good:ratio_period"
 
 Rule = dict[str, Any]
 RuleFile = dict[str, Any]
@@ -81,14 +83,9 @@ def recording_rules() -> list[Rule]:
     terms = [
         f"(\n  {error_ratio_expr(p).strip()}\n) and on ({BY}) ({period} == {period_seconds(p)})" for p in BUDGET_PERIODS
     ]
-    rules.append({"record": "infleet:slo_error:ratio_period", "expr": "\nor\n".join(terms) + "\n"})
-    rules.append({"record": "infleet:slo_good:ratio_period", "expr": "1 - infleet:slo_error:ratio_period"})
-    rules.append(
-        {
-            "record": BUDGET_REMAINING,
-            "expr": f"1 - infleet:slo_error:ratio_period / on ({BY}) group_left {ERROR_BUDGET}",
-        }
-    )
+    rules.append({"record": ERROR_PERIOD, "expr": "\nor\n".join(terms) + "\n"})
+    rules.append({"record": GOOD_PERIOD, "expr": f"1 - {ERROR_PERIOD}"})
+    rules.append({"record": BUDGET_REMAINING, "expr": f"1 - {ERROR_PERIOD} / on ({BY}) group_left {ERROR_BUDGET}"})
     return rules
 
 
