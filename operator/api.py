@@ -332,7 +332,7 @@ class Attainment(ApiModel):
 
     ttft: float | None = None
     tpot: float | None = None
-    e2e: float | None = None
+    e2e: float | None = Field(default=None, alias="e2e")  # to_camel would say e2E
 
 
 class Observed(ApiModel):

@@ -80,8 +80,11 @@ def test_status_of_an_unscaled_deployment_has_figures_attainment_and_cost() -> N
     # $3.60 per GPU-hour x 1 GPU x 2 replicas / (200 tokens/s x 3600 s) x 1e6 = $10 per 1M tokens
     assert out["costPerMillionTokens"] == 10.0
     assert out["conditions"][0]["reason"] == "TPOTMissed"
-    # the status model accepts what the loop writes
-    api.InferenceDeploymentStatus.model_validate({"observed": out["observed"], "costPerMillionTokens": 10.0})
+    # the status model (the CRD's schema) holds exactly what the loop writes, every field under the same name
+    spelled = api.Observed.model_validate(out["observed"]).model_dump(by_alias=True, exclude_none=True)
+    assert spelled == out["observed"]
+    every = {"ttft": 1.0, "tpot": 2.0, "e2e": 3.0}
+    assert api.Attainment.model_validate(every).model_dump(by_alias=True) == every
 
 
 def test_one_query_tags_every_quantity() -> None:
