@@ -223,6 +223,8 @@ def observed_status(
     if attainment:
         observed["attainmentPercent"] = {k: autoscaling.readable(v * 100) for k, v in attainment.items()}
     observed["window"] = WINDOW
+    # through the status model: what is written is exactly what the CRD's schema (generated from it) declares
+    observed = api.Observed.model_validate(observed).model_dump(by_alias=True, exclude_none=True)
     prices = autoscaling.prices_for(spec, autoscaling.configured_prices())
     replicas = int(st.get("replicas") or spec.replicas)
     return {
