@@ -66,7 +66,7 @@ up: setup
 down:
 	$(PY) -m infleet.cluster down
 
-# eval "$$(make -s env)": KUBECONFIG and PATH for kubectl and helm, and the environment's `infleet` command
+# eval "$$(make -s env)": KUBECONFIG and PATH for kubectl and helm, the environment's `infleet` command, INFLEET_URL
 env:
 	@$(PY) -m infleet.cluster env
 	@echo 'export PATH=$(VENV)/bin:$$PATH'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -15,11 +16,31 @@ from infleet.cluster.agent import kill_leftovers
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.nodes import DEFAULT_FLEET, apply_fleet, load_fleet
 
+GATEWAY_SELECTOR = "app.kubernetes.io/name=infleet-gateway,app.kubernetes.io/component=gateway"
+
 
 def env_lines(fleet: Fleet) -> list[str]:
     bins = build.binaries()
     path = f"{bins.kubectl.parent}:{bins.helm.parent}:{os.environ.get('PATH', '')}"
     return [f"export KUBECONFIG={fleet.kubeconfig}", f"export PATH={path}"]
+
+
+def gateway_url(fleet: Fleet, timeout: float = 3.0) -> str | None:
+    """The chart's gateway Service address when the fleet runs one and this machine reaches it (the local fleet
+    routes the service network to loopback); None otherwise, so `env` still prints the rest."""
+    try:
+        core = client.CoreV1Api(config.new_client_from_config(str(fleet.kubeconfig)))
+        services = core.list_service_for_all_namespaces(label_selector=GATEWAY_SELECTOR, _request_timeout=timeout)
+    except Exception:  # no fleet, no kubeconfig, API server down: nothing to point at
+        return None
+    for service in services.items:
+        host, port = service.spec.cluster_ip, service.spec.ports[0].port
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return f"http://{host}:{port}"
+        except OSError:
+            continue
+    return None
 
 
 def wait_for_default_service_account(core: client.CoreV1Api, timeout: float = 60) -> None:
@@ -77,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--nodes", type=int, default=None, help="total node count, pools scaled in proportion")
     sub.add_parser("down", help="stop every process the fleet started")
     sub.add_parser("status", help="each component's state; exit 1 if any is not running")
-    sub.add_parser("env", help="print the KUBECONFIG and PATH lines for kubectl and helm")
+    sub.add_parser("env", help="print the KUBECONFIG, PATH and INFLEET_URL (the gateway) export lines")
     args = parser.parse_args(argv)
     if args.command == "up":
         return up(args.fleet, args.nodes)
@@ -85,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         return down()
     if args.command == "status":
         return status()
-    print("\n".join(env_lines(Fleet())))
+    fleet = Fleet()
+    print("\n".join(env_lines(fleet)))
+    url = gateway_url(fleet)
+    if url:
+        print(f"export INFLEET_URL={url}")
+    else:
+        print("# no reachable infleet gateway: INFLEET_URL not set (run `make up` first)")
     return 0
 
 

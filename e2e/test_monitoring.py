@@ -25,6 +25,8 @@ from infleet.cluster.testing import wait_for
 from infleet.monitoring import names
 from infleet.monitoring.catalog import expressions, substitute
 from infleet.monitoring.rules import rule_files
+from infleet.monitoring.slo import COST_ALERT
+from infleet.operator import api
 
 from .conftest import DEMO_NAMESPACE
 
@@ -43,6 +45,7 @@ VARIABLES = {
 OURS = (DEMO_NAMESPACE, NAME)
 # "X >= t and Y >= t": every burn-rate alert (monitoring/rules.py)
 BURN_ALERT = re.compile(r"^\s*(\S+) >= ([0-9.]+)\s+and\s+(\S+) >= ([0-9.]+)\s*$")
+E2E = api.SLO.model_fields["e2e_p99"].alias or "e2eP99"  # the spec's spelling of the end-to-end target
 SYSTEM = "You are a helpful assistant for a small bakery. Answer briefly and politely. " * 8  # a shared prefix
 
 
@@ -88,8 +91,11 @@ def traffic(stack: Stack, smollm2: Callable[[str], dict[str, Any]], prometheus_u
     started = time.time()
     idep = smollm2(NAME)
     idep["spec"]["model"]["servedName"] = NAME
-    # the autoscaler's tick writes the observed $/1M tokens (one replica, so replicas never change)
+    # one replica, so replicas never change; every SLI set and a cost limit never reached, so every per-deployment
+    # objective series (threshold lines, the cost limit) has data
     idep["spec"]["scaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 1}
+    idep["spec"]["slo"] = {**idep["spec"]["slo"], E2E: "120s"}
+    idep["spec"]["cost"] = {"maxPerMillionTokens": 1e6}
     stack.apply(idep)
     stack.wait_ready(DEMO_NAMESPACE, NAME, quiet=True)
     client = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=0, timeout=300)
@@ -135,7 +141,7 @@ def traffic(stack: Stack, smollm2: Callable[[str], dict[str, Any]], prometheus_u
             interval=5,
             what=f"Prometheus to record {DEMO_NAMESPACE}/{NAME}'s error budget (the end of the rules' chain)",
         )
-        # the autoscaler's first cost figure (it ticks every 15 s); if none comes, that expression's test says so
+        # the observation loop's first cost figure (it ticks every 15 s); if none comes, that expression's test says so
         deadline = time.monotonic() + 120
         while not ours(prom.range(names.DEPLOYMENT_COST, started, time.time())) and time.monotonic() < deadline:
             time.sleep(5)
@@ -184,17 +190,34 @@ def check_burn_alert(prom: Prometheus, traffic: Traffic, expr: str) -> str:
     return f"no burn: {long_rate} peaked at {peak:.2f} against {long_t:g}"
 
 
+def check_cost_within_limit(prom: Prometheus, traffic: Traffic, expr: str) -> str:
+    """The cost alert did not fire: the observed $/1M tokens and the deployment's own limit both have data, and the
+    cost never went above the limit."""
+    start, end = traffic.window()
+    cost = ours(prom.range(names.DEPLOYMENT_COST, start, end))
+    limit = ours(prom.range(names.DEPLOYMENT_COST_LIMIT, start, end))
+    assert cost, f"{names.DEPLOYMENT_COST} has no data for {OURS}"
+    assert limit, f"{names.DEPLOYMENT_COST_LIMIT} has no data for {OURS}: the operator does not export spec.cost"
+    peak, ceiling = (
+        max(float(v) for s in cost for _, v in s["values"]),
+        min(float(v) for s in limit for _, v in s["values"]),
+    )
+    assert peak <= ceiling, f"cost {peak} above the limit {ceiling}, yet no alert"
+    return f"cost peaked at ${peak:.3g} / 1M tokens against a ${ceiling:g} limit"
+
+
 def check_no_alert_fired(prom: Prometheus, traffic: Traffic, expr: str) -> str:
-    """No SLO alert fired for the deployment: every burn alert's expression is empty for it (checked as above)."""
+    """No SLO or cost alert fired for the deployment: every alert's expression is empty for it (checked as above)."""
     start, end = traffic.window()
     for content in rule_files().values():
         for group in content["groups"]:
             for rule in group["rules"]:
                 if "alert" in rule:
                     assert not ours(prom.range(rule["expr"], start, end)), f"{rule['alert']} held, yet not in ALERTS"
-                    check_burn_alert(prom, traffic, rule["expr"])
-    assert not ours(prom.range('ALERTS{alertname=~"InfleetSLO.*"}', start, end))  # not even pending
-    return "no SLO alert's condition held for the deployment"
+                    check = check_cost_within_limit if rule["alert"] == COST_ALERT else check_burn_alert
+                    check(prom, traffic, rule["expr"])
+    assert not ours(prom.range('ALERTS{alertname=~"Infleet.*"}', start, end))  # not even pending
+    return "no SLO or cost alert's condition held for the deployment"
 
 
 def check_no_scale(prom: Prometheus, traffic: Traffic, expr: str) -> str:
@@ -220,10 +243,13 @@ def check_no_tier_change(prom: Prometheus, traffic: Traffic, expr: str) -> str:
 Check = Callable[[Prometheus, Traffic, str], str]
 # where (a prefix of catalog's `where`) -> why it may legitimately be empty, and what to check then
 EVENTS: dict[str, Check] = {
+    f"slo-alerts.yaml/{COST_ALERT}": check_cost_within_limit,
     "slo-alerts.yaml/": check_burn_alert,
-    "slo.json/infleet / SLO error budgets/Firing SLO alerts#": check_no_alert_fired,
+    "slo.json/infleet / Deployment SLO/Firing SLO and cost alerts#": check_no_alert_fired,
     "fleet-overview.json/infleet / Fleet overview/Scale#annotation": check_no_scale,
     "fleet-overview.json/infleet / Fleet overview/Tier change#annotation": check_no_tier_change,
+    "slo.json/infleet / Deployment SLO/Scale#annotation": check_no_scale,
+    "slo.json/infleet / Deployment SLO/Tier change#annotation": check_no_tier_change,
 }
 
 
@@ -235,7 +261,7 @@ def test_every_event_expression_is_in_the_catalogue() -> None:
     """The exceptions name real expressions (a renamed panel must not silently leave its check behind)."""
     for prefix in EVENTS:
         assert any(where.startswith(prefix) for where, _ in EXPRESSIONS), f"no expression matches {prefix!r}"
-    assert sum(1 for where, _ in EXPRESSIONS if event_check(where)) == 4 + 1 + 2
+    assert sum(1 for where, _ in EXPRESSIONS if event_check(where)) == 4 + 1 + 1 + 2 + 2
 
 
 @pytest.mark.parametrize(("where", "expr"), EXPRESSIONS, ids=[w for w, _ in EXPRESSIONS])

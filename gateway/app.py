@@ -39,6 +39,7 @@ from infleet.gateway.catalog import Catalog, Deployment, Endpoint, LookupFailed
 from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from infleet.gateway.prompts import kserve_prompt, openai_prompt
 from infleet.gateway.routing import Router
+from infleet.gateway.slo import RequestClock, tokens
 
 log = logging.getLogger("infleet.gateway")
 
@@ -157,7 +158,28 @@ class Gateway:
         self, request: Request, deployment: Deployment, path: str, body: bytes, prompt: str | None
     ) -> Response:
         """Send the request to a ready replica (holding it while there is none), retrying once before the first
-        byte, and relay the answer."""
+        byte, and relay the answer; the request is judged against the deployment's SLO (gateway/slo.py)."""
+        clock = RequestClock(deployment.slo)
+        try:
+            response = await self._forward(request, deployment, path, body, prompt, clock)
+        except GatewayError as e:
+            if e.status >= 500:
+                clock.count(self.metrics.slo_requests, deployment.namespace, deployment.name, failed=True)
+            raise
+        code = response.status_code
+        if not isinstance(response, RelayResponse) and (code < 400 or code >= 500):  # a stream counts at its end
+            clock.count(self.metrics.slo_requests, deployment.namespace, deployment.name, failed=code >= 500)
+        return response
+
+    async def _forward(
+        self,
+        request: Request,
+        deployment: Deployment,
+        path: str,
+        body: bytes,
+        prompt: str | None,
+        clock: RequestClock,
+    ) -> Response:
         assert self.client is not None, "the app's lifespan opens the client"
         labels = {"namespace": deployment.namespace, "deployment": deployment.name}
         url_path = path + (f"?{request.url.query}" if request.url.query else "")
@@ -209,8 +231,9 @@ class Gateway:
                 # a stream: answer only once its first event is here, so that a replica failing before it is retried
                 events = sse_events(upstream)
                 first = await anext(events, b"")
+                clock.event(tokens(first))
                 response = RelayResponse(
-                    self._relay(first, events, path, labels),
+                    self._relay(first, events, path, labels, clock),
                     cleanup=self._closer(upstream, events, release),
                     status_code=upstream.status_code,
                     headers=dict(returned),
@@ -231,18 +254,23 @@ class Gateway:
         raise GatewayError(502, f"no replica of {deployment.served_name!r} answered ({failure})", code="bad_gateway")
 
     async def _relay(
-        self, first: bytes, events: AsyncIterator[bytes], path: str, labels: dict[str, str]
+        self, first: bytes, events: AsyncIterator[bytes], path: str, labels: dict[str, str], clock: RequestClock
     ) -> AsyncIterator[bytes]:
         if first:
             yield first
         try:
             async for chunk in events:
                 yield chunk
+                clock.event(tokens(chunk))
         except httpx.HTTPError as e:  # the replica went away mid-stream: never replay, end the stream cleanly
             self.metrics.errors.labels(**labels, reason="stream_interrupted").inc()
             log.warning("stream from %s/%s interrupted: %s", labels["namespace"], labels["deployment"], e)
+            clock.count(self.metrics.slo_requests, labels["namespace"], labels["deployment"], failed=True)
             yield sse_error(path, f"the replica serving this stream failed: {type(e).__name__}: {e}")
             yield SSE_DONE
+            return
+        # reached only when the stream ran to its end (a client that went away closes the generator before)
+        clock.count(self.metrics.slo_requests, labels["namespace"], labels["deployment"])
 
     @staticmethod
     def _closer(

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
+from infleet.gateway.slo import NO_SLO, Thresholds
+
 LEAST_OUTSTANDING = "leastOutstanding"
 PREFIX_AFFINITY = "prefixAffinity"
 STRATEGIES = (LEAST_OUTSTANDING, PREFIX_AFFINITY)
@@ -38,6 +40,7 @@ class Deployment:
     served_name: str
     strategy: str = LEAST_OUTSTANDING
     endpoints: tuple[Endpoint, ...] = ()
+    slo: Thresholds = NO_SLO
 
     @property
     def key(self) -> Key:
@@ -62,6 +65,7 @@ class LookupFailed(Exception):
 class _Spec:
     served_name: str
     strategy: str
+    slo: Thresholds = NO_SLO
 
 
 @dataclass
@@ -74,11 +78,18 @@ class Catalog:
 
     # ---- writers (discovery) --------------------------------------------------------------------------------------
 
-    def set_deployment(self, namespace: str, name: str, served_name: str, strategy: str = LEAST_OUTSTANDING) -> None:
+    def set_deployment(
+        self,
+        namespace: str,
+        name: str,
+        served_name: str,
+        strategy: str = LEAST_OUTSTANDING,
+        slo: Thresholds = NO_SLO,
+    ) -> None:
         if strategy not in STRATEGIES:
             strategy = LEAST_OUTSTANDING
         with self._lock:
-            self._specs[(namespace, name)] = _Spec(served_name, strategy)
+            self._specs[(namespace, name)] = _Spec(served_name, strategy, slo)
         self._notify([(namespace, name)])
 
     def remove_deployment(self, namespace: str, name: str) -> None:
@@ -93,7 +104,7 @@ class Catalog:
             for k in stale:
                 del self._specs[k]
             for d in items:
-                self._specs[d.key] = _Spec(d.served_name, d.strategy)
+                self._specs[d.key] = _Spec(d.served_name, d.strategy, d.slo)
             changed = set(stale) | set(self._specs)
         self._notify(changed)
 
@@ -136,7 +147,7 @@ class Catalog:
 
     def _build(self, key: Key, spec: _Spec) -> Deployment:
         endpoints = sorted({e for eps in self._slices.get(key, {}).values() for e in eps})
-        return Deployment(key[0], key[1], spec.served_name, spec.strategy, tuple(endpoints))
+        return Deployment(key[0], key[1], spec.served_name, spec.strategy, tuple(endpoints), spec.slo)
 
     def get(self, key: Key) -> Deployment | None:
         with self._lock:

@@ -28,6 +28,7 @@ from kubernetes.client.rest import ApiException
 from infleet.gateway.activator import SCALE_FROM_ZERO_ANNOTATION
 from infleet.gateway.auth import API_KEYS_LABEL, KeyStore
 from infleet.gateway.catalog import LEAST_OUTSTANDING, Catalog, Deployment, Endpoint
+from infleet.gateway.slo import Thresholds
 
 log = logging.getLogger("infleet.gateway.discovery")
 
@@ -46,7 +47,7 @@ def deployment_from(obj: dict[str, Any]) -> Deployment:
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     served = (spec.get("model") or {}).get("servedName") or meta["name"]
     strategy = (spec.get("routing") or {}).get("strategy") or LEAST_OUTSTANDING
-    return Deployment(meta["namespace"], meta["name"], served, strategy)
+    return Deployment(meta["namespace"], meta["name"], served, strategy, slo=Thresholds.from_spec(spec.get("slo")))
 
 
 def slice_endpoints(s: Any) -> tuple[str, str, str, tuple[Endpoint, ...]] | None:
@@ -186,7 +187,7 @@ class KubernetesDiscovery:
             if kind == "DELETED":
                 self.catalog.remove_deployment(d.namespace, d.name)
             else:
-                self.catalog.set_deployment(d.namespace, d.name, d.served_name, d.strategy)
+                self.catalog.set_deployment(d.namespace, d.name, d.served_name, d.strategy, d.slo)
 
         return f"InferenceDeployments in {ns or 'all namespaces'}", lister, kwargs, replace, apply
 

@@ -57,6 +57,13 @@ class GatewayMetrics:
             registry=r,
         )
         self.endpoints = Gauge("infleet_gateway_ready_endpoints", "Ready replicas known.", DEPLOYMENT, registry=r)
+        self.slo_requests = Counter(
+            "infleet_gateway_slo_requests",
+            "Requests judged against their deployment's own spec.slo thresholds, by SLI (ttft, tpot, e2e) and "
+            "result (good, bad); see infleet.gateway.slo.",
+            [*DEPLOYMENT, "sli", "result"],
+            registry=r,
+        )
         self.in_flight = Gauge("infleet_gateway_in_flight_requests", "Requests being proxied.", DEPLOYMENT, registry=r)
 
     def render(self) -> bytes:

@@ -1,8 +1,11 @@
-"""Grafana dashboards built in Python: a fleet overview and an SLO (error budget) dashboard.
+"""Grafana dashboards built in Python: a fleet overview (one table row per deployment) and a per-deployment SLO
+dashboard.
 
 A dashboard is plain JSON (Grafana's schema); the `Board` builder below lays panels out two to a row. Queries come
-from `promql.py` (raw series) and the recorded SLO series of `rules.py`. `configmap` wraps a dashboard for the
-Grafana sidecar, which loads every ConfigMap labelled `grafana_dashboard: "1"`.
+from `promql.py` (raw series) and the recorded SLO series of `rules.py`. Every SLO line is drawn from the
+deployment's own objective series (exported by the operator from its spec), never a constant: each deployment's
+panel shows its own threshold as a dashed red series named "SLO <namespace>/<deployment>". `configmap` wraps a
+dashboard for the Grafana sidecar, which loads every ConfigMap labelled `grafana_dashboard: "1"`.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from typing import Any
 
 from infleet.monitoring import promql
 from infleet.monitoring.names import DEPLOYMENT_REPLICAS
-from infleet.monitoring.rules import SLIS, burn_rate, good_ratio
-from infleet.monitoring.slo import BUDGET_PERIOD, BURN_ALERTS, DEFAULT_TARGETS, SLOTargets
+from infleet.monitoring.rules import SLIS, burn_rate
+from infleet.monitoring.slo import BURN_ALERTS
 
 Json = dict[str, Any]
 
@@ -22,11 +25,23 @@ DATASOURCE: Json = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'namespace=~"$namespace",deployment=~"$deployment"'
 RATE = "$__rate_interval"
 LEGEND = "{{namespace}}/{{deployment}}"
+OBJECTIVE_LEGEND = "SLO " + LEGEND  # the per-deployment objective series; styled as a threshold line
+OBJECTIVE_STYLE: Json = {
+    "matcher": {"id": "byRegexp", "options": "/^SLO /"},
+    "properties": [
+        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+        {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+        {"id": "custom.lineWidth", "value": 2},
+    ],
+}
 SCHEMA_VERSION = 39
 
 
 def target(expr: str, legend: str = LEGEND, ref: str = "A", instant: bool = False) -> Json:
-    return {"refId": ref, "datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "instant": instant}
+    out = {"refId": ref, "datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "instant": instant}
+    if instant:
+        out["format"] = "table"
+    return out
 
 
 def targets(*pairs: tuple[str, str]) -> list[Json]:
@@ -35,14 +50,25 @@ def targets(*pairs: tuple[str, str]) -> list[Json]:
 
 
 def timeseries(
-    title: str, queries: list[Json], unit: str = "short", slo_line: float | None = None, description: str = ""
+    title: str,
+    queries: list[Json],
+    unit: str = "short",
+    slo_line: float | None = None,
+    description: str = "",
+    objective: str | None = None,
 ) -> Json:
-    """A time-series panel; `slo_line` draws a red threshold line (the SLO or the alert's burn rate)."""
+    """A time-series panel. `objective` adds each deployment's own objective series (its SLO threshold, objective
+    or cost limit) as a dashed red line; `slo_line` draws a constant line, only for what is the same for every
+    deployment (a burn-rate multiple of the alert recipe, budget exhausted at 0)."""
     steps: list[Json] = [{"color": "green", "value": None}]
     custom: Json = {"lineWidth": 1, "fillOpacity": 0, "showPoints": "never"}
     if slo_line is not None:
         steps.append({"color": "red", "value": slo_line})
         custom["thresholdsStyle"] = {"mode": "line"}
+    overrides: list[Json] = []
+    if objective is not None:
+        queries = [*queries, target(objective, OBJECTIVE_LEGEND, chr(ord("A") + len(queries)))]
+        overrides.append(OBJECTIVE_STYLE)
     return {
         "type": "timeseries",
         "title": title,
@@ -51,7 +77,7 @@ def timeseries(
         "targets": queries,
         "fieldConfig": {
             "defaults": {"unit": unit, "custom": custom, "thresholds": {"mode": "absolute", "steps": steps}},
-            "overrides": [],
+            "overrides": overrides,
         },
         "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]}},
     }
@@ -159,16 +185,84 @@ class Board:
         }
 
 
-def fleet_overview(targets_: SLOTargets = DEFAULT_TARGETS) -> Json:
-    board = Board(
-        "infleet-fleet", "infleet / Fleet overview", "Per deployment: capacity, latency against the SLO, cost."
-    )
-    board.annotations += [
+def table(title: str, columns: list[tuple[str, str, str]], description: str = "") -> Json:
+    """One row per (namespace, deployment): each column an instant query (title, expr, unit), merged on the labels."""
+    queries = [target(expr, "", chr(ord("A") + i), instant=True) for i, (_, expr, _) in enumerate(columns)]
+    rename = {f"Value #{chr(ord('A') + i)}": name for i, (name, _, _) in enumerate(columns)}
+    overrides = [
+        {"matcher": {"id": "byName", "options": name}, "properties": [{"id": "unit", "value": unit}]}
+        for name, _, unit in columns
+    ]
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": queries,
+        "transformations": [
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": rename}},
+        ],
+        "fieldConfig": {"defaults": {}, "overrides": overrides},
+        "options": {"showHeader": True, "sortBy": [{"displayName": "Budget left", "desc": False}]},
+    }
+
+
+def state_timeline(title: str, queries: list[Json]) -> Json:
+    return {
+        "type": "state-timeline",
+        "title": title,
+        "datasource": DATASOURCE,
+        "targets": queries,
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showValue": "never", "mergeValues": True},
+    }
+
+
+def fleet_table() -> Json:
+    return table(
+        "Deployments against their own SLO",
+        [
+            ("Objective", promql.objective(SEL), "percentunit"),
+            ("Attainment (budget period)", f"min by (namespace, deployment) ({promql.attainment('period', SEL)})",
+             "percentunit"),
+            ("Budget left", f"min by (namespace, deployment) ({promql.budget_left(SEL)})", "percentunit"),
+            ("$ / 1M tokens", promql.cost_per_million_tokens(SEL), "currencyUSD"),
+            ("$ / 1M limit", promql.cost_limit(SEL), "currencyUSD"),
+            ("Replicas", promql.replicas(SEL), "short"),
+            ("Tier", promql.tier(SEL), "short"),
+        ],
+        description="Attainment and budget left are the worst SLI of each deployment, over its own budget period "
+        "(spec.slo.budgetPeriod); the Tier column's value is 1, the tier is its `tier` label.",
+    )  # fmt: skip
+
+
+def scale_and_tier_annotations() -> list[Json]:
+    return [
         annotation("Scale", promql.scale_events(SEL, "$__interval"), "{{namespace}}/{{deployment}} replicas", "blue"),
         annotation(
             "Tier change", promql.tier_changes(SEL, "$__interval"), "{{namespace}}/{{deployment}} -> {{tier}}", "orange"
         ),
     ]
+
+
+def latency_panel(sli: str) -> Json:
+    return timeseries(
+        f"p99 {SLIS[sli]}",
+        [target(promql.latency_quantile(sli, SEL, RATE))],
+        unit="s",
+        objective=promql.slo_threshold(sli, SEL),
+        description="The dashed red line is each deployment's own threshold (spec.slo); the p99 is read off the "
+        "engine's histogram, attainment (the SLO dashboard) from exact per-request counts.",
+    )
+
+
+def fleet_overview() -> Json:
+    board = Board(
+        "infleet-fleet", "infleet / Fleet overview", "Per deployment: its own SLO and budget, capacity, latency, cost."
+    )
+    board.annotations += scale_and_tier_annotations()
+    board.add(fleet_table(), width=24)
     board.add(
         timeseries(
             "Replicas (current, desired)",
@@ -177,20 +271,12 @@ def fleet_overview(targets_: SLOTargets = DEFAULT_TARGETS) -> Json:
     )
     board.add(stat("Tier", [target(promql.tier(SEL), "{{deployment}}: {{tier}}")], text_mode="name"), width=6)
     board.add(stat("$ / 1M tokens", [target(promql.cost_per_million_tokens(SEL))], unit="currencyUSD"), width=6)
-    for sli, threshold in (("ttft", targets_.ttft), ("tpot", targets_.tpot), ("e2e", targets_.e2e)):
-        board.add(
-            timeseries(
-                f"p99 {SLIS[sli]}",
-                [target(promql.latency_quantile(sli, SEL, RATE))],
-                unit="s",
-                slo_line=threshold,
-                description="The red line is the fleet's default SLO threshold.",
-            )
-        )
+    for sli in SLIS:
+        board.add(latency_panel(sli))
     board.add(
         timeseries(
-            f"Error budget remaining ({BUDGET_PERIOD})",
-            [target(f"infleet:slo_error_budget_remaining:ratio{{{SEL}}}", LEGEND + " {{sli}}")],
+            "Error budget remaining (budget period)",
+            [target(promql.budget_left(SEL), LEGEND + " {{sli}}")],
             unit="percentunit",
             slo_line=0.0,
         )
@@ -219,27 +305,41 @@ def fleet_overview(targets_: SLOTargets = DEFAULT_TARGETS) -> Json:
     return board.json()
 
 
-def slo_overview(targets_: SLOTargets = DEFAULT_TARGETS) -> Json:
+def slo_overview() -> Json:
     board = Board(
         "infleet-slo",
-        "infleet / SLO error budgets",
-        f"Burn rates per window of the multi-window alerts; objective {targets_.objective * 100:g}% of requests.",
+        "infleet / Deployment SLO",
+        "One deployment (or several) against its own spec.slo: attainment against its objective, error budget left "
+        "over its budget period, the burn rates of the multi-window alerts, cost against its limit.",
     )
+    board.annotations += scale_and_tier_annotations()
     legend = LEGEND + " {{sli}}"
+    for sli in SLIS:
+        board.add(latency_panel(sli), width=8)
     board.add(
         timeseries(
             "Requests within the SLO (5m, 1h)",
-            targets((good_ratio("5m", SEL), legend + " 5m"), (good_ratio("1h", SEL), legend + " 1h")),
+            targets((promql.attainment("5m", SEL), legend + " 5m"), (promql.attainment("1h", SEL), legend + " 1h")),
             unit="percentunit",
-            slo_line=targets_.objective,
+            objective=promql.objective(SEL),
+            description="Exact: each request judged by the gateway against the deployment's own thresholds.",
         )
     )
     board.add(
         timeseries(
-            f"Error budget remaining ({BUDGET_PERIOD})",
-            [target(f"infleet:slo_error_budget_remaining:ratio{{{SEL}}}", legend)],
+            "Attainment over the budget period",
+            [target(promql.attainment("period", SEL), legend)],
+            unit="percentunit",
+            objective=promql.objective(SEL),
+        )
+    )
+    board.add(
+        timeseries(
+            "Error budget remaining (budget period)",
+            [target(promql.budget_left(SEL), legend)],
             unit="percentunit",
             slo_line=0.0,
+            description="1 = untouched, 0 = spent (the red line), below 0 = overspent.",
         )
     )
     for alert in BURN_ALERTS:
@@ -247,26 +347,48 @@ def slo_overview(targets_: SLOTargets = DEFAULT_TARGETS) -> Json:
             timeseries(
                 f"Burn rate {alert.long} / {alert.short} ({alert.severity} at {alert.burn:g}x)",
                 targets(
-                    (burn_rate(alert.long, SEL), legend + f" {alert.long}"),
-                    (burn_rate(alert.short, SEL), legend + f" {alert.short}"),
+                    (series_of(burn_rate(alert.long)), legend + f" {alert.long}"),
+                    (series_of(burn_rate(alert.short)), legend + f" {alert.short}"),
                 ),
                 slo_line=alert.burn,
-                description=f"{alert.name} fires when both lines are at or above {alert.burn:g}.",
+                description=f"{alert.name} fires when both lines are at or above {alert.burn:g} (the multiple of "
+                "each deployment's own error budget).",
             )
         )
     board.add(
         timeseries(
-            "Firing SLO alerts",
-            [target(f'ALERTS{{alertname=~"InfleetSLO.*",alertstate="firing",{SEL}}}', "{{alertname}} " + legend)],
+            "$ / 1M tokens",
+            [target(promql.cost_per_million_tokens(SEL))],
+            unit="currencyUSD",
+            objective=promql.cost_limit(SEL),
+            description="The dashed red line is spec.cost.maxPerMillionTokens, where set.",
+        )
+    )
+    board.add(timeseries("Spend per hour", [target(promql.spend_per_hour(SEL, RATE))], unit="currencyUSD"))
+    board.add(
+        timeseries(
+            "Replicas (current, desired)",
+            targets((promql.replicas(SEL), LEGEND), (promql.desired_replicas(SEL), LEGEND + " desired")),
+        )
+    )
+    board.add(state_timeline("Tier", [target(promql.tier(SEL), LEGEND + " {{tier}}")]))
+    board.add(
+        timeseries(
+            "Firing SLO and cost alerts",
+            [target(f'ALERTS{{alertname=~"Infleet.*",alertstate="firing",{SEL}}}', "{{alertname}} " + legend)],
         ),
         width=24,
     )
     return board.json()
 
 
-def dashboards(targets_: SLOTargets = DEFAULT_TARGETS) -> dict[str, Json]:
+def series_of(name: str) -> str:
+    return f"{name}{{{SEL}}}"
+
+
+def dashboards() -> dict[str, Json]:
     """Dashboard JSON files by name."""
-    return {"fleet-overview.json": fleet_overview(targets_), "slo.json": slo_overview(targets_)}
+    return {"fleet-overview.json": fleet_overview(), "slo.json": slo_overview()}
 
 
 def configmap(filename: str, dashboard: Json, namespace: str | None = None) -> Json:

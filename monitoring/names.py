@@ -114,3 +114,14 @@ def le(edge: float) -> str:
 
 def by() -> str:
     return ", ".join(BY)
+
+
+# requests judged against their own deployment's thresholds by the gateway (labels namespace, deployment,
+# sli = ttft | tpot | e2e, result = good | bad): the exact SLI, for any engine behind the gateway
+SLO_REQUESTS = "infleet_gateway_slo_requests_total"
+SLIS = ("ttft", "tpot", "e2e")
+# gauges the operator exports from each InferenceDeployment's spec (labels namespace, deployment; sli for thresholds)
+DEPLOYMENT_SLO_THRESHOLD = "infleet_deployment_slo_threshold_seconds"
+DEPLOYMENT_SLO_OBJECTIVE = "infleet_deployment_slo_objective_ratio"
+DEPLOYMENT_SLO_BUDGET_PERIOD = "infleet_deployment_slo_budget_period_seconds"
+DEPLOYMENT_COST_LIMIT = "infleet_deployment_max_cost_per_million_tokens"

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from infleet.monitoring import rules
 from infleet.monitoring.names import (
     DEPLOYMENT_COST,
+    DEPLOYMENT_COST_LIMIT,
     DEPLOYMENT_DESIRED_REPLICAS,
     DEPLOYMENT_REPLICAS,
+    DEPLOYMENT_SLO_THRESHOLD,
     DEPLOYMENT_TIER_INFO,
     ENGINES,
     EngineMetrics,
@@ -96,3 +99,36 @@ def tier_changes(sel: str, window: str) -> str:
     """A tier's info series appearing: the moment a deployment moved to it."""
     info = series(DEPLOYMENT_TIER_INFO, sel)
     return f"{info} unless {info} offset {window}"
+
+
+# ---- each deployment's own objectives (exported by the operator from its spec) ------------------------------------
+
+
+def slo_threshold(sli: str, sel: str) -> str:
+    """The deployment's own threshold for one SLI, in seconds (absent when its spec.slo does not set it)."""
+    matchers = f'{sel},sli="{sli}"' if sel else f'sli="{sli}"'
+    return f"max by ({by()}) ({series(DEPLOYMENT_SLO_THRESHOLD, matchers)})"
+
+
+def objective(sel: str) -> str:
+    """spec.slo.objectivePercent / 100, recorded by the rules."""
+    return series(rules.OBJECTIVE, sel)
+
+
+def cost_limit(sel: str) -> str:
+    return f"max by ({by()}) ({series(DEPLOYMENT_COST_LIMIT, sel)})"
+
+
+def attainment(window: str, sel: str) -> str:
+    """Share of requests within the SLI's threshold: window `5m`, `1h`, ... or `period` (the budget period)."""
+    return series(rules.GOOD_PERIOD if window == "period" else rules.good_ratio(window), sel)
+
+
+def budget_left(sel: str) -> str:
+    return series(rules.BUDGET_REMAINING, sel)
+
+
+def spend_per_hour(sel: str, window: str) -> str:
+    """$ per hour: the observed $/1M tokens times the tokens served per hour."""
+    tokens = f"({prompt_tokens_per_second(sel, window)}) + on ({by()}) ({generation_tokens_per_second(sel, window)})"
+    return f"{cost_per_million_tokens(sel)} * on ({by()}) ({tokens}) * 3600 / 1e6"

@@ -1,8 +1,10 @@
 """`infleet report`: the fleet dashboard's story as PNG files, for people without Grafana.
 
 Reads Prometheus over a past window and draws, per deployment: load (requests/s, tokens/s), replicas (current and
-desired), quantization tier, p99 TTFT/TPOT/end-to-end against the SLO, and $ per 1M tokens. The queries are the
-dashboards' own (`promql.py`).
+desired), quantization tier, p99 TTFT/TPOT/end-to-end against that deployment's own SLO thresholds, attainment
+against its own objective and the error budget it has left, and $ per 1M tokens against its own limit. Each
+deployment's objectives come from the series the operator exports from its spec, never from a fleet-wide default.
+The queries are the dashboards' own (`promql.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from infleet.monitoring import promql
-from infleet.monitoring.slo import DEFAULT_TARGETS, SLOTargets
 
 TIERS = ("bf16", "fp8", "int8", "int4")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -60,6 +61,7 @@ class Source:
         self.start = self.end - timedelta(seconds=since)
         self.step = f"{max(step, 1.0):g}s"
         self.selector = selector
+        self.summary: list[str] = []  # per deployment, filled by build_report
 
     def check(self) -> None:
         try:
@@ -86,6 +88,22 @@ def _axes_plot(ax: Any, series: list[Series], suffix: str = "", style: str = "-"
         ax.plot(s.times, s.values, style, label=s.name + suffix, drawstyle="steps-post", markersize=2)
 
 
+def _against_own(ax: Any, measured: list[Series], objectives: list[Series], what: str) -> None:
+    """Each deployment's measured line and, in the same colour, its own objective as a dotted line."""
+    own = {o.name: o for o in objectives}
+    for s in measured:
+        (line,) = ax.plot(s.times, s.values, "-", label=s.name, drawstyle="steps-post")
+        o = own.pop(s.name, None)
+        if o is not None:
+            ax.plot(o.times, o.values, ":", color=line.get_color(), label=f"{s.name} {what}", drawstyle="steps-post")
+    for o in own.values():  # an objective without traffic yet
+        ax.plot(o.times, o.values, ":", label=f"{o.name} {what}", drawstyle="steps-post")
+
+
+def last(series: list[Series]) -> dict[str, float]:
+    return {s.name: s.values[-1] for s in series if s.values}
+
+
 def _finish(fig: Any, axes: list[Any], title: str, path: Path) -> None:
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
@@ -100,7 +118,20 @@ def _finish(fig: Any, axes: list[Any], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def build_report(source: Source, out: Path, rate_window: str, targets: SLOTargets = DEFAULT_TARGETS) -> dict[str, int]:
+def summary(objectives: dict[str, float], attained: dict[str, float], left: dict[str, float]) -> list[str]:
+    """One line per deployment: its objective, what it attained and the budget it has left (worst SLI)."""
+    lines = []
+    for name in sorted(set(objectives) | set(attained)):
+        objective, got, budget = objectives.get(name), attained.get(name), left.get(name)
+        parts = [f"objective {objective * 100:g}%" if objective is not None else "no objective exported"]
+        parts.append(f"attained {got * 100:.3f}%" if got is not None else "no requests judged")
+        if budget is not None:
+            parts.append(f"budget left {budget * 100:.1f}%" + (" (OVERSPENT)" if budget < 0 else ""))
+        lines.append(f"{name}: " + ", ".join(parts))
+    return lines
+
+
+def build_report(source: Source, out: Path, rate_window: str) -> dict[str, int]:
     """Write the PNGs; returns the number of series drawn per file (0 = that plot is empty)."""
     out.mkdir(parents=True, exist_ok=True)
     sel, counts = source.selector, {}
@@ -140,23 +171,33 @@ def build_report(source: Source, out: Path, rate_window: str, targets: SLOTarget
     _finish(fig, [ax], "Quantization tier", out / "tier.png")
     counts["tier.png"] = len(tiers)
 
-    slos = {"ttft": targets.ttft, "tpot": targets.tpot, "e2e": targets.e2e}
     fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
     counts["latency.png"] = 0
-    for ax, (sli, threshold) in zip(axes, slos.items(), strict=True):
+    for ax, sli in zip(axes, ("ttft", "tpot", "e2e"), strict=True):
         p99 = [s for s in source.query(promql.latency_quantile(sli, sel, rate_window)) if s.values]
-        _axes_plot(ax, p99)
-        if threshold is not None:
-            ax.axhline(threshold, color="red", linestyle=":", label=f"SLO {threshold:g} s")
+        _against_own(ax, p99, source.query(promql.slo_threshold(sli, sel)), "SLO")
         ax.set_ylabel(f"p99 {sli} (s)")
         counts["latency.png"] += len(p99)
-    _finish(fig, list(axes), "p99 latency against the SLO", out / "latency.png")
+    _finish(fig, list(axes), "p99 latency against each deployment's own SLO", out / "latency.png")
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    attained = source.query(f"min by (namespace, deployment) ({promql.attainment('period', sel)})")
+    objectives = source.query(promql.objective(sel))
+    left = source.query(f"min by (namespace, deployment) ({promql.budget_left(sel)})")
+    _against_own(axes[0], attained, objectives, "objective")
+    axes[0].set_ylabel("attainment (budget period)")
+    _axes_plot(axes[1], left)
+    axes[1].axhline(0.0, color="red", linestyle=":", label="budget spent")
+    axes[1].set_ylabel("error budget left")
+    _finish(fig, list(axes), "Each deployment against its own objective", out / "slo.png")
+    counts["slo.png"] = len(attained) + len(left)
+    source.summary = summary(last(objectives), last(attained), last(left))
 
     fig, ax = plt.subplots(figsize=(10, 4))
     cost = source.query(promql.cost_per_million_tokens(sel))
-    _axes_plot(ax, cost)
+    _against_own(ax, cost, source.query(promql.cost_limit(sel)), "limit")
     ax.set_ylabel("$ / 1M tokens")
-    _finish(fig, [ax], "Cost", out / "cost.png")
+    _finish(fig, [ax], "Cost against each deployment's own limit", out / "cost.png")
     counts["cost.png"] = len(cost)
     return counts
 
@@ -164,7 +205,8 @@ def build_report(source: Source, out: Path, rate_window: str, targets: SLOTarget
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="infleet report",
-        description="PNG plots of load, replicas, tier, p99 against the SLO, and cost, from Prometheus.",
+        description="PNG plots of load, replicas, tier, p99 and attainment against each deployment's own SLO, "
+        "budget left, and cost, from Prometheus.",
     )
     parser.add_argument("--out", type=Path, default=Path("infleet-report"), help="directory for the PNG files")
     parser.add_argument(
@@ -194,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for name, n in counts.items():
         print(f"{args.out / name}: {n} series")
+    for line in source.summary:
+        print(line)
     if not any(counts.values()):
         print(f"infleet report: no infleet series in {args.prometheus} over the last {args.since}", file=sys.stderr)
         return 1

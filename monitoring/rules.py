@@ -1,168 +1,152 @@
-"""Prometheus rules: per-deployment SLIs recorded from the latency histograms, and burn-rate alerts on them.
+"""Prometheus rules: generic, joined with the per-deployment objective series the operator exports, so that one
+rule set judges every InferenceDeployment against its own SLO (no rule per deployment, no reload on a spec edit).
 
-Recorded series (labels namespace, deployment, sli = ttft | tpot | e2e):
-  infleet:slo_good:ratio_rate<w>            share of requests within the SLI's threshold over window w
-  infleet:slo_burn_rate:rate<w>             (1 - good) / (1 - objective): 1 spends the 30-day budget in 30 days
-  infleet:slo_good:ratio_rate30d            the 5m ratio averaged over the budget period
+Inputs: the gateway's exact counts `infleet_gateway_slo_requests_total{namespace,deployment,sli,result}` (each
+request against its deployment's own thresholds) and the operator's `infleet_deployment_slo_objective_ratio`,
+`infleet_deployment_slo_budget_period_seconds`, `infleet_deployment_max_cost_per_million_tokens` and
+`infleet_deployment_cost_per_million_tokens`.
+
+Recorded series (labels namespace, deployment; the SLI ones also sli = ttft | tpot | e2e):
+  infleet:slo_objective:ratio               the deployment's objective (0.99 for 99%)
+  infleet:slo_error_budget:ratio            1 - objective: the share of requests allowed to miss
+  infleet:slo_error:ratio_rate<w>           share of requests that missed the SLI's threshold over window w
+  infleet:slo_good:ratio_rate<w>            1 - the above (attainment over w)
+  infleet:slo_burn_rate:rate<w>             error ratio / error budget: 1 spends the budget in exactly its period
+  infleet:slo_error:ratio_period            error ratio over the deployment's own budget period (spec.slo.budgetPeriod)
+  infleet:slo_good:ratio_period             attainment over the budget period
   infleet:slo_error_budget_remaining:ratio  1 = untouched, 0 = spent, below 0 = overspent
-
-A threshold that falls between two bucket edges (2 s TTFT against edges 1.0 and 2.5) is interpolated linearly
-between them, the same assumption `histogram_quantile` makes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from infleet.monitoring.names import ENGINES, EngineMetrics, Histogram, by, le
-from infleet.monitoring.slo import BUDGET_PERIOD, BURN_ALERTS, DEFAULT_TARGETS, WINDOWS, BurnAlert, SLOTargets
+from infleet.monitoring import names
+from infleet.monitoring.slo import BURN_ALERTS, COST_ALERT, COST_ALERT_ANCHOR, COST_ALERT_FOR, WINDOWS, BurnAlert
+from infleet.operator.api import BUDGET_PERIODS
 
 RUNBOOK_URL = "https://github.com/infleet/infleet/blob/main/docs/runbooks.md"
 SLIS = {"ttft": "time to first token", "tpot": "time per output token", "e2e": "end-to-end latency"}
+BY = f"{names.NAMESPACE}, {names.DEPLOYMENT}"
+BY_SLI = f"{BY}, sli"
+OBJECTIVE = "infleet:slo_objective:ratio"
+ERROR_BUDGET = "infleet:slo_error_budget:ratio"
+BUDGET_REMAINING = "infleet:slo_error_budget_remaining:ratio"
+ERROR_PERIOD = "infleet:slo_error:ratio_period"
+GOOD_PERIOD = "infleet:slo_good:ratio_period"
 
 Rule = dict[str, Any]
 RuleFile = dict[str, Any]
 
 
-def good_ratio(window: str, selector: str = "") -> str:
-    return f"infleet:slo_good:ratio_rate{window}{{{selector}}}" if selector else f"infleet:slo_good:ratio_rate{window}"
+def good_ratio(window: str) -> str:
+    return f"infleet:slo_good:ratio_rate{window}"
 
 
-def burn_rate(window: str, selector: str = "") -> str:
-    return f"infleet:slo_burn_rate:rate{window}{{{selector}}}" if selector else f"infleet:slo_burn_rate:rate{window}"
+def error_ratio(window: str) -> str:
+    return f"infleet:slo_error:ratio_rate{window}"
 
 
-def _series(metric: str, matchers: str) -> str:
-    return f"{metric}{{{matchers}}}" if matchers else metric
+def burn_rate(window: str) -> str:
+    return f"infleet:slo_burn_rate:rate{window}"
 
 
-def _rate_sum(metric: str, matchers: str, window: str) -> str:
-    return f"sum by ({by()}) (rate({_series(metric, matchers)}[{window}]))"
+def period_seconds(period: str) -> int:
+    return int(period[:-1]) * 86400
 
 
-def good_rate(hist: Histogram, threshold: float, window: str, selector: str = "") -> str:
-    """Requests per second within `threshold`, interpolated between the bucket edges around it."""
-    edges = sorted(hist.buckets)
-    if threshold > edges[-1]:
-        raise ValueError(f"{hist.name}: threshold {threshold}s is above its largest bucket edge {edges[-1]}s")
-    prefix = f"{selector}," if selector else ""
-
-    def bucket(edge: float) -> str:
-        return _rate_sum(hist.bucket, f'{prefix}le="{le(edge)}"', window)
-
-    if threshold in edges:
-        return bucket(threshold)
-    hi = next(edge for edge in edges if edge > threshold)
-    lower = [edge for edge in edges if edge < threshold]
-    if not lower:  # below the first edge: the first bucket spreads from 0
-        return f"{bucket(hi)} * {threshold / hi:.6g}"
-    lo = lower[-1]
-    share = (threshold - lo) / (hi - lo)
-    return f"({bucket(lo)} * {1 - share:.6g} + {bucket(hi)} * {share:.6g})"
+def error_ratio_expr(window: str) -> str:
+    """Bad requests / all requests per SLI over `window`, from exact counts; a window without requests yields no
+    sample (not NaN), and a deployment with no bad request yet yields 0 (not nothing)."""
+    total = f"sum by ({BY_SLI}) (increase({names.SLO_REQUESTS}[{window}]))"
+    bad = f'sum by ({BY_SLI}) (increase({names.SLO_REQUESTS}{{result="bad"}}[{window}]))'
+    return f"({bad} or {total} * 0)\n/\n({total} > 0)\n"
 
 
-def sli_expr(
-    sli: str, threshold: float, window: str, selector: str = "", engines: tuple[EngineMetrics, ...] = ENGINES
-) -> str:
-    """Share of requests within `threshold` per deployment, for whichever engine the deployment runs.
-
-    Windows without requests yield no sample (not NaN), so averages over the budget period stay defined.
-    """
-    parts = []
-    for engine in engines:
-        hist: Histogram = getattr(engine, sli)
-        total = _rate_sum(hist.count, selector, window)
-        parts.append(f"(\n  {good_rate(hist, threshold, window, selector)}\n/\n  ({total} > 0)\n)")
-    return "\nor\n".join(parts) + "\n"
-
-
-def recording_rules(targets: SLOTargets = DEFAULT_TARGETS, selector: str = "") -> list[Rule]:
-    """SLIs for every window and threshold, then burn rates and the budget left.
-
-    `selector` (e.g. `namespace="ml",deployment="chat"`) narrows the rules to some deployments, so an
-    InferenceDeployment with its own SLO gets its own rule group alongside the fleet defaults.
-    """
-    rules: list[Rule] = []
-    for sli, threshold in targets.thresholds().items():
-        for window in WINDOWS:
-            rules.append(
-                {
-                    "record": f"infleet:slo_good:ratio_rate{window}",
-                    "expr": sli_expr(sli, threshold, window, selector),
-                    "labels": {"sli": sli},
-                }
-            )
+def recording_rules() -> list[Rule]:
+    rules: list[Rule] = [
+        {"record": OBJECTIVE, "expr": f"max by ({BY}) ({names.DEPLOYMENT_SLO_OBJECTIVE})"},
+        {"record": ERROR_BUDGET, "expr": f"1 - {OBJECTIVE}"},
+    ]
     for window in WINDOWS:
+        rules.append({"record": error_ratio(window), "expr": error_ratio_expr(window)})
+        rules.append({"record": good_ratio(window), "expr": f"1 - {error_ratio(window)}"})
         rules.append(
             {
-                "record": f"infleet:slo_burn_rate:rate{window}",
+                "record": burn_rate(window),
                 # rounded to 1e-4 so that a burn of exactly 6x compares equal to 6, not 5.999999999
-                "expr": f"round((1 - {good_ratio(window, selector)}) / {targets.budget:g}, 0.0001)",
+                "expr": f"round({error_ratio(window)} / on ({BY}) group_left {ERROR_BUDGET}, 0.0001)",
             }
         )
-    rules.append(
-        {
-            "record": f"infleet:slo_good:ratio_rate{BUDGET_PERIOD}",
-            "expr": f"avg_over_time({good_ratio('5m', selector)}[{BUDGET_PERIOD}])",
-        }
-    )
-    rules.append(
-        {
-            "record": "infleet:slo_error_budget_remaining:ratio",
-            "expr": f"1 - (1 - {good_ratio(BUDGET_PERIOD, selector)}) / {targets.budget:g}",
-        }
-    )
+    # PromQL ranges are constants: one term per allowed period, each kept only for deployments that chose it
+    period = f"max by ({BY}) ({names.DEPLOYMENT_SLO_BUDGET_PERIOD})"
+    terms = [
+        f"(\n  {error_ratio_expr(p).strip()}\n) and on ({BY}) ({period} == {period_seconds(p)})" for p in BUDGET_PERIODS
+    ]
+    rules.append({"record": ERROR_PERIOD, "expr": "\nor\n".join(terms) + "\n"})
+    rules.append({"record": GOOD_PERIOD, "expr": f"1 - {ERROR_PERIOD}"})
+    rules.append({"record": BUDGET_REMAINING, "expr": f"1 - {ERROR_PERIOD} / on ({BY}) group_left {ERROR_BUDGET}"})
     return rules
 
 
-def alert_annotations(alert: BurnAlert, targets: SLOTargets, runbook_url: str = RUNBOOK_URL) -> dict[str, str]:
+def alert_annotations(alert: BurnAlert, runbook_url: str = RUNBOOK_URL) -> dict[str, str]:
     """Annotation templates; only `$labels` is used, so tests can expand them exactly."""
-    days = 30 / alert.burn
-    error_share = alert.burn * targets.budget * 100
     return {
         "summary": (
             "{{ $labels.namespace }}/{{ $labels.deployment }} is burning its {{ $labels.sli }} "
             f"error budget at {alert.burn:g}x"
         ),
         "description": (
-            f"Over both the last {alert.long} and {alert.short}, at least {error_share:.3g}% of requests to "
-            "{{ $labels.namespace }}/{{ $labels.deployment }} missed the {{ $labels.sli }} threshold "
-            f"(objective {targets.objective * 100:g}%). At this rate the 30-day error budget is gone in "
-            f"{days:.3g} days."
+            f"Over both the last {alert.long} and {alert.short}, the share of requests to "
+            "{{ $labels.namespace }}/{{ $labels.deployment }} that missed its own {{ $labels.sli }} threshold was "
+            f"at least {alert.burn:g}x its error budget (1 - spec.slo.objectivePercent). At this rate a 30-day "
+            f"budget is gone in {30 / alert.burn:.3g} days."
         ),
         "runbook_url": f"{runbook_url}#{alert.anchor}",
     }
 
 
-def alert_rules(
-    targets: SLOTargets = DEFAULT_TARGETS, selector: str = "", runbook_url: str = RUNBOOK_URL
-) -> list[Rule]:
-    """The four alerts of the recipe; each fires per (namespace, deployment, sli)."""
-    return [
+def cost_annotations(runbook_url: str = RUNBOOK_URL) -> dict[str, str]:
+    return {
+        "summary": "{{ $labels.namespace }}/{{ $labels.deployment }} costs more per 1M tokens than its budget",
+        "description": (
+            "For " + COST_ALERT_FOR + ", the observed $ per 1M tokens of {{ $labels.namespace }}/"
+            "{{ $labels.deployment }} stayed above spec.cost.maxPerMillionTokens."
+        ),
+        "runbook_url": f"{runbook_url}#{COST_ALERT_ANCHOR}",
+    }
+
+
+def alert_rules(runbook_url: str = RUNBOOK_URL) -> list[Rule]:
+    """The four alerts of the recipe, each per (namespace, deployment, sli), and the cost alert."""
+    rules: list[Rule] = [
         {
             "alert": alert.name,
-            "expr": (
-                f"{burn_rate(alert.long, selector)} >= {alert.burn:g}\n"
-                f"and\n{burn_rate(alert.short, selector)} >= {alert.burn:g}\n"
-            ),
+            "expr": (f"{burn_rate(alert.long)} >= {alert.burn:g}\nand\n{burn_rate(alert.short)} >= {alert.burn:g}\n"),
             "labels": {"severity": alert.severity},
-            "annotations": alert_annotations(alert, targets, runbook_url),
+            "annotations": alert_annotations(alert, runbook_url),
         }
         for alert in BURN_ALERTS
     ]
+    rules.append(
+        {
+            "alert": COST_ALERT,
+            "expr": (
+                f"max by ({BY}) ({names.DEPLOYMENT_COST})\n> on ({BY})\nmax by ({BY}) ({names.DEPLOYMENT_COST_LIMIT})\n"
+            ),
+            "for": COST_ALERT_FOR,
+            "labels": {"severity": "ticket"},
+            "annotations": cost_annotations(runbook_url),
+        }
+    )
+    return rules
 
 
-def rule_files(
-    targets: SLOTargets = DEFAULT_TARGETS, selector: str = "", runbook_url: str = RUNBOOK_URL
-) -> dict[str, RuleFile]:
+def rule_files(runbook_url: str = RUNBOOK_URL) -> dict[str, RuleFile]:
     """Prometheus rule files by name; the chart wraps each in a PrometheusRule (or a ConfigMap)."""
     return {
-        "slo-recording.yaml": {
-            "groups": [{"name": "infleet-slo-recording", "rules": recording_rules(targets, selector)}]
-        },
-        "slo-alerts.yaml": {
-            "groups": [{"name": "infleet-slo-alerts", "rules": alert_rules(targets, selector, runbook_url)}]
-        },
+        "slo-recording.yaml": {"groups": [{"name": "infleet-slo-recording", "rules": recording_rules()}]},
+        "slo-alerts.yaml": {"groups": [{"name": "infleet-slo-alerts", "rules": alert_rules(runbook_url)}]},
     }
 
 

@@ -1,6 +1,7 @@
 """`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`.
 
-Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py` and `autoscaling.py`. With
+Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py`, `autoscaling.py` and
+`observation.py` (status for every deployment from one Prometheus query per interval). With
 `--peering` (leader election, for several replicas) the live replica with the highest priority handles objects while
 the others stand by; without kopf's peering CRDs installed it falls back to standalone mode with a warning. A replica
 that dies without notice holds the others off for the peering lifetime (15 s). Peering is opt-in because kopf 1.45
@@ -126,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietWatchers())
     # the handlers register themselves with kopf when imported
-    from infleet.operator import autoscaling, deployment_metrics, handlers  # noqa: F401  (they register by import)
+    from infleet.operator import autoscaling, deployment_metrics, handlers, observation  # noqa: F401  (by import)
 
     if args.prometheus_url:
+        observation.set_reader(observation.FleetReader(args.prometheus_url))
         autoscaling.set_observer(autoscaling.prometheus_observer(args.prometheus_url))
     autoscaling.set_replica_device(args.replica_device)
     if args.metrics_port:

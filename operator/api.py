@@ -11,7 +11,7 @@ JSON field names are camelCase (aliases); Python attributes are snake_case.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,6 +26,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 Tier = Literal["bf16", "fp8", "int8", "int4"]
 TIERS: tuple[Tier, ...] = ("bf16", "fp8", "int8", "int4")
 Engine = Literal["infleet", "vllm"]
+BudgetPeriod = Literal["1d", "7d", "14d", "28d", "30d"]
+BUDGET_PERIODS: tuple[BudgetPeriod, ...] = get_args(BudgetPeriod)
 
 # "500ms", "2s", "1m30s": the subset of Go/CEL durations that people write in SLOs and windows.
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
@@ -235,6 +237,15 @@ class SLO(ApiModel):
     objective_percent: float = Field(
         default=99.0, ge=50.0, le=99.999, description="Share of requests that must meet the targets, in percent."
     )
+    budget_period: BudgetPeriod = Field(
+        default="30d",
+        description="Error budget period: attainment and budget left are computed over it (the chart's rules "
+        "compute each of these periods).",
+    )
+
+    @property
+    def budget_period_seconds(self) -> float:
+        return float(self.budget_period[:-1]) * 86400.0
 
 
 class Cost(ApiModel):
@@ -329,8 +340,18 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
+class Attainment(ApiModel):
+    """Share of requests (percent) within each SLI's threshold over the observation window, counted exactly."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ttft: float | None = None
+    tpot: float | None = None
+    e2e: float | None = Field(default=None, alias="e2e")  # to_camel would say e2E
+
+
 class Observed(ApiModel):
-    """What the autoscaler last read from Prometheus."""
+    """What the operator's observation loop last read from Prometheus (for every deployment, scaled or not)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -339,6 +360,8 @@ class Observed(ApiModel):
     e2e_p99_seconds: float | None = None
     queue_depth: float | None = None
     tokens_per_second: float | None = None
+    attainment_percent: Attainment | None = None
+    window: str | None = Field(default=None, description="The range the figures are computed over, e.g. 1m.")
 
 
 class InferenceDeploymentStatus(ApiModel):

@@ -3,10 +3,11 @@
 The operator holds no scaling math. Each tick it turns the spec into the policy's `ScalingSpec`, asks an
 observer for an `Observation` (latency quantiles, queue depth, tokens/s), calls `infleet.autoscaler.policy.decide`
 and writes the decision to `spec.replicas` through the scale subresource, exactly as `kubectl scale` would; the
-ordinary reconcile then rolls it out. The policy's conditions and the observed figures go into status.
+ordinary reconcile then rolls it out. The policy's conditions go into status.
 
-The observer is pluggable (`set_observer`): the Prometheus adapter registers itself; with none, observations are
-"missing", and the policy holds the current count (it never scales down without data).
+The observer is pluggable (`set_observer`): the Prometheus adapter (the fleet reader's shared sample) registers
+itself; with none, observations are "missing", and the policy holds the current count (it never scales down
+without data).
 
 Under `spec.quantization.tier: auto` the same tick asks the tier chooser (`infleet.autoscaler.tiers`) for the tier,
 from the deployment's tier profile (`infleet.autoscaler.profiles`), the observed load, `maxQualityLoss`, the cost
@@ -14,7 +15,9 @@ budget and the GPU price. A new tier is written to `status.tier` with its reason
 and rolled out by the ordinary reconcile (`handlers.roll_out_tier`): the reconcile runs the tier that status names,
 so an automatic tier change is the same surge rollout as a spec change. The chooser's hysteresis state lives here.
 
-`status.costPerMillionTokens` is the cost model over what was observed: the GPU's hourly price (`spec.cost`
+The observation loop (`observation.py`) writes the observed figures, cost and SLOMet of every deployment, scaled or
+not; this timer only consumes the same observations. `status.costPerMillionTokens` is the cost model over what was
+observed: the GPU's hourly price (`spec.cost`
 override, else the chart's table in `INFLEET_GPU_PRICES`, else the defaults), GPUs per replica, the replicas that
 exist and the tokens/s served. Unknown (no throughput, no price) leaves it out of status.
 """
@@ -190,13 +193,15 @@ async def post_event(kube: Any, body: Mapping[str, Any], reason: str, message: s
 
 
 def prometheus_observer(url: str) -> Observer:
-    """Observations from Prometheus (the autoscaler's reader: infleet_* and vllm:* series alike)."""
-    from infleet.autoscaler.prometheus import PrometheusReader
+    """Observations from Prometheus through the operator's fleet reader (`observation.FleetReader`): the autoscaler
+    consumes the same once-per-interval sample the observation loop writes to every deployment's status."""
+    from infleet.operator import observation
 
-    reader = PrometheusReader(url)
+    reader = observation.reader() or observation.FleetReader(url)
+    observation.set_reader(reader)
 
     async def observe(spec: api.InferenceDeploymentSpec, st: dict[str, Any], name: str, namespace: str) -> Any:
-        return await reader.observe_async(namespace, name, spec.replicas, st.get("readyReplicas"))
+        return await reader.observe(namespace, name, spec.replicas, st.get("readyReplicas"))
 
     return observe
 
@@ -272,16 +277,10 @@ async def autoscale(
     decision = policy.decide(scaling_spec(parsed), obs, _history.get((namespace, name), ()), now)
     _history[(namespace, name)] = decision.history
     extra = status_from(decision, obs, generation)
-    slo = status.slo_condition(parsed, extra["observed"] or None, generation)
-    merged = {
-        c["type"]: c for c in status.merge_conditions(list(st.get("conditions") or []), [*extra["conditions"], slo])
-    }
-    patch_status: dict[str, Any] = {"conditions": [merged[c["type"]] for c in [*extra["conditions"], slo]]}
-    if extra["observed"]:
-        patch_status["observed"] = extra["observed"]
+    # observed figures, cost and SLOMet are the observation loop's (operator/observation.py), for every deployment
+    merged = {c["type"]: c for c in status.merge_conditions(list(st.get("conditions") or []), extra["conditions"])}
+    patch_status: dict[str, Any] = {"conditions": [merged[c["type"]] for c in extra["conditions"]]}
     prices = prices_for(parsed, configured_prices())
-    replicas_now = int(st.get("replicas") or parsed.replicas)
-    patch_status["costPerMillionTokens"] = observed_cost(parsed, replicas_now, obs.tokens_per_second, prices)
 
     current_tier = st.get("tier")
     chosen = choose_tier(parsed, current_tier, obs, _tier_states.get((namespace, name), tiers.TierState()), now, prices)

@@ -110,6 +110,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.costPerMillionTokens",
         "description": "Observed $ per 1M tokens",
     },
+    {
+        "name": "SLO Met",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="SLOMet")].status',
+        "description": "Whether the observed requests meet spec.slo (the SLOMet condition)",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {
         "name": "Status",

@@ -1,9 +1,11 @@
-"""The per-InferenceDeployment gauges the chart's dashboards read (`infleet.monitoring.names`), from status.
+"""The per-InferenceDeployment gauges the chart's rules and dashboards read (`infleet.monitoring.names`).
 
 One series per deployment, labelled `namespace` and `deployment` (the scrape config honours them, so they win over
 the operator pod's own namespace): current replicas (`status.replicas`: pods of any revision, what is billed),
 desired replicas (`spec.replicas`), the tier as an info series (value 1, label `tier`; a tier change replaces the
-series, which the dashboards' tier-change annotation detects) and `status.costPerMillionTokens` while it is known.
+series, which the dashboards' tier-change annotation detects), `status.costPerMillionTokens` while it is known, and
+the spec's own objectives (SLO thresholds per SLI, objective, budget period, cost limit), which the generic rules
+join on so that each deployment is judged against its own SLO.
 
 Fed by a watch on InferenceDeployments: no API call, and every writer of status (reconcile, workload events, the
 autoscaler) is reflected without each having to remember the gauges. A deleted deployment's series are removed.
@@ -25,6 +27,11 @@ REPLICAS = Gauge(names.DEPLOYMENT_REPLICAS, "Replicas of the InferenceDeployment
 DESIRED = Gauge(names.DEPLOYMENT_DESIRED_REPLICAS, "Replicas the InferenceDeployment asks for (spec.replicas)", LABELS)
 TIER = Gauge(names.DEPLOYMENT_TIER_INFO, "The quantization tier rolled out (value 1)", (*LABELS, names.TIER))
 COST = Gauge(names.DEPLOYMENT_COST, "Observed $ per 1M tokens served (status.costPerMillionTokens)", LABELS)
+# each deployment's own objectives, which the chart's generic rules and dashboards join on (namespace, deployment)
+THRESHOLD = Gauge(names.DEPLOYMENT_SLO_THRESHOLD, "spec.slo threshold of one SLI (seconds)", (*LABELS, "sli"))
+OBJECTIVE = Gauge(names.DEPLOYMENT_SLO_OBJECTIVE, "spec.slo.objectivePercent / 100", LABELS)
+PERIOD = Gauge(names.DEPLOYMENT_SLO_BUDGET_PERIOD, "spec.slo.budgetPeriod (seconds)", LABELS)
+COST_LIMIT = Gauge(names.DEPLOYMENT_COST_LIMIT, "spec.cost.maxPerMillionTokens ($)", LABELS)
 
 _tiers: dict[tuple[str, str], str] = {}  # the tier each deployment's info series carries now
 
@@ -48,11 +55,35 @@ def export(namespace: str, name: str, body: Mapping[str, Any]) -> None:
         _remove(COST, namespace, name)
     else:
         COST.labels(namespace, name).set(float(cost))
+    export_objectives(namespace, name, spec)
+
+
+def export_objectives(namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+    """The SLO thresholds, objective, budget period and cost limit the spec sets (series for unset ones removed)."""
+    try:
+        slo = api.SLO.model_validate(spec.get("slo") or {})
+        cost = api.Cost.model_validate(spec.get("cost") or {})
+    except ValueError:  # the CRD rejects such a spec; never crash the watch over one
+        return
+    for sli in names.SLIS:
+        threshold = getattr(slo, f"{sli}_p99")
+        if threshold is None:
+            _remove(THRESHOLD, namespace, name, sli)
+        else:
+            THRESHOLD.labels(namespace, name, sli).set(api.parse_duration(threshold))
+    OBJECTIVE.labels(namespace, name).set(slo.objective_percent / 100)
+    PERIOD.labels(namespace, name).set(slo.budget_period_seconds)
+    if cost.max_per_million_tokens is None:
+        _remove(COST_LIMIT, namespace, name)
+    else:
+        COST_LIMIT.labels(namespace, name).set(cost.max_per_million_tokens)
 
 
 def forget(namespace: str, name: str) -> None:
-    for gauge in (REPLICAS, DESIRED, COST):
+    for gauge in (REPLICAS, DESIRED, COST, OBJECTIVE, PERIOD, COST_LIMIT):
         _remove(gauge, namespace, name)
+    for sli in names.SLIS:
+        _remove(THRESHOLD, namespace, name, sli)
     tier = _tiers.pop((namespace, name), None)
     if tier is not None:
         TIER.remove(namespace, name, tier)

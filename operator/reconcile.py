@@ -85,9 +85,11 @@ def judged_status(
 ) -> dict[str, Any]:
     """What a reconcile decides: the layout, tier, endpoint, Degraded and SLOMet."""
     desired = resources.desired_replicas(spec)
+    # SLOMet is the observation loop's judgement (observation.py); a reconcile only seeds it on a new deployment
+    judged = next((c for c in old_status.get("conditions") or [] if c.get("type") == status.SLO_MET), None)
     conditions = [
         status.degraded_condition(problems, generation),
-        status.slo_condition(spec, old_status.get("observed"), generation),
+        dict(judged) if judged else status.slo_condition(spec, old_status.get("observed"), generation),
     ]
     return {
         "observedGeneration": generation,

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from infleet.gateway.metrics import GatewayMetrics
+from infleet.gateway.slo import Thresholds, verdicts
 from infleet.monitoring import names
 from infleet.monitoring.render import REPO
 from infleet.monitoring.scrape import prometheus_config, static_job
@@ -47,6 +49,13 @@ def prometheus_bin() -> str:
 INFLEET_DEPLOYMENT = ("team-a", "chat", "infleet", "int8")
 VLLM_DEPLOYMENT = ("team-b", "coder", "vllm", "bf16")
 DEPLOYMENTS = {INFLEET_DEPLOYMENT[1], VLLM_DEPLOYMENT[1]}
+# Each deployment's own SLO (what the operator exports from its spec and the gateway judges requests by): the same
+# traffic misses chat's thresholds on every SLI half the time (a 50x burn of its 1% budget: every alert fires), and
+# coder's only on TTFT (a 5x burn of its 10% budget: the two ticket alerts fire, the pages do not).
+SLOS = {
+    "chat": (Thresholds(ttft=2.0, tpot=0.1, e2e=30.0), 0.99, 30, 0.4),  # thresholds, objective, period (d), $ limit
+    "coder": (Thresholds(ttft=2.5, tpot=0.5, e2e=60.0), 0.9, 7, 5.0),
+}
 
 
 def free_port() -> int:
@@ -103,6 +112,18 @@ class OperatorGauges:
         self.desired = Gauge(names.DEPLOYMENT_DESIRED_REPLICAS, "", lab, registry=r)
         self.cost = Gauge(names.DEPLOYMENT_COST, "", lab, registry=r)
         self.tier = Gauge(names.DEPLOYMENT_TIER_INFO, "", [*lab, "tier"], registry=r)
+        self.threshold = Gauge(names.DEPLOYMENT_SLO_THRESHOLD, "", [*lab, "sli"], registry=r)
+        self.objective = Gauge(names.DEPLOYMENT_SLO_OBJECTIVE, "", lab, registry=r)
+        self.period = Gauge(names.DEPLOYMENT_SLO_BUDGET_PERIOD, "", lab, registry=r)
+        self.cost_limit = Gauge(names.DEPLOYMENT_COST_LIMIT, "", lab, registry=r)
+
+    def objectives(self, ns: str, dep: str) -> None:
+        thresholds, objective, days, limit = SLOS[dep]
+        for sli, value in thresholds.items():
+            self.threshold.labels(ns, dep, sli).set(value)
+        self.objective.labels(ns, dep).set(objective)
+        self.period.labels(ns, dep).set(days * 86400)
+        self.cost_limit.labels(ns, dep).set(limit)
 
     def set(self, ns: str, dep: str, replicas: int, tier: str, previous_tier: str | None = None) -> None:
         self.replicas.labels(ns, dep).set(replicas)
@@ -141,15 +162,20 @@ def _traffic(
     runtime: RuntimeMetrics,
     vllm: VllmMetrics,
     operator: OperatorGauges,
+    gateway: GatewayMetrics,
 ) -> None:
-    """Half the requests fast, half slower than every default threshold, so every SLI burns its budget; replicas
-    and the tier change along the way, so the annotations have events to show."""
+    """Half the requests fast, half slow; each deployment's gateway counts judge them against its own SLO (SLOS);
+    replicas and the tier change along the way, so the annotations have events to show."""
     ns_a, dep_a, _, tier_a = INFLEET_DEPLOYMENT
     ns_b, dep_b, _, tier_b = VLLM_DEPLOYMENT
     tick, tier_now = 0, tier_a
     while not stop.is_set():
         slow = tick % 2 == 1
         ttft, itl, e2e = (3.0, 0.2, 45.0) if slow else (0.3, 0.02, 4.0)
+        for ns, dep in ((ns_a, dep_a), (ns_b, dep_b)):
+            operator.objectives(ns, dep)
+            for sli, good in verdicts(SLOS[dep][0], ttft, itl, e2e).items():
+                gateway.slo_requests.labels(ns, dep, sli, "good" if good else "bad").inc()
         runtime.request_finished(
             prompt_tokens=100, generation_tokens=20, queue_time=0.01, ttft=ttft, itls=[itl] * 19, e2e=e2e,
             finish_reason="stop",
@@ -175,12 +201,14 @@ def live_prometheus(prometheus_bin: str, tmp_path_factory: pytest.TempPathFactor
     runtime = RuntimeMetrics("smollm2", tier_a)
     vllm = VllmMetrics("coder-model")
     operator = OperatorGauges()
+    gateway = GatewayMetrics()
     servers, jobs = [], []
     for job, registry, labels in (
         ("runtime-chat", runtime.registry, {"namespace": ns_a, "deployment": dep_a, "tier": tier_a, "pod": "chat-0"}),
         ("vllm-coder", vllm.registry, {"namespace": ns_b, "deployment": dep_b, "tier": tier_b, "pod": "coder-0"}),
         # the operator pod's own namespace must lose to the namespace label on its gauges (honor_labels)
         ("operator", operator.registry, {"namespace": "infleet-system", "pod": "operator-0"}),
+        ("gateway", gateway.registry, {"namespace": "infleet-system", "pod": "gateway-0"}),
     ):
         port = free_port()
         server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
@@ -200,7 +228,7 @@ def live_prometheus(prometheus_bin: str, tmp_path_factory: pytest.TempPathFactor
     )  # fmt: skip
     stop, switch_tier = threading.Event(), threading.Event()
     started = time.time()
-    thread = threading.Thread(target=_traffic, args=(stop, switch_tier, runtime, vllm, operator), daemon=True)
+    thread = threading.Thread(target=_traffic, args=(stop, switch_tier, runtime, vllm, operator, gateway), daemon=True)
     thread.start()
     live = LivePrometheus(f"http://127.0.0.1:{port}", started, config)
     try:

@@ -22,7 +22,7 @@ def test_check_reports_a_hand_edit(tmp_path: Path, capsys) -> None:
     assert main(["render", "--root", str(tmp_path)]) == 0
     assert main(["render", "--check", "--root", str(tmp_path)]) == 0
     board = tmp_path / "charts/infleet/dashboards/slo.json"
-    board.write_text(board.read_text().replace("SLO error budgets", "edited by hand"))
+    board.write_text(board.read_text().replace("Deployment SLO", "edited by hand"))
     (tmp_path / "charts/infleet/rules/slo-alerts.yaml").unlink()
     assert main(["render", "--check", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
@@ -48,14 +48,77 @@ def test_dashboards_filter_every_query_by_namespace_and_deployment() -> None:
         assert any(needed in t for t in titles), needed
     annotations = [a["name"] for a in boards["fleet-overview.json"]["annotations"]["list"]]
     assert {"Scale", "Tier change"} <= set(annotations)
-    ttft = next(p for p in boards["fleet-overview.json"]["panels"] if p["title"] == "p99 time to first token")
-    assert ttft["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] == 2.0  # the SLO line
+
+
+SEL = 'namespace=~"$namespace",deployment=~"$deployment"'
+
+
+def panel(board: dict, title: str) -> dict:
+    return next(p for p in board["panels"] if p["title"] == title)
+
+
+def test_slo_lines_are_each_deployments_own_objective_not_constants() -> None:
+    """Every latency, attainment and cost panel draws its line from the operator's per-deployment objective series
+    (filtered by the same variables), and holds no constant threshold."""
+    boards = dashboards()
+    checked = 0
+    for board in boards.values():
+        for p in board["panels"]:
+            if p["type"] != "timeseries":
+                continue
+            unit = p["fieldConfig"]["defaults"]["unit"]
+            steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            objectives = [t for t in p["targets"] if t["legendFormat"].startswith("SLO ")]
+            if p["title"].startswith("p99 "):
+                sli = {"p99 time to first token": "ttft", "p99 time per output token": "tpot"}.get(p["title"], "e2e")
+                want = f'infleet_deployment_slo_threshold_seconds{{{SEL},sli="{sli}"}}'
+            elif p["title"].startswith(("Requests within the SLO", "Attainment")):
+                want = f"infleet:slo_objective:ratio{{{SEL}}}"
+            elif p["title"] == "$ / 1M tokens":
+                want = (
+                    'infleet_deployment_max_cost_per_million_tokens{namespace=~"$namespace",deployment=~"$deployment"}'
+                )
+            else:  # budget spent at 0, the recipe's burn multiples, or no line: the same for every deployment
+                assert unit != "s" and not objectives, p["title"]
+                continue
+            assert len(objectives) == 1 and want in objectives[0]["expr"], (p["title"], objectives)
+            assert len(steps) == 1, f"{p['title']} has a constant threshold {steps}"
+            assert p["fieldConfig"]["overrides"][0]["matcher"]["options"] == "/^SLO /"
+            checked += 1
+    assert checked == 3 + 3 + 2 + 1  # p99 x3 on each board, attainment x2, cost
+
+
+def test_the_fleet_table_has_a_row_per_deployment_with_its_own_objective_and_budget() -> None:
+    table = dashboards()["fleet-overview.json"]["panels"][0]
+    assert table["type"] == "table" and table["gridPos"]["w"] == 24
+    columns = list(table["transformations"][1]["options"]["renameByName"].values())
+    assert columns == ["Objective", "Attainment (budget period)", "Budget left", "$ / 1M tokens", "$ / 1M limit",
+                       "Replicas", "Tier"]  # fmt: skip
+    assert table["transformations"][0]["id"] == "merge"
+    assert all(t["instant"] and t["format"] == "table" for t in table["targets"])
+
+
+def test_the_deployment_dashboard_shows_what_a_deployment_owner_asks() -> None:
+    board = dashboards()["slo.json"]
+    titles = [p["title"] for p in board["panels"]]
+    for needed in ("Requests within the SLO", "Attainment over the budget period", "Error budget remaining",
+                   "Burn rate 1h / 5m", "Burn rate 6h / 30m", "Burn rate 3d / 6h", "$ / 1M tokens", "Spend per hour",
+                   "Replicas", "Tier"):  # fmt: skip
+        assert any(t.startswith(needed) for t in titles), needed
+    assert panel(board, "Tier")["type"] == "state-timeline"
+    datasources = {json.dumps(t["datasource"]) for p in board["panels"] for t in p["targets"]}
+    assert datasources == {json.dumps({"type": "prometheus", "uid": "${datasource}"})}
 
 
 def test_configmap_is_picked_up_by_the_grafana_sidecar() -> None:
     cm = configmap("slo.json", dashboards()["slo.json"], namespace="monitoring")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["slo.json"])["uid"] == "infleet-slo"
+    for name, board in dashboards().items():  # what Grafana's file provisioning and sidecar load as they are
+        assert board["uid"] and board["title"] and board["schemaVersion"] >= 36, name
+        assert "id" not in board, f"{name}: a fixed id collides across Grafana instances"
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), name
 
 
 def test_pod_job_maps_pod_metadata_to_target_labels() -> None:

@@ -16,12 +16,18 @@ from .conftest import LivePrometheus
 def test_report_plots_every_quantity(live_prometheus: LivePrometheus, tmp_path: Path) -> None:
     source = Source(live_prometheus.url, since=120, step=1, selector='namespace=~".*",deployment=~".*"')
     counts = build_report(source, tmp_path, rate_window="10s")
-    assert set(counts) == {"load.png", "replicas.png", "tier.png", "latency.png", "cost.png"}
+    assert set(counts) == {"load.png", "replicas.png", "tier.png", "latency.png", "slo.png", "cost.png"}
     assert counts["load.png"] == 4  # requests/s and tokens/s for both deployments
     assert counts["replicas.png"] == 4  # current and desired
     assert counts["tier.png"] == 2
     assert counts["latency.png"] == 6  # three SLIs x two deployments
     assert counts["cost.png"] == 2
+    assert counts["slo.png"] == 4  # attainment and budget left, both deployments
+    lines = dict(line.split(": ", 1) for line in source.summary)
+    assert set(lines) == {"team-a/chat", "team-b/coder"}
+    # each against its own objective: chat misses half its requests against 99%, coder's worst SLI (TTFT) against 90%
+    assert lines["team-a/chat"].startswith("objective 99%, attained ") and "OVERSPENT" in lines["team-a/chat"]
+    assert lines["team-b/coder"].startswith("objective 90%, attained ") and "OVERSPENT" in lines["team-b/coder"]
     for name in counts:
         png = (tmp_path / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -38,9 +44,12 @@ def test_report_command(live_prometheus: LivePrometheus, tmp_path: Path, capsys:
         "latency.png",
         "load.png",
         "replicas.png",
+        "slo.png",
         "tier.png",
     ]
-    assert "latency.png: 6 series" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "latency.png: 6 series" in printed
+    assert "team-b/coder: objective 90%, attained" in printed and "budget left" in printed
 
 
 def test_unreachable_prometheus_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

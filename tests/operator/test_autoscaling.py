@@ -151,10 +151,39 @@ def test_deployment_gauges_mirror_status_and_go_with_the_deployment() -> None:
     assert value("infleet_deployment_replicas") is None and value("infleet_deployment_tier_info", tier="int8") is None
 
 
+def test_each_deployments_own_objectives_are_exported_for_the_rules() -> None:
+    from prometheus_client import REGISTRY
+
+    from infleet.operator import deployment_metrics as dm
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": "ns", "deployment": "o", **labels})
+
+    slo = {"ttftP99": "500ms", "tpotP99": "30ms", "objectivePercent": 99.5, "budgetPeriod": "7d"}
+    dm.export("ns", "o", {"spec": {"slo": slo, "cost": {"maxPerMillionTokens": 0.8}}, "status": {}})
+    assert value("infleet_deployment_slo_threshold_seconds", sli="ttft") == 0.5
+    assert value("infleet_deployment_slo_threshold_seconds", sli="tpot") == 0.03
+    assert value("infleet_deployment_slo_threshold_seconds", sli="e2e") is None  # not an objective
+    assert value("infleet_deployment_slo_objective_ratio") == 0.995
+    assert value("infleet_deployment_slo_budget_period_seconds") == 7 * 86400
+    assert value("infleet_deployment_max_cost_per_million_tokens") == 0.8
+    dm.export("ns", "o", {"spec": {"slo": {"ttftP99": "1s"}}, "status": {}})  # edited: defaults, no tpot, no limit
+    assert value("infleet_deployment_slo_threshold_seconds", sli="tpot") is None
+    assert value("infleet_deployment_slo_objective_ratio") == 0.99
+    assert value("infleet_deployment_slo_budget_period_seconds") == 30 * 86400
+    assert value("infleet_deployment_max_cost_per_million_tokens") is None
+    dm.forget("ns", "o")
+    assert value("infleet_deployment_slo_threshold_seconds", sli="ttft") is None
+    assert value("infleet_deployment_slo_objective_ratio") is None
+
+
 def test_the_operator_exports_exactly_the_gauges_the_dashboards_read() -> None:
     from infleet.monitoring import names
     from infleet.operator import deployment_metrics as dm
 
-    exported = {g._name for g in (dm.REPLICAS, dm.DESIRED, dm.TIER, dm.COST)}
+    exported = {
+        g._name
+        for g in (dm.REPLICAS, dm.DESIRED, dm.TIER, dm.COST, dm.THRESHOLD, dm.OBJECTIVE, dm.PERIOD, dm.COST_LIMIT)
+    }
     read = {v for k, v in vars(names).items() if k.startswith("DEPLOYMENT_") and isinstance(v, str)}
     assert exported == read

@@ -69,7 +69,7 @@ def test_crd_identity_and_subresources() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"].upper() for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["READY", "REPLICAS", "TIER", "P99 TTFT", "COST", "AGE"]
+    assert columns == ["READY", "REPLICAS", "TIER", "P99 TTFT", "COST", "SLO MET", "AGE"]
 
 
 def test_cel_rules_name_their_fields() -> None:

@@ -80,7 +80,7 @@ def test_pods_land_on_the_gpu_type_with_the_gpu_count(
         assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
     # kubectl get idep shows the printer columns
     table = crds.kubectl("get", "idep", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "REPLICAS", "TIER", "P99", "TTFT", "COST", "AGE"]
+    assert table[0].split() == ["NAME", "READY", "REPLICAS", "TIER", "P99", "TTFT", "COST", "SLO", "MET", "AGE"]
     assert table[1].split()[:4] == ["h100x4", "2", "2", "bf16"]
 
 

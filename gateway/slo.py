@@ -1,0 +1,109 @@
+"""Each request judged against its own deployment's SLO thresholds, exactly, whatever engine served it.
+
+The gateway sees every request to every deployment (infleet or vLLM), so it counts
+`infleet_gateway_slo_requests_total{namespace, deployment, sli, result="good"|"bad"}` per SLI the deployment's
+`spec.slo` sets; the chart's rules and the operator turn the counts into attainment, burn rates and budget left
+(docs/monitoring.md says why the counting lives here).
+
+What is measured, from the gateway's side (what the client sees, including any time held while scaling from zero):
+- ttft: request arrival to the first streamed event; tpot: the mean time between streamed events after the first
+  (the request's time per output token); e2e: arrival to the last byte. A non-streamed answer has no first token
+  to time, so it counts for e2e only.
+- A request that fails on the server side (5xx, an interrupted stream) is bad for every SLI; a client error (4xx)
+  is not counted.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter
+
+SLIS = ("ttft", "tpot", "e2e")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def seconds(duration: object) -> float | None:
+    """ "500ms", "2s", "1m30s" -> seconds; anything else (unset, malformed: the CRD rejects those) -> None."""
+    if not isinstance(duration, str) or not re.fullmatch(rf"(?:{_PART.pattern})+", duration):
+        return None
+    return sum(float(n) * _UNIT[u] for n, u in _PART.findall(duration))
+
+
+def tokens(chunk: bytes) -> int:
+    """Server-sent events in a relayed chunk that carry output (`data:` lines, not the closing `[DONE]`)."""
+    return chunk.count(b"data:") - chunk.count(b"data: [DONE]")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A deployment's per-request SLO thresholds in seconds (None: not an objective)."""
+
+    ttft: float | None = None
+    tpot: float | None = None
+    e2e: float | None = None
+
+    @classmethod
+    def from_spec(cls, slo: dict[str, object] | None) -> Thresholds:
+        slo = slo or {}
+        e2e = slo.get("e2eP99", slo.get("e2EP99"))  # the CRD of v1alpha1 spells it e2EP99 (pydantic's to_camel)
+        return cls(seconds(slo.get("ttftP99")), seconds(slo.get("tpotP99")), seconds(e2e))
+
+    def items(self) -> list[tuple[str, float]]:
+        return [(sli, value) for sli in SLIS if (value := getattr(self, sli)) is not None]
+
+
+NO_SLO = Thresholds()
+
+
+def verdicts(
+    thresholds: Thresholds, ttft: float | None, tpot: float | None, e2e: float | None, failed: bool = False
+) -> dict[str, bool]:
+    """SLI -> good for one request's measured values (None: not measurable for this request); a failed request is
+    bad for every SLI the deployment sets."""
+    measured = {"ttft": ttft, "tpot": tpot, "e2e": e2e}
+    out = {}
+    for sli, threshold in thresholds.items():
+        value = measured[sli]
+        if failed:
+            out[sli] = False
+        elif value is not None:
+            out[sli] = value <= threshold
+    return out
+
+
+@dataclass
+class RequestClock:
+    """One request's timings, fed as its answer flows through the gateway."""
+
+    thresholds: Thresholds
+    started: float = field(default_factory=time.perf_counter)
+    first: float | None = None
+    last: float | None = None
+    events: int = 0
+
+    def event(self, count: int = 1) -> None:
+        """`count` streamed events (each a token, or a few) reached the client now."""
+        if count <= 0:
+            return
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.events += count
+
+    def judge(self, failed: bool = False) -> dict[str, bool]:
+        """SLI -> good, for every SLI the deployment sets and this request can be judged on."""
+        ttft = tpot = None
+        if self.first is not None:
+            ttft = self.first - self.started
+            if self.events > 1 and self.last is not None:
+                tpot = (self.last - self.first) / (self.events - 1)
+        return verdicts(self.thresholds, ttft, tpot, time.perf_counter() - self.started, failed)
+
+    def count(self, counter: Counter, namespace: str, deployment: str, failed: bool = False) -> None:
+        for sli, good in self.judge(failed).items():
+            counter.labels(namespace, deployment, sli, "good" if good else "bad").inc()
