@@ -49,7 +49,7 @@ class Thresholds:
     @classmethod
     def from_spec(cls, slo: dict[str, object] | None) -> Thresholds:
         slo = slo or {}
-        e2e = slo.get("e2eP99", slo.get("e2EP99"))  # the CRD of v1alpha1 spells it e2EP99 (pydantic's to_camel)
+        e2e = slo.get("e2eP99")
         return cls(seconds(slo.get("ttftP99")), seconds(slo.get("tpotP99")), seconds(e2e))
 
     def items(self) -> list[tuple[str, float]]:

@@ -347,7 +347,7 @@ class Attainment(ApiModel):
 
     ttft: float | None = None
     tpot: float | None = None
-    e2e: float | None = Field(default=None, alias="e2e")  # to_camel would say e2E
+    e2e: float | None = None
 
 
 class Observed(ApiModel):
