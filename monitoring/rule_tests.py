@@ -16,7 +16,7 @@ from typing import Any
 
 from infleet.monitoring import names
 from infleet.monitoring.rules import RUNBOOK_URL, alert_annotations, cost_annotations, period_seconds
-from infleet.monitoring.slo import BURN_ALERTS, COST_ALERT, BurnAlert
+from infleet.monitoring.slo import BURN_ALERTS, COST_ALERT, TICKET, BurnAlert
 
 REQUESTS_PER_MINUTE = 1000
 NAMESPACE = "ml"
@@ -174,7 +174,7 @@ def cost_over_budget(runbook_url: str = RUNBOOK_URL) -> dict[str, Any]:
         series.append({"series": f"{names.DEPLOYMENT_COST}{{{sel}}}", "values": constant(3.0, 30, 1)})
         if limit is not None:
             series.append({"series": f"{names.DEPLOYMENT_COST_LIMIT}{{{sel}}}", "values": constant(limit, 30, 1)})
-    labels = {"namespace": NAMESPACE, "deployment": "pricey", "severity": "ticket"}
+    labels = {"namespace": NAMESPACE, "deployment": "pricey", "severity": TICKET}
     annotations = {
         key: re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
         for key, text in cost_annotations(runbook_url).items()

@@ -22,7 +22,15 @@ from __future__ import annotations
 from typing import Any
 
 from infleet.monitoring import names
-from infleet.monitoring.slo import BURN_ALERTS, COST_ALERT, COST_ALERT_ANCHOR, COST_ALERT_FOR, WINDOWS, BurnAlert
+from infleet.monitoring.slo import (
+    BURN_ALERTS,
+    COST_ALERT,
+    COST_ALERT_ANCHOR,
+    COST_ALERT_FOR,
+    TICKET,
+    WINDOWS,
+    BurnAlert,
+)
 from infleet.operator.api import BUDGET_PERIODS
 
 RUNBOOK_URL = "https://github.com/infleet/infleet/blob/main/docs/runbooks.md"
@@ -135,7 +143,7 @@ def alert_rules(runbook_url: str = RUNBOOK_URL) -> list[Rule]:
                 f"max by ({BY}) ({names.DEPLOYMENT_COST})\n> on ({BY})\nmax by ({BY}) ({names.DEPLOYMENT_COST_LIMIT})\n"
             ),
             "for": COST_ALERT_FOR,
-            "labels": {"severity": "ticket"},
+            "labels": {"severity": TICKET},
             "annotations": cost_annotations(runbook_url),
         }
     )

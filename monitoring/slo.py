@@ -21,18 +21,21 @@ class BurnAlert:
     """One alert of the recipe: fire when the error ratio over both windows is at least `burn x budget`."""
 
     name: str
-    severity: str  # page | ticket
+    severity: str  # PAGE or TICKET: the severity labels Alertmanager's default routes and kube-prometheus know
     burn: float
     long: str
     short: str
     anchor: str  # section of docs/runbooks.md
 
 
+# The chart can rename them (monitoring.alertSeverities) for routing trees that use other words.
+PAGE, TICKET = "critical", "warning"
+
 BURN_ALERTS: tuple[BurnAlert, ...] = (
-    BurnAlert("InfleetSLOBudgetBurnFast", "page", 14.4, "1h", "5m", "infleetslobudgetburnfast"),
-    BurnAlert("InfleetSLOBudgetBurnHigh", "page", 6.0, "6h", "30m", "infleetslobudgetburnhigh"),
-    BurnAlert("InfleetSLOBudgetBurnSteady", "ticket", 3.0, "1d", "2h", "infleetslobudgetburnsteady"),
-    BurnAlert("InfleetSLOBudgetBurnSlow", "ticket", 1.0, "3d", "6h", "infleetslobudgetburnslow"),
+    BurnAlert("InfleetSLOBudgetBurnFast", PAGE, 14.4, "1h", "5m", "infleetslobudgetburnfast"),
+    BurnAlert("InfleetSLOBudgetBurnHigh", PAGE, 6.0, "6h", "30m", "infleetslobudgetburnhigh"),
+    BurnAlert("InfleetSLOBudgetBurnSteady", TICKET, 3.0, "1d", "2h", "infleetslobudgetburnsteady"),
+    BurnAlert("InfleetSLOBudgetBurnSlow", TICKET, 1.0, "3d", "6h", "infleetslobudgetburnslow"),
 )
 COST_ALERT = "InfleetCostAboveBudget"
 COST_ALERT_ANCHOR = "infleetcostabovebudget"

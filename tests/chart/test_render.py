@@ -362,3 +362,17 @@ def test_chart_refuses_clusters_older_than_the_crd_needs() -> None:
     proc = helm("template", RELEASE, str(CHART), "--kube-version", "1.29.0")
     assert proc.returncode != 0 and "kubeVersion" in proc.stderr, proc.stderr
     assert render(None, "--kube-version", "1.30.0")
+
+
+def test_alert_severities_default_to_what_alertmanager_routes_and_can_be_renamed() -> None:
+    def severities(values: dict[str, Any]) -> dict[str, str]:
+        docs = render(values, "--api-versions", "monitoring.coreos.com/v1")
+        alerts = named(docs, "PrometheusRule", "-slo-alerts")["spec"]["groups"][0]["rules"]
+        return {a["alert"]: a["labels"]["severity"] for a in alerts}
+
+    default = severities({})
+    assert default["InfleetSLOBudgetBurnFast"] == default["InfleetSLOBudgetBurnHigh"] == "critical"
+    assert default["InfleetSLOBudgetBurnSlow"] == default["InfleetCostAboveBudget"] == "warning"
+    monitoring = merged({"monitoring": {"alertSeverities": {"page": "page", "ticket": "ticket"}}})["monitoring"]
+    renamed = severities({"monitoring": monitoring})
+    assert renamed == {name: {"critical": "page", "warning": "ticket"}[s] for name, s in default.items()}

@@ -126,10 +126,10 @@ def test_alerts_follow_the_recipe_and_link_their_runbook() -> None:
     assert names.DEPLOYMENT_COST_LIMIT in cost["expr"] and cost["for"] == "15m"
     assert cost["annotations"]["runbook_url"].split("#", 1)[1] in headings
     expected = {
-        "InfleetSLOBudgetBurnFast": (14.4, "1h", "5m", "page"),
-        "InfleetSLOBudgetBurnHigh": (6, "6h", "30m", "page"),
-        "InfleetSLOBudgetBurnSteady": (3, "1d", "2h", "ticket"),
-        "InfleetSLOBudgetBurnSlow": (1, "3d", "6h", "ticket"),
+        "InfleetSLOBudgetBurnFast": (14.4, "1h", "5m", "critical"),
+        "InfleetSLOBudgetBurnHigh": (6, "6h", "30m", "critical"),
+        "InfleetSLOBudgetBurnSteady": (3, "1d", "2h", "warning"),
+        "InfleetSLOBudgetBurnSlow": (1, "3d", "6h", "warning"),
     }
     for name, (burn, long, short, severity) in expected.items():
         rule = alerts[name]
