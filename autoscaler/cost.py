@@ -1,4 +1,4 @@
-"""What serving costs: GPU-hours turned into dollars per million tokens (DESIGN.md section 2).
+"""What serving costs: GPU-hours turned into dollars per million tokens (the formula of docs/architecture.md).
 
 `$/1M tokens = gpu_hourly_price x gpus_per_replica x replicas x 1e6 / (3600 x tokens_per_second_served)`.
 The price table is keyed by the `nvidia.com/gpu.product` label that NVIDIA GPU feature discovery puts on nodes, so

@@ -12,7 +12,7 @@ a *group* of `gpus / gpus_per_node` pods, one per node, and each group is its ow
 - the revision (a hash of the pod template) is part of the name: a spec change creates a new set of groups beside
   the old one, and the handler deletes the old set only when the new one is ready (surge for groups too).
 
-Every object carries the labels of DESIGN.md section 2 and an owner reference to the InferenceDeployment, so
+Every object carries the labels of docs/architecture.md and an owner reference to the InferenceDeployment, so
 deleting it garbage-collects everything.
 """
 

@@ -158,7 +158,7 @@ def engine_for(model_path: str | Path, tier: str, max_batch_tokens: int = 512, m
     from infleet.runtime.loader import load_model
 
     model, config, tokenizer = load_model(model_path, dtype=torch.float32)
-    if tier != "bf16":  # bf16 is the float weights as loaded (DESIGN.md section 4)
+    if tier != "bf16":  # bf16 is the float weights as loaded (docs/architecture.md)
         model = apply_tier(model, tier)
     return LLMEngine(
         model,

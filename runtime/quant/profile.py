@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,8", help="decode batch sizes to time")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (the best is kept)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--bandwidth-gbs", type=float, default=9.0, help="DRAM read bandwidth for MBU (DESIGN.md 6)")
+    p.add_argument("--bandwidth-gbs", type=float, default=9.0, help="DRAM read bandwidth for MBU (GB/s)")
     args = p.parse_args(argv)
     args.model = args.model or str(smollm2_gguf())
     if args.threads:

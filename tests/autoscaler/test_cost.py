@@ -1,4 +1,4 @@
-"""Cost arithmetic: DESIGN.md's formula and the price table."""
+"""Cost arithmetic: the formula of docs/architecture.md and the price table."""
 
 from __future__ import annotations
 
