@@ -127,6 +127,8 @@ class RuntimeConfig:
             kernels = "triton" if device == "cuda" else "torch"
         elif kernels == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
             raise DeviceUnavailable("--kernels triton on CPU runs only under TRITON_INTERPRET=1 (Triton's interpreter)")
+        if kernels == "triton" and device == "cpu" and self.tier == "fp8":  # numpy has no e4m3 to load into
+            raise DeviceUnavailable("--tier fp8 with --kernels triton needs a GPU (the interpreter cannot load fp8)")
         from dataclasses import replace
 
         return replace(self, device=device, kernels=kernels)

@@ -81,6 +81,8 @@ def test_runtime_config_refuses_what_cannot_run(monkeypatch: pytest.MonkeyPatch)
         RuntimeConfig(device="cpu", kernels="triton").resolve()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert RuntimeConfig(device="cpu", kernels="triton").resolve().kernels == "triton"
+    with pytest.raises(DeviceUnavailable, match="cannot load fp8"):
+        RuntimeConfig(tier="fp8", device="cpu", kernels="triton").resolve()
     if not torch.cuda.is_available():
         resolved = RuntimeConfig().resolve()
         assert (resolved.device, resolved.kernels) == ("cpu", "torch")

@@ -6,17 +6,13 @@ CUDA graphs, fp8 through `torch._scaled_mm` and NCCL give the same greedy tokens
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 
-from infleet.runtime.server.launch import ServerProcess
-
-from .tiny_model import clear_cut_prompts, write_tiny_llama
+from .tiny_model import clear_cut_prompts, serve_greedy, write_tiny_llama
 
 pytestmark = [
     pytest.mark.gpu,
@@ -36,19 +32,11 @@ def compiled_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
-def serve(model: Path, prompts: list[list[int]], *args: str) -> tuple[list[str], dict[str, Any]]:
-    def one(server: ServerProcess, prompt: list[int]) -> str:
-        body = {"model": "m", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
-        r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=300)
-        assert r.status_code == 200, r.text
-        text: str = r.json()["choices"][0]["text"]
-        return text
+COMMON = ("--device", "cuda", "--gpu-memory-utilization", "0.3", "--max-num-seqs", "8")
 
-    common = ("--served-name", "m", "--device", "cuda", "--gpu-memory-utilization", "0.3", "--max-num-seqs", "8")
-    with ServerProcess(model, *common, *args) as server, ThreadPoolExecutor(len(prompts)) as pool:
-        texts = list(pool.map(lambda p: one(server, p), prompts))
-        card = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]
-    return texts, card
+
+def serve(model: Path, prompts: list[list[int]], *args: str) -> tuple[list[str], dict[str, Any]]:
+    return serve_greedy(model, prompts, MAX_TOKENS, *COMMON, *args)
 
 
 def prompts_for(tiny_dir: Path, tier: str) -> list[list[int]]:

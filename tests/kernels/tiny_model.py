@@ -7,8 +7,11 @@ Small on purpose: 2 layers, hidden 64, GQA (4 query heads on 2 KV heads), a 256-
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import httpx
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -103,3 +106,23 @@ def clear_cut_prompts(path: Path, tier: str, count: int, n: int, min_gap: float,
             if len(chosen) == count:
                 return chosen
     raise AssertionError(f"fewer than {count} of 200 prompts have greedy margins of {min_gap} for tier {tier}")
+
+
+def serve_greedy(
+    model: Path, prompts: list[list[int]], max_tokens: int, *args: str
+) -> tuple[list[str], dict[str, Any]]:
+    """Each prompt's greedy completion and the `/v1/models` card from a fresh server (`--served-name m` + args);
+    the requests are sent together, so their decodes share steps."""
+    from infleet.runtime.server.launch import ServerProcess
+
+    def one(server: ServerProcess, prompt: list[int]) -> str:
+        body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+        r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        text: str = r.json()["choices"][0]["text"]
+        return text
+
+    with ServerProcess(model, "--served-name", "m", *args) as server, ThreadPoolExecutor(len(prompts)) as pool:
+        texts = list(pool.map(lambda p: one(server, p), prompts))
+        card: dict[str, Any] = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]
+    return texts, card
