@@ -82,7 +82,7 @@ def apply_tier(model: LlamaForCausalLM, tier: str) -> LlamaForCausalLM:
 
 
 def apply_kernels(runtime: RuntimeConfig) -> None:
-    """Make the process-wide kernel choice (`--kernels`, resolved) and pin the GPU if there is one."""
+    """Make the process-wide kernel choice (`--kernels`, resolved) before the tier picks its weight layouts."""
     from infleet.runtime.kernels import dispatch
 
     dispatch.set_backend(runtime.kernels)
