@@ -61,8 +61,9 @@ class DecodeGraphs:
             decode_block_tables=empty.view(0, 0),
             decode_mask=empty.view(0, 1, 1, 0).bool(),
             prefills=[],
-            row_block_tables=tables.to(torch.int32),
-            row_context_lens=lens.to(torch.int32),
+            block_tables=tables.to(torch.int32),
+            context_lens=lens.to(torch.int32),
+            prefill_tiles=torch.empty((0, 4), dtype=torch.int32, device=self.flat.device),
         )
         out: Tensor = self.model(ids, pos, self.kv_caches, meta)
         return out

@@ -165,3 +165,18 @@ def paged_attention_decode(
 
         return paged_attention_triton(q, k_cache, v_cache, block_tables, context_lens, scale)
     return paged_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    tiles: torch.Tensor,
+    scale: float,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Triton only: the PyTorch path attends prefill chunks with SDPA (model/attention.py)."""
+    from infleet.runtime.kernels.prefill_attention import prefill_attention_triton
+
+    return prefill_attention_triton(q, k_cache, v_cache, block_tables, tiles, scale, out)

@@ -5,10 +5,10 @@ Everything the step needs (token ids, positions, slots, block tables, sampled ro
 int64 tensor and copied to the device once (`StepInputs.build`); every layer then reads views of it.
 
 Two paths read the cache:
-- Triton (`--kernels triton`, or "auto" on CUDA): one paged-attention launch per layer for the whole batch. Each
-  query row attends to its sequence's blocks, in place through the block table, up to its own position, so decodes
-  and prefill chunks (fresh, chunked or after a prefix hit) are the same case. A prefill row reads its whole
-  context, so a chunk of L rows reads it L times: simple and exact, not yet a tiled flash-style prefill.
+- Triton (`--kernels triton`, or "auto" on CUDA): per layer one decode launch (one program per sequence and KV
+  head, reading the blocks in place through the block table) and one tiled prefill launch (flash-style: tiles of up
+  to 16 rows of a chunk attend causally to their sequence's blocks in place; fresh prompts, chunks after earlier
+  chunks and prefix hits are the same case, since the chunk's own K/V are written to the cache first).
 - PyTorch (CPU): decodes in one padded SDPA call over gathered blocks (one gather and one fused kernel for the
   whole batch); prefill chunks one by one, since each is already a large matmul.
 """
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infleet.runtime.kernels import dispatch as kernels
+from infleet.runtime.kernels._triton import PREFILL_TILE_ROWS
 
 
 @dataclass
@@ -61,8 +62,9 @@ class AttentionMetadata:
     decode_block_tables: Tensor  # [num_decode, max_blocks], padded with block 0
     decode_mask: Tensor  # [num_decode, 1, 1, max_blocks * block_size] True for real keys
     prefills: list[PrefillSegment]
-    row_block_tables: Tensor  # [T, max_blocks] int32: each row's sequence's blocks (the Triton kernel's input)
-    row_context_lens: Tensor  # [T] int32: keys each row attends to (its position + 1)
+    block_tables: Tensor  # [num_seqs, max_blocks] int32, the Triton kernels' input (decodes first)
+    context_lens: Tensor  # [num_seqs] int32
+    prefill_tiles: Tensor  # [n, 4] int32 (first row, rows, sequence, first row's position): see prefill_attention
 
     @classmethod
     def build(
@@ -103,28 +105,30 @@ class StepInputs:
         max_blocks = max(seq_blocks, default=0)
         positions: list[int] = []
         slots: list[int] = []
-        row_seq: list[int] = []
+        tiles: list[int] = []
         tables: list[int] = []
         for i, (qlen, ctx, table, nb) in enumerate(
             zip(query_lens, context_lens, block_tables, seq_blocks, strict=True)
         ):
+            if qlen > 1 or tiles:  # a prefill chunk (decodes come first): tiles of PREFILL_TILE_ROWS rows
+                for first in range(0, qlen, PREFILL_TILE_ROWS):
+                    tiles.extend((len(positions) + first, min(PREFILL_TILE_ROWS, qlen - first), i, ctx - qlen + first))
             for pos in range(ctx - qlen, ctx):
                 positions.append(pos)
                 slots.append(table[pos // block_size] * block_size + pos % block_size)
-            row_seq.extend([i] * qlen)
             tables.extend(table[:nb])
             tables.extend([0] * (max_blocks - nb))
         t = len(positions)
         num_ids = len(input_ids)
         host = torch.tensor(
-            [*input_ids, *positions, *slots, *row_seq, *context_lens, *sample_rows, *tables], dtype=torch.long
+            [*input_ids, *positions, *slots, *tiles, *context_lens, *sample_rows, *tables], dtype=torch.long
         )
         device = torch.device(device)
         if device.type == "cuda":
             host = host.pin_memory()
         flat = host.to(device, non_blocking=True)  # the step's one host-to-device copy
-        parts = flat.split([num_ids, t, t, t, num_seqs, len(sample_rows), num_seqs * max_blocks])
-        ids, pos, slot_mapping, rows, seq_lens, samples, seq_tables = parts
+        parts = flat.split([num_ids, t, t, len(tiles), num_seqs, len(sample_rows), num_seqs * max_blocks])
+        ids, pos, slot_mapping, tile_flat, seq_lens, samples, seq_tables = parts
         seq_tables = seq_tables.view(num_seqs, max_blocks)
 
         num_decode = 0
@@ -149,8 +153,9 @@ class StepInputs:
             decode_tables,
             decode_mask,
             prefills,
-            seq_tables.to(torch.int32).index_select(0, rows),
-            (pos + 1).to(torch.int32),
+            seq_tables.to(torch.int32),
+            seq_lens.to(torch.int32),
+            tile_flat.view(-1, 4).to(torch.int32),
         )
         return cls(ids, pos, samples, meta)
 
@@ -172,10 +177,15 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, cache: KVCache, meta: Atten
     """q `[T, H, D]`, k/v `[T, Hkv, D]` for the new tokens; returns `[T, H * D]`."""
     write_kv(cache, k, v, meta.slot_mapping)
     num_tokens, num_heads, head_dim = q.shape
-    if kernels.use_triton(q):  # every row through the paged kernel, reading the cache in place
-        out = kernels.paged_attention_decode(
-            q, cache.k, cache.v, meta.row_block_tables, meta.row_context_lens, head_dim**-0.5
-        )
+    if kernels.use_triton(q):  # the paged kernels read the cache in place
+        nd, scale = meta.num_decode, head_dim**-0.5
+        out = torch.empty_like(q)
+        if nd:
+            out[:nd] = kernels.paged_attention_decode(
+                q[:nd], cache.k, cache.v, meta.block_tables[:nd], meta.context_lens[:nd], scale
+            )
+        if nd < num_tokens:
+            kernels.prefill_attention(q, cache.k, cache.v, meta.block_tables, meta.prefill_tiles, scale, out)
         return out.view(num_tokens, num_heads * head_dim)
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
