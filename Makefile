@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # venv imports it late, after the working directory is on sys.path): never put the working directory there.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install fleet-bins setup lint typecheck test test-unit test-all bench-runtime up down env clean
+.PHONY: install fleet-bins setup lint typecheck test test-unit test-all test-gpu bench-runtime up down env clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -52,6 +52,11 @@ test: setup lint typecheck
 
 test-all: setup lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU: the `gpu` tests, then the GPU benchmark (which exits 3 without a GPU: not a pass).
+test-gpu: install
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+	$(PY) benchmarks/runtime_gpu.py --out build/runtime_gpu.json
 
 # The runtime against transformers and llama-cpp-python (the `bench` extra: llama.cpp is compiled, about 10 min once,
 # plain CPU build for this machine). BENCH_ARGS passes options, e.g. BENCH_ARGS="--concurrency 1 8 --requests 4 16".

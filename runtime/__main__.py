@@ -19,6 +19,13 @@ from urllib.parse import unquote, urlparse
 
 import uvicorn
 
+from infleet.runtime.config import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEVICES,
+    KERNEL_BACKENDS,
+    DeviceUnavailable,
+    RuntimeConfig,
+)
 from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
 from infleet.runtime.server.admission import ServerState
 
@@ -62,6 +69,34 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-waiting", type=int, default=256, metavar="N", help="waiting queue bound; beyond it 429")
     s.add_argument("--num-kv-blocks", type=int, default=None, metavar="N", help="KV-cache blocks (default: sized)")
     s.add_argument("--no-prefix-caching", action="store_true", help="turn automatic prefix caching off")
+    s.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where weights, KV cache and sampling live (auto: CUDA if any)",
+    )
+    s.add_argument(
+        "--kernels",
+        choices=KERNEL_BACKENDS,
+        default="auto",
+        help="triton: infleet's Triton kernels (on CPU only under TRITON_INTERPRET=1); torch: PyTorch's; "
+        "auto: Triton on CUDA, PyTorch on CPU",
+    )
+    s.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=DEFAULT_GPU_MEMORY_UTILIZATION,
+        metavar="F",
+        help="share of the GPU's memory for weights and KV cache; the cache takes what the weights leave",
+    )
+    s.add_argument(
+        "--kv-cache-memory",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="KV-cache bytes on a CPU (default: a tenth of the memory limit, cgroup or machine)",
+    )
+    s.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode")
     s.add_argument("--shutdown-grace-seconds", type=float, default=30.0, metavar="S")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.add_argument("--access-log", action="store_true", help="log every request")
@@ -111,6 +146,18 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
+    """The flags' RuntimeConfig, resolved ("auto" -> what this machine has); ValueError/DeviceUnavailable."""
+    return RuntimeConfig(
+        tier=args.tier,
+        device=args.device,
+        kernels=args.kernels,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        kv_cache_memory=args.kv_cache_memory,
+        enforce_eager=args.enforce_eager,
+    ).resolve()
+
+
 def serve(args: argparse.Namespace) -> int:
     if args.tensor_parallel < 1 or args.pipeline_parallel < 1:
         print(f"{PROG}: --tensor-parallel and --pipeline-parallel must be at least 1", file=sys.stderr)
@@ -126,6 +173,11 @@ def serve(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    try:
+        args.runtime = runtime_config(args)
+    except (ValueError, DeviceUnavailable) as e:  # e.g. --device cuda without CUDA: one line, no fall-back
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
     try:
         path = model_path(args.model)
     except ValueError as e:
@@ -146,7 +198,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         engine = AsyncEngine(
             str(path),
-            tier=args.tier,
+            runtime=args.runtime,
             max_batch_tokens=args.max_batch_tokens,
             max_prefill_tokens=args.max_prefill_tokens_per_step,
             max_model_len=args.max_model_len,
@@ -162,7 +214,21 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     served_name = args.served_name or engine.model_name
     metrics.rename(served_name)  # label series with the name clients use
+    log_startup(served_name, args.tier, engine.execution, engine.engine.block_manager.num_blocks, engine.engine)
+    metrics.set_execution(engine.execution)
     return run_http(Serving(engine=engine, served_name=served_name, metrics=metrics), args)
+
+
+def log_startup(name: str, tier: str, execution: dict[str, object], num_blocks: int, engine: object) -> None:
+    """One line saying how the model computes and how big the KV cache is (checked by tests and operators)."""
+    budget = getattr(engine, "kv_budget", "")
+    logging.getLogger("infleet.runtime").info(
+        "serving %s: tier %s on %s, compute %s, weights %s, kernels %s (attention %s, gemm %s), cuda graphs %s; "
+        "KV cache %d blocks%s",
+        name, tier, execution["device"], execution["compute_dtype"], ",".join(map(str, execution["weight_dtypes"])),  # type: ignore[call-overload]
+        execution["kernel_backend"], execution["attention"], execution["gemm"],
+        "on" if execution["cuda_graphs"] else "off", num_blocks, f" ({budget})" if budget else "",
+    )  # fmt: skip
 
 
 def run_http(serving: Serving, args: argparse.Namespace) -> int:

@@ -69,3 +69,89 @@ class ModelConfig:
             architecture="llama",
             name=name,
         )
+
+
+# --- how the runtime runs a model: device, kernels, memory ---------------------------------------------------------
+DEVICES = ("auto", "cpu", "cuda")
+KERNEL_BACKENDS = ("auto", "triton", "torch")
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+# On a CPU the KV cache takes this share of the memory limit (the cgroup's, else the machine's) by default.
+DEFAULT_CPU_KV_SHARE = 0.1
+# Decode batch sizes captured as CUDA graphs; a decode batch is padded up to the next one (larger runs eagerly).
+CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+class DeviceUnavailable(RuntimeError):
+    """`--device cuda` (or `--kernels triton`) asked for hardware this process cannot use; one line says why."""
+
+
+@dataclass
+class RuntimeConfig:
+    """The serving settings that are not the model's shape: where it runs, which kernels, how much memory.
+
+    `device` and `kernels` hold what was asked ("auto" allowed) until `resolve()` turns them into what is used.
+    """
+
+    tier: str = "bf16"
+    device: str = "auto"
+    kernels: str = "auto"
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    kv_cache_memory: int | None = None  # bytes for the KV cache on a CPU; None: DEFAULT_CPU_KV_SHARE of the limit
+    enforce_eager: bool = False  # True: no CUDA graphs for decode
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.kernels not in KERNEL_BACKENDS:
+            raise ValueError(f"--kernels must be one of {', '.join(KERNEL_BACKENDS)}, got {self.kernels!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_memory is not None and self.kv_cache_memory < 1:
+            raise ValueError(f"--kv-cache-memory must be a positive number of bytes, got {self.kv_cache_memory}")
+
+    def resolve(self) -> RuntimeConfig:
+        """Concrete `device` ("cpu"/"cuda") and `kernels` ("triton"/"torch"); DeviceUnavailable when impossible."""
+        import os
+
+        import torch
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            reason = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise DeviceUnavailable(f"--device cuda: {reason} (torch.cuda.is_available() is False)")
+        kernels = self.kernels
+        if kernels == "auto":
+            kernels = "triton" if device == "cuda" else "torch"
+        elif kernels == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            raise DeviceUnavailable("--kernels triton on CPU runs only under TRITON_INTERPRET=1 (Triton's interpreter)")
+        if kernels == "triton" and device == "cpu" and self.tier == "fp8":  # numpy has no e4m3 to load into
+            raise DeviceUnavailable("--tier fp8 with --kernels triton needs a GPU (the interpreter cannot load fp8)")
+        from dataclasses import replace
+
+        return replace(self, device=device, kernels=kernels)
+
+    @property
+    def compute_dtype_name(self) -> str:
+        """Activations' dtype: bf16 for every tier on a GPU; on a CPU bf16 for the bf16 tier and float32 for the
+        weight-only tiers (PyTorch's CPU int8/int4 kernels round activations to bf16 inside the call)."""
+        return "bfloat16" if self.tier == "bf16" or self.device == "cuda" else "float32"
+
+
+def memory_limit_bytes() -> int:
+    """The container's memory limit (cgroup v2, then v1), else the machine's memory."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge number: no limit
+            return int(text)
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("cannot read the memory limit (no cgroup limit and no /proc/meminfo)")

@@ -27,6 +27,7 @@ REQUEST_BUCKETS = (
 )  # fmt: skip
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+EXECUTION_LABELS = ("device", "compute_dtype", "kernel_backend", "gemm")
 
 
 class RuntimeMetrics:
@@ -96,6 +97,14 @@ class RuntimeMetrics:
             (*labels, "finish_reason"),
             registry=r,
         )
+        # vLLM's `*_info` convention: a constant 1 whose labels say how the model computes (set once loaded)
+        self._info = Gauge(
+            "infleet_runtime_info",
+            "Device, compute dtype and kernels the runtime actually uses.",
+            (*labels, *EXECUTION_LABELS),
+            registry=r,
+        )
+        self._execution: dict[str, str] = {}
         self._all: tuple[MetricWrapperBase, ...] = (
             self._running, self._waiting, self._kv_usage, self._ttft, self._itl, self._e2e, self._queue,
             self._prompt_tokens, self._generation_tokens, self._prefix_queries, self._prefix_hits, self._preemptions,
@@ -108,10 +117,18 @@ class RuntimeMetrics:
             metric.labels(*self._labels)
         for reason in ("stop", "length", "abort"):
             self._success.labels(*self._labels, reason)
+        if self._execution:
+            self._info.labels(*self._labels, *(self._execution[k] for k in EXECUTION_LABELS)).set(1)
+
+    def set_execution(self, execution: dict[str, object]) -> None:
+        """Publish `infleet_runtime_info` from the engine's execution report (device, compute dtype, kernels)."""
+        self._info.clear()
+        self._execution = {k: str(execution[k]) for k in EXECUTION_LABELS}
+        self._export_zeros()
 
     def rename(self, model_name: str) -> None:
         """Relabel with the name clients use, once the model is loaded (before any traffic)."""
-        for metric in (*self._all, self._success):
+        for metric in (*self._all, self._success, self._info):
             metric.clear()
         self.model_name = model_name
         self._export_zeros()

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from infleet.runtime.config import ModelConfig
+from infleet.runtime.config import ModelConfig, RuntimeConfig
 from infleet.runtime.engine.kv_cache import BlockManager
 from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
+from infleet.runtime.engine.memory import kv_cache_budget
+from infleet.runtime.engine.memory import num_kv_blocks as fit_kv_blocks
 from infleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams, sample
 from infleet.runtime.engine.scheduler import Scheduler
@@ -33,8 +35,6 @@ if TYPE_CHECKING:
     from infleet.runtime.metrics import RuntimeMetrics
 
 log = logging.getLogger(__name__)
-
-DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
 
 
 @dataclass
@@ -81,6 +81,33 @@ def apply_tier(model: LlamaForCausalLM, tier: str) -> LlamaForCausalLM:
     return converted
 
 
+def apply_kernels(runtime: RuntimeConfig) -> None:
+    """Make the process-wide kernel choice (`--kernels`, resolved) before the tier picks its weight layouts."""
+    from infleet.runtime.kernels import dispatch
+
+    dispatch.set_backend(runtime.kernels)
+
+
+def execution_info(model: torch.nn.Module, tier: str, cuda_graphs: bool = False) -> dict[str, object]:
+    """What actually computes, read off the loaded tensors and the kernel choice (for /v1/models, logs, metrics)."""
+    from infleet.runtime.kernels import dispatch
+
+    params = list(model.parameters())
+    device = params[0].device
+    floats = [p.dtype for p in params if p.is_floating_point()]
+    stored = {t.dtype for t in model.state_dict().values()}  # weights as loaded (not the RoPE tables)
+    triton_ = dispatch.backend() == "triton" or (dispatch.backend() == "auto" and device.type == "cuda")
+    return {
+        "device": str(device),
+        "compute_dtype": str(floats[0]).removeprefix("torch.") if floats else "unknown",
+        "weight_dtypes": sorted(str(d).removeprefix("torch.") for d in stored),
+        "kernel_backend": "triton" if triton_ else "torch",
+        "attention": "triton-paged-attention" if triton_ else "torch-sdpa",
+        "gemm": dispatch.gemm_backend(tier, device),
+        "cuda_graphs": cuda_graphs,
+    }
+
+
 def _holdback(text: str, stops: list[str]) -> int:
     """Length of the longest tail of `text` that is a proper prefix of a stop string (it may still complete)."""
     best = 0
@@ -109,18 +136,22 @@ class LLMEngine:
         kv_dtype: torch.dtype | None = None,
         metrics: RuntimeMetrics | None = None,
         runner: ModelRunner | None = None,
+        runtime: RuntimeConfig | None = None,
     ) -> None:
-        """`runner` replaces the in-process model runner (tensor/pipeline parallelism passes its own)."""
+        """`runner` replaces the in-process model runner (tensor/pipeline parallelism passes its own); `runtime`
+        sizes the KV cache (when `num_kv_blocks` is not given) and turns CUDA graphs on (see RuntimeConfig)."""
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
         self.metrics = metrics
         kv_dtype = kv_dtype or next(model.parameters()).dtype
         max_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+        runtime = runtime or RuntimeConfig(device="cpu", kernels="torch", enforce_eager=True)
+        self.kv_budget = ""
         if num_kv_blocks is None:
+            budget, self.kv_budget = kv_cache_budget(runtime, next(model.parameters()).device)
             per_block = kv_bytes_per_token(model, kv_dtype) * block_size
-            wanted = -(-max_num_seqs * max_len // block_size)
-            num_kv_blocks = max(1, min(wanted, DEFAULT_KV_CACHE_BYTES // per_block))
+            num_kv_blocks = fit_kv_blocks(budget, per_block, max_num_seqs, max_len, block_size)
         # A sequence alone must always fit, or it could never finish.
         self.max_model_len = min(max_len, num_kv_blocks * block_size)
         if max_batch_tokens < 1:
@@ -134,7 +165,14 @@ class LLMEngine:
             max_num_seqs=max_num_seqs,
             max_prefill_tokens=max_prefill_tokens,
         )
-        self.runner = runner or ModelRunner(model, num_blocks=num_kv_blocks, block_size=block_size, kv_dtype=kv_dtype)
+        self.runner = runner or ModelRunner(
+            model,
+            num_blocks=num_kv_blocks,
+            block_size=block_size,
+            kv_dtype=kv_dtype,
+            enforce_eager=runtime.enforce_eager,
+            max_model_len=self.max_model_len,
+        )
         self.eos_token_ids = set(tokenizer.eos_token_ids) | set(config.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
         self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics
@@ -153,7 +191,7 @@ class LLMEngine:
             len(prompt_ids),
             params,
             detokenizer=self.tokenizer.detokenizer(prompt_ids),
-            generator=params.make_generator(),
+            generator=params.make_generator(self.runner.device),
         )
         self.requests[request_id] = seq
         self.scheduler.add(seq)
@@ -291,22 +329,24 @@ class AsyncEngine:
         self,
         model_path: str | Path,
         *,
-        tier: str = "bf16",
+        runtime: RuntimeConfig | None = None,
         max_batch_tokens: int = 2048,
         max_prefill_tokens: int | None = DEFAULT_MAX_PREFILL_TOKENS,
         max_model_len: int | None = None,
         max_num_seqs: int = 64,
         max_waiting: int = 256,
-        block_size: int = 16,
         num_kv_blocks: int | None = None,
         prefix_caching: bool = True,
         metrics: RuntimeMetrics | None = None,
-        dtype: torch.dtype = torch.float32,
     ) -> None:
+        """Load, move to the device, apply the tier; `runtime` holds device, kernels and memory (resolved here)."""
         from infleet.runtime.loader import load_model
 
+        runtime = (runtime or RuntimeConfig()).resolve()
+        apply_kernels(runtime)
+        dtype = getattr(torch, runtime.compute_dtype_name)
         model, config, tokenizer = load_model(model_path, dtype=dtype)
-        model = apply_tier(model, tier)
+        model = apply_tier(model.to(runtime.device), runtime.tier)
         engine = LLMEngine(
             model,
             config,
@@ -315,13 +355,14 @@ class AsyncEngine:
             max_prefill_tokens=max_prefill_tokens,
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
-            block_size=block_size,
+            block_size=runtime.block_size,
             num_kv_blocks=num_kv_blocks,
             prefix_caching=prefix_caching,
             kv_dtype=dtype,
             metrics=metrics,
+            runtime=runtime,
         )
-        self._setup(engine, max_waiting=max_waiting, model_name=config.name, tier=tier)
+        self._setup(engine, max_waiting=max_waiting, model_name=config.name, tier=runtime.tier)
 
     @classmethod
     def from_engine(cls, engine: LLMEngine, *, max_waiting: int = 256, tier: str = "bf16") -> AsyncEngine:
@@ -332,6 +373,8 @@ class AsyncEngine:
 
     def _setup(self, engine: LLMEngine, *, max_waiting: int, model_name: str, tier: str) -> None:
         self.engine = engine
+        graphs = getattr(engine.runner, "graphs", None) is not None
+        self.execution = execution_info(engine.model, tier, cuda_graphs=graphs)
         self.tokenizer = engine.tokenizer
         self.model_name = model_name
         self.tier = tier

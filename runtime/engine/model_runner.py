@@ -1,15 +1,22 @@
 """Turns a scheduled batch into one forward pass: flattened tokens, positions, paged-attention metadata, logits.
 
-It owns the KV cache tensors (one `KVCache` per decoder layer of the model instance it drives).
+It owns the KV cache tensors (one `KVCache` per decoder layer of the model instance it drives), on the model's
+device; a step's inputs reach that device in one copy (`StepInputs`). On CUDA, decode-only steps replay CUDA
+graphs captured at padded batch sizes (`cuda_graphs.py`) unless the runner is eager.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from infleet.runtime.engine.scheduler import ScheduledSequence
-from infleet.runtime.model.attention import AttentionMetadata, KVCache
+
+if TYPE_CHECKING:
+    from infleet.runtime.engine.cuda_graphs import DecodeGraphs
+from infleet.runtime.model.attention import KVCache, StepInputs
 from infleet.runtime.model.llama import LlamaForCausalLM
 
 
@@ -19,21 +26,38 @@ def kv_bytes_per_token(model: LlamaForCausalLM, dtype: torch.dtype) -> int:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, *, num_blocks: int, block_size: int, kv_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        *,
+        num_blocks: int,
+        block_size: int,
+        kv_dtype: torch.dtype,
+        enforce_eager: bool = True,
+        max_model_len: int | None = None,
+    ) -> None:
         self.model = model
         self.block_size = block_size
         c = model.config
+        self.device = next(model.parameters()).device
+        graphs = not enforce_eager and self.device.type == "cuda"
+        allocated = num_blocks + 1 if graphs else num_blocks  # graphs: a scratch block for padding rows
         self.kv_caches = [
-            KVCache.allocate(num_blocks, block_size, c.num_key_value_heads, c.head_dim, kv_dtype)
+            KVCache.allocate(allocated, block_size, c.num_key_value_heads, c.head_dim, kv_dtype, self.device)
             for _ in range(model.num_layers)
         ]
+        self.graphs: DecodeGraphs | None = None
+        if graphs:
+            from infleet.runtime.engine.cuda_graphs import DecodeGraphs
+
+            max_blocks = -(-(max_model_len or c.max_position_embeddings) // block_size)
+            self.graphs = DecodeGraphs(model, self.kv_caches, block_size, max_blocks)
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSequence]) -> tuple[list[ScheduledSequence], Tensor]:
         """Compute the batch's new tokens; returns the entries that sample and their logits (`[n, vocab]`)."""
         ordered = sorted(batch, key=lambda s: s.num_tokens != 1)  # single-token decodes first (stable)
         input_ids: list[int] = []
-        positions: list[int] = []
         query_lens, context_lens, tables = [], [], []
         sample_rows: list[int] = []
         samplers: list[ScheduledSequence] = []
@@ -41,14 +65,18 @@ class ModelRunner:
             seq, n = entry.seq, entry.num_tokens
             start = seq.num_computed_tokens
             input_ids.extend(seq.token_ids[start : start + n])
-            positions.extend(range(start, start + n))
             query_lens.append(n)
             context_lens.append(start + n)
             tables.append(seq.block_table)
             if entry.samples:
                 sample_rows.append(len(input_ids) - 1)
                 samplers.append(entry)
-        meta = AttentionMetadata.build(query_lens, context_lens, tables, self.block_size)
-        hidden = self.model(torch.tensor(input_ids), torch.tensor(positions), self.kv_caches, meta)
-        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, dtype=torch.long)])
+        if self.graphs is not None and self.graphs.fits(query_lens):
+            hidden = self.graphs.run(input_ids, context_lens, tables)  # every row, padding dropped
+            if len(sample_rows) < len(input_ids):  # a one-token prefill chunk that does not sample
+                hidden = hidden[sample_rows]
+            return samplers, self.model.compute_logits(hidden)
+        step = StepInputs.build(input_ids, query_lens, context_lens, tables, self.block_size, sample_rows, self.device)
+        hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
+        logits = self.model.compute_logits(hidden.index_select(0, step.sample_rows))
         return samplers, logits

@@ -1,6 +1,7 @@
 """Sampling parameters and the sampler: greedy, temperature, top-k, top-p, per-request seeds.
 
-Each seeded request owns a `torch.Generator`, so its tokens do not depend on what else is in the batch.
+Each seeded request owns a `torch.Generator` on the model's device, so its tokens do not depend on what else is in
+the batch. Sampling runs where the logits are; the chosen ids come back to the host in one copy.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def make_generator(self) -> torch.Generator | None:
-        return None if self.seed is None else torch.Generator().manual_seed(self.seed)
+    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+        return None if self.seed is None else torch.Generator(device=device).manual_seed(self.seed)
 
 
 def apply_top_k_top_p(logits: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
@@ -63,7 +64,7 @@ def apply_top_k_top_p(logits: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
     vocab = logits.shape[-1]
     sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
     k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
-    rank = torch.arange(vocab).expand_as(sorted_logits)
+    rank = torch.arange(vocab, device=logits.device).expand_as(sorted_logits)
     drop = rank >= k[:, None]
     probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs  # mass strictly above each token: keep while it is below top_p
@@ -77,11 +78,12 @@ def sample(logits: Tensor, params: list[SamplingParams], generators: list[torch.
     out = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
-        sub = logits[rows] / torch.tensor([params[i].temperature for i in rows])[:, None]
+        device = logits.device
+        sub = logits[rows] / torch.tensor([params[i].temperature for i in rows], device=device)[:, None]
         needs_filter = any(params[i].top_k > 0 or params[i].top_p < 1.0 for i in rows)
         if needs_filter:
-            top_k = torch.tensor([max(params[i].top_k, 0) for i in rows])
-            top_p = torch.tensor([params[i].top_p for i in rows], dtype=sub.dtype)
+            top_k = torch.tensor([max(params[i].top_k, 0) for i in rows], device=device)
+            top_p = torch.tensor([params[i].top_p for i in rows], dtype=sub.dtype, device=device)
             sub = apply_top_k_top_p(sub, top_k, top_p)
         probs = sub.softmax(dim=-1)
         for j, i in enumerate(rows):

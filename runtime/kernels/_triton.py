@@ -6,6 +6,8 @@ import os
 
 import torch
 
+PREFILL_TILE_ROWS = 16  # rows of a prefill chunk per program of the Triton prefill kernel (its BLOCK_M)
+
 
 def interpreting() -> bool:
     """True under TRITON_INTERPRET=1, where kernels run on CPU tensors through numpy (the test suite's mode)."""

@@ -98,6 +98,7 @@ def _check_x(x: torch.Tensor, k: int) -> None:
 
 
 def int8_gemm_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Also takes e4m3 weights (fp8 without hardware fp8 matmul): the kernel widens whatever it loads."""
     n, k = weight.shape
     _check_x(x, k)
     check_device(x, weight, scale)

@@ -1,7 +1,8 @@
-"""Pick the kernel for where the tensors live: the Triton kernel on CUDA, PyTorch's own kernel or the reference on CPU.
+"""Pick the kernel for each call: the Triton kernel, or PyTorch's own kernel / the reference.
 
-Triton kernels are launched for CUDA tensors only; CPU tensors never reach them (the test suite calls the
-`*_triton` functions directly under TRITON_INTERPRET=1).
+The process-wide backend (`set_backend`, from `--kernels`) decides: "auto" launches Triton for CUDA tensors and
+PyTorch on CPU; "triton" launches Triton for every tensor (on CPU only under TRITON_INTERPRET=1, which is how CI
+runs the serving path through the kernels end to end); "torch" never launches Triton.
 PyTorch's CPU weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are fast for bf16
 activations only, so on CPU the activations are rounded to bf16 around those calls and the result cast back.
 """
@@ -21,6 +22,47 @@ CPU_INT4_MM = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr
 )
 
 
+_BACKEND = "auto"
+
+
+def set_backend(name: str) -> None:
+    """ "auto" | "triton" | "torch" (see the module docstring)."""
+    global _BACKEND
+    if name not in ("auto", "triton", "torch"):
+        raise ValueError(f"unknown kernel backend {name!r}")
+    _BACKEND = name
+
+
+def backend() -> str:
+    return _BACKEND
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """Whether calls on `x` go to the Triton kernels."""
+    return _BACKEND == "triton" or (_BACKEND == "auto" and x.is_cuda)
+
+
+def scaled_mm_available(device: torch.device) -> bool:
+    """Hardware fp8 matmul (`torch._scaled_mm`): CUDA compute capability 8.9 (Ada) and later."""
+    return device.type == "cuda" and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def gemm_backend(tier: str, device: torch.device) -> str:
+    """The kernel the tier's linear layers use on `device` under the current backend (reported by the server)."""
+    triton_ = _BACKEND == "triton" or (_BACKEND == "auto" and device.type == "cuda")
+    if tier == "bf16":
+        return "torch.matmul"
+    if tier == "fp8":
+        if triton_ and scaled_mm_available(device):
+            return "torch._scaled_mm"
+        return "triton-fp8-dequant-gemm" if triton_ else "torch-fp8-upcast"
+    if triton_:
+        return f"triton-{tier}-dequant-gemm"
+    if tier == "int8":
+        return "torch-cpu-int8pack" if CPU_INT8_MM else "torch-reference"
+    return "torch-cpu-int4pack" if CPU_INT4_MM else "torch-reference"
+
+
 def _gpu_activations(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float16, torch.bfloat16) else x.to(torch.bfloat16)
 
@@ -28,7 +70,7 @@ def _gpu_activations(x: torch.Tensor) -> torch.Tensor:
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ (int8 weight [N, K] * scale [N]).T in x's dtype."""
     x2 = x.reshape(-1, x.shape[-1])
-    if x.is_cuda:
+    if use_triton(x):
         from infleet.runtime.kernels.dequant_gemm import int8_gemm_triton
 
         y = int8_gemm_triton(_gpu_activations(x2), weight, scale)
@@ -44,13 +86,34 @@ def int4_linear(
 ) -> torch.Tensor:
     """x [..., K] @ dequantize(int4 packed [N, K // 2], scale/offset [N, K // group_size]).T, portable layout."""
     x2 = x.reshape(-1, x.shape[-1])
-    if x.is_cuda:
+    if use_triton(x):
         from infleet.runtime.kernels.dequant_gemm import int4_gemm_triton
 
         y = int4_gemm_triton(_gpu_activations(x2), packed, scale, offset, group_size)
     else:
         y = int4_gemm_reference(x2, packed, scale, offset, group_size)
     return y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ (e4m3 weight [N, K] * scale [N]).T in x's dtype.
+
+    With Triton: `torch._scaled_mm` where the GPU has fp8 matmul (activations quantized to e4m3 per row on the
+    way in), else the dequant-GEMM kernel; without: the weights upcast to x's dtype per call.
+    """
+    x2 = x.reshape(-1, x.shape[-1])
+    if use_triton(x) and scaled_mm_available(x.device):
+        x16 = _gpu_activations(x2)
+        x_scale = (x16.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
+        x8 = (x16.float() / x_scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+        y = torch._scaled_mm(x8, weight.t(), scale_a=x_scale, scale_b=scale.float()[None, :], out_dtype=x16.dtype)
+    elif use_triton(x):
+        from infleet.runtime.kernels.dequant_gemm import int8_gemm_triton
+
+        y = int8_gemm_triton(_gpu_activations(x2), weight, scale)
+    else:
+        y = torch.nn.functional.linear(x2, weight.to(x.dtype)) * scale.to(x.dtype)
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 
 def to_cpu_int4_pack(codes: torch.Tensor) -> torch.Tensor:
@@ -74,7 +137,7 @@ def cpu_int4_linear(
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if x.is_cuda:
+    if use_triton(x):
         from infleet.runtime.kernels.rmsnorm import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps, residual)
@@ -82,7 +145,7 @@ def rms_norm(
 
 
 def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    if gate.is_cuda:
+    if use_triton(gate):
         from infleet.runtime.kernels.activation import silu_and_mul_triton
 
         return silu_and_mul_triton(gate, up)
@@ -97,8 +160,23 @@ def paged_attention_decode(
     context_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    if q.is_cuda:
+    if use_triton(q):
         from infleet.runtime.kernels.paged_attention import paged_attention_triton
 
         return paged_attention_triton(q, k_cache, v_cache, block_tables, context_lens, scale)
     return paged_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    tiles: torch.Tensor,
+    scale: float,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Triton only: the PyTorch path attends prefill chunks with SDPA (model/attention.py)."""
+    from infleet.runtime.kernels.prefill_attention import prefill_attention_triton
+
+    return prefill_attention_triton(q, k_cache, v_cache, block_tables, tiles, scale, out)

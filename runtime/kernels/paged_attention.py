@@ -37,7 +37,12 @@ def _check_shapes(
         raise ValueError(f"{h} query heads of dim {d} do not fit {kv_heads} KV heads of dim {k_cache.shape[3]}")
     if block_tables.dim() != 2 or block_tables.shape[0] != b or context_lens.shape != (b,):
         raise ValueError(f"block_tables must be [{b}, max_blocks] and context_lens [{b}]")
-    if context_lens.numel() and int(context_lens.max()) > block_tables.shape[1] * k_cache.shape[1]:
+    # reading the lengths back from a GPU would stall every launch (and cannot be captured in a CUDA graph)
+    if (
+        not context_lens.is_cuda
+        and context_lens.numel()
+        and int(context_lens.max()) > block_tables.shape[1] * k_cache.shape[1]
+    ):
         raise ValueError("a context length exceeds the blocks its block table holds")
 
 

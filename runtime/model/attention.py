@@ -1,9 +1,16 @@
 """Paged attention on a flattened batch: write new K/V into cache slots, then attend over each sequence's blocks.
 
 A step's batch is laid out as: first `num_decode` single-token decodes, then prefill chunks one after another.
-Decodes are attended in one padded call (the lever on CPU: one gather and one fused kernel for the whole batch);
-prefill chunks one by one, since each is already a large matmul. The metadata is built once per step and shared
-by every layer. These functions are the seam where a Triton paged-attention kernel can replace the torch path.
+Everything the step needs (token ids, positions, slots, block tables, sampled rows) is packed on the host into one
+int64 tensor and copied to the device once (`StepInputs.build`); every layer then reads views of it.
+
+Two paths read the cache:
+- Triton (`--kernels triton`, or "auto" on CUDA): per layer one decode launch (one program per sequence and KV
+  head, reading the blocks in place through the block table) and one tiled prefill launch (flash-style: tiles of up
+  to 16 rows of a chunk attend causally to their sequence's blocks in place; fresh prompts, chunks after earlier
+  chunks and prefix hits are the same case, since the chunk's own K/V are written to the cache first).
+- PyTorch (CPU): decodes in one padded SDPA call over gathered blocks (one gather and one fused kernel for the
+  whole batch); prefill chunks one by one, since each is already a large matmul.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infleet.runtime.kernels import dispatch as kernels
+from infleet.runtime.kernels._triton import PREFILL_TILE_ROWS
 
 
 @dataclass
@@ -26,10 +34,16 @@ class KVCache:
 
     @classmethod
     def allocate(
-        cls, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+        cls,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
     ) -> KVCache:
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
-        return cls(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
 
 @dataclass
@@ -48,41 +62,102 @@ class AttentionMetadata:
     decode_block_tables: Tensor  # [num_decode, max_blocks], padded with block 0
     decode_mask: Tensor  # [num_decode, 1, 1, max_blocks * block_size] True for real keys
     prefills: list[PrefillSegment]
+    block_tables: Tensor  # [num_seqs, max_blocks] int32, the Triton kernels' input (decodes first)
+    context_lens: Tensor  # [num_seqs] int32
+    prefill_tiles: Tensor  # [n, 4] int32 (first row, rows, sequence, first row's position): see prefill_attention
 
     @classmethod
     def build(
-        cls, query_lens: list[int], context_lens: list[int], block_tables: list[list[int]], block_size: int
+        cls,
+        query_lens: list[int],
+        context_lens: list[int],
+        block_tables: list[list[int]],
+        block_size: int,
+        device: torch.device | str = "cpu",
     ) -> AttentionMetadata:
         """Sequences whose query length is 1 must come first (the engine orders the batch that way)."""
+        return StepInputs.build([], query_lens, context_lens, block_tables, block_size, [], device).meta
+
+
+@dataclass
+class StepInputs:
+    """One step's tensors on the device, from a single host-to-device copy."""
+
+    input_ids: Tensor  # [T]
+    positions: Tensor  # [T]
+    sample_rows: Tensor  # [S] rows whose hidden state is sampled
+    meta: AttentionMetadata
+
+    @classmethod
+    def build(
+        cls,
+        input_ids: list[int],
+        query_lens: list[int],
+        context_lens: list[int],
+        block_tables: list[list[int]],
+        block_size: int,
+        sample_rows: list[int],
+        device: torch.device | str = "cpu",
+    ) -> StepInputs:
+        """`input_ids` may be empty (metadata only). Decodes (query length 1) must come first."""
+        num_seqs = len(query_lens)
+        seq_blocks = [-(-c // block_size) for c in context_lens]
+        max_blocks = max(seq_blocks, default=0)
+        positions: list[int] = []
         slots: list[int] = []
-        for qlen, ctx, table in zip(query_lens, context_lens, block_tables, strict=True):
+        tiles: list[int] = []
+        tables: list[int] = []
+        for i, (qlen, ctx, table, nb) in enumerate(
+            zip(query_lens, context_lens, block_tables, seq_blocks, strict=True)
+        ):
+            if qlen > 1 or tiles:  # a prefill chunk (decodes come first): tiles of PREFILL_TILE_ROWS rows
+                for first in range(0, qlen, PREFILL_TILE_ROWS):
+                    tiles.extend((len(positions) + first, min(PREFILL_TILE_ROWS, qlen - first), i, ctx - qlen + first))
             for pos in range(ctx - qlen, ctx):
+                positions.append(pos)
                 slots.append(table[pos // block_size] * block_size + pos % block_size)
+            tables.extend(table[:nb])
+            tables.extend([0] * (max_blocks - nb))
+        t = len(positions)
+        num_ids = len(input_ids)
+        host = torch.tensor(
+            [*input_ids, *positions, *slots, *tiles, *context_lens, *sample_rows, *tables], dtype=torch.long
+        )
+        device = torch.device(device)
+        if device.type == "cuda":
+            host = host.pin_memory()
+        flat = host.to(device, non_blocking=True)  # the step's one host-to-device copy
+        parts = flat.split([num_ids, t, t, len(tiles), num_seqs, len(sample_rows), num_seqs * max_blocks])
+        ids, pos, slot_mapping, tile_flat, seq_lens, samples, seq_tables = parts
+        seq_tables = seq_tables.view(num_seqs, max_blocks)
+
         num_decode = 0
-        while num_decode < len(query_lens) and query_lens[num_decode] == 1:
+        while num_decode < num_seqs and query_lens[num_decode] == 1:
             num_decode += 1
-        max_blocks = max(((c + block_size - 1) // block_size for c in context_lens[:num_decode]), default=0)
-        tables = torch.zeros((num_decode, max_blocks), dtype=torch.long)
-        for i in range(num_decode):
-            nb = (context_lens[i] + block_size - 1) // block_size
-            tables[i, :nb] = torch.tensor(block_tables[i][:nb], dtype=torch.long)
-        key_pos = torch.arange(max_blocks * block_size)
-        decode_mask = (key_pos[None, :] < torch.tensor(context_lens[:num_decode], dtype=torch.long)[:, None])[
-            :, None, None, :
-        ]
+        decode_blocks = max(seq_blocks[:num_decode], default=0)
+        decode_tables = seq_tables[:num_decode, :decode_blocks]
+        key_pos = torch.arange(max_blocks * block_size, device=device)
+        decode_mask = (key_pos[None, : decode_blocks * block_size] < seq_lens[:num_decode, None])[:, None, None, :]
         prefills: list[PrefillSegment] = []
         start = num_decode
-        for qlen, ctx, table in zip(
-            query_lens[num_decode:], context_lens[num_decode:], block_tables[num_decode:], strict=True
-        ):
-            nb = (ctx + block_size - 1) // block_size
+        for i in range(num_decode, num_seqs):
+            qlen, ctx, nb = query_lens[i], context_lens[i], seq_blocks[i]
             mask = None
             if ctx != qlen:  # earlier tokens are in the cache (chunked prefill, prefix hit or recompute)
-                q_pos = torch.arange(ctx - qlen, ctx)
-                mask = torch.arange(nb * block_size)[None, :] <= q_pos[:, None]
-            prefills.append(PrefillSegment(start, qlen, ctx, torch.tensor(table[:nb], dtype=torch.long), mask))
+                mask = key_pos[None, : nb * block_size] <= pos[start : start + qlen, None]
+            prefills.append(PrefillSegment(start, qlen, ctx, seq_tables[i, :nb], mask))
             start += qlen
-        return cls(torch.tensor(slots, dtype=torch.long), num_decode, tables, decode_mask, prefills)
+        meta = AttentionMetadata(
+            slot_mapping,
+            num_decode,
+            decode_tables,
+            decode_mask,
+            prefills,
+            seq_tables.to(torch.int32),
+            seq_lens.to(torch.int32),
+            tile_flat.view(-1, 4).to(torch.int32),
+        )
+        return cls(ids, pos, samples, meta)
 
 
 def write_kv(cache: KVCache, k: Tensor, v: Tensor, slot_mapping: Tensor) -> None:
@@ -102,15 +177,21 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, cache: KVCache, meta: Atten
     """q `[T, H, D]`, k/v `[T, Hkv, D]` for the new tokens; returns `[T, H * D]`."""
     write_kv(cache, k, v, meta.slot_mapping)
     num_tokens, num_heads, head_dim = q.shape
+    if kernels.use_triton(q):  # the paged kernels read the cache in place
+        nd, scale = meta.num_decode, head_dim**-0.5
+        out = torch.empty_like(q)
+        if nd:
+            out[:nd] = kernels.paged_attention_decode(
+                q[:nd], cache.k, cache.v, meta.block_tables[:nd], meta.context_lens[:nd], scale
+            )
+        if nd < num_tokens:
+            kernels.prefill_attention(q, cache.k, cache.v, meta.block_tables, meta.prefill_tiles, scale, out)
+        return out.view(num_tokens, num_heads * head_dim)
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     nd = meta.num_decode
-    if nd and q.is_cuda:  # the Triton kernel reads the block tables directly: no gather of K/V
-        lens = meta.decode_mask[:, 0, 0, :].sum(-1).to(q.device)
-        tables = meta.decode_block_tables.to(q.device)
-        out[:nd] = kernels.paged_attention_decode(q[:nd], cache.k, cache.v, tables, lens, head_dim**-0.5)
-    elif nd:
+    if nd:
         # Query heads that share a KV head become a group of rows: no repeat of K/V, and the mask is per key only.
         qd = q[:nd].view(nd, num_kv_heads, group, head_dim)
         kd = _gather(cache.k, meta.decode_block_tables).to(q.dtype)

@@ -26,12 +26,13 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.is_cuda:  # fused Triton kernel
-            return kernels.rms_norm(x, self.weight, self.eps)[0]
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return kernels.rms_norm(x, self.weight, self.eps)[0]
+
+    def add_forward(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """(norm(x + residual), x + residual): the Triton kernel fuses the add into the norm's one pass."""
+        normed, summed = kernels.rms_norm(x, self.weight, self.eps, residual)
+        assert summed is not None
+        return normed, summed
 
 
 def rope_inv_freq(config: ModelConfig) -> Tensor:
@@ -114,9 +115,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.is_cuda:  # fused Triton kernel
-            return self.down_proj(kernels.silu_and_mul(self.gate_proj(x), self.up_proj(x)))
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(kernels.silu_and_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -130,8 +129,10 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: Tensor, positions: Tensor, rope: RotaryEmbedding, cache: KVCache, meta: AttentionMetadata
     ) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h, x = self.post_attention_layernorm.add_forward(
+            self.self_attn(self.input_layernorm(x), positions, rope, cache, meta), x
+        )
+        return x + self.mlp(h)
 
 
 class LlamaModel(nn.Module):
@@ -160,13 +161,18 @@ class LlamaForCausalLM(nn.Module):
 
     @classmethod
     def empty(
-        cls, config: ModelConfig, dtype: torch.dtype, layer_start: int = 0, layer_end: int | None = None
+        cls,
+        config: ModelConfig,
+        dtype: torch.dtype,
+        layer_start: int = 0,
+        layer_end: int | None = None,
+        device: torch.device | str = "cpu",
     ) -> LlamaForCausalLM:
         """Allocate without random initialisation (it costs seconds at this size); load_weights fills it."""
         with torch.device("meta"):
             model = cls(config, layer_start, layer_end)
-        model = model.to_empty(device="cpu").to(dtype)
-        model.rope = RotaryEmbedding(config)  # buffers computed at init are lost by to_empty
+        model = model.to_empty(device=device).to(dtype)
+        model.rope = RotaryEmbedding(config).to(device)  # buffers computed at init are lost by to_empty
         if config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         return model

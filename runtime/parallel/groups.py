@@ -144,7 +144,7 @@ def init_rank(
 ) -> RankContext:
     """Join the replica's process group (gloo for a CPU model, NCCL for a GPU one) and build the tensor groups.
 
-    The runtime keeps its model on the CPU today, so the default device is the CPU."""
+    A CUDA rank must have pinned its GPU (torch.cuda.set_device) first: NCCL binds the communicator to it."""
     device = device or torch.device("cpu")
     backend = "nccl" if device.type == "cuda" else "gloo"
     store = dist.TCPStore(
@@ -155,7 +155,14 @@ def init_rank(
         timeout=COLLECTIVE_TIMEOUT,
         wait_for_workers=False,
     )
-    dist.init_process_group(backend, store=store, rank=rank, world_size=topo.world_size, timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(
+        backend,
+        store=store,
+        rank=rank,
+        world_size=topo.world_size,
+        timeout=COLLECTIVE_TIMEOUT,
+        device_id=device if device.type == "cuda" else None,
+    )
     group = None
     for stage in range(topo.pipeline):  # every rank creates every group, in the same order
         ranks = topo.tensor_group_ranks(stage)

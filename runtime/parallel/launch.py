@@ -20,8 +20,8 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
-from infleet.runtime.config import ModelConfig
-from infleet.runtime.engine.engine import DEFAULT_KV_CACHE_BYTES, LLMEngine
+from infleet.runtime.config import DEFAULT_CPU_KV_SHARE, ModelConfig, RuntimeConfig, memory_limit_bytes
+from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.parallel.channel import Channel, Message
 from infleet.runtime.parallel.groups import PodPlacement, RankContext, Topology, placement_from_env
 from infleet.runtime.parallel.loading import read_metadata
@@ -39,12 +39,22 @@ STOP_WAIT = timedelta(seconds=20)
 LEADER_GRACE_SECONDS = 2.0  # /health answers 503 this long before the leader exits
 
 
-def kv_blocks(config: ModelConfig, max_num_seqs: int, max_model_len: int | None, block_size: int) -> int:
-    """The same number on every rank (each holds its layers' and heads' part of every block)."""
-    per_block = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4 * block_size
+def kv_blocks(
+    config: ModelConfig,
+    max_num_seqs: int,
+    max_model_len: int | None,
+    block_size: int,
+    budget: int | None = None,
+    dtype_bytes: int = 4,
+) -> int:
+    """CPU ranks: the same number on every rank (each holds its layers' and heads' part of every block), the whole
+    replica's cache within `budget` bytes (default: the CPU share of the memory limit). CUDA ranks size their own."""
+    from infleet.runtime.engine.memory import num_kv_blocks
+
+    budget = budget if budget is not None else int(memory_limit_bytes() * DEFAULT_CPU_KV_SHARE)
+    per_block = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes * block_size
     max_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
-    wanted = -(-max_num_seqs * max_len // block_size)
-    return max(1, min(wanted, DEFAULT_KV_CACHE_BYTES // per_block))
+    return num_kv_blocks(budget, per_block, max_num_seqs, max_len, block_size)
 
 
 def check_layout(config: ModelConfig, topo: Topology) -> None:
@@ -53,10 +63,36 @@ def check_layout(config: ModelConfig, topo: Topology) -> None:
     stage_layers(config.num_hidden_layers, topo.pipeline, 0)
 
 
+def rank_args(
+    model: str,
+    topo: Topology,
+    placement: PodPlacement,
+    num_kv_blocks: int,
+    tier: str,
+    block_size: int,
+    runtime: RuntimeConfig | None,
+) -> RankArgs:
+    """The pod's first rank; `spawn_ranks` derives the others (rank and local GPU number)."""
+    base = RankArgs(
+        model, topo.tensor, topo.pipeline, placement.ranks[0], placement.leader_addr, placement.leader_port,
+        num_kv_blocks, block_size, tier,
+    )  # fmt: skip
+    if runtime is not None:
+        base = replace(
+            base,
+            dtype=runtime.compute_dtype_name,
+            device=runtime.device,
+            kernels=runtime.kernels,
+            gpu_memory_utilization=runtime.gpu_memory_utilization,
+        )
+    return base
+
+
 def spawn_ranks(base: RankArgs, ranks: list[int]) -> list[subprocess.Popen[bytes]]:
+    """`base` is the pod's first rank (run by the caller); each other rank gets the next local GPU number."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "infleet.runtime.parallel.worker"]
-    return [subprocess.Popen([*cmd, replace(base, rank=r).to_json()], env=env) for r in ranks]
+    return [subprocess.Popen([*cmd, replace(base, rank=r, local_rank=r - base.rank).to_json()], env=env) for r in ranks]
 
 
 @dataclass
@@ -81,12 +117,11 @@ class ParallelGroup:
         block_size: int = 16,
         placement: PodPlacement | None = None,
         on_failure: Callable[[str], None] | None = None,
+        runtime: RuntimeConfig | None = None,
     ) -> ParallelGroup:
+        """`runtime` (resolved) sets device, kernels and dtype; without it the ranks compute in float32 on CPU."""
         placement = placement or placement_from_env(topo, {}, local_port=_free_port())
-        base = RankArgs(
-            model, topo.tensor, topo.pipeline, 0, placement.leader_addr, placement.leader_port,
-            num_kv_blocks, block_size, tier,
-        )  # fmt: skip
+        base = rank_args(model, topo, placement, num_kv_blocks, tier, block_size, runtime)
         children = spawn_ranks(base, placement.ranks[1:])
         try:
             ctx, stage = load_rank(base)
@@ -172,10 +207,7 @@ class _Health(BaseHTTPRequestHandler):
 
 def serve_rank_pod(args: Any, topo: Topology, placement: PodPlacement, num_kv_blocks: int) -> int:
     """A pod without the leader: run its ranks, answer `/health` on the HTTP port (no API, no metrics)."""
-    base = RankArgs(
-        str(args.model), topo.tensor, topo.pipeline, placement.ranks[0], placement.leader_addr,
-        placement.leader_port, num_kv_blocks, 16, args.tier,
-    )  # fmt: skip
+    base = rank_args(str(args.model), topo, placement, num_kv_blocks, args.tier, 16, args.runtime)
     children = spawn_ranks(base, placement.ranks[1:])
     server = ThreadingHTTPServer((args.host, args.port), _Health)
     threading.Thread(target=server.serve_forever, name="infleet-health", daemon=True).start()
@@ -192,8 +224,11 @@ def serve_rank_pod(args: Any, topo: Topology, placement: PodPlacement, num_kv_bl
 
 def serve_parallel(args: Any) -> int:
     """`serve --tensor-parallel T --pipeline-parallel P`: this pod's ranks; the leader pod also serves HTTP."""
-    from infleet.runtime.__main__ import PROG, model_path, run_http
+    import torch
+
+    from infleet.runtime.__main__ import PROG, log_startup, model_path, run_http
     from infleet.runtime.engine.engine import AsyncEngine
+    from infleet.runtime.engine.memory import kv_cache_budget
     from infleet.runtime.metrics import RuntimeMetrics
     from infleet.runtime.server.app import Serving
 
@@ -207,7 +242,12 @@ def serve_parallel(args: Any) -> int:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    num_blocks = args.num_kv_blocks or kv_blocks(config, args.max_num_seqs, args.max_model_len, 16)
+    runtime: RuntimeConfig = args.runtime
+    num_blocks = args.num_kv_blocks or 0  # 0: every CUDA rank sizes from its free memory
+    if not num_blocks and runtime.device == "cpu":
+        budget = kv_cache_budget(runtime, torch.device("cpu"))[0]
+        dtype_bytes = getattr(torch, runtime.compute_dtype_name).itemsize
+        num_blocks = kv_blocks(config, args.max_num_seqs, args.max_model_len, 16, budget, dtype_bytes)
     if not placement.is_leader_pod:
         return serve_rank_pod(args, topo, placement, num_blocks)
 
@@ -220,7 +260,13 @@ def serve_parallel(args: Any) -> int:
             holder["serving"].state.draining = True  # /health: 503 before the process goes
 
     group = ParallelGroup.start(
-        str(path), topo, num_kv_blocks=num_blocks, tier=args.tier, placement=placement, on_failure=unhealthy
+        str(path),
+        topo,
+        num_kv_blocks=num_blocks,
+        tier=args.tier,
+        placement=placement,
+        on_failure=unhealthy,
+        runtime=runtime,
     )
     engine = group.engine(
         config,
@@ -233,11 +279,10 @@ def serve_parallel(args: Any) -> int:
         prefix_caching=not args.no_prefix_caching,
         metrics=metrics,
     )
-    serving = Serving(
-        engine=AsyncEngine.from_engine(engine, max_waiting=args.max_waiting, tier=args.tier),
-        served_name=served_name,
-        metrics=metrics,
-    )
+    async_engine = AsyncEngine.from_engine(engine, max_waiting=args.max_waiting, tier=args.tier)
+    log_startup(served_name, args.tier, async_engine.execution, engine.block_manager.num_blocks, engine)
+    metrics.set_execution(async_engine.execution)
+    serving = Serving(engine=async_engine, served_name=served_name, metrics=metrics)
     holder["serving"] = serving
     try:
         return run_http(serving, args)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from infleet.runtime.config import ModelConfig
-from infleet.runtime.model.attention import AttentionMetadata, KVCache
+from infleet.runtime.model.attention import KVCache, StepInputs
 from infleet.runtime.model.llama import DecoderLayer, RMSNorm, RotaryEmbedding
 from infleet.runtime.parallel.groups import RankContext
 from infleet.runtime.parallel.loading import iter_shard
@@ -96,8 +96,8 @@ def build_stage(ctx: RankContext, path: str, config: ModelConfig, dtype: torch.d
     layers = stage_layers(config.num_hidden_layers, topo.pipeline, ctx.stage)
     with torch.device("meta"):
         model = StageModel(config, shard, layers, ctx.first_stage, ctx.last_stage)
-    model = model.to_empty(device="cpu").to(dtype)
-    model.rope = RotaryEmbedding(config)  # computed buffers are lost by to_empty
+    model = model.to_empty(device=ctx.device).to(dtype)
+    model.rope = RotaryEmbedding(config).to(ctx.device)  # computed buffers are lost by to_empty
     params = dict(model.named_parameters())
     for p in params.values():
         p.data.zero_()  # the padding rows of a vocabulary shard stay zero
@@ -151,8 +151,9 @@ class Stage:
         self.model = model
         self.block_size = block_size
         c = model.config
+        self.device = ctx.device
         self.kv_caches = [
-            KVCache.allocate(num_blocks, block_size, c.num_key_value_heads, c.head_dim, kv_dtype)
+            KVCache.allocate(num_blocks, block_size, c.num_key_value_heads, c.head_dim, kv_dtype, self.device)
             for _ in range(model.num_layers)
         ]
         self.dtype = next(model.parameters()).dtype
@@ -168,22 +169,24 @@ class Stage:
         hidden_size = model.full_config.hidden_size
         sends: list[tuple[dist.Work | None, Tensor]] = []  # a tensor must outlive its send
         logits: list[Tensor] = []
+        device = self.device
         for k, mb in enumerate(batches):
+            step = StepInputs.build(
+                mb.input_ids, mb.query_lens, mb.context_lens, mb.block_tables, self.block_size, mb.sample_rows, device
+            )
             if ctx.first_stage:
                 assert model.embed_tokens is not None
                 start = time.perf_counter()
-                x = model.embed_tokens(torch.tensor(mb.input_ids))
+                x = model.embed_tokens(step.input_ids)
             else:
-                x = torch.empty((mb.num_tokens, hidden_size), dtype=self.dtype)
+                x = torch.empty((mb.num_tokens, hidden_size), dtype=self.dtype, device=device)
                 dist.recv(x, src=self._peer(ctx.stage - 1), tag=k)
                 start = time.perf_counter()
-            meta = AttentionMetadata.build(mb.query_lens, mb.context_lens, mb.block_tables, self.block_size)
-            positions = torch.tensor(mb.positions)
             for layer, cache in zip(model.layers, self.kv_caches, strict=True):
-                x = layer(x, positions, model.rope, cache, meta)
+                x = layer(x, step.positions, model.rope, cache, step.meta)
             if ctx.last_stage:
                 assert model.norm is not None and model.lm_head is not None
-                out = model.lm_head(model.norm(x[torch.tensor(mb.sample_rows, dtype=torch.long)]))
+                out = model.lm_head(model.norm(x.index_select(0, step.sample_rows)))
                 self.stats.busy += time.perf_counter() - start
                 if ctx.is_leader:
                     logits.append(out)
@@ -199,9 +202,9 @@ class Stage:
             last = self.ctx.topo.rank_of(self.ctx.topo.pipeline - 1, 0)
             for k, mb in enumerate(batches):
                 if not mb.sample_rows:
-                    logits.append(torch.empty((0, vocab), dtype=torch.float32))
+                    logits.append(torch.empty((0, vocab), dtype=torch.float32, device=device))
                     continue
-                out = torch.empty((len(mb.sample_rows), vocab), dtype=torch.float32)
+                out = torch.empty((len(mb.sample_rows), vocab), dtype=torch.float32, device=device)
                 dist.recv(out, src=last, tag=LOGITS_TAG + k)
                 logits.append(out)
         for work, _ in sends:

@@ -63,6 +63,8 @@ class ParallelRunner(ModelRunner):
         self.model = cast("LlamaForCausalLM", stage.model)  # a stage serves the engine through the same interface
         self.block_size = stage.block_size
         self.kv_caches = stage.kv_caches
+        self.device = stage.device
+        self.graphs = None  # CUDA graphs: the single-process runner only
         pipeline = stage.ctx.topo.pipeline
         self.micro_batches = pipeline * micro_batches_per_stage if pipeline > 1 else 1  # tensor-only: one batch
 

@@ -15,7 +15,7 @@ import torch
 
 from infleet.runtime.parallel.channel import Channel
 from infleet.runtime.parallel.groups import RankContext, Topology, init_rank
-from infleet.runtime.parallel.pipeline import Stage, build_stage
+from infleet.runtime.parallel.pipeline import Stage, StageModel, build_stage
 from infleet.runtime.parallel.watchdog import Watchdog
 
 log = logging.getLogger("infleet.runtime.parallel")
@@ -29,10 +29,14 @@ class RankArgs:
     rank: int
     leader_addr: str
     leader_port: int
-    num_kv_blocks: int
+    num_kv_blocks: int  # 0: size from this GPU's free memory (the smallest over all ranks)
     block_size: int = 16
     tier: str = "bf16"
     dtype: str = "float32"
+    device: str = "cpu"  # "cpu" or "cuda"; a CUDA rank uses the pod's GPU number `local_rank`
+    kernels: str = "torch"
+    local_rank: int = 0
+    gpu_memory_utilization: float = 0.9
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -61,16 +65,40 @@ def report_stats(ctx: RankContext, stage: Stage) -> None:
 def load_rank(args: RankArgs) -> tuple[RankContext, Stage]:
     from pathlib import Path
 
+    from infleet.runtime.kernels import dispatch
     from infleet.runtime.parallel.loading import read_metadata
     from infleet.runtime.quant.tiers import apply_tier
 
     torch.set_num_threads(int(__import__("os").environ.get("INFLEET_RANK_THREADS", "1")))
+    dispatch.set_backend(args.kernels)
+    device = torch.device(args.device)
+    if device.type == "cuda":  # within CUDA_VISIBLE_DEVICES, i.e. the GPUs the pod was given
+        device = torch.device("cuda", args.local_rank)
+        torch.cuda.set_device(device)
     topo = Topology(args.tensor, args.pipeline)
-    ctx = init_rank(topo, args.rank, args.leader_addr, args.leader_port)
+    ctx = init_rank(topo, args.rank, args.leader_addr, args.leader_port, device)
     config, _ = read_metadata(Path(args.model))
     dtype = getattr(torch, args.dtype)
     model = apply_tier(build_stage(ctx, args.model, config, dtype), args.tier)
-    return ctx, Stage(ctx, model, args.num_kv_blocks, args.block_size, dtype)
+    num_blocks = args.num_kv_blocks or gpu_kv_blocks(ctx, model, dtype, args)
+    return ctx, Stage(ctx, model, num_blocks, args.block_size, dtype)
+
+
+def gpu_kv_blocks(ctx: RankContext, model: StageModel, dtype: torch.dtype, args: RankArgs) -> int:
+    """Blocks this GPU's free memory holds after its weights, agreed on as the minimum over every rank."""
+    import torch.distributed as dist
+
+    from infleet.runtime.config import RuntimeConfig
+    from infleet.runtime.engine.memory import kv_cache_budget
+
+    runtime = RuntimeConfig(device="cuda", gpu_memory_utilization=args.gpu_memory_utilization)
+    budget, how = kv_cache_budget(runtime, ctx.device)
+    c = model.config
+    per_block = 2 * len(model.layers) * c.num_key_value_heads * c.head_dim * dtype.itemsize * args.block_size
+    blocks = torch.tensor([max(1, budget // per_block)], device=ctx.device)
+    dist.all_reduce(blocks, op=dist.ReduceOp.MIN)
+    log.info("rank %d: %s; KV cache %d blocks (smallest over the ranks)", ctx.rank, how, int(blocks))
+    return int(blocks)
 
 
 def run_worker(args: RankArgs) -> int:

@@ -8,8 +8,8 @@ shares the float table the embedding lookup keeps anyway, so quantizing it would
 and on SmolLM2 a quantized head cost most of int8's perplexity loss (its logits go through the bf16 CPU kernel).
 Activations stay in the model's dtype.
 
-Quantize on the device the model will run on: the int4 layer picks its packing there (PyTorch's CPU int4 kernel
-layout on CPU, the portable nibble layout the Triton kernel reads on CUDA).
+Quantize on the device the model will run on, after choosing the kernel backend: the int4 layer picks its packing
+then (PyTorch's CPU int4 kernel layout for PyTorch on CPU, the portable nibble layout the Triton kernel reads).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class TierError(ValueError):
 
 
 class Fp8Linear(nn.Module):
-    """Weights in e4m3 with a float32 scale per output channel; upcast per call (no fp8 matmul on CPU)."""
+    """Weights in e4m3 with a float32 scale per output channel: `torch._scaled_mm` on GPUs with fp8 matmul, the
+    Triton dequant-GEMM on other GPUs, an upcast per call on CPU (see dispatch.fp8_linear)."""
 
     weight: torch.Tensor
     scale: torch.Tensor
@@ -48,7 +49,7 @@ class Fp8Linear(nn.Module):
         return cls(F.quantize_fp8(linear.weight.detach()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+        return dispatch.fp8_linear(x, self.weight, self.scale)
 
 
 class Int8Linear(nn.Module):
@@ -83,8 +84,13 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.group_size = q.group_size
-        # PyTorch's CPU kernel wants N % 16 == 0; other shapes use the portable layout and the reference.
-        self.cpu_layout = device.type == "cpu" and dispatch.CPU_INT4_MM and self.out_features % 16 == 0
+        # PyTorch's CPU kernel wants N % 16 == 0; other shapes, and the Triton kernel, use the portable layout.
+        self.cpu_layout = (
+            device.type == "cpu"
+            and dispatch.backend() != "triton"
+            and dispatch.CPU_INT4_MM
+            and self.out_features % 16 == 0
+        )
         if self.cpu_layout:
             self.register_buffer("packed", dispatch.to_cpu_int4_pack(F.unpack_int4(q.packed)))
             self.register_buffer("scales_and_zeros", dispatch.cpu_int4_scales_and_zeros(q.scale, q.offset))

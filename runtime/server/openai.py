@@ -58,6 +58,7 @@ async def list_models(request: Request) -> Response:
         "max_model_len": serving.engine.max_model_len,
         "tier": serving.engine.tier,
         "quantization": serving.quantization(),
+        "execution": serving.engine.execution,  # device, compute dtype, kernels actually in use
     }
     return JSONResponse({"object": "list", "data": [card]})
 

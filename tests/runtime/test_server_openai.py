@@ -41,7 +41,9 @@ def test_chat_stream_matches_non_stream(client: openai.OpenAI) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    # the same finish as the whole response (not necessarily "stop": in bf16 the cached-prefix path can tip a
+    # near-tied first token, and the answer then runs past 24 tokens; docs/runtime.md)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
 
 
