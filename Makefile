@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # venv imports it late, after the working directory is on sys.path): never put the working directory there.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install fleet-bins setup lint typecheck test test-unit test-all test-gpu bench-runtime up down env clean
+.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu bench-runtime up down env clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -46,12 +46,23 @@ typecheck: $(STAMP)
 test-unit: install
 	$(PY) -m pytest -m "not cluster and not exhaustive" $(PYTEST_ARGS)
 
-# The whole suite but the exhaustive matrices, which `make test-all` adds.
+# The whole suite but the exhaustive matrices, which `make test-all` adds, and the built images (`make test-images`).
 test: setup lint typecheck
-	$(PY) -m pytest -m "not exhaustive" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not exhaustive and not images" $(PYTEST_ARGS)
+
+# The operator and gateway images, built with podman on a Debian base made here (cluster/images.py; cached by inputs).
+images:
+	python3 cluster/images.py operator gateway
+
+# The CUDA runtime image (PyPI's CUDA torch wheels, several GB): built only when asked.
+images-cuda:
+	python3 cluster/images.py runtime
+
+test-images: setup images
+	$(PY) -m pytest -m images tests/images $(PYTEST_ARGS)
 
 test-all: setup lint typecheck
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not images" $(PYTEST_ARGS)
 
 # On a machine with a CUDA GPU: the `gpu` tests, then the GPU benchmark (which exits 3 without a GPU: not a pass).
 test-gpu: install

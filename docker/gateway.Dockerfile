@@ -6,7 +6,7 @@ ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/infleet
+RUN python3 -m venv /opt/infleet
 COPY pyproject.toml setup.py README.md ./
 COPY infleet ./infleet
 COPY gateway ./gateway

@@ -6,7 +6,7 @@ ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/infleet
+RUN python3 -m venv /opt/infleet
 COPY pyproject.toml setup.py README.md ./
 COPY infleet ./infleet
 COPY operator ./operator
@@ -19,7 +19,7 @@ COPY runtime/quant/profiles ./runtime/quant/profiles
 # only what the operator imports; the package itself without its heavy (runtime) dependencies
 RUN /opt/infleet/bin/pip install \
         "kopf==1.45.2" "kubernetes==37.0.2" "pydantic==2.14.3" "prometheus-client==0.26.0" \
-        "httpx==0.28.1" "PyYAML==6.0.3" "aiohttp==3.14.5" \
+        "httpx==0.28.1" "PyYAML==6.0.3" "aiohttp==3.14.5" "prometheus-api-client==0.7.2" \
     && /opt/infleet/bin/pip install --no-deps .
 
 FROM ${PYTHON_IMAGE}

@@ -1,36 +1,32 @@
 # syntax=docker/dockerfile:1.7
-# The inference runtime on CUDA: torch (CUDA 12.8 wheels, which bring their own CUDA libraries) and Triton.
-# Build from the repository root:
+# The inference runtime: torch from PyPI (its Linux wheels are CUDA builds that bring their own CUDA libraries, so
+# no NVIDIA base image is needed; the same image runs on CPU nodes) and Triton. Build from the repository root:
 #   docker build -f docker/runtime.Dockerfile -t infleet/runtime:0.1.0 .
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+# or, on a machine without a registry, on the Debian base `make images-cuda` makes (cluster/images.py).
+ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 
-FROM ${CUDA_IMAGE} AS build
-ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12=3.12.3-* python3.12-venv=3.12.3-* \
-    && rm -rf /var/lib/apt/lists/*
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python3.12 -m venv /opt/infleet \
-    && /opt/infleet/bin/pip install --index-url https://download.pytorch.org/whl/cu128 \
-        "torch==2.15.0" "triton==3.9.0"
+RUN python3 -m venv /opt/infleet \
+    && /opt/infleet/bin/pip install "torch==2.15.0" "triton==3.9.0"
 COPY pyproject.toml setup.py README.md ./
 COPY infleet ./infleet
 COPY runtime ./runtime
-COPY autoscaler ./autoscaler
 RUN /opt/infleet/bin/pip install \
         "tokenizers==0.23.3" "gguf==0.19.0" "safetensors==0.8.0" "numpy==2.4.6" "jinja2==3.1.6" \
         "fastapi==0.165.0" "uvicorn==0.54.0" "prometheus-client==0.26.0" "pydantic==2.14.3" "PyYAML==6.0.3" \
         "httpx==0.28.1" \
     && /opt/infleet/bin/pip install --no-deps .
 
-FROM ${CUDA_IMAGE}
+FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="infleet runtime" \
       org.opencontainers.image.source="https://github.com/infleet/infleet" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV DEBIAN_FRONTEND=noninteractive
 # Triton compiles a small C launcher per kernel at run time: it needs a C compiler and Python's headers
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12=3.12.3-* python3.12-dev=3.12.3-* gcc=4:13.2.* libc6-dev=2.39-* \
+    && apt-get install -y --no-install-recommends gcc=4:12.2.* libc6-dev=2.36-* python3-dev=3.11.2-* \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 infleet \
     && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin infleet

@@ -30,6 +30,7 @@ ENTRY_MODULES = {
         "infleet.operator.handlers",
         "infleet.operator.autoscaling",
         "infleet.operator.deployment_metrics",
+        "infleet.operator.observation",
     ],
     "gateway": ["infleet.gateway.__main__", "infleet.gateway.app", "infleet.gateway.discovery"],
     "runtime": ["infleet.runtime.__main__", "infleet.runtime.server.app", "infleet.runtime.parallel.launch"],
