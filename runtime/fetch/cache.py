@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from pathlib import Path
 
 from filelock import FileLock
@@ -26,7 +25,10 @@ def pull(uri: str, cache: Path, revision: str | None = None) -> Path:
     with FileLock(str(final) + ".lock"):
         if final.is_dir():
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache))
+        # one temp dir per entry: what a killed pull left is removed here, under the lock, never renamed into place
+        tmp = cache / f".partial-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         try:
             download(uri, revision, tmp)
             tmp.rename(final)

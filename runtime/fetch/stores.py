@@ -40,7 +40,7 @@ def download(uri: str, revision: str | None, dest: Path) -> None:
         download_s3(uri, dest)
     elif scheme == "gs":
         download_gs(uri, dest)
-    elif scheme == "https":
+    elif scheme in ("https", "http"):  # plain http for in-cluster servers
         download_https(uri, dest)
     else:
         raise FetchError(Reason.NotFound, f"unsupported model URI scheme {scheme!r} in {uri}")
