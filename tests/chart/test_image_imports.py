@@ -33,7 +33,12 @@ ENTRY_MODULES = {
         "infleet.operator.observation",
     ],
     "gateway": ["infleet.gateway.__main__", "infleet.gateway.app", "infleet.gateway.discovery"],
-    "runtime": ["infleet.runtime.__main__", "infleet.runtime.server.app", "infleet.runtime.parallel.launch"],
+    "runtime": [
+        "infleet.runtime.__main__",
+        "infleet.runtime.server.app",
+        "infleet.runtime.parallel.launch",
+        "infleet.runtime.fetch.__main__",
+    ],
 }
 TORCH_FREE = {"operator", "gateway"}
 

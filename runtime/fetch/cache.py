@@ -1,0 +1,41 @@
+"""The cache: one directory per URI + revision, present only once complete (download to a temp dir, verify, rename),
+and a file lock so that concurrent pulls of one entry download it once."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from filelock import FileLock
+
+from infleet.runtime.fetch.errors import FetchError, from_os_error
+from infleet.runtime.fetch.stores import download
+
+
+def entry_name(uri: str, revision: str | None) -> str:
+    key = f"{uri}@{revision or ''}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def pull(uri: str, cache: Path, revision: str | None = None) -> Path:
+    """Return the local directory holding the model at `uri`, downloading it first unless the cache has it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / entry_name(uri, revision)
+    with FileLock(str(final) + ".lock"):
+        if final.is_dir():
+            return final
+        # one temp dir per entry: what a killed pull left is removed here, under the lock, never renamed into place
+        tmp = cache / f".partial-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            download(uri, revision, tmp)
+            tmp.rename(final)
+        except FetchError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise from_os_error(err) from err
+    return final

@@ -1,0 +1,29 @@
+"""One exception for every way a pull fails, with the reason the operator shows in status."""
+
+from __future__ import annotations
+
+import enum
+import errno
+
+
+class Reason(enum.Enum):
+    # value = the process exit code, distinct per reason
+    NotFound = 10
+    Unauthorized = 11
+    StoreUnreachable = 12
+    ChecksumMismatch = 13
+    DiskFull = 14
+
+
+class FetchError(Exception):
+    def __init__(self, reason: Reason, message: str) -> None:
+        message = " ".join(message.split())  # one line: the termination message and `REASON: message` output
+        super().__init__(f"{reason.name}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def from_os_error(err: OSError) -> FetchError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FetchError(Reason.DiskFull, str(err))
+    return FetchError(Reason.StoreUnreachable, str(err))
