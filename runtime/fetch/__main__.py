@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = pull(args.uri, args.cache, args.revision)
+    except ModuleNotFoundError as err:  # boto3 / gcsfs are the `stores` extra (the runtime image has them)
+        print(
+            f"infleet model: {args.uri.split(':')[0]}:// needs {err.name}: pip install 'infleet[stores]'",
+            file=sys.stderr,
+        )
+        return 2
     except FetchError as err:
         line = f"{err.reason.name}: {err.message}"
         print(line, file=sys.stderr)

@@ -7,10 +7,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 
 from infleet.runtime.fetch.errors import FetchError, Reason
 from infleet.runtime.fetch.stores import s3_reason, verify_s3
+
+# boto3 is the `stores` extra (pyproject.toml says why it is not a main dependency)
+ClientError = pytest.importorskip("botocore.exceptions", reason="the `stores` extra is not installed").ClientError
 
 
 @pytest.mark.parametrize(
