@@ -408,7 +408,10 @@ async def health(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_gateway(request).metrics.render(), media_type=CONTENT_TYPE)
+    gateway = _gateway(request)
+    for d in gateway.catalog.deployments():
+        gateway.metrics.declare_slo(d.namespace, d.name, (sli for sli, _ in d.slo.items()))
+    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def build_app(

@@ -9,6 +9,8 @@ The autoscaler and operator read `infleet_gateway_held_requests` as demand for a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -65,6 +67,13 @@ class GatewayMetrics:
             registry=r,
         )
         self.in_flight = Gauge("infleet_gateway_in_flight_requests", "Requests being proxied.", DEPLOYMENT, registry=r)
+
+    def declare_slo(self, namespace: str, deployment: str, slis: Iterable[str]) -> None:
+        """Expose a deployment's good/bad series at 0 before its first request: PromQL's increase() never counts
+        the first sample of a new series, so without this the first minute of traffic is missing from attainment."""
+        for sli in slis:
+            for result in ("good", "bad"):
+                self.slo_requests.labels(namespace, deployment, sli, result)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -93,3 +93,17 @@ def test_tpot_is_the_mean_gap_after_the_first_event() -> None:
     assert clock.judge()["tpot"] is False
     assert clock.judge(failed=True) == {"ttft": False, "tpot": False, "e2e": False}
     assert tokens(b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]\n\n') == 2
+
+
+def test_a_scrape_before_any_request_shows_each_set_sli_at_zero(gateway: tuple) -> None:
+    """PromQL's increase() ignores a new series' first sample, so the series exist at 0 before the first request."""
+    gw, server, _ = gateway
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for result in ("good", "bad"):
+        for sli in ("ttft", "tpot"):
+            assert count(gw.metrics, "team-b", "loose", sli, result) == 0
+            assert (
+                f'infleet_gateway_slo_requests_total{{deployment="loose",namespace="team-b",result="{result}",'
+                f'sli="{sli}"}} 0.0' in text
+            ), text
+    assert 'deployment="loose",namespace="team-b",result="good",sli="e2e"' not in text  # no e2e objective: no series
