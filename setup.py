@@ -6,7 +6,7 @@ from setuptools import setup
 
 PARTS = ("operator", "runtime", "autoscaler", "gateway", "cluster", "monitoring")
 root = Path(__file__).parent
-packages = ["infleet"]
+packages = ["infleet"] + [f"infleet.{p.parent.name}" for p in sorted((root / "infleet").glob("*/__init__.py"))]
 package_dir = {"infleet": "infleet"}
 for part in PARTS:
     package_dir[f"infleet.{part}"] = part

@@ -44,6 +44,8 @@ MODEL_URI_PATTERN = (
     r"|file:///.+"
     r"|https?://.+\.gguf)$"
 )
+# a DNS-1123 subdomain: the names of Secrets and PersistentVolumeClaims
+DNS_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Kubernetes quantities ("500m", "2", "8Gi"); resource values are strings so that "8Gi" reads as written.
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # what NVIDIA GPU feature discovery writes into nvidia.com/gpu.product (a label value)
@@ -96,6 +98,13 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=camel, populate_by_name=True, extra="forbid")
 
 
+class ModelCache(ApiModel):
+    """A PersistentVolumeClaim shared by the replicas, so restarts, new replicas and scale-from-zero reuse a model
+    downloaded once (ReadWriteMany for replicas on several nodes)."""
+
+    claim_name: str = Field(pattern=DNS_NAME_PATTERN, max_length=253, description="The claim, in this namespace.")
+
+
 class ModelSource(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -113,12 +122,29 @@ class ModelSource(ApiModel):
         description="Where the weights are: hf://org/name, s3://, gs://, pvc://claim/path, file:///path (a .gguf file "
         "or a directory), https://.../x.gguf. May change: a new URI rolls out like any other spec change.",
     )
-    revision: str | None = Field(default=None, max_length=128, description="Branch, tag or commit (hf:// only).")
+    revision: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Branch, tag or commit (hf://); for other stores, part of the cache key.",
+    )
     served_name: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$",
         max_length=128,
         description="The model name clients send; defaults to the deployment's name. Immutable.",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        pattern=DNS_NAME_PATTERN,
+        max_length=253,
+        description="A Secret in this namespace whose keys become the model fetcher's environment: HF_TOKEN for "
+        "hf://; AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and AWS_ENDPOINT_URL (any S3-compatible store) "
+        "for s3://; GOOGLE_APPLICATION_CREDENTIALS' JSON as GOOGLE_SERVICE_ACCOUNT_JSON for gs://.",
+    )
+    cache: ModelCache | None = Field(
+        default=None,
+        description="Where fetched models are kept. Default: the chart's modelCache claim if it names one, else a "
+        "per-pod emptyDir (each new pod downloads again).",
     )
 
 

@@ -63,7 +63,7 @@ def problems(
     tier: str,
     lay: Layout,
     node_gpus: Mapping[str, int],
-    missing_claim: str | None = None,
+    missing_claim: tuple[str, str] | None = None,
 ) -> list[Problem]:
     """`node_gpus`: GPU product -> the most allocatable GPUs on one node of that product."""
     found: list[Problem] = []
@@ -101,15 +101,20 @@ def problems(
             )
         )
     if missing_claim:
-        found.append(
-            ("ModelVolumeNotFound", f"model.uri names PersistentVolumeClaim {missing_claim!r}, which does not exist")
-        )
+        field, claim = missing_claim
+        found.append(("ModelVolumeNotFound", f"{field} names PersistentVolumeClaim {claim!r}, which does not exist"))
     problem = tier_problem(spec, tier)
     if problem:
         found.append(problem)
     return found
 
 
-def claim_name(spec: InferenceDeploymentSpec) -> str | None:
+def claims(spec: InferenceDeploymentSpec) -> list[tuple[str, str]]:
+    """(field, claim) for every PersistentVolumeClaim the pods mount: the model's own, and the model cache's."""
+    out = []
     uri = spec.model.uri
-    return uri.removeprefix("pvc://").partition("/")[0] if uri.startswith("pvc://") else None
+    if uri.startswith("pvc://"):
+        out.append(("model.uri", uri.removeprefix("pvc://").partition("/")[0]))
+    if spec.model.cache is not None:
+        out.append(("model.cache.claimName", spec.model.cache.claim_name))
+    return out

@@ -145,8 +145,11 @@ async def reconcile(
     old_status: Mapping[str, Any] = body.get("status") or {}
     spec, want, tier_reason = plan(body, node_gpus)
 
-    claim = checks.claim_name(spec)
-    missing_claim = claim if claim and await kube.get("PersistentVolumeClaim", owner.namespace, claim) is None else None
+    missing_claim = None
+    for where, claim in checks.claims(spec):
+        if await kube.get("PersistentVolumeClaim", owner.namespace, claim) is None:
+            missing_claim = (where, claim)
+            break
     problems = checks.problems(spec, want.tier, want.layout, node_gpus, missing_claim)
 
     applied = list(await asyncio.gather(*(kube.apply(obj) for obj in want.objects)))

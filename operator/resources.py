@@ -21,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from infleet.api import models
 from infleet.operator.api import API_VERSION, KIND, InferenceDeploymentSpec, ModelSource
 
 PORT = 8000
@@ -34,6 +36,11 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 MODEL_MOUNT = "/models"
+CACHE_MOUNT = "/model-cache"
+CACHE_VOLUME = "model-cache"
+FETCH_CONTAINER = "model-fetch"
+DEFAULT_CACHE_CLAIM_ENV = "INFLEET_MODEL_CACHE_CLAIM"
+FETCH_ENV_PASSED = ("HF_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_REGION")
 TEMPLATE_HASH_ANNOTATION = "infleet.dev/template-hash"
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -148,7 +155,8 @@ def model_location(model: ModelSource) -> tuple[str, list[dict[str, Any]], list[
     """The model argument the engine gets, plus the volumes and mounts it needs.
 
     pvc://claim/path mounts the claim read-only under /models/claim; file:///path is a path in the image or on the
-    node; hf://, s3://, gs:// and https:// are passed through for the engine to fetch.
+    node; hf://, s3://, gs:// and https:// are fetched by the `model-fetch` init container into the model cache,
+    and the engine loads the cache entry (a local directory).
     """
     uri = model.uri
     if uri.startswith("pvc://"):
@@ -158,7 +166,49 @@ def model_location(model: ModelSource) -> tuple[str, list[dict[str, Any]], list[
         return f"{MODEL_MOUNT}/{claim}/{path}".rstrip("/"), [volume], [mount]
     if uri.startswith("file://"):
         return uri.removeprefix("file://"), [], []
-    return uri, [], []
+    mount = {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT}
+    return f"{CACHE_MOUNT}/{models.entry_name(uri, model.revision)}", [cache_volume(model)], [mount]
+
+
+def cache_volume(model: ModelSource) -> dict[str, Any]:
+    """The model cache: the deployment's claim, else the operator's default claim (the chart's modelCache), else
+    an emptyDir that lives as long as the pod."""
+    claim = model.cache.claim_name if model.cache else os.environ.get(DEFAULT_CACHE_CLAIM_ENV)
+    if claim:
+        return {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+    return {"name": CACHE_VOLUME, "emptyDir": {}}
+
+
+def fetch_container(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
+    """The init container that pulls a remote model into the cache (KServe's storage-initializer pattern). Its
+    last line on failure is `REASON: message`, which Kubernetes keeps as the termination message and the
+    operator turns into the ModelReady condition."""
+    model = spec.model
+    if not models.is_remote(model.uri):
+        return None
+    command = ["infleet", "model", "pull", model.uri, "--cache", CACHE_MOUNT]
+    if model.revision:
+        command += ["--revision", model.revision]
+    body: dict[str, Any] = {
+        "name": FETCH_CONTAINER,
+        "image": f"infleet/runtime:{infleet_version()}",  # the fetcher is infleet's, whichever engine serves
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}]
+        + [{"name": k, "value": v} for k, v in sorted(fetch_env().items())],
+        "volumeMounts": [{"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": CONTAINER_SECURITY,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if model.credentials_secret:
+        body["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
+    return body
+
+
+def fetch_env() -> dict[str, str]:
+    """Store endpoints the operator was installed with (chart values `modelStores`), passed to every fetch: a
+    private hub mirror (HF_ENDPOINT) or an in-cluster S3 store (AWS_ENDPOINT_URL). A Secret's keys override them."""
+    return {k: os.environ[k] for k in FETCH_ENV_PASSED if os.environ.get(k)}
 
 
 # vLLM has no in-flight int8 weight quantization; int4 in flight is bitsandbytes.
@@ -172,15 +222,12 @@ VLLM_TIER_FLAGS: dict[str, list[str]] = {
 def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_arg: str) -> list[str]:
     rt, par = spec.runtime, spec.parallelism
     if rt.engine == "vllm":
-        model = model_arg.removeprefix("hf://")
-        cmd = ["vllm", "serve", model, "--served-model-name", served_name(spec, name), "--host", "0.0.0.0"]
+        cmd = ["vllm", "serve", model_arg, "--served-model-name", served_name(spec, name), "--host", "0.0.0.0"]
         cmd += ["--port", str(PORT), "--tensor-parallel-size", str(par.tensor)]
         cmd += ["--pipeline-parallel-size", str(par.pipeline), "--max-num-batched-tokens", str(rt.max_batch_tokens)]
         cmd += ["--max-model-len", str(rt.max_model_len)]
         cmd += ["--enable-prefix-caching" if rt.prefix_caching else "--no-enable-prefix-caching"]
         cmd += VLLM_TIER_FLAGS.get(tier, [])
-        if spec.model.revision:
-            cmd += ["--revision", spec.model.revision]
         return cmd + list(rt.extra_args)
     cmd = ["python", "-m", "infleet.runtime", "serve", "--model", model_arg, "--served-name", served_name(spec, name)]
     cmd += ["--host", "0.0.0.0", "--port", str(PORT), "--tier", tier, "--tensor-parallel", str(par.tensor)]
@@ -238,6 +285,8 @@ def container(
         env.append({"name": "INFLEET_MODEL_REVISION", "value": spec.model.revision})
     if spec.runtime.engine == "vllm":
         env.append({"name": "HOME", "value": "/tmp"})  # its image's HOME is /root, unwritable as the non-root user
+        if models.is_remote(spec.model.uri):  # what vLLM downloads itself (tokenizer extras) lands in the cache too
+            env.append({"name": "HF_HOME", "value": f"{CACHE_MOUNT}/hf"})
     env += group_env + [{"name": e.name, "value": e.value} for e in spec.runtime.env]
 
     gpus = str(lay.gpus_per_pod)
@@ -308,6 +357,7 @@ def pod_template(
         "spec": {
             "affinity": affinity,
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            **({"initContainers": [fetch]} if (fetch := fetch_container(spec)) else {}),
             "containers": [body],
             "volumes": volumes,
             "securityContext": POD_SECURITY,

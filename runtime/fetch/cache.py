@@ -3,19 +3,14 @@ and a file lock so that concurrent pulls of one entry download it once."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 from filelock import FileLock
 
+from infleet.api.models import entry_name
 from infleet.runtime.fetch.errors import FetchError, from_os_error
 from infleet.runtime.fetch.stores import download
-
-
-def entry_name(uri: str, revision: str | None) -> str:
-    key = f"{uri}@{revision or ''}"
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def pull(uri: str, cache: Path, revision: str | None = None) -> Path:

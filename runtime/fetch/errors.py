@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 import errno
 
-
-class Reason(enum.Enum):
-    # value = the process exit code, distinct per reason
-    NotFound = 10
-    Unauthorized = 11
-    StoreUnreachable = 12
-    ChecksumMismatch = 13
-    DiskFull = 14
+from infleet.api.models import Reason
 
 
 class FetchError(Exception):

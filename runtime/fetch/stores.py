@@ -154,10 +154,14 @@ def verify_s3(path: Path, size: int, etag: str) -> None:
 
 
 def download_gs(uri: str, dest: Path) -> None:
-    """gcsfs: credentials from GOOGLE_APPLICATION_CREDENTIALS or the pod's workload identity; sizes checked."""
+    """gcsfs: credentials from GOOGLE_SERVICE_ACCOUNT_JSON (a key from spec.model.credentialsSecret),
+    GOOGLE_APPLICATION_CREDENTIALS or the pod's workload identity; sizes checked."""
+    import json
+
     import gcsfs
 
-    fs = gcsfs.GCSFileSystem()
+    key = os.environ.get("GOOGLE_SERVICE_ACCOUNT_JSON")
+    fs = gcsfs.GCSFileSystem(token=json.loads(key)) if key else gcsfs.GCSFileSystem()
     root = uri.removeprefix("gs://").rstrip("/")
     try:
         files = fs.find(root, detail=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from infleet.api import models
 from infleet.operator import api, resources
 from infleet.operator.resources import Owner
 
@@ -81,7 +82,9 @@ def test_infleet_engine_command() -> None:
     cmd = c["command"]
     assert cmd[:5] == ["python", "-m", "infleet.runtime", "serve", "--model"]
     flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
-    assert flags["--model"] == "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
+    # a remote model is fetched by the init container; the engine loads the cache entry
+    entry = models.entry_name("hf://HuggingFaceTB/SmolLM2-135M-Instruct", None)
+    assert flags["--model"] == f"/model-cache/{entry}"
     assert flags["--served-name"] == "smollm2" and flags["--tier"] == "int8"
     assert flags["--tensor-parallel"] == "2" and flags["--pipeline-parallel"] == "1"
     assert flags["--max-batch-tokens"] == "4096" and flags["--max-model-len"] == "2048" and flags["--port"] == "8000"
@@ -95,12 +98,16 @@ def test_vllm_engine_command() -> None:
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"].startswith("vllm/vllm-openai:")
     cmd = c["command"]
-    assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen2.5-7B"]
+    assert cmd[:3] == ["vllm", "serve", f"/model-cache/{models.entry_name('hf://Qwen/Qwen2.5-7B', 'v1')}"]
     assert cmd[cmd.index("--served-model-name") + 1] == "llama"  # no servedName: the deployment's name
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "1"
     assert cmd[cmd.index("--max-num-batched-tokens") + 1] == "8192"
     assert cmd[cmd.index("--quantization") + 1] == "fp8"
-    assert "--no-enable-prefix-caching" in cmd and cmd[cmd.index("--revision") + 1] == "v1"
+    assert "--no-enable-prefix-caching" in cmd and "--revision" not in cmd  # the fetcher pinned it
+    assert {"name": "HF_HOME", "value": "/model-cache/hf"} in c["env"]
+    fetch = dep["spec"]["template"]["spec"]["initContainers"][0]
+    assert fetch["image"] == f"infleet/runtime:{resources.infleet_version()}"  # infleet's fetcher, any engine
+    assert fetch["command"][-2:] == ["--revision", "v1"]
 
 
 def test_multi_node_groups_carry_rank_env() -> None:
@@ -159,3 +166,43 @@ def test_tier_change_changes_the_pod_template() -> None:
     b = by_kind(resources.desired(spec, OWNER, "int4", 1).objects, "Deployment")[0]
     assert a["spec"]["selector"] == b["spec"]["selector"]  # selectors are immutable: no tier in them
     assert a["spec"]["template"] != b["spec"]["template"]
+
+
+def pod_spec(spec: api.InferenceDeploymentSpec) -> dict[str, Any]:
+    dep = by_kind(resources.desired(spec, OWNER, "int8", 8).objects, "Deployment")[0]
+    pod: dict[str, Any] = dep["spec"]["template"]["spec"]
+    return pod
+
+
+def test_a_remote_model_is_pulled_by_an_init_container_into_the_cache_the_engine_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.internal")
+    uri = "s3://models/smollm2/"
+    pod = pod_spec(spec_of(model={"uri": uri, "revision": "2024-11", "credentialsSecret": "s3-keys"}))
+    (fetch,) = pod["initContainers"]
+    assert fetch["name"] == "model-fetch" and fetch["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert fetch["command"] == ["infleet", "model", "pull", uri, "--cache", "/model-cache", "--revision", "2024-11"]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "s3-keys"}}]
+    assert {"name": "HF_ENDPOINT", "value": "http://hub.internal"} in fetch["env"]  # the operator's store settings
+    assert fetch["securityContext"] == resources.CONTAINER_SECURITY
+    runtime = pod["containers"][0]
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in runtime["volumeMounts"]
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in fetch["volumeMounts"]
+    model = runtime["command"][runtime["command"].index("--model") + 1]
+    assert model == f"/model-cache/{models.entry_name(uri, '2024-11')}"
+    assert {"name": "model-cache", "emptyDir": {}} in pod["volumes"]  # default: per pod
+
+
+def test_the_model_cache_is_a_shared_claim_when_one_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(resources.DEFAULT_CACHE_CLAIM_ENV, "fleet-models")
+    chart_default = pod_spec(spec_of(model={"uri": "hf://a/b"}))
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "fleet-models"}} in chart_default["volumes"]
+    own = pod_spec(spec_of(model={"uri": "hf://a/b", "cache": {"claimName": "team-models"}}))
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "team-models"}} in own["volumes"]
+
+
+def test_local_models_need_no_fetch() -> None:
+    for uri in ("file:///models/x.gguf", "pvc://weights/llama"):
+        pod = pod_spec(spec_of(model={"uri": uri}))
+        assert "initContainers" not in pod and all(v["name"] != "model-cache" for v in pod["volumes"])

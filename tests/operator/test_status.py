@@ -122,7 +122,9 @@ def test_degraded_names_the_first_reason() -> None:
 FLEET = {"NVIDIA-H100-80GB-HBM3": 8, "NVIDIA-A100-SXM4-80GB": 8, "NVIDIA-L4": 1}
 
 
-def judge(spec: api.InferenceDeploymentSpec, tier: str | None = None, missing: str | None = None) -> list[str]:
+def judge(
+    spec: api.InferenceDeploymentSpec, tier: str | None = None, missing: tuple[str, str] | None = None
+) -> list[str]:
     chosen = tier or checks.choose_tier(spec, None)[0]
     lay = resources.layout(spec, checks.gpus_per_node(spec, FLEET))
     return [r for r, _ in checks.problems(spec, chosen, lay, FLEET, missing)]
@@ -133,7 +135,10 @@ def test_checks_find_what_only_the_operator_can_judge() -> None:
     assert judge(spec_of(accelerator={"type": "NVIDIA-B200"})) == ["NoMatchingNodes"]
     wide = spec_of(accelerator={"type": "NVIDIA-H100-80GB-HBM3", "gpusPerNode": 16}, parallelism={"tensor": 16})
     assert judge(wide) == ["InsufficientGPUsPerNode"]
-    assert judge(spec_of(model={"uri": "pvc://gone/x"}), missing="gone") == ["ModelVolumeNotFound"]
+    assert judge(spec_of(model={"uri": "pvc://gone/x"}), missing=("model.uri", "gone")) == ["ModelVolumeNotFound"]
+    cached = spec_of(model={"uri": "hf://a/b", "cache": {"claimName": "models"}})
+    assert checks.claims(cached) == [("model.cache.claimName", "models")]
+    assert checks.claims(spec_of(model={"uri": "pvc://weights/x"})) == [("model.uri", "weights")]
     a100 = spec_of(accelerator={"type": "NVIDIA-A100-SXM4-80GB"}, quantization={"tier": "fp8"})
     assert judge(a100) == ["TierUnsupportedByAccelerator"]
     vllm = spec_of(runtime={"engine": "vllm"}, quantization={"tier": "int8"})
