@@ -70,6 +70,46 @@ def container_argv(container: client.V1Container) -> list[str]:
     return argv
 
 
+TERMINATION_MESSAGE_BYTES = 2048  # what a kubelet keeps of a container's message
+TERMINATION_LOG_LINES = 80
+
+
+def local_volumes(pod: client.V1Pod, pod_dir: Path, claims_dir: Path) -> dict[str, Path]:
+    """Volume name -> the local directory standing in for it: an emptyDir lives and dies with the pod; a claim is
+    one directory per (namespace, claim), shared by every pod that mounts it, as a ReadWriteMany volume would be."""
+    out = {}
+    for v in pod.spec.volumes or []:
+        if v.empty_dir is not None and v.empty_dir.medium != "Memory":
+            out[v.name] = pod_dir / "volumes" / v.name
+        elif v.persistent_volume_claim is not None:
+            out[v.name] = claims_dir / pod.metadata.namespace / v.persistent_volume_claim.claim_name
+    return out
+
+
+def mount_map(container: client.V1Container, volumes: dict[str, Path]) -> dict[str, str]:
+    """mountPath -> local directory, for the container's mounts of volumes the launcher stands in for."""
+    return {m.mount_path.rstrip("/"): str(volumes[m.name]) for m in container.volume_mounts or [] if m.name in volumes}
+
+
+def rewrite(value: str, mounts: dict[str, str]) -> str:
+    """A path under a mountPath, alone or as `--flag=path`, becomes the same path under the volume's directory:
+    processes share the host's filesystem, so this is how a mount is seen (the deepest mountPath wins)."""
+    prefix, sep, path = value.partition("=") if value.startswith("-") else ("", "", value)
+    for mount in sorted(mounts, key=len, reverse=True):
+        if path == mount or path.startswith(mount + "/"):
+            return prefix + sep + mounts[mount] + path[len(mount) :]
+    return value
+
+
+def termination_message(log: Path) -> str:
+    """FallbackToLogsOnError: the tail of the container's output, at most 80 lines and 2 KiB."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if not ln.startswith("--- ")]
+    except OSError:
+        return ""
+    return "\n".join(lines[-TERMINATION_LOG_LINES:]).encode()[-TERMINATION_MESSAGE_BYTES:].decode(errors="ignore")
+
+
 class IpPool:
     """Pod IPs for launched pods: the pod network's lower half, less its host address."""
 
@@ -140,6 +180,9 @@ class PodRunner(threading.Thread):
         self.ca = ca
         self.dir = pods_dir / f"{pod.metadata.namespace}_{pod.metadata.name}_{pod.metadata.uid}"
         self.runs = [ContainerRun(c) for c in pod.spec.containers]
+        self.init_runs = [ContainerRun(c) for c in pod.spec.init_containers or []]
+        self.initialized = not self.init_runs
+        self.volumes = local_volumes(pod, self.dir, pods_dir.parent / "claims")
         self.stopping = threading.Event()
         self.stopped = threading.Event()
         self.grace = float(pod.spec.termination_grace_period_seconds or 30)
@@ -206,9 +249,30 @@ class PodRunner(threading.Thread):
                 env[key] = os.environ[key]
         if kubeconfig is not None:
             env["KUBECONFIG"] = str(kubeconfig)
+        own = {}  # the container's own variables see its mounts; what the launcher passes on is host paths
+        for source in container.env_from or []:
+            own.update(self._env_from(source))
         for var in container.env or []:
-            env[var.name] = self._env_value(var)
-        return env
+            own[var.name] = self._env_value(var)
+        mounts = mount_map(container, self.volumes)
+        return env | {k: rewrite(v, mounts) for k, v in own.items()}
+
+    def _env_from(self, source: client.V1EnvFromSource) -> dict[str, str]:
+        import base64
+
+        ns, prefix = self.pod.metadata.namespace, source.prefix or ""
+        if source.secret_ref is not None:
+            try:
+                data = self.core.read_namespaced_secret(source.secret_ref.name, ns).data or {}
+            except ApiException as err:
+                if err.status == 404 and source.secret_ref.optional:
+                    return {}
+                raise RuntimeError(f"secret {source.secret_ref.name!r} not found") from err
+            return {prefix + k: base64.b64decode(v).decode() for k, v in data.items()}
+        if source.config_map_ref is not None:
+            data = self.core.read_namespaced_config_map(source.config_map_ref.name, ns).data or {}
+            return {prefix + k: v for k, v in data.items()}
+        return {}
 
     def _env_value(self, var: client.V1EnvVar) -> str:
         if var.value_from is None:
@@ -243,7 +307,10 @@ class PodRunner(threading.Thread):
 
     # --- processes ---------------------------------------------------------------------------------
     def _spawn(self, run: ContainerRun, env: dict[str, str]) -> None:
-        argv = self.netns + container_argv(run.spec)
+        mounts = mount_map(run.spec, self.volumes)
+        for local in mounts.values():
+            Path(local).mkdir(parents=True, exist_ok=True)
+        argv = self.netns + [rewrite(a, mounts) for a in container_argv(run.spec)]
         log = open(self.dir / f"{run.spec.name}.log", "ab")  # noqa: SIM115 - handed to the child
         log.write(f"--- {now()} start: {shlex.join(argv)}\n".encode())
         log.flush()
@@ -337,8 +404,10 @@ class PodRunner(threading.Thread):
             state: dict[str, Any] = {"running": {"startedAt": run.started_at}}
         elif run.terminated is not None:
             state = {"terminated": run.terminated}
+        elif run.restarts:
+            state = {"waiting": {"reason": "CrashLoopBackOff"}}
         else:
-            state = {"waiting": {"reason": "CrashLoopBackOff" if run.restarts else "ContainerCreating"}}
+            state = {"waiting": {"reason": "ContainerCreating" if self.initialized else "PodInitializing"}}
         status: dict[str, Any] = {
             "name": run.spec.name,
             "image": run.spec.image,
@@ -356,13 +425,15 @@ class PodRunner(threading.Thread):
     def _publish(self) -> None:
         statuses = [self._container_status(r) for r in self.runs]
         ready = all(s["ready"] for s in statuses)
-        if all(r.terminated is not None for r in self.runs):
-            phase = "Succeeded" if all(r.terminated and r.terminated["exitCode"] == 0 for r in self.runs) else "Failed"
+        init_failed = any(r.terminated and r.terminated["exitCode"] != 0 for r in self.init_runs)
+        if init_failed or all(r.terminated is not None for r in self.runs):
+            done = not init_failed and all(r.terminated and r.terminated["exitCode"] == 0 for r in self.runs)
+            phase = "Succeeded" if done else "Failed"
         else:
-            phase = "Running"
+            phase = "Running" if self.initialized else "Pending"
         conditions = [
             {"type": "PodScheduled", "status": "True"},
-            {"type": "Initialized", "status": "True"},
+            {"type": "Initialized", "status": str(self.initialized)},
             {"type": "ContainersReady", "status": str(ready)},
             {"type": "Ready", "status": str(ready)},
         ]
@@ -376,6 +447,11 @@ class PodRunner(threading.Thread):
             "conditions": conditions,
             "containerStatuses": statuses,
         }
+        if self.init_runs:
+            init = [self._container_status(r) for r in self.init_runs]
+            for st, run in zip(init, self.init_runs, strict=True):
+                st["ready"] = st["started"] = run.terminated is not None and run.terminated["exitCode"] == 0
+            body["initContainerStatuses"] = init
         key = json.dumps(body, sort_keys=True)
         # unchanged: publish again now and then anyway, since the node lifecycle controller may have marked the pod
         # NotReady meanwhile (a late node heartbeat under load) and nothing else would ever set it back
@@ -420,15 +496,18 @@ class PodRunner(threading.Thread):
             self._event("Failed", f"launcher: {err}", "Warning")
             sys.stderr.write(f"launcher: pod {self.name}: {err!r}\n")
         finally:
-            for run in self.runs:
+            for run in [*self.init_runs, *self.runs]:
                 self._kill(run, self.grace)
             self.stopped.set()
 
     def _run(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         kubeconfig = self._token_kubeconfig()
-        envs = {r.spec.name: self._env(r.spec, kubeconfig) for r in self.runs}
         policy = self.pod.spec.restart_policy or "Always"
+        if not self._initialize(kubeconfig, policy):
+            return
+        self.initialized = True
+        envs = {r.spec.name: self._env(r.spec, kubeconfig) for r in self.runs}
         for run in self.runs:
             self._spawn(run, envs[run.spec.name])
             self._event("Started", f"Started container {run.spec.name} as process {run.proc.pid if run.proc else '?'}")
@@ -436,13 +515,8 @@ class PodRunner(threading.Thread):
             for run in self.runs:
                 env = envs[run.spec.name]
                 if run.proc is not None and run.proc.poll() is not None:
-                    code = run.proc.returncode
-                    exit_info = {
-                        "exitCode": code,
-                        "reason": "Completed" if code == 0 else "Error",
-                        "startedAt": run.started_at,
-                        "finishedAt": now(),
-                    }
+                    exit_info = self._exit_info(run)
+                    code = exit_info["exitCode"]
                     run.proc = None
                     if policy == "Always" or (policy == "OnFailure" and code != 0):
                         run.last_exit = exit_info
@@ -474,6 +548,50 @@ class PodRunner(threading.Thread):
                     self._kill(run, self.grace)
             self._publish()
             self.stopping.wait(0.25)
+
+    def _exit_info(self, run: ContainerRun) -> dict[str, Any]:
+        assert run.proc is not None
+        code = run.proc.returncode
+        info: dict[str, Any] = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": run.started_at,
+            "finishedAt": now(),
+        }
+        if code != 0 and run.spec.termination_message_policy == "FallbackToLogsOnError":
+            message = termination_message(self.dir / f"{run.spec.name}.log")
+            if message:
+                info["message"] = message
+        return info
+
+    def _initialize(self, kubeconfig: Path | None, policy: str) -> bool:
+        """Run the init containers in order, each to success, as a kubelet does: a failed one is retried with
+        backoff (restartPolicy Never: the pod fails). False when the pod stops or fails before they all succeed."""
+        for run in self.init_runs:
+            env = self._env(run.spec, kubeconfig)
+            while not self.stopping.is_set():
+                if run.proc is None and time.monotonic() >= run.backoff_until:
+                    self._spawn(run, env)
+                    self._event("Started", f"Started init container {run.spec.name}")
+                if run.proc is not None and run.proc.poll() is not None:
+                    exit_info = self._exit_info(run)
+                    run.proc = None
+                    if exit_info["exitCode"] == 0:
+                        run.terminated = exit_info
+                        break
+                    if policy == "Never":
+                        run.terminated = exit_info
+                        self._publish()
+                        return False
+                    run.last_exit = exit_info
+                    run.restarts += 1
+                    run.backoff_until = time.monotonic() + min(10.0, 2.0 ** (run.restarts - 1))
+                    last = exit_info.get("message", "").splitlines()[-1:] or [f"exit {exit_info['exitCode']}"]
+                    why = f"Back-off restarting init container {run.spec.name}: {last[0]}"
+                    self._event("BackOff", why, "Warning")
+                self._publish()
+                self.stopping.wait(0.25)
+        return not self.stopping.is_set()
 
     def stop(self, grace: float | None = None) -> None:
         if grace is not None:
