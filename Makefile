@@ -40,6 +40,7 @@ typecheck: $(STAMP)
 	@# mypy needs the installed layout (operator/ is infleet.operator): a tree of symlinks gives it that
 	@rm -rf build/typecheck && mkdir -p build/typecheck/infleet
 	@for f in infleet/*.py; do ln -s $(CURDIR)/$$f build/typecheck/infleet/; done
+	@for d in infleet/*/; do [ -f $${d}__init__.py ] && ln -s $(CURDIR)/$${d%/} build/typecheck/infleet/; done; true
 	@for d in operator runtime autoscaler gateway cluster monitoring; do ln -s $(CURDIR)/$$d build/typecheck/infleet/$$d; done
 	cd build/typecheck && $(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p infleet
 

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietWatchers())
     # the handlers register themselves with kopf when imported
-    from infleet.operator import autoscaling, deployment_metrics, handlers, observation  # noqa: F401  (by import)
+    from infleet.operator import autoscaling, deployment_metrics, handlers, model_status, observation  # noqa: F401
 
     if args.prometheus_url:
         observation.set_reader(observation.FleetReader(args.prometheus_url))

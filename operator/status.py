@@ -12,8 +12,8 @@ from typing import Any
 
 from infleet.operator.api import InferenceDeploymentSpec, parse_duration
 
-READY, PROGRESSING, DEGRADED, SLO_MET = "Ready", "Progressing", "Degraded", "SLOMet"
-CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, SLO_MET)
+READY, PROGRESSING, DEGRADED, SLO_MET, MODEL_READY = "Ready", "Progressing", "Degraded", "SLOMet", "ModelReady"
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, MODEL_READY, SLO_MET)
 
 
 def now_iso() -> str:

@@ -130,6 +130,16 @@ def test_default_prices_follow_the_cost_model() -> None:
     }
 
 
+def test_model_stores_and_cache_reach_the_operator() -> None:
+    models = {"hfEndpoint": "http://hub.internal", "s3Endpoint": "http://s3.internal:8333", "cacheClaimName": "m"}
+    op = pod_spec(named(render({"models": models}), "Deployment", "-operator"))["containers"][0]
+    env = {e["name"]: e.get("value") for e in op["env"]}
+    assert env["HF_ENDPOINT"] == "http://hub.internal" and env["AWS_ENDPOINT_URL"] == "http://s3.internal:8333"
+    assert env["INFLEET_MODEL_CACHE_CLAIM"] == "m" and "AWS_REGION" not in env  # empty values are not set
+    defaults = pod_spec(named(rendered("defaults"), "Deployment", "-operator"))["containers"][0]
+    assert not {"HF_ENDPOINT", "AWS_ENDPOINT_URL", "INFLEET_MODEL_CACHE_CLAIM"} & {e["name"] for e in defaults["env"]}
+
+
 def test_custom_prices() -> None:
     cm = named(rendered("custom-prices"), "ConfigMap", "-gpus")
     prices = json.loads(cm["data"]["gpu-prices.json"])
@@ -271,6 +281,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "bad monitoring mode": ({"monitoring": {"prometheusOperator": "maybe"}}, "at '/monitoring/prometheusOperator'"),
     "bad replica device": ({"operator": {"replicaDevice": "--cpu x"}}, "at '/operator/replicaDevice'"),
+    "store endpoint without a scheme": ({"models": {"s3Endpoint": "minio:9000"}}, "at '/models/s3Endpoint'"),
+    "bad cache claim name": ({"models": {"cacheClaimName": "Models_Cache"}}, "at '/models/cacheClaimName'"),
 }
 
 

@@ -1,0 +1,117 @@
+"""The ModelReady condition: what the `model-fetch` init containers of a deployment's pods say about its model.
+
+A remote model (hf://, s3://, gs://, https://) is pulled by each pod's init container (`resources.fetch_container`).
+Its outcome reaches the operator through the pod's status alone: running, succeeded, or failed with its last line
+`REASON: message` as the termination message (FallbackToLogsOnError), REASON being one of the fetcher's
+`infleet.api.models.Reason` names. So `kubectl describe idep` says why pods wait, and a warning Event is emitted each
+time the reason changes, instead of an unexplained Init:CrashLoopBackOff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import kopf
+
+from infleet.api import models
+from infleet.operator import api, resources, status
+from infleet.operator.kube import KubeError
+
+MODEL_STATUS_MANAGER = "infleet-model"
+FETCH_FAILED = "FetchFailed"  # the fetcher died without a reason of its own (killed, out of memory)
+PodFetch = dict[str, Any]  # one pod's model-fetch init container status
+
+
+def condition(spec: api.InferenceDeploymentSpec, fetches: Iterable[PodFetch], generation: int | None) -> dict[str, Any]:
+    """ModelReady from the fetch statuses of the deployment's pods: True once any pod has the model, False with
+    the fetcher's reason while none has and one failed, False/Fetching while they download."""
+    uri = spec.model.uri
+    if not models.is_remote(uri):
+        return status.condition(
+            status.MODEL_READY, True, "LocalModel", f"{uri} is mounted, nothing to fetch", generation
+        )
+    fetches = list(fetches)
+    done = [f for f in fetches if _terminated(f.get("state"), success=True)]
+    if done:
+        message = f"{uri} is in the model cache ({len(done)} of {len(fetches)} pods)"
+        return status.condition(status.MODEL_READY, True, "Fetched", message, generation)
+    failures = [t for f in fetches for t in (_terminated(f.get("state")), _terminated(f.get("lastState"))) if t]
+    if failures:
+        latest = max(failures, key=lambda t: str(t.get("finishedAt") or ""))
+        found = models.failure_of(str(latest.get("message") or ""))
+        if found is not None:
+            reason, why = found[0].name, found[1]
+        else:
+            reason, why = FETCH_FAILED, f"the fetcher exited with code {latest.get('exitCode')}"
+        return status.condition(status.MODEL_READY, False, reason, f"fetching {uri}: {why}", generation)
+    if any("running" in (f.get("state") or {}) for f in fetches):
+        return status.condition(status.MODEL_READY, False, "Fetching", f"downloading {uri} into the cache", generation)
+    return status.condition(status.MODEL_READY, None, "Pending", f"no pod has started fetching {uri} yet", generation)
+
+
+def _terminated(state: Mapping[str, Any] | None, success: bool = False) -> dict[str, Any] | None:
+    t = (state or {}).get("terminated")
+    if not t:
+        return None
+    ok = t.get("exitCode") == 0
+    return dict(t) if ok == success else None
+
+
+def fetch_of(pod_status: Mapping[str, Any]) -> PodFetch | None:
+    return next(
+        (dict(c) for c in pod_status.get("initContainerStatuses") or [] if c.get("name") == resources.FETCH_CONTAINER),
+        None,
+    )
+
+
+# ---- the handler --------------------------------------------------------------------------------------------------
+
+MANAGED = {resources.LABEL_MANAGED_BY: resources.MANAGED_BY}
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def model_fetches(
+    namespace: str | None, labels: Mapping[str, str], name: str, status: Mapping[str, Any], **_: Any
+) -> dict[tuple[str | None, str], tuple[str, PodFetch]] | None:
+    """(namespace, deployment) -> (pod, its model-fetch status), for pods that fetch."""
+    fetch = fetch_of(status)
+    if fetch is None:
+        return None
+    return {(namespace, labels.get(resources.LABEL_DEPLOYMENT, "")): (name, fetch)}
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED, id="model-ready")
+async def model_ready(labels: Mapping[str, str], namespace: str | None, memo: Any, **kw: Any) -> None:
+    owner_name = labels.get(resources.LABEL_DEPLOYMENT, "")
+    owners = list(kw["ideps"].get((namespace, owner_name), []))
+    if not owners or namespace is None:
+        return
+    await write_condition(memo, owners[0], [f for _, f in kw["model_fetches"].get((namespace, owner_name), [])])
+
+
+async def write_condition(memo: Any, owner: Mapping[str, Any], fetches: list[PodFetch]) -> None:
+    meta = owner["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    try:
+        spec = api.InferenceDeploymentSpec.model_validate(owner["spec"])
+    except ValueError:
+        return  # the reconcile reports an invalid spec
+    new = condition(spec, fetches, meta.get("generation"))
+    old = status.find(list((owner.get("status") or {}).get("conditions") or []), status.MODEL_READY)
+    if old and (old["status"], old["reason"], old["message"]) == (new["status"], new["reason"], new["message"]):
+        return
+    if _written.get((meta["namespace"], meta["name"])) == (new["status"], new["reason"], new["message"]):
+        return  # the index's owner lags our own write
+    merged = status.merge_conditions([old] if old else [], [new])
+    try:
+        await memo.kube.apply_status(meta["namespace"], meta["name"], {"conditions": merged}, MODEL_STATUS_MANAGER)
+    except KubeError:
+        return  # the next pod event writes it
+    _written[(meta["namespace"], meta["name"])] = (new["status"], new["reason"], new["message"])
+    if new["status"] == "False" and new["reason"] != "Fetching" and (old or {}).get("reason") != new["reason"]:
+        kopf.warn(cast(kopf.Body, owner), reason=f"Model{new['reason']}", message=new["message"])
+
+
+_written: dict[tuple[str, str], tuple[str, str, str]] = {}
