@@ -54,6 +54,18 @@ def http_reason(status: int) -> Reason:
     return Reason.StoreUnreachable
 
 
+def transport_errors() -> tuple[type[Exception], ...]:
+    """Connection failures of the HTTP client huggingface_hub uses: httpx, or httpx2 in its newer releases."""
+    errors: list[type[Exception]] = [httpx.TransportError]
+    try:
+        import httpx2
+
+        errors.append(httpx2.TransportError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def download_hf(uri: str, revision: str | None, dest: Path) -> None:
     """snapshot_download, then each LFS file checked against the sha256 and size the hub's model info publishes
     (an independent check: it does not rely on huggingface_hub verifying them itself)."""
@@ -69,6 +81,7 @@ def download_hf(uri: str, revision: str | None, dest: Path) -> None:
 
     repo = uri.removeprefix("hf://").strip("/")
     token = os.environ.get("HF_TOKEN") or None
+    unreachable: tuple[type[Exception], ...] = (LocalEntryNotFoundError, *transport_errors())
     try:
         info = HfApi().model_info(repo, revision=revision, files_metadata=True, token=token)
         snapshot_download(repo, revision=info.sha, allow_patterns=HF_PATTERNS, local_dir=dest, token=token)
@@ -81,8 +94,8 @@ def download_hf(uri: str, revision: str | None, dest: Path) -> None:
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else 0
         raise FetchError(http_reason(status), str(err)) from err
-    except (LocalEntryNotFoundError, httpx.TransportError) as err:
-        raise FetchError(Reason.StoreUnreachable, str(err)) from err
+    except unreachable as err:
+        raise FetchError(Reason.StoreUnreachable, f"{repo}: {type(err).__name__}: {err}") from err
     for sibling in info.siblings or []:
         path = dest / sibling.rfilename
         if not path.is_file():

@@ -67,6 +67,21 @@ def test_gated_repo_is_unauthorized(hub: Hub, tmp_path: Path) -> None:
     assert done.stderr.splitlines()[-1].startswith("Unauthorized: ")
 
 
+def test_an_unreachable_hub_is_store_unreachable(hub: Hub, tmp_path: Path) -> None:
+    """Connection refused: the reason the operator shows for a hub it cannot reach (no traceback, no hang)."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf-home")}
+    cmd = [sys.executable, "-m", "infleet.cli", "model", "pull", "hf://org/tiny", "--cache", str(tmp_path / "c")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == Reason.StoreUnreachable.value, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("StoreUnreachable: org/tiny: ConnectError")
+    assert "Traceback" not in done.stderr
+
+
 def test_missing_repo_is_not_found(hub: Hub, tmp_path: Path) -> None:
     done = pull(hub, tmp_path / "cache", "hf://org/nothing")
     assert done.returncode == Reason.NotFound.value, done.stderr
