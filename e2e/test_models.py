@@ -1,0 +1,98 @@
+"""Remote models on the local fleet: a model pulled by the pods' model-fetch init container into the cache and
+served, and the shipped examples whose stores this machine cannot reach explaining themselves in ModelReady
+instead of an unexplained Init:CrashLoopBackOff (docs/models.md)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import openai
+import pytest
+import yaml
+
+from infleet.cluster.controlplane import Fleet
+from infleet.cluster.stack import Stack, example
+from infleet.cluster.testing import wait_for
+from infleet.runtime.loader.smollm2 import smollm2_gguf
+
+from .conftest import DEMO_NAMESPACE
+
+ROOT = Path(__file__).resolve().parents[1]
+UNREACHABLE_EXAMPLES = ("llama-3.1-8b-h100.yaml", "llama-405b-multinode.yaml")  # hf://: no network here
+
+
+class ModelServer(http.server.SimpleHTTPRequestHandler):
+    """A plain HTTP file server, as an in-cluster model mirror would be; it counts the GETs of each file."""
+
+    gets: ClassVar[dict[str, int]] = {}
+
+    def do_GET(self) -> None:
+        type(self).gets[self.path] = type(self).gets.get(self.path, 0) + 1
+        super().do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def model_url(launcher: Fleet) -> Iterator[str]:
+    """The SmolLM2 GGUF over HTTP at the pod network's host address, which launched pods reach."""
+    gguf = smollm2_gguf()
+    handler = functools.partial(ModelServer, directory=str(gguf.parent))
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{launcher.network.host_ip}:{server.server_address[1]}/{gguf.name}"
+    finally:
+        server.shutdown()
+
+
+def model_ready(stack: Stack, name: str) -> dict[str, Any]:
+    conditions = (stack.idep(DEMO_NAMESPACE, name).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "ModelReady"), {})
+
+
+def test_a_remote_model_is_fetched_by_the_init_container_and_served(stack: Stack, model_url: str) -> None:
+    idep = example(smollm2_gguf(), DEMO_NAMESPACE)
+    idep["metadata"]["name"] = "fetched"
+    idep["spec"]["model"] = {"uri": model_url, "servedName": "smollm2-fetched"}
+    stack.apply(idep)
+    try:
+        stack.wait_ready(DEMO_NAMESPACE, "fetched", timeout=600)
+        cond = model_ready(stack, "fetched")
+        assert (cond["status"], cond["reason"]) == ("True", "Fetched"), cond
+        path = "/" + smollm2_gguf().name
+        assert ModelServer.gets.get(path) == 1, ModelServer.gets  # one pod, one download
+        client = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=2, timeout=300)
+        reply = client.chat.completions.create(
+            model="smollm2-fetched", messages=[{"role": "user", "content": "What is the capital of France?"}]
+        )
+        assert reply.choices[0].message.content, reply
+    finally:
+        stack.kubectl("delete", "inferencedeployment", "fetched", "-n", DEMO_NAMESPACE, "--wait=false")
+
+
+@pytest.mark.parametrize("file", UNREACHABLE_EXAMPLES)
+def test_an_example_whose_store_is_unreachable_says_so(stack: Stack, file: str) -> None:
+    obj = yaml.safe_load((ROOT / "examples" / file).read_text())
+    obj["metadata"]["namespace"] = DEMO_NAMESPACE
+    name = obj["metadata"]["name"]
+    stack.apply(obj)  # as shipped: only the namespace is ours
+    try:
+        cond = wait_for(
+            lambda: (c := model_ready(stack, name)).get("status") == "False" and c.get("reason") != "Fetching" and c,
+            timeout=180,
+            interval=3,
+            what=f"{name}'s ModelReady to give the fetcher's reason",
+        )
+        assert cond["reason"] == "StoreUnreachable", cond
+        assert obj["spec"]["model"]["uri"] in cond["message"], cond
+        described = stack.kubectl("describe", "inferencedeployment", name, "-n", DEMO_NAMESPACE)
+        assert "StoreUnreachable" in described and "ModelStoreUnreachable" in described, described  # the Event too
+    finally:
+        stack.kubectl("delete", "inferencedeployment", name, "-n", DEMO_NAMESPACE, "--wait=false")
