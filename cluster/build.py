@@ -22,6 +22,8 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.37.0"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.21.4"
+# SeaweedFS publishes no module-compatible release tags: this is the commit of its 4.53 release on the Go proxy
+SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
 
 CACHE = Path(os.environ.get("INFLEET_CACHE", Path.home() / ".cache" / "infleet"))
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -57,6 +59,7 @@ class Binaries:
     kwok: Path
     kwok_stages: tuple[Path, ...]
     helm: Path
+    weed: Path
 
 
 def kube_dir() -> Path:
@@ -75,6 +78,7 @@ def binaries() -> Binaries:
         kwok=kw / "kwok",
         kwok_stages=tuple(kw / "stages" / Path(s).name for s in KWOK_STAGES),
         helm=CACHE / "bin" / f"helm-{HELM_VERSION}" / "helm",
+        weed=CACHE / "bin" / f"seaweedfs-{SEAWEEDFS_VERSION}" / "weed",
     )
 
 
@@ -226,6 +230,15 @@ def build_helm() -> None:
     _build_go_tool("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm", bins.helm.parent, ldflags)
 
 
+def build_seaweedfs() -> None:
+    """SeaweedFS, the fleet's S3-compatible object store (cluster/objectstore.py)."""
+    bins = binaries()
+    if bins.weed.exists():
+        return
+    module = "github.com/seaweedfs/seaweedfs"
+    _build_go_tool("seaweedfs", module, SEAWEEDFS_VERSION, f"{module}/weed", bins.weed.parent, "-s -w")
+
+
 def ensure_prometheus() -> Path:
     """Debian's prometheus package (it brings promtool)."""
     found = shutil.which("prometheus")
@@ -248,6 +261,7 @@ def ensure_all() -> Binaries:
     build_kubernetes()
     build_kwok()
     build_helm()
+    build_seaweedfs()
     ensure_prometheus()
     elapsed = time.monotonic() - started
     if elapsed > 5:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from infleet.cluster import build, prometheus
+from infleet.cluster import build, objectstore, prometheus
 from infleet.cluster.network import PodNetwork
 from infleet.cluster.pki import Pki, ensure_pki
 
@@ -77,6 +77,23 @@ class Ports:
     def prometheus(self) -> int:
         return self.base + 90
 
+    # the object store (objectstore.py); each takes its port and the next (gRPC)
+    @property
+    def weed_master(self) -> int:
+        return self.base + 600
+
+    @property
+    def weed_volume(self) -> int:
+        return self.base + 602
+
+    @property
+    def weed_filer(self) -> int:
+        return self.base + 604
+
+    @property
+    def s3(self) -> int:
+        return self.base + 606
+
     def all(self) -> list[int]:
         return [
             self.etcd_client,
@@ -87,6 +104,7 @@ class Ports:
             self.kwok,
             self.agent,
             self.prometheus,
+            *(q for port in (self.weed_master, self.weed_volume, self.weed_filer, self.s3) for q in (port, port + 1)),
         ]
 
 
@@ -313,6 +331,7 @@ class Fleet:
                 ],
                 lambda: _http_ok(f"{self.prometheus_url}/-/ready"),
             ),
+            Component("objectstore", objectstore.argv(self), lambda: objectstore.ready(self)),
         ]
 
     @property
@@ -368,6 +387,7 @@ class Fleet:
         self.write_kubeconfig()
         self.write_kwok_stages()
         prometheus.write_config(self.dir / "prometheus.yml", self.ports.agent)
+        objectstore.write_config(self)
         for comp in self.components():
             started = time.monotonic()
             already = self.pid(comp.name) is not None

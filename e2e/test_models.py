@@ -1,6 +1,8 @@
-"""Remote models on the local fleet: a model pulled by the pods' model-fetch init container into the cache and
-served, and the shipped examples whose stores this machine cannot reach explaining themselves in ModelReady
-instead of an unexplained Init:CrashLoopBackOff (docs/models.md)."""
+"""Remote models on the local fleet, pulled by the pods' model-fetch init container into their cache (docs/models.md):
+- over HTTP, and from the fleet's S3 object store with the shipped SmolLM2 example, then served;
+- S3's wrong key and missing key as ModelReady reasons;
+- the shipped examples whose stores this machine cannot reach explaining themselves in ModelReady, instead of an
+  unexplained Init:CrashLoopBackOff."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import openai
 import pytest
 import yaml
 
+from infleet.cluster import objectstore
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.stack import Stack, example
 from infleet.cluster.testing import wait_for
@@ -52,6 +55,35 @@ def model_url(launcher: Fleet) -> Iterator[str]:
         server.shutdown()
 
 
+@pytest.fixture
+def s3_store(stack: Stack, launcher: Fleet) -> str:
+    """The fleet's object store holding the GGUF, the keys Secret the example names, and one with a wrong key."""
+    uri = objectstore.seed(launcher, smollm2_gguf())
+    stack.model_store_secret(launcher, DEMO_NAMESPACE)
+    wrong = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong-keys", "namespace": DEMO_NAMESPACE}}
+    keys = objectstore.credentials(launcher.dir).env()
+    stack.apply({**wrong, "stringData": {**keys, "AWS_SECRET_ACCESS_KEY": "not-the-key"}})
+    return uri
+
+
+def shipped_example(name: str, **model: str) -> dict[str, Any]:
+    """examples/smollm2-l4.yaml as shipped, but for its name and (so as not to clash with the demo) served name."""
+    obj: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "smollm2-l4.yaml").read_text())
+    obj["metadata"] = {"name": name, "namespace": DEMO_NAMESPACE}
+    obj["spec"]["model"] |= {"servedName": name, **model}
+    return obj
+
+
+def wait_model_failed(stack: Stack, name: str) -> dict[str, Any]:
+    cond: dict[str, Any] = wait_for(
+        lambda: (c := model_ready(stack, name)).get("status") == "False" and c.get("reason") != "Fetching" and c,
+        timeout=180,
+        interval=3,
+        what=f"{name}'s ModelReady to give the fetcher's reason",
+    )
+    return cond
+
+
 def model_ready(stack: Stack, name: str) -> dict[str, Any]:
     conditions = (stack.idep(DEMO_NAMESPACE, name).get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c["type"] == "ModelReady"), {})
@@ -77,6 +109,39 @@ def test_a_remote_model_is_fetched_by_the_init_container_and_served(stack: Stack
         stack.kubectl("delete", "inferencedeployment", "fetched", "-n", DEMO_NAMESPACE, "--wait=false")
 
 
+def test_the_shipped_example_is_served_from_the_fleets_object_store(stack: Stack, s3_store: str) -> None:
+    idep = shipped_example("from-s3")
+    assert idep["spec"]["model"]["uri"] == s3_store  # the example's URI is where the fleet's store has the model
+    stack.apply(idep)
+    try:
+        stack.wait_ready(DEMO_NAMESPACE, "from-s3", timeout=600)
+        cond = model_ready(stack, "from-s3")
+        assert (cond["status"], cond["reason"]) == ("True", "Fetched"), cond
+        client = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=2, timeout=300)
+        reply = client.chat.completions.create(model="from-s3", messages=[{"role": "user", "content": "Hi"}])
+        assert reply.choices[0].message.content, reply
+    finally:
+        stack.kubectl("delete", "inferencedeployment", "from-s3", "-n", DEMO_NAMESPACE, "--wait=false")
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ({"credentialsSecret": "wrong-keys"}, "Unauthorized"),
+        ({"uri": f"s3://{objectstore.BUCKET}/no-such-model/"}, "NotFound"),
+    ],
+    ids=["wrong-key", "missing-key"],
+)
+def test_s3_failures_show_their_reason(stack: Stack, s3_store: str, model: dict[str, str], reason: str) -> None:
+    name = f"s3-{reason.lower()}"
+    stack.apply(shipped_example(name, **model))
+    try:
+        cond = wait_model_failed(stack, name)
+        assert cond["reason"] == reason, cond
+    finally:
+        stack.kubectl("delete", "inferencedeployment", name, "-n", DEMO_NAMESPACE, "--wait=false")
+
+
 @pytest.mark.parametrize("file", UNREACHABLE_EXAMPLES)
 def test_an_example_whose_store_is_unreachable_says_so(stack: Stack, file: str) -> None:
     obj = yaml.safe_load((ROOT / "examples" / file).read_text())
@@ -84,12 +149,7 @@ def test_an_example_whose_store_is_unreachable_says_so(stack: Stack, file: str) 
     name = obj["metadata"]["name"]
     stack.apply(obj)  # as shipped: only the namespace is ours
     try:
-        cond = wait_for(
-            lambda: (c := model_ready(stack, name)).get("status") == "False" and c.get("reason") != "Fetching" and c,
-            timeout=180,
-            interval=3,
-            what=f"{name}'s ModelReady to give the fetcher's reason",
-        )
+        cond = wait_model_failed(stack, name)
         assert cond["reason"] == "StoreUnreachable", cond
         assert obj["spec"]["model"]["uri"] in cond["message"], cond
         described = stack.kubectl("describe", "inferencedeployment", name, "-n", DEMO_NAMESPACE)
