@@ -128,7 +128,10 @@ class Stack:
         return run([self.kubectl_bin, *args], self.kubeconfig, input=input)
 
     def install_chart(self, *values: str) -> None:
-        """`helm upgrade --install`, with `--set` values; the operator reads `prometheus_url` when there is one."""
+        """The chart's CRDs, then `helm upgrade --install` with `--set` values; the operator reads `prometheus_url`
+        when there is one."""
+        # as docs/install.md says for an upgrade: Helm installs crds/ only once, so a changed CRD is applied first
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
         reader = [f"operator.prometheusUrl={self.prometheus_url}"] if self.prometheus_url else []
         sets = [f"--set={v}" for v in (*reader, *self.values, *values)]
         self.helm(
