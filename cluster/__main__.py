@@ -64,7 +64,7 @@ def up(fleet_file: Path, nodes: int | None) -> int:
     core = client.CoreV1Api(api)
     wait_for_default_service_account(core)
     t = time.monotonic()
-    count = apply_fleet(core, load_fleet(fleet_file, nodes))
+    count = apply_fleet(core, load_fleet(fleet_file, nodes), kubelet_port=fleet.ports.kwok)
     print(f"  {count} simulated GPU nodes ready in {time.monotonic() - t:.1f}s", flush=True)
     print(
         f"infleet: fleet up in {time.monotonic() - started:.1f}s "

@@ -35,6 +35,8 @@ KWOK_STAGES = (
     "pod/fast/pod-delete.yaml",
 )
 
+KWOK_CRDS = ("kwok.x-k8s.io_logs.yaml",)  # Logs: which file holds a pod's container output, for `kubectl logs`
+
 ETCD_MAIN = """package main
 
 import (
@@ -58,6 +60,7 @@ class Binaries:
     etcd: Path
     kwok: Path
     kwok_stages: tuple[Path, ...]
+    kwok_crds: tuple[Path, ...]
     helm: Path
     weed: Path
 
@@ -77,6 +80,7 @@ def binaries() -> Binaries:
         etcd=k / "etcd",
         kwok=kw / "kwok",
         kwok_stages=tuple(kw / "stages" / Path(s).name for s in KWOK_STAGES),
+        kwok_crds=tuple(kw / "crds" / Path(c).name for c in KWOK_CRDS),
         helm=CACHE / "bin" / f"helm-{HELM_VERSION}" / "helm",
         weed=CACHE / "bin" / f"seaweedfs-{SEAWEEDFS_VERSION}" / "weed",
     )
@@ -206,7 +210,7 @@ def _build_go_tool(name: str, module: str, version: str, package: str, dest: Pat
 
 def build_kwok() -> None:
     bins = binaries()
-    if bins.kwok.exists() and all(p.exists() for p in bins.kwok_stages):
+    if bins.kwok.exists() and all(p.exists() for p in (*bins.kwok_stages, *bins.kwok_crds)):
         return
     ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}"
     src = _build_go_tool(
@@ -217,6 +221,9 @@ def build_kwok() -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
     for rel, dest in zip(KWOK_STAGES, bins.kwok_stages, strict=True):
         shutil.copyfile(Path(moddir.strip()) / "kustomize" / "stage" / rel, dest)
+    bins.kwok_crds[0].parent.mkdir(parents=True, exist_ok=True)
+    for name, dest in zip(KWOK_CRDS, bins.kwok_crds, strict=True):
+        shutil.copyfile(Path(moddir.strip()) / "kustomize" / "crd" / "bases" / name, dest)
 
 
 def build_helm() -> None:

@@ -300,11 +300,17 @@ class Fleet:
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                     f"--cidr={self.network.kwok_range[1]}/{self.network.kwok_range.prefixlen}",
                     "--node-ip=127.0.0.1",
+                    # the nodes' "kubelet": the API server reaches it for `kubectl logs` (KWOK's Logs objects,
+                    # written by the launcher, name each container's log file)
+                    f"--node-port={p.kwok}",
                     f"--server-address=127.0.0.1:{p.kwok}",
+                    f"--tls-cert-file={pki.serving_cert}",
+                    f"--tls-private-key-file={pki.serving_key}",
+                    "--enable-crds=Logs",
                     "--node-lease-duration-seconds=40",
                     *[f"--config={s}" for s in self.kwok_stage_paths()],
                 ],
-                lambda: _http_ok(f"http://127.0.0.1:{p.kwok}/healthz"),
+                lambda: self._https_ok(f"https://127.0.0.1:{p.kwok}/healthz", verify=False),
             ),
             Component(
                 "node-agent",
@@ -391,9 +397,33 @@ class Fleet:
         for comp in self.components():
             started = time.monotonic()
             already = self.pid(comp.name) is not None
+            if comp.name == "kwok":
+                self.install_kwok_crds()  # KWOK watches its Logs objects from the start
             self.start(comp)
             if not already:
                 log(f"  {comp.name:<24} started in {time.monotonic() - started:.1f}s")
+
+    def install_kwok_crds(self) -> None:
+        from kubernetes import client, config, utils
+
+        api = config.new_client_from_config(str(self.kubeconfig))
+        for path in self.bins.kwok_crds:
+            try:
+                utils.create_from_yaml(api, str(path))
+            except utils.FailToCreateError as err:
+                if any(e.status != 409 for e in err.api_exceptions):  # 409: there already
+                    raise
+        ext = client.ApiextensionsV1Api(api)
+        for path in self.bins.kwok_crds:
+            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            deadline = time.monotonic() + 30
+            while not any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(name).status.conditions or []
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"CRD {name} not established after 30s")
+                time.sleep(0.2)
 
     def down(self) -> None:
         for comp in reversed(self.components()):

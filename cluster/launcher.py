@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from kubernetes import client
@@ -101,10 +100,41 @@ def rewrite(value: str, mounts: dict[str, str]) -> str:
     return value
 
 
+class CriLog:
+    """A container's log in the CRI format a kubelet writes (`<RFC 3339 time> <stream> <F|P> <text>`), which KWOK
+    serves to `kubectl logs`: one pump per stream, the file closed with the last."""
+
+    def __init__(self, path: Path, streams: int = 2) -> None:
+        self.file = path.open("ab")
+        self.lock = threading.Lock()
+        self.open = streams
+
+    def pump(self, pipe: IO[bytes], stream: str) -> None:
+        for raw in iter(pipe.readline, b""):
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            full = raw.endswith(b"\n")  # F: a full line; P: a partial one (the stream ended mid-line)
+            with self.lock:
+                self.file.write(f"{stamp} {stream} {'F' if full else 'P'} ".encode() + raw.rstrip(b"\n") + b"\n")
+                self.file.flush()
+        pipe.close()
+        with self.lock:
+            self.open -= 1
+            if not self.open:
+                self.file.close()
+
+
+def log_text(line: str) -> str:
+    """The text of one CRI log line (the line itself when it is not in that format)."""
+    parts = line.split(" ", 3)
+    if len(parts) >= 3 and parts[1] in ("stdout", "stderr") and parts[2] in ("F", "P"):
+        return parts[3] if len(parts) == 4 else ""
+    return line
+
+
 def termination_message(log: Path) -> str:
     """FallbackToLogsOnError: the tail of the container's output, at most 80 lines and 2 KiB."""
     try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if not ln.startswith("--- ")]
+        lines = [log_text(ln) for ln in log.read_text(errors="replace").splitlines()]
     except OSError:
         return ""
     return "\n".join(lines[-TERMINATION_LOG_LINES:]).encode()[-TERMINATION_MESSAGE_BYTES:].decode(errors="ignore")
@@ -154,6 +184,7 @@ class ContainerRun:
     readiness: ProbeState = field(default_factory=ProbeState)
     liveness: ProbeState = field(default_factory=ProbeState)
     startup: ProbeState = field(default_factory=ProbeState)
+    pumps: list[threading.Thread] = field(default_factory=list)
 
 
 class PodRunner(threading.Thread):
@@ -311,19 +342,25 @@ class PodRunner(threading.Thread):
         for local in mounts.values():
             Path(local).mkdir(parents=True, exist_ok=True)
         argv = self.netns + [rewrite(a, mounts) for a in container_argv(run.spec)]
-        log = open(self.dir / f"{run.spec.name}.log", "ab")  # noqa: SIM115 - handed to the child
-        log.write(f"--- {now()} start: {shlex.join(argv)}\n".encode())
-        log.flush()
+        path = self.dir / f"{run.spec.name}.log"
+        if run.restarts and path.exists():  # what `kubectl logs --previous` shows
+            path.replace(self.dir / f"{run.spec.name}.log.previous")
         run.proc = subprocess.Popen(
             argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=run.spec.working_dir or self.dir,
             start_new_session=True,
         )
-        log.close()
+        log = CriLog(path)
+        run.pumps = [
+            threading.Thread(target=log.pump, args=(pipe, stream), daemon=True)
+            for stream, pipe in (("stdout", run.proc.stdout), ("stderr", run.proc.stderr))
+        ]
+        for t in run.pumps:
+            t.start()
         (self.dir / f"{run.spec.name}.pid").write_text(str(run.proc.pid))
         run.started_at = now()
         run.started_mono = time.monotonic()
@@ -500,8 +537,40 @@ class PodRunner(threading.Thread):
                 self._kill(run, self.grace)
             self.stopped.set()
 
+    def _logs_object(self) -> None:
+        """KWOK's Logs object for this pod: the API server then serves `kubectl logs` (with -f, --tail,
+        --previous) from the launcher's log files through KWOK's kubelet endpoint."""
+        meta = self.pod.metadata
+        owner = {"apiVersion": "v1", "kind": "Pod", "name": meta.name, "uid": meta.uid}
+        logs = [
+            {
+                "containers": [c.name],
+                "logsFile": str(self.dir / f"{c.name}.log"),
+                "previousLogsFile": str(self.dir / f"{c.name}.log.previous"),
+                "follow": True,
+            }
+            for c in [*(self.pod.spec.init_containers or []), *self.pod.spec.containers]
+        ]
+        body: dict[str, Any] = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Logs",
+            "metadata": {"name": meta.name, "namespace": meta.namespace, "ownerReferences": [owner]},
+            "spec": {"logs": logs},
+        }
+        api = client.CustomObjectsApi(self.core.api_client)
+        args = ("kwok.x-k8s.io", "v1alpha1", meta.namespace, "logs")
+        try:
+            api.create_namespaced_custom_object(*args, body)
+        except ApiException as err:
+            if err.status != 409:  # 404: a fleet without KWOK's Logs CRD; logs stay readable with `infleet logs`
+                return
+            old = api.get_namespaced_custom_object(*args, meta.name)  # a recreated pod's namesake
+            body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            api.replace_namespaced_custom_object(*args, meta.name, body)
+
     def _run(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._logs_object()
         kubeconfig = self._token_kubeconfig()
         policy = self.pod.spec.restart_policy or "Always"
         if not self._initialize(kubeconfig, policy):
@@ -558,6 +627,8 @@ class PodRunner(threading.Thread):
             "startedAt": run.started_at,
             "finishedAt": now(),
         }
+        for t in run.pumps:  # the last lines reach the log once the pipes are drained
+            t.join(timeout=2)
         if code != 0 and run.spec.termination_message_policy == "FallbackToLogsOnError":
             message = termination_message(self.dir / f"{run.spec.name}.log")
             if message:

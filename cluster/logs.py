@@ -1,4 +1,5 @@
-"""`infleet logs POD [-n NS] [-c CONTAINER] [-f]`: the output of a pod the local launcher runs."""
+"""`infleet logs POD [-n NS] [-c CONTAINER] [-f]`: the output of a pod the local launcher runs, read from its log
+file (`kubectl logs` serves the same file through KWOK)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 from infleet.cluster.controlplane import Fleet
+from infleet.cluster.launcher import log_text
 
 
 def pod_log(pods_dir: Path, namespace: str, pod: str, container: str | None) -> Path:
@@ -33,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = pod_log(Fleet().dir / "pods", args.namespace, args.pod, args.container)
     with open(path, errors="replace") as f:
-        sys.stdout.write(f.read())
+        sys.stdout.writelines(log_text(line.rstrip("\n")) + "\n" for line in f)
         while args.follow:
             line = f.readline()
             if line:
-                sys.stdout.write(line)
+                sys.stdout.write(log_text(line.rstrip("\n")) + "\n")
                 sys.stdout.flush()
             else:
                 time.sleep(0.2)

@@ -81,10 +81,24 @@ def load_fleet(path: Path = DEFAULT_FLEET, total_nodes: int | None = None) -> li
     return [NodePool(**{**p.__dict__, "count": c}) for p, c in zip(pools, counts, strict=True)]
 
 
-def apply_fleet(api: client.CoreV1Api, pools: list[NodePool]) -> int:
-    """Create the pools' nodes (existing ones are kept) and delete KWOK nodes no pool names; returns the count."""
+def apply_fleet(api: client.CoreV1Api, pools: list[NodePool], kubelet_port: int | None = None) -> int:
+    """Create the pools' nodes (existing ones are kept) and delete KWOK nodes no pool names; returns the count.
+    `kubelet_port`: KWOK's server, where the API server reaches a node's "kubelet" (`kubectl logs`); KWOK writes it
+    into new nodes, and it is set here on nodes made before KWOK was told it."""
     wanted = {n["metadata"]["name"]: n for p in pools for i in range(p.count) for n in [p.node(i)]}
-    existing = {n.metadata.name for n in api.list_node(label_selector="type=kwok").items}
+    listed = api.list_node(label_selector="type=kwok").items
+    existing = {n.metadata.name for n in listed}
+    stale = [
+        n.metadata.name
+        for n in listed
+        if kubelet_port is not None
+        and n.metadata.name in wanted
+        and getattr(getattr(n.status.daemon_endpoints, "kubelet_endpoint", None), "port", None) != kubelet_port
+    ]
+
+    def point(name: str) -> None:
+        body = {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}}}}
+        api.patch_node_status(name, body)
 
     def create(body: dict[str, Any]) -> None:
         try:
@@ -103,4 +117,5 @@ def apply_fleet(api: client.CoreV1Api, pools: list[NodePool]) -> int:
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(create, [body for name, body in wanted.items() if name not in existing]))
         list(pool.map(delete, [name for name in existing if name not in wanted]))
+        list(pool.map(point, stale))
     return len(wanted)

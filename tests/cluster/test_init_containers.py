@@ -97,7 +97,10 @@ def test_paths_under_a_mount_follow_it() -> None:
 
 def test_the_termination_message_is_the_tail_of_the_log(tmp_path: Path) -> None:
     log = tmp_path / "c.log"
-    log.write_text("--- start: x\n" + "".join(f"line {i}\n" for i in range(200)) + "Unauthorized: bad key\n")
+    log.write_text("".join(f"line {i}\n" for i in range(200)) + "Unauthorized: bad key\n")
     message = termination_message(log)
-    assert message.endswith("Unauthorized: bad key") and "start" not in message
+    assert message.endswith("Unauthorized: bad key") and "line 121" in message and "line 120" not in message
     assert len(message.splitlines()) == 80 and len(message.encode()) <= 2048
+    cri = tmp_path / "cri.log"  # the launcher's own format: the message is the text, without time and stream
+    cri.write_text("2026-12-05T10:00:00.000001Z stdout F working\n2026-12-05T10:00:01.000001Z stderr F NotFound: x\n")
+    assert termination_message(cri) == "working\nNotFound: x"
