@@ -102,7 +102,8 @@ def rewrite(value: str, mounts: dict[str, str]) -> str:
 
 class CriLog:
     """A container's log in the CRI format a kubelet writes (`<RFC 3339 time> <stream> <F|P> <text>`), which KWOK
-    serves to `kubectl logs`: one pump per stream, the file closed with the last."""
+    serves to `kubectl logs`: one pump per stream, the file closed with the last. The launcher sends stderr into
+    stdout's pipe: two pipes read by two threads would interleave lines out of the order they were written."""
 
     def __init__(self, path: Path, streams: int = 2) -> None:
         self.file = path.open("ab")
@@ -348,17 +349,14 @@ class PodRunner(threading.Thread):
         run.proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one pipe keeps the order in which lines were written
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=run.spec.working_dir or self.dir,
             start_new_session=True,
         )
-        log = CriLog(path)
-        run.pumps = [
-            threading.Thread(target=log.pump, args=(pipe, stream), daemon=True)
-            for stream, pipe in (("stdout", run.proc.stdout), ("stderr", run.proc.stderr))
-        ]
+        log = CriLog(path, streams=1)
+        run.pumps = [threading.Thread(target=log.pump, args=(run.proc.stdout, "stdout"), daemon=True)]
         for t in run.pumps:
             t.start()
         (self.dir / f"{run.spec.name}.pid").write_text(str(run.proc.pid))

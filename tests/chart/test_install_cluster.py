@@ -17,7 +17,6 @@ import openai
 import pytest
 import yaml
 
-from infleet.cluster.logs import pod_log
 from infleet.cluster.testing import FleetHandle, wait_for
 
 from .helm import CHART, helm, set_args
@@ -149,8 +148,8 @@ def test_install_runs_the_operator_under_the_chart_service_account(fleet: FleetH
     # `helm test`: a pod of the chart lists the models through the gateway's Service, under "restricted" too
     proc = helm("test", release, "--namespace", ns, kubeconfig=fleet.kubeconfig, timeout=180)
     assert proc.returncode == 0 and "Phase:          Succeeded" in proc.stdout, proc.stdout + proc.stderr
-    test_pod = pod_log(fleet.fleet.dir / "pods", ns, f"{release}-infleet-test-models", None).read_text()
-    assert '\n200 {"object":"list"' in test_pod and "smollm2" in test_pod, test_pod
+    test_pod = fleet.kubectl("logs", f"{release}-infleet-test-models", "-n", ns).stdout  # as a user reads it
+    assert test_pod.startswith('200 {"object":"list"') and "smollm2" in test_pod, test_pod
 
 
 def test_losing_a_gateway_replica_fails_only_its_requests_in_flight(fleet: FleetHandle, release: str) -> None:
