@@ -156,3 +156,10 @@ def test_an_example_whose_store_is_unreachable_says_so(stack: Stack, file: str) 
         assert "StoreUnreachable" in described and "ModelStoreUnreachable" in described, described  # the Event too
     finally:
         stack.kubectl("delete", "inferencedeployment", name, "-n", DEMO_NAMESPACE, "--wait=false")
+
+
+def test_every_shipped_example_is_accepted_by_the_api_server(stack: Stack) -> None:
+    """Server-side dry run: the CRD's schema and CEL rules accept each example exactly as shipped."""
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        out = stack.kubectl("apply", "--dry-run=server", "-n", DEMO_NAMESPACE, "-f", str(path))
+        assert "(server dry run)" in out, (path.name, out)
