@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "smollm", "LlamaForCausalLM", "MistralForCausalLM")
+SUPPORTED_ARCHITECTURES = (
+    "llama", "mistral", "smollm", "qwen2", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+)  # fmt: skip
 
 
 @dataclass
@@ -25,6 +27,7 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
+    attention_bias: bool = False  # biases on q/k/v (Qwen2)
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     architecture: str = "llama"
@@ -45,7 +48,7 @@ class ModelConfig:
             not any(a in SUPPORTED_ARCHITECTURES for a in archs)
             and cfg.get("model_type") not in SUPPORTED_ARCHITECTURES
         ):
-            raise ValueError(f"unsupported architecture {archs[0]!r} (supported: Llama-family decoders)")
+            raise ValueError(f"unsupported architecture {archs[0]!r} (supported: Llama, Mistral and Qwen2 decoders)")
         heads = int(cfg["num_attention_heads"])
         # transformers 5 writes `rope_parameters` (theta included); older versions `rope_theta` + `rope_scaling`
         rope = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
@@ -64,6 +67,7 @@ class ModelConfig:
             rope_scaling=rope if rope.get("rope_type", rope.get("type", "default")) != "default" else None,
             max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
             architecture="llama",

@@ -1,7 +1,8 @@
 """A Llama-family decoder in plain PyTorch: RMSNorm, RoPE (with Llama-3 scaling), grouped-query attention, SwiGLU.
 
-Every projection is a bias-free `nn.Linear` with Hugging Face's name (q_proj ... down_proj, embed_tokens, lm_head),
-so quantization can swap modules by walking the tree and tensor parallelism can shard by name. A model instance
+Every projection is an `nn.Linear` with Hugging Face's name (q_proj ... down_proj, embed_tokens, lm_head), bias-free
+but Qwen2's q/k/v, so quantization can swap modules by walking the tree and tensor parallelism can shard by name
+(a bias by its weight's rows). Mistral is this same decoder; Qwen2 is it with those biases. A model instance
 owns the decoder layers `[layer_start, layer_end)`, the unit pipeline parallelism splits on. The forward pass takes a
 flattened batch (all sequences' new tokens end to end) with per-token positions and a paged KV cache.
 """
@@ -91,9 +92,9 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=config.attention_bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
 
     def forward(

@@ -83,9 +83,9 @@ class TensorShard:
     def rows(self, name: str) -> tuple[int, range] | None:
         """For a Hugging Face weight name: (dimension, index range) this rank keeps, or None for all of it."""
         d = self.config.head_dim
-        if name.endswith("q_proj.weight"):
+        if name.endswith(("q_proj.weight", "q_proj.bias")):  # a bias is split like its weight's output rows
             return 0, range(self.heads.start * d, self.heads.stop * d)
-        if name.endswith(("k_proj.weight", "v_proj.weight")):
+        if name.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
             return 0, range(self.kv_heads.start * d, self.kv_heads.stop * d)
         if name.endswith("o_proj.weight"):
             return 1, range(self.heads.start * d, self.heads.stop * d)

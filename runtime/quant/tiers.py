@@ -31,6 +31,11 @@ class TierError(ValueError):
     """The tier cannot apply to this model; the message says why. Raised before any layer is changed."""
 
 
+def with_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Biases stay in float: they are a few kilobytes, and quantizing them buys nothing."""
+    return out if bias is None else out + bias.to(out.dtype)
+
+
 class Fp8Linear(nn.Module):
     """Weights in e4m3 with a float32 scale per output channel: `torch._scaled_mm` on GPUs with fp8 matmul, the
     Triton dequant-GEMM on other GPUs, an upcast per call on CPU (see dispatch.fp8_linear)."""
@@ -40,6 +45,7 @@ class Fp8Linear(nn.Module):
 
     def __init__(self, q: F.Fp8Weight) -> None:
         super().__init__()
+        self.register_buffer("bias", None)  # set by quantize_model when the float layer has one (Qwen2 q/k/v)
         self.out_features, self.in_features = q.weight.shape
         self.register_buffer("weight", q.weight)
         self.register_buffer("scale", q.scale)
@@ -49,7 +55,7 @@ class Fp8Linear(nn.Module):
         return cls(F.quantize_fp8(linear.weight.detach()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.fp8_linear(x, self.weight, self.scale)
+        return with_bias(dispatch.fp8_linear(x, self.weight, self.scale), self.bias)
 
 
 class Int8Linear(nn.Module):
@@ -60,6 +66,7 @@ class Int8Linear(nn.Module):
 
     def __init__(self, q: F.Int8Weight) -> None:
         super().__init__()
+        self.register_buffer("bias", None)  # set by quantize_model when the float layer has one (Qwen2 q/k/v)
         self.out_features, self.in_features = q.weight.shape
         self.register_buffer("weight", q.weight)
         self.register_buffer("scale", q.scale)
@@ -69,7 +76,7 @@ class Int8Linear(nn.Module):
         return cls(F.quantize_int8(linear.weight.detach()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.int8_linear(x, self.weight, self.scale)
+        return with_bias(dispatch.int8_linear(x, self.weight, self.scale), self.bias)
 
 
 class Int4Linear(nn.Module):
@@ -82,6 +89,7 @@ class Int4Linear(nn.Module):
 
     def __init__(self, q: F.Int4Weight, device: torch.device) -> None:
         super().__init__()
+        self.register_buffer("bias", None)  # set by quantize_model when the float layer has one (Qwen2 q/k/v)
         self.out_features, self.in_features = q.shape
         self.group_size = q.group_size
         # PyTorch's CPU kernel wants N % 16 == 0; other shapes, and the Triton kernel, use the portable layout.
@@ -106,8 +114,10 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpu_layout:
-            return dispatch.cpu_int4_linear(x, self.packed, self.scales_and_zeros, self.group_size)
-        return dispatch.int4_linear(x, self.packed, self.scale, self.offset, self.group_size)
+            out = dispatch.cpu_int4_linear(x, self.packed, self.scales_and_zeros, self.group_size)
+        else:
+            out = dispatch.int4_linear(x, self.packed, self.scale, self.offset, self.group_size)
+        return with_bias(out, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
@@ -202,9 +212,6 @@ def quantize_model(model: nn.Module, tier: str) -> TierInfo:
     linears = _linears(model)
     if not linears:
         raise TierError(f"tier {tier} cannot apply: the model has no nn.Linear layers")
-    for _, _, linear in linears:
-        if linear.bias is not None:
-            raise TierError(f"tier {tier} quantizes bias-free layers only; {linear} has a bias")
     group_size, reason = int4_group_size(model) if tier == "int4" else (None, None)
     for parent, attr, linear in linears:
         new: nn.Module
@@ -215,6 +222,8 @@ def quantize_model(model: nn.Module, tier: str) -> TierInfo:
         else:
             assert group_size is not None
             new = Int4Linear.from_linear(linear, group_size)
+        if linear.bias is not None:
+            new.bias = linear.bias.detach()
         setattr(parent, attr, new)
         info.layers += 1
     info.group_size, info.group_size_reason = group_size, reason
