@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +42,12 @@ class ModelServer(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        """About 3 MB/s, so the download lasts long enough for ModelReady to show its progress."""
+        while chunk := source.read(256 * 1024):
+            outputfile.write(chunk)
+            time.sleep(0.08)
 
 
 @pytest.fixture
@@ -95,6 +103,14 @@ def test_a_remote_model_is_fetched_by_the_init_container_and_served(stack: Stack
     idep["spec"]["model"] = {"uri": model_url, "servedName": "smollm2-fetched"}
     stack.apply(idep)
     try:
+        downloading = wait_for(
+            lambda: "GB (" in (c := model_ready(stack, "fetched")).get("message", "") and c,
+            timeout=120,
+            interval=1,
+            what="ModelReady to show the download's progress",
+        )
+        assert downloading["reason"] == "Fetching", downloading
+        assert re.search(r": \d+\.\d\d of 0\.\d\d GB \(\d+%\)$", downloading["message"]), downloading
         stack.wait_ready(DEMO_NAMESPACE, "fetched", timeout=600)
         cond = model_ready(stack, "fetched")
         assert (cond["status"], cond["reason"]) == ("True", "Fetched"), cond

@@ -147,6 +147,22 @@ class Kube:
         data: dict[str, Any] = response.json() if response.content else {}
         return data
 
+    async def log_tail(self, namespace: str, pod: str, container: str, lines: int = 1) -> str | None:
+        """The last lines a container wrote (`kubectl logs --tail`); None when the pod or its log is not there."""
+        metrics.API_REQUESTS.labels(verb="GET", kind="Pod/log").inc()
+        url = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        params = {"container": container, "tailLines": str(lines)}
+        try:
+            async with self._in_flight:
+                response = await self.http.get(url, params=params)
+        except httpx.HTTPError as err:
+            raise KubeError(0, type(err).__name__, str(err)) from err
+        if response.status_code in (400, 404):  # not started yet, or gone
+            return None
+        if response.status_code >= 400:
+            raise KubeError(response.status_code, response.reason_phrase, response.text)
+        return response.text
+
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply: create or update to exactly `obj` (fields this manager no longer sends are removed)."""
         meta = obj["metadata"]

@@ -9,6 +9,9 @@ time the reason changes, instead of an unexplained Init:CrashLoopBackOff.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -23,9 +26,15 @@ FETCH_FAILED = "FetchFailed"  # the fetcher died without a reason of its own (ki
 PodFetch = dict[str, Any]  # one pod's model-fetch init container status
 
 
-def condition(spec: api.InferenceDeploymentSpec, fetches: Iterable[PodFetch], generation: int | None) -> dict[str, Any]:
+def condition(
+    spec: api.InferenceDeploymentSpec,
+    fetches: Iterable[PodFetch],
+    generation: int | None,
+    progress: tuple[int, int | None] | None = None,
+) -> dict[str, Any]:
     """ModelReady from the fetch statuses of the deployment's pods: True once any pod has the model, False with
-    the fetcher's reason while none has and one failed, False/Fetching while they download."""
+    the fetcher's reason while none has and one failed, False/Fetching while they download (with the bytes done
+    and total of one of them, when its log has said)."""
     uri = spec.model.uri
     if not models.is_remote(uri):
         return status.condition(
@@ -46,8 +55,17 @@ def condition(spec: api.InferenceDeploymentSpec, fetches: Iterable[PodFetch], ge
             reason, why = FETCH_FAILED, f"the fetcher exited with code {latest.get('exitCode')}"
         return status.condition(status.MODEL_READY, False, reason, f"fetching {uri}: {why}", generation)
     if any("running" in (f.get("state") or {}) for f in fetches):
-        return status.condition(status.MODEL_READY, False, "Fetching", f"downloading {uri} into the cache", generation)
+        message = f"downloading {uri} into the cache"
+        if progress is not None:
+            message += f": {progress_text(*progress)}"
+        return status.condition(status.MODEL_READY, False, "Fetching", message, generation)
     return status.condition(status.MODEL_READY, None, "Pending", f"no pod has started fetching {uri} yet", generation)
+
+
+def progress_text(done: int, total: int | None) -> str:
+    if not total:
+        return f"{done / 1e9:.2f} GB so far"
+    return f"{done / 1e9:.2f} of {total / 1e9:.2f} GB ({100 * done / total:.0f}%)"
 
 
 def _terminated(state: Mapping[str, Any] | None, success: bool = False) -> dict[str, Any] | None:
@@ -87,10 +105,18 @@ async def model_ready(labels: Mapping[str, str], namespace: str | None, memo: An
     owners = list(kw["ideps"].get((namespace, owner_name), []))
     if not owners or namespace is None:
         return
-    await write_condition(memo, owners[0], [f for _, f in kw["model_fetches"].get((namespace, owner_name), [])])
+    pods = list(kw["model_fetches"].get((namespace, owner_name), []))
+    running = [pod for pod, f in pods if "running" in (f.get("state") or {})]
+    if running:
+        _fetching[(namespace, owner_name)] = (running[0], owners[0], [f for _, f in pods])
+    else:
+        _fetching.pop((namespace, owner_name), None)
+    await write_condition(memo, owners[0], [f for _, f in pods])
 
 
-async def write_condition(memo: Any, owner: Mapping[str, Any], fetches: list[PodFetch]) -> None:
+async def write_condition(
+    memo: Any, owner: Mapping[str, Any], fetches: list[PodFetch], progress: tuple[int, int | None] | None = None
+) -> None:
     meta = owner["metadata"]
     if meta.get("deletionTimestamp"):
         return
@@ -98,7 +124,7 @@ async def write_condition(memo: Any, owner: Mapping[str, Any], fetches: list[Pod
         spec = api.InferenceDeploymentSpec.model_validate(owner["spec"])
     except ValueError:
         return  # the reconcile reports an invalid spec
-    new = condition(spec, fetches, meta.get("generation"))
+    new = condition(spec, fetches, meta.get("generation"), progress)
     old = status.find(list((owner.get("status") or {}).get("conditions") or []), status.MODEL_READY)
     if old and (old["status"], old["reason"], old["message"]) == (new["status"], new["reason"], new["message"]):
         return
@@ -115,3 +141,42 @@ async def write_condition(memo: Any, owner: Mapping[str, Any], fetches: list[Pod
 
 
 _written: dict[tuple[str, str], tuple[str, str, str]] = {}
+# (namespace, deployment) -> (a pod whose fetch runs, the owner, every pod's fetch status), for the progress loop
+_fetching: dict[tuple[str, str], tuple[str, Mapping[str, Any], list[PodFetch]]] = {}
+PROGRESS_INTERVAL = 10.0
+
+
+async def report_progress(memo: Any) -> None:
+    """Bytes done and total into ModelReady while a model downloads: the last line of one fetching pod's log
+    (`models.progress_line`), read with a `pods/log` GET per downloading deployment per interval."""
+    for (namespace, _), (pod, owner, fetches) in list(_fetching.items()):
+        try:
+            tail = await memo.kube.log_tail(namespace, pod, resources.FETCH_CONTAINER)
+        except KubeError:
+            continue
+        found = models.progress_of((tail or "").strip().splitlines()[-1]) if (tail or "").strip() else None
+        if found is not None:
+            await write_condition(memo, owner, fetches, found)
+
+
+async def progress_loop(memo: Any) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL)
+        try:
+            await report_progress(memo)
+        except Exception:  # never let one bad tick end the loop
+            logging.getLogger(__name__).exception("model progress tick failed")
+
+
+@kopf.on.startup(id="model-progress")
+async def start(memo: Any, **_: Any) -> None:
+    memo.model_progress_task = asyncio.create_task(progress_loop(memo))
+
+
+@kopf.on.cleanup(id="model-progress")
+async def stop(memo: Any, **_: Any) -> None:
+    task = getattr(memo, "model_progress_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -32,6 +32,26 @@ def entry_name(uri: str, revision: str | None) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+PROGRESS_PREFIX = "Fetching: "
+
+
+def progress_line(done: int, total: int | None) -> str:
+    """What the fetcher prints every few seconds while it downloads (the operator reads the last one)."""
+    return f"{PROGRESS_PREFIX}{done} of {total if total is not None else '?'} bytes"
+
+
+def progress_of(line: str) -> tuple[int, int | None] | None:
+    """`progress_line`'s (done, total) back; None for any other line."""
+    if not line.startswith(PROGRESS_PREFIX):
+        return None
+    done, _, rest = line.removeprefix(PROGRESS_PREFIX).partition(" of ")
+    total = rest.removesuffix(" bytes")
+    try:
+        return int(done), (int(total) if total != "?" else None)
+    except ValueError:
+        return None
+
+
 def failure_of(message: str) -> tuple[Reason, str] | None:
     """`REASON: message` (the fetcher's last line and termination message) -> (reason, message); None otherwise."""
     for line in reversed(message.strip().splitlines()):

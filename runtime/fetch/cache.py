@@ -10,6 +10,7 @@ from filelock import FileLock
 
 from infleet.api.models import entry_name
 from infleet.runtime.fetch.errors import FetchError, from_os_error
+from infleet.runtime.fetch.progress import Progress
 from infleet.runtime.fetch.stores import download
 
 
@@ -24,8 +25,10 @@ def pull(uri: str, cache: Path, revision: str | None = None) -> Path:
         tmp = cache / f".partial-{final.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        progress = Progress(tmp)
+        progress.start()
         try:
-            download(uri, revision, tmp)
+            download(uri, revision, tmp, progress.expect)
             tmp.rename(final)
         except FetchError:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -33,4 +36,6 @@ def pull(uri: str, cache: Path, revision: str | None = None) -> Path:
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise from_os_error(err) from err
+        finally:
+            progress.stop()
     return final

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,16 +33,23 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(uri: str, revision: str | None, dest: Path) -> None:
+Expect = Callable[[int], None]  # told the total bytes once the store has listed them (progress.py)
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+def download(uri: str, revision: str | None, dest: Path, expect: Expect = _ignore) -> None:
     scheme = urlparse(uri).scheme
     if scheme == "hf":
-        download_hf(uri, revision, dest)
+        download_hf(uri, revision, dest, expect)
     elif scheme == "s3":
-        download_s3(uri, dest)
+        download_s3(uri, dest, expect)
     elif scheme == "gs":
-        download_gs(uri, dest)
+        download_gs(uri, dest, expect)
     elif scheme in ("https", "http"):  # plain http for in-cluster servers
-        download_https(uri, dest)
+        download_https(uri, dest, expect=expect)
     else:
         raise FetchError(Reason.NotFound, f"unsupported model URI scheme {scheme!r} in {uri}")
 
@@ -66,7 +74,7 @@ def transport_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-def download_hf(uri: str, revision: str | None, dest: Path) -> None:
+def download_hf(uri: str, revision: str | None, dest: Path, expect: Expect = _ignore) -> None:
     """snapshot_download, then each LFS file checked against the sha256 and size the hub's model info publishes
     (an independent check: it does not rely on huggingface_hub verifying them itself)."""
     from huggingface_hub import HfApi, snapshot_download
@@ -78,12 +86,15 @@ def download_hf(uri: str, revision: str | None, dest: Path) -> None:
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import filter_repo_objects
 
     repo = uri.removeprefix("hf://").strip("/")
     token = os.environ.get("HF_TOKEN") or None
     unreachable: tuple[type[Exception], ...] = (LocalEntryNotFoundError, *transport_errors())
     try:
         info = HfApi().model_info(repo, revision=revision, files_metadata=True, token=token)
+        wanted = filter_repo_objects(info.siblings or [], allow_patterns=HF_PATTERNS, key=lambda f: f.rfilename)
+        expect(sum(f.size or 0 for f in wanted))
         snapshot_download(repo, revision=info.sha, allow_patterns=HF_PATTERNS, local_dir=dest, token=token)
     except GatedRepoError as err:
         raise FetchError(Reason.Unauthorized, f"{repo} is gated or needs a token: {err}") from err
@@ -114,7 +125,7 @@ def download_hf(uri: str, revision: str | None, dest: Path) -> None:
         shutil.rmtree(cache_dir)
 
 
-def download_s3(uri: str, dest: Path) -> None:
+def download_s3(uri: str, dest: Path, expect: Expect = _ignore) -> None:
     """boto3 with endpoint, region and keys from the standard AWS_* environment (AWS_ENDPOINT_URL included)."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
@@ -127,6 +138,7 @@ def download_s3(uri: str, dest: Path) -> None:
         objects = [obj for page in pages for obj in page.get("Contents", [])]
         if not objects:
             raise FetchError(Reason.NotFound, f"no object under {uri}")
+        expect(sum(int(obj["Size"]) for obj in objects))
         for obj in objects:
             rel = obj["Key"][len(prefix) :].lstrip("/") or Path(obj["Key"]).name
             path = dest / rel
@@ -166,7 +178,7 @@ def verify_s3(path: Path, size: int, etag: str) -> None:
             raise FetchError(Reason.ChecksumMismatch, f"{path.name}: md5 differs from the store's ETag")
 
 
-def download_gs(uri: str, dest: Path) -> None:
+def download_gs(uri: str, dest: Path, expect: Expect = _ignore) -> None:
     """gcsfs: credentials from GOOGLE_SERVICE_ACCOUNT_JSON (a key from spec.model.credentialsSecret),
     GOOGLE_APPLICATION_CREDENTIALS or the pod's workload identity; sizes checked."""
     import json
@@ -180,6 +192,7 @@ def download_gs(uri: str, dest: Path) -> None:
         files = fs.find(root, detail=True)
         if not files:
             raise FetchError(Reason.NotFound, f"no object under {uri}")
+        expect(sum(int(meta["size"]) for meta in files.values()))
         for name, meta in files.items():
             path = dest / (name[len(root) :].lstrip("/") or Path(name).name)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +205,7 @@ def download_gs(uri: str, dest: Path) -> None:
         raise FetchError(Reason.Unauthorized, str(err)) from err
 
 
-def download_https(uri: str, dest: Path, attempts: int = 5) -> None:
+def download_https(uri: str, dest: Path, attempts: int = 5, expect: Expect = _ignore) -> None:
     """One file, resumed with a Range request when the connection drops; checked against a `.sha256` sidecar
     when the server has one."""
     path = dest / Path(urlparse(uri).path).name
@@ -209,6 +222,8 @@ def download_https(uri: str, dest: Path, attempts: int = 5) -> None:
                     done = 0
                 length = resp.headers.get("content-length")
                 total = done + int(length) if length is not None else None
+                if total is not None:
+                    expect(total)
                 with path.open("ab" if done else "wb") as f:
                     for chunk in resp.iter_bytes():
                         f.write(chunk)

@@ -43,6 +43,8 @@ class Fp8Linear(nn.Module):
     weight: torch.Tensor
     scale: torch.Tensor
 
+    bias: torch.Tensor | None
+
     def __init__(self, q: F.Fp8Weight) -> None:
         super().__init__()
         self.register_buffer("bias", None)  # set by quantize_model when the float layer has one (Qwen2 q/k/v)
@@ -63,6 +65,8 @@ class Int8Linear(nn.Module):
 
     weight: torch.Tensor
     scale: torch.Tensor
+
+    bias: torch.Tensor | None
 
     def __init__(self, q: F.Int8Weight) -> None:
         super().__init__()
@@ -86,6 +90,8 @@ class Int4Linear(nn.Module):
     scales_and_zeros: torch.Tensor  # CPU layout only
     scale: torch.Tensor  # portable layout only
     offset: torch.Tensor  # portable layout only
+
+    bias: torch.Tensor | None
 
     def __init__(self, q: F.Int4Weight, device: torch.device) -> None:
         super().__init__()

@@ -58,3 +58,12 @@ def test_the_fetch_status_is_read_from_the_pod() -> None:
 def test_failure_lines_are_parsed_only_for_known_reasons() -> None:
     assert models.failure_of("x\nDiskFull: no space\n") == (models.Reason.DiskFull, "no space")
     assert models.failure_of("Traceback: boom") is None
+
+
+def test_the_condition_shows_bytes_done_and_total() -> None:
+    spec = spec_of(model={"uri": "hf://org/big"})
+    running = [{"state": {"running": {"startedAt": "x"}}}]
+    c = model_status.condition(spec, running, 1, (4_000_000_000, 16_000_000_000))
+    assert (c["status"], c["reason"]) == ("False", "Fetching")
+    assert c["message"] == "downloading hf://org/big into the cache: 4.00 of 16.00 GB (25%)"
+    assert model_status.condition(spec, running, 1, (10**9, None))["message"].endswith(": 1.00 GB so far")
