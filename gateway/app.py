@@ -7,8 +7,9 @@ limits which namespaces are visible. The body goes to one ready replica byte-exa
 they arrive, and other responses whole.
 
 Failures: a replica that fails before the first byte reaches the client (connection refused or reset, a draining
-replica's 503) is retried once on another replica; a stream that has started is never replayed: a mid-stream
-failure ends it with an SSE event carrying an `error` key and `data: [DONE]`.
+replica's 503, a full queue's 429) is retried on another replica, up to MAX_ATTEMPTS replicas (a 429 with no other
+replica reaches the client as the replica sent it, Retry-After included); a stream that has started is never
+replayed: a mid-stream failure ends it with an SSE event carrying an `error` key and `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ log = logging.getLogger("infleet.gateway")
 NAMESPACE_HEADER = "x-infleet-namespace"
 BINARY_HEADER = "inference-header-content-length"
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_ATTEMPTS = 3  # replicas tried per request before the first byte
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
@@ -157,8 +159,9 @@ class Gateway:
     async def forward(
         self, request: Request, deployment: Deployment, path: str, body: bytes, prompt: str | None
     ) -> Response:
-        """Send the request to a ready replica (holding it while there is none), retrying once before the first
-        byte, and relay the answer; the request is judged against the deployment's SLO (gateway/slo.py)."""
+        """Send the request to a ready replica (holding it while there is none), trying another before the first
+        byte when one is unreachable or answers 429/503 (at most MAX_ATTEMPTS), and relay the answer; the request
+        is judged against the deployment's SLO (gateway/slo.py)."""
         clock = RequestClock(deployment.slo)
         try:
             response = await self._forward(request, deployment, path, body, prompt, clock)
@@ -186,7 +189,9 @@ class Gateway:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
         tried: list[Endpoint] = []
         failure = ""
-        for attempt in range(2):
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt > 1 and all(e in tried for e in deployment.endpoints):
+                break  # only the second attempt may wait for a new replica; later ones need an untried one
             if attempt:
                 self.metrics.retries.labels(**labels).inc()
             try:
@@ -220,9 +225,12 @@ class Gateway:
                     self.client.build_request(request.method, endpoint.url + url_path, headers=headers, content=body),
                     stream=True,
                 )
-                if upstream.status_code == 503 and attempt == 0:  # draining or starting: nothing was done yet
-                    failure = f"{endpoint.url} answered 503: {(await upstream.aread())[:200]!r}"
-                    self.router.eject(endpoint)
+                if retry_elsewhere(
+                    upstream.status_code, attempt, bool(self.router.usable(deployment.endpoints, tried))
+                ):
+                    failure = f"{endpoint.url} answered {upstream.status_code}: {(await upstream.aread())[:200]!r}"
+                    if upstream.status_code == 503:
+                        self.router.eject(endpoint)  # a 429 replica is healthy, only full for now
                     continue
                 returned = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in NOT_RETURNED]
                 if not upstream.headers.get("content-type", "").startswith("text/event-stream"):
@@ -284,6 +292,14 @@ class Gateway:
                 await release()
 
         return close
+
+
+def retry_elsewhere(status: int, attempt: int, others: bool) -> bool:
+    """Nothing was done yet: a 429 (the replica's queue is full) goes to another replica if there is one; a 503
+    (draining or starting) too, and on the first attempt also waits for a new replica (a rolling update)."""
+    if attempt >= MAX_ATTEMPTS - 1:
+        return False
+    return (status == 429 and others) or (status == 503 and (others or attempt == 0))
 
 
 # ---- handlers ------------------------------------------------------------------------------------------------------

@@ -144,3 +144,31 @@ def test_prompt_prefixes() -> None:
     infer = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["json"]}]}
     assert kserve_prompt(json.dumps(infer).encode(), None) == "json"
     assert kserve_prompt(b"\x00garbage", 3) is None
+
+
+def test_a_busy_replica_429_goes_to_another_and_the_last_answer_is_relayed(fleet: Fleet) -> None:
+    """A replica whose queue is full answers 429 before doing anything: the request goes to another replica (the
+    busy one is not ejected: it is healthy); with no other replica left the 429 reaches the client as it was."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    hits: list[str] = []
+
+    async def full(request: Request) -> JSONResponse:
+        hits.append(request.url.path)
+        body = {"error": {"message": "queue full", "type": "rate_limit_error"}}
+        return JSONResponse(body, status_code=429, headers={"retry-after": "2"})
+
+    gateway, gw, _ = fleet
+    live = gateway.catalog.get(("team-a", "d")).endpoints
+    with ServerThread(Starlette(routes=[Route("/{p:path}", full, methods=["POST"])])) as busy:
+        gateway.catalog.set_slice("team-a", "d", "s", (busy.endpoint, *live))
+        answers = [httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT) for _ in range(6)]
+        assert all(r.status_code == 200 and r.json()["upstream"] == "upstream" for r in answers), answers
+        assert hits  # the busy replica was tried, and every request it refused was served by the other
+        assert len(hits) >= 2  # not ejected for a 429 (a healthy replica, only full): it stays in the rotation
+        gateway.catalog.set_slice("team-a", "d", "s", (busy.endpoint,))
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT)
+        assert r.status_code == 429 and r.headers["retry-after"] == "2" and r.json()["error"]["message"] == "queue full"
