@@ -101,26 +101,34 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def verdict(policies: dict[str, Any]) -> str:
+def goal(policies: dict[str, Any]) -> tuple[bool, str]:
+    """The goal: infleet at >= 99% attainment with fewer GPU-hours than every other policy that reaches 99% (the
+    hindsight static-oracle included). With no other policy at 99% there is nothing to compare with, so the goal is
+    not shown: never met by an empty comparison."""
     ours = policies["infleet"]
     if ours["slo_attainment"] < 0.99:
-        return f"infleet misses 99% attainment ({100 * ours['slo_attainment']:.2f}%)"
-    baselines = {n: p for n, p in policies.items() if n not in ("infleet", "static-oracle")}
-    rivals = {n: p for n, p in baselines.items() if p["slo_attainment"] >= 0.99}
-    beaten = all(ours["gpu_hours"] < p["gpu_hours"] for p in rivals.values())
+        return False, f"infleet misses 99% attainment ({100 * ours['slo_attainment']:.2f}%)"
+    rivals = {n: p for n, p in policies.items() if n != "infleet" and p["slo_attainment"] >= 0.99}
+    if not rivals:
+        return False, "no other policy reaches 99%, so fewer GPU-hours at 99% is not shown"
+    heavier = {n: p for n, p in rivals.items() if p["gpu_hours"] <= ours["gpu_hours"]}
+    if heavier:
+        names = ", ".join(f"{n} {p['gpu_hours']:.2f} GPU-h" for n, p in heavier.items())
+        return False, f"at 99%, {names} uses no more GPU-hours than infleet"
+    return True, "fewer GPU-hours than every policy reaching 99%"
+
+
+def verdict(policies: dict[str, Any]) -> str:
+    ours = policies["infleet"]
+    met, why = goal(policies)
+    reached = {n: p for n, p in policies.items() if n != "infleet" and p["slo_attainment"] >= 0.99}
     text = f"infleet reaches {100 * ours['slo_attainment']:.2f}% with {ours['gpu_hours']:.2f} GPU-hours; "
     text += (
-        "baselines at >= 99%: " + ", ".join(f"{n} {p['gpu_hours']:.2f} GPU-h" for n, p in rivals.items())
-        if rivals
-        else "no autoscaling or peak-sized baseline reaches 99%"
+        "others at >= 99%: " + ", ".join(f"{n} {p['gpu_hours']:.2f} GPU-h" for n, p in reached.items())
+        if reached
+        else "no other policy reaches 99%"
     )
-    text += " (goal met)" if beaten else " (goal NOT met)"
-    oracle = policies["static-oracle"]
-    text += (
-        f". The hindsight static-oracle fleet reaches {100 * oracle['slo_attainment']:.2f}% with"
-        f" {oracle['gpu_hours']:.2f} GPU-hours"
-    )
-    return text
+    return text + (f" (goal met: {why})" if met else f" (goal NOT met: {why})")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -141,8 +149,9 @@ def markdown(report: dict[str, Any]) -> str:
         " `keda-queue` (KEDA on `num_requests_waiting`, 4 per replica, HPA behaviour underneath), `knative-kpa`"
         " (concurrency target from the replica's capacity, 60 s stable / 6 s panic window at 200%), `static-peak`"
         " (the trace's highest 60 s load at 70% of capacity), and `static-oracle`: the smallest fixed fleet that"
-        " reaches 99%, found by searching with hindsight; no real autoscaler has that knowledge, so it is a"
-        " reference, not a competitor.",
+        " reaches 99%, found by searching with hindsight. No autoscaler has that knowledge, but a fixed fleet of"
+        " that size is what a user could run instead, so the goal counts it as a rival: infleet at >= 99% with fewer"
+        " GPU-hours than every other policy at >= 99% (with none there, the goal is not shown, never met).",
         "",
     ]
     for scale, block in report["scales"].items():
@@ -179,7 +188,15 @@ def update_docs(section: str, path: Path) -> None:
     if start is None:
         path.write_text(text.rstrip("\n") + "\n\n" + section)
         return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    # up to the next section, or a subsection this script does not write (the latency model's calibration)
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i].startswith("## ") or (lines[i].startswith("### ") and not lines[i].startswith("### Time scale"))
+        ),
+        len(lines),
+    )
     path.write_text("".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(lines[end:]))
 
 
@@ -190,10 +207,14 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--docs-only", action="store_true", help="re-render the docs from the committed JSON, no run")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args.trace, args.time_scales, args.seeds, args.out)
-    (args.out / "autoscaler_trace.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.docs_only:
+        report = json.loads((args.out / "autoscaler_trace.json").read_text())
+    else:
+        report = run(args.trace, args.time_scales, args.seeds, args.out)
+        (args.out / "autoscaler_trace.json").write_text(json.dumps(report, indent=2) + "\n")
     section = markdown(report)
     update_docs(section, args.docs)
     print(section)
