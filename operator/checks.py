@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from infleet.operator.api import InferenceDeploymentSpec
-from infleet.operator.resources import VLLM_TIER_FLAGS, Layout
+from infleet.operator.resources import VLLM_TIER_FLAGS, Layout, cache_claim_name
 
 Problem = tuple[str, str]
 
@@ -117,4 +117,6 @@ def claims(spec: InferenceDeploymentSpec) -> list[tuple[str, str]]:
         out.append(("model.uri", uri.removeprefix("pvc://").partition("/")[0]))
     if spec.model.cache is not None:
         out.append(("model.cache.claimName", spec.model.cache.claim_name))
+    elif claim := cache_claim_name(spec.model):
+        out.append(("the chart's models.cache.claimName", claim))
     return out

@@ -147,6 +147,16 @@ class Kube:
         data: dict[str, Any] = response.json() if response.content else {}
         return data
 
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create `obj` unless it exists (None then: someone made it first, and theirs stands)."""
+        meta = obj["metadata"]
+        try:
+            return await self.request("POST", path(obj["kind"], meta.get("namespace")), kind=obj["kind"], body=obj)
+        except KubeError as err:
+            if err.status == 409:
+                return None
+            raise
+
     async def log_tail(self, namespace: str, pod: str, container: str, lines: int = 1) -> str | None:
         """The last lines a container wrote (`kubectl logs --tail`); None when the pod or its log is not there."""
         metrics.API_REQUESTS.labels(verb="GET", kind="Pod/log").inc()

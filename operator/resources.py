@@ -40,6 +40,10 @@ CACHE_MOUNT = "/model-cache"
 CACHE_VOLUME = "model-cache"
 FETCH_CONTAINER = "model-fetch"
 DEFAULT_CACHE_CLAIM_ENV = "INFLEET_MODEL_CACHE_CLAIM"
+CACHE_SIZE_ENV = "INFLEET_MODEL_CACHE_SIZE"  # set: the operator creates the claim in each namespace that needs it
+CACHE_STORAGE_CLASS_ENV = "INFLEET_MODEL_CACHE_STORAGE_CLASS"
+CACHE_ACCESS_MODE_ENV = "INFLEET_MODEL_CACHE_ACCESS_MODE"
+DEFAULT_CACHE_CLAIM = "infleet-model-cache"
 FETCH_ENV_PASSED = ("HF_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_REGION")
 TEMPLATE_HASH_ANNOTATION = "infleet.dev/template-hash"
 
@@ -170,13 +174,41 @@ def model_location(model: ModelSource) -> tuple[str, list[dict[str, Any]], list[
     return f"{CACHE_MOUNT}/{models.entry_name(uri, model.revision)}", [cache_volume(model)], [mount]
 
 
+def default_cache_claim() -> str | None:
+    """The operator-wide cache claim (chart values models.cache): named, or made by the operator when it has a size."""
+    claim = os.environ.get(DEFAULT_CACHE_CLAIM_ENV)
+    return claim or (DEFAULT_CACHE_CLAIM if os.environ.get(CACHE_SIZE_ENV) else None)
+
+
+def cache_claim_name(model: ModelSource) -> str | None:
+    if not models.is_remote(model.uri):
+        return None
+    return model.cache.claim_name if model.cache else default_cache_claim()
+
+
 def cache_volume(model: ModelSource) -> dict[str, Any]:
-    """The model cache: the deployment's claim, else the operator's default claim (the chart's modelCache), else
+    """The model cache: the deployment's claim, else the operator's default claim (the chart's models.cache), else
     an emptyDir that lives as long as the pod."""
-    claim = model.cache.claim_name if model.cache else os.environ.get(DEFAULT_CACHE_CLAIM_ENV)
+    claim = cache_claim_name(model)
     if claim:
         return {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
     return {"name": CACHE_VOLUME, "emptyDir": {}}
+
+
+def cache_claim(namespace: str) -> dict[str, Any] | None:
+    """The shared cache claim the operator creates in a namespace when the chart gives models.cache a size. It has
+    no owner: it outlives every deployment (that is the point), and deleting it is the user's choice."""
+    size = os.environ.get(CACHE_SIZE_ENV)
+    if not size:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": [os.environ.get(CACHE_ACCESS_MODE_ENV) or "ReadWriteMany"],
+        "resources": {"requests": {"storage": size}},
+    }
+    if os.environ.get(CACHE_STORAGE_CLASS_ENV):
+        spec["storageClassName"] = os.environ[CACHE_STORAGE_CLASS_ENV]
+    meta = {"name": default_cache_claim(), "namespace": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
 
 
 def fetch_container(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:

@@ -131,13 +131,17 @@ def test_default_prices_follow_the_cost_model() -> None:
 
 
 def test_model_stores_and_cache_reach_the_operator() -> None:
-    models = {"hfEndpoint": "http://hub.internal", "s3Endpoint": "http://s3.internal:8333", "cacheClaimName": "m"}
+    cache = {"claimName": "m", "size": "500Gi", "storageClass": "fast"}
+    models = {"hfEndpoint": "http://hub.internal", "s3Endpoint": "http://s3.internal:8333", "cache": cache}
     op = pod_spec(named(render({"models": models}), "Deployment", "-operator"))["containers"][0]
     env = {e["name"]: e.get("value") for e in op["env"]}
     assert env["HF_ENDPOINT"] == "http://hub.internal" and env["AWS_ENDPOINT_URL"] == "http://s3.internal:8333"
     assert env["INFLEET_MODEL_CACHE_CLAIM"] == "m" and "AWS_REGION" not in env  # empty values are not set
+    assert env["INFLEET_MODEL_CACHE_SIZE"] == "500Gi" and env["INFLEET_MODEL_CACHE_STORAGE_CLASS"] == "fast"
+    assert env["INFLEET_MODEL_CACHE_ACCESS_MODE"] == "ReadWriteMany"  # the default
     defaults = pod_spec(named(rendered("defaults"), "Deployment", "-operator"))["containers"][0]
-    assert not {"HF_ENDPOINT", "AWS_ENDPOINT_URL", "INFLEET_MODEL_CACHE_CLAIM"} & {e["name"] for e in defaults["env"]}
+    unset = {"HF_ENDPOINT", "AWS_ENDPOINT_URL", "INFLEET_MODEL_CACHE_CLAIM", "INFLEET_MODEL_CACHE_SIZE"}
+    assert not unset & {e["name"] for e in defaults["env"]}
 
 
 def test_custom_prices() -> None:
@@ -282,7 +286,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "bad monitoring mode": ({"monitoring": {"prometheusOperator": "maybe"}}, "at '/monitoring/prometheusOperator'"),
     "bad replica device": ({"operator": {"replicaDevice": "--cpu x"}}, "at '/operator/replicaDevice'"),
     "store endpoint without a scheme": ({"models": {"s3Endpoint": "minio:9000"}}, "at '/models/s3Endpoint'"),
-    "bad cache claim name": ({"models": {"cacheClaimName": "Models_Cache"}}, "at '/models/cacheClaimName'"),
+    "bad cache claim name": ({"models": {"cache": {"claimName": "Models_Cache"}}}, "at '/models/cache/claimName'"),
+    "bad cache size": ({"models": {"cache": {"size": "lots"}}}, "at '/models/cache/size'"),
 }
 
 

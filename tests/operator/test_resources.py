@@ -206,3 +206,25 @@ def test_local_models_need_no_fetch() -> None:
     for uri in ("file:///models/x.gguf", "pvc://weights/llama"):
         pod = pod_spec(spec_of(model={"uri": uri}))
         assert "initContainers" not in pod and all(v["name"] != "model-cache" for v in pod["volumes"])
+
+
+def test_the_operator_makes_the_shared_cache_claim_when_the_chart_sizes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infleet.operator import checks
+
+    assert resources.cache_claim("team-a") is None  # no size: nothing is created
+    monkeypatch.setenv(resources.CACHE_SIZE_ENV, "500Gi")
+    monkeypatch.setenv(resources.CACHE_STORAGE_CLASS_ENV, "fast")
+    claim = resources.cache_claim("team-a")
+    assert claim is not None and claim["metadata"]["name"] == "infleet-model-cache"
+    assert claim["metadata"]["namespace"] == "team-a" and "ownerReferences" not in claim["metadata"]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "500Gi"}},
+        "storageClassName": "fast",
+    }
+    remote = spec_of(model={"uri": "hf://a/b"})
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "infleet-model-cache"}} in pod_spec(remote)[
+        "volumes"
+    ]
+    assert checks.claims(remote) == [("the chart's models.cache.claimName", "infleet-model-cache")]
+    assert checks.claims(spec_of(model={"uri": "file:///m.gguf"})) == []  # nothing fetched, no cache needed
