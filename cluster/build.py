@@ -35,7 +35,8 @@ KWOK_STAGES = (
     "pod/fast/pod-delete.yaml",
 )
 
-KWOK_CRDS = ("kwok.x-k8s.io_logs.yaml",)  # Logs: which file holds a pod's container output, for `kubectl logs`
+# Logs: which file holds a pod's container output (`kubectl logs`); Exec: where `kubectl exec` runs a command
+KWOK_CRDS = ("kwok.x-k8s.io_logs.yaml", "kwok.x-k8s.io_execs.yaml")
 
 ETCD_MAIN = """package main
 

@@ -300,13 +300,13 @@ class Fleet:
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                     f"--cidr={self.network.kwok_range[1]}/{self.network.kwok_range.prefixlen}",
                     "--node-ip=127.0.0.1",
-                    # the nodes' "kubelet": the API server reaches it for `kubectl logs` (KWOK's Logs objects,
-                    # written by the launcher, name each container's log file)
+                    # the nodes' "kubelet": the API server reaches it for `kubectl logs` and `kubectl exec` (KWOK's
+                    # Logs and Exec objects, written by the launcher, name each container's log file and directory)
                     f"--node-port={p.kwok}",
                     f"--server-address=127.0.0.1:{p.kwok}",
                     f"--tls-cert-file={pki.serving_cert}",
                     f"--tls-private-key-file={pki.serving_key}",
-                    "--enable-crds=Logs",
+                    "--enable-crds=Logs,Exec",
                     "--node-lease-duration-seconds=40",
                     *[f"--config={s}" for s in self.kwok_stage_paths()],
                 ],

@@ -555,16 +555,46 @@ class PodRunner(threading.Thread):
             "metadata": {"name": meta.name, "namespace": meta.namespace, "ownerReferences": [owner]},
             "spec": {"logs": logs},
         }
+        self._kwok_object("logs", body)
+
+    def _exec_object(self, envs: dict[str, dict[str, str]]) -> None:
+        """KWOK's Exec object: `kubectl exec` runs the command as a local process in the pod's directory with the
+        container's own plain variables (values from Secrets stay out of the object). It runs on the host, not in
+        the pod's network namespace: the pod's IP is reachable from there, its localhost is not."""
+        meta = self.pod.metadata
+        owner = {"apiVersion": "v1", "kind": "Pod", "name": meta.name, "uid": meta.uid}
+        execs = []
+        for c in self.pod.spec.containers:
+            plain = {v.name: envs[c.name][v.name] for v in c.env or [] if v.value_from is None}
+            plain |= {k: envs[c.name][k] for k in ("POD_IP", "POD_NAMESPACE", "HOSTNAME", "PATH", "HOME")}
+            execs.append(
+                {
+                    "containers": [c.name],
+                    "local": {"workDir": str(self.dir), "envs": [{"name": k, "value": v} for k, v in plain.items()]},
+                }
+            )
+        body = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Exec",
+            "metadata": {"name": meta.name, "namespace": meta.namespace, "ownerReferences": [owner]},
+            "spec": {"execs": execs},
+        }
+        self._kwok_object("execs", body)
+
+    def _kwok_object(self, plural: str, body: dict[str, Any]) -> None:
+        """Create (or replace a recreated pod's namesake) one of KWOK's per-pod objects; a fleet without its CRD
+        goes without (logs stay readable with `infleet logs`)."""
         api = client.CustomObjectsApi(self.core.api_client)
-        args = ("kwok.x-k8s.io", "v1alpha1", meta.namespace, "logs")
+        name = body["metadata"]["name"]
+        args = ("kwok.x-k8s.io", "v1alpha1", body["metadata"]["namespace"], plural)
         try:
             api.create_namespaced_custom_object(*args, body)
         except ApiException as err:
-            if err.status != 409:  # 404: a fleet without KWOK's Logs CRD; logs stay readable with `infleet logs`
+            if err.status != 409:
                 return
-            old = api.get_namespaced_custom_object(*args, meta.name)  # a recreated pod's namesake
+            old = api.get_namespaced_custom_object(*args, name)
             body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-            api.replace_namespaced_custom_object(*args, meta.name, body)
+            api.replace_namespaced_custom_object(*args, name, body)
 
     def _run(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -575,6 +605,7 @@ class PodRunner(threading.Thread):
             return
         self.initialized = True
         envs = {r.spec.name: self._env(r.spec, kubeconfig) for r in self.runs}
+        self._exec_object(envs)
         for run in self.runs:
             self._spawn(run, envs[run.spec.name])
             self._event("Started", f"Started container {run.spec.name} as process {run.proc.pid if run.proc else '?'}")

@@ -4,6 +4,7 @@ log files: the current output, `--tail`, `-c` for an init container, `--previous
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -69,3 +70,28 @@ def test_kubectl_logs_reads_launched_pods(
     cmd = ["timeout", "6", *kubectl, "logs", "-f", "--tail=0", "counter", "-n", namespace]
     streamed = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
     assert streamed.count("run 2 tick") >= 2, streamed
+
+
+def test_kubectl_exec_runs_in_the_pods_directory_with_its_variables(fleet: FleetHandle, namespace: str) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"TOKEN": "hidden"}}
+    main = {
+        "name": "main",
+        "image": "infleet/python",
+        "command": ["python", "-c", "import time; time.sleep(3600)"],
+        "env": [
+            {"name": "GREETING", "value": "hello"},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "TOKEN"}}},
+        ],
+    }
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"}, "spec": {"containers": [main]}}
+    fleet.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([secret, pod]))
+    show = "import os; print(os.environ['GREETING'], os.environ['HOSTNAME'], os.environ.get('TOKEN'), os.getcwd())"
+
+    def answered() -> str | None:
+        done = fleet.kubectl("exec", "sleeper", "-n", namespace, "--", "python3", "-c", show, check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    out = wait_for(answered, timeout=60, what="kubectl exec to answer")
+    greeting, hostname, token, cwd = out.split()
+    assert (greeting, hostname, token) == ("hello", "sleeper", "None")  # a Secret's value never enters the Exec
+    assert Path(cwd).name.startswith(f"{namespace}_sleeper_")  # the pod's own directory
