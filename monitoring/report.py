@@ -25,9 +25,9 @@ import matplotlib.pyplot as plt
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
+from infleet.api.tiers import TIERS
 from infleet.monitoring import promql
 
-TIERS = ("bf16", "fp8", "int8", "int4")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -23,8 +23,8 @@ SINGULAR = "inferencedeployment"
 SHORT_NAMES = ["idep"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
-Tier = Literal["bf16", "fp8", "int8", "int4"]
-TIERS: tuple[Tier, ...] = ("bf16", "fp8", "int8", "int4")
+Tier = Literal["bf16", "fp8", "int8", "int4"]  # the CRD's enum; pydantic needs a Literal (equal to api.tiers.TIERS)
+TIERS: tuple[Tier, ...] = get_args(Tier)
 Engine = Literal["infleet", "vllm"]
 BudgetPeriod = Literal["1d", "7d", "14d", "28d", "30d"]
 BUDGET_PERIODS: tuple[BudgetPeriod, ...] = get_args(BudgetPeriod)

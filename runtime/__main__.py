@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import uvicorn
 
+from infleet.api.tiers import TIERS
 from infleet.runtime.config import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DEVICES,
@@ -32,7 +33,6 @@ from infleet.runtime.server.admission import ServerState
 if TYPE_CHECKING:
     from infleet.runtime.server.app import Serving
 
-TIERS = ("bf16", "fp8", "int8", "int4")
 PROG = "infleet runtime"
 
 

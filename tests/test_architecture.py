@@ -59,3 +59,25 @@ def test_the_rules_can_fail() -> None:
     """The reader sees a lazy import inside a function, so the checks above are not vacuous."""
     assert imported_parts(ROOT / "autoscaler" / "simulator" / "calibration.py") >= {"runtime"}
     assert "operator" in imported_parts(ROOT / "operator" / "__main__.py")
+
+
+def test_the_shared_vocabulary_imports_no_part_and_no_heavy_library() -> None:
+    """infleet/api is what every part may import: it imports none of them, nor torch, kubernetes or kopf."""
+    heavy = {"torch", "kubernetes", "kopf", "transformers", "httpx", "pydantic"}
+    for path in sorted((ROOT / "infleet" / "api").glob("*.py")):
+        assert imported_parts(path) == set(), path
+        tree = ast.parse(path.read_text())
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m.split(".")[0] for m in modules} & heavy, (path, modules)
+
+
+def test_the_tier_names_are_declared_once() -> None:
+    from typing import get_args
+
+    from infleet.api.tiers import TIERS
+    from infleet.operator import api
+
+    assert get_args(api.Tier) == TIERS == api.TIERS
+    for path in ("runtime/quant/tiers.py", "runtime/__main__.py", "monitoring/report.py", "operator/api.py"):
+        assert '("bf16", "fp8", "int8", "int4")' not in (ROOT / path).read_text(), path

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from infleet.api.tiers import TIERS
 from infleet.runtime.kernels import dispatch
 from infleet.runtime.quant import formats as F
 
-TIERS = ("bf16", "fp8", "int8", "int4")
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
