@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from infleet.api.conditions import Condition
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -104,16 +106,6 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
-class Condition:
-    """A status condition the operator writes as is (`type`, `status`, `reason`, `message`)."""
-
-    type: str
-    status: str  # "True" | "False" | "Unknown"
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class Decision:
     replicas: int
     reason: str
@@ -123,7 +115,7 @@ class Decision:
 
     @property
     def held(self) -> bool:
-        return any(c.type == "MetricsAvailable" and c.status != "True" for c in self.conditions)
+        return any(c.type == "MetricsAvailable" and not c.is_true for c in self.conditions)
 
 
 def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommendation, ...], now: float) -> Decision:
@@ -155,7 +147,7 @@ def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommend
     if replicas != limited:
         notes.append(f"bounded to [{spec.min_replicas}, {spec.max_replicas}]")
     reason = f"{verb} {current} -> {replicas}: " + "; ".join(notes)
-    ok = Condition("MetricsAvailable", "True", "MetricsRead", f"metrics read at t={observation.sampled_at:.0f}s")
+    ok = Condition.of("MetricsAvailable", True, "MetricsRead", f"metrics read at t={observation.sampled_at:.0f}s")
     return Decision(replicas, reason, raw, kept, (ok,))
 
 
@@ -265,7 +257,7 @@ def _hold(
         note = f"scale from zero for {obs.held_requests} held requests"
     elif replicas != current:
         note = f"bounded {current} -> {replicas} by [{spec.min_replicas}, {spec.max_replicas}]"
-    condition = Condition("MetricsAvailable", "False", "MetricsUnavailable", problem)
+    condition = Condition.of("MetricsAvailable", False, "MetricsUnavailable", problem)
     return Decision(replicas, f"{note}: {problem}", current, history, (condition,))
 
 

@@ -3,7 +3,7 @@
 Series are selected by two target labels, which the scrape config (`infleet.monitoring.scrape`, used by the chart
 and the local fleet) attaches to every runtime pod's series through Kubernetes service discovery relabelling:
 `namespace` (the pod's namespace) and `deployment` (the pod label `infleet.dev/deployment`). Their names live in
-`infleet.monitoring.names`, with the rules' and dashboards'.
+`infleet.api.metrics`, with the rules' and dashboards'.
 
 Both the runtime's `infleet_*` names and vLLM's `vllm:*` names are read (`A or B`), so deployments with
 `engine: vllm` scale the same way. vLLM's names are also read as `vllm_*`: prometheus_client's OpenMetrics output
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from prometheus_api_client import PrometheusConnect
 
+from infleet.api.metrics import DEPLOYMENT as DEPLOYMENT_LABEL
+from infleet.api.metrics import NAMESPACE as NAMESPACE_LABEL
 from infleet.autoscaler.policy import Observation
-from infleet.monitoring.names import DEPLOYMENT as DEPLOYMENT_LABEL
-from infleet.monitoring.names import NAMESPACE as NAMESPACE_LABEL
 
 
 def _names(infleet: str, *vllm: str) -> tuple[str, ...]:

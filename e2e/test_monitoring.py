@@ -20,9 +20,9 @@ import httpx
 import openai
 import pytest
 
+from infleet.api import metrics as names
 from infleet.cluster.stack import Stack
 from infleet.cluster.testing import wait_for
-from infleet.monitoring import names
 from infleet.monitoring.catalog import expressions, substitute
 from infleet.monitoring.rules import rule_files
 from infleet.monitoring.slo import COST_ALERT

@@ -34,13 +34,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import infleet
+from infleet.api import sse
+from infleet.api.errors import error_body
 from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
 from infleet.gateway.auth import KeyStore, Unauthorized
 from infleet.gateway.catalog import Catalog, Deployment, Endpoint, LookupFailed
 from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from infleet.gateway.prompts import kserve_prompt, openai_prompt
 from infleet.gateway.routing import Router
-from infleet.gateway.slo import RequestClock, tokens
+from infleet.gateway.slo import RequestClock
 
 log = logging.getLogger("infleet.gateway")
 
@@ -54,14 +56,6 @@ HOP_BY_HOP = {
 }  # fmt: skip
 NOT_FORWARDED = HOP_BY_HOP | {"authorization", NAMESPACE_HEADER}  # the gateway's key never reaches a replica
 NOT_RETURNED = HOP_BY_HOP | {"date", "server"}  # the gateway's own server sets these
-OPENAI_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    502: "upstream_error",
-    503: "service_unavailable",
-}
 # /v2/models/<name>[/versions/<v>][/ready|/infer|/generate|/generate_stream]; the name itself may hold a '/'
 V2_MODEL_PATH = re.compile(
     r"^(?P<name>.+?)(?P<rest>(?:/versions/[^/]+)?(?:/(?:ready|infer|generate|generate_stream))?)$"
@@ -77,20 +71,10 @@ class GatewayError(Exception):
         self.retry_after = retry_after
 
 
-def error_body(path: str, status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    """KServe/Triton clients read `{"error": "..."}`; OpenAI clients read `{"error": {"message", "type", ...}}`."""
-    if path.startswith("/v2"):
-        return {"error": message}
-    kind = OPENAI_TYPES.get(status, "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
 def sse_error(path: str, message: str) -> bytes:
-    payload = error_body(path, 502, message, "upstream_disconnected")
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    return sse.event(error_body(path, 502, message, code="upstream_disconnected"))
 
 
-SSE_DONE = b"data: [DONE]\n\n"
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
@@ -239,7 +223,7 @@ class Gateway:
                 # a stream: answer only once its first event is here, so that a replica failing before it is retried
                 events = sse_events(upstream)
                 first = await anext(events, b"")
-                clock.event(tokens(first))
+                clock.event(sse.data_events(first))
                 response = RelayResponse(
                     self._relay(first, events, path, labels, clock),
                     cleanup=self._closer(upstream, events, release),
@@ -269,13 +253,13 @@ class Gateway:
         try:
             async for chunk in events:
                 yield chunk
-                clock.event(tokens(chunk))
+                clock.event(sse.data_events(chunk))
         except httpx.HTTPError as e:  # the replica went away mid-stream: never replay, end the stream cleanly
             self.metrics.errors.labels(**labels, reason="stream_interrupted").inc()
             log.warning("stream from %s/%s interrupted: %s", labels["namespace"], labels["deployment"], e)
             clock.count(self.metrics.slo_requests, labels["namespace"], labels["deployment"], failed=True)
             yield sse_error(path, f"the replica serving this stream failed: {type(e).__name__}: {e}")
-            yield SSE_DONE
+            yield sse.DONE
             return
         # reached only when the stream ran to its end (a client that went away closes the generator before)
         clock.count(self.metrics.slo_requests, labels["namespace"], labels["deployment"])
@@ -312,7 +296,7 @@ def _gateway(request: Request) -> Gateway:
 
 def _error(request: Request, e: GatewayError) -> Response:
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
-    return JSONResponse(error_body(request.url.path, e.status, e.message, e.code), e.status, headers=headers)
+    return JSONResponse(error_body(request.url.path, e.status, e.message, code=e.code), e.status, headers=headers)
 
 
 def _scope(request: Request) -> frozenset[str] | None:

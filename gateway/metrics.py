@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from infleet.api.metrics import SLO_REQUESTS
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 DEPLOYMENT = ("namespace", "deployment")
 HELD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -60,7 +62,7 @@ class GatewayMetrics:
         )
         self.endpoints = Gauge("infleet_gateway_ready_endpoints", "Ready replicas known.", DEPLOYMENT, registry=r)
         self.slo_requests = Counter(
-            "infleet_gateway_slo_requests",
+            SLO_REQUESTS.removesuffix("_total"),
             "Requests judged against their deployment's own spec.slo thresholds, by SLI (ttft, tpot, e2e) and "
             "result (good, bad); see infleet.gateway.slo.",
             [*DEPLOYMENT, "sli", "result"],

@@ -15,27 +15,14 @@ What is measured, from the gateway's side (what the client sees, including any t
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
+from infleet.api.durations import seconds_or_none
+
 SLIS = ("ttft", "tpot", "e2e")
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def seconds(duration: object) -> float | None:
-    """ "500ms", "2s", "1m30s" -> seconds; anything else (unset, malformed: the CRD rejects those) -> None."""
-    if not isinstance(duration, str) or not re.fullmatch(rf"(?:{_PART.pattern})+", duration):
-        return None
-    return sum(float(n) * _UNIT[u] for n, u in _PART.findall(duration))
-
-
-def tokens(chunk: bytes) -> int:
-    """Server-sent events in a relayed chunk that carry output (`data:` lines, not the closing `[DONE]`)."""
-    return chunk.count(b"data:") - chunk.count(b"data: [DONE]")
 
 
 @dataclass(frozen=True)
@@ -50,7 +37,7 @@ class Thresholds:
     def from_spec(cls, slo: dict[str, object] | None) -> Thresholds:
         slo = slo or {}
         e2e = slo.get("e2eP99")
-        return cls(seconds(slo.get("ttftP99")), seconds(slo.get("tpotP99")), seconds(e2e))
+        return cls(seconds_or_none(slo.get("ttftP99")), seconds_or_none(slo.get("tpotP99")), seconds_or_none(e2e))
 
     def items(self) -> list[tuple[str, float]]:
         return [(sli, value) for sli in SLIS if (value := getattr(self, sli)) is not None]

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from infleet.api.metrics import DEPLOYMENT_REPLICAS
 from infleet.monitoring import promql
-from infleet.monitoring.names import DEPLOYMENT_REPLICAS
 from infleet.monitoring.rules import SLIS, burn_rate
 from infleet.monitoring.slo import BURN_ALERTS
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from infleet.monitoring import rules
-from infleet.monitoring.names import (
+from infleet.api.metrics import (
     DEPLOYMENT_COST,
     DEPLOYMENT_COST_LIMIT,
     DEPLOYMENT_DESIRED_REPLICAS,
@@ -20,6 +19,7 @@ from infleet.monitoring.names import (
     EngineMetrics,
     by,
 )
+from infleet.monitoring import rules
 
 
 def series(metric: str, sel: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,18 +24,9 @@ import matplotlib.pyplot as plt
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
+from infleet.api.durations import seconds
 from infleet.api.tiers import TIERS
 from infleet.monitoring import promql
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def seconds(duration: str) -> float:
-    """Seconds in a Prometheus-style duration ("90s", "30m", "1h30m", "2d")."""
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", duration)
-    if not parts or "".join(n + u for n, u in parts) != duration:
-        raise ValueError(f"not a duration: {duration!r} (write e.g. 30m, 6h, 1d)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 @dataclass

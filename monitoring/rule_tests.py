@@ -14,17 +14,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from infleet.monitoring import names
+from infleet.api import metrics as names
+from infleet.api.durations import seconds
 from infleet.monitoring.rules import RUNBOOK_URL, alert_annotations, cost_annotations, period_seconds
 from infleet.monitoring.slo import BURN_ALERTS, COST_ALERT, TICKET, BurnAlert
 
 REQUESTS_PER_MINUTE = 1000
 NAMESPACE = "ml"
-_UNITS = {"m": 1, "h": 60, "d": 1440}
 
 
 def minutes(duration: str) -> int:
-    return int(duration[:-1]) * _UNITS[duration[-1]]
+    return int(seconds(duration) // 60)
 
 
 def counter_values(phases: list[tuple[int, float]], step: int = 1) -> str:

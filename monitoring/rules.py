@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infleet.monitoring import names
+from infleet.api import metrics as names
 from infleet.monitoring.slo import (
     BURN_ALERTS,
     COST_ALERT,

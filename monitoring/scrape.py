@@ -1,5 +1,5 @@
 """Prometheus scrape configuration: Kubernetes pod discovery that turns pod metadata into the target labels the rules
-and dashboards group by (`names.py`).
+and dashboards group by (`infleet.api.metrics`).
 
 A pod is scraped when annotated `prometheus.io/scrape: "true"`; `prometheus.io/port` and `prometheus.io/path`
 override the address and path. The same job works for a Prometheus inside the cluster (in-cluster service account)
@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from infleet.monitoring.names import DEPLOYMENT, NAMESPACE, POD, POD_LABEL_DEPLOYMENT, POD_LABEL_TIER, TIER
+from infleet.api.metrics import DEPLOYMENT, NAMESPACE, POD, POD_LABEL_DEPLOYMENT, POD_LABEL_TIER, TIER
 
 JOB = "infleet-pods"
 SCRAPE_ANNOTATION = "prometheus.io/scrape"

@@ -10,10 +10,13 @@ JSON field names are camelCase (aliases); Python attributes are snake_case.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from infleet.api.conditions import Condition
+from infleet.api.durations import DURATION_PATTERN
 
 GROUP = "infleet.dev"
 VERSION = "v1alpha1"
@@ -30,10 +33,7 @@ BudgetPeriod = Literal["1d", "7d", "14d", "28d", "30d"]
 BUDGET_PERIODS: tuple[BudgetPeriod, ...] = get_args(BudgetPeriod)
 
 # "500ms", "2s", "1m30s": the subset of Go/CEL durations that people write in SLOs and windows.
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32, examples=["500ms", "2s"])]
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # hf://org/name, s3://bucket/key, gs://bucket/key, pvc://claim/path, file:///abs/path, https://host/x.gguf
 MODEL_URI_PATTERN = (
@@ -51,25 +51,12 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # what NVIDIA GPU feature discovery writes into nvidia.com/gpu.product (a label value)
 GPU_PRODUCT_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 
-# metav1.Condition's own patterns: a type is a (optionally prefixed) name, a reason a CamelCase word
-CONDITION_TYPE_PATTERN = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
-)
-CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
-
 MAX_REPLICAS = 1000
 # A multi-node replica is a StatefulSet named `<name>-<8-hex revision>-g<group>` (group < MAX_REPLICAS: 14 characters
 # added), and a StatefulSet name must leave room for its pods' `controller-revision-hash` label, `<sts>-<10 chars>`
 # within 63: 52 - 14 = 38. One bound for every deployment, so that changing parallelism never breaks a name.
 MAX_NAME_LENGTH = 52 - len(f"-{'0' * 8}-g{MAX_REPLICAS - 1}")
 MAX_GPUS_PER_REPLICA = 128
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration string such as "1m30s" or "500ms"."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"not a duration: {text!r} (write e.g. 500ms, 2s, 5m)")
-    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
@@ -353,23 +340,8 @@ class InferenceDeploymentSpec(ApiModel):
 # ---- status -------------------------------------------------------------------------------------------------------
 
 
-class Condition(ApiModel):
-    """metav1.Condition field for field; lastTransitionTime changes only when status flips (see status.py)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    type: str = Field(max_length=316, pattern=CONDITION_TYPE_PATTERN)
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)
-    message: str = Field(max_length=32768)
-    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
-    observed_generation: int | None = Field(default=None, ge=0)
-
-
 class Attainment(ApiModel):
     """Share of requests (percent) within each SLI's threshold over the observation window, counted exactly."""
-
-    model_config = ConfigDict(extra="ignore")
 
     ttft: float | None = None
     tpot: float | None = None
@@ -378,8 +350,6 @@ class Attainment(ApiModel):
 
 class Observed(ApiModel):
     """What the operator's observation loop last read from Prometheus (for every deployment, scaled or not)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     ttft_p99_seconds: float | None = None
     tpot_p99_seconds: float | None = None
@@ -390,9 +360,9 @@ class Observed(ApiModel):
     window: str | None = Field(default=None, description="The range the figures are computed over, e.g. 1m.")
 
 
+# Every status write goes through this model (`patch` -> `wire`): a field the CRD does not declare fails in the
+# operator instead of being pruned silently by the API server.
 class InferenceDeploymentStatus(ApiModel):
-    model_config = ConfigDict(extra="ignore")
-
     observed_generation: int | None = None
     replicas: int = 0
     ready_replicas: int = 0
@@ -411,6 +381,15 @@ class InferenceDeploymentStatus(ApiModel):
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
+
+    @classmethod
+    def patch(cls, fields: Mapping[str, Any]) -> InferenceDeploymentStatus:
+        """A partial status (camelCase keys, as on the wire), validated field by field; unset keys stay unset."""
+        return cls.model_validate({k: v for k, v in fields.items() if v is not None})
+
+    def wire(self) -> dict[str, Any]:
+        """Only the fields this write sets: each writer owns its fields under server-side apply."""
+        return self.model_dump(by_alias=True, exclude_unset=True, exclude_none=True, mode="json")
 
 
 class InferenceDeployment(ApiModel):

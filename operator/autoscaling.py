@@ -37,6 +37,8 @@ from typing import Any
 
 import kopf
 
+from infleet.api import durations
+from infleet.api.conditions import now_iso
 from infleet.autoscaler import cost, policy, profiles, tiers
 from infleet.operator import api, checks, resources, status
 from infleet.operator.handlers import IDEP, kube_of, roll_out_tier
@@ -141,8 +143,8 @@ def choose_tier(
         runnable,
         spec.gpus_per_replica,
         _replica_device,
-        api.parse_duration(slo.tpot_p99) if slo.tpot_p99 else None,
-        api.parse_duration(slo.ttft_p99) if slo.ttft_p99 else None,
+        durations.seconds(slo.tpot_p99) if slo.tpot_p99 else None,
+        durations.seconds(slo.ttft_p99) if slo.ttft_p99 else None,
     )
     if gpu not in prices and choice.options:
         reason = f"no GPU price for {gpu} (set spec.cost.gpuHourlyPrice or the chart's gpuPrices): keep {current}"
@@ -165,7 +167,7 @@ async def post_event(kube: Any, body: Mapping[str, Any], reason: str, message: s
     """A Normal event on the InferenceDeployment (`kubectl describe idep` shows it), written at once and awaited, so
     it is there by the time the change it announces is; a refused event is logged, never fatal to the decision."""
     meta = body["metadata"]
-    now = status.now_iso()
+    now = now_iso()
     event = {
         "apiVersion": "v1",
         "kind": "Event",
@@ -208,7 +210,7 @@ def prometheus_observer(url: str) -> Observer:
 
 def scaling_spec(spec: api.InferenceDeploymentSpec) -> policy.ScalingSpec:
     s = spec.scaling
-    seconds = lambda d: api.parse_duration(d) if d else None  # noqa: E731
+    seconds = durations.seconds_or_none
     return policy.ScalingSpec(
         min_replicas=s.min_replicas,
         max_replicas=max(s.max_replicas, 1),
@@ -216,8 +218,8 @@ def scaling_spec(spec: api.InferenceDeploymentSpec) -> policy.ScalingSpec:
         ttft_slo=seconds(spec.slo.ttft_p99),
         tpot_slo=seconds(spec.slo.tpot_p99),
         e2e_slo=seconds(spec.slo.e2e_p99),
-        scale_up_window=api.parse_duration(s.scale_up_stabilization),
-        scale_down_window=api.parse_duration(s.scale_down_stabilization),
+        scale_up_window=durations.seconds(s.scale_up_stabilization),
+        scale_down_window=durations.seconds(s.scale_down_stabilization),
     )
 
 
@@ -241,10 +243,7 @@ def held_from_annotation(metadata: Mapping[str, Any], now: float) -> int:
 
 
 def status_from(decision: policy.Decision, obs: policy.Observation, generation: int | None) -> dict[str, Any]:
-    conditions = [
-        status.condition(c.type, {"True": True, "False": False}.get(c.status), c.reason, c.message, generation)
-        for c in decision.conditions
-    ]
+    conditions = [c.model_copy(update={"observed_generation": generation}).wire() for c in decision.conditions]
     observed = {
         "ttftP99Seconds": obs.ttft_p99,
         "tpotP99Seconds": obs.tpot_p99,
@@ -295,7 +294,8 @@ async def autoscale(
         patch_status["tier"] = new_tier or current_tier
     kube = kube_of(memo)
     try:
-        written = await kube.apply_status(namespace, name, patch_status, manager=STATUS_MANAGER)
+        patch = api.InferenceDeploymentStatus.patch(patch_status)
+        written = await kube.apply_status(namespace, name, patch, STATUS_MANAGER)
         if new_tier is not None and written is not None:
             message = f"{current_tier or 'none'} -> {new_tier}: {patch_status['tierReason']}"
             logger.info(f"autoscaler: tier {message}")

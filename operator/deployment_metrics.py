@@ -1,4 +1,4 @@
-"""The per-InferenceDeployment gauges the chart's rules and dashboards read (`infleet.monitoring.names`).
+"""The per-InferenceDeployment gauges the chart's rules and dashboards read (`infleet.api.metrics`).
 
 One series per deployment, labelled `namespace` and `deployment` (the scrape config honours them, so they win over
 the operator pod's own namespace): current replicas (`status.replicas`: pods of any revision, what is billed),
@@ -19,7 +19,8 @@ from typing import Any
 import kopf
 from prometheus_client import Gauge
 
-from infleet.monitoring import names
+from infleet.api import durations
+from infleet.api import metrics as names
 from infleet.operator import api
 
 LABELS = (names.NAMESPACE, names.DEPLOYMENT)
@@ -70,7 +71,7 @@ def export_objectives(namespace: str, name: str, spec: Mapping[str, Any]) -> Non
         if threshold is None:
             _remove(THRESHOLD, namespace, name, sli)
         else:
-            THRESHOLD.labels(namespace, name, sli).set(api.parse_duration(threshold))
+            THRESHOLD.labels(namespace, name, sli).set(durations.seconds(threshold))
     OBJECTIVE.labels(namespace, name).set(slo.objective_percent / 100)
     PERIOD.labels(namespace, name).set(slo.budget_period_seconds)
     if cost.max_per_million_tokens is None:

@@ -152,7 +152,8 @@ async def _mark_degraded(memo: Any, body: Mapping[str, Any], reason: str, messag
     conditions = [c for c in status.merge_conditions(old, [cond]) if c["type"] == status.DEGRADED]
     kopf.warn(cast(kopf.Body, body), reason=reason, message=message)
     with contextlib.suppress(KubeError):  # the condition is a courtesy; the PermanentError is logged anyway
-        await kube_of(memo).apply_status(meta["namespace"], meta["name"], {"conditions": conditions})
+        patch = api.InferenceDeploymentStatus.patch({"conditions": conditions})
+        await kube_of(memo).apply_status(meta["namespace"], meta["name"], patch)
 
 
 @kopf.on.resume(*IDEP, id="reconcile")
@@ -256,7 +257,7 @@ async def _write_workload_status(kube: Kube, ns: str, name: str, uid: str, new_s
             and not reconcile.status_changed(_without_times(last[1]), _without_times(new_status))
         ):
             return
-        await kube.apply_status(ns, name, new_status, manager=WORKLOAD_STATUS_MANAGER)
+        await kube.apply_status(ns, name, api.InferenceDeploymentStatus.patch(new_status), WORKLOAD_STATUS_MANAGER)
         _workload_written[(ns, name)] = (uid, new_status)
 
 
@@ -315,7 +316,8 @@ async def _write_status(memo: Any, body: Mapping[str, Any], new_status: dict[str
     meta = body["metadata"]
     _workload_written.pop((meta["namespace"], meta["name"]), None)  # a reconcile may write replica fields too
     try:
-        await kube_of(memo).apply_status(meta["namespace"], meta["name"], new_status)
+        patch = api.InferenceDeploymentStatus.patch(new_status)
+        await kube_of(memo).apply_status(meta["namespace"], meta["name"], patch)
     except KubeError as err:
         raise kopf.TemporaryError(f"writing status: {err}", delay=backoff(0)) from err
 

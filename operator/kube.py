@@ -208,7 +208,7 @@ class Kube:
                 raise
 
     async def apply_status(
-        self, namespace: str, name: str, status: dict[str, Any], manager: str = FIELD_MANAGER
+        self, namespace: str, name: str, status: api.InferenceDeploymentStatus, manager: str = FIELD_MANAGER
     ) -> dict[str, Any] | None:
         """Server-side apply to an InferenceDeployment's status subresource under `manager`.
 
@@ -219,7 +219,7 @@ class Kube:
             "apiVersion": api.API_VERSION,
             "kind": api.KIND,
             "metadata": {"name": name, "namespace": namespace},
-            "status": {k: v for k, v in status.items() if v is not None},
+            "status": status.wire(),
         }
         try:
             return await self.request(

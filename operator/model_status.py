@@ -132,7 +132,8 @@ async def write_condition(
         return  # the index's owner lags our own write
     merged = status.merge_conditions([old] if old else [], [new])
     try:
-        await memo.kube.apply_status(meta["namespace"], meta["name"], {"conditions": merged}, MODEL_STATUS_MANAGER)
+        patch = api.InferenceDeploymentStatus.patch({"conditions": merged})
+        await memo.kube.apply_status(meta["namespace"], meta["name"], patch, MODEL_STATUS_MANAGER)
     except KubeError:
         return  # the next pod event writes it
     _written[(meta["namespace"], meta["name"])] = (new["status"], new["reason"], new["message"])

@@ -24,9 +24,10 @@ from typing import Any
 import kopf
 from prometheus_api_client import PrometheusConnect
 
+from infleet.api import durations
+from infleet.api import metrics as names
 from infleet.autoscaler import policy
 from infleet.autoscaler import prometheus as reader_queries
-from infleet.monitoring import names
 from infleet.operator import api, status
 from infleet.operator.kube import KubeError
 
@@ -189,7 +190,7 @@ def slo_condition(
                                f"{objective:g}%){seen}"))  # fmt: skip
         elif p99 is not None:
             judged += 1
-            if p99 > api.parse_duration(threshold):
+            if p99 > durations.seconds(threshold):
                 missed.append((sli, f"{label} p99 {p99:.3g}s > {threshold}"))
     if missed:
         reason = f"{SLI_LABELS[missed[0][0]].replace('end-to-end', 'E2E')}Missed"
@@ -223,8 +224,6 @@ def observed_status(
     if attainment:
         observed["attainmentPercent"] = {k: autoscaling.readable(v * 100) for k, v in attainment.items()}
     observed["window"] = WINDOW
-    # through the status model: what is written is exactly what the CRD's schema (generated from it) declares
-    observed = api.Observed.model_validate(observed).model_dump(by_alias=True, exclude_none=True)
     prices = autoscaling.prices_for(spec, autoscaling.configured_prices())
     replicas = int(st.get("replicas") or spec.replicas)
     return {
@@ -279,7 +278,7 @@ async def observe_fleet(kube: Any, snap: Snapshot) -> int:
         merged = status.merge_conditions(list(st.get("conditions") or []), patch["conditions"])
         patch["conditions"] = [c for c in merged if c["type"] == status.SLO_MET]
         try:
-            await kube.apply_status(namespace, name, patch, manager=STATUS_MANAGER)
+            await kube.apply_status(namespace, name, api.InferenceDeploymentStatus.patch(patch), STATUS_MANAGER)
         except KubeError as err:
             log.warning(f"observation: could not write {namespace}/{name}'s status: {err}")
             continue

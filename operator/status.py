@@ -7,30 +7,22 @@ dashboards see real transitions, not every reconcile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from infleet.operator.api import InferenceDeploymentSpec, parse_duration
+from infleet.api.conditions import Condition
+from infleet.api.durations import seconds
+from infleet.operator.api import InferenceDeploymentSpec
 
 READY, PROGRESSING, DEGRADED, SLO_MET, MODEL_READY = "Ready", "Progressing", "Degraded", "SLOMet", "ModelReady"
 CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, MODEL_READY, SLO_MET)
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def condition(
     type_: str, status: bool | None, reason: str, message: str, generation: int | None, now: str | None = None
 ) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": "Unknown" if status is None else str(bool(status)),
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now or now_iso(),
-        "observedGeneration": generation,
-    }
+    """One condition as the wire carries it, built (and so validated) by the shared Condition model."""
+    made = Condition.of(type_, status, reason, message, generation)
+    return made.model_copy(update={"last_transition_time": now}).wire() if now else made.wire()
 
 
 def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -169,7 +161,7 @@ def slo_condition(
     missed = []
     for key, (label, target) in targets.items():
         value = seen.get(key)
-        if value is not None and target is not None and value > parse_duration(target):
+        if value is not None and target is not None and value > seconds(target):
             missed.append(f"{label} {value:.3g}s > {target}")
     if missed:
         return condition(SLO_MET, False, "TargetMissed", ", ".join(missed), generation)

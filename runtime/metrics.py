@@ -12,21 +12,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
-# Bucket edges (seconds) follow vLLM's, extended downwards where a small model on a CPU is fast.
-TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
-ITL_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
-    0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-)  # fmt: skip
-REQUEST_BUCKETS = (
-    0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
-    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
-)  # fmt: skip
+from infleet.api.metrics import INFLEET, REQUEST_BUCKETS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def counter(name: str) -> str:
+    """prometheus_client appends `_total` to a Counter's name itself."""
+    return name.removesuffix("_total")
+
+
 EXECUTION_LABELS = ("device", "compute_dtype", "kernel_backend", "gemm")
 
 
@@ -40,30 +35,30 @@ class RuntimeMetrics:
         labels = ("model_name", "tier")
         r = self.registry
 
-        self._running = Gauge("infleet_num_requests_running", "Requests in the running batch.", labels, registry=r)
-        self._waiting = Gauge("infleet_num_requests_waiting", "Requests waiting to be scheduled.", labels, registry=r)
+        self._running = Gauge(INFLEET.running, "Requests in the running batch.", labels, registry=r)
+        self._waiting = Gauge(INFLEET.waiting, "Requests waiting to be scheduled.", labels, registry=r)
         self._kv_usage = Gauge(
-            "infleet_kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", labels, registry=r
+            INFLEET.kv_cache_usage, "Fraction of KV-cache blocks in use (1 = full).", labels, registry=r
         )
         self._ttft = Histogram(
-            "infleet_time_to_first_token_seconds",
+            INFLEET.ttft.name,
             "Time from arrival to the first generated token.",
             labels,
-            buckets=TTFT_BUCKETS,
+            buckets=INFLEET.ttft.buckets,
             registry=r,
         )
         self._itl = Histogram(
-            "infleet_inter_token_latency_seconds",
+            INFLEET.tpot.name,
             "Time between consecutive generated tokens of a request.",
             labels,
-            buckets=ITL_BUCKETS,
+            buckets=INFLEET.tpot.buckets,
             registry=r,
         )
         self._e2e = Histogram(
-            "infleet_e2e_request_latency_seconds",
+            INFLEET.e2e.name,
             "Time from arrival to the last token.",
             labels,
-            buckets=REQUEST_BUCKETS,
+            buckets=INFLEET.e2e.buckets,
             registry=r,
         )
         self._queue = Histogram(
@@ -74,16 +69,16 @@ class RuntimeMetrics:
             registry=r,
         )
         self._prompt_tokens = Counter(
-            "infleet_prompt_tokens", "Prompt tokens of finished requests.", labels, registry=r
+            counter(INFLEET.prompt_tokens), "Prompt tokens of finished requests.", labels, registry=r
         )
         self._generation_tokens = Counter(
-            "infleet_generation_tokens", "Generated tokens of finished requests.", labels, registry=r
+            counter(INFLEET.generation_tokens), "Generated tokens of finished requests.", labels, registry=r
         )
         self._prefix_queries = Counter(
-            "infleet_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", labels, registry=r
+            counter(INFLEET.prefix_queries), "Prompt tokens looked up in the prefix cache.", labels, registry=r
         )
         self._prefix_hits = Counter(
-            "infleet_prefix_cache_hits", "Prompt tokens found in the prefix cache.", labels, registry=r
+            counter(INFLEET.prefix_hits), "Prompt tokens found in the prefix cache.", labels, registry=r
         )
         self._preemptions = Counter(
             "infleet_num_preemptions",

@@ -66,7 +66,7 @@ class Admission:
             self.state.done()
 
     async def _refuse(self, scope: Scope, send: Send, error: APIError) -> None:
-        body = error.kserve_body() if scope["path"].startswith("/v2") else error.openai_body()
+        body = error.body(scope["path"])
         payload = json.dumps(body).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]

@@ -61,7 +61,7 @@ async def metrics(request: Request) -> Response:
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    body = exc.kserve_body() if request.url.path.startswith("/v2") else exc.openai_body()
+    body = exc.body(request.url.path)
     return JSONResponse(body, status_code=exc.status, headers=exc.headers())
 
 

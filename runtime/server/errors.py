@@ -1,7 +1,6 @@
 """One exception for every request the server refuses, rendered in the shape each API's clients expect.
 
-OpenAI clients read `{"error": {"message", "type", "param", "code"}}`; KServe v2 / Triton clients read
-`{"error": "message"}`. Handlers raise `APIError`; the app picks the shape from the request path.
+Handlers raise `APIError`; the app renders it with `body(path)`, whose shapes live in `infleet.api.errors`.
 """
 
 from __future__ import annotations
@@ -10,14 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-OPENAI_TYPES = {
-    400: "invalid_request_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "internal_server_error",
-    503: "service_unavailable",
-}
+from infleet.api.errors import error_body, openai_error
 
 
 class APIError(Exception):
@@ -41,17 +33,11 @@ class APIError(Exception):
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
     def openai_body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": OPENAI_TYPES.get(self.status, "invalid_request_error"),
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return openai_error(self.status, self.message, param=self.param, code=self.code)
 
-    def kserve_body(self) -> dict[str, Any]:
-        return {"error": self.message}
+    def body(self, path: str) -> dict[str, Any]:
+        """The body for a request to `path`: KServe's shape under /v2, OpenAI's elsewhere."""
+        return error_body(path, self.status, self.message, param=self.param, code=self.code)
 
 
 def bad_request(message: str, param: str | None = None) -> APIError:

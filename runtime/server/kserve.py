@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import infleet
-from infleet.runtime.server import sse
+from infleet.api import sse
+from infleet.api.errors import kserve_error
 from infleet.runtime.server.binary_tensor import HEADER_LENGTH, Tensor, TensorError, decode_request, encode_response
 from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
 from infleet.runtime.server.generation import Generation, encode, make_params, new_request_id, start, until_disconnect
@@ -365,7 +366,7 @@ async def generate_stream(request: Request) -> Response:
                     yield sse.event({**head, **tensor_json(tensors)})
         except Exception as e:
             message = e.message if isinstance(e, APIError) else f"generation failed: {e}"
-            yield sse.event({"error": message})
+            yield sse.event(kserve_error(message))
 
     return StreamingResponse(events(), media_type=sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
 

@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from infleet.api import sse
 from infleet.runtime.engine.engine import RequestOutput
-from infleet.runtime.server import sse
 from infleet.runtime.server.errors import APIError
 from infleet.runtime.server.generation import (
     Finished,

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from infleet.api.metrics import TTFT_BUCKETS
 from infleet.autoscaler.policy import Observation, ScalingSpec, decide
 from infleet.autoscaler.prometheus import PrometheusReader, Queries
-from infleet.runtime.metrics import TTFT_BUCKETS, RuntimeMetrics
+from infleet.runtime.metrics import RuntimeMetrics
 
 from .conftest import free_port
 

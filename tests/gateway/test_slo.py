@@ -9,11 +9,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from infleet.api import sse
+from infleet.api.durations import seconds_or_none
 from infleet.cluster.testing import wait_for
 from infleet.gateway.app import Gateway
 from infleet.gateway.discovery import deployment_from
 from infleet.gateway.metrics import GatewayMetrics
-from infleet.gateway.slo import RequestClock, Thresholds, seconds, tokens
+from infleet.gateway.slo import RequestClock, Thresholds
 
 from .conftest import ServerThread, Upstream, serve_gateway
 
@@ -81,7 +83,7 @@ def test_thresholds_come_from_the_spec() -> None:
         "spec": {"model": {"servedName": "m"}, "slo": {"ttftP99": "500ms", "tpotP99": "1m30s", "objectivePercent": 99}},
     }
     assert deployment_from(obj).slo == Thresholds(ttft=0.5, tpot=90.0, e2e=None)
-    assert seconds("2s") == 2.0 and seconds("2 s") is None and seconds(None) is None
+    assert seconds_or_none("2s") == 2.0 and seconds_or_none("2 s") is None and seconds_or_none(None) is None
 
 
 def test_tpot_is_the_mean_gap_after_the_first_event() -> None:
@@ -92,7 +94,7 @@ def test_tpot_is_the_mean_gap_after_the_first_event() -> None:
     clock.last = 0.5 + 9 * 0.2
     assert clock.judge()["tpot"] is False
     assert clock.judge(failed=True) == {"ttft": False, "tpot": False, "e2e": False}
-    assert tokens(b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]\n\n') == 2
+    assert sse.data_events(b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]\n\n') == 2
 
 
 def test_a_scrape_before_any_request_shows_each_set_sli_at_zero(gateway: tuple) -> None:

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from infleet.api import metrics as names
 from infleet.gateway.metrics import GatewayMetrics
 from infleet.gateway.slo import Thresholds, verdicts
-from infleet.monitoring import names
 from infleet.monitoring.render import REPO
 from infleet.monitoring.scrape import prometheus_config, static_job
 from infleet.runtime.metrics import RuntimeMetrics
@@ -103,7 +103,7 @@ class VllmMetrics:
 
 
 class OperatorGauges:
-    """The per-deployment gauges the operator exports (names.py), for both deployments."""
+    """The per-deployment gauges the operator exports (infleet.api.metrics), for both deployments."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()

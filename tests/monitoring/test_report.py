@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from infleet.api.durations import seconds
 from infleet.cli import COMMANDS
-from infleet.monitoring.report import Source, build_report, main, seconds
+from infleet.monitoring.report import Source, build_report, main
 
 from .conftest import LivePrometheus
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infleet.monitoring import names
+from infleet.api import metrics as names
 from infleet.monitoring.render import REPO, to_yaml
 from infleet.monitoring.rule_tests import HAND_COMPUTED, RELAXED, STRICT, promtool_cases
 from infleet.monitoring.rules import alert_rules, prometheus_rule, recording_rules, rule_files

@@ -8,6 +8,7 @@ import pydantic
 import pytest
 import yaml
 
+from infleet.api import durations
 from infleet.operator import api
 
 from .specs import BAD_SPECS, good_spec
@@ -26,16 +27,23 @@ def test_camel_case_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("500ms", 0.5), ("2s", 2.0), ("1m30s", 90.0), ("1h", 3600.0), ("0.5s", 0.5)]
+    ("text", "expected"),
+    [("500ms", 0.5), ("2s", 2.0), ("1m30s", 90.0), ("1h", 3600.0), ("0.5s", 0.5), ("30d", 2592000.0)],
 )
-def test_parse_duration(text: str, seconds: float) -> None:
-    assert api.parse_duration(text) == pytest.approx(seconds)
+def test_durations(text: str, expected: float) -> None:
+    assert durations.seconds(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text", ["2 seconds", "", "1d", "-1s", "s"])
-def test_parse_duration_rejects(text: str) -> None:
+@pytest.mark.parametrize("text", ["2 seconds", "", "-1s", "s", "1y"])
+def test_durations_reject(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
-        api.parse_duration(text)
+        durations.seconds(text)
+    assert durations.seconds_or_none(text) is None
+
+
+def test_the_crd_takes_no_days_in_latencies() -> None:
+    with pytest.raises(pydantic.ValidationError, match="pattern"):
+        api.InferenceDeploymentSpec.model_validate(good_spec(slo={"ttftP99": "1d"}))
 
 
 def test_tier_auto_takes_first_allowed() -> None:

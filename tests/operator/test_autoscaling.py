@@ -178,7 +178,7 @@ def test_each_deployments_own_objectives_are_exported_for_the_rules() -> None:
 
 
 def test_the_operator_exports_exactly_the_gauges_the_dashboards_read() -> None:
-    from infleet.monitoring import names
+    from infleet.api import metrics as names
     from infleet.operator import deployment_metrics as dm
 
     exported = {

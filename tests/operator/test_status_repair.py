@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infleet.operator import handlers
+from infleet.operator import api, handlers
 from infleet.operator.kube import KubeError
 
 from .specs import good_spec
@@ -31,11 +31,13 @@ class FlakyKube:
         self.gets += 1
         return self.deployment if (kind, namespace, name) == ("Deployment", NS, NAME) else None
 
-    async def apply_status(self, namespace: str, name: str, status: dict[str, Any], manager: str = "") -> None:
+    async def apply_status(
+        self, namespace: str, name: str, status: api.InferenceDeploymentStatus, manager: str = ""
+    ) -> None:
         if self.failures:
             self.failures -= 1
             raise self.error
-        self.written.append(status)
+        self.written.append(status.wire())
 
 
 def owner() -> dict[str, Any]:

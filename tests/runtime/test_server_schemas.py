@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from infleet.runtime.server import sse
+from infleet.api import sse
 from infleet.runtime.server.errors import APIError
 from infleet.runtime.server.openai_schemas import ChatCompletionRequest, CompletionRequest, parse, resolve_max_tokens
 
@@ -102,7 +102,7 @@ def test_error_shapes() -> None:
     assert e.openai_body() == {
         "error": {"message": "full", "type": "rate_limit_error", "param": None, "code": "queue_full"}
     }
-    assert e.kserve_body() == {"error": "full"}
+    assert e.body("/v2/models/m/infer") == {"error": "full"}
     assert e.headers() == {"Retry-After": "2"}
 
 
