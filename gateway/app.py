@@ -167,7 +167,6 @@ class Gateway:
         prompt: str | None,
         clock: RequestClock,
     ) -> Response:
-        assert self.client is not None, "the app's lifespan opens the client"
         labels = {"namespace": deployment.namespace, "deployment": deployment.name}
         url_path = path + (f"?{request.url.query}" if request.url.query else "")
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
@@ -178,59 +177,19 @@ class Gateway:
                 break  # only the second attempt may wait for a new replica; later ones need an untried one
             if attempt:
                 self.metrics.retries.labels(**labels).inc()
-            try:
-                deployment = await self.activator.endpoints(deployment, exclude=tried)
-            except ModelStarting as e:
-                raise GatewayError(503, e.message, code="model_starting", retry_after=e.retry_after) from None
-            except LookupError as e:
-                raise GatewayError(404, str(e), code="model_not_found") from None
-            self.metrics.endpoints.labels(**labels).set(len(deployment.endpoints))
-            choice = self.router.choose(deployment, prompt, self.router.usable(deployment.endpoints, tried))
-            self.metrics.routing.labels(**labels, strategy=choice.strategy).inc()
-            if choice.affinity:
-                self.metrics.affinity.labels(**labels, result=choice.affinity).inc()
-            endpoint = choice.endpoint
-            tried.append(endpoint)
-            self.router.acquire(endpoint)
-            self.metrics.in_flight.labels(**labels).inc()
-            released = False
-
-            async def release(endpoint: Endpoint = endpoint) -> None:
-                nonlocal released
-                if not released:
-                    released = True
-                    self.router.release(endpoint)
-                    self.metrics.in_flight.labels(**labels).dec()
-
+            deployment, endpoint, release = await self._pick(deployment, prompt, tried)
             upstream: httpx.Response | None = None
-            handed_off = False  # once a RelayResponse owns the upstream, its clean-up closes and releases
+            handed_off = False  # a relayed stream owns the upstream: its clean-up closes it and releases the replica
             try:
-                upstream = await self.client.send(
-                    self.client.build_request(request.method, endpoint.url + url_path, headers=headers, content=body),
-                    stream=True,
-                )
-                if retry_elsewhere(
-                    upstream.status_code, attempt, bool(self.router.usable(deployment.endpoints, tried))
-                ):
+                upstream = await self._send(request.method, endpoint.url + url_path, headers, body)
+                others = bool(self.router.usable(deployment.endpoints, tried))
+                if retry_elsewhere(upstream.status_code, attempt, others):
                     failure = f"{endpoint.url} answered {upstream.status_code}: {(await upstream.aread())[:200]!r}"
                     if upstream.status_code == 503:
                         self.router.eject(endpoint)  # a 429 replica is healthy, only full for now
                     continue
-                returned = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in NOT_RETURNED]
-                if not upstream.headers.get("content-type", "").startswith("text/event-stream"):
-                    content = await upstream.aread()
-                    return Response(content, status_code=upstream.status_code, headers=dict(returned))
-                # a stream: answer only once its first event is here, so that a replica failing before it is retried
-                events = sse_events(upstream)
-                first = await anext(events, b"")
-                clock.event(sse.data_events(first))
-                response = RelayResponse(
-                    self._relay(first, events, path, labels, clock),
-                    cleanup=self._closer(upstream, events, release),
-                    status_code=upstream.status_code,
-                    headers=dict(returned),
-                )
-                handed_off = True
+                response = await self._answer(upstream, path, labels, clock, release)
+                handed_off = isinstance(response, RelayResponse)
                 return response
             except httpx.TransportError as e:
                 failure = f"{endpoint.url}: {type(e).__name__}: {e}"
@@ -244,6 +203,67 @@ class Gateway:
                         await release()
         self.metrics.errors.labels(**labels, reason="upstream_unreachable").inc()
         raise GatewayError(502, f"no replica of {deployment.served_name!r} answered ({failure})", code="bad_gateway")
+
+    async def _pick(
+        self, deployment: Deployment, prompt: str | None, tried: list[Endpoint]
+    ) -> tuple[Deployment, Endpoint, Callable[[], Awaitable[None]]]:
+        """A ready replica not tried yet (held while the deployment has none), counted as busy until `release`."""
+        labels = {"namespace": deployment.namespace, "deployment": deployment.name}
+        try:
+            deployment = await self.activator.endpoints(deployment, exclude=tried)
+        except ModelStarting as e:
+            raise GatewayError(503, e.message, code="model_starting", retry_after=e.retry_after) from None
+        except LookupError as e:
+            raise GatewayError(404, str(e), code="model_not_found") from None
+        self.metrics.endpoints.labels(**labels).set(len(deployment.endpoints))
+        choice = self.router.choose(deployment, prompt, self.router.usable(deployment.endpoints, tried))
+        self.metrics.routing.labels(**labels, strategy=choice.strategy).inc()
+        if choice.affinity:
+            self.metrics.affinity.labels(**labels, result=choice.affinity).inc()
+        endpoint = choice.endpoint
+        tried.append(endpoint)
+        self.router.acquire(endpoint)
+        self.metrics.in_flight.labels(**labels).inc()
+        released = False
+
+        async def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.router.release(endpoint)
+                self.metrics.in_flight.labels(**labels).dec()
+
+        return deployment, endpoint, release
+
+    async def _send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> httpx.Response:
+        """The replica's answer, its body still unread."""
+        assert self.client is not None, "the app's lifespan opens the client"
+        request = self.client.build_request(method, url, headers=headers, content=body)
+        return await self.client.send(request, stream=True)
+
+    async def _answer(
+        self,
+        upstream: httpx.Response,
+        path: str,
+        labels: dict[str, str],
+        clock: RequestClock,
+        release: Callable[[], Awaitable[None]],
+    ) -> Response:
+        """A plain answer read whole, or a stream relayed once its first event is here (so that a replica failing
+        before it is retried elsewhere); the stream's clean-up then closes the upstream and releases the replica."""
+        returned = dict((k, v) for k, v in upstream.headers.multi_items() if k.lower() not in NOT_RETURNED)
+        if not upstream.headers.get("content-type", "").startswith(sse.MEDIA_TYPE):
+            content = await upstream.aread()
+            return Response(content, status_code=upstream.status_code, headers=returned)
+        events = sse_events(upstream)
+        first = await anext(events, b"")
+        clock.event(sse.data_events(first))
+        return RelayResponse(
+            self._relay(first, events, path, labels, clock),
+            cleanup=self._closer(upstream, events, release),
+            status_code=upstream.status_code,
+            headers=returned,
+        )
 
     async def _relay(
         self, first: bytes, events: AsyncIterator[bytes], path: str, labels: dict[str, str], clock: RequestClock
