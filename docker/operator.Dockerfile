@@ -12,8 +12,8 @@ COPY infleet ./infleet
 COPY operator ./operator
 COPY autoscaler ./autoscaler
 COPY monitoring ./monitoring
-# the torch-free corner of the runtime that the operator reads: metric names and buckets, measured tier profiles
-COPY runtime/__init__.py runtime/metrics.py ./runtime/
+# the torch-free corner of the runtime that the operator reads: the measured tier profiles
+COPY runtime/__init__.py ./runtime/
 COPY runtime/quant/__init__.py ./runtime/quant/
 COPY runtime/quant/profiles ./runtime/quant/profiles
 # only what the operator imports; the package itself without its heavy (runtime) dependencies

@@ -21,12 +21,13 @@ import kopf
 from prometheus_client import start_http_server
 
 from infleet.operator.kube import Kube, KubeError
+from infleet.operator.state import OperatorState
 
 PEERING_NAME = "infleet-operator"
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: OperatorState, logger: kopf.Logger, **_: Any) -> None:
     # progress and the last handled spec live in annotations under our prefix; status stays ours alone
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="infleet.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -44,6 +45,12 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Log
     memo.kube = Kube.from_environment(os.environ.get("KUBECONFIG"))
     if not settings.peering.standalone:
         settings.peering.standalone = not await ensure_peering(memo.kube, memo.namespaces, logger)
+    # the operator-wide loops (kopf's daemons are per object): every deployment's status from one query per
+    # interval, and the bytes of models being downloaded
+    from infleet.operator import model_status, observation
+
+    memo.start_loop("observation", observation.INTERVAL, observation.tick)
+    memo.start_loop("model progress", model_status.PROGRESS_INTERVAL, model_status.report_progress)
 
 
 async def ensure_peering(kube: Kube, namespaces: list[str], logger: kopf.Logger) -> bool:
@@ -66,10 +73,10 @@ async def ensure_peering(kube: Kube, namespaces: list[str], logger: kopf.Logger)
 
 
 @kopf.on.cleanup()
-async def close(memo: Any, **_: Any) -> None:
-    kube = getattr(memo, "kube", None)
-    if kube is not None:
-        await kube.close()
+async def close(memo: OperatorState, **_: Any) -> None:
+    await memo.stop_loops()
+    if memo.kube is not None:
+        await memo.kube.close()
 
 
 class QuietWatchers(logging.Filter):
@@ -80,8 +87,7 @@ class QuietWatchers(logging.Filter):
         "volume-appeared",
         "restart-group",
         "label_rank",
-        "deployment_event",
-        "statefulset_event",
+        "workload_event",
         "deployment-gauges",
     )
 
@@ -129,21 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     # the handlers register themselves with kopf when imported
     from infleet.operator import autoscaling, deployment_metrics, handlers, model_status, observation  # noqa: F401
 
+    namespaces = args.namespace or []
+    state = OperatorState(namespaces=namespaces, replica_device=args.replica_device or None)
     if args.prometheus_url:
-        observation.set_reader(observation.FleetReader(args.prometheus_url))
-        autoscaling.set_observer(autoscaling.prometheus_observer(args.prometheus_url))
-    autoscaling.set_replica_device(args.replica_device)
+        state.reader = observation.FleetReader(args.prometheus_url)
+        state.observer = autoscaling.prometheus_observer(state.reader)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    namespaces = args.namespace or []
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
         standalone=not args.peering,
         priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
-        memo=kopf.Memo(namespaces=namespaces),
+        memo=state,
     )
     return 0
 

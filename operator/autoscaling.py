@@ -5,15 +5,16 @@ observer for an `Observation` (latency quantiles, queue depth, tokens/s), calls 
 and writes the decision to `spec.replicas` through the scale subresource, exactly as `kubectl scale` would; the
 ordinary reconcile then rolls it out. The policy's conditions go into status.
 
-The observer is pluggable (`set_observer`): the Prometheus adapter (the fleet reader's shared sample) registers
-itself; with none, observations are "missing", and the policy holds the current count (it never scales down
-without data).
+The observer is pluggable (`OperatorState.observer`): the Prometheus adapter over the fleet reader's shared
+sample, set from `--prometheus-url`; with none, observations are "missing", and the policy holds the current count
+(it never scales down without data).
 
 Under `spec.quantization.tier: auto` the same tick asks the tier chooser (`infleet.autoscaler.tiers`) for the tier,
 from the deployment's tier profile (`infleet.autoscaler.profiles`), the observed load, `maxQualityLoss`, the cost
 budget and the GPU price. A new tier is written to `status.tier` with its reason, announced by a `TierChanged` event,
 and rolled out by the ordinary reconcile (`handlers.roll_out_tier`): the reconcile runs the tier that status names,
-so an automatic tier change is the same surge rollout as a spec change. The chooser's hysteresis state lives here.
+so an automatic tier change is the same surge rollout as a spec change. The chooser's hysteresis state lives in
+the operator's state (`state.py`).
 
 The observation loop (`observation.py`) writes the observed figures, cost and SLOMet of every deployment, scaled or
 not; this timer only consumes the same observations. `status.costPerMillionTokens` is the cost model over what was
@@ -33,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
@@ -41,9 +42,13 @@ from infleet.api import durations
 from infleet.api.conditions import now_iso
 from infleet.autoscaler import cost, policy, profiles, tiers
 from infleet.operator import api, checks, resources, status
-from infleet.operator.handlers import IDEP, kube_of, roll_out_tier
+from infleet.operator.handlers import IDEP, GpuNodes, GroupSets, kube_of, roll_out_tier
 from infleet.operator.kube import KubeError
 from infleet.operator.kube import path as kube_path
+from infleet.operator.state import OperatorState
+
+if TYPE_CHECKING:
+    from infleet.operator.observation import FleetReader
 
 # (spec, status, name, namespace) -> what the fleet looks like now
 Observer = Callable[[api.InferenceDeploymentSpec, dict[str, Any], str, str], Awaitable[policy.Observation]]
@@ -56,22 +61,6 @@ DEMAND_FRESH_SECONDS = 60.0
 # the chart hands the operator its GPU price table as JSON (USD per GPU-hour by nvidia.com/gpu.product)
 PRICES_ENV = "INFLEET_GPU_PRICES"
 TIER_DWELL = 600.0  # seconds a better tier must stay better before the chooser moves to it (a rollout each time)
-
-_observer: Observer | None = None
-_history: dict[tuple[str, str], tuple[policy.Recommendation, ...]] = {}
-_tier_states: dict[tuple[str, str], tiers.TierState] = {}
-_replica_device: str | None = None
-
-
-def set_observer(observer: Observer | None) -> None:
-    global _observer
-    _observer = observer
-
-
-def set_replica_device(device: str | None) -> None:
-    """The device whose measured tier profile describes the replicas (`--replica-device`); None: the accelerator."""
-    global _replica_device
-    _replica_device = device or None
 
 
 def price_table(environ: Mapping[str, str] = os.environ) -> dict[str, float]:
@@ -127,8 +116,10 @@ def choose_tier(
     state: tiers.TierState,
     now: float,
     prices: Mapping[str, float],
+    replica_device: str | None = None,
 ) -> tuple[tiers.TierDecision, str] | None:
-    """The tier chooser's decision for an `auto` deployment, and where its profile came from; None if not auto."""
+    """The tier chooser's decision for an `auto` deployment, and where its profile came from; None if not auto.
+    `replica_device` names the device whose measured profile describes the replicas (None: the accelerator)."""
     q = spec.quantization
     if q.tier != "auto":
         return None
@@ -142,7 +133,7 @@ def choose_tier(
         gpu,
         runnable,
         spec.gpus_per_replica,
-        _replica_device,
+        replica_device,
         durations.seconds(slo.tpot_p99) if slo.tpot_p99 else None,
         durations.seconds(slo.ttft_p99) if slo.ttft_p99 else None,
     )
@@ -194,13 +185,9 @@ async def post_event(kube: Any, body: Mapping[str, Any], reason: str, message: s
         logging.getLogger(__name__).warning(f"could not post the {reason} event: {err}")
 
 
-def prometheus_observer(url: str) -> Observer:
-    """Observations from Prometheus through the operator's fleet reader (`observation.FleetReader`): the autoscaler
-    consumes the same once-per-interval sample the observation loop writes to every deployment's status."""
-    from infleet.operator import observation
-
-    reader = observation.reader() or observation.FleetReader(url)
-    observation.set_reader(reader)
+def prometheus_observer(reader: FleetReader) -> Observer:
+    """Observations from Prometheus through the operator's fleet reader: the autoscaler consumes the same
+    once-per-interval sample the observation loop writes to every deployment's status."""
 
     async def observe(spec: api.InferenceDeploymentSpec, st: dict[str, Any], name: str, namespace: str) -> Any:
         return await reader.observe(namespace, name, spec.replicas, st.get("readyReplicas"))
@@ -224,12 +211,12 @@ def scaling_spec(spec: api.InferenceDeploymentSpec) -> policy.ScalingSpec:
 
 
 async def observe(
-    spec: api.InferenceDeploymentSpec, st: dict[str, Any], name: str, namespace: str
+    observer: Observer | None, spec: api.InferenceDeploymentSpec, st: dict[str, Any], name: str, namespace: str
 ) -> policy.Observation:
     base = policy.Observation(sampled_at=time.time(), replicas=spec.replicas, ready_replicas=st.get("readyReplicas"))
-    if _observer is None:
+    if observer is None:
         return replace(base, missing="no metrics source registered with the operator")
-    return replace(await _observer(spec, st, name, namespace), replicas=spec.replicas)
+    return replace(await observer(spec, st, name, namespace), replicas=spec.replicas)
 
 
 def held_from_annotation(metadata: Mapping[str, Any], now: float) -> int:
@@ -254,7 +241,7 @@ def status_from(decision: policy.Decision, obs: policy.Observation, generation: 
     return {"conditions": conditions, "observed": {k: readable(v) for k, v in observed.items() if v is not None}}
 
 
-@kopf.timer(
+@kopf.timer(  # type: ignore[arg-type]  # indexes: typed keyword arguments
     *IDEP, id="autoscale", interval=INTERVAL, when=lambda spec, **_: bool(spec.get("scaling", {}).get("enabled"))
 )
 async def autoscale(
@@ -262,19 +249,22 @@ async def autoscale(
     spec: kopf.Spec,
     name: str,
     namespace: str | None,
-    memo: Any,
+    memo: OperatorState,
     logger: kopf.Logger,
-    **kw: Any,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
+    **_: Any,
 ) -> None:
     assert namespace is not None  # InferenceDeployments are namespaced
+    key = (namespace, name)
     parsed = api.InferenceDeploymentSpec.model_validate(dict(spec))
     st = dict(body.get("status") or {})
     generation = body["metadata"].get("generation")
-    obs = await observe(parsed, st, name, namespace)
+    obs = await observe(memo.observer, parsed, st, name, namespace)
     now = time.time()
     obs = replace(obs, held_requests=max(obs.held_requests, held_from_annotation(body["metadata"], now)))
-    decision = policy.decide(scaling_spec(parsed), obs, _history.get((namespace, name), ()), now)
-    _history[(namespace, name)] = decision.history
+    decision = policy.decide(scaling_spec(parsed), obs, memo.history.get(key, ()), now)
+    memo.history[key] = decision.history
     extra = status_from(decision, obs, generation)
     # observed figures, cost and SLOMet are the observation loop's (operator/observation.py), for every deployment
     merged = {c["type"]: c for c in status.merge_conditions(list(st.get("conditions") or []), extra["conditions"])}
@@ -282,11 +272,12 @@ async def autoscale(
     prices = prices_for(parsed, configured_prices())
 
     current_tier = st.get("tier")
-    chosen = choose_tier(parsed, current_tier, obs, _tier_states.get((namespace, name), tiers.TierState()), now, prices)
+    tier_state = memo.tier_states.get(key, tiers.TierState())
+    chosen = choose_tier(parsed, current_tier, obs, tier_state, now, prices, memo.replica_device)
     new_tier: str | None = None
     if chosen is not None:
         tier_decision, source = chosen
-        _tier_states[(namespace, name)] = tier_decision.state
+        memo.tier_states[key] = tier_decision.state
         patch_status["tierReason"] = f"{tier_decision.reason} [{source}]"
         if tier_decision.tier is not None and tier_decision.tier != current_tier:
             new_tier = tier_decision.tier
@@ -300,7 +291,7 @@ async def autoscale(
             message = f"{current_tier or 'none'} -> {new_tier}: {patch_status['tierReason']}"
             logger.info(f"autoscaler: tier {message}")
             await post_event(kube, body, "TierChanged", message)
-            await roll_out_tier(written, memo, kw["gpu_nodes"], kw["group_sets"], logger)
+            await roll_out_tier(written, memo, gpu_nodes, group_sets, logger)
         target = resources.desired_replicas(parsed.model_copy(update={"replicas": decision.replicas}))
         if target != parsed.replicas:
             logger.info(f"autoscaler: {parsed.replicas} -> {target} replicas ({decision.reason})")

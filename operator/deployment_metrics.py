@@ -21,6 +21,7 @@ from prometheus_client import Gauge
 
 from infleet.api import durations
 from infleet.api import metrics as names
+from infleet.api.tiers import TIERS
 from infleet.operator import api
 
 LABELS = (names.NAMESPACE, names.DEPLOYMENT)
@@ -34,23 +35,18 @@ OBJECTIVE = Gauge(names.DEPLOYMENT_SLO_OBJECTIVE, "spec.slo.objectivePercent / 1
 PERIOD = Gauge(names.DEPLOYMENT_SLO_BUDGET_PERIOD, "spec.slo.budgetPeriod (seconds)", LABELS)
 COST_LIMIT = Gauge(names.DEPLOYMENT_COST_LIMIT, "spec.cost.maxPerMillionTokens ($)", LABELS)
 
-_tiers: dict[tuple[str, str], str] = {}  # the tier each deployment's info series carries now
-
 
 def export(namespace: str, name: str, body: Mapping[str, Any]) -> None:
     spec = body.get("spec") or {}
     st = body.get("status") or {}
-    key = (namespace, name)
     REPLICAS.labels(namespace, name).set(st.get("replicas") or 0)
     DESIRED.labels(namespace, name).set(spec.get("replicas", 1))
     tier = st.get("tier")
-    previous = _tiers.get(key)
-    if previous is not None and previous != tier:
-        TIER.remove(namespace, name, previous)
-        del _tiers[key]
+    for other in TIERS:  # one info series, for the tier that runs now
+        if other != tier:
+            _remove(TIER, namespace, name, other)
     if tier:
         TIER.labels(namespace, name, tier).set(1)
-        _tiers[key] = tier
     cost = st.get("costPerMillionTokens")
     if cost is None:
         _remove(COST, namespace, name)
@@ -85,9 +81,8 @@ def forget(namespace: str, name: str) -> None:
         _remove(gauge, namespace, name)
     for sli in names.SLIS:
         _remove(THRESHOLD, namespace, name, sli)
-    tier = _tiers.pop((namespace, name), None)
-    if tier is not None:
-        TIER.remove(namespace, name, tier)
+    for tier in TIERS:
+        _remove(TIER, namespace, name, tier)
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:

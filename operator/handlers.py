@@ -7,7 +7,9 @@
 - group pods get their `infleet.dev/rank` label from the StatefulSet ordinal.
 
 Indexes (kopf keeps them from its watches) give the handlers the owners, their StatefulSets and the fleet's GPU
-nodes without extra API calls. Errors: conflicts, throttling and 5xx are `TemporaryError`s with exponential
+nodes without extra API calls; they arrive as typed keyword arguments (`ideps`, `group_sets`, `gpu_nodes`), which
+kopf's handler protocols do not name (hence the `type: ignore` on those decorators). State is `memo`, an
+`OperatorState` (state.py). Errors: conflicts, throttling and 5xx are `TemporaryError`s with exponential
 backoff; a request the API server refuses for good is a `PermanentError` and a Degraded condition.
 """
 
@@ -26,40 +28,24 @@ import pydantic
 
 from infleet.operator import api, metrics, reconcile, resources, status
 from infleet.operator.kube import Kube, KubeError
+from infleet.operator.state import OperatorState
 
 IDEP = (api.GROUP, api.VERSION, api.PLURAL)
-MANAGED = {resources.LABEL_MANAGED_BY: resources.MANAGED_BY}
+MANAGED = resources.MANAGED_LABELS
 MAX_BACKOFF = 300.0
 WORKLOAD_STATUS_MANAGER = "infleet-operator-workloads"  # status from workload events (see Kube.apply_status)
 
-# (kind, namespace, name) -> the metadata.generation our last apply produced: a newer one means someone else
-# edited the object (drift).
-_applied_generation: dict[tuple[str, str, str], int] = {}
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
-# Reconciles in flight at once: beyond a few dozen they only queue for HTTP connections and time out together
-# (measured with 100 deployments created at once; see benchmarks/operator_scale.py).
-MAX_CONCURRENT_RECONCILES = 16
-_slots: asyncio.Semaphore | None = None
-
-
-def _reconcile_slots() -> asyncio.Semaphore:
-    global _slots
-    if _slots is None:
-        _slots = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
-    return _slots
+GpuNodes = kopf.Index[str, int]  # GPU product -> GPUs per node, one entry per node
+Owners = kopf.Index[Any, dict[str, Any]]  # (namespace, name) -> the InferenceDeployment
+GroupSets = kopf.Index[Any, dict[str, Any]]  # (namespace, owner name) -> its group StatefulSets
 
 
 def backoff(retry: int) -> float:
     return float(min(MAX_BACKOFF, 2 ** min(retry, 9)))
 
 
-def kube_of(memo: Any) -> Kube:
-    kube: Kube = memo.kube
-    return kube
-
-
-def _lock(namespace: str, name: str) -> asyncio.Lock:
-    return _locks.setdefault((namespace, name), asyncio.Lock())
+def kube_of(memo: OperatorState) -> Kube:
+    return memo.client()
 
 
 # ---- indexes ----------------------------------------------------------------------------------------------------
@@ -89,11 +75,11 @@ def gpu_nodes(labels: Mapping[str, str], status: Mapping[str, Any], **_: Any) ->
         return None
 
 
-def _node_gpus(index: kopf.Index[str, int]) -> dict[str, int]:
+def _node_gpus(index: GpuNodes) -> dict[str, int]:
     return reconcile.node_gpus_from({k: list(index[k]) for k in index})
 
 
-def _owner_body(index: kopf.Index[Any, dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
+def _owner_body(index: Owners, namespace: str, name: str) -> dict[str, Any] | None:
     bodies = list(index.get((namespace, name), []))
     return bodies[0] if bodies else None
 
@@ -103,9 +89,9 @@ def _owner_body(index: kopf.Index[Any, dict[str, Any]], namespace: str, name: st
 
 async def run_reconcile(
     body: Mapping[str, Any],
-    memo: Any,
-    gpu_nodes: kopf.Index[str, int],
-    group_sets: kopf.Index[Any, dict[str, Any]],
+    memo: OperatorState,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
     trigger: str,
     retry: int,
     logger: logging.Logger | logging.LoggerAdapter[Any],
@@ -115,14 +101,14 @@ async def run_reconcile(
     ns, name = meta["namespace"], meta["name"]
     started = time.perf_counter()
     try:
-        async with _lock(ns, name), _reconcile_slots():
+        async with memo.lock((ns, name)), memo.slots:
             started = time.perf_counter()  # the time spent working, not queueing for a slot
             sets = list(group_sets.get((ns, name), []))
             outcome = await reconcile.reconcile(kube_of(memo), body, _node_gpus(gpu_nodes), sets)
             # recorded before the lock goes: a workload event that waits on it then sees our own change as ours
             for obj in outcome.applied:
                 om = obj["metadata"]
-                _applied_generation[(obj["kind"], om["namespace"], om["name"])] = om.get("generation", 0)
+                memo.applied_generation[(obj["kind"], om["namespace"], om["name"])] = om.get("generation", 0)
     except pydantic.ValidationError as err:
         metrics.RECONCILES.labels(trigger, "invalid").inc()
         metrics.RECONCILE_ERRORS.labels("InvalidSpec").inc()
@@ -145,7 +131,7 @@ async def run_reconcile(
     return outcome.status
 
 
-async def _mark_degraded(memo: Any, body: Mapping[str, Any], reason: str, message: str) -> None:
+async def _mark_degraded(memo: OperatorState, body: Mapping[str, Any], reason: str, message: str) -> None:
     meta = body["metadata"]
     old = list((body.get("status") or {}).get("conditions") or [])
     cond = status.condition(status.DEGRADED, True, reason, message, meta.get("generation"))
@@ -158,22 +144,29 @@ async def _mark_degraded(memo: Any, body: Mapping[str, Any], reason: str, messag
 
 @kopf.on.resume(*IDEP, id="reconcile")
 @kopf.on.create(*IDEP, id="reconcile")
-@kopf.on.update(*IDEP, id="reconcile", field="spec")
+@kopf.on.update(*IDEP, id="reconcile", field="spec")  # type: ignore[arg-type]  # indexes: typed keyword arguments
 async def reconcile_deployment(
-    body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int, reason: str, logger: kopf.Logger, **kw: Any
+    body: kopf.Body,
+    memo: OperatorState,
+    retry: int,
+    reason: str,
+    logger: kopf.Logger,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
+    **_: Any,
 ) -> None:
     trigger = str(getattr(reason, "value", reason))
-    new_status = await run_reconcile(body, memo, kw["gpu_nodes"], kw["group_sets"], trigger, retry, logger)
+    new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, trigger, retry, logger)
     await _write_status(memo, body, new_status)
     if trigger != "create":  # a workload this reconcile created reports through its own events
-        await refresh_workload_status(memo, body, kw["gpu_nodes"])
+        await refresh_workload_status(memo, body, gpu_nodes)
 
 
 async def roll_out_tier(
     body: Mapping[str, Any],
-    memo: Any,
-    gpu_nodes: kopf.Index[str, int],
-    group_sets: kopf.Index[Any, dict[str, Any]],
+    memo: OperatorState,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     """Roll out the tier the autoscaler just wrote to status.tier (`body` is the object after that write): the
@@ -182,7 +175,7 @@ async def roll_out_tier(
     await _write_status(memo, body, new_status)
 
 
-async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes: kopf.Index[str, int]) -> bool:
+async def refresh_workload_status(memo: OperatorState, body: Mapping[str, Any], gpu_nodes: GpuNodes) -> bool:
     """Replica counts from a fresh read of the workload, written at once. Workload events keep them current; this
     covers the case where no further event comes (the operator restarted after the workload settled, or an event's
     write failed). False when it is worth trying again (the API server could not be reached)."""
@@ -199,26 +192,23 @@ async def refresh_workload_status(memo: Any, body: Mapping[str, Any], gpu_nodes:
             workloads = [dep] if dep else []
         old = body.get("status") or {}
         new_status = reconcile.workload_status(spec, owner, meta.get("generation"), old, want, workloads)
-        await _write_workload_status(kube, ns, name, meta["uid"], new_status)
+        await _write_workload_status(memo, ns, name, meta["uid"], new_status)
     except KubeError as err:
         logging.getLogger(__name__).warning(f"refreshing replica status of {ns}/{name} failed: {err}")
         return not err.retryable
     return True
 
 
-_repairs: dict[tuple[str, str], asyncio.Task[None]] = {}
 REPAIR_MAX_DELAY = 60.0
 
 
-def repair_status_later(
-    memo: Any, ideps: kopf.Index[Any, dict[str, Any]], gpu_nodes: kopf.Index[str, int], ns: str, name: str
-) -> None:
+def repair_status_later(memo: OperatorState, ideps: Owners, gpu_nodes: GpuNodes, ns: str, name: str) -> None:
     """A replica status write from a workload event failed (API server unreachable). kopf does not retry event
     handlers, and a workload that has settled sends no further event, so the status would stay stale: refresh it
     from fresh reads, with backoff, until a write succeeds or the owner is gone (seen at 1,000 deployments when
     the API server stopped accepting connections for minutes)."""
     key = (ns, name)
-    if key in _repairs and not _repairs[key].done():
+    if key in memo.repairs and not memo.repairs[key].done():
         return
 
     async def repair() -> None:
@@ -233,13 +223,7 @@ def repair_status_later(
             except pydantic.ValidationError:
                 return  # the owner's own handler reports it
 
-    _repairs[key] = asyncio.create_task(repair())
-
-
-# (namespace, name) -> (owner uid, the replica status last written for it): workload events judge against the owner
-# in kopf's index, which lags this operator's own writes, and would write the same status again.
-_workload_written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-_workload_locks: dict[tuple[str, str], asyncio.Lock] = {}  # one writer per owner: the cache follows the server's order
+    memo.repairs[key] = asyncio.create_task(repair())
 
 
 def _without_times(st: Mapping[str, Any]) -> dict[str, Any]:
@@ -247,32 +231,33 @@ def _without_times(st: Mapping[str, Any]) -> dict[str, Any]:
     return {**st, "conditions": conditions}
 
 
-async def _write_workload_status(kube: Kube, ns: str, name: str, uid: str, new_status: dict[str, Any]) -> None:
-    """Write the replica status under the workload manager, unless it is what this operator last wrote there."""
-    async with _workload_locks.setdefault((ns, name), asyncio.Lock()):
-        last = _workload_written.get((ns, name))
+async def _write_workload_status(memo: OperatorState, ns: str, name: str, uid: str, new_status: dict[str, Any]) -> None:
+    """Write the replica status under the workload manager, unless it is what this operator last wrote there:
+    workload events judge against the owner in kopf's index, which lags this operator's own writes. One writer
+    per owner at a time, so the record follows the server's order."""
+    async with memo.workload_locks.setdefault((ns, name), asyncio.Lock()):
+        last = memo.workload_written.get((ns, name))
         if (
             last
             and last[0] == uid
             and not reconcile.status_changed(_without_times(last[1]), _without_times(new_status))
         ):
             return
-        await kube.apply_status(ns, name, api.InferenceDeploymentStatus.patch(new_status), WORKLOAD_STATUS_MANAGER)
-        _workload_written[(ns, name)] = (uid, new_status)
+        patch = api.InferenceDeploymentStatus.patch(new_status)
+        await memo.client().apply_status(ns, name, patch, WORKLOAD_STATUS_MANAGER)
+        memo.workload_written[(ns, name)] = (uid, new_status)
 
 
 # ---- re-judging: what was missing may appear ---------------------------------------------------------------------
 # Event-driven rather than a timer: kopf puts a finalizer on every object a timer serves, and deleting an
 # InferenceDeployment should never wait for the operator.
 
-_fleet_products: dict[str, int] = {}  # the last GPU product -> GPUs per node picture the rechecks acted on
-
 
 async def recheck_degraded(
     owners: list[dict[str, Any]],
-    memo: Any,
-    gpu_nodes: kopf.Index[str, int],
-    group_sets: kopf.Index[Any, dict[str, Any]],
+    memo: OperatorState,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     for body in owners:
@@ -286,35 +271,46 @@ async def recheck_degraded(
             logger.warning(f"re-checking {body['metadata']['name']} failed: {err}")
 
 
-@kopf.on.event("", "v1", "nodes", id="fleet-changed")
-async def fleet_changed(memo: Any, logger: kopf.Logger, **kw: Any) -> None:
+@kopf.on.event("", "v1", "nodes", id="fleet-changed")  # type: ignore[arg-type]  # indexes: typed keyword arguments
+async def fleet_changed(
+    memo: OperatorState, logger: kopf.Logger, ideps: Owners, gpu_nodes: GpuNodes, group_sets: GroupSets, **_: Any
+) -> None:
     """When GPU products or per-node GPU counts change, re-judge the deployments that are Degraded."""
-    global _fleet_products
-    products = _node_gpus(kw["gpu_nodes"])
-    if products == _fleet_products:
+    products = _node_gpus(gpu_nodes)
+    if products == memo.fleet_products:
         return
-    first = not _fleet_products
-    _fleet_products = products
+    first = not memo.fleet_products
+    memo.fleet_products.clear()
+    memo.fleet_products.update(products)
     if not first:
-        owners = [b for key in kw["ideps"] for b in kw["ideps"][key]]
-        await recheck_degraded(owners, memo, kw["gpu_nodes"], kw["group_sets"], logger)
+        owners = [b for key in ideps for b in ideps[key]]
+        await recheck_degraded(owners, memo, gpu_nodes, group_sets, logger)
 
 
-@kopf.on.event("", "v1", "persistentvolumeclaims", id="volume-appeared")
-async def volume_appeared(type: str, namespace: str | None, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
+@kopf.on.event("", "v1", "persistentvolumeclaims", id="volume-appeared")  # type: ignore[arg-type]  # indexes: typed keyword arguments
+async def volume_appeared(
+    type: str,
+    namespace: str | None,
+    memo: OperatorState,
+    logger: kopf.Logger,
+    ideps: Owners,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
+    **_: Any,
+) -> None:
     if type != "ADDED":
         return
-    owners = [b for key in kw["ideps"] if key[0] == namespace for b in kw["ideps"][key]]
-    await recheck_degraded(owners, memo, kw["gpu_nodes"], kw["group_sets"], logger)
+    owners = [b for key in ideps if key[0] == namespace for b in ideps[key]]
+    await recheck_degraded(owners, memo, gpu_nodes, group_sets, logger)
 
 
 def _is_degraded(st: Mapping[str, Any]) -> bool:
     return status.is_true(list(st.get("conditions") or []), status.DEGRADED)
 
 
-async def _write_status(memo: Any, body: Mapping[str, Any], new_status: dict[str, Any]) -> None:
+async def _write_status(memo: OperatorState, body: Mapping[str, Any], new_status: dict[str, Any]) -> None:
     meta = body["metadata"]
-    _workload_written.pop((meta["namespace"], meta["name"]), None)  # a reconcile may write replica fields too
+    memo.workload_written.pop((meta["namespace"], meta["name"]), None)  # a reconcile may write replica fields too
     try:
         patch = api.InferenceDeploymentStatus.patch(new_status)
         await kube_of(memo).apply_status(meta["namespace"], meta["name"], patch)
@@ -329,10 +325,10 @@ async def _on_workload_event(
     kind: str,
     event_type: str | None,
     body: Mapping[str, Any],
-    memo: Any,
-    ideps: kopf.Index[Any, dict[str, Any]],
-    gpu_nodes: kopf.Index[str, int],
-    group_sets: kopf.Index[Any, dict[str, Any]],
+    memo: OperatorState,
+    ideps: Owners,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     meta = body["metadata"]
@@ -353,10 +349,10 @@ async def _on_workload_event(
     wanted = {o["metadata"]["name"] for o in want.workloads}
 
     def changed_by_others() -> bool:
-        return key in _applied_generation and meta.get("generation", 0) > _applied_generation[key]
+        return key in memo.applied_generation and meta.get("generation", 0) > memo.applied_generation[key]
 
     if event_type != "DELETED" and changed_by_others():
-        async with _lock(ns, owner_name):
+        async with memo.lock((ns, owner_name)):
             pass  # an apply of our own may still be in flight: its reconcile records the generation before unlocking
     drift = (event_type == "DELETED" and name in wanted) or (event_type != "DELETED" and changed_by_others())
     old_group_done = (
@@ -384,7 +380,7 @@ async def _on_workload_event(
     new_status = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)
     if reconcile.status_changed(old, new_status):
         try:
-            await _write_workload_status(kube_of(memo), ns, owner_name, owner["metadata"]["uid"], new_status)
+            await _write_workload_status(memo, ns, owner_name, owner["metadata"]["uid"], new_status)
         except KubeError as err:
             if not err.retryable:
                 raise
@@ -392,27 +388,34 @@ async def _on_workload_event(
             repair_status_later(memo, ideps, gpu_nodes, ns, owner_name)
 
 
-def _new_groups_ready(want: Any, group_sets: kopf.Index[Any, dict[str, Any]], ns: str, owner: str) -> bool:
+def _new_groups_ready(want: Any, group_sets: GroupSets, ns: str, owner: str) -> bool:
     live = {s["metadata"]["name"]: s for s in group_sets.get((ns, owner), [])}
     current = [live.get(o["metadata"]["name"]) for o in want.workloads]
     return bool(current) and all(s is not None and status.group_ready(s) for s in current)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_event(type: str, body: kopf.Body, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
-    await _on_workload_event("Deployment", type, body, memo, kw["ideps"], kw["gpu_nodes"], kw["group_sets"], logger)
-
-
-@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
-async def statefulset_event(type: str, body: kopf.Body, memo: Any, logger: kopf.Logger, **kw: Any) -> None:
-    await _on_workload_event("StatefulSet", type, body, memo, kw["ideps"], kw["gpu_nodes"], kw["group_sets"], logger)
+@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)  # type: ignore[arg-type]  # indexes: typed keyword arguments
+async def workload_event(
+    type: str,
+    body: kopf.Body,
+    resource: kopf.Resource,
+    memo: OperatorState,
+    logger: kopf.Logger,
+    ideps: Owners,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
+    **_: Any,
+) -> None:
+    kind = "Deployment" if resource.plural == "deployments" else "StatefulSet"
+    await _on_workload_event(kind, type, body, memo, ideps, gpu_nodes, group_sets, logger)
 
 
 # ---- group pods -------------------------------------------------------------------------------------------------
 
 
 @kopf.on.event("", "v1", "pods", labels={**MANAGED, resources.LABEL_GROUP: kopf.PRESENT})
-async def label_rank(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+async def label_rank(type: str, body: kopf.Body, memo: OperatorState, **_: Any) -> None:
     """Copy the StatefulSet ordinal into `infleet.dev/rank`, so `kubectl get pods -L infleet.dev/rank` shows ranks."""
     labels = body["metadata"].get("labels") or {}
     index = labels.get(resources.POD_INDEX_LABEL)
@@ -431,8 +434,6 @@ async def label_rank(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
 # ---- a group fails as a whole -----------------------------------------------------------------------------------
 
 GROUP_RESTART_COOLDOWN = 30.0
-_restarts_seen: dict[str, int] = {}  # pod uid -> container restarts last seen
-_group_restarted_at: dict[tuple[str, str], float] = {}  # (namespace, statefulset) -> when its ranks were restarted
 
 
 def restarts(pod: Mapping[str, Any]) -> int:
@@ -451,23 +452,23 @@ def crashed(pod: Mapping[str, Any], seen_before: int | None) -> bool:
 
 
 @kopf.on.event("", "v1", "pods", labels={**MANAGED, resources.LABEL_GROUP: kopf.PRESENT}, id="restart-group")
-async def restart_group(type: str, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+async def restart_group(type: str, body: kopf.Body, memo: OperatorState, logger: kopf.Logger, **_: Any) -> None:
     """torch.distributed cannot re-admit a restarted rank: when one rank's container restarts, delete the other
     ranks of its group so that the StatefulSet brings the whole group back together."""
     uid = body["metadata"]["uid"]
     if type == "DELETED":
-        _restarts_seen.pop(uid, None)
+        memo.restarts_seen.pop(uid, None)
         return
-    before = _restarts_seen.get(uid)
-    _restarts_seen[uid] = restarts(body)
+    before = memo.restarts_seen.get(uid)
+    memo.restarts_seen[uid] = restarts(body)
     sts = group_of(body)
     ns = body["metadata"]["namespace"]
     if sts is None or not crashed(body, before):
         return
     now = time.monotonic()
-    if now - _group_restarted_at.get((ns, sts), -GROUP_RESTART_COOLDOWN) < GROUP_RESTART_COOLDOWN:
+    if now - memo.group_restarted_at.get((ns, sts), -GROUP_RESTART_COOLDOWN) < GROUP_RESTART_COOLDOWN:
         return
-    _group_restarted_at[(ns, sts)] = now
+    memo.group_restarted_at[(ns, sts)] = now
     kube = kube_of(memo)
     labels = body["metadata"].get("labels") or {}
     selector = ",".join(

@@ -9,9 +9,6 @@ time the reason changes, instead of an unexplained Init:CrashLoopBackOff.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -20,6 +17,7 @@ import kopf
 from infleet.api import models
 from infleet.operator import api, resources, status
 from infleet.operator.kube import KubeError
+from infleet.operator.state import OperatorState
 
 MODEL_STATUS_MANAGER = "infleet-model"
 FETCH_FAILED = "FetchFailed"  # the fetcher died without a reason of its own (killed, out of memory)
@@ -85,7 +83,7 @@ def fetch_of(pod_status: Mapping[str, Any]) -> PodFetch | None:
 
 # ---- the handler --------------------------------------------------------------------------------------------------
 
-MANAGED = {resources.LABEL_MANAGED_BY: resources.MANAGED_BY}
+MANAGED = resources.MANAGED_LABELS
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
@@ -99,23 +97,33 @@ def model_fetches(
     return {(namespace, labels.get(resources.LABEL_DEPLOYMENT, "")): (name, fetch)}
 
 
-@kopf.on.event("", "v1", "pods", labels=MANAGED, id="model-ready")
-async def model_ready(labels: Mapping[str, str], namespace: str | None, memo: Any, **kw: Any) -> None:
+@kopf.on.event("", "v1", "pods", labels=MANAGED, id="model-ready")  # type: ignore[arg-type]  # indexes: typed keyword arguments
+async def model_ready(
+    labels: Mapping[str, str],
+    namespace: str | None,
+    memo: OperatorState,
+    ideps: kopf.Index[Any, dict[str, Any]],
+    model_fetches: kopf.Index[Any, tuple[str, PodFetch]],
+    **_: Any,
+) -> None:
     owner_name = labels.get(resources.LABEL_DEPLOYMENT, "")
-    owners = list(kw["ideps"].get((namespace, owner_name), []))
+    owners = list(ideps.get((namespace, owner_name), []))
     if not owners or namespace is None:
         return
-    pods = list(kw["model_fetches"].get((namespace, owner_name), []))
+    pods = list(model_fetches.get((namespace, owner_name), []))
     running = [pod for pod, f in pods if "running" in (f.get("state") or {})]
     if running:
-        _fetching[(namespace, owner_name)] = (running[0], owners[0], [f for _, f in pods])
+        memo.fetching[(namespace, owner_name)] = (running[0], owners[0], [f for _, f in pods])
     else:
-        _fetching.pop((namespace, owner_name), None)
+        memo.fetching.pop((namespace, owner_name), None)
     await write_condition(memo, owners[0], [f for _, f in pods])
 
 
 async def write_condition(
-    memo: Any, owner: Mapping[str, Any], fetches: list[PodFetch], progress: tuple[int, int | None] | None = None
+    memo: OperatorState,
+    owner: Mapping[str, Any],
+    fetches: list[PodFetch],
+    progress: tuple[int, int | None] | None = None,
 ) -> None:
     meta = owner["metadata"]
     if meta.get("deletionTimestamp"):
@@ -128,56 +136,30 @@ async def write_condition(
     old = status.find(list((owner.get("status") or {}).get("conditions") or []), status.MODEL_READY)
     if old and (old["status"], old["reason"], old["message"]) == (new["status"], new["reason"], new["message"]):
         return
-    if _written.get((meta["namespace"], meta["name"])) == (new["status"], new["reason"], new["message"]):
+    if memo.model_written.get((meta["namespace"], meta["name"])) == (new["status"], new["reason"], new["message"]):
         return  # the index's owner lags our own write
     merged = status.merge_conditions([old] if old else [], [new])
     try:
         patch = api.InferenceDeploymentStatus.patch({"conditions": merged})
-        await memo.kube.apply_status(meta["namespace"], meta["name"], patch, MODEL_STATUS_MANAGER)
+        await memo.client().apply_status(meta["namespace"], meta["name"], patch, MODEL_STATUS_MANAGER)
     except KubeError:
         return  # the next pod event writes it
-    _written[(meta["namespace"], meta["name"])] = (new["status"], new["reason"], new["message"])
+    memo.model_written[(meta["namespace"], meta["name"])] = (new["status"], new["reason"], new["message"])
     if new["status"] == "False" and new["reason"] != "Fetching" and (old or {}).get("reason") != new["reason"]:
         kopf.warn(cast(kopf.Body, owner), reason=f"Model{new['reason']}", message=new["message"])
 
 
-_written: dict[tuple[str, str], tuple[str, str, str]] = {}
-# (namespace, deployment) -> (a pod whose fetch runs, the owner, every pod's fetch status), for the progress loop
-_fetching: dict[tuple[str, str], tuple[str, Mapping[str, Any], list[PodFetch]]] = {}
 PROGRESS_INTERVAL = 10.0
 
 
-async def report_progress(memo: Any) -> None:
+async def report_progress(memo: OperatorState) -> None:
     """Bytes done and total into ModelReady while a model downloads: the last line of one fetching pod's log
     (`models.progress_line`), read with a `pods/log` GET per downloading deployment per interval."""
-    for (namespace, _), (pod, owner, fetches) in list(_fetching.items()):
+    for (namespace, _), (pod, owner, fetches) in list(memo.fetching.items()):
         try:
-            tail = await memo.kube.log_tail(namespace, pod, resources.FETCH_CONTAINER)
+            tail = await memo.client().log_tail(namespace, pod, resources.FETCH_CONTAINER)
         except KubeError:
             continue
         found = models.progress_of((tail or "").strip().splitlines()[-1]) if (tail or "").strip() else None
         if found is not None:
             await write_condition(memo, owner, fetches, found)
-
-
-async def progress_loop(memo: Any) -> None:
-    while True:
-        await asyncio.sleep(PROGRESS_INTERVAL)
-        try:
-            await report_progress(memo)
-        except Exception:  # never let one bad tick end the loop
-            logging.getLogger(__name__).exception("model progress tick failed")
-
-
-@kopf.on.startup(id="model-progress")
-async def start(memo: Any, **_: Any) -> None:
-    memo.model_progress_task = asyncio.create_task(progress_loop(memo))
-
-
-@kopf.on.cleanup(id="model-progress")
-async def stop(memo: Any, **_: Any) -> None:
-    task = getattr(memo, "model_progress_task", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

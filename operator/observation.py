@@ -13,7 +13,6 @@ Without those counts (traffic that bypasses the gateway) it falls back to the p9
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -30,6 +29,7 @@ from infleet.autoscaler import policy
 from infleet.autoscaler import prometheus as reader_queries
 from infleet.operator import api, status
 from infleet.operator.kube import KubeError
+from infleet.operator.state import OperatorState
 
 INTERVAL = 15.0
 WINDOW = "1m"
@@ -235,36 +235,23 @@ def observed_status(
 
 # ---- the loop -----------------------------------------------------------------------------------------------------
 
-_reader: FleetReader | None = None
-_known: dict[Key, dict[str, Any]] = {}  # every InferenceDeployment, as last seen by the watch
-_written: dict[Key, dict[str, Any]] = {}  # what this loop last wrote (unchanged status is not written again)
-
-
-def set_reader(reader: FleetReader | None) -> None:
-    global _reader
-    _reader = reader
-
-
-def reader() -> FleetReader | None:
-    return _reader
-
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="observation-registry")
-def track(type: str | None, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+def track(type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: OperatorState, **_: Any) -> None:
     if namespace is None:
         return
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
-        _known.pop((namespace, name), None)
-        _written.pop((namespace, name), None)
+        memo.known.pop((namespace, name), None)
+        memo.observed_written.pop((namespace, name), None)
     else:
-        _known[(namespace, name)] = {"metadata": dict(body["metadata"]), "spec": dict(body["spec"]),
+        memo.known[(namespace, name)] = {"metadata": dict(body["metadata"]), "spec": dict(body["spec"]),
                                      "status": dict(body.get("status") or {})}  # fmt: skip
 
 
-async def observe_fleet(kube: Any, snap: Snapshot) -> int:
+async def observe_fleet(memo: OperatorState, snap: Snapshot) -> int:
     """Write every known deployment's observed status from one snapshot; returns how many were written."""
     written = 0
-    for (namespace, name), body in list(_known.items()):
+    for (namespace, name), body in list(memo.known.items()):
         try:
             spec = api.InferenceDeploymentSpec.model_validate(body["spec"])
         except ValueError:  # an invalid spec has its own Degraded condition from the reconcile
@@ -273,16 +260,17 @@ async def observe_fleet(kube: Any, snap: Snapshot) -> int:
         generation = body["metadata"].get("generation")
         obs = observation_from(snap, namespace, name, spec.replicas, st.get("readyReplicas"))
         patch = observed_status(spec, st, obs, attainment_from(snap, namespace, name), generation)
-        if _same(_written.get((namespace, name)), patch, st):
+        if _same(memo.observed_written.get((namespace, name)), patch, st):
             continue
         merged = status.merge_conditions(list(st.get("conditions") or []), patch["conditions"])
         patch["conditions"] = [c for c in merged if c["type"] == status.SLO_MET]
         try:
-            await kube.apply_status(namespace, name, api.InferenceDeploymentStatus.patch(patch), STATUS_MANAGER)
+            typed = api.InferenceDeploymentStatus.patch(patch)
+            await memo.client().apply_status(namespace, name, typed, STATUS_MANAGER)
         except KubeError as err:
             log.warning(f"observation: could not write {namespace}/{name}'s status: {err}")
             continue
-        _written[(namespace, name)] = patch
+        memo.observed_written[(namespace, name)] = patch
         written += 1
     return written
 
@@ -301,32 +289,10 @@ def _same(previous: Mapping[str, Any] | None, patch: Mapping[str, Any], st: Mapp
     return essence(shown) == essence(patch["conditions"][0]) == essence(previous["conditions"][0])
 
 
-async def run(memo: Any, interval: float = INTERVAL) -> None:
-    """Forever: one snapshot per interval, every deployment's status from it."""
-    while True:
-        kube = getattr(memo, "kube", None)
-        if kube is not None:
-            snap = (
-                await _reader.snapshot()
-                if _reader
-                else Snapshot(time.time(), error="the operator has no --prometheus-url")
-            )
-            try:
-                await observe_fleet(kube, snap)
-            except Exception:  # never let one bad tick end the loop
-                log.exception("observation tick failed")
-        await asyncio.sleep(interval)
-
-
-@kopf.on.startup(id="observation-loop")
-async def start(memo: Any, **_: Any) -> None:
-    memo.observation_task = asyncio.create_task(run(memo))
-
-
-@kopf.on.cleanup(id="observation-loop")
-async def stop(memo: Any, **_: Any) -> None:
-    task = getattr(memo, "observation_task", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def tick(memo: OperatorState) -> None:
+    """One snapshot for the whole fleet, every deployment's status from it (`OperatorState.start_loop`)."""
+    if memo.kube is None:
+        return
+    reader = memo.reader
+    snap = await reader.snapshot() if reader else Snapshot(time.time(), error="the operator has no --prometheus-url")
+    await observe_fleet(memo, snap)

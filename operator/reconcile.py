@@ -133,14 +133,16 @@ def plan(
     return spec, want, reason
 
 
-async def ensure_cache_claim(kube: Kube, spec: InferenceDeploymentSpec, namespace: str) -> None:
+async def ensure_cache_claim(kube: Kube, spec: InferenceDeploymentSpec, namespace: str) -> str | None:
     """The chart's shared model cache claim, made once per namespace that fetches models (a read when it exists,
-    never changed after: the user may resize it)."""
+    never changed after: the user may resize it). Returns its name when it exists now."""
     shared = resources.cache_claim(namespace)
     if spec.model.cache is not None or shared is None or not resources.cache_claim_name(spec.model):
-        return
-    if await kube.get("PersistentVolumeClaim", namespace, shared["metadata"]["name"]) is None:
+        return None
+    name: str = shared["metadata"]["name"]
+    if await kube.get("PersistentVolumeClaim", namespace, name) is None:
         await kube.create(shared)
+    return name
 
 
 async def reconcile(
@@ -155,10 +157,10 @@ async def reconcile(
     old_status: Mapping[str, Any] = body.get("status") or {}
     spec, want, tier_reason = plan(body, node_gpus)
 
-    await ensure_cache_claim(kube, spec, owner.namespace)
+    ensured = await ensure_cache_claim(kube, spec, owner.namespace)
     missing_claim = None
     for where, claim in checks.claims(spec):
-        if await kube.get("PersistentVolumeClaim", owner.namespace, claim) is None:
+        if claim != ensured and await kube.get("PersistentVolumeClaim", owner.namespace, claim) is None:
             missing_claim = (where, claim)
             break
     problems = checks.problems(spec, want.tier, want.layout, node_gpus, missing_claim)

@@ -56,6 +56,7 @@ LABEL_GROUP = "infleet.dev/group"
 LABEL_RANK = "infleet.dev/rank"
 LABEL_REVISION = "infleet.dev/revision"
 MANAGED_BY = "infleet"
+MANAGED_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}  # what the operator watches among pods and workloads
 APP_NAME = "infleet-runtime"
 
 

@@ -35,9 +35,8 @@ def test_scaling_spec_carries_bounds_slos_and_windows() -> None:
 
 
 def test_without_an_observer_the_policy_holds() -> None:
-    autoscaling.set_observer(None)
     spec = spec_of(replicas=3, scaling={"enabled": True, "minReplicas": 1, "maxReplicas": 8})
-    obs = asyncio.run(autoscaling.observe(spec, {"readyReplicas": 3}, "x", "ns"))
+    obs = asyncio.run(autoscaling.observe(None, spec, {"readyReplicas": 3}, "x", "ns"))
     assert obs.missing and obs.replicas == 3
     decision = policy.decide(autoscaling.scaling_spec(spec), obs, (), obs.sampled_at)
     assert decision.replicas == 3 and decision.held
@@ -91,21 +90,18 @@ def auto_spec(**overrides: Any) -> api.InferenceDeploymentSpec:
 
 
 def test_auto_tier_follows_the_cost_budget_with_the_measured_cpu_profile() -> None:
-    autoscaling.set_replica_device("cpu")
-    try:
-        obs = policy.Observation(sampled_at=0.0, replicas=1, tokens_per_second=5.0)
-        chosen = autoscaling.choose_tier(auto_spec(), "bf16", obs, tiers.TierState(), 0.0, autoscaling.price_table({}))
-        assert chosen is not None
-        decision, source = chosen
-        assert decision.tier == "bf16" and "smollm2-135m-cpu.json" in source  # best quality; the budget is loose
-        # the measured profile: int8 (quality loss 0.003) serves more tokens per CPU than bf16, so it costs less
-        tight = auto_spec(cost={"maxPerMillionTokens": 18.0})
-        chosen = autoscaling.choose_tier(tight, "bf16", obs, decision.state, 15.0, autoscaling.price_table({}))
-        assert chosen is not None and chosen[0].tier == "int8" and "over the $18/1M budget" in chosen[0].reason
-        explicit = spec_of(quantization={"tier": "bf16", "allowed": ["bf16"]})
-        assert autoscaling.choose_tier(explicit, "bf16", obs, tiers.TierState(), 0, {}) is None
-    finally:
-        autoscaling.set_replica_device(None)
+    obs = policy.Observation(sampled_at=0.0, replicas=1, tokens_per_second=5.0)
+    prices = autoscaling.price_table({})
+    chosen = autoscaling.choose_tier(auto_spec(), "bf16", obs, tiers.TierState(), 0.0, prices, "cpu")
+    assert chosen is not None
+    decision, source = chosen
+    assert decision.tier == "bf16" and "smollm2-135m-cpu.json" in source  # best quality; the budget is loose
+    # the measured profile: int8 (quality loss 0.003) serves more tokens per CPU than bf16, so it costs less
+    tight = auto_spec(cost={"maxPerMillionTokens": 18.0})
+    chosen = autoscaling.choose_tier(tight, "bf16", obs, decision.state, 15.0, prices, "cpu")
+    assert chosen is not None and chosen[0].tier == "int8" and "over the $18/1M budget" in chosen[0].reason
+    explicit = spec_of(quantization={"tier": "bf16", "allowed": ["bf16"]})
+    assert autoscaling.choose_tier(explicit, "bf16", obs, tiers.TierState(), 0, {}, "cpu") is None
 
 
 def test_tiers_the_accelerator_cannot_run_are_never_chosen() -> None:
@@ -122,11 +118,7 @@ def test_tiers_the_accelerator_cannot_run_are_never_chosen() -> None:
 def test_an_unpriced_accelerator_keeps_the_tier_and_says_why() -> None:
     spec = auto_spec(accelerator={"type": "NVIDIA-L4"})
     obs = policy.Observation(sampled_at=0.0, replicas=1)
-    autoscaling.set_replica_device("cpu")
-    try:
-        chosen = autoscaling.choose_tier(spec, "bf16", obs, tiers.TierState(), 0.0, {})
-    finally:
-        autoscaling.set_replica_device(None)
+    chosen = autoscaling.choose_tier(spec, "bf16", obs, tiers.TierState(), 0.0, {}, "cpu")
     assert chosen is not None and chosen[0].tier == "bf16" and "no GPU price for NVIDIA-L4" in chosen[0].reason
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from infleet.operator import api, handlers
 from infleet.operator.kube import KubeError
+from infleet.operator.state import OperatorState
 
 from .specs import good_spec
 
@@ -53,12 +53,10 @@ def ready_deployment() -> dict[str, Any]:
     return {"kind": "Deployment", "metadata": meta, "spec": {"replicas": 1}, "status": status}
 
 
-async def deliver_ready_event(kube: FlakyKube) -> None:
-    handlers._workload_written.pop((NS, NAME), None)
-    handlers._repairs.pop((NS, NAME), None)
+async def deliver_ready_event(kube: FlakyKube, memo: OperatorState) -> None:
     ideps = {(NS, NAME): [owner()]}
     gpu_nodes = {"NVIDIA-A100-SXM4-80GB": [8]}
-    memo = SimpleNamespace(kube=kube)
+    memo.kube = kube
     logger = logging.getLogger("test")
     await handlers._on_workload_event(
         "Deployment",
@@ -68,7 +66,7 @@ async def deliver_ready_event(kube: FlakyKube) -> None:
         ideps,
         gpu_nodes,
         {},
-        logger,  # type: ignore[arg-type]
+        logger,
     )
 
 
@@ -79,9 +77,10 @@ def ready_condition(status: dict[str, Any]) -> str:
 def test_a_failed_write_is_retried_until_the_status_is_ready() -> None:
     async def scenario() -> FlakyKube:
         kube = FlakyKube(ready_deployment(), failures=2, error=KubeError(0, "ConnectTimeout", ""))
-        await deliver_ready_event(kube)
+        memo = OperatorState()
+        await deliver_ready_event(kube, memo)
         assert kube.written == [], "the event's own write failed"
-        await asyncio.wait_for(handlers._repairs[(NS, NAME)], timeout=60)
+        await asyncio.wait_for(memo.repairs[(NS, NAME)], timeout=60)
         return kube
 
     kube = asyncio.run(scenario())
@@ -91,10 +90,12 @@ def test_a_failed_write_is_retried_until_the_status_is_ready() -> None:
 
 
 def test_a_refused_write_is_not_retried() -> None:
+    memo = OperatorState()
+
     async def scenario() -> None:
         kube = FlakyKube(ready_deployment(), failures=1, error=KubeError(422, "Invalid", "status.replicas: bad"))
-        await deliver_ready_event(kube)
+        await deliver_ready_event(kube, memo)
 
     with pytest.raises(KubeError, match="422"):
         asyncio.run(scenario())
-    assert (NS, NAME) not in handlers._repairs
+    assert (NS, NAME) not in memo.repairs
