@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from infleet.autoscaler.simulator.latency_model import MODELS, TIER_BYTES, Device, LatencyModel
+from infleet.autoscaler.latency_model import MODELS, TIER_BYTES, Device, LatencyModel
 
 SCHEMA = "infleet.latency-profile/v1"
 # the profiles measured on this project's CPU, beside the code that reads them

@@ -18,7 +18,7 @@ from infleet.autoscaler.policy import ScalingSpec
 from infleet.autoscaler.simulator.baselines import HPA, KEDA, KPA, HPABehavior, Static
 from infleet.autoscaler.simulator.fleet import Policy, SimConfig, SimResult, simulate
 from infleet.autoscaler.simulator.infleet_policy import InfleetPolicy
-from infleet.autoscaler.simulator.latency_model import LatencyModel
+from infleet.autoscaler.latency_model import LatencyModel
 from infleet.autoscaler.simulator.trace import TraceRequest
 
 POLICIES = ("infleet", "hpa-gpu-util", "keda-queue", "knative-kpa", "static-peak", "static-oracle")
