@@ -1,8 +1,9 @@
 """The step loop (`LLMEngine`, synchronous) and its asyncio face (`AsyncEngine`, a background thread).
 
-One step: the scheduler picks sequences and token counts, the model runner computes them in one forward pass,
-the sampler draws a token for every sequence that reached its end, and each such sequence's text delta is
-produced, with stop strings trimmed (text that could still become a stop string is held back until it cannot).
+One step, as in nano-vllm: the scheduler picks sequences and token counts, the model runner computes them in one
+forward pass, the sampler draws a token for every sequence that reached its end, the scheduler's `postprocess`
+appends each token and ends the sequences that are done, and each one's text delta is handed out (text that could
+still become a stop string is held back until it cannot).
 """
 
 from __future__ import annotations
@@ -150,11 +151,14 @@ class LLMEngine:
         # A sequence alone must always fit, or it could never finish.
         self.max_model_len = min(max_len, num_kv_blocks * cfg.block_size)
         self.block_manager = BlockManager(num_kv_blocks, cfg.block_size, cfg.prefix_caching)
+        self.eos_token_ids = set(tokenizer.eos_token_ids) | set(config.eos_token_ids)
         self.scheduler = Scheduler(
             self.block_manager,
             max_batch_tokens=cfg.max_batch_tokens,
             max_num_seqs=cfg.max_num_seqs,
             max_prefill_tokens=cfg.max_prefill_tokens,
+            eos_token_ids=self.eos_token_ids,
+            max_model_len=self.max_model_len,
         )
         self.runner = runner or ModelRunner(
             model,
@@ -164,7 +168,6 @@ class LLMEngine:
             enforce_eager=cfg.enforce_eager,
             max_model_len=self.max_model_len,
         )
-        self.eos_token_ids = set(tokenizer.eos_token_ids) | set(config.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
         self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics
 
@@ -233,57 +236,26 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        now = time.monotonic()
-        for entry in batch:
-            if entry.seq.first_scheduled_time is None:
-                entry.seq.first_scheduled_time = now
         samplers, logits = self.runner.run(batch)
-        for entry in batch:
-            entry.seq.num_computed_tokens += entry.num_tokens
-            self.block_manager.commit_full_blocks(entry.seq)
         tokens = sample(logits, [e.seq.params for e in samplers], [e.seq.generator for e in samplers])
-        now = time.monotonic()
-        outputs = [self._append_token(entry.seq, tok, now) for entry, tok in zip(samplers, tokens, strict=True)]
+        self.scheduler.postprocess(batch, samplers, tokens)
+        outputs = [self._output(entry.seq) for entry in samplers]
         self._report_step()
         return outputs
 
-    def _append_token(self, seq: Sequence, token: int, now: float) -> RequestOutput:
-        seq.token_ids.append(token)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-        elif seq.last_token_time is not None:
-            seq.itls.append(now - seq.last_token_time)
-        seq.last_token_time = now
-        params = seq.params
-        assert seq.detokenizer is not None
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
-            seq.finish_reason = "stop"
-            seq.text += seq.detokenizer.flush()
-        else:
-            before = len(seq.text)
-            seq.text += seq.detokenizer.step([token])
-            if params.stop:
-                start = max(0, before - max(len(s) for s in params.stop) + 1)
-                hits = [i for i in (seq.text.find(s, start) for s in params.stop) if i >= 0]
-                if hits:
-                    seq.text = seq.text[: min(hits)]
-                    seq.finish_reason = "stop"
-            if seq.finish_reason is None and (
-                seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len
-            ):
-                seq.finish_reason = "length"
-                seq.text += seq.detokenizer.flush()
+    def _output(self, seq: Sequence) -> RequestOutput:
+        """The step's delta for `seq`: its new token and the text that can no longer become a stop string."""
         finished = seq.finish_reason is not None
-        end = len(seq.text) if finished else len(seq.text) - _holdback(seq.text, params.stop)
+        end = len(seq.text) if finished else len(seq.text) - _holdback(seq.text, seq.params.stop)
         new_text = seq.text[seq.emitted : end] if end > seq.emitted else ""
         seq.emitted = max(seq.emitted, end)
         if finished:
-            self.scheduler.finish(seq)
             self.requests.pop(seq.request_id, None)
-            self._report_finished(seq, now)
+            self._report_finished(seq, seq.last_token_time or time.monotonic())
         return RequestOutput(
-            seq.request_id, [token], new_text, finished, seq.finish_reason, seq.prompt_len, seq.num_output_tokens
-        )
+            seq.request_id, seq.token_ids[-1:], new_text, finished, seq.finish_reason, seq.prompt_len,
+            seq.num_output_tokens,
+        )  # fmt: skip
 
     # --- metrics ----------------------------------------------------------------------------------------------------
     def _report_step(self) -> None:
