@@ -86,9 +86,9 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_CPU_KV_SHARE = 0.1
 # Decode batch sizes captured as CUDA graphs; a decode batch is padded up to the next one (larger runs eagerly).
 CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
-# The whole-number settings that must be at least 1, and the flag each one comes from.
+# The whole-number settings that must be at least 1, and the flag each one comes from (named in the error).
 POSITIVE_FLAGS = {
-    "block_size": "--block-size",
+    "block_size": "block_size",  # no flag: set in code only
     "num_kv_blocks": "--num-kv-blocks",
     "max_batch_tokens": "--max-batch-tokens",
     "max_prefill_tokens": "--max-prefill-tokens-per-step",
