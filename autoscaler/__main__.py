@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from infleet.autoscaler.latency_model import MODELS, TIER_BYTES, LatencyModel, device
 from infleet.autoscaler.simulator import calibration
 from infleet.autoscaler.simulator.experiment import POLICIES, compare
 from infleet.autoscaler.simulator.fleet import SimConfig
-from infleet.autoscaler.simulator.latency_model import MODELS, TIER_BYTES, LatencyModel, device
 from infleet.autoscaler.simulator.report import plot, table, write_results
 from infleet.autoscaler.simulator.trace import TraceError, load_trace
 

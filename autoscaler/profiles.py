@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 
-from infleet.autoscaler.simulator.latency_model import DEVICES, MODELS, SHORT_NAMES
+from infleet.autoscaler.latency_model import DEVICES, MODELS, SHORT_NAMES
 from infleet.autoscaler.tiers import ProfileError, TierOption, load_profile, roofline_profile
 
 # the measured profiles shipped with the runtime

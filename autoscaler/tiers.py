@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from infleet.autoscaler.cost import cost_per_million_tokens, gpu_hourly_price
-from infleet.autoscaler.simulator.latency_model import TIER_BYTES, LatencyModel, ModelShape, device
+from infleet.autoscaler.latency_model import TIER_BYTES, LatencyModel, ModelShape, device
 
 # Quality loss (fraction, e.g. greedy-token mismatch or relative perplexity rise) assumed when nothing was measured.
 DEFAULT_QUALITY_LOSS = {"bf16": 0.0, "fp8": 0.005, "int8": 0.01, "int4": 0.04}

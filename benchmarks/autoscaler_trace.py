@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from infleet.autoscaler.cost import gpu_hourly_price
+from infleet.autoscaler.latency_model import MODELS, LatencyModel, device
 from infleet.autoscaler.simulator.experiment import POLICIES, compare, describe
 from infleet.autoscaler.simulator.fleet import SimConfig
-from infleet.autoscaler.simulator.latency_model import MODELS, LatencyModel, device
 from infleet.autoscaler.simulator.report import plot
 from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE, TraceRequest, load_trace
 

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.loader import load_model
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     engines = {}
     for dtype in (torch.float32, torch.bfloat16):
         model, config, tokenizer = load_model(smollm2_gguf(), dtype=dtype)
-        engines[str(dtype)] = LLMEngine(model, config, tokenizer, max_model_len=512, num_kv_blocks=256, max_num_seqs=8)
+        cfg = EngineConfig(max_model_len=512, num_kv_blocks=256, max_num_seqs=8)
+        engines[str(dtype)] = LLMEngine(model, config, tokenizer, cfg)
     prompt = next(iter(engines.values())).tokenizer.encode("Once upon a time")
     warm = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
     params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import AsyncEngine, LLMEngine, apply_tier
 from infleet.runtime.engine.model_runner import kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams
@@ -385,17 +386,15 @@ def main(argv: list[str] | None = None) -> int:
             tier_model = load_model(gguf_path, dtype=torch.bfloat16)[0]
         else:
             tier_model = apply_tier(load_model(gguf_path, dtype=torch.float32)[0], tier)
-        llm_engine = LLMEngine(
-            tier_model,
-            config,
-            tokenizer,
+        cfg = EngineConfig(
+            tier=tier.removesuffix("-native"),
             max_model_len=2048,
             max_num_seqs=64,
             max_batch_tokens=args.max_batch_tokens,
             max_prefill_tokens=args.max_prefill_tokens,
         )
         name = "infleet" if tier == "bf16" else f"infleet-{tier}"
-        engines[name] = AsyncEngine.from_engine(llm_engine, tier=tier.removesuffix("-native"))
+        engines[name] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
     workloads = {
         c: make_requests(tokenizer, n, args, seed=c) for c, n in zip(args.concurrency, args.requests, strict=True)
     }

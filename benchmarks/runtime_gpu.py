@@ -53,16 +53,17 @@ def prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 def infleet_tier(model: Path, tier: str, args: argparse.Namespace, bandwidth: float) -> dict[str, Any]:
-    from infleet.runtime.config import RuntimeConfig
+    from infleet.runtime.config import EngineConfig
     from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.engine.model_runner import kv_bytes_per_token
     from infleet.runtime.engine.sampler import SamplingParams
     from infleet.runtime.quant.tiers import model_bytes
 
-    runtime = RuntimeConfig(tier=tier, device="cuda", enforce_eager=args.enforce_eager)
-    wrapper = AsyncEngine(
-        model, runtime=runtime, max_num_seqs=max(BATCHES), max_batch_tokens=4096, max_prefill_tokens=4096
-    )
+    cfg = EngineConfig(
+        model=str(model), tier=tier, device="cuda", enforce_eager=args.enforce_eager, max_num_seqs=max(BATCHES),
+        max_batch_tokens=4096, max_prefill_tokens=4096,
+    )  # fmt: skip
+    wrapper = AsyncEngine.from_config(cfg)
     engine = wrapper.engine
     weights = model_bytes(engine.model)
     kv_per_token = kv_bytes_per_token(engine.model, next(engine.model.parameters()).dtype)

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import AsyncEngine
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.loader.smollm2 import smollm2_gguf
@@ -118,7 +119,7 @@ def merge(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     model = smollm2_gguf()
-    engine = AsyncEngine(model, max_model_len=MAX_MODEL_LEN)
+    engine = AsyncEngine.from_config(EngineConfig(model=str(model), max_model_len=MAX_MODEL_LEN))
     engine.start()
     server = ServerProcess(model, "--max-model-len", str(MAX_MODEL_LEN)).start()
     results: dict[str, Any] = {"requests": args.requests, "max_tokens": args.max_tokens, "concurrency": {}}

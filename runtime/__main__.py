@@ -25,12 +25,13 @@ from infleet.runtime.config import (
     DEVICES,
     KERNEL_BACKENDS,
     DeviceUnavailable,
-    RuntimeConfig,
+    EngineConfig,
 )
 from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
 from infleet.runtime.server.admission import ServerState
 
 if TYPE_CHECKING:
+    from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.server.app import Serving
 
 PROG = "infleet runtime"
@@ -146,88 +147,78 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
-    """The flags' RuntimeConfig, resolved ("auto" -> what this machine has); ValueError/DeviceUnavailable."""
-    return RuntimeConfig(
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The flags' EngineConfig, resolved ("auto" -> what this machine has); ValueError/DeviceUnavailable."""
+    return EngineConfig(
+        model=args.model,
         tier=args.tier,
         device=args.device,
         kernels=args.kernels,
         gpu_memory_utilization=args.gpu_memory_utilization,
         kv_cache_memory=args.kv_cache_memory,
         enforce_eager=args.enforce_eager,
+        num_kv_blocks=args.num_kv_blocks,
+        prefix_caching=not args.no_prefix_caching,
+        max_batch_tokens=args.max_batch_tokens,
+        max_prefill_tokens=args.max_prefill_tokens_per_step,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_waiting=args.max_waiting,
+        tensor_parallel=args.tensor_parallel,
+        pipeline_parallel=args.pipeline_parallel,
+        micro_batches_per_stage=args.micro_batches_per_stage,
     ).resolve()
 
 
 def serve(args: argparse.Namespace) -> int:
-    if args.tensor_parallel < 1 or args.pipeline_parallel < 1:
-        print(f"{PROG}: --tensor-parallel and --pipeline-parallel must be at least 1", file=sys.stderr)
+    if args.port < 1:
+        print(f"{PROG}: --port must be at least 1", file=sys.stderr)
         return 2
-    for flag in (
-        "port",
-        "max_batch_tokens",
-        "max_prefill_tokens_per_step",
-        "max_num_seqs",
-        "max_waiting",
-        "micro_batches_per_stage",
-    ):
-        if getattr(args, flag) < 1:
-            print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
     try:
-        args.runtime = runtime_config(args)
+        cfg = engine_config(args)
     except (ValueError, DeviceUnavailable) as e:  # e.g. --device cuda without CUDA: one line, no fall-back
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     try:
-        path = model_path(args.model)
+        cfg.model = str(model_path(cfg.model))
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
 
-    if args.tensor_parallel > 1 or args.pipeline_parallel > 1:
+    if cfg.tensor_parallel > 1 or cfg.pipeline_parallel > 1:
         from infleet.runtime.parallel.launch import serve_parallel
 
-        return serve_parallel(args)
+        return serve_parallel(cfg, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # heavy imports only once the arguments are known to be good
     from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.metrics import RuntimeMetrics
     from infleet.runtime.server.app import Serving
 
-    metrics = RuntimeMetrics(args.served_name or path.stem, args.tier)
+    metrics = RuntimeMetrics(args.served_name or Path(cfg.model).stem, cfg.tier)
     try:
-        engine = AsyncEngine(
-            str(path),
-            runtime=args.runtime,
-            max_batch_tokens=args.max_batch_tokens,
-            max_prefill_tokens=args.max_prefill_tokens_per_step,
-            max_model_len=args.max_model_len,
-            max_num_seqs=args.max_num_seqs,
-            max_waiting=args.max_waiting,
-            num_kv_blocks=args.num_kv_blocks,
-            prefix_caching=not args.no_prefix_caching,
-            metrics=metrics,
-        )
+        engine = AsyncEngine.from_config(cfg, metrics)
     except Exception as e:  # one clear line, not a traceback: the operator shows it as the pod's failure
-        message = str(e) if "cannot load" in str(e) else f"cannot load model {str(path)!r}: {e}"
+        message = str(e) if "cannot load" in str(e) else f"cannot load model {cfg.model!r}: {e}"
         print(f"{PROG}: {message}", file=sys.stderr)
         return 1
     served_name = args.served_name or engine.model_name
     metrics.rename(served_name)  # label series with the name clients use
-    log_startup(served_name, args.tier, engine.execution, engine.engine.block_manager.num_blocks, engine.engine)
+    log_startup(served_name, engine)
     metrics.set_execution(engine.execution)
     return run_http(Serving(engine=engine, served_name=served_name, metrics=metrics), args)
 
 
-def log_startup(name: str, tier: str, execution: dict[str, object], num_blocks: int, engine: object) -> None:
+def log_startup(name: str, engine: AsyncEngine) -> None:
     """One line saying how the model computes and how big the KV cache is (checked by tests and operators)."""
-    budget = getattr(engine, "kv_budget", "")
+    execution, budget = engine.execution, engine.kv_budget
+    weights = ",".join(map(str, execution["weight_dtypes"]))  # type: ignore[call-overload]
     logging.getLogger("infleet.runtime").info(
         "serving %s: tier %s on %s, compute %s, weights %s, kernels %s (attention %s, gemm %s), cuda graphs %s; "
         "KV cache %d blocks%s",
-        name, tier, execution["device"], execution["compute_dtype"], ",".join(map(str, execution["weight_dtypes"])),  # type: ignore[call-overload]
+        name, engine.tier, execution["device"], execution["compute_dtype"], weights,
         execution["kernel_backend"], execution["attention"], execution["gemm"],
-        "on" if execution["cuda_graphs"] else "off", num_blocks, f" ({budget})" if budget else "",
+        "on" if execution["cuda_graphs"] else "off", engine.num_kv_blocks, f" ({budget})" if budget else "",
     )  # fmt: skip
 
 

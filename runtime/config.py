@@ -1,12 +1,15 @@
-"""The model's shape, in one dataclass shared by the loaders, the model and the engine.
+"""The model's shape (`ModelConfig`, shared by the loaders, the model and the engine) and how the engine runs it
+(`EngineConfig`: device, kernels, memory, batching).
 
-Field names follow Hugging Face's `config.json` for Llama so that a reader can map one onto the other.
+`ModelConfig`'s field names follow Hugging Face's `config.json` for Llama so that a reader can map one onto the other.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
 
 SUPPORTED_ARCHITECTURES = (
     "llama", "mistral", "smollm", "qwen2", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
@@ -83,6 +86,17 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_CPU_KV_SHARE = 0.1
 # Decode batch sizes captured as CUDA graphs; a decode batch is padded up to the next one (larger runs eagerly).
 CUDA_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+# The whole-number settings that must be at least 1, and the flag each one comes from (named in the error).
+POSITIVE_FLAGS = {
+    "block_size": "block_size",  # no flag: set in code only
+    "num_kv_blocks": "--num-kv-blocks",
+    "max_batch_tokens": "--max-batch-tokens",
+    "max_prefill_tokens": "--max-prefill-tokens-per-step",
+    "max_model_len": "--max-model-len",
+    "max_num_seqs": "--max-num-seqs",
+    "max_waiting": "--max-waiting",
+    "micro_batches_per_stage": "--micro-batches-per-stage",
+}
 
 
 class DeviceUnavailable(RuntimeError):
@@ -90,12 +104,14 @@ class DeviceUnavailable(RuntimeError):
 
 
 @dataclass
-class RuntimeConfig:
-    """The serving settings that are not the model's shape: where it runs, which kernels, how much memory.
+class EngineConfig:
+    """Every engine setting, built once (from the flags in `runtime/__main__.py`, or from kwargs) and passed whole.
 
     `device` and `kernels` hold what was asked ("auto" allowed) until `resolve()` turns them into what is used.
+    Bad values raise ValueError with one line naming the flag, before anything is loaded.
     """
 
+    model: str = ""  # a GGUF file or an HF directory (empty when the engine is handed a loaded model)
     tier: str = "bf16"
     device: str = "auto"
     kernels: str = "auto"
@@ -103,6 +119,16 @@ class RuntimeConfig:
     kv_cache_memory: int | None = None  # bytes for the KV cache on a CPU; None: DEFAULT_CPU_KV_SHARE of the limit
     enforce_eager: bool = False  # True: no CUDA graphs for decode
     block_size: int = 16
+    num_kv_blocks: int | None = None  # None: sized from the memory budget
+    prefix_caching: bool = True
+    max_batch_tokens: int = 2048  # token budget of one step
+    max_prefill_tokens: int | None = DEFAULT_MAX_PREFILL_TOKENS  # prompt tokens per step at most
+    max_model_len: int | None = None  # None: the model's
+    max_num_seqs: int = 64  # sequences in one batch at most
+    max_waiting: int = 256  # the waiting queue's bound (beyond it: QueueFull, HTTP 429)
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    micro_batches_per_stage: int = 1
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -113,8 +139,14 @@ class RuntimeConfig:
             raise ValueError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_cache_memory is not None and self.kv_cache_memory < 1:
             raise ValueError(f"--kv-cache-memory must be a positive number of bytes, got {self.kv_cache_memory}")
+        if self.tensor_parallel < 1 or self.pipeline_parallel < 1:
+            raise ValueError("--tensor-parallel and --pipeline-parallel must be at least 1")
+        for name, flag in POSITIVE_FLAGS.items():
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be at least 1")
 
-    def resolve(self) -> RuntimeConfig:
+    def resolve(self) -> EngineConfig:
         """Concrete `device` ("cpu"/"cuda") and `kernels` ("triton"/"torch"); DeviceUnavailable when impossible."""
         import os
 

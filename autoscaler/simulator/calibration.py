@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from infleet.autoscaler.simulator.latency_model import MODELS, TIER_BYTES, Device, LatencyModel
+from infleet.autoscaler.latency_model import MODELS, TIER_BYTES, Device, LatencyModel
 
 SCHEMA = "infleet.latency-profile/v1"
 # the profiles measured on this project's CPU, beside the code that reads them
@@ -154,22 +154,22 @@ def engine_for(model_path: str | Path, tier: str, max_batch_tokens: int = 512, m
     """infleet's engine on `model_path` in `tier`, without prefix caching (repeated prompts must cost full prefill)."""
     import torch
 
+    from infleet.runtime.config import EngineConfig
     from infleet.runtime.engine.engine import LLMEngine, apply_tier
     from infleet.runtime.loader import load_model
 
     model, config, tokenizer = load_model(model_path, dtype=torch.float32)
     if tier != "bf16":  # bf16 is the float weights as loaded (docs/architecture.md)
         model = apply_tier(model, tier)
-    return LLMEngine(
-        model,
-        config,
-        tokenizer,
+    cfg = EngineConfig(
+        tier=tier,
         max_batch_tokens=max_batch_tokens,
         max_prefill_tokens=max_batch_tokens,
         max_model_len=2048,
         max_num_seqs=max_num_seqs,
         prefix_caching=False,
     )
+    return LLMEngine(model, config, tokenizer, cfg)
 
 
 def _prompt(engine: Any, length: int, salt: int) -> list[int]:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from infleet.autoscaler.cost import cost_of_gpu_hours, gpu_hourly_price
+from infleet.autoscaler.latency_model import LatencyModel
 from infleet.autoscaler.policy import ScalingSpec
 from infleet.autoscaler.simulator.baselines import HPA, KEDA, KPA, HPABehavior, Static
 from infleet.autoscaler.simulator.fleet import Policy, SimConfig, SimResult, simulate
 from infleet.autoscaler.simulator.infleet_policy import InfleetPolicy
-from infleet.autoscaler.simulator.latency_model import LatencyModel
 from infleet.autoscaler.simulator.trace import TraceRequest
 
 POLICIES = ("infleet", "hpa-gpu-util", "keda-queue", "knative-kpa", "static-peak", "static-oracle")

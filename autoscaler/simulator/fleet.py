@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from infleet.autoscaler.simulator.latency_model import LatencyModel
+from infleet.autoscaler.latency_model import LatencyModel
 from infleet.autoscaler.simulator.trace import TraceRequest
 
 

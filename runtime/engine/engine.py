@@ -1,8 +1,9 @@
 """The step loop (`LLMEngine`, synchronous) and its asyncio face (`AsyncEngine`, a background thread).
 
-One step: the scheduler picks sequences and token counts, the model runner computes them in one forward pass,
-the sampler draws a token for every sequence that reached its end, and each such sequence's text delta is
-produced, with stop strings trimmed (text that could still become a stop string is held back until it cannot).
+One step, as in nano-vllm: the scheduler picks sequences and token counts, the model runner computes them in one
+forward pass, the sampler draws a token for every sequence that reached its end, the scheduler's `postprocess`
+appends each token and ends the sequences that are done, and each one's text delta is handed out (text that could
+still become a stop string is held back until it cannot).
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from infleet.runtime.config import ModelConfig, RuntimeConfig
+from infleet.runtime.config import EngineConfig, ModelConfig
 from infleet.runtime.engine.kv_cache import BlockManager
-from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
 from infleet.runtime.engine.memory import kv_cache_budget
 from infleet.runtime.engine.memory import num_kv_blocks as fit_kv_blocks
 from infleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_token
@@ -33,6 +32,7 @@ from infleet.runtime.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from infleet.runtime.metrics import RuntimeMetrics
+    from infleet.runtime.quant.tiers import TierInfo
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,11 @@ def apply_tier(model: LlamaForCausalLM, tier: str) -> LlamaForCausalLM:
     return converted
 
 
-def apply_kernels(runtime: RuntimeConfig) -> None:
+def apply_kernels(cfg: EngineConfig) -> None:
     """Make the process-wide kernel choice (`--kernels`, resolved) before the tier picks its weight layouts."""
     from infleet.runtime.kernels import dispatch
 
-    dispatch.set_backend(runtime.kernels)
+    dispatch.set_backend(cfg.kernels)
 
 
 def execution_info(model: torch.nn.Module, tier: str, cuda_graphs: bool = False) -> dict[str, object]:
@@ -125,57 +125,63 @@ class LLMEngine:
         model: LlamaForCausalLM,
         config: ModelConfig,
         tokenizer: Tokenizer,
+        engine_config: EngineConfig | None = None,
         *,
-        max_batch_tokens: int = 2048,
-        max_prefill_tokens: int | None = DEFAULT_MAX_PREFILL_TOKENS,
-        max_model_len: int | None = None,
-        max_num_seqs: int = 64,
-        block_size: int = 16,
-        num_kv_blocks: int | None = None,
-        prefix_caching: bool = True,
         kv_dtype: torch.dtype | None = None,
         metrics: RuntimeMetrics | None = None,
         runner: ModelRunner | None = None,
-        runtime: RuntimeConfig | None = None,
     ) -> None:
-        """`runner` replaces the in-process model runner (tensor/pipeline parallelism passes its own); `runtime`
-        sizes the KV cache (when `num_kv_blocks` is not given) and turns CUDA graphs on (see RuntimeConfig)."""
+        """Drive a loaded model (`from_config` loads one). `engine_config` sizes the batch and the KV cache (when
+        its `num_kv_blocks` is None) and turns CUDA graphs on; `runner` replaces the in-process model runner (tensor
+        and pipeline parallelism pass their own)."""
+        cfg = engine_config or EngineConfig()
         self.model = model
         self.config = config
+        self.engine_config = cfg
         self.tokenizer = tokenizer
         self.metrics = metrics
         kv_dtype = kv_dtype or next(model.parameters()).dtype
-        max_len = min(max_model_len or config.max_position_embeddings, config.max_position_embeddings)
-        runtime = runtime or RuntimeConfig(device="cpu", kernels="torch", enforce_eager=True)
+        max_len = min(cfg.max_model_len or config.max_position_embeddings, config.max_position_embeddings)
+        num_kv_blocks = cfg.num_kv_blocks
         self.kv_budget = ""
         if num_kv_blocks is None:
-            budget, self.kv_budget = kv_cache_budget(runtime, next(model.parameters()).device)
-            per_block = kv_bytes_per_token(model, kv_dtype) * block_size
-            num_kv_blocks = fit_kv_blocks(budget, per_block, max_num_seqs, max_len, block_size)
+            budget, self.kv_budget = kv_cache_budget(cfg, next(model.parameters()).device)
+            per_block = kv_bytes_per_token(model, kv_dtype) * cfg.block_size
+            num_kv_blocks = fit_kv_blocks(budget, per_block, cfg.max_num_seqs, max_len, cfg.block_size)
         # A sequence alone must always fit, or it could never finish.
-        self.max_model_len = min(max_len, num_kv_blocks * block_size)
-        if max_batch_tokens < 1:
-            raise ValueError("max_batch_tokens must be at least 1")
-        if max_prefill_tokens is not None and max_prefill_tokens < 1:
-            raise ValueError("max_prefill_tokens must be at least 1")
-        self.block_manager = BlockManager(num_kv_blocks, block_size, prefix_caching)
+        self.max_model_len = min(max_len, num_kv_blocks * cfg.block_size)
+        self.block_manager = BlockManager(num_kv_blocks, cfg.block_size, cfg.prefix_caching)
+        self.eos_token_ids = set(tokenizer.eos_token_ids) | set(config.eos_token_ids)
         self.scheduler = Scheduler(
             self.block_manager,
-            max_batch_tokens=max_batch_tokens,
-            max_num_seqs=max_num_seqs,
-            max_prefill_tokens=max_prefill_tokens,
+            max_batch_tokens=cfg.max_batch_tokens,
+            max_num_seqs=cfg.max_num_seqs,
+            max_prefill_tokens=cfg.max_prefill_tokens,
+            eos_token_ids=self.eos_token_ids,
+            max_model_len=self.max_model_len,
         )
         self.runner = runner or ModelRunner(
             model,
             num_blocks=num_kv_blocks,
-            block_size=block_size,
+            block_size=cfg.block_size,
             kv_dtype=kv_dtype,
-            enforce_eager=runtime.enforce_eager,
+            enforce_eager=cfg.enforce_eager,
             max_model_len=self.max_model_len,
         )
-        self.eos_token_ids = set(tokenizer.eos_token_ids) | set(config.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
         self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig, metrics: RuntimeMetrics | None = None) -> LLMEngine:
+        """Load `cfg.model` onto the device `cfg` resolves to, in `cfg.tier`, and drive it."""
+        from infleet.runtime.loader import load_model
+
+        cfg = cfg.resolve()
+        apply_kernels(cfg)
+        dtype = getattr(torch, cfg.compute_dtype_name)
+        model, config, tokenizer = load_model(cfg.model, dtype=dtype)
+        model = apply_tier(model.to(cfg.device), cfg.tier)
+        return cls(model, config, tokenizer, cfg, kv_dtype=dtype, metrics=metrics)
 
     # --- requests ---------------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Sequence:
@@ -230,57 +236,26 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        now = time.monotonic()
-        for entry in batch:
-            if entry.seq.first_scheduled_time is None:
-                entry.seq.first_scheduled_time = now
         samplers, logits = self.runner.run(batch)
-        for entry in batch:
-            entry.seq.num_computed_tokens += entry.num_tokens
-            self.block_manager.commit_full_blocks(entry.seq)
         tokens = sample(logits, [e.seq.params for e in samplers], [e.seq.generator for e in samplers])
-        now = time.monotonic()
-        outputs = [self._append_token(entry.seq, tok, now) for entry, tok in zip(samplers, tokens, strict=True)]
+        self.scheduler.postprocess(batch, samplers, tokens)
+        outputs = [self._output(entry.seq) for entry in samplers]
         self._report_step()
         return outputs
 
-    def _append_token(self, seq: Sequence, token: int, now: float) -> RequestOutput:
-        seq.token_ids.append(token)
-        if seq.first_token_time is None:
-            seq.first_token_time = now
-        elif seq.last_token_time is not None:
-            seq.itls.append(now - seq.last_token_time)
-        seq.last_token_time = now
-        params = seq.params
-        assert seq.detokenizer is not None
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
-            seq.finish_reason = "stop"
-            seq.text += seq.detokenizer.flush()
-        else:
-            before = len(seq.text)
-            seq.text += seq.detokenizer.step([token])
-            if params.stop:
-                start = max(0, before - max(len(s) for s in params.stop) + 1)
-                hits = [i for i in (seq.text.find(s, start) for s in params.stop) if i >= 0]
-                if hits:
-                    seq.text = seq.text[: min(hits)]
-                    seq.finish_reason = "stop"
-            if seq.finish_reason is None and (
-                seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len
-            ):
-                seq.finish_reason = "length"
-                seq.text += seq.detokenizer.flush()
+    def _output(self, seq: Sequence) -> RequestOutput:
+        """The step's delta for `seq`: its new token and the text that can no longer become a stop string."""
         finished = seq.finish_reason is not None
-        end = len(seq.text) if finished else len(seq.text) - _holdback(seq.text, params.stop)
+        end = len(seq.text) if finished else len(seq.text) - _holdback(seq.text, seq.params.stop)
         new_text = seq.text[seq.emitted : end] if end > seq.emitted else ""
         seq.emitted = max(seq.emitted, end)
         if finished:
-            self.scheduler.finish(seq)
             self.requests.pop(seq.request_id, None)
-            self._report_finished(seq, now)
+            self._report_finished(seq, seq.last_token_time or time.monotonic())
         return RequestOutput(
-            seq.request_id, [token], new_text, finished, seq.finish_reason, seq.prompt_len, seq.num_output_tokens
-        )
+            seq.request_id, seq.token_ids[-1:], new_text, finished, seq.finish_reason, seq.prompt_len,
+            seq.num_output_tokens,
+        )  # fmt: skip
 
     # --- metrics ----------------------------------------------------------------------------------------------------
     def _report_step(self) -> None:
@@ -323,63 +298,21 @@ class LLMEngine:
 
 
 class AsyncEngine:
-    """Runs the step loop in a background thread; asyncio-facing."""
+    """Runs an `LLMEngine`'s step loop in a background thread; asyncio-facing."""
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        *,
-        runtime: RuntimeConfig | None = None,
-        max_batch_tokens: int = 2048,
-        max_prefill_tokens: int | None = DEFAULT_MAX_PREFILL_TOKENS,
-        max_model_len: int | None = None,
-        max_num_seqs: int = 64,
-        max_waiting: int = 256,
-        num_kv_blocks: int | None = None,
-        prefix_caching: bool = True,
-        metrics: RuntimeMetrics | None = None,
-    ) -> None:
-        """Load, move to the device, apply the tier; `runtime` holds device, kernels and memory (resolved here)."""
-        from infleet.runtime.loader import load_model
-
-        runtime = (runtime or RuntimeConfig()).resolve()
-        apply_kernels(runtime)
-        dtype = getattr(torch, runtime.compute_dtype_name)
-        model, config, tokenizer = load_model(model_path, dtype=dtype)
-        model = apply_tier(model.to(runtime.device), runtime.tier)
-        engine = LLMEngine(
-            model,
-            config,
-            tokenizer,
-            max_batch_tokens=max_batch_tokens,
-            max_prefill_tokens=max_prefill_tokens,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            block_size=runtime.block_size,
-            num_kv_blocks=num_kv_blocks,
-            prefix_caching=prefix_caching,
-            kv_dtype=dtype,
-            metrics=metrics,
-            runtime=runtime,
-        )
-        self._setup(engine, max_waiting=max_waiting, model_name=config.name, tier=runtime.tier)
-
-    @classmethod
-    def from_engine(cls, engine: LLMEngine, *, max_waiting: int = 256, tier: str = "bf16") -> AsyncEngine:
-        """Wrap an engine built elsewhere (tests with a small model, benchmarks)."""
-        self = cls.__new__(cls)
-        self._setup(engine, max_waiting=max_waiting, model_name=engine.config.name, tier=tier)
-        return self
-
-    def _setup(self, engine: LLMEngine, *, max_waiting: int, model_name: str, tier: str) -> None:
+    def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
+        cfg = engine.engine_config
         graphs = getattr(engine.runner, "graphs", None) is not None
-        self.execution = execution_info(engine.model, tier, cuda_graphs=graphs)
+        self.execution = execution_info(engine.model, cfg.tier, cuda_graphs=graphs)
         self.tokenizer = engine.tokenizer
-        self.model_name = model_name
-        self.tier = tier
+        self.model_name = engine.config.name
+        self.tier = cfg.tier
+        self.tier_info: TierInfo | None = getattr(engine.model, "tier_info", None)  # how a quantized tier was built
         self.max_model_len = engine.max_model_len
-        self.max_waiting = max_waiting
+        self.num_kv_blocks = engine.block_manager.num_blocks
+        self.kv_budget = engine.kv_budget  # how the KV cache was sized (for the startup log)
+        self.max_waiting = cfg.max_waiting
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._inbox: list[tuple[str, list[int], SamplingParams]] = []
@@ -390,6 +323,10 @@ class AsyncEngine:
         self._accepting = True
         self._engine_waiting = 0
         self._last_stats = engine.stats()
+
+    @classmethod
+    def from_config(cls, cfg: EngineConfig, metrics: RuntimeMetrics | None = None) -> AsyncEngine:
+        return cls(LLMEngine.from_config(cfg, metrics))
 
     # --- lifecycle --------------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -9,28 +9,28 @@ from __future__ import annotations
 
 import torch
 
-from infleet.runtime.config import DEFAULT_CPU_KV_SHARE, RuntimeConfig, memory_limit_bytes
+from infleet.runtime.config import DEFAULT_CPU_KV_SHARE, EngineConfig, memory_limit_bytes
 
 
 class KVCacheTooSmall(ValueError):
     """The budget does not hold a single block; the message says what to change."""
 
 
-def kv_cache_budget(runtime: RuntimeConfig, device: torch.device) -> tuple[int, str]:
+def kv_cache_budget(cfg: EngineConfig, device: torch.device) -> tuple[int, str]:
     """(bytes for the KV cache, how that was decided: for the startup log)."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        reserve = int(total * (1.0 - runtime.gpu_memory_utilization))
+        reserve = int(total * (1.0 - cfg.gpu_memory_utilization))
         budget = free - reserve
         how = (
             f"GPU {device}: {free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB after the weights, "
-            f"--gpu-memory-utilization {runtime.gpu_memory_utilization} leaves {max(budget, 0) / 2**30:.2f} GiB"
+            f"--gpu-memory-utilization {cfg.gpu_memory_utilization} leaves {max(budget, 0) / 2**30:.2f} GiB"
         )
         if budget <= 0:
             raise KVCacheTooSmall(f"no GPU memory left for the KV cache ({how}); raise --gpu-memory-utilization")
         return budget, how
-    if runtime.kv_cache_memory is not None:
-        return runtime.kv_cache_memory, f"--kv-cache-memory {runtime.kv_cache_memory} bytes"
+    if cfg.kv_cache_memory is not None:
+        return cfg.kv_cache_memory, f"--kv-cache-memory {cfg.kv_cache_memory} bytes"
     limit = memory_limit_bytes()
     budget = int(limit * DEFAULT_CPU_KV_SHARE)
     return budget, f"{DEFAULT_CPU_KV_SHARE:.0%} of the memory limit {limit / 2**30:.2f} GiB (set --kv-cache-memory)"

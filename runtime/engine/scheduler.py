@@ -14,11 +14,17 @@ is nothing to protect, and prompts take the whole budget. When blocks run out fo
 admitted running sequence is preempted: its blocks are freed and it waits at the front of the queue to be
 recomputed (its earlier blocks often survive in the prefix cache, so recompute is cheap). A prefill chunk never
 preempts a sequence already scheduled in the step.
+
+After the forward pass, `postprocess` counts the computed tokens, appends each sampled token and decides whether
+its sequence is done: a stop or EOS token, a stop string (the text is cut before it), `max_tokens`, or the
+context length. A finished sequence leaves the batch and gives its blocks back at once.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from infleet.runtime.engine.kv_cache import BlockManager
@@ -44,8 +50,11 @@ class Scheduler:
         max_batch_tokens: int,
         max_num_seqs: int,
         max_prefill_tokens: int | None = None,
+        eos_token_ids: Collection[int] = (),
+        max_model_len: int | None = None,
     ) -> None:
-        """`max_prefill_tokens`: prompt tokens per step at most (None: whatever the decodes leave of the budget)."""
+        """`max_prefill_tokens`: prompt tokens per step at most (None: whatever the decodes leave of the budget);
+        `eos_token_ids` and `max_model_len` end sequences in `postprocess`."""
         if max_batch_tokens < 1 or max_num_seqs < 1:
             raise ValueError("max_batch_tokens and max_num_seqs must be positive")
         if max_prefill_tokens is not None and max_prefill_tokens < 1:
@@ -54,6 +63,8 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_num_seqs = max_num_seqs
         self.max_prefill_tokens = min(max_prefill_tokens or max_batch_tokens, max_batch_tokens)
+        self.eos_token_ids = set(eos_token_ids)
+        self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -133,7 +144,47 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(ScheduledSequence(seq, n))
             prefill -= n
+        now = time.monotonic()
+        for entry in scheduled:
+            if entry.seq.first_scheduled_time is None:
+                entry.seq.first_scheduled_time = now
         return scheduled
+
+    def postprocess(self, batch: list[ScheduledSequence], samplers: list[ScheduledSequence], tokens: list[int]) -> None:
+        """After the forward pass: the batch's tokens are computed (full blocks join the prefix cache), and each
+        sampling sequence takes its new token; a sequence that finished gives its blocks back."""
+        for entry in batch:
+            entry.seq.num_computed_tokens += entry.num_tokens
+            self.block_manager.commit_full_blocks(entry.seq)
+        now = time.monotonic()
+        for entry, token in zip(samplers, tokens, strict=True):
+            seq = entry.seq
+            seq.append_token(token, now)
+            seq.finish_reason = self._append_text(seq, token)
+            if seq.finish_reason is not None:
+                self.finish(seq)
+
+    def _append_text(self, seq: Sequence, token: int) -> str | None:
+        """Decode `token` onto `seq.text` (cut at a stop string); why the sequence ends now ("stop", "length"), if it
+        does."""
+        params = seq.params
+        assert seq.detokenizer is not None
+        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+            seq.text += seq.detokenizer.flush()
+            return "stop"
+        before = len(seq.text)
+        seq.text += seq.detokenizer.step([token])
+        if params.stop:
+            start = max(0, before - max(len(s) for s in params.stop) + 1)
+            hits = [i for i in (seq.text.find(s, start) for s in params.stop) if i >= 0]
+            if hits:
+                seq.text = seq.text[: min(hits)]
+                return "stop"
+        too_long = self.max_model_len is not None and seq.num_tokens >= self.max_model_len
+        if seq.num_output_tokens >= params.max_tokens or too_long:
+            seq.text += seq.detokenizer.flush()
+            return "length"
+        return None
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free_sequence(seq)

@@ -42,6 +42,15 @@ class Sequence:
     itls: list[float] = field(default_factory=list)
     num_preemptions: int = 0
 
+    def append_token(self, token: int, now: float) -> None:
+        """A sampled token, with its timing (time to first token, then the gaps between tokens)."""
+        self.token_ids.append(token)
+        if self.first_token_time is None:
+            self.first_token_time = now
+        elif self.last_token_time is not None:
+            self.itls.append(now - self.last_token_time)
+        self.last_token_time = now
+
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from infleet.runtime.config import DEFAULT_CPU_KV_SHARE, ModelConfig, RuntimeConfig, memory_limit_bytes
+from infleet.runtime.config import DEFAULT_CPU_KV_SHARE, EngineConfig, ModelConfig, memory_limit_bytes
 from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.parallel.channel import Channel, Message
 from infleet.runtime.parallel.groups import PodPlacement, RankContext, Topology, placement_from_env
@@ -32,6 +33,7 @@ from infleet.runtime.parallel.watchdog import Watchdog
 from infleet.runtime.parallel.worker import RankArgs, load_rank, report_stats, run_worker
 
 if TYPE_CHECKING:
+    from infleet.runtime.metrics import RuntimeMetrics
     from infleet.runtime.model.llama import LlamaForCausalLM
 
 log = logging.getLogger("infleet.runtime.parallel")
@@ -64,28 +66,15 @@ def check_layout(config: ModelConfig, topo: Topology) -> None:
 
 
 def rank_args(
-    model: str,
-    topo: Topology,
-    placement: PodPlacement,
-    num_kv_blocks: int,
-    tier: str,
-    block_size: int,
-    runtime: RuntimeConfig | None,
+    cfg: EngineConfig, topo: Topology, placement: PodPlacement, num_kv_blocks: int, dtype: str | None = None
 ) -> RankArgs:
-    """The pod's first rank; `spawn_ranks` derives the others (rank and local GPU number)."""
-    base = RankArgs(
-        model, topo.tensor, topo.pipeline, placement.ranks[0], placement.leader_addr, placement.leader_port,
-        num_kv_blocks, block_size, tier,
+    """The pod's first rank; `spawn_ranks` derives the others (rank and local GPU number). `cfg` is resolved;
+    `dtype` overrides the tier's compute dtype (offline comparisons run float32)."""
+    return RankArgs(
+        cfg.model, topo.tensor, topo.pipeline, placement.ranks[0], placement.leader_addr, placement.leader_port,
+        num_kv_blocks, cfg.block_size, cfg.tier, dtype=dtype or cfg.compute_dtype_name, device=cfg.device,
+        kernels=cfg.kernels, gpu_memory_utilization=cfg.gpu_memory_utilization,
     )  # fmt: skip
-    if runtime is not None:
-        base = replace(
-            base,
-            dtype=runtime.compute_dtype_name,
-            device=runtime.device,
-            kernels=runtime.kernels,
-            gpu_memory_utilization=runtime.gpu_memory_utilization,
-        )
-    return base
 
 
 def spawn_ranks(base: RankArgs, ranks: list[int]) -> list[subprocess.Popen[bytes]]:
@@ -103,25 +92,25 @@ class ParallelGroup:
     stage: Stage
     channel: Channel
     children: list[subprocess.Popen[bytes]]
+    cfg: EngineConfig
     watchdog: Watchdog | None = None
     stopped: bool = field(default=False)
 
     @classmethod
     def start(
         cls,
-        model: str,
-        topo: Topology,
+        cfg: EngineConfig,
         *,
         num_kv_blocks: int,
-        tier: str = "bf16",
-        block_size: int = 16,
         placement: PodPlacement | None = None,
         on_failure: Callable[[str], None] | None = None,
-        runtime: RuntimeConfig | None = None,
+        dtype: str | None = None,
     ) -> ParallelGroup:
-        """`runtime` (resolved) sets device, kernels and dtype; without it the ranks compute in float32 on CPU."""
+        """Start `cfg.tensor_parallel` x `cfg.pipeline_parallel` ranks of `cfg.model`; `cfg` (resolved) sets device,
+        kernels and dtype (unless `dtype` is given)."""
+        topo = Topology(cfg.tensor_parallel, cfg.pipeline_parallel)
         placement = placement or placement_from_env(topo, {}, local_port=_free_port())
-        base = rank_args(model, topo, placement, num_kv_blocks, tier, block_size, runtime)
+        base = rank_args(cfg, topo, placement, num_kv_blocks, dtype)
         children = spawn_ranks(base, placement.ranks[1:])
         try:
             ctx, stage = load_rank(base)
@@ -137,20 +126,15 @@ class ParallelGroup:
             for child in children:
                 child.kill()
             raise
-        return cls(ctx, stage, Channel(ctx.store), children, watchdog)
+        return cls(ctx, stage, Channel(ctx.store), children, cfg, watchdog)
 
-    def engine(self, config: ModelConfig, tokenizer: Any, micro_batches_per_stage: int = 1, **kwargs: Any) -> LLMEngine:
-        runner = ParallelRunner(self.stage, self.channel, micro_batches_per_stage)
-        return LLMEngine(
-            cast("LlamaForCausalLM", self.stage.model),  # a stage serves the engine through the same interface
-            config,
-            tokenizer,
-            num_kv_blocks=len(self.stage.kv_caches[0].k) if self.stage.kv_caches else None,
-            block_size=self.stage.block_size,
-            kv_dtype=self.stage.dtype,
-            runner=runner,
-            **kwargs,
-        )
+    def engine(self, config: ModelConfig, tokenizer: Any, metrics: RuntimeMetrics | None = None) -> LLMEngine:
+        """The leader's engine over every rank: the group's EngineConfig, with the blocks the ranks allocated."""
+        runner = ParallelRunner(self.stage, self.channel, self.cfg.micro_batches_per_stage)
+        blocks = len(self.stage.kv_caches[0].k) if self.stage.kv_caches else None
+        cfg = replace(self.cfg, num_kv_blocks=blocks, block_size=self.stage.block_size)
+        model = cast("LlamaForCausalLM", self.stage.model)  # a stage serves the engine through the same interface
+        return LLMEngine(model, config, tokenizer, cfg, kv_dtype=self.stage.dtype, metrics=metrics, runner=runner)
 
     def stats(self) -> list[dict[str, Any]]:
         """Every rank's memory and busy time, plus the leader's step time (for the bubble)."""
@@ -205,9 +189,9 @@ class _Health(BaseHTTPRequestHandler):
         pass
 
 
-def serve_rank_pod(args: Any, topo: Topology, placement: PodPlacement, num_kv_blocks: int) -> int:
+def serve_rank_pod(cfg: EngineConfig, args: Any, topo: Topology, placement: PodPlacement, num_kv_blocks: int) -> int:
     """A pod without the leader: run its ranks, answer `/health` on the HTTP port (no API, no metrics)."""
-    base = rank_args(str(args.model), topo, placement, num_kv_blocks, args.tier, 16, args.runtime)
+    base = rank_args(cfg, topo, placement, num_kv_blocks)
     children = spawn_ranks(base, placement.ranks[1:])
     server = ThreadingHTTPServer((args.host, args.port), _Health)
     threading.Thread(target=server.serve_forever, name="infleet-health", daemon=True).start()
@@ -222,67 +206,47 @@ def serve_rank_pod(args: Any, topo: Topology, placement: PodPlacement, num_kv_bl
                 child.kill()
 
 
-def serve_parallel(args: Any) -> int:
-    """`serve --tensor-parallel T --pipeline-parallel P`: this pod's ranks; the leader pod also serves HTTP."""
+def serve_parallel(cfg: EngineConfig, args: Any) -> int:
+    """`serve --tensor-parallel T --pipeline-parallel P`: this pod's ranks; the leader pod also serves HTTP.
+    `cfg` is resolved; `args` holds the HTTP flags."""
     import torch
 
-    from infleet.runtime.__main__ import PROG, log_startup, model_path, run_http
+    from infleet.runtime.__main__ import PROG, log_startup, run_http
     from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.engine.memory import kv_cache_budget
     from infleet.runtime.metrics import RuntimeMetrics
     from infleet.runtime.server.app import Serving
 
     try:
-        path = model_path(args.model)
-        topo = Topology(args.tensor_parallel, args.pipeline_parallel)
-        config, tokenizer = read_metadata(path)
+        topo = Topology(cfg.tensor_parallel, cfg.pipeline_parallel)
+        config, tokenizer = read_metadata(Path(cfg.model))
         check_layout(config, topo)
         placement = placement_from_env(topo, local_port=_free_port())
     except (ValueError, OSError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runtime: RuntimeConfig = args.runtime
-    num_blocks = args.num_kv_blocks or 0  # 0: every CUDA rank sizes from its free memory
-    if not num_blocks and runtime.device == "cpu":
-        budget = kv_cache_budget(runtime, torch.device("cpu"))[0]
-        dtype_bytes = getattr(torch, runtime.compute_dtype_name).itemsize
-        num_blocks = kv_blocks(config, args.max_num_seqs, args.max_model_len, 16, budget, dtype_bytes)
+    num_blocks = cfg.num_kv_blocks or 0  # 0: every CUDA rank sizes from its free memory
+    if not num_blocks and cfg.device == "cpu":
+        budget = kv_cache_budget(cfg, torch.device("cpu"))[0]
+        dtype_bytes = getattr(torch, cfg.compute_dtype_name).itemsize
+        num_blocks = kv_blocks(config, cfg.max_num_seqs, cfg.max_model_len, cfg.block_size, budget, dtype_bytes)
     if not placement.is_leader_pod:
-        return serve_rank_pod(args, topo, placement, num_blocks)
+        return serve_rank_pod(cfg, args, topo, placement, num_blocks)
 
     served_name = args.served_name or config.name
-    metrics = RuntimeMetrics(served_name, args.tier)
+    metrics = RuntimeMetrics(served_name, cfg.tier)
     holder: dict[str, Serving] = {}
 
     def unhealthy(reason: str) -> None:
         if "serving" in holder:
             holder["serving"].state.draining = True  # /health: 503 before the process goes
 
-    group = ParallelGroup.start(
-        str(path),
-        topo,
-        num_kv_blocks=num_blocks,
-        tier=args.tier,
-        placement=placement,
-        on_failure=unhealthy,
-        runtime=runtime,
-    )
-    engine = group.engine(
-        config,
-        tokenizer,
-        micro_batches_per_stage=args.micro_batches_per_stage,
-        max_batch_tokens=args.max_batch_tokens,
-        max_prefill_tokens=args.max_prefill_tokens_per_step,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        prefix_caching=not args.no_prefix_caching,
-        metrics=metrics,
-    )
-    async_engine = AsyncEngine.from_engine(engine, max_waiting=args.max_waiting, tier=args.tier)
-    log_startup(served_name, args.tier, async_engine.execution, engine.block_manager.num_blocks, engine)
-    metrics.set_execution(async_engine.execution)
-    serving = Serving(engine=async_engine, served_name=served_name, metrics=metrics)
+    group = ParallelGroup.start(cfg, num_kv_blocks=num_blocks, placement=placement, on_failure=unhealthy)
+    engine = AsyncEngine(group.engine(config, tokenizer, metrics))
+    log_startup(served_name, engine)
+    metrics.set_execution(engine.execution)
+    serving = Serving(engine=engine, served_name=served_name, metrics=metrics)
     holder["serving"] = serving
     try:
         return run_http(serving, args)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.parallel.groups import Topology
 from infleet.runtime.parallel.launch import ParallelGroup, check_layout, kv_blocks
@@ -23,21 +24,24 @@ from infleet.runtime.parallel.loading import read_metadata
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     path = Path(spec["model"])
-    topo = Topology(int(spec.get("tensor", 1)), int(spec.get("pipeline", 1)))
+    cfg = EngineConfig(
+        model=str(path),
+        device="cpu",
+        kernels="torch",
+        tensor_parallel=int(spec.get("tensor", 1)),
+        pipeline_parallel=int(spec.get("pipeline", 1)),
+        micro_batches_per_stage=int(spec.get("micro_batches_per_stage", 1)),
+        max_model_len=spec.get("max_model_len", 512),
+        max_num_seqs=16,
+    )
     config, tokenizer = read_metadata(path)
-    check_layout(config, topo)
-    blocks = kv_blocks(config, 16, spec.get("max_model_len", 512), 16)
+    check_layout(config, Topology(cfg.tensor_parallel, cfg.pipeline_parallel))
+    blocks = kv_blocks(config, cfg.max_num_seqs, cfg.max_model_len, cfg.block_size)
     start = time.perf_counter()
-    group = ParallelGroup.start(str(path), topo, num_kv_blocks=blocks)
+    group = ParallelGroup.start(cfg, num_kv_blocks=blocks, dtype="float32")  # as the single-process reference
     load_s = time.perf_counter() - start
     try:
-        engine = group.engine(
-            config,
-            tokenizer,
-            micro_batches_per_stage=int(spec.get("micro_batches_per_stage", 1)),
-            max_model_len=spec.get("max_model_len", 512),
-            max_num_seqs=16,
-        )
+        engine = group.engine(config, tokenizer)
         params = SamplingParams(temperature=0.0, max_tokens=int(spec["max_tokens"]), ignore_eos=True)
         prompts: list[list[int]] = spec["prompts"]
         if spec.get("warmup"):

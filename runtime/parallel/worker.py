@@ -88,11 +88,11 @@ def gpu_kv_blocks(ctx: RankContext, model: StageModel, dtype: torch.dtype, args:
     """Blocks this GPU's free memory holds after its weights, agreed on as the minimum over every rank."""
     import torch.distributed as dist
 
-    from infleet.runtime.config import RuntimeConfig
+    from infleet.runtime.config import EngineConfig
     from infleet.runtime.engine.memory import kv_cache_budget
 
-    runtime = RuntimeConfig(device="cuda", gpu_memory_utilization=args.gpu_memory_utilization)
-    budget, how = kv_cache_budget(runtime, ctx.device)
+    cfg = EngineConfig(device="cuda", gpu_memory_utilization=args.gpu_memory_utilization)
+    budget, how = kv_cache_budget(cfg, ctx.device)
     c = model.config
     per_block = 2 * len(model.layers) * c.num_key_value_heads * c.head_dim * dtype.itemsize * args.block_size
     blocks = torch.tensor([max(1, budget // per_block)], device=ctx.device)

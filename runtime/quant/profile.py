@@ -45,6 +45,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.model.attention import AttentionMetadata, KVCache
@@ -112,10 +113,8 @@ def prefix_match(outputs: list[list[int]], references: list[list[int]]) -> float
 
 
 def make_engine(model: LlamaForCausalLM, config: Any, tokenizer: Any, max_num_seqs: int) -> LLMEngine:
-    return LLMEngine(
-        model, config, tokenizer, max_num_seqs=max_num_seqs, max_model_len=512, block_size=BLOCK_SIZE,
-        kv_dtype=float_dtype(model), prefix_caching=False,
-    )  # fmt: skip
+    cfg = EngineConfig(max_num_seqs=max_num_seqs, max_model_len=512, block_size=BLOCK_SIZE, prefix_caching=False)
+    return LLMEngine(model, config, tokenizer, cfg, kv_dtype=float_dtype(model))
 
 
 def greedy(engine: LLMEngine, prompts: list[list[int]], tokens: int) -> list[list[int]]:

@@ -40,7 +40,7 @@ class Serving:
 
     def quantization(self) -> dict[str, Any]:
         """The tier the weights were loaded at and how (reported by `/v1/models` and the v2 model metadata)."""
-        info = getattr(self.engine.engine.model, "tier_info", None)
+        info = self.engine.tier_info
         details = info.to_dict() if info is not None else {}
         return {**details, "tier": self.engine.tier}
 

@@ -64,9 +64,11 @@ async def list_models(request: Request) -> Response:
 
 
 class Job:
-    """One validated OpenAI request, ready to run: the prompt ids and sampling parameters."""
+    """One validated OpenAI request, ready to run: its id, the prompt ids and sampling parameters."""
 
-    def __init__(self, serving: Serving, body: SamplingFields, prompt_ids: list[int], default_max: int | None) -> None:
+    def __init__(
+        self, serving: Serving, body: SamplingFields, prompt_ids: list[int], default_max: int | None, id_prefix: str
+    ) -> None:
         self.serving = serving
         self.body = body
         self.model = check_model(serving, body)
@@ -74,37 +76,36 @@ class Job:
         engine = serving.engine
         max_tokens = resolve_max_tokens(body.requested_max_tokens, default_max, len(prompt_ids), engine.max_model_len)
         self.params = make_params(body.sampling_kwargs(max_tokens), engine.max_model_len, len(prompt_ids))
+        self.request_id = new_request_id(id_prefix)
         self.created = int(time.time())
 
-    async def run(
-        self,
-        request: Request,
-        request_id: str,
-        whole: Callable[[Finished], dict[str, Any]],
-        chunks: Callable[[Generation], AsyncIterator[bytes]],
-    ) -> Response:
-        async def begin() -> Generation:
-            return await start(self.serving.engine, self.prompt_ids, self.params, request_id)
+    async def submit(self) -> Generation:
+        return await start(self.serving.engine, self.prompt_ids, self.params, self.request_id)
 
-        generation = await until_disconnect(request, begin)
-        if generation is None:
-            return Response(status_code=499)  # the client left; nobody reads this
-        if self.body.stream:
-            return StreamingResponse(
-                chunks(generation), media_type=sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache"}
-            )
-        finished = await until_disconnect(request, generation.collect)
-        if finished is None:
-            return Response(status_code=499)
-        return JSONResponse(whole(finished))
+    def header(self, object_name: str) -> dict[str, Any]:
+        return {"id": self.request_id, "object": object_name, "created": self.created, "model": self.model}
 
-    def header(self, request_id: str, object_name: str) -> dict[str, Any]:
-        return {"id": request_id, "object": object_name, "created": self.created, "model": self.model}
 
-    def stream(
-        self, generation: Generation, request_id: str, object_name: str, choice: Callable[[RequestOutput, bool], Any]
-    ) -> AsyncIterator[bytes]:
-        return sse_chunks(generation, self.header(request_id, object_name), self.body.include_usage, choice)
+async def respond_json(
+    request: Request, job: Job, object_name: str, choice: Callable[[Finished], dict[str, Any]]
+) -> Response:
+    """Run the request to the end, then answer in one JSON body; a client that leaves cancels it."""
+    generation = await until_disconnect(request, job.submit)
+    finished = None if generation is None else await until_disconnect(request, generation.collect)
+    if finished is None:
+        return Response(status_code=499)  # the client left; nobody reads this
+    return JSONResponse({**job.header(object_name), "choices": [choice(finished)], "usage": finished.usage()})
+
+
+async def respond_stream(
+    request: Request, job: Job, object_name: str, delta: Callable[[RequestOutput, bool], dict[str, Any]]
+) -> Response:
+    """Start the request (a full queue is still a 429 here, before any byte), then stream its deltas as SSE."""
+    generation = await until_disconnect(request, job.submit)
+    if generation is None:
+        return Response(status_code=499)
+    chunks = sse_chunks(generation, job.header(object_name), job.body.include_usage, delta)
+    return StreamingResponse(chunks, media_type=sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
 
 
 async def sse_chunks(
@@ -139,6 +140,14 @@ async def completions(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     body = parse(CompletionRequest, await request.body())
     check_model(serving, body)  # before any tokenizing
+    job = Job(serving, body, await completion_prompt(serving, body), COMPLETION_DEFAULT_MAX_TOKENS, "cmpl")
+    if body.stream:
+        return await respond_stream(request, job, "text_completion", completion_delta)
+    return await respond_json(request, job, "text_completion", completion_choice)
+
+
+async def completion_prompt(serving: Serving, body: CompletionRequest) -> list[int]:
+    """The prompt's token ids: given as ids (checked against the vocabulary) or as text (encoded)."""
     tokenizer = serving.engine.tokenizer
     if isinstance(body.prompt, list):
         prompt_ids = list(body.prompt)
@@ -147,22 +156,20 @@ async def completions(request: Request) -> Response:
             raise APIError(
                 400, f"prompt: token id {max(prompt_ids)} is outside the vocabulary of {vocab}", param="prompt"
             )
-    else:
-        prompt_ids = await encode(tokenizer, body.prompt)
-        if not prompt_ids:
-            raise APIError(400, "prompt: encodes to no tokens", param="prompt")
-    job = Job(serving, body, prompt_ids, COMPLETION_DEFAULT_MAX_TOKENS)
-    request_id = new_request_id("cmpl")
+        return prompt_ids
+    prompt_ids = await encode(tokenizer, body.prompt)
+    if not prompt_ids:
+        raise APIError(400, "prompt: encodes to no tokens", param="prompt")
+    return prompt_ids
 
-    def whole(f: Finished) -> dict[str, Any]:
-        choice = {"index": 0, "text": f.text, "logprobs": None, "finish_reason": f.finish_reason}
-        return {**job.header(request_id, "text_completion"), "choices": [choice], "usage": f.usage()}
 
-    def choice(out: RequestOutput, first: bool) -> dict[str, Any]:
-        reason = out.finish_reason if out.finished else None
-        return {"index": 0, "text": out.new_text, "logprobs": None, "finish_reason": reason}
+def completion_choice(f: Finished) -> dict[str, Any]:
+    return {"index": 0, "text": f.text, "logprobs": None, "finish_reason": f.finish_reason}
 
-    return await job.run(request, request_id, whole, lambda g: job.stream(g, request_id, "text_completion", choice))
+
+def completion_delta(out: RequestOutput, first: bool) -> dict[str, Any]:
+    reason = out.finish_reason if out.finished else None
+    return {"index": 0, "text": out.new_text, "logprobs": None, "finish_reason": reason}
 
 
 async def chat_completions(request: Request) -> Response:
@@ -174,25 +181,23 @@ async def chat_completions(request: Request) -> Response:
         text = tokenizer.apply_chat_template(body.chat_messages(), add_generation_prompt=True)
     except Exception as e:  # a template may reject a conversation (say, roles out of order)
         raise APIError(400, f"messages: the chat template rejected them: {e}", param="messages") from None
-    prompt_ids = await encode(tokenizer, text, add_special_tokens=False)
-    job = Job(serving, body, prompt_ids, None)
-    request_id = new_request_id("chatcmpl")
+    job = Job(serving, body, await encode(tokenizer, text, add_special_tokens=False), None, "chatcmpl")
+    if body.stream:
+        return await respond_stream(request, job, "chat.completion.chunk", chat_delta)
+    return await respond_json(request, job, "chat.completion", chat_choice)
 
-    def whole(f: Finished) -> dict[str, Any]:
-        message = {"role": "assistant", "content": f.text}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": f.finish_reason}
-        return {**job.header(request_id, "chat.completion"), "choices": [choice], "usage": f.usage()}
 
-    def choice(out: RequestOutput, first: bool) -> dict[str, Any]:
-        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-        if out.new_text or first:
-            delta["content"] = out.new_text
-        reason = out.finish_reason if out.finished else None
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+def chat_choice(f: Finished) -> dict[str, Any]:
+    message = {"role": "assistant", "content": f.text}
+    return {"index": 0, "message": message, "logprobs": None, "finish_reason": f.finish_reason}
 
-    return await job.run(
-        request, request_id, whole, lambda g: job.stream(g, request_id, "chat.completion.chunk", choice)
-    )
+
+def chat_delta(out: RequestOutput, first: bool) -> dict[str, Any]:
+    delta: dict[str, Any] = {"role": "assistant"} if first else {}
+    if out.new_text or first:
+        delta["content"] = out.new_text
+    reason = out.finish_reason if out.finished else None
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
 
 
 def routes() -> list[Route]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from infleet.autoscaler.__main__ import main
+from infleet.autoscaler.latency_model import MODELS, LatencyModel, calibrated, device
 from infleet.autoscaler.simulator.baselines import KPA, Static
 from infleet.autoscaler.simulator.experiment import describe, make_policy
 from infleet.autoscaler.simulator.fleet import FleetObservation, SimConfig, check_conservation, simulate
-from infleet.autoscaler.simulator.latency_model import MODELS, LatencyModel, calibrated, device
 from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE, TraceError, TraceRequest, load_trace
 
 L4_8B = LatencyModel(device("L4"), MODELS["llama-3.1-8b"], "fp8")

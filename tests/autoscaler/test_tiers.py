@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infleet.autoscaler.simulator.latency_model import MODELS
+from infleet.autoscaler.latency_model import MODELS
 from infleet.autoscaler.tiers import (
     ProfileError,
     TierOption,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from infleet.runtime.config import DeviceUnavailable, RuntimeConfig
+from infleet.runtime.config import DeviceUnavailable, EngineConfig
 from infleet.runtime.server.launch import ServerProcess
 
 from .tiny_model import write_tiny_llama
@@ -25,7 +25,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bf16_tier_loads_bf16_weights_and_cache_on_cpu(tiny_dir: Path) -> None:
     from infleet.runtime.engine.engine import AsyncEngine
 
-    engine = AsyncEngine(tiny_dir, runtime=RuntimeConfig(tier="bf16", device="cpu", kv_cache_memory=1 << 22))
+    engine = AsyncEngine.from_config(
+        EngineConfig(model=str(tiny_dir), tier="bf16", device="cpu", kv_cache_memory=1 << 22)
+    )
     model = engine.engine.model
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
@@ -39,7 +41,8 @@ def test_v1_models_reports_the_loaded_dtypes(tiny_dir: Path, tier: str) -> None:
     """Compare the card with the dtypes the same load gives in this process (the server cannot fake them)."""
     from infleet.runtime.engine.engine import AsyncEngine
 
-    local = AsyncEngine(tiny_dir, runtime=RuntimeConfig(tier=tier, device="cpu", kv_cache_memory=1 << 22))
+    cfg = EngineConfig(model=str(tiny_dir), tier=tier, device="cpu", kv_cache_memory=1 << 22)
+    local = AsyncEngine.from_config(cfg)
     loaded = sorted({str(t.dtype).removeprefix("torch.") for t in local.engine.model.state_dict().values()})
     with ServerProcess(tiny_dir, "--tier", tier, "--device", "cpu", "--kv-cache-memory", str(1 << 22)) as server:
         card = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]
@@ -69,22 +72,22 @@ def test_device_cuda_without_cuda_exits_at_start_with_one_line(tiny_dir: Path) -
 
 def test_runtime_config_refuses_what_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="--device"):
-        RuntimeConfig(device="tpu")
+        EngineConfig(device="tpu")
     with pytest.raises(ValueError, match="--kernels"):
-        RuntimeConfig(kernels="cuda")
+        EngineConfig(kernels="cuda")
     with pytest.raises(ValueError, match="--gpu-memory-utilization"):
-        RuntimeConfig(gpu_memory_utilization=1.5)
+        EngineConfig(gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match="--kv-cache-memory"):
-        RuntimeConfig(kv_cache_memory=0)
+        EngineConfig(kv_cache_memory=0)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(DeviceUnavailable, match="TRITON_INTERPRET=1"):
-        RuntimeConfig(device="cpu", kernels="triton").resolve()
+        EngineConfig(device="cpu", kernels="triton").resolve()
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert RuntimeConfig(device="cpu", kernels="triton").resolve().kernels == "triton"
+    assert EngineConfig(device="cpu", kernels="triton").resolve().kernels == "triton"
     with pytest.raises(DeviceUnavailable, match="cannot load fp8"):
-        RuntimeConfig(tier="fp8", device="cpu", kernels="triton").resolve()
+        EngineConfig(tier="fp8", device="cpu", kernels="triton").resolve()
     if not torch.cuda.is_available():
-        resolved = RuntimeConfig().resolve()
+        resolved = EngineConfig().resolve()
         assert (resolved.device, resolved.kernels) == ("cpu", "torch")
 
 

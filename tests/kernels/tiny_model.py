@@ -89,13 +89,13 @@ def clear_cut_prompts(path: Path, tier: str, count: int, n: int, min_gap: float,
     """
     import random
 
-    from infleet.runtime.config import RuntimeConfig
+    from infleet.runtime.config import EngineConfig
     from infleet.runtime.kernels import dispatch
     from infleet.runtime.loader import load_model
     from infleet.runtime.quant.tiers import apply_tier
 
     dispatch.set_backend("torch")
-    dtype = getattr(torch, RuntimeConfig(tier=tier, device="cpu").compute_dtype_name)
+    dtype = getattr(torch, EngineConfig(tier=tier, device="cpu").compute_dtype_name)
     model = apply_tier(load_model(path, dtype=dtype)[0], tier).eval()
     rng = random.Random(seed)
     chosen: list[list[int]] = []

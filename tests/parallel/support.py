@@ -28,13 +28,14 @@ MAX_TOKENS = 5
 
 def reference_tokens(model_path: Path, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     """The single-process runtime's greedy tokens."""
+    from infleet.runtime.config import EngineConfig
     from infleet.runtime.engine.engine import LLMEngine
     from infleet.runtime.engine.sampler import SamplingParams
     from infleet.runtime.loader import load_model
 
     torch.set_num_threads(1)
     model, config, tokenizer = load_model(model_path)
-    engine = LLMEngine(model, config, tokenizer, max_model_len=512, max_num_seqs=16)
+    engine = LLMEngine(model, config, tokenizer, EngineConfig(max_model_len=512, max_num_seqs=16))
     return engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
 
 

@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import AsyncEngine, EngineClosed, LLMEngine, QueueFull, RequestOutput
 from infleet.runtime.engine.sampler import SamplingParams
 
 
 def make_async(tiny_llama: Any, **kwargs: Any) -> AsyncEngine:
     model, config, tokenizer = tiny_llama
-    max_waiting = kwargs.pop("max_waiting", 16)
-    engine = LLMEngine(model, config, tokenizer, max_model_len=256, **kwargs)
-    return AsyncEngine.from_engine(engine, max_waiting=max_waiting)
+    cfg = EngineConfig(max_model_len=256, **{"max_waiting": 16, **kwargs})
+    return AsyncEngine(LLMEngine(model, config, tokenizer, cfg))
 
 
 async def collect(engine: AsyncEngine, prompt: list[int], params: SamplingParams, rid: str) -> list[RequestOutput]:
@@ -44,7 +44,7 @@ def test_concurrent_requests_match_the_sync_engine(tiny_llama: Any) -> None:
     model, config, tokenizer = tiny_llama
     prompts = [tokenizer.encode(t) for t in ["a", "The cat sat on the mat and", "1 2 3 4 5 6 7 8 9 10 11 12"]]
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
-    expected = LLMEngine(model, config, tokenizer, max_model_len=256).generate(prompts, params)
+    expected = LLMEngine(model, config, tokenizer, EngineConfig(max_model_len=256)).generate(prompts, params)
 
     async def main() -> list[list[int]]:
         engine = make_async(tiny_llama)

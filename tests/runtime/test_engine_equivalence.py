@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.engine.sampler import SamplingParams
 
@@ -32,7 +33,7 @@ def _engine(smollm2: Any, **kwargs: Any) -> LLMEngine:
     model, config, tokenizer = smollm2
     kwargs.setdefault("max_model_len", 1024)
     kwargs.setdefault("max_num_seqs", 16)
-    return LLMEngine(model, config, tokenizer, **kwargs)
+    return LLMEngine(model, config, tokenizer, EngineConfig(**kwargs))
 
 
 GREEDY = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.metrics import RuntimeMetrics
@@ -14,7 +15,8 @@ from infleet.runtime.metrics import RuntimeMetrics
 def test_counters_match_the_tokens_served(tiny_llama: Any) -> None:
     model, config, tokenizer = tiny_llama
     metrics = RuntimeMetrics("tiny", "bf16", registry=CollectorRegistry())
-    engine = LLMEngine(model, config, tokenizer, max_model_len=256, num_kv_blocks=6, block_size=16, metrics=metrics)
+    cfg = EngineConfig(max_model_len=256, num_kv_blocks=6, block_size=16)
+    engine = LLMEngine(model, config, tokenizer, cfg, metrics=metrics)
     shared = list(range(100, 140))
     prompts = [[*shared, 7], [*shared, 8, 9], [5, 6, 7]]
     params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)

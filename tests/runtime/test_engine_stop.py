@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import LLMEngine, RequestOutput, _holdback
 from infleet.runtime.engine.sampler import SamplingParams
 
 
 def run(tiny_llama: Any, prompt: list[int], params: SamplingParams) -> list[RequestOutput]:
     model, config, tokenizer = tiny_llama
-    engine = LLMEngine(model, config, tokenizer, max_model_len=256)
+    engine = LLMEngine(model, config, tokenizer, EngineConfig(max_model_len=256))
     engine.add_request("r", prompt, params)
     outs: list[RequestOutput] = []
     while engine.has_unfinished():

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infleet.runtime.config import DEFAULT_CPU_KV_SHARE, RuntimeConfig, memory_limit_bytes
+from infleet.runtime.config import DEFAULT_CPU_KV_SHARE, EngineConfig, memory_limit_bytes
 from infleet.runtime.engine.memory import KVCacheTooSmall, kv_cache_budget, num_kv_blocks
 
 
 def test_cpu_budget_defaults_to_a_share_of_the_memory_limit() -> None:
-    budget, how = kv_cache_budget(RuntimeConfig(device="cpu"), torch.device("cpu"))
+    budget, how = kv_cache_budget(EngineConfig(device="cpu"), torch.device("cpu"))
     assert budget == int(memory_limit_bytes() * DEFAULT_CPU_KV_SHARE)
     assert "memory limit" in how
 
 
 def test_cpu_budget_from_the_flag() -> None:
-    budget, how = kv_cache_budget(RuntimeConfig(device="cpu", kv_cache_memory=123456), torch.device("cpu"))
+    budget, how = kv_cache_budget(EngineConfig(device="cpu", kv_cache_memory=123456), torch.device("cpu"))
     assert budget == 123456 and "--kv-cache-memory" in how
 
 
@@ -32,8 +32,8 @@ def test_engine_sizes_its_cache_from_the_budget(tiny_llama: tuple[object, object
     from infleet.runtime.engine.model_runner import kv_bytes_per_token
 
     model, config, tokenizer = tiny_llama
-    runtime = RuntimeConfig(device="cpu", kernels="torch", kv_cache_memory=1 << 20)
-    engine = LLMEngine(model, config, tokenizer, runtime=runtime)  # type: ignore[arg-type]
+    cfg = EngineConfig(device="cpu", kernels="torch", kv_cache_memory=1 << 20)
+    engine = LLMEngine(model, config, tokenizer, cfg)  # type: ignore[arg-type]
     per_block = kv_bytes_per_token(model, torch.float32) * 16  # type: ignore[arg-type]
     assert engine.block_manager.num_blocks == (1 << 20) // per_block
     assert engine.runner.kv_caches[0].k.shape[0] == engine.block_manager.num_blocks

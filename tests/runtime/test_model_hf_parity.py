@@ -93,6 +93,7 @@ def test_greedy_generations_match_transformers(smollm2: Any, hf_smollm2: Any) ->
 
     Both stop at the end-of-sequence token (transformers' `min_new_tokens` would instead ban it, changing the text).
     """
+    from infleet.runtime.config import EngineConfig
     from infleet.runtime.engine.engine import LLMEngine
     from infleet.runtime.engine.sampler import SamplingParams
 
@@ -102,7 +103,7 @@ def test_greedy_generations_match_transformers(smollm2: Any, hf_smollm2: Any) ->
         for q in CHAT
     ] + [tokenizer.encode(t) for t in COMPLETIONS]
     assert len(prompts) >= 20
-    engine = LLMEngine(model, config, tokenizer, max_model_len=1024, max_num_seqs=32)
+    engine = LLMEngine(model, config, tokenizer, EngineConfig(max_model_len=1024, max_num_seqs=32))
     ours = engine.generate(prompts, SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0.0))
     mismatches = []
     for prompt, got in zip(prompts, ours, strict=True):

@@ -149,3 +149,23 @@ def test_a_request_larger_than_the_cache_is_refused_clearly() -> None:
     sched.add(make_seq(20, "big"))
     with pytest.raises(RuntimeError, match="more KV blocks than the cache holds"):
         sched.schedule()
+
+
+def test_postprocess_appends_the_sampled_tokens_and_ends_finished_sequences(smollm2_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    bm = BlockManager(16, 4)
+    sched = Scheduler(bm, max_batch_tokens=64, max_num_seqs=8, eos_token_ids={0}, max_model_len=64)
+    prompt = smollm2_tokenizer.encode("The capital of France is")
+    short = Sequence("short", list(prompt), len(prompt), SamplingParams(max_tokens=1))
+    eos = Sequence("eos", list(prompt), len(prompt), SamplingParams(max_tokens=8))
+    more = Sequence("more", list(prompt), len(prompt), SamplingParams(max_tokens=8))
+    for seq in (short, eos, more):
+        seq.detokenizer = smollm2_tokenizer.detokenizer(prompt)
+        sched.add(seq)
+    batch = sched.schedule()
+    paris = smollm2_tokenizer.encode(" Paris", add_special_tokens=False)[0]
+    sched.postprocess(batch, [e for e in batch if e.samples], [paris, 0, paris])
+    assert more.num_computed_tokens == len(prompt) and more.token_ids == [*prompt, paris]
+    assert (short.finish_reason, short.text, short.token_ids[-1]) == ("length", " Paris", paris)
+    assert (eos.finish_reason, eos.finished) == ("stop", True)
+    assert more.finish_reason is None and more.text == " Paris" and more.first_token_time is not None
+    assert sched.running == [more] and bm.num_free_blocks == 16 - len(more.block_table)

@@ -61,3 +61,17 @@ def test_a_prefill_cap_below_one_is_refused(capsys: pytest.CaptureFixture[str]) 
 def test_zero_micro_batches_per_stage_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--model", "x", "--pipeline-parallel", "2", "--micro-batches-per-stage", "0"]) == 2
     assert "--micro-batches-per-stage must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--max-batch-tokens", "--max-num-seqs", "--max-waiting", "--max-model-len"])
+def test_engine_settings_below_one_are_refused_before_loading(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "x", flag, "0"]) == 2
+    assert f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+def test_engine_config_from_kwargs_is_checked_like_the_flags() -> None:
+    from infleet.runtime.config import EngineConfig
+
+    with pytest.raises(ValueError, match="--num-kv-blocks must be at least 1"):
+        EngineConfig(num_kv_blocks=0)
+    assert EngineConfig(max_prefill_tokens=None, num_kv_blocks=None).max_batch_tokens == 2048
