@@ -2,16 +2,20 @@
 
 SmolLM2-135M (the GGUF's weights dequantized to each dtype), one thread, 32 greedy tokens after a 4-token prompt
 at batch 1 and 8; the two engines alternate within each round so load changes hit both. Prints tok/s per round
-and the load average (docs/runtime.md quotes the results).
+(median, min-max) with the load average and writes them to benchmarks/results/bf16_cpu.json (docs/runtime.md
+quotes that file).
 
-    python benchmarks/bf16_cpu.py [--rounds 2]
+    python benchmarks/bf16_cpu.py [--rounds 3] [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,7 +28,8 @@ from infleet.runtime.loader.smollm2 import smollm2_gguf
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     engines = {}
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     warm = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
     params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
     rates: dict[tuple[str, int], list[float]] = {}
+    load = [os.getloadavg()[0]]
     for _ in range(args.rounds):
         for name, engine in engines.items():
             for batch in (1, 8):
@@ -43,9 +49,26 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 engine.generate([prompt] * batch, params)
                 rates.setdefault((name, batch), []).append(batch * 32 / (time.perf_counter() - start))
-    print(f"load average {os.getloadavg()[0]:.1f}")
+        load.append(os.getloadavg()[0])
+    rows = []
     for (name, batch), values in rates.items():
-        print(f"{name} batch {batch}: " + ", ".join(f"{v:.1f}" for v in values) + " tok/s")
+        dtype = name.removeprefix("torch.")
+        median, low, high = statistics.median(values), min(values), max(values)
+        rows.append({"dtype": dtype, "batch": batch, "tok_s_median": round(median, 2), "tok_s_min": round(low, 2),
+                     "tok_s_max": round(high, 2), "rounds": [round(v, 2) for v in values]})  # fmt: skip
+        print(f"{dtype:>8} batch {batch}: {median:.1f} tok/s ({low:.1f}-{high:.1f})")
+    ratios = {}
+    for b in (1, 8):
+        bf16, fp32 = statistics.median(rates[("torch.bfloat16", b)]), statistics.median(rates[("torch.float32", b)])
+        ratios[f"batch_{b}"] = round(bf16 / fp32, 3)
+    print(f"bf16/float32 (medians): {ratios}; load average {min(load):.1f}-{max(load):.1f}")
+    result = {
+        "benchmark": "bf16_cpu", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": 1,
+        "prompt_tokens": len(prompt), "new_tokens": 32, "rows": rows, "bf16_over_float32": ratios,
+        "load_average": {"min": min(load), "max": max(load), "samples": load},
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bf16_cpu.json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -28,11 +28,10 @@ from infleet.runtime.config import (
     EngineConfig,
 )
 from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
-from infleet.runtime.server.admission import ServerState
 
 if TYPE_CHECKING:
     from infleet.runtime.engine.engine import AsyncEngine
-    from infleet.runtime.server.app import Serving
+    from infleet.runtime.server.app import ServerState, Serving
 
 PROG = "infleet runtime"
 

@@ -82,3 +82,14 @@ def test_the_tier_names_are_declared_once() -> None:
     assert get_args(api.Tier) == TIERS == api.TIERS
     for path in ("runtime/quant/tiers.py", "runtime/__main__.py", "monitoring/report.py", "operator/api.py"):
         assert '("bf16", "fp8", "int8", "int4")' not in (ROOT / path).read_text(), path
+
+
+def test_the_request_path_names_at_most_ten_runtime_files_and_each_exists() -> None:
+    """What a newcomer reads first stays short, and every file it names is real."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## The request path (runtime)")[1].split("KServe v2 requests")[0]
+    named = set(re.findall(r"`(runtime/[\w/]+\.py)`", section))
+    assert 5 <= len(named) <= 10, sorted(named)
+    assert all((ROOT / path).is_file() for path in named), sorted(p for p in named if not (ROOT / p).is_file())
