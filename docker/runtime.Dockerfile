@@ -17,10 +17,11 @@ WORKDIR /src
 RUN python3 -m venv /opt/infleet \
     && if [ "$TORCH_VARIANT" = cpu ]; then \
         /opt/infleet/bin/pip install "torch==2.15.0" "triton==3.9.0" \
-        && cd /opt/infleet/lib/python3*/site-packages/nvidia \
-        && rm -rf cudnn/lib/libcudnn_?*.so.9 cu13/lib/libcusolver* cu13/lib/libnvperf_* cu13/lib/libnvblas* \
-            cu13/lib/libcufftw* cu13/lib/libpcsamplingutil.so cu13/lib/*.a nvshmem/lib/*.bc nvshmem/lib/*.a \
-            nvshmem/lib/nvshmem_transport_* cu13/include cudnn/include nvshmem/include nccl/include; \
+        && nv="$(echo /opt/infleet/lib/python3*/site-packages/nvidia)" \
+        && rm -rf "$nv"/cudnn/lib/libcudnn_?*.so.9 "$nv"/cu13/lib/libcusolver* "$nv"/cu13/lib/libnvperf_* \
+            "$nv"/cu13/lib/libnvblas* "$nv"/cu13/lib/libcufftw* "$nv"/cu13/lib/libpcsamplingutil.so "$nv"/cu13/lib/*.a \
+            "$nv"/nvshmem/lib/*.bc "$nv"/nvshmem/lib/*.a "$nv"/nvshmem/lib/nvshmem_transport_* \
+            "$nv"/cu13/include "$nv"/cudnn/include "$nv"/nvshmem/include "$nv"/nccl/include; \
     else \
         /opt/infleet/bin/pip install "torch==2.15.0" "triton==3.9.0"; \
     fi
