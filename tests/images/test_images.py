@@ -58,6 +58,22 @@ def logs(name: str) -> str:
     return str(proc.stdout) + str(proc.stderr)
 
 
+def wait_healthy(name: str, port: int, timeout: float) -> None:
+    """Until the container's /health answers 200; on timeout, fail with the container's log."""
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=timeout, what=f"/health of container {name}")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\ncontainer log:\n{logs(name)}") from None
+
+
 def get_json(url: str) -> dict[str, object]:
     with urllib.request.urlopen(url, timeout=5) as resp:
         body: dict[str, object] = json.loads(resp.read())
@@ -81,18 +97,9 @@ def test_gateway_image_serves_health_and_models(container: list[str]) -> None:
     name = run_detached(
         container, images.tag("gateway"), "run", "--port", str(port), "--upstream", "smollm2=http://127.0.0.1:9"
     )
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
-                return bool(resp.status == 200 and resp.read() == b"ok")
-        except OSError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, what="the gateway container's /health")
-    except AssertionError as err:
-        raise AssertionError(f"{err}\ngateway container log:\n{logs(name)}") from None
+    wait_healthy(name, port, timeout=60)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+        assert resp.read() == b"ok"
     models = get_json(f"http://127.0.0.1:{port}/v1/models")
     assert [m["id"] for m in models["data"]] == ["smollm2"]  # type: ignore[index,union-attr]
 
@@ -255,18 +262,7 @@ def test_runtime_cpu_image_serves_smollm2_to_the_openai_client(runtime_image: st
         str(port),
         capture_output=True,
     )
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=600, what="the runtime container's /health")
-    except AssertionError as err:
-        raise AssertionError(f"{err}\nruntime container log:\n{logs(name)}") from None
+    wait_healthy(name, port, timeout=600)
     api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=300)
     answer = api.chat.completions.create(
         model="smollm2",
