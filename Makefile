@@ -54,16 +54,17 @@ test-unit: install
 test: setup lint typecheck
 	$(PY) -m pytest -m "not exhaustive and not images" $(PYTEST_ARGS)
 
-# The operator and gateway images, built with podman on a Debian base made here (cluster/images.py; cached by inputs).
+# The operator, gateway and runtime (CPU) images, built with podman on a Debian base made here (cluster/images.py; cached by inputs).
 images:
-	python3 cluster/images.py operator gateway
+	python3 cluster/images.py operator gateway runtime-cpu
 
 # The CUDA runtime image (PyPI's CUDA torch wheels, several GB): built only when asked.
 images-cuda:
 	python3 cluster/images.py runtime
 
+# The images run, and the chart on a fleet whose pods are containers of them (docs/images.md).
 test-images: setup images
-	$(PY) -m pytest -m images tests/images $(PYTEST_ARGS)
+	INFLEET_PODS=containers $(PY) -m pytest -m images tests/images $(PYTEST_ARGS)
 
 test-all: setup lint typecheck
 	$(PY) -m pytest -m "not images" $(PYTEST_ARGS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from infleet.cluster import build
+from infleet.cluster import build, containers
 from infleet.cluster.agent import kill_leftovers
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.nodes import DEFAULT_FLEET, apply_fleet, load_fleet
@@ -53,8 +53,11 @@ def wait_for_default_service_account(core: client.CoreV1Api, timeout: float = 60
     raise RuntimeError("the default ServiceAccount did not appear; is kube-controller-manager running?")
 
 
-def up(fleet_file: Path, nodes: int | None) -> int:
+def up(fleet_file: Path, nodes: int | None, pods: str | None = None) -> int:
+    """`pods`: how the node agent runs pods (containers.MODES); None keeps INFLEET_PODS (default: processes)."""
     started = time.monotonic()
+    if pods is not None:
+        os.environ[containers.MODE_ENV] = pods  # the node agent, started below, inherits it
     build.ensure_all()
     built = time.monotonic()
     fleet = Fleet()
@@ -96,12 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help="build (once), start the control plane, KWOK, the node agent and GPU nodes")
     p_up.add_argument("--fleet", type=Path, default=DEFAULT_FLEET, help="fleet file (node pools)")
     p_up.add_argument("--nodes", type=int, default=None, help="total node count, pools scaled in proportion")
+    p_up.add_argument(
+        "--pods",
+        choices=containers.MODES,
+        default=os.environ.get(containers.MODE_ENV, "processes"),
+        help="run pods of infleet's images as host processes (fast, the default) or as podman containers of the "
+        "images `make images` built",
+    )
     sub.add_parser("down", help="stop every process the fleet started")
     sub.add_parser("status", help="each component's state; exit 1 if any is not running")
     sub.add_parser("env", help="print the KUBECONFIG, PATH and INFLEET_URL (the gateway) export lines")
     args = parser.parse_args(argv)
     if args.command == "up":
-        return up(args.fleet, args.nodes)
+        return up(args.fleet, args.nodes, args.pods)
     if args.command == "down":
         return down()
     if args.command == "status":

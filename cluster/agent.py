@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from infleet.cluster import containers
 from infleet.cluster.controlplane import Ports
 from infleet.cluster.discovery import pod_target_groups, resolve
 from infleet.cluster.launcher import IpPool, PodRunner, is_launched
@@ -34,6 +35,7 @@ def kill_leftovers(pods_dir: Path) -> None:
         except (ProcessLookupError, ValueError, PermissionError):
             pass
         pid_file.unlink(missing_ok=True)
+    containers.remove_leftovers(pods_dir)
 
 
 class Agent:
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-base", type=int, required=True)
     args = parser.parse_args(argv)
     kill_leftovers(args.fleet_dir / "pods")
+    (args.fleet_dir / "pods-mode").write_text(containers.mode())  # how this fleet runs pods, for tests and docs
     agent = Agent(args.fleet_dir, PodNetwork.from_env(args.port_base), args.port)
     proxy = ServiceProxy(agent.api)
     proxy.start()

@@ -6,7 +6,7 @@ that base as its build argument (`PYTHON_IMAGE`), so the same files still build 
 `python:3.12-slim` default. An image is rebuilt only when its inputs change: the Dockerfile, the files it copies and
 the base, hashed into the `infleet.inputs` label. Standard library only, like `build.py`.
 
-    python3 cluster/images.py [operator gateway runtime ...]     # default: operator gateway
+    python3 cluster/images.py [operator gateway runtime-cpu runtime ...]   # default: operator gateway runtime-cpu
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ CACHE = Path(os.environ.get("INFLEET_CACHE", Path.home() / ".cache" / "infleet")
 BASE = "localhost/infleet-base:bookworm"
 MIRROR = os.environ.get("INFLEET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 TOOLS = ("podman", "buildah", "runc", "debootstrap")  # each also the name of its Debian package
-DEFAULT_IMAGES = ("operator", "gateway")
+DEFAULT_IMAGES = ("operator", "gateway", "runtime-cpu")
+# Variants: the same Dockerfile with other build arguments, tagged `<version>-<suffix>`. The runtime's CPU variant
+# leaves out PyPI torch's ~3 GB of CUDA wheels; plain `runtime` is the CUDA image (`make images-cuda`).
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {"runtime-cpu": ("runtime", {"TORCH_VARIANT": "cpu"})}
 # This machine's cgroups are hybrid v1: runc (not crun), cgroupfs, and no default ulimits podman cannot set here.
 CONTAINERS_CONF = """[containers]
 default_ulimits = []
@@ -47,7 +50,18 @@ def version() -> str:
     return match.group(1)
 
 
+def dockerfile(name: str) -> Path:
+    return ROOT / "docker" / f"{VARIANTS.get(name, (name, {}))[0]}.Dockerfile"
+
+
+def build_args(name: str) -> dict[str, str]:
+    return VARIANTS.get(name, (name, {}))[1]
+
+
 def tag(name: str) -> str:
+    if name in VARIANTS:
+        stem, _ = VARIANTS[name]
+        return f"localhost/infleet/{stem}:{version()}-{name.removeprefix(stem + '-')}"
     return f"localhost/infleet/{name}:{version()}"
 
 
@@ -113,10 +127,10 @@ def copied(dockerfile: Path) -> list[Path]:
 
 
 def inputs_hash(name: str) -> str:
-    """The Dockerfile, every file it copies, and the base image's id."""
-    dockerfile = ROOT / "docker" / f"{name}.Dockerfile"
-    digest = hashlib.sha256(dockerfile.read_bytes())
-    for path in copied(dockerfile):
+    """The Dockerfile, its build arguments, every file it copies, and the base image's id."""
+    digest = hashlib.sha256(dockerfile(name).read_bytes())
+    digest.update(repr(sorted(build_args(name).items())).encode())
+    for path in copied(dockerfile(name)):
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for f in files:
             if "__pycache__" not in f.parts:
@@ -144,12 +158,15 @@ def build(name: str) -> str:
         "--network=host",
         "--format=docker",
         *host_config_mounts(),
-        "--build-arg",
-        f"PYTHON_IMAGE={BASE}",
+        *(
+            a
+            for key, value in {"PYTHON_IMAGE": BASE, **build_args(name)}.items()
+            for a in ("--build-arg", f"{key}={value}")
+        ),
         "--label",
         f"infleet.inputs={inputs}",
         "-f",
-        str(ROOT / "docker" / f"{name}.Dockerfile"),
+        str(dockerfile(name)),
         "-t",
         image,
         str(ROOT),
@@ -161,9 +178,9 @@ def build(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     names = (sys.argv[1:] if argv is None else argv) or list(DEFAULT_IMAGES)
-    unknown = [n for n in names if not (ROOT / "docker" / f"{n}.Dockerfile").exists()]
+    unknown = [n for n in names if not dockerfile(n).exists()]
     if unknown:
-        print(f"infleet images: no docker/<name>.Dockerfile for {', '.join(unknown)}", file=sys.stderr)
+        print(f"infleet images: no docker/<name>.Dockerfile (or variant) for {', '.join(unknown)}", file=sys.stderr)
         return 2
     ensure_tools()
     started = time.monotonic()

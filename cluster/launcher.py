@@ -5,7 +5,9 @@ container's command as a local process bound to the pod's own loopback IP (see `
 ServiceAccount token obtained through the TokenRequest API (as a kubeconfig in `KUBECONFIG`, so an
 in-cluster client inside acts with exactly that ServiceAccount's rights), runs the readiness, liveness and
 startup probes, restarts exited processes per the restartPolicy, and reports all of it in the pod's status.
-Deleting the pod stops its processes (SIGTERM, then SIGKILL after the grace period).
+Deleting the pod stops its processes (SIGTERM, then SIGKILL after the grace period). With INFLEET_PODS=containers
+(`infleet cluster up --pods containers`) each container runs as a podman container of the built image instead
+(containers.py), with the same environment, volumes, IP, probes and logs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from infleet.cluster import containers
 from infleet.cluster.controlplane import LAUNCHED_IMAGE_PREFIX
 from infleet.cluster.network import PodNetwork
 
@@ -186,6 +189,7 @@ class ContainerRun:
     liveness: ProbeState = field(default_factory=ProbeState)
     startup: ProbeState = field(default_factory=ProbeState)
     pumps: list[threading.Thread] = field(default_factory=list)
+    container: str | None = None  # the podman container's name, in containers mode
 
 
 class PodRunner(threading.Thread):
@@ -222,6 +226,10 @@ class PodRunner(threading.Thread):
         self._stamp = ""
         self._published_at = 0.0
         self._start_time = now()
+        try:  # a bad annotation fails this pod (an event), not the agent
+            self.containers, self.mode_error = containers.mode(pod) == "containers", ""
+        except ValueError as err:
+            self.containers, self.mode_error = False, str(err)
 
     # --- set-up ------------------------------------------------------------------------------------
     def _token_kubeconfig(self) -> Path | None:
@@ -276,7 +284,9 @@ class PodRunner(threading.Thread):
             "KUBERNETES_SERVICE_HOST": host,
             "KUBERNETES_SERVICE_PORT": port,
         }
-        for key in ("INFLEET_CACHE", "HF_HOME", "TRITON_INTERPRET", "OMP_NUM_THREADS"):
+        # host paths mean nothing inside an image, which sets its own caches
+        passed = ("TRITON_INTERPRET", "OMP_NUM_THREADS") + (() if self.containers else ("INFLEET_CACHE", "HF_HOME"))
+        for key in passed:
             if key in os.environ:
                 env[key] = os.environ[key]
         if kubeconfig is not None:
@@ -286,6 +296,8 @@ class PodRunner(threading.Thread):
             own.update(self._env_from(source))
         for var in container.env or []:
             own[var.name] = self._env_value(var)
+        if self.containers:  # a container sees its volumes at their mountPaths
+            return env | own
         mounts = mount_map(container, self.volumes)
         return env | {k: rewrite(v, mounts) for k, v in own.items()}
 
@@ -338,11 +350,25 @@ class PodRunner(threading.Thread):
         return ""
 
     # --- processes ---------------------------------------------------------------------------------
+    def _container_argv(self, run: ContainerRun, env: dict[str, str]) -> list[str]:
+        """`podman run` of the container's image, in the pod network namespace (host network without one)."""
+        for local in mount_map(run.spec, self.volumes).values():
+            os.chmod(local, 0o777)  # the image's non-root user writes its emptyDirs and claims
+        netns = next((a.removeprefix("--net=") for a in self.netns if a.startswith("--net=")), None)
+        host_paths = [Path(env["KUBECONFIG"]).parent, self.ca] if "KUBECONFIG" in env else []
+        run.container = containers.container_name(self.pod, run.spec)
+        containers.remove(run.container)  # a restart reuses the name
+        argv = containers.run_argv(self.pod, run.spec, env, self.volumes, host_paths, netns, self.dir.parent)
+        return argv
+
     def _spawn(self, run: ContainerRun, env: dict[str, str]) -> None:
         mounts = mount_map(run.spec, self.volumes)
         for local in mounts.values():
             Path(local).mkdir(parents=True, exist_ok=True)
-        argv = self.netns + [rewrite(a, mounts) for a in container_argv(run.spec)]
+        if self.containers:
+            argv, proc_env = self._container_argv(run, env), containers.environment()
+        else:
+            argv, proc_env = self.netns + [rewrite(a, mounts) for a in container_argv(run.spec)], env
         path = self.dir / f"{run.spec.name}.log"
         if run.restarts and path.exists():  # what `kubectl logs --previous` shows
             path.replace(self.dir / f"{run.spec.name}.log.previous")
@@ -351,7 +377,7 @@ class PodRunner(threading.Thread):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # one pipe keeps the order in which lines were written
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=proc_env,
             cwd=run.spec.working_dir or self.dir,
             start_new_session=True,
         )
@@ -370,16 +396,20 @@ class PodRunner(threading.Thread):
         proc = run.proc
         if proc is None:
             return None
+        code = None
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             try:
-                os.killpg(proc.pid, sig)
+                os.killpg(proc.pid, sig)  # `podman run` passes SIGTERM on to the container
             except ProcessLookupError:
                 pass
             try:
-                return proc.wait(timeout=wait)
+                code = proc.wait(timeout=wait)
+                break
             except subprocess.TimeoutExpired:
                 continue
-        return proc.poll()
+        if run.container is not None:  # a killed `podman run` leaves its container behind
+            containers.remove(run.container)
+        return proc.poll() if code is None else code
 
     # --- probes ------------------------------------------------------------------------------------
     def _port(self, container: client.V1Container, port: int | str) -> int:
@@ -405,7 +435,12 @@ class PodRunner(threading.Thread):
                 with socket.create_connection((self.ip, self._port(container, probe.tcp_socket.port)), timeout=timeout):
                     return True
             if probe._exec is not None:
-                done = subprocess.run(probe._exec.command, env=env, timeout=timeout, capture_output=True)
+                if self.containers:
+                    command = containers.exec_argv(self.pod, container, list(probe._exec.command))
+                    env = containers.environment()
+                else:
+                    command = list(probe._exec.command)
+                done = subprocess.run(command, env=env, timeout=timeout, capture_output=True)
                 return done.returncode == 0
         except (urllib.error.URLError, OSError, ValueError, subprocess.TimeoutExpired):
             return False
@@ -447,7 +482,9 @@ class PodRunner(threading.Thread):
             "name": run.spec.name,
             "image": run.spec.image,
             "imageID": "",
-            "containerID": f"local://{run.proc.pid}" if running and run.proc else "",
+            "containerID": (f"podman://{run.container}" if run.container else f"local://{run.proc.pid}")
+            if running and run.proc
+            else "",
             "ready": running and run.readiness.ok and run.startup.ok,
             "started": running and run.startup.ok,
             "restartCount": run.restarts,
@@ -597,6 +634,8 @@ class PodRunner(threading.Thread):
             api.replace_namespaced_custom_object(*args, name, body)
 
     def _run(self) -> None:
+        if self.mode_error:
+            raise RuntimeError(self.mode_error)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._logs_object()
         kubeconfig = self._token_kubeconfig()

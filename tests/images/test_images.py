@@ -58,6 +58,22 @@ def logs(name: str) -> str:
     return str(proc.stdout) + str(proc.stderr)
 
 
+def wait_healthy(name: str, port: int, timeout: float) -> None:
+    """Until the container's /health answers 200; on timeout, fail with the container's log."""
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=timeout, what=f"/health of container {name}")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\ncontainer log:\n{logs(name)}") from None
+
+
 def get_json(url: str) -> dict[str, object]:
     with urllib.request.urlopen(url, timeout=5) as resp:
         body: dict[str, object] = json.loads(resp.read())
@@ -81,18 +97,9 @@ def test_gateway_image_serves_health_and_models(container: list[str]) -> None:
     name = run_detached(
         container, images.tag("gateway"), "run", "--port", str(port), "--upstream", "smollm2=http://127.0.0.1:9"
     )
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
-                return bool(resp.status == 200 and resp.read() == b"ok")
-        except OSError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, what="the gateway container's /health")
-    except AssertionError as err:
-        raise AssertionError(f"{err}\ngateway container log:\n{logs(name)}") from None
+    wait_healthy(name, port, timeout=60)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+        assert resp.read() == b"ok"
     models = get_json(f"http://127.0.0.1:{port}/v1/models")
     assert [m["id"] for m in models["data"]] == ["smollm2"]  # type: ignore[index,union-attr]
 
@@ -171,3 +178,96 @@ def test_operator_image_reconciles_on_the_local_fleet(
     workload = json.loads(fleet.kubectl("get", "deployment", "from-image", "-n", namespace, "-o", "json").stdout)
     pod = workload["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True  # rendered by the image's own operator code
+
+
+RUNTIME_CPU = images.tag("runtime-cpu")
+
+
+@pytest.fixture(scope="module")
+def runtime_image() -> str:
+    assert images.exists(RUNTIME_CPU), f"{RUNTIME_CPU} is not built: run `make images` first"
+    return RUNTIME_CPU
+
+
+def test_runtime_cpu_image_computes_with_torch_and_carries_no_gpu_only_files(runtime_image: str) -> None:
+    """torch imports and computes on the CPU; the files only a GPU opens (cuDNN engines, cuSOLVER) and the C
+    compiler are not in the image; it runs as its non-root user."""
+    probe = (
+        "import json, pathlib, shutil, torch\n"
+        "nvidia = pathlib.Path(torch.__file__).parents[1] / 'nvidia'\n"
+        "found = [*nvidia.glob('cudnn/lib/libcudnn_*'), *nvidia.glob('cu13/lib/libcusolver*')]\n"
+        "gpu_only = sorted(p.name for p in found)\n"
+        "x = torch.arange(6.0).reshape(2, 3)\n"
+        "print(json.dumps({'gpu_only': gpu_only, 'gcc': shutil.which('gcc'), 'cuda': torch.cuda.is_available(),"
+        " 'sum': float((x @ x.T).sum()), 'uid': __import__('os').getuid()}))"
+    )
+    proc = images.podman("run", "--rm", "--entrypoint", "python", runtime_image, "-c", probe, capture_output=True)
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found == {"gpu_only": [], "gcc": None, "cuda": False, "sum": 83.0, "uid": 10001}
+
+
+def test_runtime_cpu_image_imports_its_entry_points(runtime_image: str) -> None:
+    """The modules `python -m infleet.runtime` (and the model fetcher) load, imported inside the image itself
+    (tests/chart/test_image_imports.py checks the same list against the COPY set without building)."""
+    entry = ["infleet.runtime.__main__", "infleet.runtime.server.app", "infleet.runtime.parallel.launch"]
+    code = "import importlib, sys\nfor n in sys.argv[1:]: importlib.import_module(n)\nprint('ok')"
+    proc = images.podman(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        runtime_image,
+        "-c",
+        code,
+        *entry,
+        "infleet.runtime.fetch.__main__",
+        check=False,
+        capture_output=True,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_runtime_cpu_image_serves_smollm2_to_the_openai_client(runtime_image: str, container: list[str]) -> None:
+    """The image serves the SmolLM2 GGUF, mounted read-only, with a read-only root filesystem and /tmp writable
+    (as the operator's pods run it), and answers a chat completion through the official `openai` client."""
+    import openai
+
+    from infleet.runtime.loader.smollm2 import smollm2_gguf
+
+    gguf, port = smollm2_gguf(), free_port()
+    name = f"infleet-test-{uuid.uuid4().hex[:8]}"
+    container.append(name)
+    images.podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network=host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,mode=1777",
+        "-v",
+        f"{gguf}:/models/smollm2.gguf:ro",
+        "-e",
+        "OMP_NUM_THREADS=2",
+        runtime_image,
+        "serve",
+        "--model",
+        "/models/smollm2.gguf",
+        "--served-name",
+        "smollm2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        capture_output=True,
+    )
+    wait_healthy(name, port, timeout=600)
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=300)
+    answer = api.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=16,
+        temperature=0,
+    )
+    assert "Paris" in (answer.choices[0].message.content or ""), answer
