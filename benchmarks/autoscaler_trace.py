@@ -153,6 +153,10 @@ def markdown(report: dict[str, Any]) -> str:
         " that size is what a user could run instead, so the goal counts it as a rival: infleet at >= 99% with fewer"
         " GPU-hours than every other policy at >= 99% (with none there, the goal is not shown, never met).",
         "",
+        "These tables predate the evaluation protocol in [autoscaler-evaluation.md](autoscaler-evaluation.md)"
+        " (tuning and evaluation parts split by time, every policy tuned with the same budget, a causal policy):"
+        " they replay the whole trace with every policy at its stock defaults.",
+        "",
     ]
     for scale, block in report["scales"].items():
         need = block["needed_replicas"]
