@@ -155,7 +155,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "These tables predate the evaluation protocol in [autoscaler-evaluation.md](autoscaler-evaluation.md)"
         " (tuning and evaluation parts split by time, every policy tuned with the same budget, a causal policy):"
-        " they replay the whole trace with every policy at its stock defaults.",
+        " they replay the whole trace with every policy at its stock defaults, and infleet's capacity per replica then"
+        " came from the whole trace's mean prompt and output lengths. It now comes from the token mix observed over"
+        " the last 5 minutes; the tables have not been re-run since.",
         "",
     ]
     for scale, block in report["scales"].items():
