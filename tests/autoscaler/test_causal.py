@@ -62,7 +62,7 @@ def test_the_simulator_rejects_a_policy_that_reads_the_trace() -> None:
         simulate(trace, L4_8B, Peeker(trace), config)
     with pytest.raises(CausalityError, match=r"holds the trace \(policy.notes\['future'\]\[0\]\)"):
         simulate(trace, L4_8B, Hoarder({"future": [trace[50]]}), config)
-    with pytest.raises(CausalityError, match="FleetObservation has no 'trace'.*never the trace"):
+    with pytest.raises(CausalityError, match=r"FleetObservation has no 'trace'.*never the trace"):
         simulate(trace, L4_8B, Reader(), config)
     assert simulate(trace, L4_8B, Hoarder({"own": [1, 2]}), config).failed == 0  # its own numbers are fine
 
