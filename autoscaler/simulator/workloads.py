@@ -50,14 +50,24 @@ def _trace(arrivals: np.ndarray, prompts: np.ndarray, outputs: np.ndarray) -> li
     return [TraceRequest(float(t), int(p), int(o)) for t, p, o in zip(arrivals, prompts, outputs, strict=True)]
 
 
-def _shaped(seed: int, rate: Rate, peak: float) -> list[TraceRequest]:
-    """Base token mix, arrivals following `rate`."""
+def _shaped(
+    seed: int,
+    rate: Rate,
+    peak: float,
+    prompts: Callable[[np.random.Generator, np.ndarray], np.ndarray] | None = None,
+    output_median: int = OUTPUT_MEDIAN,
+) -> list[TraceRequest]:
+    """Arrivals following `rate`; prompts from `prompts(rng, arrivals)` (default: the base mix), outputs log-normal."""
     rng = np.random.default_rng(seed)
     arrivals = _arrivals(rng, rate, peak)
     n = len(arrivals)
-    prompts = _lengths(rng, n, PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MIN, PROMPT_MAX)
-    outputs = _lengths(rng, n, OUTPUT_MEDIAN, OUTPUT_SIGMA, OUTPUT_MIN, OUTPUT_MAX)
-    return _trace(arrivals, prompts, outputs)
+    drawn = prompts(rng, arrivals) if prompts else _lengths(rng, n, PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MIN, PROMPT_MAX)
+    outputs = _lengths(rng, n, output_median, OUTPUT_SIGMA, OUTPUT_MIN, OUTPUT_MAX)
+    return _trace(arrivals, drawn, outputs)
+
+
+def _steady(rate: float) -> Rate:
+    return lambda t: np.full_like(t, rate)
 
 
 def diurnal(seed: int) -> list[TraceRequest]:
@@ -79,14 +89,12 @@ def flash_crowd(seed: int) -> list[TraceRequest]:
 
 
 def long_prompt_shift(seed: int) -> list[TraceRequest]:
-    rng = np.random.default_rng(seed)
-    arrivals = _arrivals(rng, lambda t: np.full_like(t, BASE_RATE), BASE_RATE)
-    n = len(arrivals)
-    before = _lengths(rng, n, PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MIN, PROMPT_MAX)
-    after = _lengths(rng, n, SHIFT_PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MIN, SHIFT_PROMPT_MAX)
-    prompts = np.where(arrivals < SHIFT_AT, before, after)
-    outputs = _lengths(rng, n, OUTPUT_MEDIAN, OUTPUT_SIGMA, OUTPUT_MIN, OUTPUT_MAX)
-    return _trace(arrivals, prompts, outputs)
+    def prompts(rng: np.random.Generator, arrivals: np.ndarray) -> np.ndarray:
+        before = _lengths(rng, len(arrivals), PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MIN, PROMPT_MAX)
+        after = _lengths(rng, len(arrivals), SHIFT_PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MIN, SHIFT_PROMPT_MAX)
+        return np.where(arrivals < SHIFT_AT, before, after)
+
+    return _shaped(seed, _steady(BASE_RATE), BASE_RATE, prompts)
 
 
 def idle_then_burst_rate(t: np.ndarray) -> np.ndarray:
@@ -98,14 +106,17 @@ def idle_then_burst(seed: int) -> list[TraceRequest]:
 
 
 def long_context(seed: int) -> list[TraceRequest]:
-    rng = np.random.default_rng(seed)
-    arrivals = _arrivals(rng, lambda t: np.full_like(t, LONG_CONTEXT_RATE), LONG_CONTEXT_RATE)
-    n = len(arrivals)
-    prompts = _lengths(
-        rng, n, LONG_CONTEXT_PROMPT_MEDIAN, LONG_CONTEXT_PROMPT_SIGMA, LONG_CONTEXT_PROMPT_MIN, LONG_CONTEXT_PROMPT_MAX
-    )
-    outputs = _lengths(rng, n, LONG_CONTEXT_OUTPUT_MEDIAN, OUTPUT_SIGMA, OUTPUT_MIN, OUTPUT_MAX)
-    return _trace(arrivals, prompts, outputs)
+    def prompts(rng: np.random.Generator, arrivals: np.ndarray) -> np.ndarray:
+        return _lengths(
+            rng,
+            len(arrivals),
+            LONG_CONTEXT_PROMPT_MEDIAN,
+            LONG_CONTEXT_PROMPT_SIGMA,
+            LONG_CONTEXT_PROMPT_MIN,
+            LONG_CONTEXT_PROMPT_MAX,
+        )
+
+    return _shaped(seed, _steady(LONG_CONTEXT_RATE), LONG_CONTEXT_RATE, prompts, LONG_CONTEXT_OUTPUT_MEDIAN)
 
 
 WORKLOADS: dict[str, Callable[[int], list[TraceRequest]]] = {
