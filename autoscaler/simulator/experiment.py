@@ -1,7 +1,9 @@
 """One comparison: a trace, a latency model, and every policy run against the same fleet.
 
-All policies get the same per-replica numbers: the capacity at the SLO from the latency model (infleet's policy,
-the static sizing) and the matching concurrency (KPA's target), so the comparison is of control logic alone.
+infleet's policy estimates a replica's capacity at the SLO from the token mix it observes (causal: it never sees the
+trace). `describe` is hindsight over the whole trace: the report's capacity figure, the static-peak size and KPA's
+concurrency target come from it, until the protocol's tuning on the tuning part replaces them
+(docs/autoscaler-evaluation.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from infleet.autoscaler.latency_model import LatencyModel
 from infleet.autoscaler.policy import ScalingSpec
 from infleet.autoscaler.simulator.baselines import HPA, KEDA, KPA, HPABehavior, Static
 from infleet.autoscaler.simulator.fleet import Policy, SimConfig, SimResult, simulate
-from infleet.autoscaler.simulator.infleet_policy import InfleetPolicy
+from infleet.autoscaler.simulator.infleet_policy import CausalCapacity, InfleetPolicy
 from infleet.autoscaler.simulator.trace import TraceRequest
 
 POLICIES = ("infleet", "hpa-gpu-util", "keda-queue", "knative-kpa", "static-peak", "static-oracle")
@@ -54,20 +56,26 @@ def describe(trace: Sequence[TraceRequest], model: LatencyModel, config: SimConf
     return Workload(capacity, max(concurrency, 1.0), float(per_minute.max()), prompt, output)
 
 
-def infleet_spec(workload: Workload, config: SimConfig, max_replicas: int = 64) -> ScalingSpec:
-    """The spec an operator would build: SLO and capacity from the deployment, everything else the defaults."""
-    return ScalingSpec(
-        min_replicas=1,
-        max_replicas=max_replicas,
-        capacity_tokens_per_second=workload.capacity,
-        ttft_slo=config.ttft_slo,
-        tpot_slo=config.tpot_slo,
-    )
+def infleet_spec(config: SimConfig, max_replicas: int = 64) -> ScalingSpec:
+    """The spec an operator would build: the SLO from the deployment, everything else the defaults. The capacity is
+    left out: the policy estimates it from the observed token mix (`causal_capacity`)."""
+    return ScalingSpec(min_replicas=1, max_replicas=max_replicas, ttft_slo=config.ttft_slo, tpot_slo=config.tpot_slo)
 
 
-def make_policy(name: str, workload: Workload, config: SimConfig, static_replicas: int | None = None) -> Policy:
+def causal_capacity(model: LatencyModel, config: SimConfig) -> CausalCapacity:
+    """The tier's latency profile at the deployment's SLO, asked about the mix the fleet reports."""
+
+    def at(prompt: float, output: float) -> float:
+        return model.capacity(prompt, output, config.tpot_slo, config.ttft_slo, config.max_batch_tokens)
+
+    return CausalCapacity(at)
+
+
+def make_policy(
+    name: str, workload: Workload, config: SimConfig, model: LatencyModel, static_replicas: int | None = None
+) -> Policy:
     if name == "infleet":
-        return InfleetPolicy(infleet_spec(workload, config))
+        return InfleetPolicy(infleet_spec(config), causal_capacity(model, config))
     if name == "hpa-gpu-util":
         return HPA(behavior=HPABehavior())
     if name == "keda-queue":
@@ -146,6 +154,6 @@ def compare(
         if name == "static-oracle":
             _, results[name] = oracle_static(run, config)
         else:
-            results[name] = run(make_policy(name, workload, config))
+            results[name] = run(make_policy(name, workload, config, model))
     summary = {name: summarize(r, config, price) for name, r in results.items()}
     return summary, results, workload

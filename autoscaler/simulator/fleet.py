@@ -7,7 +7,9 @@ requests and holds arrivals while no replica is ready (scale from zero). A new r
 a removed one stops taking requests and is billed until its in-flight requests finish (graceful termination).
 
 The control loop calls a policy every `interval` seconds with what Prometheus would show: p99 TTFT/TPOT over a
-window, queue depth, running requests, tokens/s, GPU busy fraction, and average concurrency (for Knative's KPA).
+window, queue depth, running requests, tokens/s, GPU busy fraction, average concurrency (for Knative's KPA), and the
+recent token mix. A policy sees these observations and nothing else: `Fleet.run` refuses a policy that holds the trace
+or any of its requests, and an observation has no trace to read (docs/autoscaler-evaluation.md, section 3).
 Everything is deterministic: the only randomness is a seeded jitter on cold starts.
 """
 
@@ -46,6 +48,19 @@ class FleetObservation:
     utilization: float  # mean busy fraction of ready replicas over the rate window
     concurrency_stable: float  # average in-flight requests over the last 60 s (KPA's stable window)
     concurrency_panic: float  # ... over the last 6 s (KPA's panic window)
+    # mean prompt and output tokens of the requests finished over the mix window (vLLM's request_prompt_tokens and
+    # request_generation_tokens histograms): the token mix a controller can know; None when none finished
+    prompt_tokens_per_request: float | None = None
+    output_tokens_per_request: float | None = None
+
+    def __getattr__(self, name: str) -> object:  # only reached for names the observation does not have
+        raise CausalityError(
+            f"FleetObservation has no {name!r}: a policy sees windowed metrics of the past only, never the trace"
+        )
+
+
+class CausalityError(AttributeError):
+    """A policy reached for something a controller could not know at that moment: the trace."""
 
 
 class Policy(Protocol):
@@ -67,6 +82,7 @@ class SimConfig:
     initial_replicas: int = 1
     quantile_window: float = 30.0  # the p99s' rate window (infleet's policy reads `[30s]` histograms)
     rate_window: float = 30.0
+    mix_window: float = 300.0  # the token mix's window: long enough to average a mix, short enough to follow a shift
     hold_timeout: float = 300.0  # a request held at the gateway longer than this fails
     drain_limit: float = 3600.0  # after the last arrival, give up on requests still unfinished
     seed: int = 0
@@ -176,6 +192,8 @@ class Fleet:
         self.token_cum: list[float] = [0.0]
         self.done_times: list[float] = []
         self.done_cum: list[float] = [0.0]
+        self.done_prompt_cum: list[float] = [0.0]
+        self.done_output_cum: list[float] = [0.0]
         self.busy_times: list[float] = []
         self.busy_cum: list[float] = [0.0]
         self.concurrency: deque[tuple[float, int]] = deque()
@@ -188,6 +206,7 @@ class Fleet:
         heapq.heappush(self.events, (when, next(self.seq), kind, payload))
 
     def run(self, trace: Sequence[TraceRequest]) -> SimResult:
+        refuse_trace_holders(self.policy, trace)
         w = self.config.warmup
         span = trace[-1].arrival if trace else 0.0
         lead = [r for r in trace if r.arrival >= span - w] if w > 0 else []
@@ -359,6 +378,8 @@ class Fleet:
         r.finish = self.now
         self.done_times.append(self.now)
         self.done_cum.append(self.done_cum[-1] + r.prompt + r.output)
+        self.done_prompt_cum.append(self.done_prompt_cum[-1] + r.prompt)
+        self.done_output_cum.append(self.done_output_cum[-1] + r.output)
         rep.kv_reserved -= r.prompt + r.output
         if r.output > 1:
             rep.context -= r.prompt + r.output
@@ -383,6 +404,10 @@ class Fleet:
         per_request = _windowed_sum(self.done_times, self.done_cum, since) / done if done else None
         busy = _windowed_sum(self.busy_times, self.busy_cum, self.now - cfg.rate_window)
         util = min(1.0, busy / (cfg.rate_window * len(ready))) if ready else 0.0
+        mix_since = self.now - cfg.mix_window
+        mixed = len(self.done_times) - bisect_left(self.done_times, mix_since)
+        prompt = _windowed_sum(self.done_times, self.done_prompt_cum, mix_since) / mixed if mixed else None
+        output = _windowed_sum(self.done_times, self.done_output_cum, mix_since) / mixed if mixed else None
         stable = [c for t, c in self.concurrency]
         panic = [c for t, c in self.concurrency if t >= self.now - 6]
         return FleetObservation(
@@ -399,6 +424,8 @@ class Fleet:
             utilization=util,
             concurrency_stable=sum(stable) / len(stable) if stable else 0.0,
             concurrency_panic=sum(panic) / len(panic) if panic else 0.0,
+            prompt_tokens_per_request=prompt,
+            output_tokens_per_request=output,
         )
 
     def _control(self) -> None:
@@ -430,6 +457,32 @@ class Fleet:
             rep.state = "draining"
             if rep.outstanding == 0:
                 rep.state, rep.stopped = "stopped", self.now
+
+
+def refuse_trace_holders(policy: object, trace: Sequence[TraceRequest]) -> None:
+    """Raise CausalityError if `policy` holds the trace, or any request of it, within a few attribute hops."""
+
+    def look(value: object, where: str, depth: int) -> None:
+        if value is trace or isinstance(value, TraceRequest):
+            raise CausalityError(
+                f"policy {getattr(policy, 'name', type(policy).__name__)!r} holds the trace ({where}): "
+                "a policy may see only the fleet's observations"
+            )
+        if depth == 0 or isinstance(value, str | bytes | int | float | bool | type(None)):
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                look(item, f"{where}[{key!r}]", depth - 1)
+        elif isinstance(value, list | tuple | set | frozenset | deque):
+            for i, item in enumerate(value):
+                look(item, f"{where}[{i}]", depth - 1)
+                if i >= 1000:  # a long history of the policy's own numbers: its head tells
+                    break
+        elif hasattr(value, "__dict__"):
+            for key, item in vars(value).items():
+                look(item, f"{where}.{key}", depth - 1)
+
+    look(policy, "policy", 4)
 
 
 def _windowed_sum(times: list[float], cum: list[float], since: float) -> float:

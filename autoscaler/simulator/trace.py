@@ -97,3 +97,32 @@ def _tokens(value: object, minimum: int) -> int:
     if count < minimum:
         raise ValueError(f"token count {count} is below {minimum}")
     return count
+
+
+# docs/autoscaler-evaluation.md, section 2: the first 60% of a trace's time span tunes, the rest evaluates
+TUNING_FRACTION = 0.6
+
+
+@dataclass(frozen=True)
+class Split:
+    tuning: list[TraceRequest]  # arrivals before the cut, as in the trace
+    evaluation: list[TraceRequest]  # arrivals at or after the cut, moved so the part starts at 0
+    cut: float  # the cut, in the trace's own seconds
+
+
+def split(trace: list[TraceRequest], tuning_fraction: float = TUNING_FRACTION) -> Split:
+    """Cut a trace by time into its tuning part and its evaluation part (never by request count: a burst must not
+    move the cut)."""
+    if not 0 < tuning_fraction < 1:
+        raise TraceError(f"the tuning fraction must be in (0, 1), got {tuning_fraction}")
+    if not trace:
+        raise TraceError("cannot split an empty trace")
+    ordered = sorted(trace, key=lambda r: r.arrival)
+    first, last = ordered[0].arrival, ordered[-1].arrival
+    cut = first + tuning_fraction * (last - first)
+    tuning = [r for r in ordered if r.arrival < cut]
+    rest = [r for r in ordered if r.arrival >= cut]
+    if not tuning or not rest:
+        raise TraceError(f"the cut at {cut:g}s leaves a part empty: a trace needs arrivals at more than one time")
+    evaluation = [TraceRequest(r.arrival - rest[0].arrival, r.prompt_tokens, r.output_tokens) for r in rest]
+    return Split(tuning, evaluation, cut)

@@ -103,7 +103,7 @@ def run(policy_name: str, seed: int = 0, trace: list[TraceRequest] | None = None
     trace = trace or bursty_trace()
     config = SimConfig(seed=seed, cold_start=20)
     workload = describe(trace, L4_8B, config)
-    return simulate(trace, L4_8B, make_policy(policy_name, workload, config), config), config
+    return simulate(trace, L4_8B, make_policy(policy_name, workload, config, L4_8B), config), config
 
 
 def test_deterministic_for_a_seed() -> None:
@@ -147,7 +147,7 @@ def test_failures_are_counted_not_lost() -> None:
 def test_scale_from_zero_serves_held_requests() -> None:
     trace = [TraceRequest(float(i), 500, 20) for i in range(20)]
     config = SimConfig(initial_replicas=0, cold_start=15, cold_start_jitter=0)
-    spec_policy = make_policy("infleet", describe(trace, L4_8B, config), config)
+    spec_policy = make_policy("infleet", describe(trace, L4_8B, config), config, L4_8B)
     spec_policy.spec = type(spec_policy.spec)(min_replicas=0, max_replicas=4)  # type: ignore[attr-defined]
     result = simulate(trace, L4_8B, spec_policy, config)
     assert result.failed == 0
