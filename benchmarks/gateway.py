@@ -155,21 +155,29 @@ def measure(kind: str, requests: int, concurrency: int, rounds: int) -> dict[str
     gateway = start_gateway(upstream.url)
     try:
         lat: dict[str, list[float]] = {"direct": [], "gateway": []}
+        p50s: dict[str, list[float]] = {"direct": [], "gateway": []}
         rps: dict[str, list[float]] = {"direct": [], "gateway": []}
+        load = [os.getloadavg()[0]]
         per_round = max(1, requests // rounds)
         for _ in range(rounds):  # alternate, so drift on the shared machine hits both sides alike
             for side, url in (("direct", upstream.url), ("gateway", gateway.url)):
-                lat[side] += asyncio.run(sequential(url, per_round))
+                latencies = asyncio.run(sequential(url, per_round))
+                lat[side] += latencies
+                p50s[side].append(1000 * statistics.median(latencies))
                 rps[side].append(asyncio.run(closed_loop(url, per_round, concurrency)))
+            load.append(os.getloadavg()[0])
     finally:
         gateway.stop()
         upstream.stop()
-    result: dict[str, Any] = {"requests": per_round * rounds, "concurrency": concurrency}
+    result: dict[str, Any] = {"requests": per_round * rounds, "concurrency": concurrency, "rounds": rounds}
+    result["load_average"] = {"min": min(load), "max": max(load), "samples": load}
     for side in ("direct", "gateway"):
         result[side] = {
             "p50_ms": 1000 * quantile(lat[side], 0.50),
             "p99_ms": 1000 * quantile(lat[side], 0.99),
+            "round_p50_ms": {"min": min(p50s[side]), "max": max(p50s[side]), "each": p50s[side]},
             "requests_per_second": statistics.median(rps[side]),
+            "round_requests_per_second": {"min": min(rps[side]), "max": max(rps[side]), "each": rps[side]},
         }
     result["added_p50_ms"] = result["gateway"]["p50_ms"] - result["direct"]["p50_ms"]
     result["added_p99_ms"] = result["gateway"]["p99_ms"] - result["direct"]["p99_ms"]
@@ -197,15 +205,20 @@ def main() -> int:
         d, g = r["direct"], r["gateway"]
         print(f"   {'':8} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>9}")
         for side, v in (("direct", d), ("gateway", g)):
-            print(f"   {side:8} {v['p50_ms']:9.2f} {v['p99_ms']:9.2f} {v['requests_per_second']:9.1f}")
+            lo, hi = v["round_requests_per_second"]["min"], v["round_requests_per_second"]["max"]
+            print(
+                f"   {side:8} {v['p50_ms']:9.2f} {v['p99_ms']:9.2f} {v['requests_per_second']:9.1f} ({lo:.0f}-{hi:.0f})"
+            )
         print(
             f"   added latency p50 {r['added_p50_ms']:+.2f} ms, p99 {r['added_p99_ms']:+.2f} ms; "
-            f"gateway/direct req/s {r['throughput_ratio']:.2f}x",
+            f"gateway/direct req/s {r['throughput_ratio']:.2f}x; load average "
+            f"{r['load_average']['min']:.1f}-{r['load_average']['max']:.1f}",
             flush=True,
         )
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "gateway.json"
-    out.write_text(json.dumps({"machine": f"{os.cpu_count()} cores, shared", **results}, indent=2))
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out.write_text(json.dumps({"machine": f"{os.cpu_count()} cores, shared", "when": when, **results}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
