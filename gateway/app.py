@@ -177,7 +177,7 @@ class Gateway:
                 break  # only the second attempt may wait for a new replica; later ones need an untried one
             if attempt:
                 self.metrics.retries.labels(**labels).inc()
-            deployment, endpoint, release = await self._pick(deployment, prompt, tried)
+            deployment, endpoint, release = await self._pick(deployment, prompt, tried, labels)
             upstream: httpx.Response | None = None
             handed_off = False  # a relayed stream owns the upstream: its clean-up closes it and releases the replica
             try:
@@ -205,10 +205,9 @@ class Gateway:
         raise GatewayError(502, f"no replica of {deployment.served_name!r} answered ({failure})", code="bad_gateway")
 
     async def _pick(
-        self, deployment: Deployment, prompt: str | None, tried: list[Endpoint]
+        self, deployment: Deployment, prompt: str | None, tried: list[Endpoint], labels: dict[str, str]
     ) -> tuple[Deployment, Endpoint, Callable[[], Awaitable[None]]]:
         """A ready replica not tried yet (held while the deployment has none), counted as busy until `release`."""
-        labels = {"namespace": deployment.namespace, "deployment": deployment.name}
         try:
             deployment = await self.activator.endpoints(deployment, exclude=tried)
         except ModelStarting as e:

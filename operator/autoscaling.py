@@ -42,7 +42,7 @@ from infleet.api import durations
 from infleet.api.conditions import now_iso
 from infleet.autoscaler import cost, policy, profiles, tiers
 from infleet.operator import api, checks, resources, status
-from infleet.operator.handlers import IDEP, GpuNodes, GroupSets, kube_of, roll_out_tier
+from infleet.operator.handlers import IDEP, GpuNodes, GroupSets, roll_out_tier
 from infleet.operator.kube import KubeError
 from infleet.operator.kube import path as kube_path
 from infleet.operator.state import OperatorState
@@ -283,7 +283,7 @@ async def autoscale(
             new_tier = tier_decision.tier
         # always sent while auto: this manager keeps owning the field, so it never vanishes between writers
         patch_status["tier"] = new_tier or current_tier
-    kube = kube_of(memo)
+    kube = memo.client()
     try:
         patch = api.InferenceDeploymentStatus.patch(patch_status)
         written = await kube.apply_status(namespace, name, patch, STATUS_MANAGER)

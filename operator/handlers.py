@@ -27,7 +27,7 @@ import kopf
 import pydantic
 
 from infleet.operator import api, metrics, reconcile, resources, status
-from infleet.operator.kube import Kube, KubeError
+from infleet.operator.kube import KubeError
 from infleet.operator.state import OperatorState
 
 IDEP = (api.GROUP, api.VERSION, api.PLURAL)
@@ -42,10 +42,6 @@ GroupSets = kopf.Index[Any, dict[str, Any]]  # (namespace, owner name) -> its gr
 
 def backoff(retry: int) -> float:
     return float(min(MAX_BACKOFF, 2 ** min(retry, 9)))
-
-
-def kube_of(memo: OperatorState) -> Kube:
-    return memo.client()
 
 
 # ---- indexes ----------------------------------------------------------------------------------------------------
@@ -104,7 +100,7 @@ async def run_reconcile(
         async with memo.lock((ns, name)), memo.slots:
             started = time.perf_counter()  # the time spent working, not queueing for a slot
             sets = list(group_sets.get((ns, name), []))
-            outcome = await reconcile.reconcile(kube_of(memo), body, _node_gpus(gpu_nodes), sets)
+            outcome = await reconcile.reconcile(memo.client(), body, _node_gpus(gpu_nodes), sets)
             # recorded before the lock goes: a workload event that waits on it then sees our own change as ours
             for obj in outcome.applied:
                 om = obj["metadata"]
@@ -139,7 +135,7 @@ async def _mark_degraded(memo: OperatorState, body: Mapping[str, Any], reason: s
     kopf.warn(cast(kopf.Body, body), reason=reason, message=message)
     with contextlib.suppress(KubeError):  # the condition is a courtesy; the PermanentError is logged anyway
         patch = api.InferenceDeploymentStatus.patch({"conditions": conditions})
-        await kube_of(memo).apply_status(meta["namespace"], meta["name"], patch)
+        await memo.client().apply_status(meta["namespace"], meta["name"], patch)
 
 
 @kopf.on.resume(*IDEP, id="reconcile")
@@ -183,7 +179,7 @@ async def refresh_workload_status(memo: OperatorState, body: Mapping[str, Any], 
     ns, name = meta["namespace"], meta["name"]
     spec, want, _ = reconcile.plan(body, _node_gpus(gpu_nodes))
     owner = reconcile.owner_of(body)
-    kube = kube_of(memo)
+    kube = memo.client()
     try:
         if want.layout.grouped:
             workloads = await kube.list("StatefulSet", ns, reconcile.owned_selector(owner))
@@ -313,7 +309,7 @@ async def _write_status(memo: OperatorState, body: Mapping[str, Any], new_status
     memo.workload_written.pop((meta["namespace"], meta["name"]), None)  # a reconcile may write replica fields too
     try:
         patch = api.InferenceDeploymentStatus.patch(new_status)
-        await kube_of(memo).apply_status(meta["namespace"], meta["name"], patch)
+        await memo.client().apply_status(meta["namespace"], meta["name"], patch)
     except KubeError as err:
         raise kopf.TemporaryError(f"writing status: {err}", delay=backoff(0)) from err
 
@@ -425,7 +421,7 @@ async def label_rank(type: str, body: kopf.Body, memo: OperatorState, **_: Any) 
     url = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
     patch = {"metadata": {"labels": {resources.LABEL_RANK: index}}}
     try:
-        await kube_of(memo).request("PATCH", url, kind="Pod", body=patch, content_type="application/merge-patch+json")
+        await memo.client().request("PATCH", url, kind="Pod", body=patch, content_type="application/merge-patch+json")
     except KubeError as err:
         if err.status not in (404, 409):
             raise
@@ -469,7 +465,7 @@ async def restart_group(type: str, body: kopf.Body, memo: OperatorState, logger:
     if now - memo.group_restarted_at.get((ns, sts), -GROUP_RESTART_COOLDOWN) < GROUP_RESTART_COOLDOWN:
         return
     memo.group_restarted_at[(ns, sts)] = now
-    kube = kube_of(memo)
+    kube = memo.client()
     labels = body["metadata"].get("labels") or {}
     selector = ",".join(
         f"{k}={labels[k]}" for k in (resources.LABEL_DEPLOYMENT, resources.LABEL_GROUP, resources.LABEL_REVISION)

@@ -291,8 +291,6 @@ def _same(previous: Mapping[str, Any] | None, patch: Mapping[str, Any], st: Mapp
 
 async def tick(memo: OperatorState) -> None:
     """One snapshot for the whole fleet, every deployment's status from it (`OperatorState.start_loop`)."""
-    if memo.kube is None:
-        return
     reader = memo.reader
     snap = await reader.snapshot() if reader else Snapshot(time.time(), error="the operator has no --prometheus-url")
     await observe_fleet(memo, snap)
