@@ -52,7 +52,8 @@ test-unit: install
 
 # The whole suite but the exhaustive matrices, which `make test-all` adds, and the built images (`make test-images`).
 test: setup lint typecheck
-	$(PY) -m pytest -m "not exhaustive and not images" $(PYTEST_ARGS)
+	@# the slowest tests are printed so that the suite's time can be watched from any CI log
+	$(PY) -m pytest -m "not exhaustive and not images" --durations=40 $(PYTEST_ARGS)
 
 # The operator, gateway and runtime (CPU) images, built with podman on a Debian base made here (cluster/images.py; cached by inputs).
 images:
