@@ -265,6 +265,12 @@ class LLMEngine:
                 seqs[i].logprobs.append(lp)
         self.scheduler.postprocess(batch, samplers, tokens)
         outputs = [self._output(entry.seq) for entry in samplers]
+        last = {o.request_id: i for i, o in enumerate(outputs) if o.request_done}
+        for i, o in enumerate(outputs):
+            o.request_done = last.get(o.request_id) == i  # a request ends once, with its last output
+        for request_id in last:
+            parent = self.requests.pop(request_id)
+            self._report_finished(parent, max(c.last_token_time or 0.0 for c in parent.choices) or time.monotonic())
         self._report_step()
         return outputs
 
@@ -304,9 +310,6 @@ class LLMEngine:
         seq.emitted = max(seq.emitted, end)
         parent = self.requests.get(seq.request_id, seq)
         done = finished and all(c.finish_reason is not None for c in parent.choices)
-        if done:
-            self.requests.pop(seq.request_id, None)
-            self._report_finished(parent, seq.last_token_time or time.monotonic())
         first = seq.num_output_tokens == 1
         return RequestOutput(
             seq.request_id, seq.token_ids[-1:], new_text, finished, seq.finish_reason, seq.prompt_len,
