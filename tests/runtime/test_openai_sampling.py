@@ -9,8 +9,12 @@ the log-probabilities the server reports, and its greedy tokens the tokens the s
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -123,6 +127,15 @@ def greedy_reference(hf: Any, prompt: list[int], steps: int, fields: dict[str, A
     return found
 
 
+def same_logprobs(a: list[Any], b: list[Any]) -> bool:
+    """Chat logprob entries alike: the same tokens, values equal up to float32 noise (a prefix-cache hit computes
+    the prompt in other batch shapes)."""
+    flat = [[(e.token, e.logprob, [(t.token, t.logprob) for t in e.top_logprobs]) for e in x] for x in (a, b)]
+    tokens = [[(t, [tt for tt, _ in top]) for t, _, top in x] for x in flat]
+    values = [[v for _, lp, top in x for v in (lp, *(vv for _, vv in top))] for x in flat]
+    return tokens[0] == tokens[1] and values[0] == pytest.approx(values[1], abs=1e-4)
+
+
 def text_of(engine: LLMEngine, token_id: int) -> str:
     return str(engine.tokenizer.decode([token_id], skip_special_tokens=False))
 
@@ -223,7 +236,8 @@ def test_n_choices_seeded(client: openai.OpenAI) -> None:
     assert [c.index for c in three.choices] == [0, 1, 2]
     assert len({c.text for c in three.choices}) == 3  # each choice draws with its own generator
     assert three.usage.completion_tokens == 24
-    assert client.completions.create(n=3, seed=11, **ask).choices == three.choices  # same seed, same choices
+    again = client.completions.create(n=3, seed=11, **ask).choices
+    assert [c.text for c in again] == [c.text for c in three.choices]  # same seed, same choices
     assert client.completions.create(seed=11, **ask).choices[0].text == three.choices[0].text  # choice 0: seed
     chunks = list(client.completions.create(n=3, seed=11, stream=True, stream_options={"include_usage": True}, **ask))
     texts = {i: "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in range(3)}
@@ -257,7 +271,7 @@ def test_chat_stream_with_logprobs_and_usage(client: openai.OpenAI) -> None:
         assert mine[0].delta.role == "assistant"
         assert "".join(c.delta.content or "" for c in mine) == whole.choices[i].message.content
         streamed = [t for c in mine if c.logprobs for t in c.logprobs.content]
-        assert streamed == whole.choices[i].logprobs.content
+        assert same_logprobs(streamed, whole.choices[i].logprobs.content)
     assert chunks[-1].usage == whole.usage and whole.usage.completion_tokens == 12
 
 
@@ -313,3 +327,58 @@ def test_feature_metrics_count_each_request_once(client: openai.OpenAI, server: 
     after = feature_counts(server)
     changed = {k: after[k] - before[k] for k in after if after[k] != before[k]}
     assert changed == {"n": 1, "echo": 1, "logprobs": 1, "seed": 1}
+
+
+# --- once through the gateway ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gateway(server: str) -> Iterator[str]:
+    """`python -m infleet.gateway run` in front of the server: the fleet's real entrypoint."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "infleet.gateway", "run", "--host", "127.0.0.1", "--port", str(port),
+           "--upstream", f"{SERVED}={server}"]  # fmt: skip
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_every_field_through_the_gateway(gateway: str, client: openai.OpenAI) -> None:
+    via = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=120)
+    ask = dict(
+        model=SERVED, prompt=PROMPT, max_tokens=5, n=2, seed=9, temperature=0.8, echo=True, logprobs=2,
+        presence_penalty=0.3, frequency_penalty=0.2, logit_bias={"17": -5}, extra_body={"repetition_penalty": 1.1},
+    )  # fmt: skip
+    through, direct = via.completions.create(**ask).choices, client.completions.create(**ask).choices
+    assert [c.text for c in through] == [c.text for c in direct] and len(through) == 2
+    for a, b in zip(through, direct, strict=True):
+        assert a.logprobs.tokens == b.logprobs.tokens and a.logprobs.text_offset == b.logprobs.text_offset
+        assert a.logprobs.token_logprobs[1:] == pytest.approx(b.logprobs.token_logprobs[1:], abs=1e-4)
+    chat = dict(model=SERVED, messages=[{"role": "user", "content": PROMPT}], max_tokens=4, temperature=0, n=2)
+    chunks = list(
+        via.chat.completions.create(
+            logprobs=True, top_logprobs=1, stream=True, stream_options={"include_usage": True}, **chat
+        )
+    )
+    whole = client.chat.completions.create(logprobs=True, top_logprobs=1, **chat)
+    assert chunks[-1].usage == whole.usage
+    streamed = [t for c in chunks if c.choices and c.choices[0].index == 1 for t in c.choices[0].logprobs.content]
+    assert same_logprobs(streamed, whole.choices[1].logprobs.content)
+    tokens = httpx.post(f"{gateway}/tokenize", json={"model": SERVED, "prompt": PROMPT}).json()["tokens"]
+    assert httpx.post(f"{gateway}/detokenize", json={"model": SERVED, "tokens": tokens}).json() == {"prompt": PROMPT}
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        via.chat.completions.create(logprobs=True, top_logprobs=50, **chat)
