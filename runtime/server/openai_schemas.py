@@ -153,7 +153,8 @@ class CompletionRequest(SamplingFields):
     @field_validator("prompt", mode="before")
     @classmethod
     def _one_prompt(cls, v: Any) -> Any:
-        """OpenAI also takes a list of prompts; one is fine, more would need n>1 semantics."""
+        """OpenAI also takes a list of prompts; a list of one is unwrapped, more are refused (one prompt a request:
+        its choices are `n`)."""
         if isinstance(v, list) and v and isinstance(v[0], str | list):
             if len(v) != 1:
                 raise ValueError("only one prompt per request is supported")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,9 @@ PROMPT = "The quick brown fox jumps over the lazy dog while the cat watches from
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> tuple[Path, Any]:
+def tiny(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any, save_hf_layout: Callable[[Any, Path], None]
+) -> tuple[Path, Any]:
     """A random two-layer Llama saved in the Hugging Face layout, weights scaled so greedy choices are clear-cut."""
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
@@ -51,11 +52,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> tu
             if p.dim() == 2:
                 p.normal_(0.0, 0.5 if "embed" in name else 2.0 / p.shape[1] ** 0.5)
     path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path, safe_serialization=True)
-    smollm2_tokenizer.hf.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(
-        json.dumps({"chat_template": smollm2_tokenizer.chat_template, "eos_token": "<|im_end|>", "bos_token": None})
-    )
+    save_hf_layout(model, path)
     return path, model
 
 
