@@ -160,3 +160,16 @@ def test_a_failure_mid_stream_becomes_an_error_event_then_done() -> None:
     error = json.loads(chunks[1][6:])["error"]
     assert error["message"] == "generation failed: engine step failed: out of memory" and error["type"]
     assert chunks[2:] == [sse.DONE]
+
+
+def test_kserve_sampling_parameters_take_the_penalties() -> None:
+    from pydantic import ValidationError
+
+    from infleet.runtime.server.kserve import SamplingParameters
+
+    sampling = SamplingParameters.model_validate({"presence_penalty": "0.5", "repetition_penalty": 1.2})
+    kwargs = sampling.sampling_kwargs(4)
+    assert kwargs["presence_penalty"] == 0.5 and kwargs["repetition_penalty"] == 1.2
+    assert kwargs["frequency_penalty"] == 0.0
+    with pytest.raises(ValidationError, match="frequency_penalty"):
+        SamplingParameters.model_validate({"frequency_penalty": 3})
