@@ -172,6 +172,8 @@ def test_completion_echo_gives_the_prompts_logprobs(client: openai.OpenAI, tiny,
     assert all(len(top) == 2 for top in lp.top_logprobs[1:])
     assert r.choices[0].text == engine.tokenizer.decode(prompt) + text_of(engine, new)
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    again = client.completions.create(model=SERVED, prompt=prompt, max_tokens=1, temperature=0, echo=True, logprobs=2)
+    assert again.choices[0].logprobs.tokens == lp.tokens  # the prompt's blocks are cached now: echo does not use them
 
 
 def test_penalties_and_bias_follow_their_formulas(client: openai.OpenAI, tiny, engine) -> None:
@@ -225,6 +227,22 @@ def test_n_choices_fork_after_prefill_and_share_the_prompts_blocks(engine: LLMEn
     assert shared is not None
     assert outs == {0: alone, 1: alone, 2: alone}  # greedy: every choice is the request alone
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_forked_choices_survive_preemption(engine: LLMEngine) -> None:
+    """Too few KV blocks for four choices at once: some are preempted and recomputed, and still answer alike."""
+    small = LLMEngine(engine.model, engine.config, engine.tokenizer, EngineConfig(max_model_len=128, num_kv_blocks=9))
+    prompt = engine.tokenizer.encode(PROMPT * 2)[:40]
+    greedy = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    alone = small.generate([prompt], greedy)[0]
+    small.add_request("crowded", prompt, SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True, n=4))
+    outs: dict[int, list[int]] = {}
+    while small.has_unfinished():
+        for o in small.step():
+            outs.setdefault(o.index, []).extend(o.new_token_ids)
+    assert small.scheduler.num_preemptions > 0
+    assert outs == {i: alone for i in range(4)}
+    assert small.block_manager.num_free_blocks == small.block_manager.num_blocks
 
 
 def test_n_choices_seeded(client: openai.OpenAI) -> None:
