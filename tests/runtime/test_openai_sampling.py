@@ -176,6 +176,17 @@ def test_completion_echo_gives_the_prompts_logprobs(client: openai.OpenAI, tiny,
     assert again.choices[0].logprobs.tokens == lp.tokens  # the prompt's blocks are cached now: echo does not use them
 
 
+def test_completion_stream_with_echo_and_logprobs(client: openai.OpenAI) -> None:
+    ask = dict(model=SERVED, prompt=PROMPT, max_tokens=6, temperature=0, echo=True, logprobs=1)
+    whole = client.completions.create(**ask).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(stream=True, **ask) if c.choices]
+    assert chunks[0].text.startswith(PROMPT) and "".join(c.text for c in chunks) == whole.text
+    assert [t for c in chunks for t in c.logprobs.tokens] == whole.logprobs.tokens
+    assert [o for c in chunks for o in c.logprobs.text_offset] == whole.logprobs.text_offset
+    streamed = [v for c in chunks for v in c.logprobs.token_logprobs]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(whole.logprobs.token_logprobs[1:], abs=1e-4)
+
+
 def test_penalties_and_bias_follow_their_formulas(client: openai.OpenAI, tiny, engine) -> None:
     prompt = engine.tokenizer.encode(PROMPT)
     steps = 8
