@@ -9,7 +9,9 @@ A request with `n` > 1 choices is prefilled once. When its prompt is computed, t
 other choice is a new sequence whose block table shares the prompt's full KV blocks (reference counts, no copy)
 and which draws its first token from the same prompt logits with its own generator (seed + index when seeded).
 Only the prompt's last, partly filled block is not shared, since every choice writes its own next token there:
-each fork recomputes those few tokens (fewer than a block) with its first decode.
+each fork recomputes those few tokens (fewer than a block) with its first decode. Forks join the running batch at
+once (a request is admitted whole, so they may take it past `max_num_seqs` for a while; new requests then wait), and
+like any sequence they are preempted and recomputed when blocks run out.
 """
 
 from __future__ import annotations
