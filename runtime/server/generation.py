@@ -56,12 +56,12 @@ def make_params(kwargs: dict[str, Any], max_model_len: int, prompt_len: int) -> 
     return params
 
 
-def usage(out: RequestOutput | Finished) -> dict[str, int]:
-    """OpenAI's `usage` object."""
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's `usage` object; `completion_tokens` counts every choice's."""
     return {
-        "prompt_tokens": out.prompt_tokens,
-        "completion_tokens": out.completion_tokens,
-        "total_tokens": out.prompt_tokens + out.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
 
 
@@ -77,9 +77,6 @@ class Finished:
     index: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] | None = None
-
-    def usage(self) -> dict[str, int]:
-        return usage(self)
 
 
 class Generation:

@@ -29,6 +29,7 @@ from infleet.runtime.server.generation import (
     new_request_id,
     start,
     until_disconnect,
+    usage,
 )
 from infleet.runtime.server.openai_schemas import (
     ChatCompletionRequest,
@@ -108,11 +109,8 @@ async def respond_json(
     finished = None if generation is None else await until_disconnect(request, generation.collect_choices)
     if finished is None:
         return Response(status_code=499)  # the client left; nobody reads this
-    prompt_tokens = finished[0].prompt_tokens
-    completion_tokens = sum(f.completion_tokens for f in finished)
-    total = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
-    body = {**job.header(object_name), "choices": [choice(job, f) for f in finished]}
-    return JSONResponse({**body, "usage": {**total, "total_tokens": prompt_tokens + completion_tokens}})
+    counts = usage(finished[0].prompt_tokens, sum(f.completion_tokens for f in finished))
+    return JSONResponse({**job.header(object_name), "choices": [choice(job, f) for f in finished], "usage": counts})
 
 
 async def respond_stream(
@@ -148,9 +146,7 @@ async def sse_chunks(
                 event["usage"] = None
             yield sse.event(event)
         if include_usage and completion:
-            total = sum(completion.values())
-            counts = {"prompt_tokens": prompt_tokens, "completion_tokens": total}
-            yield sse.event({**head, "choices": [], "usage": {**counts, "total_tokens": prompt_tokens + total}})
+            yield sse.event({**head, "choices": [], "usage": usage(prompt_tokens, sum(completion.values()))})
     except APIError as e:
         yield sse.event(e.openai_body())
     except Exception as e:  # the client must hear about it; the engine request is already aborted
