@@ -351,7 +351,7 @@ def _count(gateway: Gateway, deployment: Deployment | None, status: int) -> None
 
 
 async def openai_request(request: Request) -> Response:
-    """POST /v1/completions and /v1/chat/completions."""
+    """POST /v1/completions, /v1/chat/completions, /tokenize and /detokenize: routed by the body's model."""
     gateway = _gateway(request)
     deployment = None
     try:
@@ -456,6 +456,8 @@ def build_app(
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/completions", openai_request, methods=["POST"]),
             Route("/v1/chat/completions", openai_request, methods=["POST"]),
+            Route("/tokenize", openai_request, methods=["POST"]),  # vLLM's utility endpoints, routed by model too
+            Route("/detokenize", openai_request, methods=["POST"]),
             Route("/v2", server_metadata, methods=["GET"]),
             Route("/v2/health/live", health, methods=["GET"]),
             Route("/v2/health/ready", health, methods=["GET"]),

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
-from infleet.api.metrics import INFLEET, REQUEST_BUCKETS
+from infleet.api.metrics import FEATURES, INFLEET, REQUEST_BUCKETS, REQUEST_FEATURES
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -92,6 +92,12 @@ class RuntimeMetrics:
             (*labels, "finish_reason"),
             registry=r,
         )
+        self._features = Counter(
+            counter(REQUEST_FEATURES),
+            "Requests accepted, by each optional API feature they use (n > 1, logprobs, penalties, ...).",
+            (*labels, "feature"),
+            registry=r,
+        )
         # vLLM's `*_info` convention: a constant 1 whose labels say how the model computes (set once loaded)
         self._info = Gauge(
             "infleet_runtime_info",
@@ -112,6 +118,8 @@ class RuntimeMetrics:
             metric.labels(*self._labels)
         for reason in ("stop", "length", "abort"):
             self._success.labels(*self._labels, reason)
+        for feature in FEATURES:
+            self._features.labels(*self._labels, feature)
         if self._execution:
             self._info.labels(*self._labels, *(self._execution[k] for k in EXECUTION_LABELS)).set(1)
 
@@ -123,7 +131,7 @@ class RuntimeMetrics:
 
     def rename(self, model_name: str) -> None:
         """Relabel with the name clients use, once the model is loaded (before any traffic)."""
-        for metric in (*self._all, self._success, self._info):
+        for metric in (*self._all, self._success, self._info, self._features):
             metric.clear()
         self.model_name = model_name
         self._export_zeros()
@@ -162,6 +170,11 @@ class RuntimeMetrics:
             itl.observe(gap)
         self._e2e.labels(*labels).observe(e2e)
         self._success.labels(*labels, finish_reason).inc()
+
+    def request_features(self, features: Iterable[str]) -> None:
+        """An accepted request that uses these optional features (names from `infleet.api.metrics.FEATURES`)."""
+        for feature in features:
+            self._features.labels(*self._labels, feature).inc()
 
     def prefix_cache(self, queries: int, hits: int) -> None:
         """Prompt tokens looked up in / served from the prefix cache since the last call."""

@@ -137,3 +137,17 @@ DEPLOYMENT_SLO_THRESHOLD = "infleet_deployment_slo_threshold_seconds"
 DEPLOYMENT_SLO_OBJECTIVE = "infleet_deployment_slo_objective_ratio"
 DEPLOYMENT_SLO_BUDGET_PERIOD = "infleet_deployment_slo_budget_period_seconds"
 DEPLOYMENT_COST_LIMIT = "infleet_deployment_max_cost_per_million_tokens"
+
+# requests by the optional API features they use (label `feature`), counted by the runtime's OpenAI server
+REQUEST_FEATURES = "infleet_request_features_total"
+FEATURE_N = "n"  # n > 1 choices
+FEATURE_LOGPROBS = "logprobs"  # logprobs (completions) or logprobs/top_logprobs (chat)
+FEATURE_ECHO = "echo"  # completions' echo
+FEATURE_PENALTIES = "penalties"  # presence, frequency or repetition penalty
+FEATURE_LOGIT_BIAS = "logit_bias"
+FEATURE_SEED = "seed"
+FEATURE_STREAM_USAGE = "stream_usage"  # stream_options.include_usage
+FEATURES = (
+    FEATURE_N, FEATURE_LOGPROBS, FEATURE_ECHO, FEATURE_PENALTIES, FEATURE_LOGIT_BIAS, FEATURE_SEED,
+    FEATURE_STREAM_USAGE,
+)  # fmt: skip

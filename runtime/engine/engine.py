@@ -4,6 +4,14 @@ One step, as in nano-vllm: the scheduler picks sequences and token counts, the m
 forward pass, the sampler draws a token for every sequence that reached its end, the scheduler's `postprocess`
 appends each token and ends the sequences that are done, and each one's text delta is handed out (text that could
 still become a stop string is held back until it cannot).
+
+A request with `n` > 1 choices is prefilled once. When its prompt is computed, the engine forks it (`_fork`): each
+other choice is a new sequence whose block table shares the prompt's full KV blocks (reference counts, no copy)
+and which draws its first token from the same prompt logits with its own generator (seed + index when seeded).
+Only the prompt's last, partly filled block is not shared, since every choice writes its own next token there:
+each fork recomputes those few tokens (fewer than a block) with its first decode. Forks join the running batch at
+once (a request is admitted whole, so they may take it past `max_num_seqs` for a while; new requests then wait), and
+like any sequence they are preempted and recomputed when blocks run out.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,8 +32,8 @@ from infleet.runtime.engine.kv_cache import BlockManager
 from infleet.runtime.engine.memory import kv_cache_budget
 from infleet.runtime.engine.memory import num_kv_blocks as fit_kv_blocks
 from infleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_token
-from infleet.runtime.engine.sampler import SamplingParams, sample
-from infleet.runtime.engine.scheduler import Scheduler
+from infleet.runtime.engine.sampler import SamplingParams, TokenLogprob, draw, process, token_logprobs
+from infleet.runtime.engine.scheduler import ScheduledSequence, Scheduler
 from infleet.runtime.engine.sequence import Sequence
 from infleet.runtime.model.llama import LlamaForCausalLM
 from infleet.runtime.tokenizer import Tokenizer
@@ -47,7 +55,11 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None  # "stop" | "length" | "abort"
     prompt_tokens: int
-    completion_tokens: int  # cumulative
+    completion_tokens: int  # cumulative, this choice's
+    index: int = 0  # the choice (n > 1) this output belongs to
+    request_done: bool = True  # every choice of the request has finished (n = 1: the same as `finished`)
+    new_logprobs: list[TokenLogprob] = field(default_factory=list)  # for new_token_ids, when asked for
+    prompt_logprobs: list[TokenLogprob] | None = None  # once, with the first output, when asked for
 
 
 @dataclass
@@ -191,6 +203,10 @@ class LLMEngine:
         vocab = self.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_ids):
             raise ValueError(f"prompt: token ids must be in [0, {vocab})")
+        if any(t >= vocab for t in params.logit_bias):
+            raise ValueError(f"logit_bias: token ids must be in [0, {vocab})")
+        if params.prompt_logprobs is not None and not getattr(self.runner, "computes_prompt_logprobs", False):
+            raise ValueError("prompt_logprobs: not available with tensor or pipeline parallelism")
         seq = Sequence(
             request_id,
             list(prompt_ids),
@@ -207,7 +223,9 @@ class LLMEngine:
         seq = self.requests.pop(request_id, None)
         if seq is None:
             return None
-        self.scheduler.finish(seq)
+        for choice in seq.choices:
+            self.scheduler.finish(choice)
+            choice.finish_reason = choice.finish_reason or "abort"
         seq.finish_reason = "abort"
         self._report_finished(seq, time.monotonic())
         return RequestOutput(request_id, [], "", True, "abort", seq.prompt_len, seq.num_output_tokens)
@@ -237,11 +255,54 @@ class LLMEngine:
         if not batch:
             return []
         samplers, logits = self.runner.run(batch)
-        tokens = sample(logits, [e.seq.params for e in samplers], [e.seq.generator for e in samplers])
+        samplers, logits = self._fork(samplers, logits)
+        seqs = [e.seq for e in samplers]
+        params = [s.params for s in seqs]
+        processed = process(logits, params, [(s.token_ids, s.prompt_len) for s in seqs])
+        tokens = draw(processed, params, [s.generator for s in seqs])
+        rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        if rows:
+            found = token_logprobs(processed[rows], [tokens[i] for i in rows], [params[i].logprobs or 0 for i in rows])
+            for i, lp in zip(rows, found, strict=True):
+                seqs[i].logprobs.append(lp)
         self.scheduler.postprocess(batch, samplers, tokens)
         outputs = [self._output(entry.seq) for entry in samplers]
+        last = {o.request_id: i for i, o in enumerate(outputs) if o.request_done}
+        for i, o in enumerate(outputs):
+            o.request_done = last.get(o.request_id) == i  # a request ends once, with its last output
+        for request_id in last:
+            parent = self.requests.pop(request_id)
+            self._report_finished(parent, max(c.last_token_time or 0.0 for c in parent.choices) or time.monotonic())
         self._report_step()
         return outputs
+
+    def _fork(
+        self, samplers: list[ScheduledSequence], logits: torch.Tensor
+    ) -> tuple[list[ScheduledSequence], torch.Tensor]:
+        """Each request with n > 1 whose prompt was just computed becomes n choices sharing its prompt's full KV
+        blocks; each fork samples from a copy of the prompt's logits row. Returns the grown samplers and rows."""
+        rows = [i for i, e in enumerate(samplers) if e.seq.params.n > 1 and e.seq.index == 0 and not e.seq.forks]
+        if not rows:
+            return samplers, logits
+        bm = self.block_manager
+        extra: list[ScheduledSequence] = []
+        extra_rows: list[int] = []
+        for i in rows:
+            parent = samplers[i].seq
+            computed = parent.num_computed_tokens + samplers[i].num_tokens  # the whole prompt, after this step
+            shared = parent.block_table[: computed // bm.block_size]
+            for index in range(1, parent.params.n):
+                seed = parent.params.seed
+                generator = None if seed is None else torch.Generator(self.runner.device).manual_seed(seed + index)
+                child = parent.fork(index, generator)
+                child.block_table = list(shared)
+                child.num_computed_tokens = len(shared) * bm.block_size
+                bm.share(shared)
+                parent.forks.append(child)
+                self.scheduler.running.append(child)
+                extra.append(ScheduledSequence(child, 0))
+                extra_rows.append(i)
+        return samplers + extra, torch.cat([logits, logits[extra_rows]])
 
     def _output(self, seq: Sequence) -> RequestOutput:
         """The step's delta for `seq`: its new token and the text that can no longer become a stop string."""
@@ -249,12 +310,14 @@ class LLMEngine:
         end = len(seq.text) if finished else len(seq.text) - _holdback(seq.text, seq.params.stop)
         new_text = seq.text[seq.emitted : end] if end > seq.emitted else ""
         seq.emitted = max(seq.emitted, end)
-        if finished:
-            self.requests.pop(seq.request_id, None)
-            self._report_finished(seq, seq.last_token_time or time.monotonic())
+        parent = self.requests.get(seq.request_id, seq)
+        done = finished and all(c.finish_reason is not None for c in parent.choices)
+        first = seq.num_output_tokens == 1
         return RequestOutput(
             seq.request_id, seq.token_ids[-1:], new_text, finished, seq.finish_reason, seq.prompt_len,
-            seq.num_output_tokens,
+            seq.num_output_tokens, index=seq.index, request_done=done,
+            new_logprobs=seq.logprobs[-1:] if seq.params.logprobs is not None else [],
+            prompt_logprobs=seq.prompt_logprobs if first and seq.params.prompt_logprobs is not None else None,
         )  # fmt: skip
 
     # --- metrics ----------------------------------------------------------------------------------------------------
@@ -275,7 +338,7 @@ class LLMEngine:
             return
         self.metrics.request_finished(
             prompt_tokens=seq.prompt_len,
-            generation_tokens=seq.num_output_tokens,
+            generation_tokens=sum(c.num_output_tokens for c in seq.choices),
             queue_time=None if seq.first_scheduled_time is None else seq.first_scheduled_time - seq.arrival_time,
             ttft=None if seq.first_token_time is None else seq.first_token_time - seq.arrival_time,
             itls=seq.itls,
@@ -285,7 +348,7 @@ class LLMEngine:
 
     # --- offline use (tests, benchmarks) ---------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
-        """Run prompts to completion together; returns each one's generated token ids."""
+        """Run prompts to completion together; returns each one's generated token ids (its first choice's)."""
         plist = params if isinstance(params, list) else [params] * len(prompts)
         ids = [f"offline-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
         out: dict[str, list[int]] = {rid: [] for rid in ids}
@@ -293,7 +356,8 @@ class LLMEngine:
             self.add_request(rid, prompt, p)
         while self.has_unfinished():
             for o in self.step():
-                out[o.request_id].extend(o.new_token_ids)
+                if o.index == 0:
+                    out[o.request_id].extend(o.new_token_ids)
         return [out[rid] for rid in ids]
 
 
@@ -381,7 +445,7 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
-                finished = item.finished
+                finished = item.request_done
                 yield item
                 if finished:
                     return
@@ -439,4 +503,4 @@ class AsyncEngine:
             with self._lock:
                 self._engine_waiting = engine.num_waiting
             for out in outputs:
-                self._deliver(out.request_id, out, last=out.finished)
+                self._deliver(out.request_id, out, last=out.request_done)

@@ -73,7 +73,7 @@ class BlockManager:
         """
         assert not seq.block_table and seq.num_computed_tokens == 0
         self.prefix_queries += seq.num_tokens
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:  # those need every prompt logit
             return 0
         bs = self.block_size
         parent: int | None = None
@@ -102,6 +102,11 @@ class BlockManager:
         for _ in range(needed):
             seq.block_table.append(self._take_free().block_id)
         return True
+
+    def share(self, block_ids: list[int]) -> None:
+        """One more reference to each of these blocks (in use by another sequence): a fork of a request's choices."""
+        for block_id in block_ids:
+            self.blocks[block_id].ref_count += 1
 
     def commit_full_blocks(self, seq: Sequence) -> None:
         """Register the blocks that became full and computed, so later prompts can share them."""

@@ -3,6 +3,10 @@
 It owns the KV cache tensors (one `KVCache` per decoder layer of the model instance it drives), on the model's
 device; a step's inputs reach that device in one copy (`StepInputs`). On CUDA, decode-only steps replay CUDA
 graphs captured at padded batch sizes (`cuda_graphs.py`) unless the runner is eager.
+
+A request that asks for prompt log-probabilities (`echo` with `logprobs`) gets them here, from the logits of every
+prompt position of its prefill chunks: the model's own log-softmax (no penalty, bias or temperature applies to a
+prompt token), stored on the sequence.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from infleet.runtime.engine.sampler import token_logprobs
 from infleet.runtime.engine.scheduler import ScheduledSequence
 
 if TYPE_CHECKING:
@@ -26,6 +31,8 @@ def kv_bytes_per_token(model: LlamaForCausalLM, dtype: torch.dtype) -> int:
 
 
 class ModelRunner:
+    computes_prompt_logprobs = True  # the engine refuses prompt_logprobs for runners that do not
+
     def __init__(
         self,
         model: LlamaForCausalLM,
@@ -61,9 +68,12 @@ class ModelRunner:
         query_lens, context_lens, tables = [], [], []
         sample_rows: list[int] = []
         samplers: list[ScheduledSequence] = []
+        prompt_rows: list[tuple[ScheduledSequence, int]] = []  # entries that want prompt logprobs, first row
         for entry in ordered:
             seq, n = entry.seq, entry.num_tokens
             start = seq.num_computed_tokens
+            if seq.params.prompt_logprobs is not None and start < seq.prompt_len - 1:
+                prompt_rows.append((entry, len(input_ids)))
             input_ids.extend(seq.token_ids[start : start + n])
             query_lens.append(n)
             context_lens.append(start + n)
@@ -71,12 +81,28 @@ class ModelRunner:
             if entry.samples:
                 sample_rows.append(len(input_ids) - 1)
                 samplers.append(entry)
-        if self.graphs is not None and self.graphs.fits(query_lens):
+        if self.graphs is not None and not prompt_rows and self.graphs.fits(query_lens):
             hidden = self.graphs.run(input_ids, context_lens, tables)  # every row, padding dropped
             if len(sample_rows) < len(input_ids):  # a one-token prefill chunk that does not sample
                 hidden = hidden[sample_rows]
             return samplers, self.model.compute_logits(hidden)
         step = StepInputs.build(input_ids, query_lens, context_lens, tables, self.block_size, sample_rows, self.device)
         hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
+        for entry, row in prompt_rows:
+            self._prompt_logprobs(entry, hidden[row : row + entry.num_tokens])
         logits = self.model.compute_logits(hidden.index_select(0, step.sample_rows))
         return samplers, logits
+
+    def _prompt_logprobs(self, entry: ScheduledSequence, hidden: Tensor) -> None:
+        """Log-probabilities of the prompt tokens this chunk's positions predict, not already known (a sequence
+        recomputed after preemption keeps the ones it has)."""
+        seq = entry.seq
+        start = seq.num_computed_tokens
+        first = len(seq.prompt_logprobs)  # position `first` predicts prompt token `first + 1`
+        end = min(start + entry.num_tokens, seq.prompt_len - 1)
+        if end <= max(first, start):
+            return
+        rows = hidden[max(first, start) - start : end - start]
+        targets = seq.token_ids[max(first, start) + 1 : end + 1]
+        k = seq.params.prompt_logprobs or 0
+        seq.prompt_logprobs.extend(token_logprobs(self.model.compute_logits(rows), targets, [k] * len(targets)))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from infleet.runtime.engine.sampler import SamplingParams
+from infleet.runtime.engine.sampler import SamplingParams, TokenLogprob
 from infleet.runtime.tokenizer import IncrementalDetokenizer
 
 
@@ -41,6 +42,12 @@ class Sequence:
     last_token_time: float | None = None
     itls: list[float] = field(default_factory=list)
     num_preemptions: int = 0
+    # choices (n > 1): this sequence's index among its request's choices, and the others, forked off choice 0
+    index: int = 0
+    forks: list[Sequence] = field(default_factory=list)
+    # log-probabilities, when asked for: one per generated token, and one per prompt token after the first
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def append_token(self, token: int, now: float) -> None:
         """A sampled token, with its timing (time to first token, then the gaps between tokens)."""
@@ -50,6 +57,23 @@ class Sequence:
         elif self.last_token_time is not None:
             self.itls.append(now - self.last_token_time)
         self.last_token_time = now
+
+    def fork(self, index: int, generator: torch.Generator | None) -> Sequence:
+        """Choice `index` of this request, sharing everything computed so far (the caller shares the KV blocks)."""
+        detokenizer = copy.copy(self.detokenizer)
+        if detokenizer is not None:
+            detokenizer.ids = list(detokenizer.ids)  # its own window of ids, from here on
+        return Sequence(
+            self.request_id, list(self.token_ids), self.prompt_len, self.params,
+            detokenizer=detokenizer, generator=generator, status=self.status,
+            num_computed_tokens=self.num_computed_tokens, text=self.text, emitted=self.emitted,
+            arrival_time=self.arrival_time, first_scheduled_time=self.first_scheduled_time,
+            index=index, prompt_logprobs=self.prompt_logprobs,
+        )  # fmt: skip
+
+    @property
+    def choices(self) -> list[Sequence]:
+        return [self, *self.forks]
 
     @property
     def num_tokens(self) -> int:

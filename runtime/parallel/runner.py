@@ -56,6 +56,8 @@ def micro_batch(entries: list[ScheduledSequence]) -> MicroBatch:
 
 
 class ParallelRunner(ModelRunner):
+    computes_prompt_logprobs = False  # the stages hand back the sampled rows' logits only
+
     def __init__(self, stage: Stage, channel: Channel, micro_batches_per_stage: int = 1) -> None:
         # no super().__init__: the stage owns the cache
         self.stage = stage

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from infleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from infleet.runtime.server import kserve, openai
+from infleet.runtime.server import kserve, openai, tokenize
 from infleet.runtime.server.errors import APIError
 
 if TYPE_CHECKING:
@@ -159,6 +159,7 @@ def build_app(serving: Serving, *, manage_engine: bool = True) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             *openai.routes(),
+            *tokenize.routes(),
             *kserve.routes(),
         ],
         middleware=[Middleware(Admission, state=serving.state)],

@@ -11,14 +11,14 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from starlette.requests import Request
 
 from infleet.runtime.engine.engine import EngineClosed, QueueFull, RequestOutput
-from infleet.runtime.engine.sampler import SamplingParams
+from infleet.runtime.engine.sampler import SamplingParams, TokenLogprob
 from infleet.runtime.server.errors import APIError
 
 if TYPE_CHECKING:
@@ -56,27 +56,27 @@ def make_params(kwargs: dict[str, Any], max_model_len: int, prompt_len: int) -> 
     return params
 
 
-def usage(out: RequestOutput | Finished) -> dict[str, int]:
-    """OpenAI's `usage` object."""
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's `usage` object; `completion_tokens` counts every choice's."""
     return {
-        "prompt_tokens": out.prompt_tokens,
-        "completion_tokens": out.completion_tokens,
-        "total_tokens": out.prompt_tokens + out.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
 
 
 @dataclass
 class Finished:
-    """A whole generation, for non-streaming responses."""
+    """A whole generation (one choice of it), for non-streaming responses."""
 
     text: str
     token_ids: list[int]
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
-
-    def usage(self) -> dict[str, int]:
-        return usage(self)
+    index: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 class Generation:
@@ -94,7 +94,7 @@ class Generation:
             if self._first is not None:
                 first, self._first = self._first, None
                 yield first
-                if first.finished:
+                if first.request_done:
                     return
             async for out in self._outputs:
                 yield out
@@ -109,16 +109,21 @@ class Generation:
                 await closer()
 
     async def collect(self) -> Finished:
-        text: list[str] = []
-        ids: list[int] = []
-        last: RequestOutput | None = None
+        return (await self.collect_choices())[0]
+
+    async def collect_choices(self) -> list[Finished]:
+        """Every choice, whole, in index order."""
+        choices: dict[int, Finished] = {}
         async for out in self:
-            text.append(out.new_text)
-            ids.extend(out.new_token_ids)
-            last = out
-        if last is None:
+            f = choices.setdefault(out.index, Finished("", [], None, out.prompt_tokens, 0, out.index))
+            f.text += out.new_text
+            f.token_ids.extend(out.new_token_ids)
+            f.logprobs.extend(out.new_logprobs)
+            f.prompt_logprobs = out.prompt_logprobs if out.prompt_logprobs is not None else f.prompt_logprobs
+            f.finish_reason, f.completion_tokens = out.finish_reason, out.completion_tokens
+        if not choices:
             raise APIError(500, "the engine ended the request without output")
-        return Finished("".join(text), ids, last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        return [choices[i] for i in sorted(choices)]
 
 
 async def start(engine: AsyncEngine, prompt_ids: list[int], params: SamplingParams, request_id: str) -> Generation:

@@ -1,4 +1,11 @@
-"""OpenAI-compatible endpoints: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (JSON or SSE streams)."""
+"""OpenAI-compatible endpoints: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (JSON or SSE streams).
+
+Several choices (`n`) come back in one response, each with its `index`; in a stream their chunks interleave as the
+engine produces them. Log-probabilities are rendered in each endpoint's own shape: completions' parallel lists
+(`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`, offsets counted in the choice's returned text) and
+chat's `content` list of `{token, logprob, bytes, top_logprobs}`. A token's text is its own decoding, so a token
+that holds part of a multi-byte character reads as U+FFFD.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from starlette.routing import Route
 
 from infleet.api import sse
 from infleet.runtime.engine.engine import RequestOutput
+from infleet.runtime.engine.sampler import TokenLogprob
 from infleet.runtime.server.errors import APIError
 from infleet.runtime.server.generation import (
     Finished,
@@ -37,11 +45,12 @@ if TYPE_CHECKING:
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default; chat defaults to the rest of the context
 
 
-def check_model(serving: Serving, body: SamplingFields) -> str:
-    if body.model is not None and body.model != serving.served_name:
+def check_model(serving: Serving, model: str | None) -> str:
+    """The served name; any other requested model is a 404 (no model named: the served one)."""
+    if model is not None and model != serving.served_name:
         raise APIError(
             404,
-            f"model: the model {body.model!r} does not exist here; this server serves {serving.served_name!r}",
+            f"model: the model {model!r} does not exist here; this server serves {serving.served_name!r}",
             param="model",
             code="model_not_found",
         )
@@ -71,40 +80,47 @@ class Job:
     ) -> None:
         self.serving = serving
         self.body = body
-        self.model = check_model(serving, body)
+        self.model = check_model(serving, body.model)
         self.prompt_ids = prompt_ids
         engine = serving.engine
         max_tokens = resolve_max_tokens(body.requested_max_tokens, default_max, len(prompt_ids), engine.max_model_len)
         self.params = make_params(body.sampling_kwargs(max_tokens), engine.max_model_len, len(prompt_ids))
         self.request_id = new_request_id(id_prefix)
         self.created = int(time.time())
+        self.offsets: dict[int, int] = {}  # streaming: each choice's text length so far (completions' text_offset)
 
     async def submit(self) -> Generation:
-        return await start(self.serving.engine, self.prompt_ids, self.params, self.request_id)
+        generation = await start(self.serving.engine, self.prompt_ids, self.params, self.request_id)
+        self.serving.metrics.request_features(self.body.features())  # accepted: counted once, whatever follows
+        return generation
+
+    def token_text(self, token_id: int) -> str:
+        return str(self.serving.engine.tokenizer.decode([token_id], skip_special_tokens=False))
 
     def header(self, object_name: str) -> dict[str, Any]:
         return {"id": self.request_id, "object": object_name, "created": self.created, "model": self.model}
 
 
 async def respond_json(
-    request: Request, job: Job, object_name: str, choice: Callable[[Finished], dict[str, Any]]
+    request: Request, job: Job, object_name: str, choice: Callable[[Job, Finished], dict[str, Any]]
 ) -> Response:
     """Run the request to the end, then answer in one JSON body; a client that leaves cancels it."""
     generation = await until_disconnect(request, job.submit)
-    finished = None if generation is None else await until_disconnect(request, generation.collect)
+    finished = None if generation is None else await until_disconnect(request, generation.collect_choices)
     if finished is None:
         return Response(status_code=499)  # the client left; nobody reads this
-    return JSONResponse({**job.header(object_name), "choices": [choice(finished)], "usage": finished.usage()})
+    counts = usage(finished[0].prompt_tokens, sum(f.completion_tokens for f in finished))
+    return JSONResponse({**job.header(object_name), "choices": [choice(job, f) for f in finished], "usage": counts})
 
 
 async def respond_stream(
-    request: Request, job: Job, object_name: str, delta: Callable[[RequestOutput, bool], dict[str, Any]]
+    request: Request, job: Job, object_name: str, delta: Callable[[Job, RequestOutput, bool], dict[str, Any]]
 ) -> Response:
     """Start the request (a full queue is still a 429 here, before any byte), then stream its deltas as SSE."""
     generation = await until_disconnect(request, job.submit)
     if generation is None:
         return Response(status_code=499)
-    chunks = sse_chunks(generation, job.header(object_name), job.body.include_usage, delta)
+    chunks = sse_chunks(generation, job.header(object_name), job.body.include_usage, lambda o, f: delta(job, o, f))
     return StreamingResponse(chunks, media_type=sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache"})
 
 
@@ -114,21 +130,23 @@ async def sse_chunks(
     include_usage: bool,
     choice: Callable[[RequestOutput, bool], Any],
 ) -> AsyncIterator[bytes]:
-    """SSE chunks; a failure mid-stream is sent as an `error` event, since the 200 is already on the wire."""
-    last: RequestOutput | None = None
-    first = True
+    """SSE chunks, one per choice's delta; a failure mid-stream is sent as an `error` event, since the 200 is
+    already on the wire. With `include_usage`, a last chunk has the usage of all choices together."""
+    completion: dict[int, int] = {}  # choice index -> its tokens so far
+    prompt_tokens = 0
     try:
         async for out in outputs:
-            last = out
-            if not out.new_text and not out.finished and not first:
+            first = out.index not in completion
+            completion[out.index] = out.completion_tokens
+            prompt_tokens = out.prompt_tokens
+            if not out.new_text and not out.new_logprobs and not out.finished and not first:
                 continue
             event: dict[str, Any] = {**head, "choices": [choice(out, first)]}
             if include_usage:
                 event["usage"] = None
-            first = False
             yield sse.event(event)
-        if include_usage and last is not None:
-            yield sse.event({**head, "choices": [], "usage": usage(last)})
+        if include_usage and completion:
+            yield sse.event({**head, "choices": [], "usage": usage(prompt_tokens, sum(completion.values()))})
     except APIError as e:
         yield sse.event(e.openai_body())
     except Exception as e:  # the client must hear about it; the engine request is already aborted
@@ -139,7 +157,7 @@ async def sse_chunks(
 async def completions(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     body = parse(CompletionRequest, await request.body())
-    check_model(serving, body)  # before any tokenizing
+    check_model(serving, body.model)  # before any tokenizing
     job = Job(serving, body, await completion_prompt(serving, body), COMPLETION_DEFAULT_MAX_TOKENS, "cmpl")
     if body.stream:
         return await respond_stream(request, job, "text_completion", completion_delta)
@@ -163,19 +181,57 @@ async def completion_prompt(serving: Serving, body: CompletionRequest) -> list[i
     return prompt_ids
 
 
-def completion_choice(f: Finished) -> dict[str, Any]:
-    return {"index": 0, "text": f.text, "logprobs": None, "finish_reason": f.finish_reason}
+def echoed(job: Job, text: str, prompt_logprobs: list[TokenLogprob] | None) -> tuple[str, list[Any]]:
+    """With `echo`, the prompt's text and (token id, logprob or None for the first token) pairs to lead a choice."""
+    body = job.body
+    if not isinstance(body, CompletionRequest) or not body.echo:
+        return text, []
+    prompt = body.prompt if isinstance(body.prompt, str) else job.serving.engine.tokenizer.decode(job.prompt_ids)
+    if body.logprobs is None:
+        return prompt + text, []
+    known = prompt_logprobs or []
+    return prompt + text, [(job.prompt_ids[0], None), *((lp.token_id, lp) for lp in known)]
 
 
-def completion_delta(out: RequestOutput, first: bool) -> dict[str, Any]:
+def completion_logprobs(job: Job, entries: list[tuple[int, TokenLogprob | None]], offset: int) -> dict[str, Any]:
+    """Completions' parallel lists for these tokens; `offset` is where the first one starts in the choice's text."""
+    tokens = [job.token_text(token_id) for token_id, _ in entries]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [None if lp is None else lp.logprob for _, lp in entries],
+        "top_logprobs": [None if lp is None else {job.token_text(t): v for t, v in lp.top} for _, lp in entries],
+        "text_offset": offsets,
+    }
+
+
+def completion_choice(job: Job, f: Finished) -> dict[str, Any]:
+    text, entries = echoed(job, f.text, f.prompt_logprobs)
+    logprobs = None
+    if job.params.logprobs is not None:
+        entries += [(lp.token_id, lp) for lp in f.logprobs]
+        logprobs = completion_logprobs(job, entries, 0)
+    return {"index": f.index, "text": text, "logprobs": logprobs, "finish_reason": f.finish_reason}
+
+
+def completion_delta(job: Job, out: RequestOutput, first: bool) -> dict[str, Any]:
     reason = out.finish_reason if out.finished else None
-    return {"index": 0, "text": out.new_text, "logprobs": None, "finish_reason": reason}
+    text, entries = echoed(job, out.new_text, out.prompt_logprobs) if first else (out.new_text, [])
+    logprobs = None
+    if job.params.logprobs is not None:
+        entries += [(lp.token_id, lp) for lp in out.new_logprobs]
+        logprobs = completion_logprobs(job, entries, job.offsets.get(out.index, 0))
+        job.offsets[out.index] = job.offsets.get(out.index, 0) + sum(len(t) for t in logprobs["tokens"])
+    return {"index": out.index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
 
 async def chat_completions(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     body = parse(ChatCompletionRequest, await request.body())
-    check_model(serving, body)
+    check_model(serving, body.model)
     tokenizer = serving.engine.tokenizer
     try:
         text = tokenizer.apply_chat_template(body.chat_messages(), add_generation_prompt=True)
@@ -187,17 +243,39 @@ async def chat_completions(request: Request) -> Response:
     return await respond_json(request, job, "chat.completion", chat_choice)
 
 
-def chat_choice(f: Finished) -> dict[str, Any]:
+def chat_logprob(job: Job, token_id: int, logprob: float) -> dict[str, Any]:
+    token = job.token_text(token_id)
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
+def chat_logprobs(job: Job, found: list[TokenLogprob]) -> dict[str, Any] | None:
+    """Chat's `logprobs` object, or None when the request did not ask for it."""
+    if job.params.logprobs is None:
+        return None
+    content = [
+        {**chat_logprob(job, lp.token_id, lp.logprob), "top_logprobs": [chat_logprob(job, t, v) for t, v in lp.top]}
+        for lp in found
+    ]
+    return {"content": content, "refusal": None}
+
+
+def chat_choice(job: Job, f: Finished) -> dict[str, Any]:
     message = {"role": "assistant", "content": f.text}
-    return {"index": 0, "message": message, "logprobs": None, "finish_reason": f.finish_reason}
+    return {
+        "index": f.index,
+        "message": message,
+        "logprobs": chat_logprobs(job, f.logprobs),
+        "finish_reason": f.finish_reason,
+    }
 
 
-def chat_delta(out: RequestOutput, first: bool) -> dict[str, Any]:
+def chat_delta(job: Job, out: RequestOutput, first: bool) -> dict[str, Any]:
     delta: dict[str, Any] = {"role": "assistant"} if first else {}
     if out.new_text or first:
         delta["content"] = out.new_text
     reason = out.finish_reason if out.finished else None
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+    logprobs = chat_logprobs(job, out.new_logprobs)
+    return {"index": out.index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
 
 
 def routes() -> list[Route]:

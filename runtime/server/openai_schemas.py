@@ -1,7 +1,9 @@
 """OpenAI request bodies: what the server accepts, with a 400 naming the field for anything it does not.
 
-Fields the engine cannot honour (n > 1, logprobs, penalties, tools, ...) are refused rather than ignored, so a
-client never silently gets something other than it asked for. Unknown fields are ignored, as OpenAI's API does.
+Ranges are OpenAI's (n 1..128, penalties -2..2, logit_bias -100..100, top_logprobs 0..20, completions logprobs
+0..5) plus vLLM's `repetition_penalty` (0, 2]. Fields the engine cannot honour (tools, suffix, best_of > 1, ...)
+are refused rather than ignored, so a client never silently gets something other than it asked for. Unknown fields
+are ignored, as OpenAI's API does.
 """
 
 from __future__ import annotations
@@ -11,7 +13,19 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from infleet.api.metrics import (
+    FEATURE_ECHO,
+    FEATURE_LOGIT_BIAS,
+    FEATURE_LOGPROBS,
+    FEATURE_N,
+    FEATURE_PENALTIES,
+    FEATURE_SEED,
+    FEATURE_STREAM_USAGE,
+)
+from infleet.runtime.engine.sampler import MAX_LOGPROBS, MAX_N
 from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
+
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for the legacy completions endpoint
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -31,36 +45,33 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=MAX_N)
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)  # vLLM's extension
     logit_bias: dict[str, float] | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, v: float) -> float:
-        if v != 0.0:
-            raise ValueError("penalties are not supported; leave at 0")
-        return v
 
     @field_validator("logit_bias")
     @classmethod
-    def _no_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if v:
-            raise ValueError("logit_bias is not supported")
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (v or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys must be token ids (strings of digits), got {token!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"values must be between -100 and 100, got {bias!r} for token {token}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v < 2**63 - MAX_N:  # each choice i draws with seed + i
+            raise ValueError(f"must be an integer in [0, 2**63 - {MAX_N})")
         return v
 
     @field_validator("stop")
@@ -95,9 +106,32 @@ class SamplingFields(BaseModel):
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    @property
+    def logprobs_requested(self) -> int | None:
+        """Top log-probabilities per generated token (None: none at all); each endpoint spells it its own way."""
+        return None
+
+    def features(self) -> list[str]:
+        """The optional features this request uses, as the per-request metrics count them."""
+        used = {
+            FEATURE_N: self.n > 1,
+            FEATURE_LOGPROBS: self.logprobs_requested is not None,
+            FEATURE_PENALTIES: bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0),
+            FEATURE_LOGIT_BIAS: bool(self.logit_bias),
+            FEATURE_SEED: self.seed is not None,
+            FEATURE_STREAM_USAGE: self.include_usage,
+        }
+        return [name for name, on in used.items() if on]
+
     def sampling_kwargs(self, max_tokens: int) -> dict[str, Any]:
         """Keyword arguments for the engine's `SamplingParams`."""
         return {
+            "n": self.n,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "logit_bias": {int(t): b for t, b in (self.logit_bias or {}).items()},
+            "logprobs": self.logprobs_requested,
             "max_tokens": max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -112,14 +146,15 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     prompt: str | list[int]  # one prompt: text or token ids
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _one_prompt(cls, v: Any) -> Any:
-        """OpenAI also takes a list of prompts; one is fine, more would need n>1 semantics."""
+        """OpenAI also takes a list of prompts; a list of one is unwrapped, more are refused (one prompt a request:
+        its choices are `n`)."""
         if isinstance(v, list) and v and isinstance(v[0], str | list):
             if len(v) != 1:
                 raise ValueError("only one prompt per request is supported")
@@ -130,7 +165,7 @@ class CompletionRequest(SamplingFields):
             raise ValueError("token ids must be integers >= 0")
         return v
 
-    @field_validator("echo", "suffix", "logprobs")
+    @field_validator("suffix")
     @classmethod
     def _unsupported(cls, v: Any) -> Any:
         if v:
@@ -141,8 +176,20 @@ class CompletionRequest(SamplingFields):
     @classmethod
     def _best_of(cls, v: int | None) -> int | None:
         if v not in (None, 1):
-            raise ValueError("only best_of=1 is supported")
+            raise ValueError("only best_of=1 is supported; use n for several choices")
         return v
+
+    @property
+    def logprobs_requested(self) -> int | None:
+        return self.logprobs
+
+    def features(self) -> list[str]:
+        return [*super().features(), *([FEATURE_ECHO] if self.echo else [])]
+
+    def sampling_kwargs(self, max_tokens: int) -> dict[str, Any]:
+        """With `echo` and `logprobs`, the prompt's tokens get theirs too."""
+        prompt_logprobs = self.logprobs if self.echo else None
+        return {**super().sampling_kwargs(max_tokens), "prompt_logprobs": prompt_logprobs}
 
 
 class TextPart(BaseModel):
@@ -166,16 +213,19 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, gt=0)
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
-    @field_validator("logprobs", "top_logprobs")
-    @classmethod
-    def _unsupported(cls, v: Any) -> Any:
-        if v:
-            raise ValueError("not supported")
-        return v
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: logprobs must be true when top_logprobs is given")
+        return self
+
+    @property
+    def logprobs_requested(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("tools")
     @classmethod

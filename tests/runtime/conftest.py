@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,19 @@ def smollm2_tokenizer(smollm2_path: Path) -> Any:
 
     reader = gguf.GGUFReader(smollm2_path)
     return read_tokenizer(reader, read_config(reader, "smollm2"))
+
+
+@pytest.fixture(scope="session")
+def save_hf_layout(smollm2_tokenizer: Any) -> Callable[[Any, Path], None]:
+    """Saves a transformers model as a Hugging Face model directory, with SmolLM2's tokenizer and chat template."""
+
+    def save(model: Any, path: Path) -> None:
+        model.save_pretrained(path, safe_serialization=True)
+        smollm2_tokenizer.hf.save(str(path / "tokenizer.json"))
+        config = {"chat_template": smollm2_tokenizer.chat_template, "eos_token": "<|im_end|>", "bos_token": None}
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
+
+    return save
 
 
 def tiny_llama_config(**overrides: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,9 @@ from infleet.runtime.model.attention import AttentionMetadata, KVCache
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> tuple[Path, Any]:
+def hf_dir(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any, save_hf_layout: Callable[[Any, Path], None]
+) -> tuple[Path, Any]:
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         vocab_size=smollm2_tokenizer.vocab_size,
@@ -39,11 +41,7 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> 
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     path = tmp_path_factory.mktemp("tiny-llama3")
-    model.save_pretrained(path, safe_serialization=True)
-    smollm2_tokenizer.hf.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(
-        json.dumps({"chat_template": smollm2_tokenizer.chat_template, "eos_token": "<|im_end|>", "bos_token": None})
-    )
+    save_hf_layout(model, path)
     return path, model
 
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infleet.runtime.engine.sampler import SamplingParams, apply_top_k_top_p, sample
+from infleet.runtime.engine.sampler import SamplingParams, apply_top_k_top_p, process, sample, token_logprobs
 
 
 def test_greedy_takes_the_argmax() -> None:
@@ -97,3 +97,43 @@ def test_validate_names_the_field(params: SamplingParams, prompt_len: int, messa
 
 def test_valid_params_pass() -> None:
     SamplingParams(max_tokens=10, temperature=0.7, top_p=0.9, top_k=-1, seed=3, stop=["\n"]).validate(128, 100)
+
+
+def test_penalties_bias_and_temperature_by_their_formulas() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0, 1.0]])
+    params = SamplingParams(
+        temperature=0.5, presence_penalty=0.25, frequency_penalty=0.5, repetition_penalty=2.0, logit_bias={4: -3.0}
+    )
+    history = ([0, 1, 2, 2, 0], 2)  # prompt [0, 1]; output [2, 2, 0]
+    got = process(logits, [params], [history])[0]
+    # token 0: seen, positive -> 2/2, once in the output -> -0.5 -0.25; token 1: prompt only, negative -> -1*2;
+    # token 2: 0.5/2, twice -> -1.0 -0.25; token 3 untouched; token 4: bias; then / temperature
+    expected = torch.tensor([1.0 - 0.75, -2.0, 0.25 - 1.25, 0.0, 1.0 - 3.0]) / 0.5
+    assert torch.allclose(got, expected)
+    assert process(logits, [SamplingParams(temperature=0.0, repetition_penalty=2.0)], [history])[0][0] == 1.0
+    assert process(logits, [SamplingParams()])[0].equal(logits[0])  # nothing asked, nothing changed
+
+
+def test_logprobs_are_the_log_softmax_with_the_top_tokens() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 2.5, -1.0]])
+    found = token_logprobs(logits, [2, 0], [2, 0])
+    ref = logits.log_softmax(-1)
+    assert found[0].token_id == 2 and found[0].logprob == pytest.approx(float(ref[0, 2]))
+    assert [t for t, _ in found[0].top] == [1, 2] and found[0].top[0][1] == pytest.approx(float(ref[0, 1]))
+    assert found[1].top == [] and found[1].logprob == pytest.approx(float(ref[1, 0]))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (SamplingParams(n=0), "n: must be an integer between 1 and 128"),
+        (SamplingParams(presence_penalty=2.5), "presence_penalty: must be between -2 and 2"),
+        (SamplingParams(repetition_penalty=0.0), "repetition_penalty: must be in (0, 2]"),
+        (SamplingParams(logit_bias={3: 101.0}), "logit_bias: values must be between -100 and 100"),
+        (SamplingParams(logprobs=21), "logprobs: must be an integer between 0 and 20"),
+    ],
+)
+def test_validate_names_the_new_fields(params: SamplingParams, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        params.validate(max_model_len=128, prompt_len=5)
+    assert str(info.value).startswith(message)

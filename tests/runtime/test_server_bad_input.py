@@ -57,7 +57,7 @@ CASES = [
     ("top-p-zero", COMPLETIONS, {"prompt": "hi", "top_p": 0}, 400, "top_p"),
     ("top-p-above-one", CHAT, {"messages": MSG, "top_p": 1.01}, 400, "top_p"),
     ("top-k-negative", COMPLETIONS, {"prompt": "hi", "top_k": -3}, 400, "top_k"),
-    ("n-two", CHAT, {"messages": MSG, "n": 2}, 400, "only n=1 is supported"),
+    ("n-too-many", CHAT, {"messages": MSG, "n": 129}, 400, "n: Input should be less than or equal to 128"),
     ("token-outside-vocab", COMPLETIONS, {"prompt": [10**7]}, 400, "outside the vocabulary"),
     ("seed-negative", COMPLETIONS, {"prompt": "hi", "seed": -1}, 400, "seed"),
     ("empty-stop", COMPLETIONS, {"prompt": "hi", "stop": [""]}, 400, "stop strings must not be empty"),

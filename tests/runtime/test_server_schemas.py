@@ -20,8 +20,28 @@ def test_completion_defaults_and_sampling_kwargs() -> None:
     assert req.prompt == "hi" and not req.stream and not req.include_usage
     assert req.sampling_kwargs(7) == {
         "max_tokens": 7, "temperature": 1.0, "top_p": 1.0, "top_k": 5, "seed": 3, "stop": ["\n"],
-        "stop_token_ids": [], "ignore_eos": False,
+        "stop_token_ids": [], "ignore_eos": False, "n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+        "repetition_penalty": 1.0, "logit_bias": {}, "logprobs": None, "prompt_logprobs": None,
     }  # fmt: skip
+    assert req.features() == ["seed"]
+
+
+def test_api_fields_reach_the_sampler_and_the_feature_counts() -> None:
+    req = parse(
+        CompletionRequest,
+        body(prompt="hi", n=3, echo=True, logprobs=2, presence_penalty=0.5, logit_bias={"17": -100}, stream=True,
+             stream_options={"include_usage": True}),
+    )  # fmt: skip
+    kwargs = req.sampling_kwargs(4)
+    assert kwargs["n"] == 3 and kwargs["logprobs"] == 2 and kwargs["prompt_logprobs"] == 2
+    assert kwargs["logit_bias"] == {17: -100.0} and kwargs["presence_penalty"] == 0.5
+    assert req.features() == ["n", "logprobs", "penalties", "logit_bias", "stream_usage", "echo"]
+    chat = parse(ChatCompletionRequest, body(messages=[{"role": "user", "content": "x"}], logprobs=True))
+    assert chat.sampling_kwargs(4)["logprobs"] == 0  # the sampled token's own logprob, no alternatives
+    chat = parse(
+        ChatCompletionRequest, body(messages=[{"role": "user", "content": "x"}], logprobs=True, top_logprobs=5)
+    )
+    assert chat.sampling_kwargs(4)["logprobs"] == 5 and chat.features() == ["logprobs"]
 
 
 def test_single_prompt_lists_are_unwrapped() -> None:
@@ -64,11 +84,19 @@ MSG = [{"role": "user", "content": "hi"}]
         (CompletionRequest, body(prompt="x", top_p=0), "top_p: Input should be greater than 0"),
         (CompletionRequest, body(prompt="x", top_p=1.5), "top_p: Input should be less than or equal to 1"),
         (CompletionRequest, body(prompt="x", top_k=-1), "top_k: Input should be greater than or equal to 0"),
-        (CompletionRequest, body(prompt="x", n=2), "n: only n=1 is supported"),
+        (CompletionRequest, body(prompt="x", n=0), "n: Input should be greater than or equal to 1"),
+        (CompletionRequest, body(prompt="x", n=129), "n: Input should be less than or equal to 128"),
         (CompletionRequest, body(prompt="x", stop=["ok", ""]), "stop: stop strings must not be empty"),
-        (CompletionRequest, body(prompt="x", echo=True), "echo: not supported"),
-        (CompletionRequest, body(prompt="x", logprobs=2), "logprobs: not supported"),
-        (CompletionRequest, body(prompt="x", presence_penalty=0.5), "presence_penalty: penalties are not supported"),
+        (CompletionRequest, body(prompt="x", logprobs=6), "logprobs: Input should be less than or equal to 5"),
+        (CompletionRequest, body(prompt="x", logprobs=-1), "logprobs: Input should be greater than or equal to 0"),
+        (CompletionRequest, body(prompt="x", presence_penalty=2.5), "presence_penalty: Input should be less than"),
+        (CompletionRequest, body(prompt="x", frequency_penalty=-3), "frequency_penalty: Input should be greater"),
+        (CompletionRequest, body(prompt="x", repetition_penalty=0), "repetition_penalty: Input should be greater"),
+        (CompletionRequest, body(prompt="x", logit_bias={"a": 1}), "logit_bias: keys must be token ids"),
+        (CompletionRequest, body(prompt="x", logit_bias={"5": 101}), "logit_bias: values must be between -100"),
+        (CompletionRequest, body(prompt="x", seed=-1), "seed: must be an integer in [0, 2**63"),
+        (CompletionRequest, body(prompt="x", best_of=2), "best_of: only best_of=1 is supported"),
+        (CompletionRequest, body(prompt="x", suffix="y"), "suffix: not supported"),
         (CompletionRequest, body(prompt="x", stream_options={"include_usage": True}), "only allowed when stream"),
         (CompletionRequest, body(prompt="x", temperature="hot"), "temperature: Input should be a valid number"),
         (ChatCompletionRequest, body(), "messages: Field required"),
@@ -78,6 +106,8 @@ MSG = [{"role": "user", "content": "hi"}]
         (ChatCompletionRequest, body(messages=MSG, tools=[{"type": "function"}]), "tools: tool calling is not"),
         (ChatCompletionRequest, body(messages=MSG, response_format={"type": "json_object"}), "response_format"),
         (ChatCompletionRequest, body(messages=MSG, max_completion_tokens=-3), "max_completion_tokens"),
+        (ChatCompletionRequest, body(messages=MSG, logprobs=True, top_logprobs=21), "top_logprobs: Input should be"),
+        (ChatCompletionRequest, body(messages=MSG, top_logprobs=2), "top_logprobs: logprobs must be true"),
     ],
 )
 def test_bad_requests_are_400_naming_the_field(model: type, raw: bytes, message: str) -> None:
@@ -130,3 +160,16 @@ def test_a_failure_mid_stream_becomes_an_error_event_then_done() -> None:
     error = json.loads(chunks[1][6:])["error"]
     assert error["message"] == "generation failed: engine step failed: out of memory" and error["type"]
     assert chunks[2:] == [sse.DONE]
+
+
+def test_kserve_sampling_parameters_take_the_penalties() -> None:
+    from pydantic import ValidationError
+
+    from infleet.runtime.server.kserve import SamplingParameters
+
+    sampling = SamplingParameters.model_validate({"presence_penalty": "0.5", "repetition_penalty": 1.2})
+    kwargs = sampling.sampling_kwargs(4)
+    assert kwargs["presence_penalty"] == 0.5 and kwargs["repetition_penalty"] == 1.2
+    assert kwargs["frequency_penalty"] == 0.0
+    with pytest.raises(ValidationError, match="frequency_penalty"):
+        SamplingParameters.model_validate({"frequency_penalty": 3})
