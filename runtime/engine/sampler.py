@@ -7,6 +7,7 @@ the batch. Sampling runs where the logits are; the chosen ids come back to the h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,6 +23,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    grammar: Any = None  # structured output: an xgrammar CompiledGrammar the output must follow (structured.py)
 
     def validate(self, max_model_len: int, prompt_len: int) -> None:
         """Raises ValueError("<field>: <what is wrong>") for the first problem found."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from infleet.runtime.engine.sampler import SamplingParams
+from infleet.runtime.engine.structured import Matcher
 from infleet.runtime.tokenizer import IncrementalDetokenizer
 
 
@@ -41,10 +42,14 @@ class Sequence:
     last_token_time: float | None = None
     itls: list[float] = field(default_factory=list)
     num_preemptions: int = 0
+    matcher: Matcher | None = None  # structured output: where the text is in the request's grammar
+
 
     def append_token(self, token: int, now: float) -> None:
         """A sampled token, with its timing (time to first token, then the gaps between tokens)."""
         self.token_ids.append(token)
+        if self.matcher is not None:
+            self.matcher.accept(token)
         if self.first_token_time is None:
             self.first_token_time = now
         elif self.last_token_time is not None:
