@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
-from infleet.api.metrics import INFLEET, REQUEST_BUCKETS
+from infleet.api.metrics import INFLEET, REQUEST_BUCKETS, STRUCTURED_OUTPUT_KINDS, STRUCTURED_OUTPUT_REQUESTS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -92,6 +92,12 @@ class RuntimeMetrics:
             (*labels, "finish_reason"),
             registry=r,
         )
+        self._structured = Counter(
+            counter(STRUCTURED_OUTPUT_REQUESTS),
+            "Requests with structured output (response_format or tools), by kind.",
+            (*labels, "kind"),
+            registry=r,
+        )
         # vLLM's `*_info` convention: a constant 1 whose labels say how the model computes (set once loaded)
         self._info = Gauge(
             "infleet_runtime_info",
@@ -112,6 +118,8 @@ class RuntimeMetrics:
             metric.labels(*self._labels)
         for reason in ("stop", "length", "abort"):
             self._success.labels(*self._labels, reason)
+        for kind in STRUCTURED_OUTPUT_KINDS:
+            self._structured.labels(*self._labels, kind)
         if self._execution:
             self._info.labels(*self._labels, *(self._execution[k] for k in EXECUTION_LABELS)).set(1)
 
@@ -123,7 +131,7 @@ class RuntimeMetrics:
 
     def rename(self, model_name: str) -> None:
         """Relabel with the name clients use, once the model is loaded (before any traffic)."""
-        for metric in (*self._all, self._success, self._info):
+        for metric in (*self._all, self._success, self._structured, self._info):
             metric.clear()
         self.model_name = model_name
         self._export_zeros()
@@ -167,6 +175,10 @@ class RuntimeMetrics:
         """Prompt tokens looked up in / served from the prefix cache since the last call."""
         self._prefix_queries.labels(*self._labels).inc(queries)
         self._prefix_hits.labels(*self._labels).inc(hits)
+
+    def structured_output(self, kind: str) -> None:
+        """A request whose output a grammar shapes (`kind`: one of STRUCTURED_OUTPUT_KINDS)."""
+        self._structured.labels(*self._labels, kind).inc()
 
     def preemptions(self, n: int) -> None:
         self._preemptions.labels(*self._labels).inc(n)

@@ -44,7 +44,6 @@ class Sequence:
     num_preemptions: int = 0
     matcher: Matcher | None = None  # structured output: where the text is in the request's grammar
 
-
     def append_token(self, token: int, now: float) -> None:
         """A sampled token, with its timing (time to first token, then the gaps between tokens)."""
         self.token_ids.append(token)

@@ -62,10 +62,25 @@ class Matcher:
 
 
 def encoded_vocab(tokenizer: Tokenizer) -> list[str]:
-    """Each id's byte-level BPE string; special tokens (chat markers, EOS) as "", which xgrammar never allows as text."""
+    """Each id's byte-level BPE string; special tokens (chat markers, EOS) as "", never allowed as text."""
     hf = tokenizer.hf
     special = {i for i, t in hf.get_added_tokens_decoder().items() if t.special}
     return ["" if i in special else (hf.id_to_token(i) or "") for i in range(tokenizer.vocab_size)]
+
+
+def printable_mask(tokenizer: Tokenizer, vocab_size: int) -> Tensor:
+    """A bitmask row allowing the tokens free of raw control characters (bytes below 0x20).
+
+    xgrammar's JSON strings admit raw control characters, which JSON forbids (they must be escaped); every grammar
+    here is compact JSON (no whitespace but the separators' spaces), so no such byte is ever valid output.
+    """
+    texts = tokenizer.hf.decode_batch([[i] for i in range(tokenizer.vocab_size)], skip_special_tokens=False)
+    allowed = torch.zeros(vocab_size, dtype=torch.bool)
+    allowed[: len(texts)] = torch.tensor([not any(ord(c) < 0x20 for c in t) for t in texts])
+    padded = torch.zeros(-(-vocab_size // 32) * 32, dtype=torch.int64)
+    padded[:vocab_size] = allowed.long()
+    words = (padded.view(-1, 32) << torch.arange(32)).sum(dim=1)  # bit j of word w is token 32*w + j
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
 class Grammars:
@@ -76,6 +91,7 @@ class Grammars:
             encoded_vocab(tokenizer), xgr.VocabType.BYTE_LEVEL, vocab_size=vocab_size, stop_token_ids=stop_token_ids
         )
         self.vocab_size = vocab_size
+        self._printable = printable_mask(tokenizer, vocab_size)
         self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="infleet-grammar") if overlap else None
 
@@ -104,6 +120,7 @@ class Grammars:
         for row, seq in enumerate(seqs):
             assert seq.matcher is not None
             seq.matcher.fill(bitmask, row)
+        bitmask &= self._printable
         return {seq: bitmask[row] for row, seq in enumerate(seqs)}
 
     def apply(self, pending: Future[dict[Sequence, Tensor]] | dict[Sequence, Tensor], logits: Tensor,

@@ -1,6 +1,6 @@
 """OpenAI request bodies: what the server accepts, with a 400 naming the field for anything it does not.
 
-Fields the engine cannot honour (n > 1, logprobs, penalties, tools, ...) are refused rather than ignored, so a
+Fields the engine cannot honour (n > 1, logprobs, penalties, ...) are refused rather than ignored, so a
 client never silently gets something other than it asked for. Unknown fields are ignored, as OpenAI's API does.
 """
 
@@ -11,7 +11,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from infleet.runtime.engine.structured import GrammarSpec
 from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
+from infleet.runtime.server.tools import Tool, ToolChoice, as_text
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -19,6 +21,37 @@ Model = TypeVar("Model", bound=BaseModel)
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`text`, `json_object` (any JSON object) or `json_schema` (JSON valid against the schema; constrained
+    whether `strict` is set or not)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema: is required when type is 'json_schema'")
+        return self
+
+    def grammar(self) -> GrammarSpec | None:
+        if self.type == "json_object":
+            return GrammarSpec("json_object")
+        if self.type == "json_schema":
+            assert self.json_schema is not None
+            return GrammarSpec("json_schema", self.json_schema.json_schema)
+        return None
 
 
 class SamplingFields(BaseModel):
@@ -38,6 +71,7 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
@@ -155,11 +189,16 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool's answer to one of them
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
+            text = "".join(part.text for part in self.content)
+        else:
+            text = self.content or ""
+        calls = [as_text(c) for c in self.tool_calls or []]
+        return "\n".join([text, *calls] if text else calls)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -167,28 +206,15 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, gt=0)
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("logprobs", "top_logprobs")
     @classmethod
     def _unsupported(cls, v: Any) -> Any:
         if v:
             raise ValueError("not supported")
-        return v
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
-        if v:
-            raise ValueError("tool calling is not supported")
-        return v
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None and v.get("type") != "text":
-            raise ValueError("only {'type': 'text'} is supported")
         return v
 
     @property

@@ -75,8 +75,8 @@ MSG = [{"role": "user", "content": "hi"}]
         (ChatCompletionRequest, body(messages=[]), "messages: List should have at least 1 item"),
         (ChatCompletionRequest, body(messages=[{"role": "robot", "content": "x"}]), "messages.0.role"),
         (ChatCompletionRequest, body(messages=[{"content": "x"}]), "messages.0.role: Field required"),
-        (ChatCompletionRequest, body(messages=MSG, tools=[{"type": "function"}]), "tools: tool calling is not"),
-        (ChatCompletionRequest, body(messages=MSG, response_format={"type": "json_object"}), "response_format"),
+        (ChatCompletionRequest, body(messages=MSG, tools=[{"type": "function"}]), "tools.0.function: Field required"),
+        (ChatCompletionRequest, body(messages=MSG, response_format={"type": "xml"}), "response_format.type"),
         (ChatCompletionRequest, body(messages=MSG, max_completion_tokens=-3), "max_completion_tokens"),
     ],
 )
