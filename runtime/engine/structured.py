@@ -93,7 +93,8 @@ class Grammars:
         self.vocab_size = vocab_size
         self._printable = printable_mask(tokenizer, vocab_size)
         self._compiler = xgr.GrammarCompiler(info, max_threads=1)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="infleet-grammar") if overlap else None
+        self.overlap = overlap  # fill masks while the forward runs (off: in line, before it)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="infleet-grammar")
 
     def compile(self, spec: GrammarSpec) -> xgr.CompiledGrammar:
         """Compile (cached by xgrammar); a schema it cannot handle is a GrammarError naming the problem."""
@@ -111,7 +112,7 @@ class Grammars:
         constrained = [s for s in seqs if s.matcher is not None]
         if not constrained:
             return {}
-        if self._pool is None:
+        if not self.overlap:
             return self._fill(constrained)
         return self._pool.submit(self._fill, constrained)
 
@@ -134,7 +135,3 @@ class Grammars:
             if seq in masks:
                 full[row] = masks[seq]
         xgr.apply_token_bitmask_inplace(logits, full.to(logits.device), vocab_size=self.vocab_size)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
