@@ -1,7 +1,7 @@
 """Constrained decoding with xgrammar: a grammar per request, a token mask per step, the matcher advanced per token.
 
-Why xgrammar: of the three well-kept engines that install here (xgrammar, llguidance, outlines-core) it cost the
-least per step on this CPU with SmolLM2's 49,152-token vocabulary (docs/structured-output.md has the figures).
+Why xgrammar: of the three well-kept engines that install from PyPI on a CPU-only machine (xgrammar, llguidance,
+outlines-core) it cost the least per step with SmolLM2's 49,152-token vocabulary (docs/structured-output.md).
 
 The engine calls three things: `Grammars.compile` (the server, off the event loop, once per request),
 `Grammars.start` before the forward pass (the masks of the step's constrained sequences are filled on a worker
