@@ -91,7 +91,8 @@ class Job:
                 400, f"ignore_eos: cannot be combined with {param}: the grammar ends the output", param=param
             )
         try:
-            self.params.grammar = await asyncio.to_thread(self.serving.engine.grammars.compile, spec)
+            engine = self.serving.engine  # the first use builds the grammar engine: on the thread too
+            self.params.grammar = await asyncio.to_thread(lambda: engine.grammars.compile(spec))
         except GrammarError as e:
             raise APIError(400, f"{param}: {e}", param=param) from None
         self.serving.metrics.structured_output(kind)
