@@ -12,7 +12,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
-from infleet.api.metrics import FEATURES, INFLEET, REQUEST_BUCKETS, REQUEST_FEATURES
+from infleet.api.metrics import (
+    FEATURES,
+    INFLEET,
+    REQUEST_BUCKETS,
+    REQUEST_FEATURES,
+    STRUCTURED_OUTPUT_KINDS,
+    STRUCTURED_OUTPUT_REQUESTS,
+)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -98,6 +105,12 @@ class RuntimeMetrics:
             (*labels, "feature"),
             registry=r,
         )
+        self._structured = Counter(
+            counter(STRUCTURED_OUTPUT_REQUESTS),
+            "Requests with structured output (response_format or tools), by kind.",
+            (*labels, "kind"),
+            registry=r,
+        )
         # vLLM's `*_info` convention: a constant 1 whose labels say how the model computes (set once loaded)
         self._info = Gauge(
             "infleet_runtime_info",
@@ -120,6 +133,8 @@ class RuntimeMetrics:
             self._success.labels(*self._labels, reason)
         for feature in FEATURES:
             self._features.labels(*self._labels, feature)
+        for kind in STRUCTURED_OUTPUT_KINDS:
+            self._structured.labels(*self._labels, kind)
         if self._execution:
             self._info.labels(*self._labels, *(self._execution[k] for k in EXECUTION_LABELS)).set(1)
 
@@ -131,7 +146,7 @@ class RuntimeMetrics:
 
     def rename(self, model_name: str) -> None:
         """Relabel with the name clients use, once the model is loaded (before any traffic)."""
-        for metric in (*self._all, self._success, self._info, self._features):
+        for metric in (*self._all, self._success, self._structured, self._info, self._features):
             metric.clear()
         self.model_name = model_name
         self._export_zeros()
@@ -180,6 +195,10 @@ class RuntimeMetrics:
         """Prompt tokens looked up in / served from the prefix cache since the last call."""
         self._prefix_queries.labels(*self._labels).inc(queries)
         self._prefix_hits.labels(*self._labels).inc(hits)
+
+    def structured_output(self, kind: str) -> None:
+        """A request whose output a grammar shapes (`kind`: one of STRUCTURED_OUTPUT_KINDS)."""
+        self._structured.labels(*self._labels, kind).inc()
 
     def preemptions(self, n: int) -> None:
         self._preemptions.labels(*self._labels).inc(n)

@@ -140,8 +140,11 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return str(self.hf.decode(ids, skip_special_tokens=skip_special_tokens))
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Render the model's chat template; the result is encoded with `add_special_tokens=False`."""
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
+    ) -> str:
+        """Render the model's chat template (`extra`: more template variables, e.g. `tools`); the result is encoded
+        with `add_special_tokens=False`."""
         if self.chat_template is None:
             raise ValueError("this model has no chat template; use a completion request instead")
         if self._template is None:
@@ -155,6 +158,7 @@ class Tokenizer:
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "",
             eos_token=self.decode(self.eos_token_ids[:1], skip_special_tokens=False) if self.eos_token_ids else "",
+            **extra,
         )
 
     def detokenizer(self, prompt_ids: list[int]) -> IncrementalDetokenizer:

@@ -128,6 +128,10 @@ def by() -> str:
     return ", ".join(BY)
 
 
+# requests whose output was shaped (runtime; labels model_name, tier, kind = json_object | json_schema | tools)
+STRUCTURED_OUTPUT_REQUESTS = "infleet_structured_output_requests_total"
+STRUCTURED_OUTPUT_KINDS = ("json_object", "json_schema", "tools")
+
 # requests judged against their own deployment's thresholds by the gateway (labels namespace, deployment,
 # sli = ttft | tpot | e2e, result = good | bad): the exact SLI, for any engine behind the gateway
 SLO_REQUESTS = "infleet_gateway_slo_requests_total"

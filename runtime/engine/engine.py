@@ -35,6 +35,7 @@ from infleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams, TokenLogprob, draw, process, token_logprobs
 from infleet.runtime.engine.scheduler import ScheduledSequence, Scheduler
 from infleet.runtime.engine.sequence import Sequence
+from infleet.runtime.engine.structured import Grammars, Matcher
 from infleet.runtime.model.llama import LlamaForCausalLM
 from infleet.runtime.tokenizer import Tokenizer
 
@@ -181,6 +182,8 @@ class LLMEngine:
             max_model_len=self.max_model_len,
         )
         self.requests: dict[str, Sequence] = {}
+        self._grammars: Grammars | None = None
+        self._grammars_lock = threading.Lock()
         self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics
 
     @classmethod
@@ -194,6 +197,14 @@ class LLMEngine:
         model, config, tokenizer = load_model(cfg.model, dtype=dtype)
         model = apply_tier(model.to(cfg.device), cfg.tier)
         return cls(model, config, tokenizer, cfg, kv_dtype=dtype, metrics=metrics)
+
+    @property
+    def grammars(self) -> Grammars:
+        """The grammar engine for structured output, built on first use (it indexes the vocabulary once)."""
+        with self._grammars_lock:  # the server's threads compile; the first one builds it
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer, self.config.vocab_size, sorted(self.eos_token_ids))
+        return self._grammars
 
     # --- requests ---------------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> Sequence:
@@ -214,6 +225,7 @@ class LLMEngine:
             params,
             detokenizer=self.tokenizer.detokenizer(prompt_ids),
             generator=params.make_generator(self.runner.device),
+            matcher=None if params.grammar is None else Matcher(params.grammar),
         )
         self.requests[request_id] = seq
         self.scheduler.add(seq)
@@ -254,7 +266,11 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        grammars = self._grammars  # structured output: masks fill on a worker thread while the forward runs
+        masks = grammars.start([e.seq for e in batch if e.samples]) if grammars else {}
         samplers, logits = self.runner.run(batch)
+        if grammars and masks:  # before the forks copy the prompt's row: a fork starts where its parent does
+            grammars.apply(masks, logits, [e.seq for e in samplers])
         samplers, logits = self._fork(samplers, logits)
         seqs = [e.seq for e in samplers]
         params = [s.params for s in seqs]
@@ -418,6 +434,10 @@ class AsyncEngine:
 
     def stats(self) -> EngineStats:
         return self._last_stats
+
+    @property
+    def grammars(self) -> Grammars:
+        return self.engine.grammars
 
     # --- requests ---------------------------------------------------------------------------------------------------
     async def generate(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,6 +51,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     logprobs: int | None = None  # None: off; k: the sampled token's log-probability and the k most likely
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (needs the prefill logits)
+    grammar: Any = None  # structured output: an xgrammar CompiledGrammar the output must follow (structured.py)
 
     def validate(self, max_model_len: int, prompt_len: int) -> None:
         """Raises ValueError("<field>: <what is wrong>") for the first problem found."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from infleet.runtime.engine.sampler import SamplingParams, TokenLogprob
+from infleet.runtime.engine.structured import Matcher
 from infleet.runtime.tokenizer import IncrementalDetokenizer
 
 
@@ -48,10 +49,13 @@ class Sequence:
     # log-probabilities, when asked for: one per generated token, and one per prompt token after the first
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    matcher: Matcher | None = None  # structured output: where the text is in the request's grammar
 
     def append_token(self, token: int, now: float) -> None:
         """A sampled token, with its timing (time to first token, then the gaps between tokens)."""
         self.token_ids.append(token)
+        if self.matcher is not None:
+            self.matcher.accept(token)
         if self.first_token_time is None:
             self.first_token_time = now
         elif self.last_token_time is not None:
@@ -69,6 +73,7 @@ class Sequence:
             num_computed_tokens=self.num_computed_tokens, text=self.text, emitted=self.emitted,
             arrival_time=self.arrival_time, first_scheduled_time=self.first_scheduled_time,
             index=index, prompt_logprobs=self.prompt_logprobs,
+            matcher=None if self.params.grammar is None else Matcher(self.params.grammar),  # before any output
         )  # fmt: skip
 
     @property

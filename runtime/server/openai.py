@@ -9,6 +9,7 @@ that holds part of a multi-byte character reads as U+FFFD.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from starlette.routing import Route
 from infleet.api import sse
 from infleet.runtime.engine.engine import RequestOutput
 from infleet.runtime.engine.sampler import TokenLogprob
+from infleet.runtime.engine.structured import GrammarError, GrammarSpec
+from infleet.runtime.server import tools
 from infleet.runtime.server.errors import APIError
 from infleet.runtime.server.generation import (
     Finished,
@@ -89,6 +92,21 @@ class Job:
         self.created = int(time.time())
         self.offsets: dict[int, int] = {}  # streaming: each choice's text length so far (completions' text_offset)
 
+    async def constrain(self, spec: GrammarSpec | None, param: str, kind: str) -> None:
+        """Compile the request's grammar (off the event loop) into its sampling parameters; count the request."""
+        if spec is None:
+            return
+        if self.params.ignore_eos:
+            raise APIError(
+                400, f"ignore_eos: cannot be combined with {param}: the grammar ends the output", param=param
+            )
+        try:
+            engine = self.serving.engine  # the first use builds the grammar engine: on the thread too
+            self.params.grammar = await asyncio.to_thread(lambda: engine.grammars.compile(spec))
+        except GrammarError as e:
+            raise APIError(400, f"{param}: {e}", param=param) from None
+        self.serving.metrics.structured_output(kind)
+
     async def submit(self) -> Generation:
         generation = await start(self.serving.engine, self.prompt_ids, self.params, self.request_id)
         self.serving.metrics.request_features(self.body.features())  # accepted: counted once, whatever follows
@@ -114,7 +132,7 @@ async def respond_json(
 
 
 async def respond_stream(
-    request: Request, job: Job, object_name: str, delta: Callable[[Job, RequestOutput, bool], dict[str, Any]]
+    request: Request, job: Job, object_name: str, delta: Callable[[Job, RequestOutput, bool], dict[str, Any] | None]
 ) -> Response:
     """Start the request (a full queue is still a 429 here, before any byte), then stream its deltas as SSE."""
     generation = await until_disconnect(request, job.submit)
@@ -128,7 +146,7 @@ async def sse_chunks(
     outputs: AsyncIterable[RequestOutput],
     head: dict[str, Any],
     include_usage: bool,
-    choice: Callable[[RequestOutput, bool], Any],
+    choice: Callable[[RequestOutput, bool], dict[str, Any] | None],
 ) -> AsyncIterator[bytes]:
     """SSE chunks, one per choice's delta; a failure mid-stream is sent as an `error` event, since the 200 is
     already on the wire. With `include_usage`, a last chunk has the usage of all choices together."""
@@ -141,7 +159,10 @@ async def sse_chunks(
             prompt_tokens = out.prompt_tokens
             if not out.new_text and not out.new_logprobs and not out.finished and not first:
                 continue
-            event: dict[str, Any] = {**head, "choices": [choice(out, first)]}
+            delta = choice(out, first)
+            if delta is None:  # held back (tool calls are parsed once the text is whole)
+                continue
+            event: dict[str, Any] = {**head, "choices": [delta]}
             if include_usage:
                 event["usage"] = None
             yield sse.event(event)
@@ -159,6 +180,8 @@ async def completions(request: Request) -> Response:
     body = parse(CompletionRequest, await request.body())
     check_model(serving, body.model)  # before any tokenizing
     job = Job(serving, body, await completion_prompt(serving, body), COMPLETION_DEFAULT_MAX_TOKENS, "cmpl")
+    if body.response_format is not None:
+        await job.constrain(body.response_format.grammar(), "response_format", body.response_format.type)
     if body.stream:
         return await respond_stream(request, job, "text_completion", completion_delta)
     return await respond_json(request, job, "text_completion", completion_choice)
@@ -232,15 +255,42 @@ async def chat_completions(request: Request) -> Response:
     serving: Serving = request.app.state.serving
     body = parse(ChatCompletionRequest, await request.body())
     check_model(serving, body.model)
+    tools.check(body.tools, body.tool_choice)
+    calling = tools.active(body.tools, body.tool_choice)
+    fmt = body.response_format.grammar() if body.response_format is not None else None
+    if fmt is not None and calling:
+        raise APIError(
+            400,
+            "response_format: cannot be combined with tools (both would shape the output); set tool_choice to "
+            "'none' or leave response_format out",
+            param="response_format",
+        )
+    if calling and body.n > 1:
+        raise APIError(400, "n: only 1 choice is served with tools", param="n")
     tokenizer = serving.engine.tokenizer
+    messages: list[dict[str, Any]] = body.chat_messages()
+    extra: dict[str, Any] = {}
+    if calling:
+        assert body.tools is not None
+        messages, extra = tools.render(tokenizer.chat_template, messages, body.tools)
     try:
-        text = tokenizer.apply_chat_template(body.chat_messages(), add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra)
     except Exception as e:  # a template may reject a conversation (say, roles out of order)
         raise APIError(400, f"messages: the chat template rejected them: {e}", param="messages") from None
     job = Job(serving, body, await encode(tokenizer, text, add_special_tokens=False), None, "chatcmpl")
+    if fmt is not None:
+        assert body.response_format is not None
+        await job.constrain(fmt, "response_format", body.response_format.type)
+    if not calling:
+        if body.stream:
+            return await respond_stream(request, job, "chat.completion.chunk", chat_delta)
+        return await respond_json(request, job, "chat.completion", chat_choice)
+    assert body.tools is not None
+    await job.constrain(tools.grammar(body.tools, body.tool_choice, body.parallel_tool_calls), "tools", "tools")
+    answer = ToolAnswer(body.tools, body.tool_choice)
     if body.stream:
-        return await respond_stream(request, job, "chat.completion.chunk", chat_delta)
-    return await respond_json(request, job, "chat.completion", chat_choice)
+        return await respond_stream(request, job, "chat.completion.chunk", answer.delta)
+    return await respond_json(request, job, "chat.completion", answer.choice)
 
 
 def chat_logprob(job: Job, token_id: int, logprob: float) -> dict[str, Any]:
@@ -267,6 +317,42 @@ def chat_choice(job: Job, f: Finished) -> dict[str, Any]:
         "logprobs": chat_logprobs(job, f.logprobs),
         "finish_reason": f.finish_reason,
     }
+
+
+class ToolAnswer:
+    """A chat answer that may be tool calls: parsed from the whole text, so a stream holds its text back until the
+    end and then sends the content or the calls in one chunk."""
+
+    def __init__(self, tool_list: list[tools.Tool], choice: tools.ToolChoice | None) -> None:
+        self.tools = tool_list
+        self.tool_choice = choice
+        self.text: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+
+    def _parse(self, text: str, finish_reason: str | None) -> tuple[dict[str, Any], str | None]:
+        content, calls = tools.parse(text, self.tools, self.tool_choice)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        return message, "tool_calls" if calls and finish_reason == "stop" else finish_reason
+
+    def choice(self, job: Job, f: Finished) -> dict[str, Any]:
+        message, reason = self._parse(f.text, f.finish_reason)
+        return {"index": 0, "message": message, "logprobs": chat_logprobs(job, f.logprobs), "finish_reason": reason}
+
+    def delta(self, job: Job, out: RequestOutput, first: bool) -> dict[str, Any] | None:
+        self.text.append(out.new_text)
+        self.logprobs += out.new_logprobs
+        if not out.finished:
+            return (
+                {"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None} if first else None
+            )
+        message, reason = self._parse("".join(self.text), out.finish_reason)
+        if not first:
+            del message["role"]
+        if "tool_calls" in message:
+            message["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+        return {"index": 0, "delta": message, "logprobs": chat_logprobs(job, self.logprobs), "finish_reason": reason}
 
 
 def chat_delta(job: Job, out: RequestOutput, first: bool) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """OpenAI request bodies: what the server accepts, with a 400 naming the field for anything it does not.
 
 Ranges are OpenAI's (n 1..128, penalties -2..2, logit_bias -100..100, top_logprobs 0..20, completions logprobs
-0..5) plus vLLM's `repetition_penalty` (0, 2]. Fields the engine cannot honour (tools, suffix, best_of > 1, ...)
+0..5) plus vLLM's `repetition_penalty` (0, 2]. Fields the engine cannot honour (suffix, best_of > 1, ...)
 are refused rather than ignored, so a client never silently gets something other than it asked for. Unknown fields
 are ignored, as OpenAI's API does.
 """
@@ -23,7 +23,9 @@ from infleet.api.metrics import (
     FEATURE_STREAM_USAGE,
 )
 from infleet.runtime.engine.sampler import MAX_LOGPROBS, MAX_N
+from infleet.runtime.engine.structured import GrammarSpec
 from infleet.runtime.server.errors import APIError, bad_request, from_validation_error
+from infleet.runtime.server.tools import Tool, ToolChoice, as_text
 
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for the legacy completions endpoint
 
@@ -33,6 +35,37 @@ Model = TypeVar("Model", bound=BaseModel)
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`text`, `json_object` (any JSON object) or `json_schema` (JSON valid against the schema; constrained
+    whether `strict` is set or not)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema: is required when type is 'json_schema'")
+        return self
+
+    def grammar(self) -> GrammarSpec | None:
+        if self.type == "json_object":
+            return GrammarSpec("json_object")
+        if self.type == "json_schema":
+            assert self.json_schema is not None
+            return GrammarSpec("json_schema", self.json_schema.json_schema)
+        return None
 
 
 class SamplingFields(BaseModel):
@@ -52,6 +85,7 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)  # vLLM's extension
@@ -202,11 +236,16 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool's answer to one of them
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
+            text = "".join(part.text for part in self.content)
+        else:
+            text = self.content or ""
+        calls = [as_text(c) for c in self.tool_calls or []]
+        return "\n".join([text, *calls] if text else calls)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -214,8 +253,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, gt=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
@@ -226,20 +266,6 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def logprobs_requested(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
-        if v:
-            raise ValueError("tool calling is not supported")
-        return v
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None and v.get("type") != "text":
-            raise ValueError("only {'type': 'text'} is supported")
-        return v
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -62,7 +62,7 @@ CASES = [
     ("seed-negative", COMPLETIONS, {"prompt": "hi", "seed": -1}, 400, "seed"),
     ("empty-stop", COMPLETIONS, {"prompt": "hi", "stop": [""]}, 400, "stop strings must not be empty"),
     ("stream-options-alone", CHAT, {"messages": MSG, "stream_options": {"include_usage": True}}, 400, "when stream"),
-    ("tools", CHAT, {"messages": MSG, "tools": [{"type": "function"}]}, 400, "tool calling"),
+    ("tools", CHAT, {"messages": MSG, "tools": [{"type": "function"}]}, 400, "tools.0.function: Field required"),
     ("v2-unknown-model", "/v2/models/llama/infer", infer_body(TEXT), 404, "unknown model 'llama'"),
     ("v2-unknown-version", "/v2/models/smollm2/versions/7/infer", infer_body(TEXT), 404, "unknown version '7'"),
     ("v2-no-inputs", INFER, {"inputs": []}, 400, "no inputs"),
