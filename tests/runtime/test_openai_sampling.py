@@ -320,7 +320,7 @@ def test_tokenize_and_detokenize(server: str, engine: LLMEngine) -> None:
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400,
          "logprobs must be true"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]},
-         400, "tools: tool calling is not supported"),
+         400, "tools.0.function: Field required"),
         ("/tokenize", {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, 400, "exactly one of"),
         ("/tokenize", {"model": "other", "prompt": "x"}, 404, "model: the model 'other' does not exist"),
         ("/detokenize", {"tokens": [1, 10**6]}, 400, "tokens: token id 1000000 is outside the vocabulary"),
