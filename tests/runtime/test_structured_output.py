@@ -114,6 +114,18 @@ def test_json_schema_always_validates_over_50_generations(client: openai.OpenAI)
     assert len({d["name"] for d in docs}) > 10  # sampled, not one answer repeated
 
 
+def test_each_of_n_choices_follows_the_schema(client: openai.OpenAI) -> None:
+    """The choices fork after the prompt: each gets its own matcher, starting where the prompt left the grammar."""
+    r = client.chat.completions.create(
+        model=SERVED, messages=MSG, response_format=person_format(), temperature=1.0, seed=5, max_tokens=120, n=3
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    docs = [json.loads(c.message.content or "") for c in r.choices]
+    for doc in docs:
+        jsonschema.validate(doc, PERSON)
+    assert len({json.dumps(d) for d in docs}) > 1  # three draws, not one copied
+
+
 class Person(pydantic.BaseModel):
     name: str = pydantic.Field(max_length=12)
     role: Literal["admin", "user", "guest"]
@@ -214,6 +226,7 @@ BAD = [
     ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}},
      "response_format: cannot be combined with tools"),
     ({"response_format": {"type": "json_object"}, "ignore_eos": True}, "ignore_eos: cannot be combined"),
+    ({"tools": [WEATHER], "tool_choice": "required", "n": 2}, "n: only 1 choice is served with tools"),
 ]  # fmt: skip
 
 
