@@ -7,8 +7,9 @@ limits which namespaces are visible. The body goes to one ready replica byte-exa
 they arrive, and other responses whole.
 
 Failures: a replica that fails before the first byte reaches the client (connection refused or reset, a draining
-replica's 503, a full queue's 429) is retried on another replica, up to MAX_ATTEMPTS replicas (a 429 with no other
-replica reaches the client as the replica sent it, Retry-After included); a stream that has started is never
+replica's 503, a full queue's 429) is retried on another replica, up to MAX_ATTEMPTS replicas and within the
+deployment's retry budget (gateway/retries.py); a 429 or 503 that is not retried (no other replica, or the budget is
+spent) reaches the client as the replica sent it, Retry-After included. A stream that has started is never
 replayed: a mid-stream failure ends it with an SSE event carrying an `error` key and `data: [DONE]`.
 """
 
@@ -38,9 +39,10 @@ from infleet.api import sse
 from infleet.api.errors import error_body
 from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
 from infleet.gateway.auth import KeyStore, Unauthorized
-from infleet.gateway.catalog import Catalog, Deployment, Endpoint, LookupFailed
+from infleet.gateway.catalog import Catalog, Deployment, Endpoint, Key, LookupFailed
 from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from infleet.gateway.prompts import kserve_prompt, openai_prompt
+from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO, RetryBudget
 from infleet.gateway.routing import Router
 from infleet.gateway.slo import RequestClock
 
@@ -126,7 +128,10 @@ class Gateway:
     read_timeout: float = 600.0  # between two upstream chunks: a long prefill under load
     ready: Callable[[], bool] = lambda: True
     created: int = field(default_factory=lambda: int(time.time()))
+    retry_ratio: float = DEFAULT_RATIO
+    retry_floor: float = DEFAULT_FLOOR
     activator: Activator = field(init=False)
+    _budgets: dict[Key, RetryBudget] = field(default_factory=dict, init=False)
     client: httpx.AsyncClient | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +142,12 @@ class Gateway:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
         self.client = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"accept-encoding": "identity"})
         return self.client
+
+    def retry_budget(self, deployment: Deployment) -> RetryBudget:
+        budget = self._budgets.get(deployment.key)
+        if budget is None:
+            budget = self._budgets[deployment.key] = RetryBudget(self.retry_ratio, self.retry_floor)
+        return budget
 
     # ---- the proxy ----------------------------------------------------------------------------------------------
 
@@ -172,6 +183,8 @@ class Gateway:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
         tried: list[Endpoint] = []
         failure = ""
+        budget = self.retry_budget(deployment)
+        budget.deposit()
         for attempt in range(MAX_ATTEMPTS):
             if attempt > 1 and all(e in tried for e in deployment.endpoints):
                 break  # only the second attempt may wait for a new replica; later ones need an untried one
@@ -184,10 +197,12 @@ class Gateway:
                 upstream = await self._send(request.method, endpoint.url + url_path, headers, body)
                 others = bool(self.router.usable(deployment.endpoints, tried))
                 if retry_elsewhere(upstream.status_code, attempt, others):
-                    failure = f"{endpoint.url} answered {upstream.status_code}: {(await upstream.aread())[:200]!r}"
-                    if upstream.status_code == 503:
-                        self.router.eject(endpoint)  # a 429 replica is healthy, only full for now
-                    continue
+                    if budget.withdraw():
+                        failure = f"{endpoint.url} answered {upstream.status_code}: {(await upstream.aread())[:200]!r}"
+                        if upstream.status_code == 503:
+                            self.router.eject(endpoint)  # a 429 replica is healthy, only full for now
+                        continue
+                    self.metrics.retries_refused.labels(**labels).inc()  # the replica's own answer goes back
                 response = await self._answer(upstream, path, labels, clock, release)
                 handed_off = isinstance(response, RelayResponse)
                 return response
@@ -195,6 +210,10 @@ class Gateway:
                 failure = f"{endpoint.url}: {type(e).__name__}: {e}"
                 log.warning("replica %s of %s failed before the first byte: %s", endpoint.url, deployment.qualified, e)
                 self.router.eject(endpoint)
+                if attempt + 1 < MAX_ATTEMPTS and not budget.withdraw():
+                    self.metrics.retries_refused.labels(**labels).inc()
+                    failure += "; the deployment's retry budget is spent"
+                    break
             finally:
                 if not handed_off:
                     with anyio.CancelScope(shield=True):

@@ -38,6 +38,12 @@ class GatewayMetrics:
             "infleet_gateway_retries", "Requests retried on another replica before their first byte.", DEPLOYMENT,
             registry=r,
         )  # fmt: skip
+        self.retries_refused = Counter(
+            "infleet_gateway_retries_refused",
+            "Retries the deployment's retry budget refused (the replica's own answer, or a 502, went back).",
+            DEPLOYMENT,
+            registry=r,
+        )
         self.held = Gauge(
             "infleet_gateway_held_requests",
             "Requests waiting for a ready replica (a deployment scaling from zero).",
