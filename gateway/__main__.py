@@ -86,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per proxied request is the access log's job
 
     keys = KeyStore(enabled=bool(args.api_keys_file or args.api_key_secrets))
     if args.api_keys_file:
