@@ -39,7 +39,8 @@ from infleet.api import sse
 from infleet.api.errors import error_body
 from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
 from infleet.gateway.auth import KeyStore, Unauthorized
-from infleet.gateway.catalog import LEAST_OUTSTANDING, Catalog, Deployment, Endpoint, Key, LookupFailed
+from infleet.gateway.catalog import LEAST_OUTSTANDING, PREFIX_AFFINITY, Catalog, Deployment, Endpoint, Key, LookupFailed
+from infleet.gateway.kv import KVFeeds
 from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from infleet.gateway.prompts import kserve_prompt, openai_prompt
 from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO, RetryBudget
@@ -129,6 +130,7 @@ class Gateway:
     read_timeout: float = 600.0  # between two upstream chunks: a long prefill under load
     ready: Callable[[], bool] = lambda: True
     created: int = field(default_factory=lambda: int(time.time()))
+    kv: KVFeeds = field(default_factory=KVFeeds)
     retry_ratio: float = DEFAULT_RATIO
     retry_floor: float = DEFAULT_FLOOR
     activator: Activator = field(init=False)
@@ -157,14 +159,20 @@ class Gateway:
     # ---- the proxy ----------------------------------------------------------------------------------------------
 
     async def forward(
-        self, request: Request, deployment: Deployment, path: str, body: bytes, prompt: str | None
+        self,
+        request: Request,
+        deployment: Deployment,
+        path: str,
+        body: bytes,
+        prompt: str | None,
+        hashes: list[int] | None = None,
     ) -> Response:
         """Send the request to a ready replica (holding it while there is none), trying another before the first
         byte when one is unreachable or answers 429/503 (at most MAX_ATTEMPTS), and relay the answer; the request
         is judged against the deployment's SLO (gateway/slo.py)."""
         clock = RequestClock(deployment.slo)
         try:
-            response = await self._forward(request, deployment, path, body, prompt, clock)
+            response = await self._forward(request, deployment, path, body, prompt, hashes or [], clock)
         except GatewayError as e:
             if e.status >= 500:
                 clock.count(self.metrics.slo_requests, deployment.namespace, deployment.name, failed=True)
@@ -181,6 +189,7 @@ class Gateway:
         path: str,
         body: bytes,
         prompt: str | None,
+        hashes: list[int],
         clock: RequestClock,
     ) -> Response:
         labels = {"namespace": deployment.namespace, "deployment": deployment.name}
@@ -195,7 +204,7 @@ class Gateway:
                 break  # only the second attempt may wait for a new replica; later ones need an untried one
             if attempt:
                 self.metrics.retries.labels(**labels).inc()
-            deployment, endpoint, release = await self._pick(deployment, prompt, tried, labels)
+            deployment, endpoint, release = await self._pick(deployment, prompt, hashes, tried, labels)
             upstream: aiohttp.ClientResponse | None = None
             handed_off = False  # a relayed stream owns the upstream: its clean-up closes it and releases the replica
             try:
@@ -229,7 +238,12 @@ class Gateway:
         raise GatewayError(502, f"no replica of {deployment.served_name!r} answered ({failure})", code="bad_gateway")
 
     async def _pick(
-        self, deployment: Deployment, prompt: str | None, tried: list[Endpoint], labels: dict[str, str]
+        self,
+        deployment: Deployment,
+        prompt: str | None,
+        hashes: list[int],
+        tried: list[Endpoint],
+        labels: dict[str, str],
     ) -> tuple[Deployment, Endpoint, Callable[[], Awaitable[None]]]:
         """A ready replica not tried yet (held while the deployment has none), counted as busy until `release`."""
         try:
@@ -239,7 +253,8 @@ class Gateway:
         except LookupError as e:
             raise GatewayError(404, str(e), code="model_not_found") from None
         self.metrics.endpoints.labels(**labels).set(len(deployment.endpoints))
-        choice = self.router.choose(deployment, prompt, self.router.usable(deployment.endpoints, tried))
+        candidates = self.router.usable(deployment.endpoints, tried)
+        choice = self.router.choose(deployment, prompt, candidates, hashes, self.kv.index)
         self.metrics.routing.labels(**labels, strategy=choice.strategy).inc()
         if choice.affinity:
             self.metrics.affinity.labels(**labels, result=choice.affinity).inc()
@@ -394,8 +409,12 @@ async def openai_request(request: Request) -> Response:
         if model != deployment.served_name:  # a namespace-qualified name: the replica knows the bare one
             payload["model"] = deployment.served_name
             body = json.dumps(payload).encode()
-        prompt = openai_prompt(payload) if deployment.strategy != LEAST_OUTSTANDING else None  # only routing reads it
-        response = await gateway.forward(request, deployment, request.url.path, body, prompt)
+        prompt, hashes = None, None  # only routing reads the prompt
+        if deployment.strategy == PREFIX_AFFINITY:
+            prompt = openai_prompt(payload)
+            hasher = gateway.kv.follow(deployment)
+            hashes = hasher.hashes(payload) if hasher and gateway.kv.publishing(deployment.endpoints) else None
+        response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes)
     except GatewayError as e:
         response = _error(request, e)
     _count(gateway, deployment, response.status_code)
@@ -464,7 +483,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway.activator.attach(asyncio.get_running_loop())
-        client = gateway.open_client()
+        client = gateway.kv.client = gateway.open_client()
         if on_start:
             on_start()
         try:
@@ -472,6 +491,7 @@ def build_app(
         finally:
             if on_stop:
                 on_stop()
+            await gateway.kv.close()
             await client.close()
 
     app = Starlette(

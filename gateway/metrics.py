@@ -62,7 +62,8 @@ class GatewayMetrics:
         )
         self.affinity = Counter(
             "infleet_gateway_prefix_affinity",
-            "Prefix-affinity choices: home (the prefix's own replica, a likely cache hit) or spill (load bound).",
+            "Prefix-affinity choices: home (the prefix's own replica, a likely cache hit) or spill (load bound) on the "
+            "character ring; hit (a replica holding the prompt's first blocks) or miss when KV-aware.",
             [*DEPLOYMENT, "result"],
             registry=r,
         )
