@@ -182,8 +182,8 @@ class KVFeeds:
             while time.monotonic() - self._wanted.get(endpoint, 0.0) < IDLE_SECONDS:
                 try:
                     async with self.client.get(endpoint.url + "/kv/events", timeout=timeout) as r:
-                        if r.status == 404:
-                            self._unsupported[endpoint] = time.monotonic()
+                        if r.status == 404 or (r.status == 200 and r.content_type != "text/event-stream"):
+                            self._unsupported[endpoint] = time.monotonic()  # an engine that publishes nothing
                             return
                         if r.status == 200:
                             async for line in r.content:

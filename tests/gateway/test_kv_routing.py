@@ -28,7 +28,7 @@ from infleet.runtime.engine.sequence import Sequence
 from infleet.runtime.server import kv_events
 from infleet.runtime.server.app import ServerState
 
-from .conftest import ServerThread, serve_gateway
+from .conftest import ServerThread, Upstream, serve_gateway
 
 BLOCK = 16
 SYSTEM = "You are a careful assistant for the infleet project. " * 6  # several blocks of shared context
@@ -62,6 +62,16 @@ def cache(bm: BlockManager, ids: list[int], rid: str = "r") -> Sequence:
     return seq
 
 
+_hashers: dict[int, PromptHasher] = {}
+
+
+def hasher_for(tokenizer: Any, block_size: int) -> PromptHasher:
+    """The gateway's hasher, built from what `/kv/tokenizer` hands out (once per block size: it parses 49k tokens)."""
+    if block_size not in _hashers:
+        _hashers[block_size] = PromptHasher.from_json(kv_events.tokenizer_doc(tokenizer, block_size))
+    return _hashers[block_size]
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     text=st.text(min_size=0, max_size=300),
@@ -79,7 +89,7 @@ def test_gateway_and_runtime_compute_identical_block_hashes(
     bm.listener = lambda kind, hashes: stored.extend(hashes) if kind == STORED else None
     ids = runtime_ids(tokenizer, body)
     cache(bm, ids)
-    hasher = PromptHasher.from_json(kv_events.tokenizer_doc(tokenizer, block_size))  # what /kv/tokenizer hands out
+    hasher = hasher_for(tokenizer, block_size)
     assert hasher.token_ids(body) == ids
     assert hasher.hashes(body) == stored[:512] == block_hashes(ids, block_size)[:512]
 
@@ -163,3 +173,22 @@ def test_routes_to_the_cached_prefix_until_evicted_and_forgets_a_dead_replica(
     b.server.__exit__(None, None, None)
     wait_for(lambda: b.server.endpoint not in index.held and not index.live(b.server.endpoint), timeout=15,
              interval=0.05, what="the dead replica's entries to expire")  # fmt: skip
+
+
+def test_replicas_that_publish_nothing_keep_the_character_ring(upstream: tuple[Upstream, ServerThread]) -> None:
+    """An engine without KV events (here a replica answering JSON to every path, as a 404 would do too) is marked
+    as publishing nothing, and its deployment's requests are routed on the character ring."""
+    _, replica = upstream
+    gateway = Gateway()
+    gateway.catalog.set_deployment("ns", "d", "m", PREFIX_AFFINITY)
+    gateway.catalog.set_slice("ns", "d", "s", (replica.endpoint,))
+    with serve_gateway(gateway) as gw:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 200
+        wait_for(lambda: replica.endpoint in gateway.kv._unsupported, timeout=10, interval=0.02, what="the probe")
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 200
+        ring = gateway.metrics.registry.get_sample_value(
+            "infleet_gateway_routing_decisions_total",
+            {"namespace": "ns", "deployment": "d", "strategy": PREFIX_AFFINITY},
+        )
+        assert ring == 2 and not gateway.kv.index.held
