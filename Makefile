@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # venv imports it late, after the working directory is on sys.path): never put the working directory there.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu bench-runtime up down env clean
+.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu bench-runtime bench-gateway up down env clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -81,6 +81,13 @@ bench-runtime: install
 	CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF" \
 		$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/runtime_cpu.py $(BENCH_ARGS)
+
+# The gateway's cost beside a direct connection and nginx as a plain reverse proxy (Debian's nginx-light, installed
+# here when missing; without it the benchmark skips that side and says so).
+bench-gateway: install
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+		{ $$(test $$(id -u) = 0 || echo sudo) apt-get install -y -q nginx-light; }
+	$(PY) benchmarks/gateway.py $(BENCH_ARGS)
 
 up: setup
 	$(PY) -m infleet.cluster.stack up

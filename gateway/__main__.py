@@ -19,6 +19,7 @@ from infleet.gateway.activator import HoldPolicy
 from infleet.gateway.app import Gateway, build_app
 from infleet.gateway.auth import KeyStore
 from infleet.gateway.catalog import LEAST_OUTSTANDING, STRATEGIES
+from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO
 from infleet.gateway.routing import DEFAULT_EPS, DEFAULT_PREFIX_CHARS, Router
 
 PROG = "infleet gateway"
@@ -53,6 +54,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-after", type=int, default=10, metavar="S", help="Retry-After when turning a request away")
     r.add_argument("--prefix-chars", type=int, default=DEFAULT_PREFIX_CHARS, metavar="N", help="prefix-affinity key")
     r.add_argument("--load-bound", type=float, default=DEFAULT_EPS, metavar="EPS", help="prefix affinity: (1+EPS)")
+    r.add_argument(
+        "--retry-budget",
+        type=float,
+        default=DEFAULT_RATIO,
+        metavar="RATIO",
+        help="retries before the first byte may add this share of the requests (0 with --retry-floor 0: none)",
+    )
+    r.add_argument("--retry-floor", type=float, default=DEFAULT_FLOOR, metavar="N", help="retries/s always allowed")
     r.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     r.add_argument("--access-log", action="store_true")
     return p
@@ -69,11 +78,14 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
-    if args.hold_timeout <= 0 or args.load_bound <= 0 or args.retry_after < 0:
-        print(f"{PROG}: --hold-timeout and --load-bound must be positive, --retry-after not negative", file=sys.stderr)
+    if args.hold_timeout <= 0 or args.load_bound <= 0 or min(args.retry_after, args.retry_budget, args.retry_floor) < 0:
+        print(
+            f"{PROG}: --hold-timeout and --load-bound must be positive, --retry-after, --retry-budget and "
+            "--retry-floor not negative",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per proxied request is the access log's job
 
     keys = KeyStore(enabled=bool(args.api_keys_file or args.api_key_secrets))
     if args.api_keys_file:
@@ -84,11 +96,12 @@ def run(args: argparse.Namespace) -> int:
             return 1
     router = Router(eps=args.load_bound, prefix_chars=args.prefix_chars)
     hold = HoldPolicy(max_held=args.max_held, timeout=args.hold_timeout, retry_after=args.retry_after)
+    retries = {"retry_ratio": args.retry_budget, "retry_floor": args.retry_floor}
 
     if args.upstream:
         from infleet.gateway.discovery import load_static
 
-        gateway = Gateway(keys=keys, router=router, hold=hold)
+        gateway = Gateway(keys=keys, router=router, hold=hold, **retries)
         try:
             load_static(gateway.catalog, args.upstream, args.routing)
         except ValueError as e:
@@ -110,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: no Kubernetes configuration ({e}); give --kubeconfig, or --upstream", file=sys.stderr)
             return 1
         api = client.ApiClient()
-        gateway = Gateway(keys=keys, router=router, hold=hold, record_demand=AnnotationDemand(api))
+        gateway = Gateway(keys=keys, router=router, hold=hold, record_demand=AnnotationDemand(api), **retries)
         discovery = KubernetesDiscovery(
             api,
             gateway.catalog,

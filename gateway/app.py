@@ -7,8 +7,9 @@ limits which namespaces are visible. The body goes to one ready replica byte-exa
 they arrive, and other responses whole.
 
 Failures: a replica that fails before the first byte reaches the client (connection refused or reset, a draining
-replica's 503, a full queue's 429) is retried on another replica, up to MAX_ATTEMPTS replicas (a 429 with no other
-replica reaches the client as the replica sent it, Retry-After included); a stream that has started is never
+replica's 503, a full queue's 429) is retried on another replica, up to MAX_ATTEMPTS replicas and within the
+deployment's retry budget (gateway/retries.py); a 429 or 503 that is not retried (no other replica, or the budget is
+spent) reaches the client as the replica sent it, Retry-After included. A stream that has started is never
 replayed: a mid-stream failure ends it with an SSE event carrying an `error` key and `data: [DONE]`.
 """
 
@@ -25,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import anyio
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -38,9 +39,11 @@ from infleet.api import sse
 from infleet.api.errors import error_body
 from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
 from infleet.gateway.auth import KeyStore, Unauthorized
-from infleet.gateway.catalog import Catalog, Deployment, Endpoint, LookupFailed
+from infleet.gateway.catalog import LEAST_OUTSTANDING, PREFIX_AFFINITY, Catalog, Deployment, Endpoint, Key, LookupFailed
+from infleet.gateway.kv import KVFeeds
 from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from infleet.gateway.prompts import kserve_prompt, openai_prompt
+from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO, RetryBudget
 from infleet.gateway.routing import Router
 from infleet.gateway.slo import RequestClock
 
@@ -56,6 +59,7 @@ HOP_BY_HOP = {
 }  # fmt: skip
 NOT_FORWARDED = HOP_BY_HOP | {"authorization", NAMESPACE_HEADER}  # the gateway's key never reaches a replica
 NOT_RETURNED = HOP_BY_HOP | {"date", "server"}  # the gateway's own server sets these
+UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)  # a replica unreachable, gone or silent too long
 # /v2/models/<name>[/versions/<v>][/ready|/infer|/generate|/generate_stream]; the name itself may hold a '/'
 V2_MODEL_PATH = re.compile(
     r"^(?P<name>.+?)(?P<rest>(?:/versions/[^/]+)?(?:/(?:ready|infer|generate|generate_stream))?)$"
@@ -83,11 +87,11 @@ def _complete_events(buffer: bytes) -> int:
     return max((i + len(sep) for sep in _EVENT_ENDS if (i := buffer.rfind(sep)) >= 0), default=0)
 
 
-async def sse_events(upstream: httpx.Response) -> AsyncIterator[bytes]:
+async def sse_events(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """Upstream bytes cut at event boundaries, each as soon as it is complete: never half an event, so an error
     event can always follow cleanly."""
     buffer = b""
-    async for chunk in upstream.aiter_raw():
+    async for chunk in upstream.content.iter_any():
         buffer += chunk
         cut = _complete_events(buffer)
         if cut:
@@ -126,29 +130,49 @@ class Gateway:
     read_timeout: float = 600.0  # between two upstream chunks: a long prefill under load
     ready: Callable[[], bool] = lambda: True
     created: int = field(default_factory=lambda: int(time.time()))
+    kv: KVFeeds = field(default_factory=KVFeeds)
+    retry_ratio: float = DEFAULT_RATIO
+    retry_floor: float = DEFAULT_FLOOR
     activator: Activator = field(init=False)
-    client: httpx.AsyncClient | None = field(default=None, init=False)
+    _budgets: dict[Key, RetryBudget] = field(default_factory=dict, init=False)
+    client: aiohttp.ClientSession | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.activator = Activator(self.catalog, self.metrics, self.hold, self.record_demand)
 
-    def open_client(self) -> httpx.AsyncClient:
-        timeout = httpx.Timeout(self.read_timeout, connect=self.connect_timeout, pool=None)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
-        self.client = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"accept-encoding": "identity"})
+    def open_client(self) -> aiohttp.ClientSession:
+        """One pooled client for every replica (aiohttp: its C parser costs a fraction of httpx's per request).
+        Bodies pass through as they are: no decompression, no redirects followed."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        self.client = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, headers={"accept-encoding": "identity"}
+        )
         return self.client
+
+    def retry_budget(self, deployment: Deployment) -> RetryBudget:
+        budget = self._budgets.get(deployment.key)
+        if budget is None:
+            budget = self._budgets[deployment.key] = RetryBudget(self.retry_ratio, self.retry_floor)
+        return budget
 
     # ---- the proxy ----------------------------------------------------------------------------------------------
 
     async def forward(
-        self, request: Request, deployment: Deployment, path: str, body: bytes, prompt: str | None
+        self,
+        request: Request,
+        deployment: Deployment,
+        path: str,
+        body: bytes,
+        prompt: str | None,
+        hashes: list[int] | None = None,
     ) -> Response:
         """Send the request to a ready replica (holding it while there is none), trying another before the first
         byte when one is unreachable or answers 429/503 (at most MAX_ATTEMPTS), and relay the answer; the request
         is judged against the deployment's SLO (gateway/slo.py)."""
         clock = RequestClock(deployment.slo)
         try:
-            response = await self._forward(request, deployment, path, body, prompt, clock)
+            response = await self._forward(request, deployment, path, body, prompt, hashes or [], clock)
         except GatewayError as e:
             if e.status >= 500:
                 clock.count(self.metrics.slo_requests, deployment.namespace, deployment.name, failed=True)
@@ -165,6 +189,7 @@ class Gateway:
         path: str,
         body: bytes,
         prompt: str | None,
+        hashes: list[int],
         clock: RequestClock,
     ) -> Response:
         labels = {"namespace": deployment.namespace, "deployment": deployment.name}
@@ -172,40 +197,53 @@ class Gateway:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
         tried: list[Endpoint] = []
         failure = ""
+        budget = self.retry_budget(deployment)
+        budget.deposit()
         for attempt in range(MAX_ATTEMPTS):
             if attempt > 1 and all(e in tried for e in deployment.endpoints):
                 break  # only the second attempt may wait for a new replica; later ones need an untried one
             if attempt:
                 self.metrics.retries.labels(**labels).inc()
-            deployment, endpoint, release = await self._pick(deployment, prompt, tried, labels)
-            upstream: httpx.Response | None = None
+            deployment, endpoint, release = await self._pick(deployment, prompt, hashes, tried, labels)
+            upstream: aiohttp.ClientResponse | None = None
             handed_off = False  # a relayed stream owns the upstream: its clean-up closes it and releases the replica
             try:
                 upstream = await self._send(request.method, endpoint.url + url_path, headers, body)
                 others = bool(self.router.usable(deployment.endpoints, tried))
-                if retry_elsewhere(upstream.status_code, attempt, others):
-                    failure = f"{endpoint.url} answered {upstream.status_code}: {(await upstream.aread())[:200]!r}"
-                    if upstream.status_code == 503:
-                        self.router.eject(endpoint)  # a 429 replica is healthy, only full for now
-                    continue
+                if retry_elsewhere(upstream.status, attempt, others):
+                    if budget.withdraw():
+                        failure = f"{endpoint.url} answered {upstream.status}: {(await upstream.read())[:200]!r}"
+                        if upstream.status == 503:
+                            self.router.eject(endpoint)  # a 429 replica is healthy, only full for now
+                        continue
+                    self.metrics.retries_refused.labels(**labels).inc()  # the replica's own answer goes back
                 response = await self._answer(upstream, path, labels, clock, release)
                 handed_off = isinstance(response, RelayResponse)
                 return response
-            except httpx.TransportError as e:
+            except UPSTREAM_ERRORS as e:
                 failure = f"{endpoint.url}: {type(e).__name__}: {e}"
                 log.warning("replica %s of %s failed before the first byte: %s", endpoint.url, deployment.qualified, e)
                 self.router.eject(endpoint)
+                if attempt + 1 < MAX_ATTEMPTS and not budget.withdraw():
+                    self.metrics.retries_refused.labels(**labels).inc()
+                    failure += "; the deployment's retry budget is spent"
+                    break
             finally:
                 if not handed_off:
                     with anyio.CancelScope(shield=True):
                         if upstream is not None:
-                            await upstream.aclose()
+                            upstream.release()  # back to the pool if read to the end, else the connection closes
                         await release()
         self.metrics.errors.labels(**labels, reason="upstream_unreachable").inc()
         raise GatewayError(502, f"no replica of {deployment.served_name!r} answered ({failure})", code="bad_gateway")
 
     async def _pick(
-        self, deployment: Deployment, prompt: str | None, tried: list[Endpoint], labels: dict[str, str]
+        self,
+        deployment: Deployment,
+        prompt: str | None,
+        hashes: list[int],
+        tried: list[Endpoint],
+        labels: dict[str, str],
     ) -> tuple[Deployment, Endpoint, Callable[[], Awaitable[None]]]:
         """A ready replica not tried yet (held while the deployment has none), counted as busy until `release`."""
         try:
@@ -215,7 +253,8 @@ class Gateway:
         except LookupError as e:
             raise GatewayError(404, str(e), code="model_not_found") from None
         self.metrics.endpoints.labels(**labels).set(len(deployment.endpoints))
-        choice = self.router.choose(deployment, prompt, self.router.usable(deployment.endpoints, tried))
+        candidates = self.router.usable(deployment.endpoints, tried)
+        choice = self.router.choose(deployment, prompt, candidates, hashes, self.kv.index)
         self.metrics.routing.labels(**labels, strategy=choice.strategy).inc()
         if choice.affinity:
             self.metrics.affinity.labels(**labels, result=choice.affinity).inc()
@@ -234,15 +273,14 @@ class Gateway:
 
         return deployment, endpoint, release
 
-    async def _send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> httpx.Response:
+    async def _send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> aiohttp.ClientResponse:
         """The replica's answer, its body still unread."""
         assert self.client is not None, "the app's lifespan opens the client"
-        request = self.client.build_request(method, url, headers=headers, content=body)
-        return await self.client.send(request, stream=True)
+        return await self.client.request(method, url, headers=headers, data=body or None, allow_redirects=False)
 
     async def _answer(
         self,
-        upstream: httpx.Response,
+        upstream: aiohttp.ClientResponse,
         path: str,
         labels: dict[str, str],
         clock: RequestClock,
@@ -250,17 +288,17 @@ class Gateway:
     ) -> Response:
         """A plain answer read whole, or a stream relayed once its first event is here (so that a replica failing
         before it is retried elsewhere); the stream's clean-up then closes the upstream and releases the replica."""
-        returned = dict((k, v) for k, v in upstream.headers.multi_items() if k.lower() not in NOT_RETURNED)
+        returned = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_RETURNED}
         if not upstream.headers.get("content-type", "").startswith(sse.MEDIA_TYPE):
-            content = await upstream.aread()
-            return Response(content, status_code=upstream.status_code, headers=returned)
+            content = await upstream.read()
+            return Response(content, status_code=upstream.status, headers=returned)
         events = sse_events(upstream)
         first = await anext(events, b"")
         clock.event(sse.data_events(first))
         return RelayResponse(
             self._relay(first, events, path, labels, clock),
             cleanup=self._closer(upstream, events, release),
-            status_code=upstream.status_code,
+            status_code=upstream.status,
             headers=returned,
         )
 
@@ -273,7 +311,7 @@ class Gateway:
             async for chunk in events:
                 yield chunk
                 clock.event(sse.data_events(chunk))
-        except httpx.HTTPError as e:  # the replica went away mid-stream: never replay, end the stream cleanly
+        except UPSTREAM_ERRORS as e:  # the replica went away mid-stream: never replay, end the stream cleanly
             self.metrics.errors.labels(**labels, reason="stream_interrupted").inc()
             log.warning("stream from %s/%s interrupted: %s", labels["namespace"], labels["deployment"], e)
             clock.count(self.metrics.slo_requests, labels["namespace"], labels["deployment"], failed=True)
@@ -285,12 +323,12 @@ class Gateway:
 
     @staticmethod
     def _closer(
-        upstream: httpx.Response, events: AsyncIterator[bytes], release: Callable[[], Awaitable[None]]
+        upstream: aiohttp.ClientResponse, events: AsyncIterator[bytes], release: Callable[[], Awaitable[None]]
     ) -> Callable[[], Awaitable[None]]:
         async def close() -> None:
             try:
                 await events.aclose()  # type: ignore[attr-defined]
-                await upstream.aclose()
+                upstream.release()
             finally:
                 await release()
 
@@ -371,7 +409,12 @@ async def openai_request(request: Request) -> Response:
         if model != deployment.served_name:  # a namespace-qualified name: the replica knows the bare one
             payload["model"] = deployment.served_name
             body = json.dumps(payload).encode()
-        response = await gateway.forward(request, deployment, request.url.path, body, openai_prompt(payload))
+        prompt, hashes = None, None  # only routing reads the prompt
+        if deployment.strategy == PREFIX_AFFINITY:
+            prompt = openai_prompt(payload)
+            hasher = gateway.kv.follow(deployment)
+            hashes = hasher.hashes(payload) if hasher and gateway.kv.publishing(deployment.endpoints) else None
+        response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes)
     except GatewayError as e:
         response = _error(request, e)
     _count(gateway, deployment, response.status_code)
@@ -406,7 +449,8 @@ async def kserve_model(request: Request) -> Response:
             raise GatewayError(503, f"model {deployment.served_name!r} has no ready replica (it may be scaled to zero)")
         body = await _body(request) if request.method == "POST" else b""
         length = request.headers.get(BINARY_HEADER)
-        prompt = kserve_prompt(body, int(length) if length and length.isdigit() else None) if body else None
+        routed = body and deployment.strategy != LEAST_OUTSTANDING
+        prompt = kserve_prompt(body, int(length) if length and length.isdigit() else None) if routed else None
         response = await gateway.forward(request, deployment, path, body, prompt)
     except GatewayError as e:
         response = _error(request, e)
@@ -439,7 +483,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway.activator.attach(asyncio.get_running_loop())
-        client = gateway.open_client()
+        client = gateway.kv.client = gateway.open_client()
         if on_start:
             on_start()
         try:
@@ -447,7 +491,8 @@ def build_app(
         finally:
             if on_stop:
                 on_stop()
-            await client.aclose()
+            await gateway.kv.close()
+            await client.close()
 
     app = Starlette(
         routes=[

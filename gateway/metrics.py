@@ -38,6 +38,12 @@ class GatewayMetrics:
             "infleet_gateway_retries", "Requests retried on another replica before their first byte.", DEPLOYMENT,
             registry=r,
         )  # fmt: skip
+        self.retries_refused = Counter(
+            "infleet_gateway_retries_refused",
+            "Retries the deployment's retry budget refused (the replica's own answer, or a 502, went back).",
+            DEPLOYMENT,
+            registry=r,
+        )
         self.held = Gauge(
             "infleet_gateway_held_requests",
             "Requests waiting for a ready replica (a deployment scaling from zero).",
@@ -56,7 +62,8 @@ class GatewayMetrics:
         )
         self.affinity = Counter(
             "infleet_gateway_prefix_affinity",
-            "Prefix-affinity choices: home (the prefix's own replica, a likely cache hit) or spill (load bound).",
+            "Prefix-affinity choices: home (the prefix's own replica, a likely cache hit) or spill (load bound) on the "
+            "character ring; hit (a replica holding the prompt's first blocks) or miss when KV-aware.",
             [*DEPLOYMENT, "result"],
             registry=r,
         )

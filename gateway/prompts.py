@@ -11,7 +11,7 @@ import struct
 from typing import Any
 
 
-def _text(content: Any) -> str:
+def content_text(content: Any) -> str:
     """OpenAI message content: a string, or a list of parts of which the text parts count."""
     if isinstance(content, str):
         return content
@@ -27,7 +27,8 @@ def openai_prompt(body: Any) -> str | None:
         return None
     messages = body.get("messages")
     if isinstance(messages, list):
-        return "".join(f"{m.get('role', '')}\n{_text(m.get('content'))}\n" for m in messages if isinstance(m, dict))
+        turns = (m for m in messages if isinstance(m, dict))
+        return "".join(f"{m.get('role', '')}\n{content_text(m.get('content'))}\n" for m in turns)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
         prompt = prompt[0]  # a batch: the first prompt stands for it

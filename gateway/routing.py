@@ -8,6 +8,10 @@ prefix cache already holds their KV blocks. It hashes that prefix onto a consist
 removing a replica moves only the keys next to it) and applies *consistent hashing with bounded loads* (Mirrokni,
 Thorup and Zadimoghaddam, 2018): a replica takes a request only while its load stays within (1 + eps) x the average,
 otherwise the walk goes on to the next replica on the ring, so one hot system prompt cannot overload one replica.
+
+KV-aware routing replaces the ring for deployments whose replicas publish their prefix cache (gateway/kv.py): among
+the replicas within the same load bound, the one holding the longest run of the prompt's block hashes wins (ties to
+the least loaded); with no replica holding even its first block, least outstanding decides.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from infleet.gateway.catalog import LEAST_OUTSTANDING, PREFIX_AFFINITY, Deployment, Endpoint
+from infleet.gateway.kv import KVIndex
 
 DEFAULT_PREFIX_CHARS = 256  # about 64 tokens: a few KV blocks of a typical system prompt
 DEFAULT_EPS = 0.25
+KV_AWARE = "kvAware"  # the strategy label of a choice made on the replicas' published cache state
 VIRTUAL_NODES = 100
 EJECT_SECONDS = 5.0  # a replica that refused a connection is skipped this long (until discovery catches up)
 
@@ -59,7 +65,7 @@ class Ring:
 class Choice:
     endpoint: Endpoint
     strategy: str
-    affinity: str | None = None  # prefix affinity only: "home" (the key's own replica) or "spill"
+    affinity: str | None = None  # prefix affinity: "home" (the key's own replica) or "spill"; KV-aware: "hit"/"miss"
 
 
 class Router:
@@ -95,14 +101,38 @@ class Router:
         if self.outstanding[endpoint] <= 0:
             del self.outstanding[endpoint]
 
-    def choose(self, deployment: Deployment, prompt: str | None, candidates: Sequence[Endpoint]) -> Choice:
-        """Pick among `candidates` (ready, not yet tried) with the deployment's strategy."""
+    def choose(
+        self,
+        deployment: Deployment,
+        prompt: str | None,
+        candidates: Sequence[Endpoint],
+        hashes: Sequence[int] = (),
+        index: KVIndex | None = None,
+    ) -> Choice:
+        """Pick among `candidates` (ready, not yet tried) with the deployment's strategy: KV-aware when the prompt's
+        block hashes are known and some candidate publishes its cache, else the character ring."""
         if not candidates:
             raise ValueError(f"no candidate endpoint for {deployment.qualified}")
+        if deployment.strategy == PREFIX_AFFINITY and hashes and index and any(index.live(e) for e in candidates):
+            return self.kv_aware(hashes, candidates, index)
         if deployment.strategy == PREFIX_AFFINITY and prompt:
             endpoint, home = self.bounded_affinity(prompt[: self.prefix_chars], candidates)
             return Choice(endpoint, PREFIX_AFFINITY, "home" if home else "spill")
         return Choice(self.least_outstanding(candidates), LEAST_OUTSTANDING)
+
+    def kv_aware(self, hashes: Sequence[int], candidates: Sequence[Endpoint], index: KVIndex) -> Choice:
+        """The replica within the load bound holding the most of the prompt's leading blocks."""
+        capacity = self._capacity(candidates)
+        scored = [(index.cached_blocks(e, hashes), e) for e in candidates if self.outstanding[e] < capacity]
+        best = max((n for n, _ in scored), default=0)
+        if best == 0:
+            return Choice(self.least_outstanding(candidates), KV_AWARE, "miss")
+        return Choice(self.least_outstanding([e for n, e in scored if n == best]), KV_AWARE, "hit")
+
+    def _capacity(self, candidates: Sequence[Endpoint]) -> int:
+        """ceil((1 + eps) x (in flight + 1) / replicas): some replica is always below it."""
+        total = sum(self.outstanding[e] for e in candidates)
+        return math.ceil((1 + self.eps) * (total + 1) / len(candidates))
 
     def least_outstanding(self, candidates: Sequence[Endpoint]) -> Endpoint:
         fewest = min(self.outstanding[e] for e in candidates)
@@ -117,8 +147,7 @@ class Router:
         always below it (the least loaded one is at or below the average), so the walk always ends.
         """
         ring = self._ring(candidates)
-        total = sum(self.outstanding[e] for e in candidates)
-        capacity = math.ceil((1 + self.eps) * (total + 1) / len(candidates))
+        capacity = self._capacity(candidates)
         walk = ring.walk(key)
         for endpoint in walk:
             if self.outstanding[endpoint] < capacity:

@@ -1,4 +1,4 @@
-"""Text <-> token ids with Hugging Face `tokenizers`, chat templates with jinja2, and streaming detokenization.
+"""Text <-> token ids with Hugging Face `tokenizers`, chat templates (`infleet.api.chat`), streaming detokenization.
 
 GGUF files carry their vocabulary as metadata (tokens, merges, token types); `Tokenizer.from_gguf_vocab` rebuilds
 the byte-level BPE tokenizer from it. The HF layout ships `tokenizer.json` (+ `tokenizer_config.json` for the
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.sandbox
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
+
+from infleet.api.chat import render_chat
 
 # llama.cpp's token types (gguf.TokenType)
 _CONTROL, _USER_DEFINED = 3, 4
@@ -66,7 +66,6 @@ class Tokenizer:
         self.eos_token_ids = list(dict.fromkeys(eos_token_ids))
         self.add_bos_token = add_bos_token
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-        self._template: jinja2.Template | None = None
 
     # --- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -147,19 +146,18 @@ class Tokenizer:
         with `add_special_tokens=False`."""
         if self.chat_template is None:
             raise ValueError("this model has no chat template; use a completion request instead")
-        if self._template is None:
-            env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-                trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-            )
-            env.globals["raise_exception"] = _raise_template_error
-            self._template = env.from_string(self.chat_template)
-        return self._template.render(
-            messages=messages,
+        return render_chat(
+            self.chat_template,
+            messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "",
-            eos_token=self.decode(self.eos_token_ids[:1], skip_special_tokens=False) if self.eos_token_ids else "",
+            eos_token=self.eos_token,
             **extra,
         )
+
+    @property
+    def eos_token(self) -> str:
+        return self.decode(self.eos_token_ids[:1], skip_special_tokens=False) if self.eos_token_ids else ""
 
     def detokenizer(self, prompt_ids: list[int]) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, prompt_ids)
@@ -169,10 +167,6 @@ def _token_str(tok: Any) -> str | None:
     if isinstance(tok, dict):
         return tok.get("content")
     return tok if isinstance(tok, str) else None
-
-
-def _raise_template_error(message: str) -> None:
-    raise ValueError(f"chat template: {message}")
 
 
 @dataclass

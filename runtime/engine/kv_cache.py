@@ -4,14 +4,22 @@ A block that is full and computed gets a hash chained on its predecessor's (so e
 and is registered under it. A later prompt starting with the same tokens shares those blocks (reference counts)
 instead of recomputing them. Blocks whose count drops to zero go to the free list but keep their contents and
 hash until reused: the free list is the LRU eviction order (blocks that hold no cached prefix are reused first).
+
+Block hashes are `infleet.api.prefix.chain_hash`, the one the gateway computes too: a listener (the server's KV event
+stream) hears every hash stored and evicted, so the gateway can route a prompt to the replica that holds its prefix.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from infleet.api.prefix import chain_hash
 from infleet.runtime.engine.sequence import Sequence
+
+STORED, REMOVED = "stored", "removed"
+Listener = Callable[[str, list[int]], None]  # (STORED or REMOVED, block hashes), called on the engine's thread
 
 
 @dataclass(eq=False)
@@ -20,10 +28,6 @@ class Block:
     ref_count: int = 0
     hash: int | None = None
     token_ids: tuple[int, ...] = ()  # kept with the hash so a hash collision cannot alias two prefixes
-
-
-def chain_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
-    return hash((parent, token_ids))
 
 
 class BlockManager:
@@ -37,6 +41,7 @@ class BlockManager:
         self.cached: dict[int, int] = {}  # chain hash -> block id
         self.prefix_queries = 0  # prompt tokens looked up, and found, since the start
         self.prefix_hits = 0
+        self.listener: Listener | None = None
 
     # --- capacity -----------------------------------------------------------------------------------------------
     @property
@@ -62,6 +67,8 @@ class BlockManager:
         if block.hash is not None:  # evict its cached prefix
             if self.cached.get(block.hash) == block_id:
                 del self.cached[block.hash]
+                if self.listener:
+                    self.listener(REMOVED, [block.hash])
             block.hash, block.token_ids = None, ()
         block.ref_count = 1
         return block
@@ -114,6 +121,7 @@ class BlockManager:
             return
         bs = self.block_size
         full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        stored = []
         for i in range(len(seq.block_hashes), full):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             h = chain_hash(seq.block_hashes[-1] if seq.block_hashes else None, tokens)
@@ -122,6 +130,9 @@ class BlockManager:
             if block.hash is None and h not in self.cached:
                 block.hash, block.token_ids = h, tokens
                 self.cached[h] = block.block_id
+                stored.append(h)
+        if stored and self.listener:
+            self.listener(STORED, stored)
 
     def free_sequence(self, seq: Sequence) -> None:
         """Drop the sequence's references; blocks are released tail first, so a prefix's tail is evicted first."""

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from infleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from infleet.runtime.server import kserve, openai, tokenize
+from infleet.runtime.server import kserve, kv_events, openai, tokenize
 from infleet.runtime.server.errors import APIError
 
 if TYPE_CHECKING:
@@ -158,6 +158,8 @@ def build_app(serving: Serving, *, manage_engine: bool = True) -> Starlette:
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/kv/events", kv_events.events, methods=["GET"]),
+            Route("/kv/tokenizer", kv_events.tokenizer, methods=["GET"]),
             *openai.routes(),
             *tokenize.routes(),
             *kserve.routes(),
@@ -167,4 +169,5 @@ def build_app(serving: Serving, *, manage_engine: bool = True) -> Starlette:
         lifespan=lifespan,
     )
     app.state.serving = serving
+    app.state.kv_events = kv_events.KVEvents.attach(serving.engine)
     return app

@@ -15,6 +15,7 @@ from infleet.gateway.__main__ import main
         (["--port", "0", "--upstream", "m=http://h:1"], 2, "--port must be at least 1"),
         (["--upstream", "nonsense"], 2, "expected [namespace/]model=http://host:port"),
         (["--upstream", "m=http://h:1", "--hold-timeout", "0"], 2, "--hold-timeout"),
+        (["--upstream", "m=http://h:1", "--retry-budget", "-1"], 2, "--retry-budget"),
         (["--kubeconfig", "/nonexistent/kubeconfig"], 1, "no Kubernetes configuration"),
     ],
 )

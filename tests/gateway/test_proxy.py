@@ -172,3 +172,38 @@ def test_a_busy_replica_429_goes_to_another_and_the_last_answer_is_relayed(fleet
         gateway.catalog.set_slice("team-a", "d", "s", (busy.endpoint,))
         r = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT)
         assert r.status_code == 429 and r.headers["retry-after"] == "2" and r.json()["error"]["message"] == "queue full"
+
+
+def test_a_spent_retry_budget_sends_the_replica_s_own_answer(fleet: Fleet) -> None:
+    """With no budget, a 429 goes straight back even though another replica is free, and a refused connection is a
+    502 naming the spent budget; a budget of one retry per two requests retries about half of them."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def full(request: Request) -> JSONResponse:
+        return JSONResponse({"error": {"message": "queue full"}}, status_code=429)
+
+    gateway, gw, _ = fleet
+    labels = {"namespace": "team-a", "deployment": "d"}
+    live = gateway.catalog.get(("team-a", "d")).endpoints
+    with ServerThread(Starlette(routes=[Route("/{p:path}", full, methods=["POST"])])) as busy:
+        gateway.catalog.set_slice("team-a", "d", "s", (busy.endpoint,))
+        budget = gateway.retry_budget(gateway.catalog.get(("team-a", "d")))
+        budget.ratio, budget.floor_per_second, budget.balance = 0.0, 0.0, 0.0
+        gateway.catalog.set_slice("team-a", "d", "s", (busy.endpoint, *live))
+        codes = {httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT).status_code for _ in range(6)}
+        assert codes == {200, 429}  # the busy replica's 429 reached the client: nothing was retried
+        assert gateway.metrics.registry.get_sample_value("infleet_gateway_retries_refused_total", labels)
+        gateway.catalog.set_slice("team-a", "d", "s", (Endpoint("127.0.0.1", free_port()), *live))
+        refused = [httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT) for _ in range(4)]
+        dead = [r for r in refused if r.status_code != 200]
+        assert dead and all(r.status_code == 502 and "retry budget" in r.json()["error"]["message"] for r in dead)
+
+        budget.ratio = 0.5  # every request earns half a retry
+        gateway.catalog.set_slice("team-a", "d", "s", (busy.endpoint, *live))
+        before = gateway.metrics.registry.get_sample_value("infleet_gateway_retries_total", labels) or 0.0
+        codes429 = [httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT).status_code for _ in range(20)].count(429)
+        retried = (gateway.metrics.registry.get_sample_value("infleet_gateway_retries_total", labels) or 0) - before
+        assert 1 <= retried <= 10 and codes429 >= 1  # never more retries than the ratio earned

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infleet.gateway.catalog import LEAST_OUTSTANDING, PREFIX_AFFINITY, Deployment, Endpoint
+from infleet.gateway.retries import RetryBudget
 from infleet.gateway.routing import Ring, Router
 
 EPS = [Endpoint(f"127.0.0.{i}", 8000) for i in range(1, 5)]
@@ -127,3 +129,16 @@ def test_ejected_replicas_are_skipped_while_others_remain() -> None:
     assert EPS[0] not in router.usable(EPS)
     assert router.usable([EPS[0]]) == [EPS[0]]  # the only one left is still tried
     assert router.usable(EPS, exclude=[EPS[1]]) == [EPS[2], EPS[3]]
+
+
+def test_retry_budget_is_ratio_of_requests_plus_floor() -> None:
+    budget = RetryBudget(ratio=0.25, floor_per_second=0.0)
+    spent = 0
+    for _ in range(40):
+        budget.deposit()
+        spent += budget.withdraw()
+    assert spent == 10  # one retry per four requests, no more
+    quiet = RetryBudget(ratio=0.0, floor_per_second=1000.0)
+    assert all(quiet.withdraw() for _ in range(100))  # the floor's saved balance
+    with pytest.raises(ValueError, match="negative"):
+        RetryBudget(ratio=-1)
