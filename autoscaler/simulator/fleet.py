@@ -205,12 +205,19 @@ class Fleet:
     def _at(self, when: float, kind: str, payload: object = None) -> None:
         heapq.heappush(self.events, (when, next(self.seq), kind, payload))
 
-    def run(self, trace: Sequence[TraceRequest]) -> SimResult:
+    def run(self, trace: Sequence[TraceRequest], before: Sequence[TraceRequest] | None = None) -> SimResult:
+        """Replay `trace`. The warm-up replays the `warmup` seconds of traffic that came `before` it (arrivals in
+        seconds before the trace's start, negative), or, with no `before`, the trace's own last `warmup` seconds."""
         refuse_trace_holders(self.policy, trace)
         w = self.config.warmup
-        span = trace[-1].arrival if trace else 0.0
-        lead = [r for r in trace if r.arrival >= span - w] if w > 0 else []
-        replay = [(r.arrival - (span - w), r) for r in lead] + [(r.arrival + w, r) for r in trace]
+        if before is not None:
+            lead = [r for r in before if -w <= r.arrival < 0] if w > 0 else []
+            shifted = [(r.arrival + w, r) for r in lead]
+        else:
+            span = trace[-1].arrival if trace else 0.0
+            lead = [r for r in trace if r.arrival >= span - w] if w > 0 else []
+            shifted = [(r.arrival - (span - w), r) for r in lead]
+        replay = shifted + [(r.arrival + w, r) for r in trace]
         requests = [Request(i, t, r.prompt_tokens, r.output_tokens) for i, (t, r) in enumerate(replay)]
         for r in requests:
             self._at(r.arrival, "arrive", r)
@@ -498,9 +505,16 @@ def _p99(times: list[float], values: list[float], since: float) -> float | None:
     return float(np.percentile(values[i:], 99))
 
 
-def simulate(trace: Sequence[TraceRequest], model: LatencyModel, policy: Policy, config: SimConfig) -> SimResult:
-    """Replay a trace against a fleet run by `policy`; check that every request and token is accounted for."""
-    result = Fleet(model, config, policy).run(trace)
+def simulate(
+    trace: Sequence[TraceRequest],
+    model: LatencyModel,
+    policy: Policy,
+    config: SimConfig,
+    before: Sequence[TraceRequest] | None = None,
+) -> SimResult:
+    """Replay a trace against a fleet run by `policy` (warmed up on the traffic `before` it, see `Fleet.run`);
+    check that every request and token is accounted for."""
+    result = Fleet(model, config, policy).run(trace, before)
     check_conservation(result, len(trace))
     return result
 
