@@ -28,7 +28,7 @@ from infleet.autoscaler.simulator.infleet_policy import InfleetPolicy
 from infleet.autoscaler.simulator.trace import TraceRequest
 
 TUNING_SEED = 0
-TUNING_TRIALS = 40
+TUNING_TRIALS = 16  # sized for a shared 2-core machine (docs/autoscaler-evaluation.md, section 4)
 TARGET = 0.99
 PENALTY_GPU_HOURS_PER_POINT = 1.0  # added to the objective per percentage point of attainment below TARGET
 TUNED = ("infleet", "hpa-gpu-util", "keda-queue", "knative-kpa", "static-peak")
