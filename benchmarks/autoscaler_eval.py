@@ -58,7 +58,9 @@ def workloads(trace_path: Path) -> dict[str, list[TraceRequest]]:
     return out | {name: generate(name, WORKLOAD_SEED) for name in WORKLOADS}
 
 
-def evaluate(name: str, trace: list[TraceRequest], trials: int, seeds: Sequence[int], plots: Path) -> dict[str, Any]:
+def evaluate(
+    name: str, trace: list[TraceRequest], trials: int, seeds: Sequence[int], plots: Path, pareto_points: int
+) -> dict[str, Any]:
     """Tune every policy on the tuning part, then replay the choices on the evaluation part."""
     started = time.monotonic()
     model = LatencyModel(device(GPU), MODELS[MODEL], TIER)
@@ -91,7 +93,7 @@ def evaluate(name: str, trace: list[TraceRequest], trials: int, seeds: Sequence[
     pareto: dict[str, list[dict[str, float]]] = {}
     for policy, t in tuned.items():
         front = t.pareto()
-        pick = sorted({round(i * (len(front) - 1) / max(PARETO_POINTS - 1, 1)) for i in range(PARETO_POINTS)})
+        pick = sorted({round(i * (len(front) - 1) / max(pareto_points - 1, 1)) for i in range(pareto_points)})
         points = []
         for trial in (front[i] for i in pick if front):
             r = replay(build(policy, trial.params, ctx), seeds[0])
@@ -248,6 +250,7 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=TUNING_TRIALS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--pareto-points", type=int, default=PARETO_POINTS)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "autoscaler_eval.json")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--docs-only", action="store_true", help="re-render the docs from the committed JSON, no run")
@@ -265,7 +268,10 @@ def main() -> int:
         started, load = time.monotonic(), os.getloadavg()[0]
         plots = args.docs.parent / "autoscaler"
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {n: pool.submit(evaluate, n, traces[n], args.trials, args.seeds, plots) for n in names}
+            futures = {
+                n: pool.submit(evaluate, n, traces[n], args.trials, args.seeds, plots, args.pareto_points)
+                for n in names
+            }
             blocks = {}
             for n, future in futures.items():
                 blocks[n] = future.result()
@@ -287,6 +293,8 @@ def main() -> int:
                 "tuning_seed": TUNING_SEED,
                 "workload_seed": WORKLOAD_SEED,
                 "jobs": args.jobs,
+                "pareto_points": args.pareto_points,
+                "workloads_left_out": [n for n in traces if n not in names],
                 "minutes": round((time.monotonic() - started) / 60, 1),
                 "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
             },

@@ -51,7 +51,7 @@ def space(name: str, suggest: Suggest, ctx: Context) -> Policy:
     if name == "infleet":
         guard = suggest("guard", 0.5, 1.0, False)
         spec = replace(
-            infleet_spec(ctx.config),
+            infleet_spec(ctx.config, model=ctx.model),
             target_utilization=suggest("target_utilization", 0.3, 0.95, False),
             guard=guard,
             comfort=suggest("comfort", 0.3, guard, False),
