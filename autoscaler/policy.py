@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 from infleet.api.conditions import Condition
 
@@ -81,6 +82,14 @@ class ScalingSpec:
     # the longest prompt whose prefill alone, on an idle replica, meets the TTFT SLO at this tier and parallelism
     # (from the tier profile); None: unknown, and the condition cannot say which share is out of reach
     max_prompt_within_ttft: int | None = None
+    # Forecast: size for the tokens/s Holt's linear trend (exponential smoothing of the recommendation history's
+    # tokens/s) predicts this many seconds ahead; set it to the cold start so replicas are ready when the load is
+    # (pre-scaling). 0: off, size for the load now.
+    forecast_lead: float = 0.0
+    # Little's law on TTFT: a replica may carry as many waiting requests as it starts within the TTFT SLO
+    # (ttft_slo x its request rate at capacity) instead of target_queue_per_replica. Needs a capacity, a TTFT SLO
+    # and the recent tokens per request; otherwise target_queue_per_replica holds.
+    queue_from_slo: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -117,6 +126,7 @@ class Recommendation:
     ready: int | None = None  # ready replicas when it was made: tells the p99 guard about recent growth
     current: int | None = None  # the replica count it was made at: the scale-down rate limit's reference
     attainment: float | None = None  # the TTFT attainment observed then: did growing since help?
+    tokens: float | None = None  # the tokens/s observed then: the forecast's series
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,11 @@ def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommend
         spec.scale_up_window, spec.scale_down_window, spec.p99_window, spec.scale_down_period, spec.saturation_window
     )
     kept = tuple(r for r in history if now - r.at <= keep_for)
-    kept += (Recommendation(now, raw, observation.ready_replicas, current, observation.ttft_attainment),)
+    kept += (
+        Recommendation(
+            now, raw, observation.ready_replicas, current, observation.ttft_attainment, observation.tokens_per_second
+        ),
+    )
     stabilized = raw if current == 0 else _stabilize(spec, current, raw, kept, now)
     stabilized = max(stabilized, floor)  # a veto on scaling down holds the fleet, but is not a recommendation
     period_start = max(
@@ -198,14 +212,20 @@ def recommend(
     parts: list[str] = []
     if spec.capacity_tokens_per_second is not None:
         per_replica = spec.capacity_tokens_per_second * spec.target_utilization
-        load_replicas = math.ceil(tokens / per_replica - 1e-9)
-        parts.append(f"{tokens:.0f} tok/s needs {load_replicas} at {per_replica:.0f} tok/s each")
+        ahead = forecast(history, obs.sampled_at, tokens, spec.forecast_lead) if spec.forecast_lead > 0 else None
+        if ahead is not None and ahead > tokens:
+            parts.append(f"{tokens:.0f} tok/s now, {ahead:.0f} forecast {spec.forecast_lead:g}s ahead")
+            tokens_for = ahead
+        else:
+            tokens_for = tokens
+        load_replicas = math.ceil(tokens_for / per_replica - 1e-9)
+        parts.append(f"{tokens_for:.0f} tok/s needs {load_replicas} at {per_replica:.0f} tok/s each")
     else:  # without a capacity, in-flight requests are the load
         load_replicas = math.ceil((running + queue) / (2 * spec.target_queue_per_replica) - 1e-9)
         parts.append(f"{running + queue:g} in flight needs {load_replicas}")
     backlog = queue + obs.held_requests
     ready = obs.ready_replicas if obs.ready_replicas is not None else current
-    allowed = spec.target_queue_per_replica * max(ready, 1)
+    allowed = queue_target(spec, obs) * max(ready, 1)
     excess = max(0.0, backlog - allowed)
     if excess and spec.capacity_tokens_per_second is not None and obs.tokens_per_request:
         # a backlog is work to finish once, not a rate: replicas enough to drain it over the drain time
@@ -213,8 +233,8 @@ def recommend(
         queue_extra = math.ceil(drain_rate / (spec.capacity_tokens_per_second * spec.target_utilization) - 1e-9)
         how = f"drained over {spec.backlog_drain_seconds:g}s"
     else:
-        queue_extra = math.ceil(excess / spec.target_queue_per_replica - 1e-9)
-        how = f"target {spec.target_queue_per_replica:g}/replica"
+        queue_extra = math.ceil(excess / queue_target(spec, obs) - 1e-9)
+        how = f"target {queue_target(spec, obs):.3g}/replica"
     if backlog > 0:
         parts.append(f"{backlog:g} waiting ({how}) adds {queue_extra}")
     desired = max(load_replicas, 1 if demand > 0 else 0) + queue_extra
@@ -251,6 +271,37 @@ def recommend(
             )
             floor = current
     return desired, "; ".join(parts), floor
+
+
+HOLT_ALPHA, HOLT_BETA = 0.5, 0.3  # level and trend smoothing of the forecast (ticks of about 10-15 s)
+
+
+def forecast(history: tuple[Recommendation, ...], now: float, tokens: float, lead: float) -> float | None:
+    """Tokens/s `lead` seconds ahead by Holt's linear trend over the history's tokens/s and the value now (no
+    seasonality: the history covers minutes). None with fewer than three points."""
+    series = [(r.at, r.tokens) for r in history if r.tokens is not None and r.at < now] + [(now, tokens)]
+    if len(series) < 3:
+        return None
+    level, trend = series[0][1], 0.0
+    for (t0, _), (t1, value) in pairwise(series):
+        step = max(t1 - t0, 1e-9)
+        previous = level
+        level = HOLT_ALPHA * value + (1 - HOLT_ALPHA) * (level + trend * step)
+        trend = HOLT_BETA * (level - previous) / step + (1 - HOLT_BETA) * trend
+    return max(0.0, level + trend * lead)
+
+
+def queue_target(spec: ScalingSpec, obs: Observation) -> float:
+    """Waiting requests one replica may carry: from the TTFT SLO by Little's law when switched on and known."""
+    if (
+        spec.queue_from_slo
+        and spec.capacity_tokens_per_second is not None
+        and spec.ttft_slo is not None
+        and obs.tokens_per_request
+    ):
+        rate = spec.capacity_tokens_per_second * spec.target_utilization / obs.tokens_per_request  # requests/s
+        return max(1.0, spec.ttft_slo * rate)
+    return spec.target_queue_per_replica
 
 
 ATTAINMENT_GAIN = 0.01  # growing the fleet must raise TTFT attainment by at least one point to count as helping

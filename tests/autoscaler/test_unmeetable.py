@@ -87,3 +87,29 @@ def test_on_long_prompts_the_policy_buys_far_fewer_replicas_for_the_same_attainm
     assert (
         condition.reason == "SLOUnmeetable" and "prefill alone takes longer than the 2s TTFT SLO" in condition.message
     )
+
+
+def test_the_forecast_leads_a_rising_load_by_the_cold_start() -> None:
+    from infleet.autoscaler.policy import forecast
+
+    rising = tuple(Recommendation(float(t), 1, tokens=100.0 * t) for t in range(0, 100, 10))
+    ahead = forecast(rising, 100.0, 10_000.0, 30.0)
+    assert ahead is not None and ahead > 10_000.0  # a rising trend is extrapolated over the lead
+    flat = tuple(Recommendation(float(t), 1, tokens=5000.0) for t in range(0, 100, 10))
+    assert forecast(flat, 100.0, 5000.0, 30.0) == pytest.approx(5000.0)
+    assert forecast((), 100.0, 5000.0, 30.0) is None  # too little history: no forecast
+    spec = replace(SPEC, capacity_tokens_per_second=1000.0, target_utilization=1.0, max_prompt_within_ttft=None)
+    now = Observation(sampled_at=100.0, replicas=10, ready_replicas=10, tokens_per_second=10_000.0, queue_depth=0)
+    plain = decide(spec, now, rising, 100.0)
+    led = decide(replace(spec, forecast_lead=30.0), now, rising, 100.0)
+    assert led.replicas > plain.replicas and "forecast 30s ahead" in led.reason
+
+
+def test_the_queue_target_comes_from_the_ttft_slo_by_littles_law() -> None:
+    from infleet.autoscaler.policy import queue_target
+
+    spec = replace(SPEC, capacity_tokens_per_second=2000.0, target_utilization=0.5, queue_from_slo=True)
+    obs = Observation(sampled_at=0.0, replicas=1, tokens_per_request=500.0)
+    assert queue_target(spec, obs) == pytest.approx(2.0 * 1000.0 / 500.0)  # 2 requests/s for 2 s
+    assert queue_target(replace(spec, queue_from_slo=False), obs) == spec.target_queue_per_replica
+    assert queue_target(spec, replace(obs, tokens_per_request=None)) == spec.target_queue_per_replica
