@@ -231,11 +231,11 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_docs(section: str, path: Path) -> None:
-    """Replace the `## Autoscaler evaluation` section of docs/benchmarks.md (up to the next `## `)."""
+def update_docs(section: str, path: Path, heading: str = "## Autoscaler evaluation") -> None:
+    """Replace the `heading` section of docs/benchmarks.md (up to the next `## `), or append it."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Autoscaler evaluation"), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
     if start is None:
         path.write_text(text.rstrip("\n") + "\n\n" + section)
         return
