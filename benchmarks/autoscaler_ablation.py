@@ -73,7 +73,8 @@ def markdown(report: dict[str, Any]) -> str:
         f" tokens/s, {s['forecast_lead']:g} s ahead (the cold start); `queue-from-slo`: the queue target by Little's"
         " law on TTFT; `scale-to-zero`: minReplicas 0. Tier-aware capacity is not in the simulator yet (one tier per"
         f" fleet), so it has no row. infleet's parameters come from a tuning of {s['tuning_trials']} trials. Took"
-        f" {s['minutes']:.0f} minutes (load average {s['load_average']:.1f}).",
+        f" {s['minutes']:.0f} minutes (load average {s['load_average']:.1f})."
+        + (f" Note: {s['note']}." if s.get("note") else ""),
         "",
     ]
     for name, block in report["workloads"].items():

@@ -202,6 +202,16 @@ def markdown(report: dict[str, Any]) -> str:
         f" 2-core machine (load average {s['load_average'][0]:.2f} / {s['load_average'][1]:.2f} at start / end).",
         "",
     ]
+    if s["trials"] < TUNING_TRIALS or s.get("workloads_left_out") or len(s["seeds"]) < 3:
+        lines += [
+            f"**A reduced run**, not the whole protocol: {s['trials']} trials per policy (the protocol's budget is"
+            f" {TUNING_TRIALS}), seeds {', '.join(map(str, s['seeds']))}, {s.get('pareto_points', PARETO_POINTS)}"
+            " Pareto points per policy"
+            + (f"; workloads not run: {', '.join(s['workloads_left_out'])}" if s.get("workloads_left_out") else "")
+            + ". The machine's load from other work left each simulation about a tenth of a core"
+            " (docs/autoscaler-evaluation.md, Status).",
+            "",
+        ]
     for name, block in report["workloads"].items():
         lines += [
             f"### {name} ({block['requests']['evaluation']:,} requests evaluated,"
