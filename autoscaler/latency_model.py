@@ -124,6 +124,19 @@ class LatencyModel:
     def decode_step_time(self, batch: int, context_tokens: int) -> float:
         return self.step_time(0, batch, context_tokens)
 
+    def chunked_prefill_time(self, tokens: int, chunk: int) -> float:
+        """A prompt's prefill alone on an idle replica, `chunk` tokens per step."""
+        return sum(self.step_time(min(chunk, tokens - done), 0, done + chunk) for done in range(0, tokens, chunk))
+
+    def longest_prompt_within(self, seconds: float, chunk: int, limit: int = 1 << 20) -> int:
+        """The longest prompt whose prefill alone fits in `seconds`: longer ones miss a TTFT SLO of that length
+        at any replica count (0 if not even one token fits)."""
+        lo, hi = 0, limit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.chunked_prefill_time(mid, chunk) <= seconds else (lo, mid - 1)
+        return lo
+
     def capacity(
         self,
         mean_prompt: float,

@@ -11,13 +11,18 @@ lowest recommendation of its window, down the highest of its), and bounded steps
   scales down only when every p99 is comfortably inside its SLO and nothing is waiting;
 - missing or stale metrics never scale down: the decision holds and says why in a condition;
 - minReplicas 0: an idle deployment goes to zero after the scale-down window, and any demand (including requests a
-  gateway holds for a deployment at zero) brings it back at once.
+  gateway holds for a deployment at zero) brings it back at once;
+- an SLO that replicas cannot buy: when more than 1% of recent prompts are too long to prefill within the TTFT
+  SLO at this tier (the tier profile says how long is too long), or attainment did not rise when the fleet doubled,
+  the p99 guard stops adding replicas and an `SLOAttainable=False` condition says what is achievable, which share
+  of the load cannot be met and why, and what would help (`saturation`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 from infleet.api.conditions import Condition
 
@@ -42,6 +47,9 @@ class Observation:
     tokens_per_request: float | None = None  # mean prompt + output tokens of recent requests
     held_requests: int = 0  # requests a gateway holds because no replica is ready (scale from zero)
     missing: str | None = None
+    ttft_attainment: float | None = None  # share of first tokens in the window within the TTFT SLO
+    # recent prompt lengths as a cumulative histogram, (upper edge in tokens, count): vLLM's request_prompt_tokens
+    prompt_histogram: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,20 @@ class ScalingSpec:
     scale_down_period: float = 60.0  # seconds; 0 applies the limit per decision
     stale_after: float = 60.0  # seconds; older observations count as missing
     p99_window: float = 30.0  # the rate window behind the p99s: growth within it has not shown in them yet
+    # Saturation: stop the p99 guard buying replicas that did not raise attainment (see `saturation`)
+    saturation: bool = True
+    saturation_window: float = 600.0  # how far back a smaller fleet's attainment is remembered
+    # the longest prompt whose prefill alone, on an idle replica, meets the TTFT SLO at this tier and parallelism
+    # (from the tier profile); None: unknown, and the condition cannot say which share is out of reach
+    max_prompt_within_ttft: int | None = None
+    # Forecast: size for the tokens/s Holt's linear trend (exponential smoothing of the recommendation history's
+    # tokens/s) predicts this many seconds ahead; set it to the cold start so replicas are ready when the load is
+    # (pre-scaling). 0: off, size for the load now.
+    forecast_lead: float = 0.0
+    # Little's law on TTFT: a replica may carry as many waiting requests as it starts within the TTFT SLO
+    # (ttft_slo x its request rate at capacity) instead of target_queue_per_replica. Needs a capacity, a TTFT SLO
+    # and the recent tokens per request; otherwise target_queue_per_replica holds.
+    queue_from_slo: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -103,6 +125,8 @@ class Recommendation:
     replicas: int
     ready: int | None = None  # ready replicas when it was made: tells the p99 guard about recent growth
     current: int | None = None  # the replica count it was made at: the scale-down rate limit's reference
+    attainment: float | None = None  # the TTFT attainment observed then: did growing since help?
+    tokens: float | None = None  # the tokens/s observed then: the forecast's series
 
 
 @dataclass(frozen=True)
@@ -125,10 +149,17 @@ def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommend
     if problem is not None:
         return _hold(spec, observation, history, now, problem)
 
-    raw, why, floor = recommend(spec, observation, history)
-    keep_for = max(spec.scale_up_window, spec.scale_down_window, spec.p99_window, spec.scale_down_period)
+    saturated = saturation(spec, observation, history)
+    raw, why, floor = recommend(spec, observation, history, saturated)
+    keep_for = max(
+        spec.scale_up_window, spec.scale_down_window, spec.p99_window, spec.scale_down_period, spec.saturation_window
+    )
     kept = tuple(r for r in history if now - r.at <= keep_for)
-    kept += (Recommendation(now, raw, observation.ready_replicas, current),)
+    kept += (
+        Recommendation(
+            now, raw, observation.ready_replicas, current, observation.ttft_attainment, observation.tokens_per_second
+        ),
+    )
     stabilized = raw if current == 0 else _stabilize(spec, current, raw, kept, now)
     stabilized = max(stabilized, floor)  # a veto on scaling down holds the fleet, but is not a recommendation
     period_start = max(
@@ -148,13 +179,24 @@ def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommend
         notes.append(f"bounded to [{spec.min_replicas}, {spec.max_replicas}]")
     reason = f"{verb} {current} -> {replicas}: " + "; ".join(notes)
     ok = Condition.of("MetricsAvailable", True, "MetricsRead", f"metrics read at t={observation.sampled_at:.0f}s")
-    return Decision(replicas, reason, raw, kept, (ok,))
+    attainable = (
+        saturated.condition()
+        if saturated is not None
+        else Condition.of("SLOAttainable", True, "ReplicasHelp", "no sign that more replicas stop raising attainment")
+    )
+    return Decision(replicas, reason, raw, kept, (ok, attainable))
 
 
-def recommend(spec: ScalingSpec, obs: Observation, history: tuple[Recommendation, ...] = ()) -> tuple[int, str, int]:
+def recommend(
+    spec: ScalingSpec,
+    obs: Observation,
+    history: tuple[Recommendation, ...] = (),
+    saturated: Saturation | None = None,
+) -> tuple[int, str, int]:
     """The replica count the current load asks for, the reason, and a floor: the current count when scaling down
     is vetoed (p99 not comfortably inside the SLO, requests waiting), else 0. The floor stays out of the
-    recommendation history, so a veto does not restart the scale-down window."""
+    recommendation history, so a veto does not restart the scale-down window. Under `saturated` the p99s neither
+    add replicas nor veto a scale-down: replicas did not move them."""
     current = obs.replicas
     queue = obs.queue_depth or 0.0
     running = obs.running or 0.0
@@ -170,14 +212,20 @@ def recommend(spec: ScalingSpec, obs: Observation, history: tuple[Recommendation
     parts: list[str] = []
     if spec.capacity_tokens_per_second is not None:
         per_replica = spec.capacity_tokens_per_second * spec.target_utilization
-        load_replicas = math.ceil(tokens / per_replica - 1e-9)
-        parts.append(f"{tokens:.0f} tok/s needs {load_replicas} at {per_replica:.0f} tok/s each")
+        ahead = forecast(history, obs.sampled_at, tokens, spec.forecast_lead) if spec.forecast_lead > 0 else None
+        if ahead is not None and ahead > tokens:
+            parts.append(f"{tokens:.0f} tok/s now, {ahead:.0f} forecast {spec.forecast_lead:g}s ahead")
+            tokens_for = ahead
+        else:
+            tokens_for = tokens
+        load_replicas = math.ceil(tokens_for / per_replica - 1e-9)
+        parts.append(f"{tokens_for:.0f} tok/s needs {load_replicas} at {per_replica:.0f} tok/s each")
     else:  # without a capacity, in-flight requests are the load
         load_replicas = math.ceil((running + queue) / (2 * spec.target_queue_per_replica) - 1e-9)
         parts.append(f"{running + queue:g} in flight needs {load_replicas}")
     backlog = queue + obs.held_requests
     ready = obs.ready_replicas if obs.ready_replicas is not None else current
-    allowed = spec.target_queue_per_replica * max(ready, 1)
+    allowed = queue_target(spec, obs) * max(ready, 1)
     excess = max(0.0, backlog - allowed)
     if excess and spec.capacity_tokens_per_second is not None and obs.tokens_per_request:
         # a backlog is work to finish once, not a rate: replicas enough to drain it over the drain time
@@ -185,13 +233,16 @@ def recommend(spec: ScalingSpec, obs: Observation, history: tuple[Recommendation
         queue_extra = math.ceil(drain_rate / (spec.capacity_tokens_per_second * spec.target_utilization) - 1e-9)
         how = f"drained over {spec.backlog_drain_seconds:g}s"
     else:
-        queue_extra = math.ceil(excess / spec.target_queue_per_replica - 1e-9)
-        how = f"target {spec.target_queue_per_replica:g}/replica"
+        queue_extra = math.ceil(excess / queue_target(spec, obs) - 1e-9)
+        how = f"target {queue_target(spec, obs):.3g}/replica"
     if backlog > 0:
         parts.append(f"{backlog:g} waiting ({how}) adds {queue_extra}")
     desired = max(load_replicas, 1 if demand > 0 else 0) + queue_extra
 
     violated = _violations(spec, obs, spec.guard)
+    if violated and saturated is not None:
+        parts.append(f"p99 above {spec.guard:.0%} of SLO, but {saturated.evidence}: the p99 guard adds none")
+        return desired, "; ".join(parts), 0
     starting = current - obs.ready_replicas if obs.ready_replicas is not None else 0
     grown = obs.ready_replicas is not None and any(
         r.ready is not None and r.ready < obs.ready_replicas and obs.sampled_at - r.at <= spec.p99_window
@@ -220,6 +271,136 @@ def recommend(spec: ScalingSpec, obs: Observation, history: tuple[Recommendation
             )
             floor = current
     return desired, "; ".join(parts), floor
+
+
+HOLT_ALPHA, HOLT_BETA = 0.5, 0.3  # level and trend smoothing of the forecast (ticks of about 10-15 s)
+
+
+def forecast(history: tuple[Recommendation, ...], now: float, tokens: float, lead: float) -> float | None:
+    """Tokens/s `lead` seconds ahead by Holt's linear trend over the history's tokens/s and the value now (no
+    seasonality: the history covers minutes). None with fewer than three points."""
+    series = [(r.at, r.tokens) for r in history if r.tokens is not None and r.at < now] + [(now, tokens)]
+    if len(series) < 3:
+        return None
+    level, trend = series[0][1], 0.0
+    for (t0, _), (t1, value) in pairwise(series):
+        step = max(t1 - t0, 1e-9)
+        previous = level
+        level = HOLT_ALPHA * value + (1 - HOLT_ALPHA) * (level + trend * step)
+        trend = HOLT_BETA * (level - previous) / step + (1 - HOLT_BETA) * trend
+    return max(0.0, level + trend * lead)
+
+
+def queue_target(spec: ScalingSpec, obs: Observation) -> float:
+    """Waiting requests one replica may carry: from the TTFT SLO by Little's law when switched on and known."""
+    if (
+        spec.queue_from_slo
+        and spec.capacity_tokens_per_second is not None
+        and spec.ttft_slo is not None
+        and obs.tokens_per_request
+    ):
+        rate = spec.capacity_tokens_per_second * spec.target_utilization / obs.tokens_per_request  # requests/s
+        return max(1.0, spec.ttft_slo * rate)
+    return spec.target_queue_per_replica
+
+
+ATTAINMENT_GAIN = 0.01  # growing the fleet must raise TTFT attainment by at least one point to count as helping
+MIN_SAMPLES = 3  # observations of the smaller fleet needed before its attainment is compared
+P99_SHARE = 0.01  # a p99 leaves out 1% of requests: more unmeetable than that and the p99 cannot meet its SLO
+SHARE_MARGIN = 0.05  # the unmeetable share is read from histogram buckets: this much below its complement is a miss
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """Attainment that replicas cannot raise: what is achievable, what cannot be met and why."""
+
+    attainment: float | None  # the TTFT attainment observed now: about what is achievable
+    evidence: str  # why more replicas would not help
+    ttft_slo: float | None
+    unmeetable_share: float | None  # recent requests whose prompt alone is too long to prefill within the SLO
+    max_prompt: int | None
+
+    def condition(self) -> Condition:
+        why = (
+            f"about {self.unmeetable_share:.0%} of recent requests have prompts over {self.max_prompt:,} tokens,"
+            f" whose prefill alone takes longer than the {self.ttft_slo:g}s TTFT SLO at this tier and parallelism:"
+            " they miss it at any replica count"
+            if self.unmeetable_share is not None and self.max_prompt is not None and self.ttft_slo is not None
+            else "the misses do not come from a lack of replicas (no prompt-length profile to say which requests)"
+        )
+        achievable = f"about {self.attainment:.1%}" if self.attainment is not None else "unknown yet"
+        message = (
+            f"{self.evidence}, so no replicas are bought for the TTFT p99. Achievable attainment {achievable}; {why}."
+            " What would help: higher tensor parallelism or a faster tier (shorter prefill), a larger chunked-prefill"
+            " budget, or a TTFT SLO of their own for long prompts."
+        )
+        return Condition.of("SLOAttainable", False, "SLOUnmeetable", message)
+
+
+def saturation(spec: ScalingSpec, obs: Observation, history: tuple[Recommendation, ...]) -> Saturation | None:
+    """Attainment that replicas cannot raise, by either of two signs. From the tier profile: more than the p99's
+    1% of recent prompts are longer than `max_prompt_within_ttft`, so the TTFT p99 stays above the SLO at any
+    replica count, while the requests that can meet it do (attainment within SHARE_MARGIN of the meetable share;
+    below that, replicas still help the rest). From the record: fleets of at most half the size, seen long enough
+    ago that their windows are their own, reached on average at least the mean attainment (within ATTAINMENT_GAIN)
+    of the current size. None when switched off or when neither sign shows. Either way a backlog beyond the queue
+    target is a lack of replicas, never saturation."""
+    if not spec.saturation:
+        return None
+    ready = obs.ready_replicas
+    if (obs.queue_depth or 0) + obs.held_requests > spec.target_queue_per_replica * max(ready or 0, 1):
+        return None  # a backlog beyond the queue target is a lack of replicas
+    share = None
+    if spec.max_prompt_within_ttft is not None and obs.prompt_histogram:
+        share = share_above(obs.prompt_histogram, spec.max_prompt_within_ttft)
+    reachable = 1 - share - SHARE_MARGIN if share is not None else 1.0
+    if share is not None and share > P99_SHARE and (obs.ttft_attainment or 0.0) >= reachable:
+        evidence = (
+            f"{share:.1%} of recent prompts are longer than the {spec.max_prompt_within_ttft:,} tokens that can"
+            " prefill within the TTFT SLO, more than the 1% a p99 can leave out"
+        )
+        return Saturation(obs.ttft_attainment, evidence, spec.ttft_slo, share, spec.max_prompt_within_ttft)
+    now_attainment = obs.ttft_attainment
+    if now_attainment is None or ready is None or ready < 2:
+        return None
+    earlier = [
+        r
+        for r in history
+        if r.attainment is not None
+        and r.ready is not None
+        and 0 < r.ready <= ready // 2
+        and spec.p99_window <= obs.sampled_at - r.at <= spec.saturation_window
+    ]
+    at_ready = [r.attainment for r in history if r.ready == ready and r.attainment is not None] + [now_attainment]
+    before = [r.attainment for r in earlier if r.attainment is not None]
+    if len(before) < MIN_SAMPLES:
+        return None
+    now_mean, before_mean = sum(at_ready) / len(at_ready), sum(before) / len(before)
+    if now_mean >= before_mean + ATTAINMENT_GAIN:
+        return None
+    fewest = min(r.ready for r in earlier if r.ready is not None)
+    evidence = (
+        f"TTFT attainment {now_mean:.1%} at {ready} ready replicas is no higher than the {before_mean:.1%} of"
+        f" {fewest} to {ready // 2}"
+    )
+    return Saturation(now_mean, evidence, spec.ttft_slo, share, spec.max_prompt_within_ttft)
+
+
+def share_above(histogram: tuple[tuple[float, float], ...], limit: float) -> float | None:
+    """The share of a cumulative histogram's observations above `limit`, linear within a bucket."""
+    total = histogram[-1][1] if histogram else 0.0
+    if total <= 0:
+        return None
+    below, low_edge, low_count = 0.0, 0.0, 0.0
+    for edge, count in histogram:
+        if edge >= limit:
+            width = edge - low_edge
+            below = low_count + (count - low_count) * ((limit - low_edge) / width if width > 0 else 1.0)
+            break
+        low_edge, low_count = edge, count
+    else:
+        below = total
+    return max(0.0, 1 - below / total)
 
 
 def _violations(spec: ScalingSpec, obs: Observation, fraction: float) -> list[tuple[str, float]]:

@@ -369,9 +369,16 @@ def slo_overview() -> Json:
         timeseries(
             "Replicas (current, desired)",
             targets((promql.replicas(SEL), LEGEND), (promql.desired_replicas(SEL), LEGEND + " desired")),
+            description="desired is the autoscaler's decision; under scaling.mode: advisory it is never applied, so"
+            " the gap between the lines is what the autoscaler would have done.",
         )
     )
-    board.add(state_timeline("Tier", [target(promql.tier(SEL), LEGEND + " {{tier}}")]))
+    board.add(
+        state_timeline(
+            "Tier (current, desired)",
+            targets((promql.tier(SEL), LEGEND + " {{tier}}"), (promql.desired_tier(SEL), LEGEND + " desired {{tier}}")),
+        )
+    )
     board.add(
         timeseries(
             "Firing SLO and cost alerts",

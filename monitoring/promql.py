@@ -12,6 +12,7 @@ from infleet.api.metrics import (
     DEPLOYMENT_COST,
     DEPLOYMENT_COST_LIMIT,
     DEPLOYMENT_DESIRED_REPLICAS,
+    DEPLOYMENT_DESIRED_TIER_INFO,
     DEPLOYMENT_REPLICAS,
     DEPLOYMENT_SLO_THRESHOLD,
     DEPLOYMENT_TIER_INFO,
@@ -82,6 +83,11 @@ def desired_replicas(sel: str) -> str:
 
 def tier(sel: str) -> str:
     return f"max by ({by()}, tier) ({series(DEPLOYMENT_TIER_INFO, sel)})"
+
+
+def desired_tier(sel: str) -> str:
+    """The tier the autoscaler decided (in advisory mode: would have rolled out)."""
+    return f"max by ({by()}, tier) ({series(DEPLOYMENT_DESIRED_TIER_INFO, sel)})"
 
 
 def cost_per_million_tokens(sel: str) -> str:

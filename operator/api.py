@@ -280,6 +280,12 @@ class Scaling(ApiModel):
     )
 
     enabled: bool = Field(default=False, description="Let the autoscaler set replicas and tier; else spec.replicas.")
+    mode: Literal["apply", "advisory"] = Field(
+        default="apply",
+        description="apply: the autoscaler scales (spec.replicas, status.tier). advisory: it computes and publishes "
+        "every decision with its reason (status.desiredReplicas, status.desiredTier, status.scalingReason, Events, "
+        "the desired-replicas and desired-tier metrics) and applies none, so it can be watched before it is trusted.",
+    )
     min_replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS, description="0 allows scale to zero.")
     max_replicas: int = Field(default=4, ge=1, le=MAX_REPLICAS)
     target_queue_depth: int = Field(default=8, ge=1, le=10_000, description="Waiting requests per replica to aim at.")
@@ -377,6 +383,9 @@ class InferenceDeploymentStatus(ApiModel):
     endpoint: str | None = None
     observed: Observed | None = None
     cost_per_million_tokens: float | None = None
+    desired_replicas: int | None = Field(default=None, description="The autoscaler's latest replica decision")
+    desired_tier: str | None = Field(default=None, description="The autoscaler's latest tier decision")
+    scaling_reason: str | None = Field(default=None, description="Why the autoscaler decided as it did")
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

@@ -3,7 +3,10 @@
 The operator holds no scaling math. Each tick it turns the spec into the policy's `ScalingSpec`, asks an
 observer for an `Observation` (latency quantiles, queue depth, tokens/s), calls `infleet.autoscaler.policy.decide`
 and writes the decision to `spec.replicas` through the scale subresource, exactly as `kubectl scale` would; the
-ordinary reconcile then rolls it out. The policy's conditions go into status.
+ordinary reconcile then rolls it out. The policy's conditions go into status, and so does every decision
+(`status.desiredReplicas`, `status.desiredTier`, `status.scalingReason`). Under `spec.scaling.mode: advisory` that is
+all it does: the decision is published (status, a `ScaleAdvised` / `TierAdvised` Event when the advice changes, the
+desired-replicas and desired-tier gauges) and never applied.
 
 The observer is pluggable (`OperatorState.observer`): the Prometheus adapter over the fleet reader's shared
 sample, set from `--prometheus-url`; with none, observations are "missing", and the policy holds the current count
@@ -185,6 +188,27 @@ async def post_event(kube: Any, body: Mapping[str, Any], reason: str, message: s
         logging.getLogger(__name__).warning(f"could not post the {reason} event: {err}")
 
 
+async def advise(
+    kube: Any,
+    body: kopf.Body,
+    st: Mapping[str, Any],
+    replicas: int,
+    target: int,
+    current_tier: str | None,
+    new_tier: str | None,
+    decision: policy.Decision,
+    patch_status: Mapping[str, Any],
+) -> None:
+    """Advisory mode: announce a decision that differs from what runs, once per change of advice; apply nothing."""
+    if target != replicas and target != st.get("desiredReplicas"):
+        await post_event(
+            kube, body, "ScaleAdvised", f"{replicas} -> {target} replicas (not applied): {decision.reason}"
+        )
+    if new_tier is not None and new_tier != st.get("desiredTier"):
+        reason = patch_status.get("tierReason", "")
+        await post_event(kube, body, "TierAdvised", f"{current_tier or 'none'} -> {new_tier} (not applied): {reason}")
+
+
 def prometheus_observer(reader: FleetReader) -> Observer:
     """Observations from Prometheus through the operator's fleet reader: the autoscaler consumes the same
     once-per-interval sample the observation loop writes to every deployment's status."""
@@ -271,6 +295,7 @@ async def autoscale(
     patch_status: dict[str, Any] = {"conditions": [merged[c["type"]] for c in extra["conditions"]]}
     prices = prices_for(parsed, configured_prices())
 
+    advisory = parsed.scaling.mode == "advisory"
     current_tier = st.get("tier")
     tier_state = memo.tier_states.get(key, tiers.TierState())
     chosen = choose_tier(parsed, current_tier, obs, tier_state, now, prices, memo.replica_device)
@@ -281,18 +306,24 @@ async def autoscale(
         patch_status["tierReason"] = f"{tier_decision.reason} [{source}]"
         if tier_decision.tier is not None and tier_decision.tier != current_tier:
             new_tier = tier_decision.tier
-        # always sent while auto: this manager keeps owning the field, so it never vanishes between writers
-        patch_status["tier"] = new_tier or current_tier
+        patch_status["desiredTier"] = new_tier or current_tier
+        # always sent while auto: this manager keeps owning the field between writers (advisory: the tier that runs)
+        patch_status["tier"] = (current_tier or parsed.tier) if advisory else (new_tier or current_tier)
+    target = resources.desired_replicas(parsed.model_copy(update={"replicas": decision.replicas}))
+    patch_status["desiredReplicas"] = target
+    patch_status["scalingReason"] = decision.reason
     kube = memo.client()
     try:
         patch = api.InferenceDeploymentStatus.patch(patch_status)
         written = await kube.apply_status(namespace, name, patch, STATUS_MANAGER)
+        if advisory:
+            await advise(kube, body, st, parsed.replicas, target, current_tier, new_tier, decision, patch_status)
+            return
         if new_tier is not None and written is not None:
             message = f"{current_tier or 'none'} -> {new_tier}: {patch_status['tierReason']}"
             logger.info(f"autoscaler: tier {message}")
             await post_event(kube, body, "TierChanged", message)
             await roll_out_tier(written, memo, gpu_nodes, group_sets, logger)
-        target = resources.desired_replicas(parsed.model_copy(update={"replicas": decision.replicas}))
         if target != parsed.replicas:
             logger.info(f"autoscaler: {parsed.replicas} -> {target} replicas ({decision.reason})")
             url = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}/{name}/scale"

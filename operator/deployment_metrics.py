@@ -2,7 +2,8 @@
 
 One series per deployment, labelled `namespace` and `deployment` (the scrape config honours them, so they win over
 the operator pod's own namespace): current replicas (`status.replicas`: pods of any revision, what is billed),
-desired replicas (`spec.replicas`), the tier as an info series (value 1, label `tier`; a tier change replaces the
+desired replicas (the autoscaler's decision in `status.desiredReplicas`, applied or advisory, else `spec.replicas`),
+the tier and the autoscaler's desired tier as info series (value 1, label `tier`; a tier change replaces the
 series, which the dashboards' tier-change annotation detects), `status.costPerMillionTokens` while it is known, and
 the spec's own objectives (SLO thresholds per SLI, objective, budget period, cost limit), which the generic rules
 join on so that each deployment is judged against its own SLO.
@@ -26,8 +27,17 @@ from infleet.operator import api
 
 LABELS = (names.NAMESPACE, names.DEPLOYMENT)
 REPLICAS = Gauge(names.DEPLOYMENT_REPLICAS, "Replicas of the InferenceDeployment that exist (any revision)", LABELS)
-DESIRED = Gauge(names.DEPLOYMENT_DESIRED_REPLICAS, "Replicas the InferenceDeployment asks for (spec.replicas)", LABELS)
+DESIRED = Gauge(
+    names.DEPLOYMENT_DESIRED_REPLICAS,
+    "Replicas the autoscaler decided (status.desiredReplicas; applied or advisory), else spec.replicas",
+    LABELS,
+)
 TIER = Gauge(names.DEPLOYMENT_TIER_INFO, "The quantization tier rolled out (value 1)", (*LABELS, names.TIER))
+DESIRED_TIER = Gauge(
+    names.DEPLOYMENT_DESIRED_TIER_INFO,
+    "The tier the autoscaler decided (status.desiredTier, value 1), else the tier rolled out",
+    (*LABELS, names.TIER),
+)
 COST = Gauge(names.DEPLOYMENT_COST, "Observed $ per 1M tokens served (status.costPerMillionTokens)", LABELS)
 # each deployment's own objectives, which the chart's generic rules and dashboards join on (namespace, deployment)
 THRESHOLD = Gauge(names.DEPLOYMENT_SLO_THRESHOLD, "spec.slo threshold of one SLI (seconds)", (*LABELS, "sli"))
@@ -40,13 +50,15 @@ def export(namespace: str, name: str, body: Mapping[str, Any]) -> None:
     spec = body.get("spec") or {}
     st = body.get("status") or {}
     REPLICAS.labels(namespace, name).set(st.get("replicas") or 0)
-    DESIRED.labels(namespace, name).set(spec.get("replicas", 1))
+    desired = st.get("desiredReplicas")
+    DESIRED.labels(namespace, name).set(desired if desired is not None else spec.get("replicas", 1))
     tier = st.get("tier")
-    for other in TIERS:  # one info series, for the tier that runs now
-        if other != tier:
-            _remove(TIER, namespace, name, other)
-    if tier:
-        TIER.labels(namespace, name, tier).set(1)
+    for gauge, value in ((TIER, tier), (DESIRED_TIER, st.get("desiredTier") or tier)):
+        for other in TIERS:  # one info series, for the tier that runs (or is asked for) now
+            if other != value:
+                _remove(gauge, namespace, name, other)
+        if value:
+            gauge.labels(namespace, name, value).set(1)
     cost = st.get("costPerMillionTokens")
     if cost is None:
         _remove(COST, namespace, name)
@@ -83,6 +95,7 @@ def forget(namespace: str, name: str) -> None:
         _remove(THRESHOLD, namespace, name, sli)
     for tier in TIERS:
         _remove(TIER, namespace, name, tier)
+        _remove(DESIRED_TIER, namespace, name, tier)
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:

@@ -107,8 +107,9 @@ def layout(spec: InferenceDeploymentSpec, gpus_per_node: int) -> Layout:
 
 
 def desired_replicas(spec: InferenceDeploymentSpec) -> int:
-    """spec.replicas, kept within the scaling bounds when the autoscaler owns it."""
-    if spec.scaling.enabled:
+    """spec.replicas, kept within the scaling bounds when the autoscaler owns it (not in advisory mode: there it
+    only watches)."""
+    if spec.scaling.enabled and spec.scaling.mode == "apply":
         return max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, spec.replicas))
     return spec.replicas
 

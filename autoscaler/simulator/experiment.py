@@ -56,17 +56,28 @@ def describe(trace: Sequence[TraceRequest], model: LatencyModel, config: SimConf
     return Workload(capacity, max(concurrency, 1.0), float(per_minute.max()), prompt, output)
 
 
-def infleet_spec(config: SimConfig, max_replicas: int = 64) -> ScalingSpec:
+def infleet_spec(config: SimConfig, max_replicas: int = 64, model: LatencyModel | None = None) -> ScalingSpec:
     """The spec an operator would build: the SLO from the deployment, everything else the defaults. The capacity is
-    left out: the policy estimates it from the observed token mix (`causal_capacity`)."""
-    return ScalingSpec(min_replicas=1, max_replicas=max_replicas, ttft_slo=config.ttft_slo, tpot_slo=config.tpot_slo)
+    left out: the policy estimates it from the observed token mix (`causal_capacity`). With the tier's latency
+    `model`, the spec knows the longest prompt that can meet the TTFT SLO (for the SLOAttainable condition)."""
+    longest = model.longest_prompt_within(config.ttft_slo, config.max_batch_tokens) if model is not None else None
+    return ScalingSpec(
+        min_replicas=1,
+        max_replicas=max_replicas,
+        ttft_slo=config.ttft_slo,
+        tpot_slo=config.tpot_slo,
+        max_prompt_within_ttft=longest,
+    )
 
 
 def causal_capacity(model: LatencyModel, config: SimConfig) -> CausalCapacity:
-    """The tier's latency profile at the deployment's SLO, asked about the mix the fleet reports."""
+    """The tier's latency profile at the deployment's SLO, asked about the mix the fleet reports (at the TPOT SLO
+    alone when the mix's mean prompt cannot meet the TTFT SLO at any load)."""
 
     def at(prompt: float, output: float) -> float:
-        return model.capacity(prompt, output, config.tpot_slo, config.ttft_slo, config.max_batch_tokens)
+        within = model.capacity(prompt, output, config.tpot_slo, config.ttft_slo, config.max_batch_tokens)
+        # a mix whose mean prompt cannot prefill within the TTFT SLO at all still has a throughput limit
+        return within or model.capacity(prompt, output, config.tpot_slo, None, config.max_batch_tokens)
 
     return CausalCapacity(at)
 
@@ -75,7 +86,7 @@ def make_policy(
     name: str, workload: Workload, config: SimConfig, model: LatencyModel, static_replicas: int | None = None
 ) -> Policy:
     if name == "infleet":
-        return InfleetPolicy(infleet_spec(config), causal_capacity(model, config))
+        return InfleetPolicy(infleet_spec(config, model=model), causal_capacity(model, config))
     if name == "hpa-gpu-util":
         return HPA(behavior=HPABehavior())
     if name == "keda-queue":

@@ -52,11 +52,18 @@ class FleetObservation:
     # request_generation_tokens histograms): the token mix a controller can know; None when none finished
     prompt_tokens_per_request: float | None = None
     output_tokens_per_request: float | None = None
+    ttft_attainment: float | None = None  # share of the window's first tokens within the TTFT SLO (a bucket ratio)
+    # the mix window's prompt lengths, cumulative by PROMPT_BUCKETS: (edge, count), as vLLM's histogram shows them
+    prompt_histogram: tuple[tuple[float, float], ...] = ()
 
     def __getattr__(self, name: str) -> object:  # only reached for names the observation does not have
         raise CausalityError(
             f"FleetObservation has no {name!r}: a policy sees windowed metrics of the past only, never the trace"
         )
+
+
+# vLLM's request_prompt_tokens buckets (1-2-5 steps) up to the longest context the simulator serves
+PROMPT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
 
 class CausalityError(AttributeError):
@@ -82,6 +89,7 @@ class SimConfig:
     initial_replicas: int = 1
     quantile_window: float = 30.0  # the p99s' rate window (infleet's policy reads `[30s]` histograms)
     rate_window: float = 30.0
+    attainment_window: float = 300.0  # the TTFT attainment's window: long enough for a share to mean something
     mix_window: float = 300.0  # the token mix's window: long enough to average a mix, short enough to follow a shift
     hold_timeout: float = 300.0  # a request held at the gateway longer than this fails
     drain_limit: float = 3600.0  # after the last arrival, give up on requests still unfinished
@@ -194,6 +202,7 @@ class Fleet:
         self.done_cum: list[float] = [0.0]
         self.done_prompt_cum: list[float] = [0.0]
         self.done_output_cum: list[float] = [0.0]
+        self.done_prompts: list[int] = []
         self.busy_times: list[float] = []
         self.busy_cum: list[float] = [0.0]
         self.concurrency: deque[tuple[float, int]] = deque()
@@ -205,12 +214,19 @@ class Fleet:
     def _at(self, when: float, kind: str, payload: object = None) -> None:
         heapq.heappush(self.events, (when, next(self.seq), kind, payload))
 
-    def run(self, trace: Sequence[TraceRequest]) -> SimResult:
+    def run(self, trace: Sequence[TraceRequest], before: Sequence[TraceRequest] | None = None) -> SimResult:
+        """Replay `trace`. The warm-up replays the `warmup` seconds of traffic that came `before` it (arrivals in
+        seconds before the trace's start, negative), or, with no `before`, the trace's own last `warmup` seconds."""
         refuse_trace_holders(self.policy, trace)
         w = self.config.warmup
-        span = trace[-1].arrival if trace else 0.0
-        lead = [r for r in trace if r.arrival >= span - w] if w > 0 else []
-        replay = [(r.arrival - (span - w), r) for r in lead] + [(r.arrival + w, r) for r in trace]
+        if before is not None:
+            lead = [r for r in before if -w <= r.arrival < 0] if w > 0 else []
+            shifted = [(r.arrival + w, r) for r in lead]
+        else:
+            span = trace[-1].arrival if trace else 0.0
+            lead = [r for r in trace if r.arrival >= span - w] if w > 0 else []
+            shifted = [(r.arrival - (span - w), r) for r in lead]
+        replay = shifted + [(r.arrival + w, r) for r in trace]
         requests = [Request(i, t, r.prompt_tokens, r.output_tokens) for i, (t, r) in enumerate(replay)]
         for r in requests:
             self._at(r.arrival, "arrive", r)
@@ -380,6 +396,7 @@ class Fleet:
         self.done_cum.append(self.done_cum[-1] + r.prompt + r.output)
         self.done_prompt_cum.append(self.done_prompt_cum[-1] + r.prompt)
         self.done_output_cum.append(self.done_output_cum[-1] + r.output)
+        self.done_prompts.append(r.prompt)
         rep.kv_reserved -= r.prompt + r.output
         if r.output > 1:
             rep.context -= r.prompt + r.output
@@ -408,6 +425,15 @@ class Fleet:
         mixed = len(self.done_times) - bisect_left(self.done_times, mix_since)
         prompt = _windowed_sum(self.done_times, self.done_prompt_cum, mix_since) / mixed if mixed else None
         output = _windowed_sum(self.done_times, self.done_output_cum, mix_since) / mixed if mixed else None
+        first = bisect_left(self.ttft_times, self.now - cfg.attainment_window)
+        recent_ttft = self.ttft_values[first:]
+        within = sum(1 for v in recent_ttft if v <= cfg.ttft_slo) / len(recent_ttft) if recent_ttft else None
+        prompts = np.sort(np.array(self.done_prompts[len(self.done_prompts) - mixed :]))
+        histogram = (
+            tuple((float(edge), float(np.searchsorted(prompts, edge, side="right"))) for edge in PROMPT_BUCKETS)
+            if mixed
+            else ()
+        )
         stable = [c for t, c in self.concurrency]
         panic = [c for t, c in self.concurrency if t >= self.now - 6]
         return FleetObservation(
@@ -426,6 +452,8 @@ class Fleet:
             concurrency_panic=sum(panic) / len(panic) if panic else 0.0,
             prompt_tokens_per_request=prompt,
             output_tokens_per_request=output,
+            ttft_attainment=within,
+            prompt_histogram=histogram,
         )
 
     def _control(self) -> None:
@@ -498,9 +526,16 @@ def _p99(times: list[float], values: list[float], since: float) -> float | None:
     return float(np.percentile(values[i:], 99))
 
 
-def simulate(trace: Sequence[TraceRequest], model: LatencyModel, policy: Policy, config: SimConfig) -> SimResult:
-    """Replay a trace against a fleet run by `policy`; check that every request and token is accounted for."""
-    result = Fleet(model, config, policy).run(trace)
+def simulate(
+    trace: Sequence[TraceRequest],
+    model: LatencyModel,
+    policy: Policy,
+    config: SimConfig,
+    before: Sequence[TraceRequest] | None = None,
+) -> SimResult:
+    """Replay a trace against a fleet run by `policy` (warmed up on the traffic `before` it, see `Fleet.run`);
+    check that every request and token is accounted for."""
+    result = Fleet(model, config, policy).run(trace, before)
     check_conservation(result, len(trace))
     return result
 

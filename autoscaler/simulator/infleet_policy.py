@@ -47,7 +47,8 @@ class InfleetPolicy:
     name: str = "infleet"
     interval: float = 10.0
     history: tuple[Recommendation, ...] = ()
-    decisions: list[tuple[float, Decision]] = field(default_factory=list)
+    decisions: list[tuple[float, Decision]] = field(default_factory=list)  # the ones that changed the count
+    last: Decision | None = None  # the latest, hold or not: its conditions are what status would show
 
     def desired(self, obs: FleetObservation) -> int:
         observation = Observation(
@@ -61,6 +62,8 @@ class InfleetPolicy:
             ttft_p99=obs.ttft_p99,
             tpot_p99=obs.tpot_p99,
             held_requests=obs.held,
+            ttft_attainment=obs.ttft_attainment,
+            prompt_histogram=obs.prompt_histogram,
         )
         spec = self.spec
         estimate = self.capacity.update(obs) if self.capacity is not None else None
@@ -68,6 +71,7 @@ class InfleetPolicy:
             spec = replace(spec, capacity_tokens_per_second=estimate)
         decision = decide(spec, observation, self.history, obs.now)
         self.history = decision.history
+        self.last = decision
         if decision.replicas != obs.replicas:
             self.decisions.append((obs.now, decision))
         return decision.replicas

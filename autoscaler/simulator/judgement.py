@@ -99,3 +99,42 @@ def judge(table: Mapping[str, Mapping[str, float] | Row], target: float = TARGET
     if ours.gpu_hours > cheap.gpu_hours:
         return Verdict("infleet falls short", f"{where}; infleet uses more")
     return Verdict("infleet holds the band", where)
+
+
+GOAL_SAVING = 0.15  # fewer GPU-hours than the cheapest tuned baseline at the target (issue goal; SageServe: 25%)
+
+
+@dataclass(frozen=True)
+class Goal:
+    met: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"goal {'met' if self.met else 'not met'}: {self.reason}"
+
+
+def goal(table: Mapping[str, Mapping[str, float] | Row], target: float = TARGET, band: float = BAND) -> Goal:
+    """The goal on one workload (docs/autoscaler-evaluation.md, section 6): a win with at least GOAL_SAVING fewer
+    GPU-hours than the cheapest tuned baseline at the target (when one reaches it) and never more than the static
+    oracle; where no rival reaches the target, holding the band, again at no more than the oracle."""
+    verdict = judge(table, target, band)
+    rows = {name: row(values, name) for name, values in table.items()}
+    ours, oracle = rows[OURS], rows[ORACLE]
+    misses: list[str] = []
+    if ours.gpu_hours > oracle.gpu_hours:
+        misses.append(f"{ours.gpu_hours:.2f} GPU-h is more than the static oracle's {oracle.gpu_hours:.2f}")
+    if verdict.outcome in ("infleet loses", "infleet falls short"):
+        misses.append(verdict.outcome)
+    baselines = {n: r for n, r in rows.items() if n not in (OURS, ORACLE) and r.attainment >= target}
+    saving = ""
+    if verdict.wins and baselines:
+        cheapest_name, cheapest = min(baselines.items(), key=lambda item: item[1].gpu_hours)
+        cut = 1 - ours.gpu_hours / cheapest.gpu_hours if cheapest.gpu_hours > 0 else 0.0
+        saving = f"{cut:.1%} fewer GPU-h than {cheapest_name}"
+        if cut < GOAL_SAVING:
+            misses.append(f"only {saving}, below {GOAL_SAVING:.0%}")
+    elif verdict.wins:
+        saving = "no tuned baseline reaches the target, so the saving is over the static oracle alone"
+    if misses:
+        return Goal(False, "; ".join(misses))
+    return Goal(True, f"{verdict.outcome}" + (f", {saving}" if saving else ""))

@@ -108,6 +108,13 @@ class Split:
     tuning: list[TraceRequest]  # arrivals before the cut, as in the trace
     evaluation: list[TraceRequest]  # arrivals at or after the cut, moved so the part starts at 0
     cut: float  # the cut, in the trace's own seconds
+    offset: float = 0.0  # the evaluation part's first arrival, in the trace's own seconds: its new 0
+
+    @property
+    def before_evaluation(self) -> list[TraceRequest]:
+        """The tuning part on the evaluation part's clock (negative arrivals): what its warm-up replays, so the
+        fleet meets the evaluation part in the state its own control loop left it in."""
+        return [TraceRequest(r.arrival - self.offset, r.prompt_tokens, r.output_tokens) for r in self.tuning]
 
 
 def split(trace: list[TraceRequest], tuning_fraction: float = TUNING_FRACTION) -> Split:
@@ -125,4 +132,4 @@ def split(trace: list[TraceRequest], tuning_fraction: float = TUNING_FRACTION) -
     if not tuning or not rest:
         raise TraceError(f"the cut at {cut:g}s leaves a part empty: a trace needs arrivals at more than one time")
     evaluation = [TraceRequest(r.arrival - rest[0].arrival, r.prompt_tokens, r.output_tokens) for r in rest]
-    return Split(tuning, evaluation, cut)
+    return Split(tuning, evaluation, cut, rest[0].arrival)

@@ -39,6 +39,7 @@ BY = (NAMESPACE, DEPLOYMENT)
 DEPLOYMENT_REPLICAS = "infleet_deployment_replicas"
 DEPLOYMENT_DESIRED_REPLICAS = "infleet_deployment_desired_replicas"
 DEPLOYMENT_TIER_INFO = "infleet_deployment_tier_info"  # value 1, label tier=<current tier>
+DEPLOYMENT_DESIRED_TIER_INFO = "infleet_deployment_desired_tier_info"  # value 1, label tier=<the autoscaler's choice>
 DEPLOYMENT_COST = "infleet_deployment_cost_per_million_tokens"
 
 

@@ -78,3 +78,28 @@ def test_the_benchmark_s_rows_are_judged_as_they_are_written() -> None:
         str(judge(rows))
         == "infleet loses: infleet 99.64% with 12.39 GPU-h; at 99%, static-oracle 8.81 GPU-h uses no more GPU-hours"
     )
+
+
+def test_the_goal_needs_a_fifteen_percent_saving_and_no_more_than_the_oracle() -> None:
+    from infleet.autoscaler.simulator.judgement import goal
+
+    def table(ours: float, hpa: float, oracle: float) -> dict[str, dict[str, float]]:
+        return {
+            "infleet": {"slo_attainment": 0.995, "gpu_hours": ours},
+            "hpa-gpu-util": {"slo_attainment": 0.992, "gpu_hours": hpa},
+            "static-oracle": {"slo_attainment": 0.991, "gpu_hours": oracle},
+        }
+
+    assert goal(table(8.0, 10.0, 9.0)).met
+    thin = goal(table(9.0, 10.0, 9.5))
+    assert not thin.met and "below 15%" in thin.reason
+    assert not goal(table(8.0, 10.0, 7.9)).met  # the oracle is cheaper: infleet loses
+    short = {
+        "infleet": {"slo_attainment": 0.72, "gpu_hours": 60.0},
+        "hpa-gpu-util": {"slo_attainment": 0.70, "gpu_hours": 5.0},
+        "static-oracle": {"slo_attainment": 0.69, "gpu_hours": 33.0},
+    }
+    miss = goal(short)
+    assert not miss.met and "static oracle" in miss.reason and str(miss).startswith("goal not met")
+    short["infleet"]["gpu_hours"] = 4.0
+    assert goal(short).met

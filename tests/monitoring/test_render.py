@@ -105,7 +105,12 @@ def test_the_deployment_dashboard_shows_what_a_deployment_owner_asks() -> None:
                    "Burn rate 1h / 5m", "Burn rate 6h / 30m", "Burn rate 3d / 6h", "$ / 1M tokens", "Spend per hour",
                    "Replicas", "Tier"):  # fmt: skip
         assert any(t.startswith(needed) for t in titles), needed
-    assert panel(board, "Tier")["type"] == "state-timeline"
+    assert panel(board, "Tier (current, desired)")["type"] == "state-timeline"
+    # desired against actual: what the autoscaler decided (applied or, in advisory mode, not) beside what runs
+    tier_exprs = " ".join(t["expr"] for t in panel(board, "Tier (current, desired)")["targets"])
+    replica_exprs = " ".join(t["expr"] for t in panel(board, "Replicas (current, desired)")["targets"])
+    assert "infleet_deployment_desired_tier_info" in tier_exprs and "infleet_deployment_tier_info" in tier_exprs
+    assert "infleet_deployment_desired_replicas" in replica_exprs and "infleet_deployment_replicas{" in replica_exprs
     datasources = {json.dumps(t["datasource"]) for p in board["panels"] for t in p["targets"]}
     assert datasources == {json.dumps({"type": "prometheus", "uid": "${datasource}"})}
 

@@ -175,7 +175,17 @@ def test_the_operator_exports_exactly_the_gauges_the_dashboards_read() -> None:
 
     exported = {
         g._name
-        for g in (dm.REPLICAS, dm.DESIRED, dm.TIER, dm.COST, dm.THRESHOLD, dm.OBJECTIVE, dm.PERIOD, dm.COST_LIMIT)
+        for g in (
+            dm.REPLICAS,
+            dm.DESIRED,
+            dm.TIER,
+            dm.DESIRED_TIER,
+            dm.COST,
+            dm.THRESHOLD,
+            dm.OBJECTIVE,
+            dm.PERIOD,
+            dm.COST_LIMIT,
+        )
     }
     read = {v for k, v in vars(names).items() if k.startswith("DEPLOYMENT_") and isinstance(v, str)}
     assert exported == read
