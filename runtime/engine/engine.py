@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from infleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams, sample
 from infleet.runtime.engine.scheduler import Scheduler
 from infleet.runtime.engine.sequence import Sequence
+from infleet.runtime.engine.speculative import SpeculativeStats, Speculator
 from infleet.runtime.model.llama import LlamaForCausalLM
 from infleet.runtime.tokenizer import Tokenizer
 
@@ -168,8 +170,14 @@ class LLMEngine:
             enforce_eager=cfg.enforce_eager,
             max_model_len=self.max_model_len,
         )
+        self.speculator = (
+            Speculator(cfg.speculative_num_tokens, cfg.speculative_max_batch_size, self.max_model_len)
+            if cfg.speculative_method
+            else None
+        )
         self.requests: dict[str, Sequence] = {}
         self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics
+        self._reported_spec = SpeculativeStats()
 
     @classmethod
     def from_config(cls, cfg: EngineConfig, metrics: RuntimeMetrics | None = None) -> LLMEngine:
@@ -233,18 +241,26 @@ class LLMEngine:
 
     # --- the step ---------------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         batch = self.scheduler.schedule()
         if not batch:
             return []
         samplers, logits = self.runner.run(batch)
-        tokens = sample(logits, [e.seq.params for e in samplers], [e.seq.generator for e in samplers])
+        if self.speculator is not None and any(e.seq.draft_ids for e in samplers):
+            tokens = self.speculator.verify(samplers, logits)
+        else:
+            tokens = [
+                [t] for t in sample(logits, [e.seq.params for e in samplers], [e.seq.generator for e in samplers])
+            ]
+        before = [e.seq.num_tokens for e in samplers]
         self.scheduler.postprocess(batch, samplers, tokens)
-        outputs = [self._output(entry.seq) for entry in samplers]
+        outputs = [self._output(e.seq, n) for e, n in zip(samplers, before, strict=True)]
         self._report_step()
         return outputs
 
-    def _output(self, seq: Sequence) -> RequestOutput:
-        """The step's delta for `seq`: its new token and the text that can no longer become a stop string."""
+    def _output(self, seq: Sequence, num_tokens_before: int) -> RequestOutput:
+        """The step's delta for `seq`: its new tokens and the text that can no longer become a stop string."""
         finished = seq.finish_reason is not None
         end = len(seq.text) if finished else len(seq.text) - _holdback(seq.text, seq.params.stop)
         new_text = seq.text[seq.emitted : end] if end > seq.emitted else ""
@@ -253,7 +269,7 @@ class LLMEngine:
             self.requests.pop(seq.request_id, None)
             self._report_finished(seq, seq.last_token_time or time.monotonic())
         return RequestOutput(
-            seq.request_id, seq.token_ids[-1:], new_text, finished, seq.finish_reason, seq.prompt_len,
+            seq.request_id, seq.token_ids[num_tokens_before:], new_text, finished, seq.finish_reason, seq.prompt_len,
             seq.num_output_tokens,
         )  # fmt: skip
 
@@ -269,6 +285,17 @@ class LLMEngine:
         if s.preemptions > preemptions:
             self.metrics.preemptions(s.preemptions - preemptions)
         self._reported = (s.prefix_cache_queries, s.prefix_cache_hits, s.preemptions)
+        if self.speculator is not None and self.speculator.stats.drafts > self._reported_spec.drafts:
+            now, was = self.speculator.stats, self._reported_spec
+            self.metrics.speculative(
+                now.drafts - was.drafts,
+                now.draft_tokens - was.draft_tokens,
+                now.accepted_tokens - was.accepted_tokens,
+                now.emitted_tokens - was.emitted_tokens,
+                now.acceptance_rate,
+                now.mean_accepted_length,
+            )
+            self._reported_spec = dataclasses.replace(now)
 
     def _report_finished(self, seq: Sequence, now: float) -> None:
         if self.metrics is None:
