@@ -18,8 +18,9 @@ logits. `verify` keeps the drafts the model agrees with and adds one token of it
 The scheduler then counts only the kept tokens as computed and gives back the KV blocks past them (`postprocess`).
 Speculation is decided per request and per step: a request whose tokens depend on more than each row's logits
 (penalties, logit bias, logprobs, grammars: any sampling field outside `NEUTRAL_FIELDS` set away from its default)
-never speculates, and no request does in a step with more running decodes than `max_batch_size`: a batch already
-reads the weights once for many tokens, so there the extra query rows cost more than the accepted tokens save.
+never speculates; a request whose drafts keep being rejected stops drafting (`paying`); and no request does in a
+step with more running decodes than `max_batch_size`: a batch already reads the weights once for many tokens, so
+there the extra query rows cost more than the accepted tokens save.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from infleet.runtime.engine.sequence import Sequence
 
 NGRAM_MAX = 4  # longest tail looked up; longer matches are tried first (fewer false hits)
 NGRAM_MIN = 2  # a one-token tail matches almost anywhere and is usually wrong
+# A request whose drafts are mostly rejected stops drafting: once it has drafted PROBATION_DRAFTS x k tokens, it
+# keeps drafting only while more than MIN_ACCEPTANCE of them were kept. Each rejected token is a query row paid for
+# nothing, so open-ended text whose lookups match by chance does not slow down.
+PROBATION_DRAFTS = 4
+MIN_ACCEPTANCE = 0.25
 # Sampling fields under which a position's distribution is a function of its own logits row (and the request's
 # generator), which is what verification recomputes: requests setting any other field do not speculate.
 NEUTRAL_FIELDS = frozenset(
@@ -148,12 +154,18 @@ class Speculator:
         if not on:
             return
         for seq in decodes:
-            if not eligible(seq.params):
+            if not eligible(seq.params) or not self.paying(seq):
                 continue
             # the kept drafts plus one must fit in max_tokens and the context (positions up to max_model_len - 1)
             room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
             if room > 0:
                 seq.draft_ids = self.proposer(seq.token_ids, min(self.num_tokens, room))[: min(self.num_tokens, room)]
+
+    def paying(self, seq: Sequence) -> bool:
+        """False once the request's drafts have shown they are mostly rejected (see MIN_ACCEPTANCE)."""
+        if seq.drafted_tokens < PROBATION_DRAFTS * self.num_tokens:
+            return True
+        return seq.accepted_tokens > MIN_ACCEPTANCE * seq.drafted_tokens
 
     def verify(self, samplers: list[ScheduledSequence], logits: Tensor) -> list[list[int]]:
         """Each sampler's new tokens: one for the rows `sample` draws (through it), the verified run for drafts."""
@@ -171,6 +183,8 @@ class Speculator:
             if not draft:
                 continue
             out[i] = verify(logits[starts[i] : starts[i] + sizes[i]], draft, entry.seq.params, entry.seq.generator)
+            entry.seq.drafted_tokens += len(draft)
+            entry.seq.accepted_tokens += len(out[i]) - 1
             self.stats.drafts += 1
             self.stats.draft_tokens += len(draft)
             self.stats.accepted_tokens += len(out[i]) - 1
