@@ -18,7 +18,7 @@ logits. `verify` keeps the drafts the model agrees with and adds one token of it
 The scheduler then counts only the kept tokens as computed and gives back the KV blocks past them (`postprocess`).
 Speculation is decided per request and per step: a request whose tokens depend on more than each row's logits
 (penalties, logit bias, logprobs, grammars: any sampling field outside `NEUTRAL_FIELDS` set away from its default)
-never speculates; a request whose drafts keep being rejected stops drafting (`paying`); and no request does in a
+never speculates; a request whose drafts keep being rejected pauses drafting (`paying`); and no request does in a
 step with more running decodes than `max_batch_size`: a batch already reads the weights once for many tokens, so
 there the extra query rows cost more than the accepted tokens save.
 """
@@ -39,11 +39,13 @@ from infleet.runtime.engine.sequence import Sequence
 
 NGRAM_MAX = 4  # longest tail looked up; longer matches are tried first (fewer false hits)
 NGRAM_MIN = 2  # a one-token tail matches almost anywhere and is usually wrong
-# A request whose drafts are mostly rejected stops drafting: once it has drafted PROBATION_DRAFTS x k tokens, it
-# keeps drafting only while more than MIN_ACCEPTANCE of them were kept. Each rejected token is a query row paid for
-# nothing, so open-ended text whose lookups match by chance does not slow down.
+# A request whose drafts are mostly rejected pauses drafting: its drafts are judged in windows of PROBATION_DRAFTS x k
+# drafted tokens, and a window with at most MIN_ACCEPTANCE of them kept pauses it for PAUSE_STEPS decode steps.
+# Each rejected token is a query row paid for nothing, so open-ended text whose lookups match by chance does not slow
+# down, while an answer that starts in its own words and then quotes its prompt still gets drafts once it quotes.
 PROBATION_DRAFTS = 4
 MIN_ACCEPTANCE = 0.25
+PAUSE_STEPS = 16
 # Sampling fields under which a position's distribution is a function of its own logits row (and the request's
 # generator), which is what verification recomputes: requests setting any other field do not speculate.
 NEUTRAL_FIELDS = frozenset(
@@ -162,10 +164,17 @@ class Speculator:
                 seq.draft_ids = self.proposer(seq.token_ids, min(self.num_tokens, room))[: min(self.num_tokens, room)]
 
     def paying(self, seq: Sequence) -> bool:
-        """False once the request's drafts have shown they are mostly rejected (see MIN_ACCEPTANCE)."""
-        if seq.drafted_tokens < PROBATION_DRAFTS * self.num_tokens:
-            return True
-        return seq.accepted_tokens > MIN_ACCEPTANCE * seq.drafted_tokens
+        """False while the request is paused because its last window of drafts was mostly rejected."""
+        if seq.draft_pause > 0:
+            seq.draft_pause -= 1
+            return False
+        if seq.drafted_tokens >= PROBATION_DRAFTS * self.num_tokens:  # a window is complete: judge it, start anew
+            failing = seq.accepted_tokens <= MIN_ACCEPTANCE * seq.drafted_tokens
+            seq.drafted_tokens = seq.accepted_tokens = 0
+            if failing:
+                seq.draft_pause = PAUSE_STEPS - 1
+                return False
+        return True
 
     def verify(self, samplers: list[ScheduledSequence], logits: Tensor) -> list[list[int]]:
         """Each sampler's new tokens: one for the rows `sample` draws (through it), the verified run for drafts."""
