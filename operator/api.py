@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from infleet.api import speculative as spec
 from infleet.api.conditions import Condition
 from infleet.api.durations import DURATION_PATTERN
 
@@ -147,6 +148,42 @@ class EnvVar(ApiModel):
     value: str = Field(default="", max_length=4096)
 
 
+class Speculative(ApiModel):
+    """Speculative decoding: draft a few tokens cheaply and verify them in one forward pass (same outputs)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.draftModel) == (self.method == 'draft')",
+                "speculative.draftModel is required when speculative.method is draft, and only then",
+                field_path=".draftModel",
+            ),
+            cel("self.method != 'draft'", spec.DRAFT_UNSUPPORTED, field_path=".method"),
+        )
+    )
+
+    method: spec.Method = Field(
+        description="ngram: prompt lookup, drafts copied from earlier in the prompt and output (pays on code edits, "
+        "summaries with quotes, retrieval answers); draft: a smaller model (not implemented yet)."
+    )
+    num_tokens: int = Field(
+        default=spec.DEFAULT_NUM_TOKENS,
+        ge=spec.MIN_NUM_TOKENS,
+        le=spec.MAX_NUM_TOKENS,
+        description="Tokens drafted per step.",
+    )
+    draft_model: str | None = Field(
+        default=None, pattern=MODEL_URI_PATTERN, max_length=1024, description="The draft model (method draft)."
+    )
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="No drafts in a step with more running requests than this (speculation costs throughput under "
+        "load); default: the runtime's.",
+    )
+
+
 class RuntimeSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -169,6 +206,7 @@ class RuntimeSpec(ApiModel):
     max_batch_tokens: int = Field(default=8192, ge=16, le=1_048_576, description="Tokens per engine step.")
     max_model_len: int = Field(default=4096, ge=16, le=1_048_576, description="Longest prompt + completion.")
     prefix_caching: bool = Field(default=True, description="Reuse KV cache blocks across shared prompt prefixes.")
+    speculative: Speculative | None = Field(default=None, description="Speculative decoding; off when unset.")
     resources: Resources | None = None
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
     extra_args: list[Annotated[str, Field(max_length=256)]] = Field(

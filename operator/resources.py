@@ -262,6 +262,9 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
         cmd += ["--max-model-len", str(rt.max_model_len)]
         cmd += ["--enable-prefix-caching" if rt.prefix_caching else "--no-enable-prefix-caching"]
         cmd += VLLM_TIER_FLAGS.get(tier, [])
+        if rt.speculative is not None:
+            config = {"method": rt.speculative.method, "num_speculative_tokens": rt.speculative.num_tokens}
+            cmd += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
         return cmd + list(rt.extra_args)
     cmd = ["python", "-m", "infleet.runtime", "serve", "--model", model_arg, "--served-name", served_name(spec, name)]
     cmd += ["--host", "0.0.0.0", "--port", str(PORT), "--tier", tier, "--tensor-parallel", str(par.tensor)]
@@ -269,6 +272,15 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
     cmd += ["--max-model-len", str(rt.max_model_len)]
     if not rt.prefix_caching:
         cmd += ["--no-prefix-caching"]
+    if rt.speculative is not None:
+        cmd += [
+            "--speculative-method",
+            rt.speculative.method,
+            "--speculative-num-tokens",
+            str(rt.speculative.num_tokens),
+        ]
+        if rt.speculative.max_batch_size is not None:
+            cmd += ["--speculative-max-batch-size", str(rt.speculative.max_batch_size)]
     return cmd + list(rt.extra_args)
 
 

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import uvicorn
 
+from infleet.api import speculative as spec
 from infleet.api.tiers import TIERS
 from infleet.runtime.config import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -27,7 +28,7 @@ from infleet.runtime.config import (
     DeviceUnavailable,
     EngineConfig,
 )
-from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
+from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS, DEFAULT_SPECULATIVE_MAX_BATCH_SIZE
 
 if TYPE_CHECKING:
     from infleet.runtime.engine.engine import AsyncEngine
@@ -97,6 +98,29 @@ def parser() -> argparse.ArgumentParser:
         help="KV-cache bytes on a CPU (default: a tenth of the memory limit, cgroup or machine)",
     )
     s.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode")
+    s.add_argument(
+        "--speculative-method",
+        choices=spec.METHODS,
+        default=None,
+        help="speculative decoding: ngram drafts by prompt lookup (draft, a smaller model, is not implemented yet); "
+        "default off",
+    )
+    s.add_argument(
+        "--speculative-num-tokens",
+        type=int,
+        default=spec.DEFAULT_NUM_TOKENS,
+        metavar="K",
+        help=f"tokens drafted per step, {spec.MIN_NUM_TOKENS} to {spec.MAX_NUM_TOKENS} (default %(default)s)",
+    )
+    s.add_argument("--speculative-draft-model", default=None, metavar="PATH", help="the draft model (method draft)")
+    s.add_argument(
+        "--speculative-max-batch-size",
+        type=int,
+        default=DEFAULT_SPECULATIVE_MAX_BATCH_SIZE,
+        metavar="N",
+        help="no drafts in a step with more running decodes than this, where speculation stops paying "
+        f"(default {DEFAULT_SPECULATIVE_MAX_BATCH_SIZE})",
+    )
     s.add_argument("--shutdown-grace-seconds", type=float, default=30.0, metavar="S")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.add_argument("--access-log", action="store_true", help="log every request")
@@ -166,6 +190,10 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         tensor_parallel=args.tensor_parallel,
         pipeline_parallel=args.pipeline_parallel,
         micro_batches_per_stage=args.micro_batches_per_stage,
+        speculative_method=args.speculative_method,
+        speculative_num_tokens=args.speculative_num_tokens,
+        speculative_draft_model=args.speculative_draft_model,
+        speculative_max_batch_size=args.speculative_max_batch_size,
     ).resolve()
 
 

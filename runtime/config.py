@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS
+from infleet.api import speculative as spec
+from infleet.runtime.engine.limits import DEFAULT_MAX_PREFILL_TOKENS, DEFAULT_SPECULATIVE_MAX_BATCH_SIZE
 
 SUPPORTED_ARCHITECTURES = (
     "llama", "mistral", "smollm", "qwen2", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
@@ -96,6 +97,7 @@ POSITIVE_FLAGS = {
     "max_num_seqs": "--max-num-seqs",
     "max_waiting": "--max-waiting",
     "micro_batches_per_stage": "--micro-batches-per-stage",
+    "speculative_max_batch_size": "--speculative-max-batch-size",
 }
 
 
@@ -129,6 +131,10 @@ class EngineConfig:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     micro_batches_per_stage: int = 1
+    speculative_method: str | None = None  # None: no speculative decoding; "ngram": prompt lookup
+    speculative_num_tokens: int = spec.DEFAULT_NUM_TOKENS  # tokens drafted per step
+    speculative_draft_model: str | None = None  # method "draft" only
+    speculative_max_batch_size: int = DEFAULT_SPECULATIVE_MAX_BATCH_SIZE  # more running decodes: no drafts
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -145,6 +151,25 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be at least 1")
+        self._check_speculative()
+
+    def _check_speculative(self) -> None:
+        method = self.speculative_method
+        if method is not None and method not in spec.METHODS:
+            raise ValueError(f"--speculative-method must be one of {', '.join(spec.METHODS)}, got {method!r}")
+        k = self.speculative_num_tokens
+        if not spec.MIN_NUM_TOKENS <= k <= spec.MAX_NUM_TOKENS:
+            raise ValueError(
+                f"--speculative-num-tokens must be between {spec.MIN_NUM_TOKENS} and {spec.MAX_NUM_TOKENS}, got {k}"
+            )
+        if method == "draft" and not self.speculative_draft_model:
+            raise ValueError("--speculative-draft-model is required with --speculative-method draft")
+        if method != "draft" and self.speculative_draft_model:
+            raise ValueError("--speculative-draft-model is only used with --speculative-method draft")
+        if method == "draft":
+            raise ValueError(spec.DRAFT_UNSUPPORTED)
+        if method is not None and (self.tensor_parallel > 1 or self.pipeline_parallel > 1):
+            raise ValueError("--speculative-method is not supported with --tensor-parallel or --pipeline-parallel yet")
 
     def resolve(self) -> EngineConfig:
         """Concrete `device` ("cpu"/"cuda") and `kernels` ("triton"/"torch"); DeviceUnavailable when impossible."""

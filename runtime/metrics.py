@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
+from infleet.api import metrics as names
 from infleet.api.metrics import (
     FEATURES,
     INFLEET,
@@ -111,6 +112,27 @@ class RuntimeMetrics:
             (*labels, "kind"),
             registry=r,
         )
+        self._spec_drafts = Counter(
+            counter(names.SPEC_DRAFTS), "Speculative drafts proposed (one per request and step).", labels, registry=r
+        )
+        self._spec_draft_tokens = Counter(
+            counter(names.SPEC_DRAFT_TOKENS), "Tokens drafted by speculative decoding.", labels, registry=r
+        )
+        self._spec_accepted = Counter(
+            counter(names.SPEC_ACCEPTED_TOKENS), "Drafted tokens the model's verification kept.", labels, registry=r
+        )
+        self._spec_emitted = Counter(
+            counter(names.SPEC_EMITTED_TOKENS),
+            "Tokens emitted by speculating decodes (kept drafts plus one per draft).",
+            labels,
+            registry=r,
+        )
+        self._spec_rate = Gauge(
+            names.SPEC_ACCEPTANCE_RATE, "Accepted over drafted tokens since the start.", labels, registry=r
+        )
+        self._spec_length = Gauge(
+            names.SPEC_MEAN_ACCEPTED_LENGTH, "Tokens emitted per draft since the start.", labels, registry=r
+        )
         # vLLM's `*_info` convention: a constant 1 whose labels say how the model computes (set once loaded)
         self._info = Gauge(
             "infleet_runtime_info",
@@ -122,6 +144,8 @@ class RuntimeMetrics:
         self._all: tuple[MetricWrapperBase, ...] = (
             self._running, self._waiting, self._kv_usage, self._ttft, self._itl, self._e2e, self._queue,
             self._prompt_tokens, self._generation_tokens, self._prefix_queries, self._prefix_hits, self._preemptions,
+            self._spec_drafts, self._spec_draft_tokens, self._spec_accepted, self._spec_emitted, self._spec_rate,
+            self._spec_length,
         )  # fmt: skip
         self._export_zeros()
 
@@ -202,6 +226,18 @@ class RuntimeMetrics:
 
     def preemptions(self, n: int) -> None:
         self._preemptions.labels(*self._labels).inc(n)
+
+    def speculative(
+        self, drafts: int, draft_tokens: int, accepted: int, emitted: int, acceptance_rate: float, mean_length: float
+    ) -> None:
+        """Speculative decoding since the last call (counts), and its ratios since the start."""
+        labels = self._labels
+        self._spec_drafts.labels(*labels).inc(drafts)
+        self._spec_draft_tokens.labels(*labels).inc(draft_tokens)
+        self._spec_accepted.labels(*labels).inc(accepted)
+        self._spec_emitted.labels(*labels).inc(emitted)
+        self._spec_rate.labels(*labels).set(acceptance_rate)
+        self._spec_length.labels(*labels).set(mean_length)
 
     def render(self) -> bytes:
         """The text exposition format, for `/metrics`."""

@@ -90,6 +90,17 @@ INFLEET = EngineMetrics(
     prefix_hits="infleet_prefix_cache_hits_total",
 )
 
+# speculative decoding (vLLM's spec_decode series): a draft is one step's proposal for one request; emitted tokens are
+# what speculating decodes appended (kept drafts plus one each). Over a window, acceptance rate =
+# rate(accepted) / rate(draft tokens) and mean accepted length = rate(emitted) / rate(drafts); the two gauges hold
+# the same ratios since the runtime started.
+SPEC_DRAFTS = "infleet_spec_decode_num_drafts_total"
+SPEC_DRAFT_TOKENS = "infleet_spec_decode_num_draft_tokens_total"
+SPEC_ACCEPTED_TOKENS = "infleet_spec_decode_num_accepted_tokens_total"
+SPEC_EMITTED_TOKENS = "infleet_spec_decode_num_emitted_tokens_total"
+SPEC_ACCEPTANCE_RATE = "infleet_spec_decode_draft_acceptance_rate"
+SPEC_MEAN_ACCEPTED_LENGTH = "infleet_spec_decode_mean_accepted_length"
+
 # vLLM v1's names and bucket edges (vllm/v1/metrics/loggers.py)
 VLLM_TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from infleet.runtime.engine.model_runner import ModelRunner, kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams, TokenLogprob, draw, process, token_logprobs
 from infleet.runtime.engine.scheduler import ScheduledSequence, Scheduler
 from infleet.runtime.engine.sequence import Sequence
+from infleet.runtime.engine.speculative import SpeculativeStats, Speculator
 from infleet.runtime.engine.structured import Grammars, Matcher
 from infleet.runtime.model.llama import LlamaForCausalLM
 from infleet.runtime.tokenizer import Tokenizer
@@ -181,10 +183,16 @@ class LLMEngine:
             enforce_eager=cfg.enforce_eager,
             max_model_len=self.max_model_len,
         )
+        self.speculator = (
+            Speculator(cfg.speculative_num_tokens, cfg.speculative_max_batch_size, self.max_model_len)
+            if cfg.speculative_method
+            else None
+        )
         self.requests: dict[str, Sequence] = {}
         self._grammars: Grammars | None = None
         self._grammars_lock = threading.Lock()
         self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics
+        self._reported_spec = SpeculativeStats()
 
     @classmethod
     def from_config(cls, cfg: EngineConfig, metrics: RuntimeMetrics | None = None) -> LLMEngine:
@@ -263,26 +271,24 @@ class LLMEngine:
 
     # --- the step ---------------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         batch = self.scheduler.schedule()
         if not batch:
             return []
         grammars = self._grammars  # structured output: masks fill on a worker thread while the forward runs
         masks = grammars.start([e.seq for e in batch if e.samples]) if grammars else {}
         samplers, logits = self.runner.run(batch)
+        verified: dict[int, list[int]] = {}  # speculating samplers' kept drafts and one more token
+        if self.speculator is not None and any(e.seq.draft_ids for e in samplers):
+            verified, logits = self.speculator.verify(samplers, logits)  # then one row per sampler, as without
         if grammars and masks:  # before the forks copy the prompt's row: a fork starts where its parent does
             grammars.apply(masks, logits, [e.seq for e in samplers])
         samplers, logits = self._fork(samplers, logits)
-        seqs = [e.seq for e in samplers]
-        params = [s.params for s in seqs]
-        processed = process(logits, params, [(s.token_ids, s.prompt_len) for s in seqs])
-        tokens = draw(processed, params, [s.generator for s in seqs])
-        rows = [i for i, p in enumerate(params) if p.logprobs is not None]
-        if rows:
-            found = token_logprobs(processed[rows], [tokens[i] for i in rows], [params[i].logprobs or 0 for i in rows])
-            for i, lp in zip(rows, found, strict=True):
-                seqs[i].logprobs.append(lp)
+        tokens = self._sample(samplers, logits, verified)
+        before = [e.seq.num_tokens for e in samplers]
         self.scheduler.postprocess(batch, samplers, tokens)
-        outputs = [self._output(entry.seq) for entry in samplers]
+        outputs = [self._output(e.seq, n) for e, n in zip(samplers, before, strict=True)]
         last = {o.request_id: i for i, o in enumerate(outputs) if o.request_done}
         for i, o in enumerate(outputs):
             o.request_done = last.get(o.request_id) == i  # a request ends once, with its last output
@@ -291,6 +297,29 @@ class LLMEngine:
             self._report_finished(parent, max(c.last_token_time or 0.0 for c in parent.choices) or time.monotonic())
         self._report_step()
         return outputs
+
+    def _sample(
+        self, samplers: list[ScheduledSequence], logits: torch.Tensor, verified: dict[int, list[int]]
+    ) -> list[list[int]]:
+        """Each sampler's new tokens: the verified ones, else one drawn from its processed row (with its
+        log-probabilities when asked for)."""
+        plain = [i for i in range(len(samplers)) if i not in verified]
+        seqs = [samplers[i].seq for i in plain]
+        params = [s.params for s in seqs]
+        rows = logits if len(plain) == len(samplers) else logits[plain]
+        processed = process(rows, params, [(s.token_ids, s.prompt_len) for s in seqs])
+        drawn = draw(processed, params, [s.generator for s in seqs])
+        asked = [j for j, p in enumerate(params) if p.logprobs is not None]
+        if asked:
+            found = token_logprobs(
+                processed[asked], [drawn[j] for j in asked], [params[j].logprobs or 0 for j in asked]
+            )
+            for j, lp in zip(asked, found, strict=True):
+                seqs[j].logprobs.append(lp)
+        tokens = [verified.get(i, []) for i in range(len(samplers))]
+        for i, token in zip(plain, drawn, strict=True):
+            tokens[i] = [token]
+        return tokens
 
     def _fork(
         self, samplers: list[ScheduledSequence], logits: torch.Tensor
@@ -320,8 +349,8 @@ class LLMEngine:
                 extra_rows.append(i)
         return samplers + extra, torch.cat([logits, logits[extra_rows]])
 
-    def _output(self, seq: Sequence) -> RequestOutput:
-        """The step's delta for `seq`: its new token and the text that can no longer become a stop string."""
+    def _output(self, seq: Sequence, num_tokens_before: int) -> RequestOutput:
+        """The step's delta for `seq`: its new tokens and the text that can no longer become a stop string."""
         finished = seq.finish_reason is not None
         end = len(seq.text) if finished else len(seq.text) - _holdback(seq.text, seq.params.stop)
         new_text = seq.text[seq.emitted : end] if end > seq.emitted else ""
@@ -330,7 +359,7 @@ class LLMEngine:
         done = finished and all(c.finish_reason is not None for c in parent.choices)
         first = seq.num_output_tokens == 1
         return RequestOutput(
-            seq.request_id, seq.token_ids[-1:], new_text, finished, seq.finish_reason, seq.prompt_len,
+            seq.request_id, seq.token_ids[num_tokens_before:], new_text, finished, seq.finish_reason, seq.prompt_len,
             seq.num_output_tokens, index=seq.index, request_done=done,
             new_logprobs=seq.logprobs[-1:] if seq.params.logprobs is not None else [],
             prompt_logprobs=seq.prompt_logprobs if first and seq.params.prompt_logprobs is not None else None,
@@ -348,6 +377,17 @@ class LLMEngine:
         if s.preemptions > preemptions:
             self.metrics.preemptions(s.preemptions - preemptions)
         self._reported = (s.prefix_cache_queries, s.prefix_cache_hits, s.preemptions)
+        if self.speculator is not None and self.speculator.stats.drafts > self._reported_spec.drafts:
+            now, was = self.speculator.stats, self._reported_spec
+            self.metrics.speculative(
+                now.drafts - was.drafts,
+                now.draft_tokens - was.draft_tokens,
+                now.accepted_tokens - was.accepted_tokens,
+                now.emitted_tokens - was.emitted_tokens,
+                now.acceptance_rate,
+                now.mean_accepted_length,
+            )
+            self._reported_spec = dataclasses.replace(now)
 
     def _report_finished(self, seq: Sequence, now: float) -> None:
         if self.metrics is None:

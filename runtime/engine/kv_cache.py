@@ -134,16 +134,26 @@ class BlockManager:
         if stored and self.listener:
             self.listener(STORED, stored)
 
+    def trim(self, seq: Sequence) -> None:
+        """Give back the blocks past the sequence's computed tokens (a rejected speculative draft's slots)."""
+        keep = -(-seq.num_computed_tokens // self.block_size)
+        for block_id in reversed(seq.block_table[keep:]):
+            self._release(block_id)
+        del seq.block_table[keep:]
+
     def free_sequence(self, seq: Sequence) -> None:
         """Drop the sequence's references; blocks are released tail first, so a prefix's tail is evicted first."""
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            assert block.ref_count >= 0, f"block {block_id} freed twice"
-            if block.ref_count == 0:
-                self.free[block_id] = None
-                if block.hash is None:  # holds nothing reusable: hand it out before any cached block
-                    self.free.move_to_end(block_id, last=False)
+            self._release(block_id)
         seq.block_table = []
         seq.block_hashes = []
         seq.num_computed_tokens = 0
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        assert block.ref_count >= 0, f"block {block_id} freed twice"
+        if block.ref_count == 0:
+            self.free[block_id] = None
+            if block.hash is None:  # holds nothing reusable: hand it out before any cached block
+                self.free.move_to_end(block_id, last=False)

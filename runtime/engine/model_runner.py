@@ -62,7 +62,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSequence]) -> tuple[list[ScheduledSequence], Tensor]:
-        """Compute the batch's new tokens; returns the entries that sample and their logits (`[n, vocab]`)."""
+        """Compute the batch's new tokens; returns the entries that sample and their logits (`[rows, vocab]`): one
+        row each, or with a speculative draft one for the decode's last token and one per drafted token."""
         ordered = sorted(batch, key=lambda s: s.num_tokens != 1)  # single-token decodes first (stable)
         input_ids: list[int] = []
         query_lens, context_lens, tables = [], [], []
@@ -74,12 +75,13 @@ class ModelRunner:
             start = seq.num_computed_tokens
             if seq.params.prompt_logprobs is not None and start < seq.prompt_len - 1:
                 prompt_rows.append((entry, len(input_ids)))
-            input_ids.extend(seq.token_ids[start : start + n])
+            draft = seq.draft_ids
+            input_ids.extend((seq.token_ids + draft)[start : start + n] if draft else seq.token_ids[start : start + n])
             query_lens.append(n)
             context_lens.append(start + n)
             tables.append(seq.block_table)
             if entry.samples:
-                sample_rows.append(len(input_ids) - 1)
+                sample_rows.extend(range(len(input_ids) - 1 - len(draft), len(input_ids)))
                 samplers.append(entry)
         if self.graphs is not None and not prompt_rows and self.graphs.fits(query_lens):
             hidden = self.graphs.run(input_ids, context_lens, tables)  # every row, padding dropped

@@ -38,8 +38,9 @@ class ScheduledSequence:
 
     @property
     def samples(self) -> bool:
-        """True when this step reaches the end of the sequence's tokens, so its last logits yield a new token."""
-        return self.seq.num_computed_tokens + self.num_tokens == self.seq.num_tokens
+        """True when this step reaches the end of the sequence's tokens, so its last logits yield a new token (with
+        a speculative draft, the query also holds the drafted tokens, and each of their rows is verified)."""
+        return self.seq.num_computed_tokens + self.num_tokens - len(self.seq.draft_ids) == self.seq.num_tokens
 
 
 class Scheduler:
@@ -86,6 +87,10 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this pass
                 continue
+            # a speculative draft rides along when the budget and the free blocks allow, else it is dropped
+            del seq.draft_ids[budget - 1 :]
+            if seq.draft_ids and not self.block_manager.allocate(seq, 1 + len(seq.draft_ids)):
+                seq.draft_ids = []
             while not self.block_manager.allocate(seq, 1):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -93,8 +98,8 @@ class Scheduler:
                 if victim is seq:
                     break
             if seq.status is SequenceStatus.RUNNING:
-                scheduled.append(ScheduledSequence(seq, 1))
-                budget -= 1
+                scheduled.append(ScheduledSequence(seq, 1 + len(seq.draft_ids)))
+                budget -= 1 + len(seq.draft_ids)
         # the cap protects decodes from a long step; with none running, prompts take the whole budget
         prefill = min(budget, self.max_prefill_tokens) if scheduled else budget
         # 2. prefill chunks of running sequences
@@ -150,17 +155,33 @@ class Scheduler:
                 entry.seq.first_scheduled_time = now
         return scheduled
 
-    def postprocess(self, batch: list[ScheduledSequence], samplers: list[ScheduledSequence], tokens: list[int]) -> None:
+    def postprocess(
+        self, batch: list[ScheduledSequence], samplers: list[ScheduledSequence], tokens: list[list[int]]
+    ) -> None:
         """After the forward pass: the batch's tokens are computed (full blocks join the prefix cache), and each
-        sampling sequence takes its new token; a sequence that finished gives its blocks back."""
+        sampling sequence takes its new tokens (one, or with a draft the kept drafted tokens and one more); a
+        sequence that finished gives its blocks back.
+
+        Of a speculating decode's query only its last token and the kept drafts count as computed: the rejected
+        drafts' K/V slots lie past that length, and the blocks holding nothing else go back to the free list."""
         for entry in batch:
-            entry.seq.num_computed_tokens += entry.num_tokens
+            entry.seq.num_computed_tokens += entry.num_tokens - len(entry.seq.draft_ids)
             self.block_manager.commit_full_blocks(entry.seq)
         now = time.monotonic()
-        for entry, token in zip(samplers, tokens, strict=True):
+        for entry, new in zip(samplers, tokens, strict=True):
             seq = entry.seq
-            seq.append_token(token, now)
-            seq.finish_reason = self._append_text(seq, token)
+            appended = 0
+            for token in new:
+                seq.append_token(token, now)
+                appended += 1
+                seq.finish_reason = self._append_text(seq, token)
+                if seq.finish_reason is not None:
+                    break
+            if seq.draft_ids:
+                seq.num_computed_tokens += appended - 1  # the kept drafts' K/V are in the cache
+                seq.draft_ids = []
+                self.block_manager.trim(seq)
+                self.block_manager.commit_full_blocks(seq)
             if seq.finish_reason is not None:
                 self.finish(seq)
 
@@ -188,6 +209,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free_sequence(seq)
+        seq.draft_ids = []
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1

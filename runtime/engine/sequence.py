@@ -32,6 +32,10 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # hash chain of this sequence's full, computed blocks
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    draft_ids: list[int] = field(default_factory=list)  # this step's speculative draft (not yet in token_ids)
+    drafted_tokens: int = 0  # speculative tokens drafted in the current window, and how many were kept
+    accepted_tokens: int = 0
+    draft_pause: int = 0  # decode steps left without drafts
     finish_reason: str | None = None
     # text: `text` is everything decoded so far; `emitted` how much of it was handed out
     text: str = ""

@@ -95,6 +95,22 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("zero-queue-target", {"scaling": {"targetQueueDepth": 0}}, "spec.scaling.targetQueueDepth"),
     BadSpec("unknown-field", {"replicaCount": 3}, "replicaCount"),
     BadSpec("bad-env-name", {"runtime.env": [{"name": "1BAD", "value": "x"}]}, "spec.runtime.env[0].name"),
+    BadSpec("speculative-k-too-big", {"runtime.speculative": {"method": "ngram", "numTokens": 9}}, "numTokens"),
+    BadSpec("speculative-k-zero", {"runtime.speculative": {"method": "ngram", "numTokens": 0}}, "numTokens"),
+    BadSpec("speculative-unknown-method", {"runtime.speculative": {"method": "medusa"}}, "speculative.method"),
+    BadSpec("speculative-draft-no-model", {"runtime.speculative": {"method": "draft"}}, "draftModel", cel=True),
+    BadSpec(
+        "speculative-ngram-with-model",
+        {"runtime.speculative": {"method": "ngram", "draftModel": "hf://org/small"}},
+        "draftModel",
+        cel=True,
+    ),
+    BadSpec(
+        "speculative-draft-not-implemented",
+        {"runtime.speculative": {"method": "draft", "draftModel": "hf://org/small"}},
+        "speculative.method",
+        cel=True,
+    ),
     BadSpec(
         "served-name-changed",
         {},

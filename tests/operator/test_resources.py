@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -88,6 +89,24 @@ def test_infleet_engine_command() -> None:
     assert flags["--served-name"] == "smollm2" and flags["--tier"] == "int8"
     assert flags["--tensor-parallel"] == "2" and flags["--pipeline-parallel"] == "1"
     assert flags["--max-batch-tokens"] == "4096" and flags["--max-model-len"] == "2048" and flags["--port"] == "8000"
+
+
+def test_speculative_decoding_becomes_engine_flags() -> None:
+    speculative = {"method": "ngram", "numTokens": 3, "maxBatchSize": 2}
+    dep = by_kind(
+        resources.desired(spec_of(runtime={"speculative": speculative}), OWNER, "int8", 8).objects, "Deployment"
+    )
+    cmd = dep[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
+    assert flags["--speculative-method"] == "ngram" and flags["--speculative-num-tokens"] == "3"
+    assert flags["--speculative-max-batch-size"] == "2"
+    plain = by_kind(resources.desired(spec_of(), OWNER, "int8", 8).objects, "Deployment")[0]
+    assert not any(a.startswith("--speculative") for a in plain["spec"]["template"]["spec"]["containers"][0]["command"])
+    vllm = spec_of(runtime={"engine": "vllm", "speculative": {"method": "ngram"}})
+    cmd = by_kind(resources.desired(vllm, OWNER, "bf16", 8).objects, "Deployment")[0]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["command"]
+    assert json.loads(cmd[cmd.index("--speculative-config") + 1]) == {"method": "ngram", "num_speculative_tokens": 4}
 
 
 def test_vllm_engine_command() -> None:

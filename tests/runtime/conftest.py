@@ -107,16 +107,29 @@ def tiny_llama_config(**overrides: Any) -> Any:
     return ModelConfig(**fields)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(smollm2_tokenizer: Any) -> tuple[Any, Any, Any]:
-    """(model, config, tokenizer): random weights scaled up so that greedy choices are clear-cut."""
+def random_llama(config: Any) -> Any:
+    """Random weights (seed 0) scaled up so that greedy choices are clear-cut."""
     from infleet.runtime.model.llama import LlamaForCausalLM
 
-    config = tiny_llama_config()
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.5 if "embed" in name else 1.0 / p.shape[1] ** 0.5 * 2)
-    return model.eval(), config, smollm2_tokenizer
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm2_tokenizer: Any) -> tuple[Any, Any, Any]:
+    """(model, config, tokenizer) of `random_llama`."""
+    config = tiny_llama_config()
+    return random_llama(config), config, smollm2_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_512(smollm2_tokenizer: Any) -> tuple[Any, Any, Any]:
+    """`tiny_llama` with a 512-token vocabulary (ids valid for SmolLM2's tokenizer): sampling, which sorts the
+    vocabulary per row, stays cheap."""
+    config = tiny_llama_config(vocab_size=512)
+    return random_llama(config), config, smollm2_tokenizer

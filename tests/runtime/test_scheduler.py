@@ -163,7 +163,7 @@ def test_postprocess_appends_the_sampled_tokens_and_ends_finished_sequences(smol
         sched.add(seq)
     batch = sched.schedule()
     paris = smollm2_tokenizer.encode(" Paris", add_special_tokens=False)[0]
-    sched.postprocess(batch, [e for e in batch if e.samples], [paris, 0, paris])
+    sched.postprocess(batch, [e for e in batch if e.samples], [[paris], [0], [paris]])
     assert more.num_computed_tokens == len(prompt) and more.token_ids == [*prompt, paris]
     assert (short.finish_reason, short.text, short.token_ids[-1]) == ("length", " Paris", paris)
     assert (eos.finish_reason, eos.finished) == ("stop", True)

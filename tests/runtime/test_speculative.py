@@ -1,0 +1,354 @@
+"""Speculative decoding changes no output: greedy tokens are identical with it on and off (every tier), sampled tokens
+follow the same distribution (chi-square), rejected drafts give their KV blocks back, and speculating and plain
+sequences share steps with prefills. The tiny model does not copy its prompt, so most tests draft from a reference
+run with errors mixed in (an `oracle`): what is checked is verification, which must keep right drafts, reject wrong
+ones and leave the output unchanged either way; the prompt-lookup drafter runs on the real SmolLM2 at the end."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import re
+from typing import Any
+
+import pytest
+import torch
+
+from infleet.runtime.config import EngineConfig
+from infleet.runtime.engine import speculative
+from infleet.runtime.engine.engine import LLMEngine, apply_tier
+from infleet.runtime.engine.sampler import SamplingParams
+from infleet.runtime.engine.speculative import Proposer, eligible, propose_ngram
+
+K = 4
+VOCAB = 512  # the vocabulary of tiny_llama_512
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_512: Any) -> tuple[Any, Any, Any]:
+    return tiny_llama_512  # type: ignore[no-any-return]
+
+
+def oracle(references: list[list[int]], error_rate: float, seed: int = 0) -> Proposer:
+    """Drafts the reference continuation of whichever reference `tokens` is a prefix of, each token wrong (shifted)
+    with probability `error_rate`; nothing for a sequence that left every reference."""
+    rng = random.Random(seed)
+    following = {tuple(ref[:j]): ref[j:] for ref in references for j in range(1, len(ref))}
+
+    def propose(tokens: list[int], k: int) -> list[int]:
+        return [t if rng.random() >= error_rate else (t + 1) % VOCAB for t in following.get(tuple(tokens), [])[:k]]
+
+    return propose
+
+
+def engine(model: Any, config: Any, tokenizer: Any, spec: bool, **kwargs: Any) -> LLMEngine:
+    kwargs.setdefault("max_model_len", 512)
+    kwargs.setdefault("num_kv_blocks", 1000)
+    kwargs.setdefault("max_num_seqs", 128)
+    if spec:
+        kwargs.update(speculative_method="ngram", speculative_num_tokens=K, speculative_max_batch_size=128)
+    return LLMEngine(model, config, tokenizer, EngineConfig(**kwargs))
+
+
+def random_prompts(n: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, VOCAB) for _ in range(rng.randint(4, 40))] for _ in range(n)]
+
+
+# --- the drafter and the per-request decision ----------------------------------------------------------------------
+def test_prompt_lookup_drafts_what_followed_the_latest_longest_match() -> None:
+    tokens = [1, 2, 3, 9, 9, 5, 1, 2, 3, 7, 8, 6, 1, 2, 3]
+    assert propose_ngram(tokens, 2) == [7, 8]  # the latest occurrence of [1, 2, 3]
+    assert propose_ngram([5, 6, 7, 8, 5, 6], 3) == [7, 8, 5]
+    assert propose_ngram([4, 6, 0, 3, 1, 6], 3) == []  # a one-token tail (6) is not enough
+    assert propose_ngram([1, 2, 1, 2], 5) == [1, 2]  # only what exists
+    assert propose_ngram([1, 2], 4) == [] and propose_ngram([1, 2, 3, 1, 2], 0) == []
+
+
+def test_requests_whose_sampling_needs_more_than_the_logits_row_do_not_speculate() -> None:
+    @dataclasses.dataclass
+    class WithPenalty(SamplingParams):  # what a penalty or logit-bias field looks like to the speculator
+        presence_penalty: float = 0.0
+
+    assert eligible(SamplingParams(temperature=0.7, top_k=5, top_p=0.9, seed=3, stop=["x"]))
+    assert eligible(WithPenalty())
+    assert not eligible(WithPenalty(presence_penalty=0.5))
+
+
+# --- settings: flags and EngineConfig refuse what cannot run, naming the flag ------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            dict(speculative_method="ngram", speculative_num_tokens=0),
+            "--speculative-num-tokens must be between 1 and 8",
+        ),
+        (
+            dict(speculative_method="ngram", speculative_num_tokens=9),
+            "--speculative-num-tokens must be between 1 and 8",
+        ),
+        (dict(speculative_method="medusa"), "--speculative-method must be one of ngram, draft"),
+        (dict(speculative_method="draft"), "--speculative-draft-model is required with --speculative-method draft"),
+        (dict(speculative_method="ngram", speculative_draft_model="/m"), "--speculative-draft-model is only used"),
+        (dict(speculative_method="draft", speculative_draft_model="/m"), "'draft' (a draft model) is not implemented"),
+        (dict(speculative_method="ngram", tensor_parallel=2), "not supported with --tensor-parallel"),
+        (dict(speculative_method="ngram", speculative_max_batch_size=0), "--speculative-max-batch-size must be at"),
+    ],
+)
+def test_bad_speculative_settings_are_refused_naming_the_flag(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        EngineConfig(**kwargs)
+
+
+def test_speculative_flags_reach_the_engine_config(capsys: pytest.CaptureFixture[str]) -> None:
+    from infleet.runtime.__main__ import engine_config, main, parser
+
+    args = ["serve", "--model", "/nowhere.gguf", "--speculative-method", "ngram", "--speculative-num-tokens", "3"]
+    cfg = engine_config(parser().parse_args([*args, "--speculative-max-batch-size", "2", "--device", "cpu"]))
+    assert (cfg.speculative_method, cfg.speculative_num_tokens, cfg.speculative_max_batch_size) == ("ngram", 3, 2)
+    assert main([*args[:-1], "12"]) == 2  # refused before anything loads
+    assert "--speculative-num-tokens must be between 1 and 8, got 12" in capsys.readouterr().err
+
+
+# --- greedy: identical outputs, every tier -------------------------------------------------------------------------
+@pytest.mark.parametrize("tier", ["bf16", "fp8", "int8", "int4"])
+def test_greedy_outputs_are_identical_with_speculation_on_and_off(tiny: Any, tier: str) -> None:
+    """100 prompts in one batch; drafts are a reference continuation with 30% of tokens wrong."""
+    model, config, tokenizer = tiny
+    model = apply_tier(copy.deepcopy(model), tier)
+    if tier == "bf16":
+        model = model.to(torch.bfloat16)  # how the runtime computes the bf16 tier on a CPU
+    prompts = random_prompts(100, seed=1)
+    greedy = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    off = engine(model, config, tokenizer, spec=False).generate(prompts, greedy)
+    on_engine = engine(model, config, tokenizer, spec=True)
+    assert on_engine.speculator is not None
+    on_engine.speculator.proposer = oracle([p + o for p, o in zip(prompts, off, strict=True)], error_rate=0.3)
+    on = on_engine.generate(prompts, greedy)
+    assert on == off
+    stats = on_engine.speculator.stats
+    assert 0 < stats.accepted_tokens < stats.draft_tokens  # right drafts were kept and wrong ones rejected
+    assert stats.emitted_tokens == stats.drafts + stats.accepted_tokens
+    assert on_engine.stats().kv_cache_usage == 0.0  # every block came back
+
+
+def test_metrics_count_drafted_accepted_and_emitted_tokens(tiny: Any) -> None:
+    from infleet.api import metrics as names
+    from infleet.runtime.metrics import RuntimeMetrics
+
+    model, config, tokenizer = tiny
+    prompts = random_prompts(8, seed=6)
+    greedy = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    off = engine(model, config, tokenizer, spec=False).generate(prompts, greedy)
+    metrics = RuntimeMetrics("tiny", "bf16")
+    eng = LLMEngine(
+        model,
+        config,
+        tokenizer,
+        EngineConfig(max_model_len=512, num_kv_blocks=200, speculative_method="ngram", speculative_max_batch_size=8),
+        metrics=metrics,
+    )
+    assert eng.speculator is not None
+    eng.speculator.proposer = oracle([p + o for p, o in zip(prompts, off, strict=True)], error_rate=0.3)
+    eng.generate(prompts, greedy)
+    text = metrics.render().decode()
+    stats = eng.speculator.stats
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)
+        assert found, name
+        return float(found.group(1))
+
+    assert value(names.SPEC_DRAFTS) == stats.drafts > 0
+    assert value(names.SPEC_DRAFT_TOKENS) == stats.draft_tokens
+    assert value(names.SPEC_ACCEPTED_TOKENS) == stats.accepted_tokens > 0
+    assert value(names.SPEC_EMITTED_TOKENS) == stats.emitted_tokens
+    assert value(names.SPEC_ACCEPTANCE_RATE) == pytest.approx(stats.accepted_tokens / stats.draft_tokens)
+    assert value(names.SPEC_MEAN_ACCEPTED_LENGTH) == pytest.approx(stats.emitted_tokens / stats.drafts)
+
+
+def test_rejected_drafts_give_their_kv_blocks_back(tiny: Any) -> None:
+    model, config, tokenizer = tiny
+    eng = engine(model, config, tokenizer, spec=True, prefix_caching=False)
+    assert eng.speculator is not None
+    eng.speculator.proposer = lambda tokens, k: [5] * k  # drafts the model does not follow
+    eng.add_request("a", list(range(10, 24)), SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    eng.step()  # prefill: 14 tokens in one block, the first token sampled
+    seq = eng.requests["a"]
+    drafted = []
+    for _ in range(3):  # a query of 1 + 4 tokens from position 14 onwards needs a second block every time
+        eng.speculator.propose(eng.scheduler.running)
+        drafted.append(list(seq.draft_ids))
+        eng.speculator.propose = lambda running: None  # type: ignore[method-assign]  # keep this draft for the step
+        eng.step()
+        del eng.speculator.propose
+        assert seq.num_computed_tokens == seq.num_tokens - 1
+        assert len(seq.block_table) == -(-seq.num_computed_tokens // 16)
+        assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks - len(seq.block_table)
+    assert all(d == [5] * K for d in drafted)
+    assert eng.speculator.stats.draft_tokens == 3 * K
+
+
+# --- continuous batching: speculating and plain decodes beside a prefill -------------------------------------------
+def test_a_step_mixes_speculating_and_plain_decodes_with_a_prefill(tiny: Any) -> None:
+    @dataclasses.dataclass
+    class WithPenalty(SamplingParams):
+        presence_penalty: float = 0.0
+
+    model, config, tokenizer = tiny
+    prompts = random_prompts(3, seed=2)
+    params = [
+        SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+        WithPenalty(max_tokens=12, temperature=0.0, ignore_eos=True, presence_penalty=0.5),  # never speculates
+        SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+    ]
+    alone = [engine(model, config, tokenizer, spec=False).generate([p], params[0])[0] for p in prompts]
+    eng = engine(model, config, tokenizer, spec=True)
+    assert eng.speculator is not None
+    eng.speculator.proposer = oracle([p + o for p, o in zip(prompts, alone, strict=True)], error_rate=0.2)
+    steps: list[list[tuple[str, int, int]]] = []
+    run = eng.runner.run
+
+    def recording(batch: Any) -> Any:
+        steps.append([(e.seq.request_id, e.num_tokens, len(e.seq.draft_ids)) for e in batch])
+        return run(batch)
+
+    eng.runner.run = recording  # type: ignore[method-assign]
+    out: dict[str, list[int]] = {"0": [], "1": [], "2": []}
+    eng.add_request("0", prompts[0], params[0])
+    eng.add_request("1", prompts[1], params[1])
+    for o in eng.step():  # both prefills
+        out[o.request_id] += o.new_token_ids
+    eng.add_request("2", prompts[2], params[2])  # its prefill joins the two decodes
+    while eng.has_unfinished():
+        for o in eng.step():
+            out[o.request_id] += o.new_token_ids
+    mixed = steps[1]
+    kinds = {rid: (n, d) for rid, n, d in mixed}
+    assert kinds["0"] == (1 + K, K)  # a speculating decode
+    assert kinds["1"] == (1, 0)  # a plain decode (its params opt it out)
+    assert kinds["2"] == (len(prompts[2]), 0)  # a prefill
+    assert [out["0"], out["1"], out["2"]] == alone
+    assert all(d == 0 for step in steps for rid, _, d in step if rid == "1")
+
+
+def test_no_drafts_above_the_batch_size_where_speculation_stops_paying(tiny: Any) -> None:
+    model, config, tokenizer = tiny
+    prompts = random_prompts(6, seed=3)
+    greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    off = engine(model, config, tokenizer, spec=False).generate(prompts, greedy)
+    eng = engine(model, config, tokenizer, spec=True)
+    assert eng.speculator is not None
+    eng.speculator.max_batch_size = 5
+    eng.speculator.proposer = oracle([p + o for p, o in zip(prompts, off, strict=True)], error_rate=0.0)
+    assert eng.generate(prompts, greedy) == off
+    assert eng.speculator.stats.drafts == 0
+    assert eng.generate(prompts[:5], greedy) == off[:5]
+    assert eng.speculator.stats.drafts > 0
+
+
+def test_a_request_whose_drafts_keep_failing_pauses_drafting(tiny: Any) -> None:
+    model, config, tokenizer = tiny
+    eng = engine(model, config, tokenizer, spec=True)
+    assert eng.speculator is not None
+    eng.speculator.proposer = lambda tokens, k: [5] * k  # tokens the tiny model does not choose
+    window = speculative.PROBATION_DRAFTS
+    steps = 2 * window + speculative.PAUSE_STEPS  # a window, a pause, a second window
+    eng.generate(random_prompts(1, seed=4), SamplingParams(max_tokens=steps + 2, temperature=0.0, ignore_eos=True))
+    assert eng.speculator.stats.drafts == 2 * window
+
+
+# --- sampling: the same distribution --------------------------------------------------------------------------------
+def chi_square_p(a: list[tuple[int, ...]], b: list[tuple[int, ...]]) -> float:
+    """p-value of the chi-square test that two samples come from one distribution (categories expected fewer than
+    5 times in either sample are pooled)."""
+    counts: dict[tuple[int, ...], list[int]] = {}
+    for i, sample in enumerate((a, b)):
+        for x in sample:
+            counts.setdefault(x, [0, 0])[i] += 1
+    na, nb = len(a), len(b)
+    table, pooled = [], [0, 0]
+    for ca, cb in counts.values():
+        if (ca + cb) * min(na, nb) / (na + nb) < 5:
+            pooled = [pooled[0] + ca, pooled[1] + cb]
+        else:
+            table.append((ca, cb))
+    if sum(pooled):
+        table.append((pooled[0], pooled[1]))
+    stat = 0.0
+    for ca, cb in table:
+        total = ca + cb
+        for observed, n in ((ca, na), (cb, nb)):
+            expected = total * n / (na + nb)
+            stat += (observed - expected) ** 2 / expected
+    df = len(table) - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(stat / 2)))
+
+
+SAMPLES = 600
+
+
+def sampled(tiny: Any, spec: bool, seed0: int, monkeypatch: pytest.MonkeyPatch | None = None) -> Any:
+    model, config, tokenizer = tiny
+    prompt = random_prompts(1, seed=5)[0]
+    greedy = engine(model, config, tokenizer, spec=False).generate(
+        [prompt], SamplingParams(max_tokens=4, temperature=0)
+    )
+    eng = engine(model, config, tokenizer, spec=spec, max_num_seqs=64)
+    if eng.speculator is not None:
+        eng.speculator.proposer = oracle([prompt + greedy[0]], error_rate=0.0)  # the greedy path: right most times
+    params = [
+        SamplingParams(max_tokens=4, temperature=0.8, top_k=6, seed=seed0 + i, ignore_eos=True) for i in range(SAMPLES)
+    ]
+    return [tuple(o) for o in eng.generate([prompt] * SAMPLES, params)], eng
+
+
+def test_sampled_tokens_follow_the_same_distribution_with_speculation(tiny: Any) -> None:
+    off, _ = sampled(tiny, spec=False, seed0=0)
+    on, eng = sampled(tiny, spec=True, seed0=10**6)  # independent draws
+    stats = eng.speculator.stats
+    assert 0 < stats.accepted_tokens < stats.draft_tokens and stats.drafts > SAMPLES // 2
+    assert len(set(off)) > 10  # a real distribution, not a single path
+    assert chi_square_p(off, on) > 0.001
+
+
+def test_the_chi_square_test_detects_a_verifier_that_keeps_every_draft(
+    tiny: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def keep_all(logits: torch.Tensor, draft: list[int], params: SamplingParams, generator: Any) -> list[int]:
+        probs = speculative.processed_probs(logits[-1:], params)
+        return [*draft, int(torch.multinomial(probs[0], 1, generator=generator)[0])]
+
+    off, _ = sampled(tiny, spec=False, seed0=0)
+    monkeypatch.setattr(speculative, "verify", keep_all)
+    biased, _ = sampled(tiny, spec=True, seed0=10**6)
+    assert chi_square_p(off, biased) < 0.001
+
+
+# --- the real model and the prompt-lookup drafter -------------------------------------------------------------------
+@pytest.mark.model
+def test_prompt_lookup_on_smollm2_saves_steps_and_changes_no_token(smollm2: Any) -> None:
+    model, config, tokenizer = smollm2
+    code = (
+        "def total(values):\n    result = 0\n    for value in values:\n        result += value * 2\n    return result\n"
+    )
+    chat = [{"role": "user", "content": f"Rename `result` to `acc` and print the whole function:\n\n{code}"}]
+    prompt = tokenizer.encode(tokenizer.apply_chat_template(chat), add_special_tokens=False)
+    greedy = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
+    counts = {}
+    outs = {}
+    for spec in (False, True):
+        eng = engine(model, config, tokenizer, spec=spec, max_model_len=1024)
+        eng.add_request("r", prompt, greedy)
+        outs[spec], counts[spec] = [], 0
+        while eng.has_unfinished():
+            counts[spec] += 1
+            for o in eng.step():
+                outs[spec] += o.new_token_ids
+        if spec:
+            assert eng.speculator is not None
+            stats = eng.speculator.stats
+    assert outs[True] == outs[False]
+    assert stats.accepted_tokens > 0
+    assert counts[True] <= counts[False] - stats.accepted_tokens  # a step saved per kept draft token
