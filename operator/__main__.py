@@ -1,4 +1,5 @@
-"""`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`.
+"""`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`, and
+`infleet operator uninstall-check` (the chart's pre-delete hook, uninstall.py).
 
 Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py`, `autoscaling.py` and
 `observation.py` (status for every deployment from one Prometheus query per interval). With
@@ -20,6 +21,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from infleet.operator import uninstall
 from infleet.operator.kube import Kube, KubeError
 from infleet.operator.state import OperatorState
 
@@ -123,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         "nodes are simulated and run every pod on the CPU); default: each deployment's accelerator type",
     )
     run.add_argument("--verbose", "-v", action="store_true")
+    uninstall.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "uninstall-check":
+        return uninstall.run(args)
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
