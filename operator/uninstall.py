@@ -59,11 +59,17 @@ async def check(
         if not found:
             print("no InferenceDeployments left: uninstalling")
             return 0
-        if not delete:
-            print(refusal(found, release, namespace, revision), file=sys.stderr)
+        # ones already being deleted need the operator to finish: wait for them, never refuse because of them
+        standing = [i for i in found if not i["metadata"].get("deletionTimestamp")]
+        if standing and not delete:
+            print(refusal(standing, release, namespace, revision), file=sys.stderr)
             return REFUSED
-        print(f"deleting {len(found)} InferenceDeployment(s) while the operator still runs: {', '.join(names(found))}")
-        for item in found:
+        if standing:
+            print(
+                f"deleting {len(standing)} InferenceDeployment(s) while the operator still runs: "
+                f"{', '.join(names(standing))}"
+            )
+        for item in standing:
             meta = item["metadata"]
             await kube.delete(api.KIND, meta["namespace"], meta["name"], uid=meta.get("uid"))
         deadline = time.monotonic() + timeout

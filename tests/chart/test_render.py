@@ -21,6 +21,7 @@ MATRIX: dict[str, dict[str, Any]] = {
         "monitoring": {"prometheusOperator": False, "prometheusRule": False, "dashboards": {"enabled": False}}
     },
     "operator-2-replicas": {"operator": {"replicas": 2, "leaderElection": True}},
+    "operator-standalone": {"operator": {"replicas": 1, "leaderElection": False}},
     "gateway-off": {"gateway": {"enabled": False}},
     "replica-device": {"operator": {"replicaDevice": "cpu"}},
     "custom-prices": {"gpuPrices": {"NVIDIA-L4": 0.55, "NVIDIA-B200-180GB": 9.5}},
@@ -94,10 +95,11 @@ def test_every_object_is_labelled(case: str) -> None:
 def test_defaults() -> None:
     docs = rendered("defaults")
     op = named(docs, "Deployment", "-operator")
-    assert op["spec"]["replicas"] == 1
+    assert op["spec"]["replicas"] == 2  # one works, one stands by
     c = pod_spec(op)["containers"][0]
     assert c["command"] == ["python", "-m", "infleet.operator", "run"]
-    assert c["args"] == ["--metrics-port=8081", "--health-port=8080"]  # every namespace, with peering
+    assert c["args"] == ["--metrics-port=8081", "--health-port=8080", "--peering"]  # every namespace, with peering
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     assert c["image"] == "infleet/operator:0.1.0"
     annotations = op["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8081"
@@ -194,7 +196,7 @@ def test_uninstall_hook_checks_for_deployments_with_only_list_and_delete() -> No
 
 
 def test_standalone_operator_has_no_peering_rights() -> None:
-    docs = rendered("defaults")
+    docs = rendered("operator-standalone")
     assert "--peering" not in pod_spec(named(docs, "Deployment", "-operator"))["containers"][0]["args"]
     groups = {g for r in named(docs, "ClusterRole", "-operator")["rules"] for g in r["apiGroups"]}
     assert "kopf.dev" not in groups
