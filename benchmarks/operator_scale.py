@@ -480,6 +480,11 @@ def phases(after: Samples, before: Samples, count: int) -> dict[str, Any]:
         },
         "applies_skipped": int(delta(after, before, "infleet_operator_applies_skipped_total")),
         "status_writes_skipped": int(delta(after, before, "infleet_operator_status_writes_skipped_total")),
+        "status_writes_per_deployment_by_manager": {
+            dict(labels)["manager"]: round((value - before.get((name, labels), 0.0)) / count, 2)
+            for (name, labels), value in sorted(after.items())
+            if name == "infleet_operator_status_writes_total" and value - before.get((name, labels), 0.0)
+        },
     }
 
 

@@ -220,6 +220,7 @@ class Kube:
         Conditions are a list-map keyed by type, so each writer (reconcile, workload watcher, autoscaler) owns only
         the conditions it sends, and no writer can wipe another's with a stale copy of the list."""
         url = path(api.KIND, namespace, name, "status")
+        metrics.STATUS_WRITES.labels(manager).inc()
         body = {
             "apiVersion": api.API_VERSION,
             "kind": api.KIND,

@@ -55,3 +55,8 @@ APPLIES_SKIPPED = Counter(
 STATUS_WRITES_SKIPPED = Counter(
     "infleet_operator_status_writes_skipped_total", "Status writes left out because the status would not change"
 )
+STATUS_WRITES = Counter(
+    "infleet_operator_status_writes_total",
+    "Status writes to InferenceDeployments, by field manager (reconcile, workload events, model fetch, observation)",
+    ["manager"],
+)
