@@ -13,7 +13,10 @@ alone), installs the CRDs and, for each N:
 Reported per run: seconds until all are ready, p50/p99 of each object's own time from creation to ready (from a
 watch), API requests the operator sent (its own counter, per deployment and per reconcile), the API server's request
 counts by resource, the operator's peak resident memory (VmHWM) and its reconcile errors; then the ratio of the
-operator's all-Ready time to the peer's all-available time.
+operator's all-Ready time to the peer's all-available time. Also: where the time goes (`phases`, from the operator's
+histograms: kopf's dispatch, queueing for a reconcile slot, the reconcile's work and its API requests), writes per
+deployment (to the InferenceDeployment, and owned objects), a steady-state resync (a restarted operator resumes every
+deployment; the API server's write count meanwhile), the 1-minute load average, and each goal as met / not met.
 
     python benchmarks/operator_scale.py [--counts 100 1000] [--nodes 1000] [--port-base 18000]
 """
@@ -60,14 +63,16 @@ RESOURCES = ("inferencedeployments", "deployments", "replicasets", "pods", "serv
 # ---- the fleet --------------------------------------------------------------------------------------------------
 
 
-def fleet_env(directory: Path, port_base: int) -> dict[str, str]:
+def fleet_env(
+    directory: Path, port_base: int, service_cidr: str = "127.95.0.0/16", pod_cidr: str = "10.246.0.0/16"
+) -> dict[str, str]:
     """Everything that keeps this fleet apart from the shared one: directory, ports, service and pod networks."""
     env = {
         **os.environ,
         "INFLEET_FLEET_DIR": str(directory),
         "INFLEET_FLEET_PORT_BASE": str(port_base),
-        "INFLEET_SERVICE_CIDR": "127.95.0.0/16",
-        "INFLEET_POD_CIDR": "10.246.0.0/16",
+        "INFLEET_SERVICE_CIDR": service_cidr,
+        "INFLEET_POD_CIDR": pod_cidr,
     }
     env["KUBECONFIG"] = str(directory / "kubeconfig")
     return env
@@ -295,12 +300,14 @@ class Run:
             custom.create_namespaced_custom_object(group, version, self.namespace, plural, obj)
 
         start = time.monotonic()
+        load = [os.getloadavg()[0]]
         with ThreadPoolExecutor(max_workers=CREATORS) as pool:
             list(pool.map(create, objects))
         applied = time.monotonic() - start
         last_report = start
         while len(watcher.ready) < self.count and time.monotonic() - start < timeout:
             sample()
+            load.append(os.getloadavg()[0])
             if time.monotonic() - last_report > 30:
                 last_report = time.monotonic()
                 print(f"   {last_report - start:6.0f}s: {len(watcher.ready)}/{self.count} ready", flush=True)
@@ -318,6 +325,7 @@ class Run:
             "per_deployment_p50_seconds": round(percentile(latencies, 0.5), 2),
             "per_deployment_p99_seconds": round(percentile(latencies, 0.99), 2),
             "per_deployment_mean_seconds": round(statistics.fmean(latencies), 2) if latencies else None,
+            "load_average_1m": {"min": round(min(load), 2), "max": round(max(load), 2)},
         }
 
 
@@ -391,6 +399,7 @@ def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Pa
     finally:
         watcher.stop()
         op.stop()
+    result["namespace"] = run.namespace
     requests = delta(after, before, "infleet_operator_api_requests_total")
     reconciles = delta(after, before, "infleet_operator_reconcile_total")
     seconds = delta(after, before, "infleet_operator_reconcile_duration_seconds_sum")
@@ -425,8 +434,96 @@ def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Pa
         v for verb, v in result["apiserver_requests"].get("inferencedeployments", {}).items() if verb != "LIST"
     )
     ours = sum(v for k, v in by_kind.items() if k.endswith(api.KIND))
-    result["kopf_api_requests_per_deployment"] = round(max(idep_writes - ours - count, 0) / count, 2)
+    kopf_writes = max(idep_writes - ours - count, 0)  # the benchmark's own POSTs are not the operator's
+    result["kopf_api_requests_per_deployment"] = round(kopf_writes / count, 2)
+    result["writes_per_deployment"] = writes_per_deployment(by_kind, kopf_writes, count)
+    result["phases"] = phases(after, before, count)
     return result
+
+
+def writes_per_deployment(by_kind: Mapping[str, int], kopf_writes: int, count: int) -> dict[str, float]:
+    """API writes per deployment created: to the InferenceDeployment (the operator's status writes and kopf's own
+    patches) and the owned objects applied (a Deployment, a Service and a PodDisruptionBudget each)."""
+    writes = {k: v for k, v in by_kind.items() if not k.startswith("GET")}
+    status = sum(v for k, v in writes.items() if k.endswith(api.KIND))
+    objects = sum(writes.values()) - status
+    return {
+        "inferencedeployment_status": round(status / count, 2),
+        "inferencedeployment_kopf": round(kopf_writes / count, 2),
+        "inferencedeployment_total": round((status + kopf_writes) / count, 2),
+        "owned_objects": round(objects / count, 2),
+    }
+
+
+def mean(after: Samples, before: Samples, histogram: str, **match: str) -> float | None:
+    n = delta(after, before, f"{histogram}_count", **match)
+    return round(delta(after, before, f"{histogram}_sum", **match) / n, 3) if n else None
+
+
+def phases(after: Samples, before: Samples, count: int) -> dict[str, Any]:
+    """Where a deployment's time to its first status goes, from the operator's own histograms: kopf's dispatch
+    (creation to the reconcile starting: the watch, kopf's queue and its own patching; the creation timestamp has
+    1 s resolution), queueing for the owner's lock and a reconcile slot, then the reconcile's work, of which the
+    API requests (waiting for a client connection, then the request itself)."""
+    api_seconds = delta(after, before, "infleet_operator_api_request_seconds_sum")
+    client_queue = delta(after, before, "infleet_operator_api_client_queue_seconds_sum")
+    return {
+        "dispatch_mean_seconds": mean(after, before, "infleet_operator_dispatch_seconds"),
+        "reconcile_queue_mean_seconds": mean(after, before, "infleet_operator_reconcile_queue_seconds"),
+        "reconcile_work_mean_seconds": mean(after, before, "infleet_operator_reconcile_duration_seconds"),
+        "api_client_queue_seconds_per_deployment": round(client_queue / count, 3),
+        "api_request_seconds_per_deployment": round(api_seconds / count, 3),
+        "api_request_mean_seconds_by_verb": {
+            verb: mean(after, before, "infleet_operator_api_request_seconds", verb=verb)
+            for verb in ("GET", "PATCH", "POST", "DELETE")
+            if delta(after, before, "infleet_operator_api_request_seconds_count", verb=verb)
+        },
+        "applies_skipped": int(delta(after, before, "infleet_operator_applies_skipped_total")),
+        "status_writes_skipped": int(delta(after, before, "infleet_operator_status_writes_skipped_total")),
+        "status_writes_per_deployment_by_manager": {
+            dict(labels)["manager"]: round((value - before.get((name, labels), 0.0)) / count, 2)
+            for (name, labels), value in sorted(after.items())
+            if name == "infleet_operator_status_writes_total" and value - before.get((name, labels), 0.0)
+        },
+    }
+
+
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
+
+
+def run_resync(env: Mapping[str, str], namespace: str, count: int, log_dir: Path) -> dict[str, Any]:
+    """A steady-state resync: a fresh operator over the settled fleet resumes (reconciles) every deployment. Every
+    write the API server answers for the run's resources meanwhile is counted."""
+    before = apiserver_metrics(env)
+    started = time.monotonic()
+    op = Operator(env, namespace, log_dir / f"operator-{count}-resync.log")
+    try:
+        wait_for(
+            lambda: (
+                total(operator_metrics(op.metrics_port), "infleet_operator_reconcile_total", trigger="resume") >= count
+            ),
+            timeout=1800,
+            interval=2,
+            what=f"{count} deployments resumed",
+        )
+        resumed = time.monotonic() - started
+        time.sleep(10)  # trailing: replica refreshes after each resume, workload events
+        mine = operator_metrics(op.metrics_port)
+    finally:
+        op.stop()
+    server = apiserver_requests(apiserver_metrics(env), before)
+    writes = {r: {v: n for v, n in verbs.items() if v in WRITE_VERBS} for r, verbs in server.items()}
+    writes = {r: verbs for r, verbs in writes.items() if verbs}
+    return {
+        "resumed_seconds": round(resumed, 1),
+        "reconciles": int(total(mine, "infleet_operator_reconcile_total", trigger="resume")),
+        "applies_skipped": int(total(mine, "infleet_operator_applies_skipped_total")),
+        "operator_write_requests": int(
+            sum(total(mine, "infleet_operator_api_requests_total", verb=v) for v in ("POST", "PUT", "PATCH", "DELETE"))
+        ),
+        "apiserver_writes": writes,
+        "apiserver_write_total": sum(n for verbs in writes.values() for n in verbs.values()),
+    }
 
 
 # ---- the whole benchmark ----------------------------------------------------------------------------------------
@@ -455,6 +552,33 @@ def fleet_up(env: Mapping[str, str], nodes: int) -> float:
     return time.monotonic() - t
 
 
+GOAL_RATIO = 1.3  # all Ready within 1.3x the plain Deployments' time (judged at 1,000)
+GOAL_IDEP_WRITES = 2.0  # writes to each InferenceDeployment to create it
+GOAL_RESYNC_WRITES = 0
+
+
+def goals(entry: Mapping[str, Any]) -> dict[str, str]:
+    """Each acceptance goal as 'met' or 'not met' (with the figure), or 'not measured'."""
+    out: dict[str, str] = {}
+    ratio = entry.get("ratio_all_ready")
+    out["all_ready_ratio"] = (
+        "not measured" if ratio is None else f"{'met' if ratio <= GOAL_RATIO else 'not met'}: {ratio}x <= {GOAL_RATIO}x"
+    )
+    writes = entry["operator"].get("writes_per_deployment", {}).get("inferencedeployment_total")
+    out["inferencedeployment_writes"] = (
+        "not measured"
+        if writes is None
+        else f"{'met' if writes <= GOAL_IDEP_WRITES else 'not met'}: {writes} <= {GOAL_IDEP_WRITES} per deployment"
+    )
+    resync = entry.get("resync", {}).get("apiserver_write_total")
+    out["resync_writes"] = (
+        "not measured"
+        if resync is None
+        else f"{'met' if resync <= GOAL_RESYNC_WRITES else 'not met'}: {resync} writes <= {GOAL_RESYNC_WRITES}"
+    )
+    return out
+
+
 def table(runs: list[dict[str, Any]]) -> str:
     head = (
         f"{'N':>5} {'who':>9} {'all ready s':>11} {'p50 s':>7} {'p99 s':>7} {'req/deploy':>10} "
@@ -476,6 +600,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             )
         if r.get("ratio_all_ready") is not None:
             lines.append(f"{'':>5} {'ratio':>9} {r['ratio_all_ready']:>11}x (infleet all-Ready / plain all-available)")
+        for goal, verdict in (r.get("goals") or {}).items():
+            lines.append(f"{'':>5} {'goal':>9} {goal}: {verdict}")
     if any(x["timed_out"] for r in runs for x in (r.get("peer"), r.get("operator")) if x):
         lines.append("(* timed out: not all ready)")
     return "\n".join(lines)
@@ -486,18 +612,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--port-base", type=int, default=18000, help="the fleet's ports (the shared fleet's is 16000)")
+    parser.add_argument("--service-cidr", default="127.95.0.0/16", help="the fleet's Service network")
+    parser.add_argument("--pod-cidr", default="10.246.0.0/16", help="the fleet's pod network")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/infleet-operator-scale"), help="the fleet's directory")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one run's objects")
     parser.add_argument("--skip-peer", action="store_true", help="only the operator")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
+    parser.add_argument("--note", default="", help="recorded in the JSON: e.g. that the machine was shared")
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
     args.dir.mkdir(parents=True, exist_ok=True)
-    env = fleet_env(args.dir, args.port_base)
+    env = fleet_env(args.dir, args.port_base, args.service_cidr, args.pod_cidr)
     print(f"== a fleet of {args.nodes} nodes in {args.dir} (ports {args.port_base}+)", flush=True)
-    report: dict[str, Any] = {"nodes": args.nodes, "cpus": os.cpu_count(), "runs": []}
+    report: dict[str, Any] = {"nodes": args.nodes, "cpus": os.cpu_count(), "note": args.note, "runs": []}
+    report["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     try:
         report["fleet_up_seconds"] = round(fleet_up(env, args.nodes), 1)
         print(f"   up and all nodes Ready in {report['fleet_up_seconds']}s", flush=True)
@@ -513,10 +643,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {count} InferenceDeployments", flush=True)
             entry["operator"] = run_operator(env, count, args.timeout, args.dir)
             print("   " + json.dumps(entry["operator"]), flush=True)
+            print(f"== a steady-state resync of the {count} (a restarted operator resumes them all)", flush=True)
+            entry["resync"] = run_resync(env, entry["operator"]["namespace"], count, args.dir)
+            print("   " + json.dumps(entry["resync"]), flush=True)
             if entry.get("peer") and not entry["peer"]["timed_out"] and not entry["operator"]["timed_out"]:
                 entry["ratio_all_ready"] = round(
                     entry["operator"]["all_ready_seconds"] / max(entry["peer"]["all_ready_seconds"], 1e-9), 2
                 )
+            entry["goals"] = goals(entry)
     finally:
         if not args.keep:
             subprocess.run([sys.executable, "-m", "infleet.cluster", "down"], env=dict(env))

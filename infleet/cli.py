@@ -12,7 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("infleet.cluster.__main__", "the local fleet: up | down | status | env"),
     "logs": ("infleet.cluster.logs", "a locally launched pod's output"),
     "crds": ("infleet.operator.crd", "render the CRDs from the API models (render [--check])"),
-    "operator": ("infleet.operator.__main__", "run the operator (run [--namespace NS])"),
+    "operator": ("infleet.operator.__main__", "run the operator (run [--namespace NS]; uninstall-check)"),
     "runtime": ("infleet.runtime.__main__", "the inference server (serve --model ...)"),
     "model": ("infleet.runtime.fetch.__main__", "fetch a model into a cache (pull URI [--revision R] --cache DIR)"),
     "gateway": ("infleet.gateway.__main__", "the fleet's HTTP entrypoint (run [--port 8080])"),

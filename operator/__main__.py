@@ -1,11 +1,14 @@
-"""`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`.
+"""`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`, and
+`infleet operator uninstall-check` (the chart's pre-delete hook, uninstall.py).
 
 Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py`, `autoscaling.py` and
 `observation.py` (status for every deployment from one Prometheus query per interval). With
 `--peering` (leader election, for several replicas) the live replica with the highest priority handles objects while
 the others stand by; without kopf's peering CRDs installed it falls back to standalone mode with a warning. A replica
-that dies without notice holds the others off for the peering lifetime (15 s). Peering is opt-in because kopf 1.45
-was seen to stay idle when it paused during its own start-up (a restart inside a dead replica's lifetime).
+that dies without notice holds the others off for the peering lifetime (15 s). The default priority is seniority
+(`seniority_priority`): a replica that (re)starts never preempts the one already working, so a crash hands the work
+to the standby, and a restarted process (the same pod: the chart sets kopf's POD_ID, so it takes its own old place
+in the peering object rather than waiting out its own ghost) becomes the new standby.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import logging
 import os
 import random
 import sys
+import time
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
+from infleet.operator import uninstall
 from infleet.operator.kube import Kube, KubeError
 from infleet.operator.state import OperatorState
 
@@ -79,6 +84,13 @@ async def close(memo: OperatorState, **_: Any) -> None:
         await memo.kube.close()
 
 
+def seniority_priority(now: float | None = None) -> int:
+    """Earlier starts rank higher: minus the start time in milliseconds, with a random last three digits so two
+    replicas started in the same millisecond do not tie (kopf pauses every replica of a tied priority)."""
+    started_ms = int((time.time() if now is None else now) * 1000)
+    return -(started_ms * 1000 + random.randint(0, 999))
+
+
 class QuietWatchers(logging.Filter):
     """Drop kopf's "Handler ... succeeded" lines for the watch handlers that run on every node/pod/workload event."""
 
@@ -109,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "--priority",
         type=int,
         default=None,
-        help="peering priority: the highest live replica works, the others stand by (default: random)",
+        help="peering priority: the highest live replica works, the others stand by (default: seniority, the "
+        "longest-running replica works)",
     )
     run.add_argument(
         "--peering",
@@ -123,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         "nodes are simulated and run every pod on the CPU); default: each deployment's accelerator type",
     )
     run.add_argument("--verbose", "-v", action="store_true")
+    uninstall.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "uninstall-check":
+        return uninstall.run(args)
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -148,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=namespaces,
         liveness_endpoint=liveness,
         standalone=not args.peering,
-        priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
+        priority=args.priority if args.priority is not None else seniority_priority(),
         memo=state,
     )
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import itertools
 import logging
 import time
@@ -38,6 +39,7 @@ WORKLOAD_STATUS_MANAGER = "infleet-operator-workloads"  # status from workload e
 GpuNodes = kopf.Index[str, int]  # GPU product -> GPUs per node, one entry per node
 Owners = kopf.Index[Any, dict[str, Any]]  # (namespace, name) -> the InferenceDeployment
 GroupSets = kopf.Index[Any, dict[str, Any]]  # (namespace, owner name) -> its group StatefulSets
+OwnedDeployments = kopf.Index[Any, dict[str, Any]]  # (namespace, owner name) -> its Deployment
 
 
 def backoff(retry: int) -> float:
@@ -54,6 +56,13 @@ def ideps(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[t
 
 @kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
 def group_sets(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, dict[str, Any]]:
+    return {(namespace, labels.get(resources.LABEL_DEPLOYMENT, "")): dict(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def owned_deployments(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, dict[str, Any]]:
     return {(namespace, labels.get(resources.LABEL_DEPLOYMENT, "")): dict(body)}
@@ -91,16 +100,21 @@ async def run_reconcile(
     trigger: str,
     retry: int,
     logger: logging.Logger | logging.LoggerAdapter[Any],
+    deployments: OwnedDeployments | None = None,
 ) -> dict[str, Any]:
-    """Reconcile one owner and return its status patch; maps every failure to kopf's retry semantics."""
+    """Reconcile one owner and return its status patch; maps every failure to kopf's retry semantics.
+    `deployments`: the watch cache of owned Deployments, so that unchanged objects are not applied again; None
+    applies regardless (drift repair)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     started = time.perf_counter()
     try:
         async with memo.lock((ns, name)), memo.slots:
+            metrics.RECONCILE_QUEUE_SECONDS.observe(time.perf_counter() - started)
             started = time.perf_counter()  # the time spent working, not queueing for a slot
             sets = list(group_sets.get((ns, name), []))
-            outcome = await reconcile.reconcile(memo.client(), body, _node_gpus(gpu_nodes), sets)
+            live = None if deployments is None else [*deployments.get((ns, name), []), *sets]
+            outcome = await reconcile.reconcile(memo.client(), body, _node_gpus(gpu_nodes), sets, live)
             # recorded before the lock goes: a workload event that waits on it then sees our own change as ours
             for obj in outcome.applied:
                 om = obj["metadata"]
@@ -149,10 +163,14 @@ async def reconcile_deployment(
     logger: kopf.Logger,
     gpu_nodes: GpuNodes,
     group_sets: GroupSets,
+    owned_deployments: OwnedDeployments,
     **_: Any,
 ) -> None:
     trigger = str(getattr(reason, "value", reason))
-    new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, trigger, retry, logger)
+    if trigger == "create" and retry == 0:
+        created = datetime.datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        metrics.DISPATCH_SECONDS.observe(max(0.0, (datetime.datetime.now(datetime.UTC) - created).total_seconds()))
+    new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, trigger, retry, logger, owned_deployments)
     await _write_status(memo, body, new_status)
     if trigger != "create":  # a workload this reconcile created reports through its own events
         await refresh_workload_status(memo, body, gpu_nodes)
@@ -188,7 +206,10 @@ async def refresh_workload_status(memo: OperatorState, body: Mapping[str, Any], 
             workloads = [dep] if dep else []
         old = body.get("status") or {}
         new_status = reconcile.workload_status(spec, owner, meta.get("generation"), old, want, workloads)
-        await _write_workload_status(memo, ns, name, meta["uid"], new_status)
+        if reconcile.status_changed(old, new_status):
+            await _write_workload_status(memo, ns, name, meta["uid"], new_status)
+        else:
+            metrics.STATUS_WRITES_SKIPPED.inc()
     except KubeError as err:
         logging.getLogger(__name__).warning(f"refreshing replica status of {ns}/{name} failed: {err}")
         return not err.retryable
@@ -305,7 +326,11 @@ def _is_degraded(st: Mapping[str, Any]) -> bool:
 
 
 async def _write_status(memo: OperatorState, body: Mapping[str, Any], new_status: dict[str, Any]) -> None:
+    """One status write per reconcile, and none when it would change nothing (a resync of an unchanged fleet)."""
     meta = body["metadata"]
+    if not reconcile.status_changed(body.get("status") or {}, new_status):
+        metrics.STATUS_WRITES_SKIPPED.inc()
+        return
     memo.workload_written.pop((meta["namespace"], meta["name"]), None)  # a reconcile may write replica fields too
     try:
         patch = api.InferenceDeploymentStatus.patch(new_status)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,9 +131,13 @@ class Kube:
         metrics.API_REQUESTS.labels(verb=method, kind=kind).inc()
         headers = {"Content-Type": content_type} if body is not None else {}
         content = json.dumps(body) if body is not None else None
+        queued = time.perf_counter()
         try:
             async with self._in_flight:
+                sent = time.perf_counter()
+                metrics.API_CLIENT_QUEUE_SECONDS.observe(sent - queued)
                 response = await self.http.request(method, url, params=params, content=content, headers=headers)
+                metrics.API_REQUEST_SECONDS.labels(method).observe(time.perf_counter() - sent)
         except httpx.HTTPError as err:
             raise KubeError(0, type(err).__name__, str(err)) from err
         if response.status_code == 404 and method in ("GET", "DELETE"):
@@ -215,6 +220,7 @@ class Kube:
         Conditions are a list-map keyed by type, so each writer (reconcile, workload watcher, autoscaler) owns only
         the conditions it sends, and no writer can wipe another's with a stale copy of the list."""
         url = path(api.KIND, namespace, name, "status")
+        metrics.STATUS_WRITES.labels(manager).inc()
         body = {
             "apiVersion": api.API_VERSION,
             "kind": api.KIND,

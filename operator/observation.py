@@ -283,10 +283,17 @@ def _same(previous: Mapping[str, Any] | None, patch: Mapping[str, Any], st: Mapp
         c = condition or {}
         return c.get("status"), c.get("reason"), c.get("message")
 
-    if previous is None or {**previous, "conditions": None} != {**patch, "conditions": None}:
+    shown: Mapping[str, Any] | None = next(
+        (c for c in st.get("conditions") or [] if c.get("type") == status.SLO_MET), None
+    )
+    last: Mapping[str, Any] = (  # nothing written by this process yet (it just started): judge by what status shows
+        previous
+        if previous is not None
+        else {**{k: st.get(k) for k in patch if k != "conditions"}, "conditions": [shown]}
+    )
+    if {**last, "conditions": None} != {**patch, "conditions": None}:
         return False
-    shown = next((c for c in st.get("conditions") or [] if c.get("type") == status.SLO_MET), None)
-    return essence(shown) == essence(patch["conditions"][0]) == essence(previous["conditions"][0])
+    return essence(shown) == essence(patch["conditions"][0]) == essence(last["conditions"][0])
 
 
 async def tick(memo: OperatorState) -> None:

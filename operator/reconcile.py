@@ -9,11 +9,13 @@ the new revision is ready (surge), then delete them; extra groups after a scale-
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from infleet.operator import checks, resources, status
+from infleet.operator import checks, metrics, resources, status
 from infleet.operator.api import InferenceDeploymentSpec
 from infleet.operator.kube import Kube
 from infleet.operator.resources import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGED_BY, Owner
@@ -145,17 +147,46 @@ async def ensure_cache_claim(kube: Kube, spec: InferenceDeploymentSpec, namespac
     return name
 
 
+APPLIED_HASH_ANNOTATION = "infleet.dev/applied-hash"
+
+
+def stamped(objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The rendered objects, each annotated with one hash of them all: a workload carrying this hash was applied,
+    together with everything else of this set, from exactly these objects (workloads are applied last)."""
+    digest = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()[:16]
+    out = []
+    for obj in objects:
+        annotations = {**obj["metadata"].get("annotations", {}), APPLIED_HASH_ANNOTATION: digest}
+        out.append({**obj, "metadata": {**obj["metadata"], "annotations": annotations}})
+    return out, digest
+
+
+def unchanged(want: resources.Desired, digest: str, live: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The live workloads when every wanted one exists and carries `digest` (nothing to apply), else None."""
+    if live is None or not want.workloads:
+        return None
+    by_name = {w["metadata"]["name"]: w for w in live}
+    found = [by_name.get(w["metadata"]["name"]) for w in want.workloads]
+    if any(w is None or (w["metadata"].get("annotations") or {}).get(APPLIED_HASH_ANNOTATION) != digest for w in found):
+        return None
+    return [w for w in found if w is not None]
+
+
 async def reconcile(
     kube: Kube,
     body: Mapping[str, Any],
     node_gpus: Mapping[str, int],
     statefulsets: list[dict[str, Any]] | None = None,
+    live: list[dict[str, Any]] | None = None,
 ) -> Outcome:
-    """Bring the cluster to the spec. `statefulsets`: the owner's StatefulSets if the caller has them cached."""
+    """Bring the cluster to the spec. `statefulsets`: the owner's StatefulSets if the caller has them cached.
+    `live`: the owner's workloads as the watch cache has them; when they carry the hash of the rendered objects,
+    nothing is applied (a resync of an unchanged fleet writes nothing). None forces the apply (drift repair)."""
     owner = owner_of(body)
     generation = body["metadata"].get("generation")
     old_status: Mapping[str, Any] = body.get("status") or {}
     spec, want, tier_reason = plan(body, node_gpus)
+    objects, digest = stamped(want.objects)
 
     ensured = await ensure_cache_claim(kube, spec, owner.namespace)
     missing_claim = None
@@ -165,8 +196,17 @@ async def reconcile(
             break
     problems = checks.problems(spec, want.tier, want.layout, node_gpus, missing_claim)
 
-    applied = list(await asyncio.gather(*(kube.apply(obj) for obj in want.objects)))
-    workloads = [o for o in applied if o["kind"] in ("Deployment", "StatefulSet")]
+    applied: list[dict[str, Any]] = []
+    same = unchanged(want, digest, live)
+    if same is not None:
+        metrics.APPLIES_SKIPPED.inc()
+        applied = list(same)  # as our last apply left them: their generation is ours (drift detection)
+        workloads = list(same)
+    else:
+        rest = [o for o in objects if o["kind"] not in ("Deployment", "StatefulSet")]
+        applied += await asyncio.gather(*(kube.apply(obj) for obj in rest))
+        applied += await asyncio.gather(*(kube.apply(obj) for obj in objects if obj not in rest))
+        workloads = [o for o in applied if o["kind"] in ("Deployment", "StatefulSet")]
     deleted: list[str] = []
 
     was_grouped = (old_status.get("podsPerReplica") or 1) > 1
@@ -174,10 +214,10 @@ async def reconcile(
         if statefulsets is None:
             statefulsets = await kube.list("StatefulSet", owner.namespace, owned_selector(owner))
         wanted = {o["metadata"]["name"] for o in want.workloads}
-        live = {s["metadata"]["name"]: s for s in statefulsets if s["metadata"]["name"] not in wanted}
+        others = {s["metadata"]["name"]: s for s in statefulsets if s["metadata"]["name"] not in wanted}
         current = [w for w in workloads if w["kind"] == "StatefulSet"]
         new_ready = want.layout.grouped and sum(status.group_ready(s) for s in current) >= len(want.workloads)
-        for name, sts in live.items():
+        for name, sts in others.items():
             same_revision = sts["metadata"].get("labels", {}).get(LABEL_REVISION) == want.revision
             # an extra group of this revision is a scale-down; an old revision waits for the new one (surge)
             if same_revision or new_ready or not want.layout.grouped:

@@ -27,7 +27,13 @@ PLACEHOLDER_NS = "rbac-proof"  # rendered with this namespace, applied to the te
 def chart_rules() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     docs = render({"operator": {"watchNamespaces": [PLACEHOLDER_NS], "leaderElection": True}})
     cluster = named(docs, "ClusterRole", "-operator")["rules"]
-    namespaced = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == PLACEHOLDER_NS)["rules"]
+    namespaced = next(
+        d
+        for d in docs
+        if d["kind"] == "Role"
+        and d["metadata"]["namespace"] == PLACEHOLDER_NS
+        and d["metadata"]["name"].endswith("-operator")  # not the uninstall hook's
+    )["rules"]
     return cluster, namespaced
 
 

@@ -21,9 +21,11 @@ MATRIX: dict[str, dict[str, Any]] = {
         "monitoring": {"prometheusOperator": False, "prometheusRule": False, "dashboards": {"enabled": False}}
     },
     "operator-2-replicas": {"operator": {"replicas": 2, "leaderElection": True}},
+    "operator-standalone": {"operator": {"replicas": 1, "leaderElection": False}},
     "gateway-off": {"gateway": {"enabled": False}},
     "replica-device": {"operator": {"replicaDevice": "cpu"}},
     "custom-prices": {"gpuPrices": {"NVIDIA-L4": 0.55, "NVIDIA-B200-180GB": 9.5}},
+    "uninstall-deletes": {"uninstall": {"deleteDeployments": True, "timeoutSeconds": 120}},
     "watch-namespaces": {
         "operator": {"watchNamespaces": ["team-a", "team-b"], "leaderElection": True},
         "gateway": {"watchNamespaces": ["team-a"], "apiKeys": {"fromSecrets": True}},
@@ -93,10 +95,11 @@ def test_every_object_is_labelled(case: str) -> None:
 def test_defaults() -> None:
     docs = rendered("defaults")
     op = named(docs, "Deployment", "-operator")
-    assert op["spec"]["replicas"] == 1
+    assert op["spec"]["replicas"] == 2  # one works, one stands by
     c = pod_spec(op)["containers"][0]
     assert c["command"] == ["python", "-m", "infleet.operator", "run"]
-    assert c["args"] == ["--metrics-port=8081", "--health-port=8080"]  # every namespace, with peering
+    assert c["args"] == ["--metrics-port=8081", "--health-port=8080", "--peering"]  # every namespace, with peering
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     assert c["image"] == "infleet/operator:0.1.0"
     annotations = op["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8081"
@@ -171,8 +174,29 @@ def test_replica_device_reaches_the_operator() -> None:
     assert not any(a.startswith("--replica-device") for a in defaults)  # each deployment's accelerator
 
 
+def test_uninstall_hook_checks_for_deployments_with_only_list_and_delete() -> None:
+    """The pre-delete hook: refuses by default, deletes first with uninstall.deleteDeployments; its rights are
+    exactly listing and deleting InferenceDeployments, cluster-wide or in each watched namespace."""
+    job = named(rendered("defaults"), "Job", "-uninstall")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert "hook-failed" in job["metadata"]["annotations"]["helm.sh/hook-output-log-policy"]  # helm prints why
+    c = pod_spec(job)["containers"][0]
+    assert c["command"] == ["python", "-m", "infleet.operator", "uninstall-check"]
+    assert "--delete-deployments" not in c["args"] and f"--release={RELEASE}" in c["args"]
+    deleting = pod_spec(named(rendered("uninstall-deletes"), "Job", "-uninstall"))["containers"][0]["args"]
+    assert "--delete-deployments" in deleting and "--timeout=120" in deleting
+    rights = permissions(named(rendered("defaults"), "ClusterRole", "-uninstall")["rules"], "ClusterRole")
+    assert sorted(rights) == [("ClusterRole", "infleet.dev", "inferencedeployments", v) for v in ("delete", "list")]
+    scoped = rendered("watch-namespaces")
+    roles = [d for d in of_kind(scoped, "Role") if d["metadata"]["name"].endswith("-uninstall")]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert not [d for d in of_kind(scoped, "ClusterRole") if d["metadata"]["name"].endswith("-uninstall")]
+    args = pod_spec(named(scoped, "Job", "-uninstall"))["containers"][0]["args"]
+    assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
+
+
 def test_standalone_operator_has_no_peering_rights() -> None:
-    docs = rendered("defaults")
+    docs = rendered("operator-standalone")
     assert "--peering" not in pod_spec(named(docs, "Deployment", "-operator"))["containers"][0]["args"]
     groups = {g for r in named(docs, "ClusterRole", "-operator")["rules"] for g in r["apiGroups"]}
     assert "kopf.dev" not in groups
