@@ -198,7 +198,7 @@ def markdown(report: dict[str, Any]) -> str:
         f" {s['warmup'] / 60:g} minutes, means over cold-start seeds {', '.join(map(str, s['seeds']))} (`min`: the"
         " worst seed). `static-oracle` is the smallest fixed fleet reaching 99% on the evaluation part itself, with"
         f" hindsight (where no fleet of up to {MAX_REPLICAS} replicas does: the smallest within one point of the best"
-        " one does). The whole run took {s['minutes']:.0f} minutes with {s['jobs']} worker processes on this shared"
+        f" one does). The whole run took {s['minutes']:.1f} minutes with {s['jobs']} worker processes on this shared"
         f" 2-core machine (load average {s['load_average'][0]:.2f} / {s['load_average'][1]:.2f} at start / end).",
         "",
     ]
