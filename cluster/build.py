@@ -292,7 +292,8 @@ def ensure_all() -> Binaries:
     build_kwok()
     build_helm()
     build_seaweedfs()
-    build_lws()
+    if os.environ.get("INFLEET_FLEET_LWS", "").lower() in ("1", "true", "yes"):  # cluster/lws.py: opt-in, a long build
+        build_lws()
     ensure_prometheus()
     elapsed = time.monotonic() - started
     if elapsed > 5:
