@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # venv imports it late, after the working directory is on sys.path): never put the working directory there.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu lws-bin test-lws bench-runtime up down env clean
+.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu lws-bin lws-chart test-lws bench-runtime up down env clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -58,6 +58,10 @@ test: setup lint typecheck
 # LeaderWorkerSet's controller, built once from its Go module into the same cache (cluster/lws.py runs it).
 lws-bin:
 	INFLEET_FLEET_LWS=1 python3 cluster/build.py
+
+# The chart's `lws` subchart (lws.enabled): LWS's own chart from the same module version, copied as released.
+lws-chart:
+	python3 cluster/build.py vendor-lws-chart charts/infleet/charts/lws
 
 # Multi-node groups as LeaderWorkerSets against the real LWS controller (docs/multi-node.md).
 test-lws: setup lws-bin

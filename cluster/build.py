@@ -269,6 +269,24 @@ def build_lws() -> None:
     shutil.copyfile(Path(moddir.strip()) / "config" / "crd" / "bases" / LWS_CRD, bins.lws_crd)
 
 
+def vendor_lws_chart(dest: Path) -> None:
+    """LWS's own Helm chart from the same module version, as the infleet chart's `lws` subchart (lws.enabled)."""
+    src = CACHE / "src" / f"lws-{LWS_VERSION}"
+    if not (src / "go.mod").exists():
+        src.mkdir(parents=True, exist_ok=True)
+        (src / "go.mod").write_text("module infleet.local/lws\n\ngo 1.26\n")
+        _run(["go", "get", f"sigs.k8s.io/lws@{LWS_VERSION}"], src, "resolving lws")
+    moddir = Path(
+        _run(["go", "list", "-mod=mod", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/lws"], src, "locating lws").strip()
+    )
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(moddir / "charts" / "lws", dest)
+    shutil.copyfile(moddir / "LICENSE", dest / "LICENSE")
+    for path in [dest, *dest.rglob("*")]:  # the module cache is read-only
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def ensure_prometheus() -> Path:
     """Debian's prometheus package (it brings promtool)."""
     found = shutil.which("prometheus")
@@ -302,4 +320,7 @@ def ensure_all() -> Binaries:
 
 
 if __name__ == "__main__":
-    ensure_all()
+    if sys.argv[1:2] == ["vendor-lws-chart"]:
+        vendor_lws_chart(Path(sys.argv[2]))
+    else:
+        ensure_all()

@@ -143,8 +143,19 @@ def _kubectl(fleet: Fleet, *args: str, input: str | None = None) -> None:
 
 
 def install_crd(fleet: Fleet, timeout: float = 60) -> None:
+    """Apply the CRD and wait until it is Established (polled: `kubectl wait` fails on a status not yet written)."""
+    from kubernetes import client, config
+
     _kubectl(fleet, "apply", "--server-side", "--force-conflicts", "-f", str(fleet.bins.lws_crd))
-    _kubectl(fleet, "wait", "--for=condition=Established", f"--timeout={timeout:.0f}s", f"crd/{CRD_NAME}")
+    ext = client.ApiextensionsV1Api(config.new_client_from_config(str(fleet.kubeconfig)))
+    deadline = time.monotonic() + timeout
+    while not any(
+        c.type == "Established" and c.status == "True"
+        for c in (ext.read_custom_resource_definition(CRD_NAME).status.conditions or [])
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"CRD {CRD_NAME} not established after {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def enable(fleet: Fleet) -> None:

@@ -213,8 +213,10 @@ async def reconcile(
                 workloads.append(sts)
         if want.layout.grouped and not was_grouped:
             await kube.delete("Deployment", owner.namespace, owner.name)
+        # the StatefulSets' headless Service goes with the last of them (LWS makes a headless Service of its own)
         was_sets = str(old_status.get("workload") or "").startswith("StatefulSet/")
-        if was_sets and (not want.layout.grouped or want.leaderworkerset):  # LWS makes a headless Service itself
+        kept = any(w["kind"] == "StatefulSet" for w in workloads)
+        if (not want.layout.grouped or want.leaderworkerset) and not kept and (was_sets or deleted):
             await kube.delete("Service", owner.namespace, resources.group_service_name(owner))
     was_lws = str(old_status.get("workload") or "").startswith("LeaderWorkerSet/")
     if was_lws and lws and not want.leaderworkerset:  # single-pod replicas now

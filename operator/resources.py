@@ -14,7 +14,7 @@ a *group* of `gpus / gpus_per_node` pods, one per node, and each group is its ow
 
 When the cluster has the LeaderWorkerSet CRD (`leaderworkersets.leaderworkerset.x-k8s.io`), the groups are ONE
 LeaderWorkerSet `<name>` instead: `replicas` = groups, `size` = pods per group, `RecreateGroupOnPodRestart` (one
-failed rank restarts its whole group) and rolling updates a group at a time (surge one). LWS sets each pod's
+failed rank restarts its whole group) and rolling updates a group at a time (one surge group, at most one down). LWS sets each pod's
 `worker-index` (the rank; 0 is the leader) and `group-index` labels and `LWS_LEADER_ADDRESS`; the StatefulSets
 above are the fallback when the CRD is absent (docs/multi-node.md).
 
@@ -500,8 +500,8 @@ def _lws_group_env(lay: Layout) -> list[dict[str, Any]]:
 
 
 def group_leaderworkerset(spec: InferenceDeploymentSpec, owner: Owner, tier: str, lay: Layout) -> dict[str, Any]:
-    """All groups as one LeaderWorkerSet: LWS rolls a spec change out group by group (surge one, none below the
-    ready count) and recreates a whole group when any of its pods restarts."""
+    """All groups as one LeaderWorkerSet: LWS rolls a spec change out group by group (one surge group, at most one
+    group down) and recreates a whole group when any of its pods restarts."""
     env = _lws_group_env(lay)
     leader = pod_template(spec, owner, tier, lay, extra_labels={LABEL_ROLE: "leader"}, group_env=env)
     worker = pod_template(spec, owner, tier, lay, extra_labels={LABEL_ROLE: "worker"}, group_env=env)
@@ -520,9 +520,11 @@ def group_leaderworkerset(spec: InferenceDeploymentSpec, owner: Owner, tier: str
                 "leaderTemplate": leader,
                 "workerTemplate": worker,
             },
+            # LWS hands maxUnavailable to its leader StatefulSet, where 0 is invalid: one group may be down while
+            # the surge group starts
             "rolloutStrategy": {
                 "type": "RollingUpdate",
-                "rollingUpdateConfiguration": {"maxUnavailable": 0, "maxSurge": 1},
+                "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 1},
             },
         },
     }

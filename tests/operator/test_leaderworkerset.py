@@ -36,7 +36,7 @@ def test_groups_are_one_leaderworkerset_of_group_size() -> None:
     assert template["size"] == 2 and template["restartPolicy"] == "RecreateGroupOnPodRestart"
     assert spec["rolloutStrategy"] == {
         "type": "RollingUpdate",
-        "rollingUpdateConfiguration": {"maxUnavailable": 0, "maxSurge": 1},
+        "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 1},
     }
     assert sets["metadata"]["annotations"][resources.TEMPLATE_HASH_ANNOTATION] == want.revision
     for role in ("leader", "worker"):
