@@ -14,9 +14,9 @@ a *group* of `gpus / gpus_per_node` pods, one per node, and each group is its ow
 
 When the cluster has the LeaderWorkerSet CRD (`leaderworkersets.leaderworkerset.x-k8s.io`), the groups are ONE
 LeaderWorkerSet `<name>` instead: `replicas` = groups, `size` = pods per group, `RecreateGroupOnPodRestart` (one
-failed rank restarts its whole group) and rolling updates a group at a time (one surge group, at most one down). LWS sets each pod's
-`worker-index` (the rank; 0 is the leader) and `group-index` labels and `LWS_LEADER_ADDRESS`; the StatefulSets
-above are the fallback when the CRD is absent (docs/multi-node.md).
+failed rank restarts its whole group) and rolling updates a group at a time (one surge group, at most one down).
+LWS sets each pod's `worker-index` (the rank; 0 is the leader) and `group-index` labels and `LWS_LEADER_ADDRESS`;
+the StatefulSets above are the fallback when the CRD is absent (docs/multi-node.md).
 
 Every object carries the labels of docs/architecture.md and an owner reference to the InferenceDeployment, so
 deleting it garbage-collects everything.
