@@ -162,17 +162,12 @@ def enable(fleet: Fleet) -> None:
     """The CRD, the controller and its webhooks, on a running fleet; a no-op where they are already there."""
     started = time.monotonic()
     write_config(fleet)
-    install_crd(fleet)
+    install_crd(fleet)  # the controller needs its kind served to start
+    # the webhooks before the controller: no LWS pod may ever be created without the pod webhook's indexes (until
+    # the controller answers, such requests fail and their creators retry)
+    webhooks = yaml.safe_dump_all(webhook_configurations(fleet))
+    _kubectl(fleet, "apply", "--server-side", "--force-conflicts", "-f", "-", input=webhooks)
     fleet.start(component(fleet))
-    _kubectl(
-        fleet,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        "-",
-        input=yaml.safe_dump_all(webhook_configurations(fleet)),
-    )
     print(f"  {NAME:<24} ready in {time.monotonic() - started:.1f}s", flush=True)
 
 

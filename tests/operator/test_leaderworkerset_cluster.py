@@ -13,7 +13,16 @@ import pytest
 from infleet.cluster import build, lws
 from infleet.cluster.testing import FleetHandle, wait_for
 
-from .conftest import OperatorProcess, apply, conditions, get, idep, wait_condition, wait_explained
+from .conftest import (
+    ConditionRecorder,
+    OperatorProcess,
+    apply,
+    conditions,
+    get,
+    idep,
+    wait_condition,
+    wait_explained,
+)
 from .specs import good_spec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.lws]
@@ -26,23 +35,14 @@ GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
 
 @pytest.fixture(scope="module")
 def with_lws(crds: FleetHandle) -> Iterator[FleetHandle]:
-    """LWS on the session's fleet for this module only; taken away again after (its CRD too)."""
+    """LWS on the session's fleet for this module only; taken away again after (its CRD too). Module-scoped, so
+    it is there before each test's operator starts."""
     build.build_lws()
     lws.enable(crds.fleet)
     try:
         yield crds
     finally:
         lws.disable(crds.fleet)
-
-
-@pytest.fixture
-def lws_operator(with_lws: FleetHandle, namespace: str, tmp_path: Any) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(with_lws.kubeconfig, namespace, tmp_path)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def two_node_groups(replicas: int) -> dict[str, Any]:
@@ -86,11 +86,11 @@ def owned_statefulsets(fleet: FleetHandle, ns: str, name: str) -> list[str]:
 
 
 def test_a_two_node_group_is_one_leaderworkerset_and_scaling_adds_whole_groups(
-    with_lws: FleetHandle, namespace: str, lws_operator: OperatorProcess
+    with_lws: FleetHandle, namespace: str, operator: OperatorProcess
 ) -> None:
     fleet = with_lws
     apply(fleet, namespace, idep("big", two_node_groups(replicas=1)))
-    body = wait_condition(fleet, namespace, "big", "Ready", operator=lws_operator)
+    body = wait_condition(fleet, namespace, "big", "Ready", operator=operator)
     cond = conditions(body)["LeaderWorkerSet"]
     assert (cond["status"], cond["reason"]) == ("True", "LeaderWorkerSetAvailable")
     assert body["status"]["workload"] == "LeaderWorkerSet/big" and body["status"]["podsPerReplica"] == 2
@@ -130,7 +130,7 @@ def test_a_two_node_group_is_one_leaderworkerset_and_scaling_adds_whole_groups(
         st = (get(fleet, namespace, "inferencedeployment", "big") or {}).get("status") or {}
         return st.get("readyReplicas") == 2 and st.get("replicas") == 2
 
-    wait_explained(fleet, namespace, "big", two_ready, 180, "2 ready groups after kubectl scale", lws_operator)
+    wait_explained(fleet, namespace, "big", two_ready, 180, "2 ready groups after kubectl scale", operator)
     groups = wait_for(lambda: whole_groups_ready(fleet, namespace, "big", 2), timeout=120, what="two whole groups")
     assert sorted(groups) == ["0", "1"] and all(sorted(g) == ["0", "1"] for g in groups.values())
     assert get(fleet, namespace, "leaderworkerset", "big")["spec"]["replicas"] == 2
@@ -138,11 +138,11 @@ def test_a_two_node_group_is_one_leaderworkerset_and_scaling_adds_whole_groups(
 
 
 def test_killing_one_worker_restarts_its_whole_group(
-    with_lws: FleetHandle, namespace: str, lws_operator: OperatorProcess
+    with_lws: FleetHandle, namespace: str, operator: OperatorProcess
 ) -> None:
     fleet = with_lws
     apply(fleet, namespace, idep("grp", two_node_groups(replicas=2)))
-    wait_condition(fleet, namespace, "grp", "Ready", operator=lws_operator)
+    wait_condition(fleet, namespace, "grp", "Ready", operator=operator)
     before = wait_for(lambda: whole_groups_ready(fleet, namespace, "grp", 2), timeout=180, what="two ready groups")
     uids = {(g, w): p["metadata"]["uid"] for g, ws in before.items() for w, p in ws.items()}
     fleet.kubectl("delete", "pod", "-n", namespace, before["1"]["1"]["metadata"]["name"], "--wait=false")
@@ -153,22 +153,22 @@ def test_killing_one_worker_restarts_its_whole_group(
             return None
         return now
 
-    after = wait_explained(fleet, namespace, "grp", group_recreated, 180, "group 1 recreated as a whole", lws_operator)
+    after = wait_explained(fleet, namespace, "grp", group_recreated, 180, "group 1 recreated as a whole", operator)
     # the leader of the worker's group was replaced too (LWS: RecreateGroupOnPodRestart), the other group untouched
     assert after["1"]["0"]["metadata"]["uid"] != uids[("1", "0")]
     assert after["1"]["1"]["metadata"]["uid"] != uids[("1", "1")]
     assert after["0"]["0"]["metadata"]["uid"] == uids[("0", "0")]
     assert after["0"]["1"]["metadata"]["uid"] == uids[("0", "1")]
-    wait_condition(fleet, namespace, "grp", "Ready", operator=lws_operator)
+    wait_condition(fleet, namespace, "grp", "Ready", operator=operator)
 
 
 def test_removing_lws_falls_back_to_statefulsets_with_a_condition(
-    with_lws: FleetHandle, namespace: str, lws_operator: OperatorProcess
+    with_lws: FleetHandle, namespace: str, operator: OperatorProcess
 ) -> None:
-    """Last in this module: it takes LWS away (the fixture's teardown finds it gone)."""
+    """It takes LWS away; the next test brings it back."""
     fleet = with_lws
     apply(fleet, namespace, idep("fb", two_node_groups(replicas=1)))
-    wait_condition(fleet, namespace, "fb", "Ready", operator=lws_operator)
+    wait_condition(fleet, namespace, "fb", "Ready", operator=operator)
     assert get(fleet, namespace, "leaderworkerset", "fb") is not None
     lws.disable(fleet.fleet)  # the CRD goes, and every LeaderWorkerSet with it
     body = wait_condition(
@@ -178,10 +178,10 @@ def test_removing_lws_falls_back_to_statefulsets_with_a_condition(
         "LeaderWorkerSet",
         status="False",
         reason="LeaderWorkerSetUnavailable",
-        operator=lws_operator,
+        operator=operator,
     )
     assert "not installed" in conditions(body)["LeaderWorkerSet"]["message"]
-    body = wait_condition(fleet, namespace, "fb", "Ready", operator=lws_operator)
+    body = wait_condition(fleet, namespace, "fb", "Ready", operator=operator)
     revision = body["status"]["revision"]
     assert body["status"]["workload"] == f"StatefulSet/fb-{revision}-g0..0"
     assert owned_statefulsets(fleet, namespace, "fb") == [f"fb-{revision}-g0"]
@@ -191,3 +191,34 @@ def test_removing_lws_falls_back_to_statefulsets_with_a_condition(
         what="the group's two pods from its StatefulSet",
     )
     assert all(LWS_NAME_LABEL not in p["metadata"]["labels"] for p in pods)
+
+
+def test_installing_lws_moves_running_groups_without_an_outage(
+    with_lws: FleetHandle, namespace: str, operator: OperatorProcess
+) -> None:
+    """After the fallback test LWS is gone: groups start as StatefulSets, then LWS is installed under them."""
+    fleet = with_lws
+    apply(fleet, namespace, idep("mv", two_node_groups(replicas=1)))
+    body = wait_condition(fleet, namespace, "mv", "LeaderWorkerSet", status="False", operator=operator)
+    body = wait_condition(fleet, namespace, "mv", "Ready", operator=operator)
+    old_sets = owned_statefulsets(fleet, namespace, "mv")
+    assert old_sets == [f"mv-{body['status']['revision']}-g0"]
+    recorder = ConditionRecorder(fleet, namespace, "mv")
+    lws.enable(fleet.fleet)
+    body = wait_condition(
+        fleet, namespace, "mv", "LeaderWorkerSet", reason="LeaderWorkerSetAvailable", operator=operator
+    )
+    wait_explained(
+        fleet,
+        namespace,
+        "mv",
+        lambda: owned_statefulsets(fleet, namespace, "mv") == [],
+        180,
+        "the StatefulSet group deleted once the LeaderWorkerSet is ready",
+        operator,
+    )
+    body = wait_condition(fleet, namespace, "mv", "Ready", operator=operator)
+    assert body["status"]["workload"] == "LeaderWorkerSet/mv"
+    wait_for(lambda: whole_groups_ready(fleet, namespace, "mv", 1), timeout=120, what="the LWS group ready")
+    seen = recorder.stop()
+    assert all(ready == "True" for ready, _ in seen), f"Ready went False while moving the groups: {seen}"
