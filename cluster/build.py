@@ -27,6 +27,7 @@ SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
 # LeaderWorkerSet: the controller multi-node groups render to when its CRD is installed (docs/multi-node.md)
 LWS_VERSION = "v0.8.0"
 LWS_CRD = "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+LWS_ENV = "INFLEET_FLEET_LWS"  # set: the fleet builds and runs LWS (opt-in: a long build)
 
 CACHE = Path(os.environ.get("INFLEET_CACHE", Path.home() / ".cache" / "infleet"))
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -254,6 +255,10 @@ def build_seaweedfs() -> None:
     _build_go_tool("seaweedfs", module, SEAWEEDFS_VERSION, f"{module}/weed", bins.weed.parent, "-s -w")
 
 
+def lws_wanted() -> bool:
+    return os.environ.get(LWS_ENV, "").lower() in ("1", "true", "yes")
+
+
 def build_lws() -> None:
     """The LeaderWorkerSet controller (cluster/lws.py runs it) and its CRD, from the same module."""
     bins = binaries()
@@ -310,7 +315,7 @@ def ensure_all() -> Binaries:
     build_kwok()
     build_helm()
     build_seaweedfs()
-    if os.environ.get("INFLEET_FLEET_LWS", "").lower() in ("1", "true", "yes"):  # cluster/lws.py: opt-in, a long build
+    if lws_wanted():
         build_lws()
     ensure_prometheus()
     elapsed = time.monotonic() - started

@@ -16,7 +16,6 @@ takes it all away again (the CRD too, which is how a user removes LWS).
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import time
 import urllib.error
@@ -26,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from infleet.cluster import build
+
 if TYPE_CHECKING:
     from infleet.cluster.controlplane import Component, Fleet
 
-ENV = "INFLEET_FLEET_LWS"
+ENV = build.LWS_ENV
 NAME = "lws-controller"
 CRD_NAME = "leaderworkersets.leaderworkerset.x-k8s.io"
 WEBHOOK_NAME = "infleet-fleet-lws"  # both configurations
@@ -56,7 +57,7 @@ WEBHOOKS = (
 
 
 def wanted() -> bool:
-    return os.environ.get(ENV, "").lower() in ("1", "true", "yes")
+    return build.lws_wanted()
 
 
 def directory(fleet: Fleet) -> Path:
