@@ -387,14 +387,24 @@ async def _on_workload_event(
         except (kopf.TemporaryError, kopf.PermanentError) as err:
             logger.warning(f"repairing {kind} {name} failed, retrying on the next event: {err}")
             return
-    single = kind in ("Deployment", "LeaderWorkerSet")  # one object holds every replica
-    if single and (event_type == "DELETED" or name not in wanted):
+    if kind in ("Deployment", "LeaderWorkerSet") and (event_type == "DELETED" or name not in wanted):
         return
-    if single:
+    # the StatefulSet groups of this owner, as they are now
+    sets = list(group_sets.get((ns, owner_name), []))
+    sets = [s for s in sets if not (event_type == "DELETED" and s["metadata"]["name"] == name)]
+    if kind == "Deployment":
         workloads = [dict(body)]
-    else:  # a group changed or went: count all groups of this owner, as they are now
-        sets = list(group_sets.get((ns, owner_name), []))
-        workloads = [s for s in sets if not (event_type == "DELETED" and s["metadata"]["name"] == name)]
+    elif kind == "LeaderWorkerSet":
+        workloads = [dict(body), *sets]  # StatefulSet groups it replaces serve until it is ready
+    elif want.leaderworkerset:  # a StatefulSet group a LeaderWorkerSet replaces changed or went
+        try:
+            lws = await memo.client().get("LeaderWorkerSet", ns, owner_name)
+        except KubeError as err:
+            logger.warning(f"reading LeaderWorkerSet {owner_name} failed, retrying on the next event: {err}")
+            return
+        workloads = [*([lws] if lws else []), *sets]
+    else:
+        workloads = sets
     generation = owner["metadata"].get("generation")
     old = owner.get("status") or {}
     new_status = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)

@@ -46,7 +46,11 @@ def _workload_progress(
 ) -> status.Progress:
     if lws:
         sets = [w for w in workloads if w["kind"] == "LeaderWorkerSet"]
-        return status.leaderworkerset_progress(sets[0], desired) if sets else status.Progress(desired, 0, 0, 0, 0)
+        p = status.leaderworkerset_progress(sets[0], desired) if sets else status.Progress(desired, 0, 0, 0, 0)
+        # StatefulSet groups the LeaderWorkerSet replaces serve until it is ready, then go
+        old = [w for w in workloads if w["kind"] == "StatefulSet"]
+        ready_old = sum(status.group_ready(s) for s in old)
+        return status.Progress(desired, p.current + len(old), p.updated, p.ready + ready_old, p.updated_ready)
     if not lay.grouped:
         deps = [w for w in workloads if w["kind"] == "Deployment"]
         if not deps:
