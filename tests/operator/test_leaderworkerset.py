@@ -115,3 +115,24 @@ def test_a_crd_counts_once_established_and_not_while_being_deleted() -> None:
     assert lws.usable(established)
     assert not lws.usable({**established, "metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})
     assert not lws.usable({"metadata": {}, "status": {"conditions": [{"type": "NamesAccepted", "status": "True"}]}})
+
+
+def test_statefulset_groups_being_replaced_still_count_as_ready() -> None:
+    """Installing LWS under running StatefulSet groups: until the LeaderWorkerSet is ready, they serve."""
+    spec = grouped_spec(replicas=1)
+    want = resources.desired(spec, OWNER, "fp8", 8, lws=True)
+    old_group = {
+        "kind": "StatefulSet",
+        "metadata": {"name": "llama-abc-g0", "generation": 1, "labels": {"infleet.dev/revision": "abc"}},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": 1, "readyReplicas": 2},
+    }
+    starting = lws_with(1, 1, 0, available=False)
+    moving = reconcile.workload_status(spec, OWNER, 1, {}, want, [starting, old_group])
+    ready = status.find(moving["conditions"], status.READY)
+    progressing = status.find(moving["conditions"], status.PROGRESSING)
+    assert ready and ready["status"] == "True" and progressing and progressing["status"] == "True"
+    assert (moving["replicas"], moving["readyReplicas"]) == (2, 1)
+    done = reconcile.workload_status(spec, OWNER, 1, {}, want, [lws_with(1, 1, 1, available=True)])
+    progressing = status.find(done["conditions"], status.PROGRESSING)
+    assert progressing and (progressing["status"], progressing["reason"]) == ("False", "RolloutComplete")
