@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # venv imports it late, after the working directory is on sys.path): never put the working directory there.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu bench-runtime bench-gateway up down env clean
+.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu lws-bin lws-chart test-lws bench-runtime bench-gateway up down env clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -50,10 +50,23 @@ typecheck: $(STAMP)
 test-unit: install
 	$(PY) -m pytest -m "not cluster and not exhaustive" $(PYTEST_ARGS)
 
-# The whole suite but the exhaustive matrices, which `make test-all` adds, and the built images (`make test-images`).
+# The whole suite but the exhaustive matrices, which `make test-all` adds, the built images (`make test-images`) and
+# LeaderWorkerSet (`make test-lws`: its controller is a long Go build).
 test: setup lint typecheck
 	@# the slowest tests are printed so that the suite's time can be watched from any CI log
-	$(PY) -m pytest -m "not exhaustive and not images" --durations=40 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not exhaustive and not images and not lws" --durations=40 $(PYTEST_ARGS)
+
+# LeaderWorkerSet's controller, built once from its Go module into the same cache (cluster/lws.py runs it).
+lws-bin:
+	INFLEET_FLEET_LWS=1 python3 cluster/build.py
+
+# The chart's `lws` subchart (lws.enabled): LWS's own chart from the same module version, copied as released.
+lws-chart:
+	python3 cluster/build.py vendor-lws-chart charts/infleet/charts/lws
+
+# Multi-node groups as LeaderWorkerSets against the real LWS controller (docs/multi-node.md).
+test-lws: setup lws-bin
+	$(PY) -m pytest -m lws $(PYTEST_ARGS)
 
 # The operator, gateway and runtime (CPU) images, built with podman on a Debian base made here (cluster/images.py; cached by inputs).
 images:
@@ -67,7 +80,7 @@ images-cuda:
 test-images: setup images
 	INFLEET_PODS=containers $(PY) -m pytest -m images tests/images $(PYTEST_ARGS)
 
-test-all: setup lint typecheck
+test-all: setup lint typecheck lws-bin
 	$(PY) -m pytest -m "not images" $(PYTEST_ARGS)
 
 # On a machine with a CUDA GPU: the `gpu` tests, then the GPU benchmark (which exits 3 without a GPU: not a pass).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from infleet.cluster import build, containers
+from infleet.cluster import build, containers, lws
 from infleet.cluster.agent import kill_leftovers
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.nodes import DEFAULT_FLEET, apply_fleet, load_fleet
@@ -53,11 +53,14 @@ def wait_for_default_service_account(core: client.CoreV1Api, timeout: float = 60
     raise RuntimeError("the default ServiceAccount did not appear; is kube-controller-manager running?")
 
 
-def up(fleet_file: Path, nodes: int | None, pods: str | None = None) -> int:
-    """`pods`: how the node agent runs pods (containers.MODES); None keeps INFLEET_PODS (default: processes)."""
+def up(fleet_file: Path, nodes: int | None, pods: str | None = None, with_lws: bool = False) -> int:
+    """`pods`: how the node agent runs pods (containers.MODES); None keeps INFLEET_PODS (default: processes).
+    `with_lws`: build (once) and run LeaderWorkerSet's controller too (lws.py)."""
     started = time.monotonic()
     if pods is not None:
         os.environ[containers.MODE_ENV] = pods  # the node agent, started below, inherits it
+    if with_lws:
+        os.environ[lws.ENV] = "1"
     build.ensure_all()
     built = time.monotonic()
     fleet = Fleet()
@@ -106,12 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         help="run pods of infleet's images as host processes (fast, the default) or as podman containers of the "
         "images `make images` built",
     )
+    p_up.add_argument(
+        "--lws",
+        action="store_true",
+        default=lws.wanted(),
+        help=f"also run the LeaderWorkerSet controller, its CRD and webhooks (built once; or {lws.ENV}=1)",
+    )
     sub.add_parser("down", help="stop every process the fleet started")
     sub.add_parser("status", help="each component's state; exit 1 if any is not running")
     sub.add_parser("env", help="print the KUBECONFIG, PATH and INFLEET_URL (the gateway) export lines")
     args = parser.parse_args(argv)
     if args.command == "up":
-        return up(args.fleet, args.nodes, args.pods)
+        return up(args.fleet, args.nodes, args.pods, args.lws)
     if args.command == "down":
         return down()
     if args.command == "status":

@@ -24,6 +24,10 @@ KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.21.4"
 # SeaweedFS publishes no module-compatible release tags: this is the commit of its 4.53 release on the Go proxy
 SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
+# LeaderWorkerSet: the controller multi-node groups render to when its CRD is installed (docs/multi-node.md)
+LWS_VERSION = "v0.8.0"
+LWS_CRD = "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
+LWS_ENV = "INFLEET_FLEET_LWS"  # set: the fleet builds and runs LWS (opt-in: a long build)
 
 CACHE = Path(os.environ.get("INFLEET_CACHE", Path.home() / ".cache" / "infleet"))
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -64,6 +68,8 @@ class Binaries:
     kwok_crds: tuple[Path, ...]
     helm: Path
     weed: Path
+    lws: Path
+    lws_crd: Path
 
 
 def kube_dir() -> Path:
@@ -84,6 +90,8 @@ def binaries() -> Binaries:
         kwok_crds=tuple(kw / "crds" / Path(c).name for c in KWOK_CRDS),
         helm=CACHE / "bin" / f"helm-{HELM_VERSION}" / "helm",
         weed=CACHE / "bin" / f"seaweedfs-{SEAWEEDFS_VERSION}" / "weed",
+        lws=CACHE / "bin" / f"lws-{LWS_VERSION}" / "manager",
+        lws_crd=CACHE / "bin" / f"lws-{LWS_VERSION}" / "crds" / LWS_CRD,
     )
 
 
@@ -247,6 +255,43 @@ def build_seaweedfs() -> None:
     _build_go_tool("seaweedfs", module, SEAWEEDFS_VERSION, f"{module}/weed", bins.weed.parent, "-s -w")
 
 
+def lws_wanted() -> bool:
+    return os.environ.get(LWS_ENV, "").lower() in ("1", "true", "yes")
+
+
+def build_lws() -> None:
+    """The LeaderWorkerSet controller (cluster/lws.py runs it) and its CRD, from the same module."""
+    bins = binaries()
+    if bins.lws.exists() and bins.lws_crd.exists():
+        return
+    module = "sigs.k8s.io/lws"
+    ldflags = f"-s -w -X {module}/pkg/version.GitVersion={LWS_VERSION}"
+    src = _build_go_tool("lws", module, LWS_VERSION, f"{module}/cmd", bins.lws.parent, ldflags)
+    built = bins.lws.parent / "cmd"
+    built.rename(bins.lws)
+    moddir = _run(["go", "list", "-mod=mod", "-m", "-f", "{{.Dir}}", module], src, "locating the LWS CRD")
+    bins.lws_crd.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(moddir.strip()) / "config" / "crd" / "bases" / LWS_CRD, bins.lws_crd)
+
+
+def vendor_lws_chart(dest: Path) -> None:
+    """LWS's own Helm chart from the same module version, as the infleet chart's `lws` subchart (lws.enabled)."""
+    src = CACHE / "src" / f"lws-{LWS_VERSION}"
+    if not (src / "go.mod").exists():
+        src.mkdir(parents=True, exist_ok=True)
+        (src / "go.mod").write_text("module infleet.local/lws\n\ngo 1.26\n")
+        _run(["go", "get", f"sigs.k8s.io/lws@{LWS_VERSION}"], src, "resolving lws")
+    moddir = Path(
+        _run(["go", "list", "-mod=mod", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/lws"], src, "locating lws").strip()
+    )
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(moddir / "charts" / "lws", dest)
+    shutil.copyfile(moddir / "LICENSE", dest / "LICENSE")
+    for path in [dest, *dest.rglob("*")]:  # the module cache is read-only
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def ensure_prometheus() -> Path:
     """Debian's prometheus package (it brings promtool)."""
     found = shutil.which("prometheus")
@@ -270,6 +315,8 @@ def ensure_all() -> Binaries:
     build_kwok()
     build_helm()
     build_seaweedfs()
+    if lws_wanted():
+        build_lws()
     ensure_prometheus()
     elapsed = time.monotonic() - started
     if elapsed > 5:
@@ -278,4 +325,7 @@ def ensure_all() -> Binaries:
 
 
 if __name__ == "__main__":
-    ensure_all()
+    if sys.argv[1:2] == ["vendor-lws-chart"]:
+        vendor_lws_chart(Path(sys.argv[2]))
+    else:
+        ensure_all()

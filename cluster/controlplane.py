@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from infleet.cluster import build, objectstore, prometheus
+from infleet.cluster import build, lws, objectstore, prometheus
 from infleet.cluster.network import PodNetwork
 from infleet.cluster.pki import Pki, ensure_pki
 
@@ -94,6 +94,15 @@ class Ports:
     def s3(self) -> int:
         return self.base + 606
 
+    # LeaderWorkerSet's controller (lws.py): its webhook server and health probe
+    @property
+    def lws_webhook(self) -> int:
+        return self.base + 608
+
+    @property
+    def lws_health(self) -> int:
+        return self.base + 609
+
     def all(self) -> list[int]:
         return [
             self.etcd_client,
@@ -105,6 +114,8 @@ class Ports:
             self.agent,
             self.prometheus,
             *(q for port in (self.weed_master, self.weed_volume, self.weed_filer, self.s3) for q in (port, port + 1)),
+            self.lws_webhook,
+            self.lws_health,
         ]
 
 
@@ -338,6 +349,7 @@ class Fleet:
                 lambda: _http_ok(f"{self.prometheus_url}/-/ready"),
             ),
             Component("objectstore", objectstore.argv(self), lambda: objectstore.ready(self)),
+            *([lws.component(self)] if lws.config_path(self).exists() else []),
         ]
 
     @property
@@ -402,6 +414,8 @@ class Fleet:
             self.start(comp)
             if not already:
                 log(f"  {comp.name:<24} started in {time.monotonic() - started:.1f}s")
+        if lws.wanted():
+            lws.enable(self)
 
     def install_kwok_crds(self) -> None:
         from kubernetes import client, config, utils

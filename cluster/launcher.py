@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,22 @@ def local_volumes(pod: client.V1Pod, pod_dir: Path, claims_dir: Path) -> dict[st
 def mount_map(container: client.V1Container, volumes: dict[str, Path]) -> dict[str, str]:
     """mountPath -> local directory, for the container's mounts of volumes the launcher stands in for."""
     return {m.mount_path.rstrip("/"): str(volumes[m.name]) for m in container.volume_mounts or [] if m.name in volumes}
+
+
+VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(value: str, defined: dict[str, str]) -> str:
+    """Kubernetes' dependent environment variables: `$(NAME)` -> NAME's value when it is defined (else kept as
+    written), `$$` -> `$`."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        return defined.get(name, match.group(0))
+
+    return VAR_REF.sub(one, value)
 
 
 def rewrite(value: str, mounts: dict[str, str]) -> str:
@@ -295,7 +312,9 @@ class PodRunner(threading.Thread):
         for source in container.env_from or []:
             own.update(self._env_from(source))
         for var in container.env or []:
-            own[var.name] = self._env_value(var)
+            value = self._env_value(var)
+            # as the kubelet does: $(NAME) in a plain value takes a variable defined before it, $$ is a literal $
+            own[var.name] = expand(value, own) if var.value_from is None else value
         if self.containers:  # a container sees its volumes at their mountPaths
             return env | own
         mounts = mount_map(container, self.volumes)

@@ -1,7 +1,7 @@
 """`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`, and
 `infleet operator uninstall-check` (the chart's pre-delete hook, uninstall.py).
 
-Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py`, `autoscaling.py` and
+Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py`, `lws.py`, `autoscaling.py` and
 `observation.py` (status for every deployment from one Prometheus query per interval). With
 `--peering` (leader election, for several replicas) the live replica with the highest priority handles objects while
 the others stand by; without kopf's peering CRDs installed it falls back to standalone mode with a warning. A replica
@@ -48,6 +48,9 @@ async def configure(settings: kopf.OperatorSettings, memo: OperatorState, logger
     # a replica that dies without saying goodbye blocks the others for this long (kopf's default is 60 s)
     settings.peering.lifetime = 15
     memo.kube = Kube.from_environment(os.environ.get("KUBECONFIG"))
+    from infleet.operator import lws
+
+    await lws.discover(memo.kube, memo)  # before any reconcile: groups render as LWS or StatefulSets
     if not settings.peering.standalone:
         settings.peering.standalone = not await ensure_peering(memo.kube, memo.namespaces, logger)
     # the operator-wide loops (kopf's daemons are per object): every deployment's status from one query per
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietWatchers())
     # the handlers register themselves with kopf when imported
-    from infleet.operator import autoscaling, deployment_metrics, handlers, model_status, observation  # noqa: F401
+    from infleet.operator import autoscaling, deployment_metrics, handlers, lws, model_status, observation  # noqa: F401
 
     namespaces = args.namespace or []
     state = OperatorState(namespaces=namespaces, replica_device=args.replica_device or None)

@@ -417,7 +417,9 @@ class InferenceDeploymentStatus(ApiModel):
     gpus_per_replica: int | None = None
     pods_per_replica: int | None = None
     revision: str | None = Field(default=None, description="Hash of the pod template now rolled out")
-    workload: str | None = Field(default=None, description="Deployment/<name> or StatefulSet/<name>-<rev>-g0..N")
+    workload: str | None = Field(
+        default=None, description="Deployment/<name>, LeaderWorkerSet/<name> or StatefulSet/<name>-<rev>-g0..N"
+    )
     endpoint: str | None = None
     observed: Observed | None = None
     cost_per_million_tokens: float | None = None

@@ -1,10 +1,11 @@
 """kopf handlers: *when* to reconcile. One handler per concern; the work itself is in reconcile.py.
 
 - the InferenceDeployment changed (created, spec updated, operator resumed) -> full reconcile;
-- an owned Deployment or StatefulSet changed -> status from its ready counts, and a full reconcile only for drift
-  (deleted, or its spec generation moved without this operator applying it);
+- an owned Deployment, StatefulSet or LeaderWorkerSet changed -> status from its ready counts, and a full
+  reconcile only for drift (deleted, or its spec generation moved without this operator applying it);
 - Degraded deployments are re-judged when nodes or volumes change (what was missing may have appeared);
-- group pods get their `infleet.dev/rank` label from the StatefulSet ordinal.
+- group pods get their `infleet.dev/rank` label from the StatefulSet ordinal (or LeaderWorkerSet's worker index);
+- LeaderWorkerSets are workloads like the others; whether groups render as them is lws.py's concern.
 
 Indexes (kopf keeps them from its watches) give the handlers the owners, their StatefulSets and the fleet's GPU
 nodes without extra API calls; they arrive as typed keyword arguments (`ideps`, `group_sets`, `gpu_nodes`), which
@@ -114,7 +115,9 @@ async def run_reconcile(
             started = time.perf_counter()  # the time spent working, not queueing for a slot
             sets = list(group_sets.get((ns, name), []))
             live = None if deployments is None else [*deployments.get((ns, name), []), *sets]
-            outcome = await reconcile.reconcile(memo.client(), body, _node_gpus(gpu_nodes), sets, live)
+            outcome = await reconcile.reconcile(
+                memo.client(), body, _node_gpus(gpu_nodes), sets, live=live, lws=memo.leaderworkerset
+            )
             # recorded before the lock goes: a workload event that waits on it then sees our own change as ours
             for obj in outcome.applied:
                 om = obj["metadata"]
@@ -185,7 +188,19 @@ async def roll_out_tier(
 ) -> None:
     """Roll out the tier the autoscaler just wrote to status.tier (`body` is the object after that write): the
     reconcile of a spec change, so an automatic tier change is the same surge rollout."""
-    new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, "tier", 0, logger)
+    await reconcile_and_write(body, memo, gpu_nodes, group_sets, "tier", logger)
+
+
+async def reconcile_and_write(
+    body: Mapping[str, Any],
+    memo: OperatorState,
+    gpu_nodes: GpuNodes,
+    group_sets: GroupSets,
+    trigger: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """A reconcile that something other than the owner's own change asked for, and its status."""
+    new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, trigger, 0, logger)
     await _write_status(memo, body, new_status)
 
 
@@ -195,11 +210,14 @@ async def refresh_workload_status(memo: OperatorState, body: Mapping[str, Any], 
     write failed). False when it is worth trying again (the API server could not be reached)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    spec, want, _ = reconcile.plan(body, _node_gpus(gpu_nodes))
+    spec, want, _ = reconcile.plan(body, _node_gpus(gpu_nodes), memo.leaderworkerset)
     owner = reconcile.owner_of(body)
     kube = memo.client()
     try:
-        if want.layout.grouped:
+        if want.leaderworkerset:
+            lws = await kube.get("LeaderWorkerSet", ns, name)
+            workloads = [lws] if lws else []
+        elif want.layout.grouped:
             workloads = await kube.list("StatefulSet", ns, reconcile.owned_selector(owner))
         else:
             dep = await kube.get("Deployment", ns, name)
@@ -364,7 +382,7 @@ async def _on_workload_event(
         return  # a leftover of an earlier incarnation; the garbage collector takes it
     key = (kind, ns, name)
     try:
-        spec, want, _ = reconcile.plan(owner, _node_gpus(gpu_nodes))
+        spec, want, _ = reconcile.plan(owner, _node_gpus(gpu_nodes), memo.leaderworkerset)
     except pydantic.ValidationError:
         return  # the owner's own handler reports it
     wanted = {o["metadata"]["name"] for o in want.workloads}
@@ -379,7 +397,14 @@ async def _on_workload_event(
     old_group_done = (
         kind == "StatefulSet" and name not in wanted and _new_groups_ready(want, group_sets, ns, owner_name)
     )
-    if drift or old_group_done:
+    # a LeaderWorkerSet that replaced StatefulSet groups is ready: the StatefulSets may go
+    sets_replaced = (
+        kind == "LeaderWorkerSet"
+        and event_type != "DELETED"
+        and bool(list(group_sets.get((ns, owner_name), [])))
+        and status.leaderworkerset_progress(dict(body), resources.desired_replicas(spec)).complete
+    )
+    if drift or old_group_done or sets_replaced:
         if drift:
             metrics.DRIFT_REPAIRS.labels(kind).inc()
             logger.info(f"{kind} {name} was {'deleted' if event_type == 'DELETED' else 'changed'}: restoring it")
@@ -389,13 +414,24 @@ async def _on_workload_event(
         except (kopf.TemporaryError, kopf.PermanentError) as err:
             logger.warning(f"repairing {kind} {name} failed, retrying on the next event: {err}")
             return
-    if kind == "Deployment" and (event_type == "DELETED" or name not in wanted):
+    if kind in ("Deployment", "LeaderWorkerSet") and (event_type == "DELETED" or name not in wanted):
         return
+    # the StatefulSet groups of this owner, as they are now
+    sets = list(group_sets.get((ns, owner_name), []))
+    sets = [s for s in sets if not (event_type == "DELETED" and s["metadata"]["name"] == name)]
     if kind == "Deployment":
         workloads = [dict(body)]
-    else:  # a group changed or went: count all groups of this owner, as they are now
-        sets = list(group_sets.get((ns, owner_name), []))
-        workloads = [s for s in sets if not (event_type == "DELETED" and s["metadata"]["name"] == name)]
+    elif kind == "LeaderWorkerSet":
+        workloads = [dict(body), *sets]  # StatefulSet groups it replaces serve until it is ready
+    elif want.leaderworkerset:  # a StatefulSet group a LeaderWorkerSet replaces changed or went
+        try:
+            lws = await memo.client().get("LeaderWorkerSet", ns, owner_name)
+        except KubeError as err:
+            logger.warning(f"reading LeaderWorkerSet {owner_name} failed, retrying on the next event: {err}")
+            return
+        workloads = [*([lws] if lws else []), *sets]
+    else:
+        workloads = sets
     generation = owner["metadata"].get("generation")
     old = owner.get("status") or {}
     new_status = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)
@@ -416,7 +452,8 @@ def _new_groups_ready(want: Any, group_sets: GroupSets, ns: str, owner: str) -> 
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)  # type: ignore[arg-type]  # indexes: typed keyword arguments
+@kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED)
+@kopf.on.event("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)  # type: ignore[arg-type]  # indexes: typed keyword arguments
 async def workload_event(
     type: str,
     body: kopf.Body,
@@ -428,7 +465,7 @@ async def workload_event(
     group_sets: GroupSets,
     **_: Any,
 ) -> None:
-    kind = "Deployment" if resource.plural == "deployments" else "StatefulSet"
+    kind = {"deployments": "Deployment", "statefulsets": "StatefulSet"}.get(resource.plural, "LeaderWorkerSet")
     await _on_workload_event(kind, type, body, memo, ideps, gpu_nodes, group_sets, logger)
 
 
@@ -442,9 +479,27 @@ async def label_rank(type: str, body: kopf.Body, memo: OperatorState, **_: Any) 
     index = labels.get(resources.POD_INDEX_LABEL)
     if type == "DELETED" or index is None or labels.get(resources.LABEL_RANK) == index:
         return
+    await _label_pod(memo, body, {resources.LABEL_RANK: index})
+
+
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, resources.LWS_WORKER_INDEX_LABEL: kopf.PRESENT})
+async def label_lws_rank(type: str, body: kopf.Body, memo: OperatorState, **_: Any) -> None:
+    """The same `infleet.dev/group` and `infleet.dev/rank` labels on LeaderWorkerSet pods, from the group and
+    worker indexes LWS gives them."""
+    labels = body["metadata"].get("labels") or {}
+    wanted = {
+        resources.LABEL_GROUP: labels.get(resources.LWS_GROUP_INDEX_LABEL),
+        resources.LABEL_RANK: labels.get(resources.LWS_WORKER_INDEX_LABEL),
+    }
+    if type == "DELETED" or None in wanted.values() or all(labels.get(k) == v for k, v in wanted.items()):
+        return
+    await _label_pod(memo, body, {k: str(v) for k, v in wanted.items()})
+
+
+async def _label_pod(memo: OperatorState, body: Mapping[str, Any], labels: dict[str, str]) -> None:
     meta = body["metadata"]
     url = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-    patch = {"metadata": {"labels": {resources.LABEL_RANK: index}}}
+    patch = {"metadata": {"labels": labels}}
     try:
         await memo.client().request("PATCH", url, kind="Pod", body=patch, content_type="application/merge-patch+json")
     except KubeError as err:
@@ -477,6 +532,8 @@ async def restart_group(type: str, body: kopf.Body, memo: OperatorState, logger:
     """torch.distributed cannot re-admit a restarted rank: when one rank's container restarts, delete the other
     ranks of its group so that the StatefulSet brings the whole group back together."""
     uid = body["metadata"]["uid"]
+    if resources.LWS_WORKER_INDEX_LABEL in (body["metadata"].get("labels") or {}):
+        return  # LeaderWorkerSet recreates the group itself (RecreateGroupOnPodRestart)
     if type == "DELETED":
         memo.restarts_seen.pop(uid, None)
         return

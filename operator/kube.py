@@ -28,23 +28,27 @@ MAX_IN_FLIGHT = 32  # concurrent requests (and connections) to the API server
 KINDS: dict[str, tuple[str, bool]] = {
     "Deployment": ("deployments", True),
     "StatefulSet": ("statefulsets", True),
+    "LeaderWorkerSet": ("leaderworkersets", True),
     "Service": ("services", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
     "Pod": ("pods", True),
     "Event": ("events", True),
     "Node": ("nodes", False),
+    "CustomResourceDefinition": ("customresourcedefinitions", False),
     api.KIND: (api.PLURAL, True),
 }
 API_VERSIONS = {
     "Deployment": "apps/v1",
     "StatefulSet": "apps/v1",
+    "LeaderWorkerSet": "leaderworkerset.x-k8s.io/v1",
     "Service": "v1",
     "PodDisruptionBudget": "policy/v1",
     "PersistentVolumeClaim": "v1",
     "Pod": "v1",
     "Event": "v1",
     "Node": "v1",
+    "CustomResourceDefinition": "apiextensions.k8s.io/v1",
     api.KIND: api.API_VERSION,
 }
 

@@ -44,8 +44,15 @@ def node_gpus_from(index: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _workload_progress(
-    lay: resources.Layout, revision: str, desired: int, workloads: list[dict[str, Any]]
+    lay: resources.Layout, revision: str, desired: int, workloads: list[dict[str, Any]], lws: bool = False
 ) -> status.Progress:
+    if lws:
+        sets = [w for w in workloads if w["kind"] == "LeaderWorkerSet"]
+        p = status.leaderworkerset_progress(sets[0], desired) if sets else status.Progress(desired, 0, 0, 0, 0)
+        # StatefulSet groups the LeaderWorkerSet replaces serve until it is ready, then go
+        old = [w for w in workloads if w["kind"] == "StatefulSet"]
+        ready_old = sum(status.group_ready(s) for s in old)
+        return status.Progress(desired, p.current + len(old), p.updated, p.ready + ready_old, p.updated_ready)
     if not lay.grouped:
         deps = [w for w in workloads if w["kind"] == "Deployment"]
         if not deps:
@@ -65,7 +72,7 @@ def workload_status(
     """What the workload objects say: replica counts, Ready and Progressing. Written from workload events only,
     which arrive in order, so a slow reconcile holding an older snapshot can never overwrite a newer state."""
     desired = resources.desired_replicas(spec)
-    progress = _workload_progress(want.layout, want.revision, desired, workloads)
+    progress = _workload_progress(want.layout, want.revision, desired, workloads, want.leaderworkerset)
     conditions = status.replica_conditions(progress, generation)
     return {
         "replicas": progress.current,
@@ -93,6 +100,9 @@ def judged_status(
         status.degraded_condition(problems, generation),
         dict(judged) if judged else status.slo_condition(spec, old_status.get("observed"), generation),
     ]
+    backend = group_backend_condition(want, generation)
+    if backend is not None:
+        conditions.append(backend)
     return {
         "observedGeneration": generation,
         "selector": resources.selector_string(owner),
@@ -101,12 +111,29 @@ def judged_status(
         "gpusPerReplica": want.layout.gpus_per_replica,
         "podsPerReplica": want.layout.pods_per_replica,
         "revision": want.revision,
-        "workload": f"StatefulSet/{resources.group_name(owner, want.revision, 0)}..{desired - 1}"
-        if want.layout.grouped
-        else f"Deployment/{owner.name}",
+        "workload": workload_name(owner, want, desired),
         "endpoint": resources.endpoint(owner),
         "conditions": _keep_transition_times(list(old_status.get("conditions") or []), conditions),
     }
+
+
+def workload_name(owner: Owner, want: resources.Desired, desired: int) -> str:
+    if want.leaderworkerset:
+        return f"LeaderWorkerSet/{owner.name}"
+    if want.layout.grouped:
+        return f"StatefulSet/{resources.group_name(owner, want.revision, 0)}..{desired - 1}"
+    return f"Deployment/{owner.name}"
+
+
+def group_backend_condition(want: resources.Desired, generation: int | None) -> dict[str, Any] | None:
+    """Grouped deployments say which workload runs their groups, and why (None for single-pod replicas)."""
+    if not want.layout.grouped:
+        return None
+    if want.leaderworkerset:
+        message = "each group is a LeaderWorkerSet group (size = pods per group)"
+        return status.condition(status.LEADER_WORKER_SET, True, "LeaderWorkerSetAvailable", message, generation)
+    message = f"the {resources.LWS_CRD} CRD is not installed: each group runs as a StatefulSet of its own"
+    return status.condition(status.LEADER_WORKER_SET, False, "LeaderWorkerSetUnavailable", message, generation)
 
 
 def _keep_transition_times(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -125,13 +152,14 @@ def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 
 def plan(
-    body: Mapping[str, Any], node_gpus: Mapping[str, int]
+    body: Mapping[str, Any], node_gpus: Mapping[str, int], lws: bool = False
 ) -> tuple[InferenceDeploymentSpec, resources.Desired, str]:
-    """Spec -> desired objects, without judging or touching the cluster (the event path uses this)."""
+    """Spec -> desired objects, without judging or touching the cluster (the event path uses this). `lws`: the
+    LeaderWorkerSet CRD is installed."""
     spec = InferenceDeploymentSpec.model_validate(body["spec"])
     old_status = body.get("status") or {}
     tier, reason = checks.choose_tier(spec, old_status.get("tier"), old_status.get("tierReason"))
-    want = resources.desired(spec, owner_of(body), tier, checks.gpus_per_node(spec, node_gpus))
+    want = resources.desired(spec, owner_of(body), tier, checks.gpus_per_node(spec, node_gpus), lws)
     return spec, want, reason
 
 
@@ -178,14 +206,16 @@ async def reconcile(
     node_gpus: Mapping[str, int],
     statefulsets: list[dict[str, Any]] | None = None,
     live: list[dict[str, Any]] | None = None,
+    lws: bool = False,
 ) -> Outcome:
     """Bring the cluster to the spec. `statefulsets`: the owner's StatefulSets if the caller has them cached.
     `live`: the owner's workloads as the watch cache has them; when they carry the hash of the rendered objects,
-    nothing is applied (a resync of an unchanged fleet writes nothing). None forces the apply (drift repair)."""
+    nothing is applied (a resync of an unchanged fleet writes nothing). None forces the apply (drift repair).
+    `lws`: the LeaderWorkerSet CRD is installed (groups become one LeaderWorkerSet)."""
     owner = owner_of(body)
     generation = body["metadata"].get("generation")
     old_status: Mapping[str, Any] = body.get("status") or {}
-    spec, want, tier_reason = plan(body, node_gpus)
+    spec, want, tier_reason = plan(body, node_gpus, lws)
     objects, digest = stamped(want.objects)
 
     ensured = await ensure_cache_claim(kube, spec, owner.namespace)
@@ -203,10 +233,10 @@ async def reconcile(
         applied = list(same)  # as our last apply left them: their generation is ours (drift detection)
         workloads = list(same)
     else:
-        rest = [o for o in objects if o["kind"] not in ("Deployment", "StatefulSet")]
+        rest = [o for o in objects if o["kind"] not in resources.WORKLOAD_KINDS]
         applied += await asyncio.gather(*(kube.apply(obj) for obj in rest))
         applied += await asyncio.gather(*(kube.apply(obj) for obj in objects if obj not in rest))
-        workloads = [o for o in applied if o["kind"] in ("Deployment", "StatefulSet")]
+        workloads = [o for o in applied if o["kind"] in resources.WORKLOAD_KINDS]
     deleted: list[str] = []
 
     was_grouped = (old_status.get("podsPerReplica") or 1) > 1
@@ -215,20 +245,27 @@ async def reconcile(
             statefulsets = await kube.list("StatefulSet", owner.namespace, owned_selector(owner))
         wanted = {o["metadata"]["name"] for o in want.workloads}
         others = {s["metadata"]["name"]: s for s in statefulsets if s["metadata"]["name"] not in wanted}
-        current = [w for w in workloads if w["kind"] == "StatefulSet"]
-        new_ready = want.layout.grouped and sum(status.group_ready(s) for s in current) >= len(want.workloads)
+        new_ready = _new_groups_ready(want, workloads, resources.desired_replicas(spec))
         for name, sts in others.items():
             same_revision = sts["metadata"].get("labels", {}).get(LABEL_REVISION) == want.revision
-            # an extra group of this revision is a scale-down; an old revision waits for the new one (surge)
-            if same_revision or new_ready or not want.layout.grouped:
+            # an extra group of this revision is a scale-down; an old revision (or the StatefulSets a
+            # LeaderWorkerSet replaces) waits for the new groups to be ready (surge)
+            if (same_revision and not want.leaderworkerset) or new_ready or not want.layout.grouped:
                 await kube.delete("StatefulSet", owner.namespace, name, uid=sts["metadata"].get("uid"))
                 deleted.append(f"StatefulSet/{name}")
             else:
                 workloads.append(sts)
         if want.layout.grouped and not was_grouped:
             await kube.delete("Deployment", owner.namespace, owner.name)
-        if was_grouped and not want.layout.grouped:
+        # the StatefulSets' headless Service goes with the last of them (LWS makes a headless Service of its own)
+        was_sets = str(old_status.get("workload") or "").startswith("StatefulSet/")
+        kept = any(w["kind"] == "StatefulSet" for w in workloads)
+        if (not want.layout.grouped or want.leaderworkerset) and not kept and (was_sets or deleted):
             await kube.delete("Service", owner.namespace, resources.group_service_name(owner))
+    was_lws = str(old_status.get("workload") or "").startswith("LeaderWorkerSet/")
+    if was_lws and lws and not want.leaderworkerset:  # single-pod replicas now
+        await kube.delete("LeaderWorkerSet", owner.namespace, owner.name)
+        deleted.append(f"LeaderWorkerSet/{owner.name}")
 
     new_status = judged_status(spec, owner, generation, old_status, want, problems, tier_reason)
     if want.layout.grouped and not want.workloads:
@@ -239,3 +276,12 @@ async def reconcile(
     announced = str(old_degraded.get("message", "")) if old_degraded.get("status") == "True" else ""
     new_problems = [p for p in problems if p[1] not in announced]
     return Outcome(new_status, new_problems, applied, deleted)
+
+
+def _new_groups_ready(want: resources.Desired, workloads: list[dict[str, Any]], desired: int) -> bool:
+    """Every group of the wanted revision serves, so the groups they replace may go."""
+    if want.leaderworkerset:
+        sets = [w for w in workloads if w["kind"] == "LeaderWorkerSet"]
+        return bool(sets) and status.leaderworkerset_progress(sets[0], desired).complete
+    current = [w for w in workloads if w["kind"] == "StatefulSet"]
+    return want.layout.grouped and sum(status.group_ready(s) for s in current) >= len(want.workloads)

@@ -12,6 +12,12 @@ a *group* of `gpus / gpus_per_node` pods, one per node, and each group is its ow
 - the revision (a hash of the pod template) is part of the name: a spec change creates a new set of groups beside
   the old one, and the handler deletes the old set only when the new one is ready (surge for groups too).
 
+When the cluster has the LeaderWorkerSet CRD (`leaderworkersets.leaderworkerset.x-k8s.io`), the groups are ONE
+LeaderWorkerSet `<name>` instead: `replicas` = groups, `size` = pods per group, `RecreateGroupOnPodRestart` (one
+failed rank restarts its whole group) and rolling updates a group at a time (one surge group, at most one down).
+LWS sets each pod's `worker-index` (the rank; 0 is the leader) and `group-index` labels and `LWS_LEADER_ADDRESS`;
+the StatefulSets above are the fallback when the CRD is absent (docs/multi-node.md).
+
 Every object carries the labels of docs/architecture.md and an owner reference to the InferenceDeployment, so
 deleting it garbage-collects everything.
 """
@@ -34,6 +40,10 @@ DIST_PORT = 29500  # the leader's rendezvous port for torch.distributed inside a
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"  # the rank within a group; 0 is the leader
+LWS_GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 MODEL_MOUNT = "/models"
 CACHE_MOUNT = "/model-cache"
@@ -55,6 +65,7 @@ LABEL_TIER = "infleet.dev/tier"
 LABEL_GROUP = "infleet.dev/group"
 LABEL_RANK = "infleet.dev/rank"
 LABEL_REVISION = "infleet.dev/revision"
+LABEL_ROLE = "infleet.dev/role"  # leader or worker, in a LeaderWorkerSet's templates
 MANAGED_BY = "infleet"
 MANAGED_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}  # what the operator watches among pods and workloads
 APP_NAME = "infleet-runtime"
@@ -485,14 +496,61 @@ def group_statefulset(
     }
 
 
+def _lws_group_env(lay: Layout) -> list[dict[str, Any]]:
+    """What a rank learns from the labels and variables LeaderWorkerSet gives each pod. `$(LWS_LEADER_ADDRESS)` is
+    expanded by the kubelet: LWS puts that variable ahead of the container's own."""
+
+    def label(key: str) -> dict[str, Any]:
+        return {"fieldRef": {"fieldPath": f"metadata.labels['{key}']"}}
+
+    return [
+        {"name": "INFLEET_GROUP", "valueFrom": label(LWS_GROUP_INDEX_LABEL)},
+        {"name": "INFLEET_RANK", "valueFrom": label(LWS_WORKER_INDEX_LABEL)},
+        {"name": "INFLEET_WORLD_SIZE", "value": str(lay.pods_per_replica)},
+        {"name": "INFLEET_LEADER_ADDR", "value": "$(LWS_LEADER_ADDRESS)"},
+        {"name": "INFLEET_LEADER_PORT", "value": str(DIST_PORT)},
+    ]
+
+
+def group_leaderworkerset(spec: InferenceDeploymentSpec, owner: Owner, tier: str, lay: Layout) -> dict[str, Any]:
+    """All groups as one LeaderWorkerSet: LWS rolls a spec change out group by group (one surge group, at most one
+    group down) and recreates a whole group when any of its pods restarts."""
+    env = _lws_group_env(lay)
+    leader = pod_template(spec, owner, tier, lay, extra_labels={LABEL_ROLE: "leader"}, group_env=env)
+    worker = pod_template(spec, owner, tier, lay, extra_labels={LABEL_ROLE: "worker"}, group_env=env)
+    meta = _meta(owner, owner.name, tier)
+    meta["annotations"] = {TEMPLATE_HASH_ANNOTATION: template_hash(worker)}
+    return {
+        "apiVersion": LWS_API_VERSION,
+        "kind": "LeaderWorkerSet",
+        "metadata": meta,
+        "spec": {
+            "replicas": desired_replicas(spec),
+            "startupPolicy": "LeaderCreated",
+            "leaderWorkerTemplate": {
+                "size": lay.pods_per_replica,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": leader,
+                "workerTemplate": worker,
+            },
+            # LWS hands maxUnavailable to its leader StatefulSet, where 0 is invalid: one group may be down while
+            # the surge group starts
+            "rolloutStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 1},
+            },
+        },
+    }
+
+
 # ---- services and disruption budget -----------------------------------------------------------------------------
 
 
-def service(owner: Owner, tier: str, lay: Layout) -> dict[str, Any]:
+def service(owner: Owner, tier: str, lay: Layout, lws: bool = False) -> dict[str, Any]:
     """The endpoint: every single-pod replica, or every group's leader (rank 0 serves HTTP for its group)."""
     selector = selector_labels(owner)
     if lay.grouped:
-        selector = {**selector, POD_INDEX_LABEL: "0"}
+        selector = {**selector, (LWS_WORKER_INDEX_LABEL if lws else POD_INDEX_LABEL): "0"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -545,15 +603,26 @@ class Desired:
 
     @property
     def workloads(self) -> list[dict[str, Any]]:
-        return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
+        return [o for o in self.objects if o["kind"] in WORKLOAD_KINDS]
+
+    @property
+    def leaderworkerset(self) -> bool:
+        return any(o["kind"] == "LeaderWorkerSet" for o in self.objects)
 
 
-def desired(spec: InferenceDeploymentSpec, owner: Owner, tier: str, gpus_per_node: int) -> Desired:
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "LeaderWorkerSet")
+
+
+def desired(spec: InferenceDeploymentSpec, owner: Owner, tier: str, gpus_per_node: int, lws: bool = False) -> Desired:
+    """`lws`: the cluster has the LeaderWorkerSet CRD, so groups are one LeaderWorkerSet rather than StatefulSets."""
     lay = layout(spec, gpus_per_node)
-    objects = [service(owner, tier, lay), disruption_budget(owner, tier)]
+    objects = [service(owner, tier, lay, lws), disruption_budget(owner, tier)]
     if not lay.grouped:
         dep = deployment(spec, owner, tier, lay)
         return Desired(lay, tier, dep["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION], [dep, *objects])
+    if lws:
+        sets = group_leaderworkerset(spec, owner, tier, lay)
+        return Desired(lay, tier, sets["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION], [sets, *objects])
     revision = group_revision(spec, owner, tier, lay)
     groups = [group_statefulset(spec, owner, tier, lay, revision, g) for g in range(desired_replicas(spec))]
     return Desired(lay, tier, revision, [*groups, headless_service(owner, tier), *objects])

@@ -46,6 +46,8 @@ class OperatorState:
     workload_locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     repairs: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
     fleet_products: dict[str, int] = field(default_factory=dict)  # the GPU picture the last recheck acted on
+    # the CRDs the operator renders to when they are installed and established (lws.py): LeaderWorkerSet's
+    crds: set[str] = field(default_factory=set)
     # groups: pod uid -> container restarts last seen; (namespace, statefulset) -> when its ranks were restarted
     restarts_seen: dict[str, int] = field(default_factory=dict)
     group_restarted_at: dict[Key, float] = field(default_factory=dict)
@@ -63,6 +65,13 @@ class OperatorState:
     fetching: dict[Key, tuple[str, Mapping[str, Any], list[dict[str, Any]]]] = field(default_factory=dict)
 
     loops: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def leaderworkerset(self) -> bool:
+        """Multi-node groups render as LeaderWorkerSets (its CRD is installed), else as StatefulSets."""
+        from infleet.operator.resources import LWS_CRD
+
+        return LWS_CRD in self.crds
 
     def client(self) -> Kube:
         assert self.kube is not None, "the startup handler opens the client"

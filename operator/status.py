@@ -14,7 +14,8 @@ from infleet.api.durations import seconds
 from infleet.operator.api import InferenceDeploymentSpec
 
 READY, PROGRESSING, DEGRADED, SLO_MET, MODEL_READY = "Ready", "Progressing", "Degraded", "SLOMet", "ModelReady"
-CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, MODEL_READY, SLO_MET)
+LEADER_WORKER_SET = "LeaderWorkerSet"  # grouped deployments: do LeaderWorkerSets run the groups (docs/multi-node.md)
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, MODEL_READY, SLO_MET, LEADER_WORKER_SET)
 
 
 def condition(
@@ -99,6 +100,17 @@ def groups_progress(groups: list[dict[str, Any]], revision: str, desired: int) -
         ready=sum(group_ready(g) for g in groups),
         updated_ready=sum(group_ready(g) for g in current),
     )
+
+
+def leaderworkerset_progress(lws: dict[str, Any], desired: int) -> Progress:
+    """Read a LeaderWorkerSet: its counts are whole groups (a group is ready when every pod of it is). LWS keeps no
+    observedGeneration, so its own `Available` condition says whether every group is ready on the latest spec."""
+    status = lws.get("status") or {}
+    available = any(c.get("type") == "Available" and c.get("status") == "True" for c in status.get("conditions") or [])
+    current, updated = status.get("replicas", 0), status.get("updatedReplicas", 0)
+    ready = status.get("readyReplicas", 0)
+    updated_ready = min(updated, ready) if available else min(updated, ready, max(0, desired - 1))
+    return Progress(desired, current, updated, ready, updated_ready)
 
 
 def replica_conditions(progress: Progress, generation: int | None) -> list[dict[str, Any]]:
