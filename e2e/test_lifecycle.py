@@ -4,6 +4,7 @@ request, and uninstall leaving nothing behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ import tritonclient.http as triton
 from infleet.cluster.controlplane import Fleet, process_alive
 from infleet.cluster.stack import Stack
 from infleet.cluster.testing import wait_for
+from infleet.operator.__main__ import PEERING_NAME
 
 from .conftest import DEMO_NAMESPACE, RELEASE, Cluster, launched_pid
 
@@ -92,11 +94,25 @@ def _try_chat(stack: Stack, model: str) -> str | None:
         return None
 
 
+def working_operator(stack: Stack, fleet: Cluster) -> kubernetes.client.V1Pod:
+    """The operator replica doing the work: the highest priority in the chart's KopfPeering (two replicas, one
+    leader); the only replica when the chart runs one without peering."""
+    pods = fleet.core.list_namespaced_pod(stack.namespace, label_selector="app.kubernetes.io/component=operator").items
+    live = {p.metadata.name: p for p in pods if p.status.phase == "Running"}
+    try:
+        peering = json.loads(stack.kubectl("get", "kopfpeering", PEERING_NAME, "-n", stack.namespace, "-o", "json"))
+    except Exception:  # no peering object: a single standalone replica
+        peering = {}
+    peers = {name: peer for name, peer in (peering.get("status") or {}).items() if name in live}
+    if not peers:
+        return next(iter(live.values()))
+    return live[max(peers, key=lambda name: peers[name].get("priority", 0))]
+
+
 def test_killing_the_operator_mid_reconcile_converges_without_duplicates(
     stack: Stack, fleet: Cluster, external: bool, served: str
 ) -> None:
-    operator = fleet.core.list_namespaced_pod(stack.namespace, label_selector="app.kubernetes.io/component=operator")
-    pod = operator.items[0]
+    pod = working_operator(stack, fleet)
     stack.kubectl("scale", "idep", NAME, "-n", NAMESPACE, "--replicas=2")
     if external:  # no pid to kill: the pod goes at once, without a grace period, as a crashed node would take it
         stack.kubectl("delete", "pod", pod.metadata.name, "-n", stack.namespace, "--grace-period=0", "--force")
