@@ -112,6 +112,7 @@ class OperatorGauges:
         self.desired = Gauge(names.DEPLOYMENT_DESIRED_REPLICAS, "", lab, registry=r)
         self.cost = Gauge(names.DEPLOYMENT_COST, "", lab, registry=r)
         self.tier = Gauge(names.DEPLOYMENT_TIER_INFO, "", [*lab, "tier"], registry=r)
+        self.desired_tier = Gauge(names.DEPLOYMENT_DESIRED_TIER_INFO, "", [*lab, "tier"], registry=r)
         self.threshold = Gauge(names.DEPLOYMENT_SLO_THRESHOLD, "", [*lab, "sli"], registry=r)
         self.objective = Gauge(names.DEPLOYMENT_SLO_OBJECTIVE, "", lab, registry=r)
         self.period = Gauge(names.DEPLOYMENT_SLO_BUDGET_PERIOD, "", lab, registry=r)
@@ -131,7 +132,9 @@ class OperatorGauges:
         self.cost.labels(ns, dep).set(0.5 * replicas)
         if previous_tier and previous_tier != tier:
             self.tier.remove(ns, dep, previous_tier)
+            self.desired_tier.remove(ns, dep, previous_tier)
         self.tier.labels(ns, dep, tier).set(1)
+        self.desired_tier.labels(ns, dep, tier).set(1)
 
 
 @dataclass
