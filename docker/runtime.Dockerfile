@@ -30,8 +30,9 @@ COPY infleet ./infleet
 COPY runtime ./runtime
 RUN /opt/infleet/bin/pip install \
         "tokenizers==0.23.3" "gguf==0.19.0" "safetensors==0.8.0" "numpy==2.4.6" "jinja2==3.1.6" \
-        "fastapi==0.165.0" "uvicorn==0.54.0" "prometheus-client==0.26.0" "pydantic==2.14.3" "PyYAML==6.0.3" \
+        "fastapi==0.165.0" "uvicorn==0.55.0" "prometheus-client==0.26.0" "pydantic==2.14.3" "PyYAML==6.0.3" \
         "httpx==0.28.1" "huggingface_hub==2.4.0" "boto3==1.44.18" "gcsfs==2026.10.1" "filelock==4.3.2" \
+        "xgrammar==0.2.9" \
     && /opt/infleet/bin/pip install --no-deps .
 
 FROM ${PYTHON_IMAGE}

@@ -106,7 +106,8 @@ def closure(names: set[str]) -> set[str]:
 
 
 def image_site(name: str, dest: Path) -> Path:
-    """A site-packages holding only the distributions the Dockerfile installs and their dependencies (links to ours)."""
+    """A site-packages holding only the distributions the Dockerfile installs and their dependencies (links to ours,
+    metadata included)."""
     site = dest / "site"
     site.mkdir()
     for dist in closure(pip_requirements(name)):
@@ -114,7 +115,8 @@ def image_site(name: str, dest: Path) -> Path:
             files = metadata.distribution(dist).files or []
         except metadata.PackageNotFoundError:
             continue
-        tops = {f.parts[0] for f in files if ".." not in f.parts and not f.parts[0].endswith((".dist-info", ".pth"))}
+        # with its .dist-info: libraries read their dependencies' metadata at import (transformers does)
+        tops = {f.parts[0] for f in files if ".." not in f.parts and not f.parts[0].endswith(".pth")}
         for top in tops:
             source = Path(sysconfig.get_paths()["purelib"]) / top
             if source.exists() and not (site / top).exists():
