@@ -53,15 +53,22 @@ def kubectl(
     return proc
 
 
+CRDS = Path(__file__).resolve().parents[1] / "crds"  # the checkout's, beside cluster/
+
+
 def session_fleet() -> Iterator[FleetHandle]:
-    """Bring the fleet up once for the session, or reuse a running one (then leave it running)."""
+    """Bring the fleet up once for the session, or reuse a running one (then leave it running). Either way it
+    serves this checkout's CRDs: a fleet's store outlives a run, and Helm installs a chart's CRDs only once."""
     fleet = Fleet()
     states = fleet.status() if build.binaries().kube_apiserver.exists() else {}
     reuse = bool(states) and all(s == "running" for s in states.values())
     if not reuse:
         up(DEFAULT_FLEET, None)
+    handle = FleetHandle(fleet)
+    if CRDS.is_dir():
+        handle.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
     try:
-        yield FleetHandle(fleet)
+        yield handle
     finally:
         if not reuse:
             fleet.down()
