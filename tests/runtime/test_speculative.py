@@ -106,6 +106,9 @@ def test_speculative_flags_reach_the_engine_config(capsys: pytest.CaptureFixture
     args = ["serve", "--model", "/nowhere.gguf", "--speculative-method", "ngram", "--speculative-num-tokens", "3"]
     cfg = engine_config(parser().parse_args([*args, "--speculative-max-batch-size", "2", "--device", "cpu"]))
     assert (cfg.speculative_method, cfg.speculative_num_tokens, cfg.speculative_max_batch_size) == ("ngram", 3, 2)
+    draft = ["serve", "--model", "/m.gguf", "--speculative-method", "draft", "--speculative-draft-model", "/d.gguf"]
+    cfg = engine_config(parser().parse_args([*draft, "--device", "cpu"]))
+    assert (cfg.speculative_method, cfg.speculative_draft_model) == ("draft", "/d.gguf")
     assert main([*args[:-1], "12"]) == 2  # refused before anything loads
     assert "--speculative-num-tokens must be between 1 and 8, got 12" in capsys.readouterr().err
 
