@@ -158,13 +158,19 @@ class Speculative(ApiModel):
                 "speculative.draftModel is required when speculative.method is draft, and only then",
                 field_path=".draftModel",
             ),
-            cel("self.method != 'draft'", spec.DRAFT_UNSUPPORTED, field_path=".method"),
+            cel(
+                "!has(self.draftModel) || self.draftModel.startsWith('file:///')",
+                "speculative.draftModel must be a file:///path in the runtime image or on the node for now; the model "
+                "fetcher pulls only spec.model",
+                field_path=".draftModel",
+            ),
         )
     )
 
     method: spec.Method = Field(
         description="ngram: prompt lookup, drafts copied from earlier in the prompt and output (pays on code edits, "
-        "summaries with quotes, retrieval answers); draft: a smaller model (not implemented yet)."
+        "summaries with quotes, retrieval answers); draft: a smaller model with the same tokenizer (draftModel), "
+        "served in the same process."
     )
     num_tokens: int = Field(
         default=spec.DEFAULT_NUM_TOKENS,
@@ -173,7 +179,11 @@ class Speculative(ApiModel):
         description="Tokens drafted per step.",
     )
     draft_model: str | None = Field(
-        default=None, pattern=MODEL_URI_PATTERN, max_length=1024, description="The draft model (method draft)."
+        default=None,
+        pattern=MODEL_URI_PATTERN,
+        max_length=1024,
+        description="The draft model (method draft only): file:///path to a .gguf file or an HF directory in the "
+        "image or on the node, with the model's tokenizer.",
     )
     max_batch_size: int | None = Field(
         default=None,

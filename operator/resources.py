@@ -264,6 +264,17 @@ VLLM_TIER_FLAGS: dict[str, list[str]] = {
 }
 
 
+# vLLM's SpeculativeConfig method names for ours
+VLLM_SPECULATIVE_METHODS = {"ngram": "ngram", "draft": "draft_model"}
+
+
+def draft_model_path(uri: str) -> str:
+    """The draft model's path in the container: the CRD admits file:/// URIs only (no fetch, no mount)."""
+    if not uri.startswith("file:///"):
+        raise ValueError(f"speculative.draftModel {uri!r}: only file:/// URIs are served")
+    return uri.removeprefix("file://")
+
+
 def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_arg: str) -> list[str]:
     rt, par = spec.runtime, spec.parallelism
     if rt.engine == "vllm":
@@ -274,7 +285,10 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
         cmd += ["--enable-prefix-caching" if rt.prefix_caching else "--no-enable-prefix-caching"]
         cmd += VLLM_TIER_FLAGS.get(tier, [])
         if rt.speculative is not None:
-            config = {"method": rt.speculative.method, "num_speculative_tokens": rt.speculative.num_tokens}
+            method = VLLM_SPECULATIVE_METHODS[rt.speculative.method]
+            config: dict[str, Any] = {"method": method, "num_speculative_tokens": rt.speculative.num_tokens}
+            if rt.speculative.draft_model:
+                config["model"] = draft_model_path(rt.speculative.draft_model)
             cmd += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
         return cmd + list(rt.extra_args)
     cmd = ["python", "-m", "infleet.runtime", "serve", "--model", model_arg, "--served-name", served_name(spec, name)]
@@ -290,6 +304,8 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
             "--speculative-num-tokens",
             str(rt.speculative.num_tokens),
         ]
+        if rt.speculative.draft_model:
+            cmd += ["--speculative-draft-model", draft_model_path(rt.speculative.draft_model)]
         if rt.speculative.max_batch_size is not None:
             cmd += ["--speculative-max-batch-size", str(rt.speculative.max_batch_size)]
     return cmd + list(rt.extra_args)

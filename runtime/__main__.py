@@ -102,8 +102,8 @@ def parser() -> argparse.ArgumentParser:
         "--speculative-method",
         choices=spec.METHODS,
         default=None,
-        help="speculative decoding: ngram drafts by prompt lookup (draft, a smaller model, is not implemented yet); "
-        "default off",
+        help="speculative decoding: ngram drafts by prompt lookup, draft by a smaller model with the same tokenizer "
+        "(--speculative-draft-model); default off",
     )
     s.add_argument(
         "--speculative-num-tokens",
@@ -112,7 +112,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="K",
         help=f"tokens drafted per step, {spec.MIN_NUM_TOKENS} to {spec.MAX_NUM_TOKENS} (default %(default)s)",
     )
-    s.add_argument("--speculative-draft-model", default=None, metavar="PATH", help="the draft model (method draft)")
+    s.add_argument(
+        "--speculative-draft-model",
+        default=None,
+        metavar="PATH",
+        help="the draft model of method draft: a GGUF file or an HF directory, same tokenizer as --model",
+    )
     s.add_argument(
         "--speculative-max-batch-size",
         type=int,

@@ -131,9 +131,9 @@ class EngineConfig:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     micro_batches_per_stage: int = 1
-    speculative_method: str | None = None  # None: no speculative decoding; "ngram": prompt lookup
+    speculative_method: str | None = None  # None: no speculative decoding; "ngram": prompt lookup; "draft": a model
     speculative_num_tokens: int = spec.DEFAULT_NUM_TOKENS  # tokens drafted per step
-    speculative_draft_model: str | None = None  # method "draft" only
+    speculative_draft_model: str | None = None  # method "draft" only: a GGUF file or an HF directory
     speculative_max_batch_size: int = DEFAULT_SPECULATIVE_MAX_BATCH_SIZE  # more running decodes: no drafts
 
     def __post_init__(self) -> None:
@@ -166,8 +166,6 @@ class EngineConfig:
             raise ValueError("--speculative-draft-model is required with --speculative-method draft")
         if method != "draft" and self.speculative_draft_model:
             raise ValueError("--speculative-draft-model is only used with --speculative-method draft")
-        if method == "draft":
-            raise ValueError(spec.DRAFT_UNSUPPORTED)
         if method is not None and (self.tensor_parallel > 1 or self.pipeline_parallel > 1):
             raise ValueError("--speculative-method is not supported with --tensor-parallel or --pipeline-parallel yet")
 

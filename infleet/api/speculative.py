@@ -12,7 +12,3 @@ METHODS: tuple[Method, ...] = get_args(Method)
 MIN_NUM_TOKENS = 1
 MAX_NUM_TOKENS = 8
 DEFAULT_NUM_TOKENS = 4
-# Only ngram (prompt lookup) runs in the infleet runtime so far; a draft model is refused with this message.
-DRAFT_UNSUPPORTED = (
-    "speculative method 'draft' (a draft model) is not implemented in the infleet runtime yet; use method 'ngram'"
-)

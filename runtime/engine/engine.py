@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from infleet.runtime.config import EngineConfig, ModelConfig
+from infleet.runtime.engine.draft import DraftModel, check_compatible
 from infleet.runtime.engine.kv_cache import BlockManager
 from infleet.runtime.engine.memory import kv_cache_budget
 from infleet.runtime.engine.memory import num_kv_blocks as fit_kv_blocks
@@ -145,10 +146,11 @@ class LLMEngine:
         kv_dtype: torch.dtype | None = None,
         metrics: RuntimeMetrics | None = None,
         runner: ModelRunner | None = None,
+        draft: tuple[LlamaForCausalLM, ModelConfig, Tokenizer] | None = None,
     ) -> None:
         """Drive a loaded model (`from_config` loads one). `engine_config` sizes the batch and the KV cache (when
         its `num_kv_blocks` is None) and turns CUDA graphs on; `runner` replaces the in-process model runner (tensor
-        and pipeline parallelism pass their own)."""
+        and pipeline parallelism pass their own); `draft` is the loaded draft model of `--speculative-method draft`."""
         cfg = engine_config or EngineConfig()
         self.model = model
         self.config = config
@@ -184,7 +186,12 @@ class LLMEngine:
             max_model_len=self.max_model_len,
         )
         self.speculator = (
-            Speculator(cfg.speculative_num_tokens, cfg.speculative_max_batch_size, self.max_model_len)
+            Speculator(
+                cfg.speculative_num_tokens,
+                cfg.speculative_max_batch_size,
+                self.max_model_len,
+                draft_model=self._draft_model(draft, num_kv_blocks, kv_dtype),
+            )
             if cfg.speculative_method
             else None
         )
@@ -194,9 +201,30 @@ class LLMEngine:
         self._reported = (0, 0, 0)  # prefix queries, hits, preemptions already passed to metrics
         self._reported_spec = SpeculativeStats()
 
+    def _draft_model(
+        self,
+        draft: tuple[LlamaForCausalLM, ModelConfig, Tokenizer] | None,
+        num_kv_blocks: int,
+        kv_dtype: torch.dtype,
+    ) -> DraftModel | None:
+        """The draft model's drafter, its KV pool holding as many blocks as the target's plus k tokens' worth per
+        sequence (a draft runs k-1 tokens ahead); ValueError when the settings and the loaded draft disagree."""
+        cfg = self.engine_config
+        if cfg.speculative_method != "draft":
+            if draft is not None:
+                raise ValueError("a draft model was given, but --speculative-method is not draft")
+            return None
+        if draft is None:
+            raise ValueError("--speculative-method draft: the draft model was not loaded")
+        model, config, tokenizer = draft
+        check_compatible(self.config, self.tokenizer, config, tokenizer, self.max_model_len)
+        ahead = cfg.max_num_seqs * (1 + -(-cfg.speculative_num_tokens // cfg.block_size))
+        return DraftModel(model, num_blocks=num_kv_blocks + ahead, block_size=cfg.block_size, kv_dtype=kv_dtype)
+
     @classmethod
     def from_config(cls, cfg: EngineConfig, metrics: RuntimeMetrics | None = None) -> LLMEngine:
-        """Load `cfg.model` onto the device `cfg` resolves to, in `cfg.tier`, and drive it."""
+        """Load `cfg.model` onto the device `cfg` resolves to, in `cfg.tier`, and drive it (and the draft model of
+        `--speculative-method draft`, in the compute dtype with its float weights, beside it)."""
         from infleet.runtime.loader import load_model
 
         cfg = cfg.resolve()
@@ -204,7 +232,11 @@ class LLMEngine:
         dtype = getattr(torch, cfg.compute_dtype_name)
         model, config, tokenizer = load_model(cfg.model, dtype=dtype)
         model = apply_tier(model.to(cfg.device), cfg.tier)
-        return cls(model, config, tokenizer, cfg, kv_dtype=dtype, metrics=metrics)
+        draft = None
+        if cfg.speculative_method == "draft" and cfg.speculative_draft_model:
+            d_model, d_config, d_tokenizer = load_model(cfg.speculative_draft_model, dtype=dtype)
+            draft = (d_model.to(cfg.device), d_config, d_tokenizer)
+        return cls(model, config, tokenizer, cfg, kv_dtype=dtype, metrics=metrics, draft=draft)
 
     @property
     def grammars(self) -> Grammars:

@@ -33,6 +33,7 @@ class Sequence:
     block_hashes: list[int] = field(default_factory=list)  # hash chain of this sequence's full, computed blocks
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
     draft_ids: list[int] = field(default_factory=list)  # this step's speculative draft (not yet in token_ids)
+    draft_probs: torch.Tensor | None = None  # a draft model's distributions the sampled drafts came from
     drafted_tokens: int = 0  # speculative tokens drafted in the current window, and how many were kept
     accepted_tokens: int = 0
     draft_pause: int = 0  # decode steps left without drafts

@@ -1,19 +1,24 @@
-"""Speculative decoding by prompt lookup, verified without changing what the model would have generated.
+"""Speculative decoding by prompt lookup or a draft model, verified without changing what the model would have
+generated.
 
 Before a step, each running decode that may speculate drafts up to k tokens (`propose_ngram`): the last n tokens
 (n from NGRAM_MAX down to NGRAM_MIN) are looked up earlier in the prompt and output, and the tokens that followed the
 latest match are the draft. Code edits, summaries with quotes and retrieval answers copy long spans, so a draft is
-often right. The scheduler gives such a decode a k+1-token query (its last token and the draft), which the model
-computes in one forward pass over the paged KV cache like a chunked-prefill piece, so one step yields k+1 rows of
-logits. `verify` keeps the drafts the model agrees with and adds one token of its own:
+often right. With `--speculative-method draft` a smaller model with the same vocabulary drafts instead
+(`draft.DraftModel`), handing over the distribution q each token was drawn from. The scheduler gives a drafting
+decode a k+1-token query (its last token and the draft), which the model computes in one forward pass over the paged
+KV cache like a chunked-prefill piece, so one step yields k+1 rows of logits. `verify` keeps the drafts the model
+agrees with and adds one token of its own:
 
 - greedy: a draft is kept while it equals the row's argmax; the first argmax that differs (or the one after the last
   draft) follows. These are exactly the tokens decoding one at a time produces.
 - sampling: Leviathan et al. (2023, "Fast inference from transformers via speculative decoding"). A lookup's draft
   distribution is a point mass (q = 1 on the drafted token x), so x is kept with probability min(1, p(x) / q(x)) =
-  p(x), else the token is drawn from max(0, p - q) renormalised, which is p without x; when every draft is kept the
-  last row gives a bonus token. Each position's output is distributed as p exactly, p being the request's processed
-  distribution (temperature, top-k, top-p).
+  p(x), else the token is drawn from max(0, p - q) renormalised, which is p without x. A draft model's token x was
+  drawn from its own distribution q (`draft_probs`): x is kept with probability min(1, p(x) / q(x)), else the token
+  is drawn from max(0, p - q). Either way each position's output is distributed as p exactly, p being the request's
+  processed distribution (temperature, top-k, top-p); with the draft's real q, x is kept sum(min(p, q)) of the time
+  rather than sum(p q). When every draft is kept the last row gives a bonus token.
 
 The scheduler then counts only the kept tokens as computed and gives back the KV blocks past them (`postprocess`).
 Speculation is decided per request and per step: a request whose tokens depend on more than each row's logits
@@ -28,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +42,9 @@ from torch import Tensor
 from infleet.runtime.engine.sampler import SamplingParams, apply_top_k_top_p
 from infleet.runtime.engine.scheduler import ScheduledSequence
 from infleet.runtime.engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from infleet.runtime.engine.draft import DraftModel
 
 NGRAM_MAX = 4  # longest tail looked up; longer matches are tried first (fewer false hits)
 NGRAM_MIN = 2  # a one-token tail matches almost anywhere and is usually wrong
@@ -90,8 +99,15 @@ def processed_probs(logits: Tensor, params: SamplingParams) -> Tensor:
     return rows.softmax(dim=-1)
 
 
-def verify(logits: Tensor, draft: list[int], params: SamplingParams, generator: torch.Generator | None) -> list[int]:
-    """The tokens to append (the kept drafts and one more) from the `[len(draft) + 1, vocab]` logits of one query."""
+def verify(
+    logits: Tensor,
+    draft: list[int],
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    draft_probs: Tensor | None = None,
+) -> list[int]:
+    """The tokens to append (the kept drafts and one more) from the `[len(draft) + 1, vocab]` logits of one query.
+    `draft_probs` (`[len(draft), vocab]`) is the distribution each draft was drawn from; None: a point mass."""
     if params.greedy:
         best = logits.argmax(dim=-1).tolist()
         kept = 0
@@ -100,12 +116,19 @@ def verify(logits: Tensor, draft: list[int], params: SamplingParams, generator: 
         return [*draft[:kept], int(best[kept])]
     probs = processed_probs(logits, params)
     accept = torch.rand(len(draft), generator=generator, device=probs.device).tolist()
-    p_draft = probs[torch.arange(len(draft), device=probs.device), torch.tensor(draft, device=probs.device)].tolist()
+    rows, ids = torch.arange(len(draft), device=probs.device), torch.tensor(draft, device=probs.device)
+    p_draft = probs[rows, ids].tolist()
+    q_draft = [1.0] * len(draft) if draft_probs is None else draft_probs[rows, ids].tolist()
     for i, x in enumerate(draft):
-        if accept[i] < p_draft[i]:
+        if accept[i] * q_draft[i] < p_draft[i]:  # u < p(x) / q(x)
             continue
-        residual = probs[i].clone()
-        residual[x] = 0.0  # max(0, p - q) with q the point mass on x
+        if draft_probs is None:
+            residual = probs[i].clone()
+            residual[x] = 0.0  # max(0, p - q) with q the point mass on x
+        else:
+            residual = (probs[i] - draft_probs[i]).clamp_min(0.0)
+            if not residual.sum() > 0:  # p <= q everywhere only when p == q up to rounding: nothing to add
+                residual = probs[i]
         token = int(torch.multinomial(residual, 1, generator=generator)[0])
         return [*draft[:i], token]
     return [*draft, int(torch.multinomial(probs[len(draft)], 1, generator=generator)[0])]
@@ -131,7 +154,7 @@ class SpeculativeStats:
 
 
 # (prompt and output so far, at most k) -> the draft; any proposer that does not look at the target model's
-# distribution keeps verification exact (a draft model would also hand over its own distribution q)
+# distribution keeps verification exact (a draft model also hands over its own distribution q: `DraftModel`)
 Proposer = Callable[[list[int], int], list[int]]
 
 
@@ -139,12 +162,18 @@ class Speculator:
     """Drafts before the scheduler runs (into `Sequence.draft_ids`) and verifies after the forward pass."""
 
     def __init__(
-        self, num_tokens: int, max_batch_size: int, max_model_len: int, proposer: Proposer = propose_ngram
+        self,
+        num_tokens: int,
+        max_batch_size: int,
+        max_model_len: int,
+        proposer: Proposer = propose_ngram,
+        draft_model: DraftModel | None = None,
     ) -> None:
         self.num_tokens = num_tokens
         self.max_batch_size = max_batch_size
         self.max_model_len = max_model_len
         self.proposer = proposer
+        self.draft_model = draft_model  # when set, it drafts instead of `proposer`
         self.stats = SpeculativeStats()
 
     def propose(self, running: list[Sequence]) -> None:
@@ -152,16 +181,24 @@ class Speculator:
         decodes = [s for s in running if s.num_uncomputed_tokens == 1]
         on = len(decodes) <= self.max_batch_size
         for seq in running:
-            seq.draft_ids = []
+            seq.draft_ids, seq.draft_probs = [], None
+        if self.draft_model is not None:
+            self.draft_model.release(running)
         if not on:
             return
+        wanted: list[tuple[Sequence, int]] = []
         for seq in decodes:
             if not eligible(seq.params) or not self.paying(seq):
                 continue
             # the kept drafts plus one must fit in max_tokens and the context (positions up to max_model_len - 1)
             room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
             if room > 0:
-                seq.draft_ids = self.proposer(seq.token_ids, min(self.num_tokens, room))[: min(self.num_tokens, room)]
+                wanted.append((seq, min(self.num_tokens, room)))
+        if self.draft_model is not None:
+            self.draft_model.propose(wanted)
+            return
+        for seq, k in wanted:
+            seq.draft_ids = self.proposer(seq.token_ids, k)[:k]
 
     def paying(self, seq: Sequence) -> bool:
         """False while the request is paused because its last window of drafts was mostly rejected."""
@@ -186,7 +223,9 @@ class Speculator:
             draft = entry.seq.draft_ids
             if not draft:
                 continue
-            out[i] = verify(logits[starts[i] : starts[i] + sizes[i]], draft, entry.seq.params, entry.seq.generator)
+            rows, seq = logits[starts[i] : starts[i] + sizes[i]], entry.seq
+            q = {} if seq.draft_probs is None else {"draft_probs": seq.draft_probs}
+            out[i] = verify(rows, draft, seq.params, seq.generator, **q)
             entry.seq.drafted_tokens += len(draft)
             entry.seq.accepted_tokens += len(out[i]) - 1
             self.stats.drafts += 1

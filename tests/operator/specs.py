@@ -106,9 +106,9 @@ BAD_SPECS: list[BadSpec] = [
         cel=True,
     ),
     BadSpec(
-        "speculative-draft-not-implemented",
+        "speculative-draft-not-a-file",
         {"runtime.speculative": {"method": "draft", "draftModel": "hf://org/small"}},
-        "speculative.method",
+        "draftModel must be a file:///path",
         cel=True,
     ),
     BadSpec(

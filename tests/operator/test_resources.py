@@ -109,6 +109,22 @@ def test_speculative_decoding_becomes_engine_flags() -> None:
     assert json.loads(cmd[cmd.index("--speculative-config") + 1]) == {"method": "ngram", "num_speculative_tokens": 4}
 
 
+def test_a_draft_model_becomes_the_draft_model_flag() -> None:
+    speculative = {"method": "draft", "numTokens": 3, "draftModel": "file:///models/small.gguf"}
+    dep = by_kind(
+        resources.desired(spec_of(runtime={"speculative": speculative}), OWNER, "int8", 8).objects, "Deployment"
+    )
+    cmd = dep[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--speculative-method") + 1] == "draft"
+    assert cmd[cmd.index("--speculative-draft-model") + 1] == "/models/small.gguf"
+    vllm = spec_of(runtime={"engine": "vllm", "speculative": speculative})
+    cmd = by_kind(resources.desired(vllm, OWNER, "bf16", 8).objects, "Deployment")[0]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["command"]
+    config = json.loads(cmd[cmd.index("--speculative-config") + 1])
+    assert config == {"method": "draft_model", "num_speculative_tokens": 3, "model": "/models/small.gguf"}
+
+
 def test_vllm_engine_command() -> None:
     spec = spec_of(
         runtime={"engine": "vllm", "prefixCaching": False}, model={"uri": "hf://Qwen/Qwen2.5-7B", "revision": "v1"}

@@ -48,6 +48,13 @@ def test_good_spec_is_accepted_with_defaults(crds: FleetHandle, shared_namespace
     assert spec["scaling"]["enabled"] is False and spec["scaling"]["scaleDownStabilization"] == "300s"
 
 
+def test_a_draft_model_is_accepted_with_method_draft(crds: FleetHandle, shared_namespace: str) -> None:
+    speculative = {"method": "draft", "numTokens": 3, "draftModel": "file:///models/small.gguf"}
+    apply(crds, shared_namespace, idep("draft", good_spec(runtime={"image": "x", "speculative": speculative})))
+    got = get(crds, shared_namespace, "inferencedeployment", "draft")["spec"]["runtime"]["speculative"]
+    assert got["method"] == "draft" and got["draftModel"] == "file:///models/small.gguf"
+
+
 def test_names_are_bounded_so_derived_names_fit(crds: FleetHandle, shared_namespace: str) -> None:
     longest = "n" * MAX_NAME_LENGTH
     apply(crds, shared_namespace, idep(longest, good_spec()))

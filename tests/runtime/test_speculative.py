@@ -91,7 +91,6 @@ def test_requests_whose_sampling_needs_more_than_the_logits_row_do_not_speculate
         (dict(speculative_method="medusa"), "--speculative-method must be one of ngram, draft"),
         (dict(speculative_method="draft"), "--speculative-draft-model is required with --speculative-method draft"),
         (dict(speculative_method="ngram", speculative_draft_model="/m"), "--speculative-draft-model is only used"),
-        (dict(speculative_method="draft", speculative_draft_model="/m"), "'draft' (a draft model) is not implemented"),
         (dict(speculative_method="ngram", tensor_parallel=2), "not supported with --tensor-parallel"),
         (dict(speculative_method="ngram", speculative_max_batch_size=0), "--speculative-max-batch-size must be at"),
     ],
@@ -107,6 +106,9 @@ def test_speculative_flags_reach_the_engine_config(capsys: pytest.CaptureFixture
     args = ["serve", "--model", "/nowhere.gguf", "--speculative-method", "ngram", "--speculative-num-tokens", "3"]
     cfg = engine_config(parser().parse_args([*args, "--speculative-max-batch-size", "2", "--device", "cpu"]))
     assert (cfg.speculative_method, cfg.speculative_num_tokens, cfg.speculative_max_batch_size) == ("ngram", 3, 2)
+    draft = ["serve", "--model", "/m.gguf", "--speculative-method", "draft", "--speculative-draft-model", "/d.gguf"]
+    cfg = engine_config(parser().parse_args([*draft, "--device", "cpu"]))
+    assert (cfg.speculative_method, cfg.speculative_draft_model) == ("draft", "/d.gguf")
     assert main([*args[:-1], "12"]) == 2  # refused before anything loads
     assert "--speculative-num-tokens must be between 1 and 8, got 12" in capsys.readouterr().err
 
@@ -352,3 +354,150 @@ def test_prompt_lookup_on_smollm2_saves_steps_and_changes_no_token(smollm2: Any)
     assert outs[True] == outs[False]
     assert stats.accepted_tokens > 0
     assert counts[True] <= counts[False] - stats.accepted_tokens  # a step saved per kept draft token
+
+
+# --- a draft model: same outputs, same distribution, its own KV cache rolled back -----------------------------------
+def first_layer_of(model: Any, config: Any) -> tuple[Any, Any]:
+    """A one-layer draft that shares the target's embeddings, first layer and norm: its guesses are often right."""
+    from infleet.runtime.model.llama import LlamaForCausalLM
+
+    small = dataclasses.replace(config, num_hidden_layers=1, name="tiny-draft")
+    draft = LlamaForCausalLM(small)
+    draft.load_state_dict(model.state_dict(), strict=False)  # layers.1 has nowhere to go
+    return draft.eval(), small
+
+
+def draft_engine(tiny: Any, draft: tuple[Any, Any] | None = None, **kwargs: Any) -> LLMEngine:
+    model, config, tokenizer = tiny
+    d_model, d_config = draft or first_layer_of(model, config)
+    kwargs.setdefault("max_model_len", 512)
+    kwargs.setdefault("num_kv_blocks", 1000)
+    kwargs.setdefault("max_num_seqs", 128)
+    cfg = EngineConfig(
+        speculative_method="draft",
+        speculative_draft_model="tiny-draft",
+        speculative_num_tokens=K,
+        speculative_max_batch_size=128,
+        **kwargs,
+    )
+    return LLMEngine(model, config, tokenizer, cfg, draft=(d_model, d_config, tokenizer))
+
+
+def test_greedy_outputs_are_identical_with_a_draft_model(tiny: Any) -> None:
+    """40 prompts in one batch: a one-layer draft is right part of the time; verification keeps exactly those."""
+    model, config, tokenizer = tiny
+    prompts = random_prompts(40, seed=7)
+    greedy = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    off = engine(model, config, tokenizer, spec=False).generate(prompts, greedy)
+    eng = draft_engine(tiny)
+    assert eng.generate(prompts, greedy) == off
+    stats = eng.speculator.stats  # type: ignore[union-attr]
+    assert 0 < stats.accepted_tokens < stats.draft_tokens
+    assert eng.stats().kv_cache_usage == 0.0
+    drafter = eng.speculator.draft_model  # type: ignore[union-attr]
+    assert drafter is not None
+    eng.speculator.propose([])  # type: ignore[union-attr]  # no sequence runs: every draft block comes back
+    assert drafter.num_free_blocks == drafter.num_blocks
+
+
+def test_the_target_as_its_own_draft_is_always_right(tiny: Any) -> None:
+    model, config, tokenizer = tiny
+    prompts = random_prompts(8, seed=8)
+    greedy = SamplingParams(max_tokens=14, temperature=0.0, ignore_eos=True)
+    off = engine(model, config, tokenizer, spec=False).generate(prompts, greedy)
+    eng = draft_engine(tiny, draft=(model, config))
+    assert eng.generate(prompts, greedy) == off
+    stats = eng.speculator.stats  # type: ignore[union-attr]
+    assert stats.draft_tokens > 0 and stats.accepted_tokens == stats.draft_tokens
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused(tiny: Any) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordLevel
+
+    from infleet.runtime.tokenizer import Tokenizer
+
+    model, config, tokenizer = tiny
+    other = dataclasses.replace(config, vocab_size=256)
+    with pytest.raises(ValueError, match="its vocabulary has 256 entries, the model's 512"):
+        draft_engine(tiny, draft=(random_llama_like(other), other))
+    words = Tokenizer(
+        HFTokenizer(WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")),
+        chat_template=None,
+        bos_token=None,
+        eos_token_ids=[0],
+    )
+    cfg = EngineConfig(max_model_len=512, num_kv_blocks=100, speculative_method="draft", speculative_draft_model="x")
+    with pytest.raises(ValueError, match="tokenizer maps tokens to different ids"):
+        LLMEngine(model, config, tokenizer, cfg, draft=(model, config, words))
+
+
+def random_llama_like(config: Any) -> Any:
+    from infleet.runtime.model.llama import LlamaForCausalLM
+
+    return LlamaForCausalLM(config).eval()
+
+
+def sampled_with_draft(tiny: Any, seed0: int) -> Any:
+    eng = draft_engine(tiny, max_num_seqs=64)
+    prompt = random_prompts(1, seed=5)[0]
+    params = [
+        SamplingParams(max_tokens=4, temperature=0.8, top_k=6, seed=seed0 + i, ignore_eos=True) for i in range(SAMPLES)
+    ]
+    return [tuple(o) for o in eng.generate([prompt] * SAMPLES, params)], eng
+
+
+def test_sampled_tokens_follow_the_same_distribution_with_a_draft_model(tiny: Any) -> None:
+    off, _ = sampled(tiny, spec=False, seed0=0)
+    on, eng = sampled_with_draft(tiny, seed0=10**6)
+    stats = eng.speculator.stats
+    assert 0 < stats.accepted_tokens < stats.draft_tokens and stats.drafts > SAMPLES // 2
+    assert chi_square_p(off, on) > 0.001
+
+
+def wrong_residual(
+    logits: torch.Tensor, draft: list[int], params: SamplingParams, generator: Any, draft_probs: torch.Tensor
+) -> list[int]:
+    """A broken verifier for the test below: the min(1, p/q) test, but the point mass's residual (p without x)."""
+    p = speculative.processed_probs(logits, params)
+    x = draft[0]
+    if float(torch.rand(1, generator=generator)) * float(draft_probs[0, x]) < float(p[0, x]):
+        return [x, int(torch.multinomial(p[1], 1, generator=generator)[0])]
+    residual = p[0].clone()
+    residual[x] = 0.0
+    return [int(torch.multinomial(residual, 1, generator=generator)[0])]
+
+
+@pytest.mark.parametrize(
+    ("verifier", "acceptance"), [("q", 0.5), ("point-mass", 0.175), ("wrong-residual", None)], ids=str
+)
+def test_verify_with_the_draft_distribution_emits_p_and_accepts_more(verifier: str, acceptance: float | None) -> None:
+    """One position, p and q far apart, x drawn from q. Given q, `verify` keeps x with probability min(1, p/q):
+    sum(min(p, q)) = 0.5 of the time, where a point mass (kept with p(x)) would keep sum(p q) = 0.175; both emit
+    tokens distributed as p (chi-square goodness of fit), and a verifier mixing the two rules does not."""
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    q = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    logits = p.log().expand(2, 4)
+    params = SamplingParams(temperature=1.0, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    trials = 4000
+    counts = torch.zeros(4)
+    kept = 0
+    for _ in range(trials):
+        x = int(torch.multinomial(q, 1, generator=generator)[0])
+        if verifier == "q":
+            out = speculative.verify(logits, [x], params, generator, draft_probs=q[None])
+        elif verifier == "point-mass":
+            out = speculative.verify(logits, [x], params, generator)
+        else:
+            out = wrong_residual(logits, [x], params, generator, q[None])
+        counts[out[0]] += 1
+        kept += len(out) == 2
+    expected = p * trials
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    p_value = float(torch.special.gammaincc(torch.tensor(3 / 2), torch.tensor(stat / 2)))
+    if acceptance is None:
+        assert p_value < 0.001, counts.tolist()
+    else:
+        assert p_value > 0.001, counts.tolist()
+        assert kept / trials == pytest.approx(acceptance, abs=0.03)
