@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+# Triton kernels run on CPU through Triton's interpreter in every test (tests/kernels/), and a kernel is interpreted
+# or compiled as it is decorated: set before collection imports any module that imports one (the engine does).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 
