@@ -121,6 +121,14 @@ def parser() -> argparse.ArgumentParser:
         help="no drafts in a step with more running decodes than this, where speculation stops paying "
         f"(default {DEFAULT_SPECULATIVE_MAX_BATCH_SIZE})",
     )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="PyTorch intra-op threads (default: OMP_NUM_THREADS if set, else the pod's CPU limit from its cgroup "
+        "quota, else the CPUs this process may run on)",
+    )
     s.add_argument("--shutdown-grace-seconds", type=float, default=30.0, metavar="S")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.add_argument("--access-log", action="store_true", help="log every request")
@@ -194,6 +202,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         speculative_num_tokens=args.speculative_num_tokens,
         speculative_draft_model=args.speculative_draft_model,
         speculative_max_batch_size=args.speculative_max_batch_size,
+        threads=args.threads,
     ).resolve()
 
 
@@ -217,6 +226,13 @@ def serve(args: argparse.Namespace) -> int:
 
         return serve_parallel(cfg, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from infleet.runtime.threads import apply_threads
+
+    try:
+        apply_threads(cfg.threads)  # before loading: dequantizing the weights uses them too
+    except ValueError as e:  # a bad OMP_NUM_THREADS
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
     # heavy imports only once the arguments are known to be good
     from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.metrics import RuntimeMetrics
@@ -241,11 +257,12 @@ def log_startup(name: str, engine: AsyncEngine) -> None:
     execution, budget = engine.execution, engine.kv_budget
     weights = ",".join(map(str, execution["weight_dtypes"]))  # type: ignore[call-overload]
     logging.getLogger("infleet.runtime").info(
-        "serving %s: tier %s on %s, compute %s, weights %s, kernels %s (attention %s, gemm %s), cuda graphs %s; "
-        "KV cache %d blocks%s",
+        "serving %s: tier %s on %s, compute %s, weights %s, kernels %s (attention %s, gemm %s), cuda graphs %s, "
+        "%s threads; KV cache %d blocks%s",
         name, engine.tier, execution["device"], execution["compute_dtype"], weights,
         execution["kernel_backend"], execution["attention"], execution["gemm"],
-        "on" if execution["cuda_graphs"] else "off", engine.num_kv_blocks, f" ({budget})" if budget else "",
+        "on" if execution["cuda_graphs"] else "off", execution["threads"], engine.num_kv_blocks,
+        f" ({budget})" if budget else "",
     )  # fmt: skip
 
 
