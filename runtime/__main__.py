@@ -229,7 +229,7 @@ def serve(args: argparse.Namespace) -> int:
     from infleet.runtime.threads import apply_threads
 
     try:
-        apply_threads(cfg.threads)  # before loading: dequantizing the weights uses them too
+        threads = apply_threads(cfg.threads)  # before loading: dequantizing the weights uses them too
     except ValueError as e:  # a bad OMP_NUM_THREADS
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
@@ -247,21 +247,22 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     served_name = args.served_name or engine.model_name
     metrics.rename(served_name)  # label series with the name clients use
-    log_startup(served_name, engine)
+    log_startup(served_name, engine, threads.source)
     metrics.set_execution(engine.execution)
     return run_http(Serving(engine=engine, served_name=served_name, metrics=metrics), args)
 
 
-def log_startup(name: str, engine: AsyncEngine) -> None:
+def log_startup(name: str, engine: AsyncEngine, threads_source: str = "") -> None:
     """One line saying how the model computes and how big the KV cache is (checked by tests and operators)."""
     execution, budget = engine.execution, engine.kv_budget
     weights = ",".join(map(str, execution["weight_dtypes"]))  # type: ignore[call-overload]
     logging.getLogger("infleet.runtime").info(
         "serving %s: tier %s on %s, compute %s, weights %s, kernels %s (attention %s, gemm %s), cuda graphs %s, "
-        "%s threads; KV cache %d blocks%s",
+        "%s threads%s; KV cache %d blocks%s",
         name, engine.tier, execution["device"], execution["compute_dtype"], weights,
         execution["kernel_backend"], execution["attention"], execution["gemm"],
-        "on" if execution["cuda_graphs"] else "off", execution["threads"], engine.num_kv_blocks,
+        "on" if execution["cuda_graphs"] else "off", execution["threads"],
+        f" ({threads_source})" if threads_source else "", engine.num_kv_blocks,
         f" ({budget})" if budget else "",
     )  # fmt: skip
 

@@ -9,7 +9,6 @@ by the CPUs the process may run on (`os.sched_getaffinity`).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Mapping
@@ -20,8 +19,6 @@ import torch
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CPU_DIRS = ("cpu", "cpu,cpuacct")  # where hybrid and v1 hosts mount the CPU controller
-
-log = logging.getLogger("infleet.runtime")
 
 
 @dataclass(frozen=True)
@@ -76,9 +73,8 @@ def choose_threads(
     return default_threads(root)
 
 
-def apply_threads(requested: int | None, env: Mapping[str, str] = os.environ, root: Path = CGROUP_ROOT) -> int:
-    """Set PyTorch's intra-op threads at engine start and log the count and why."""
+def apply_threads(requested: int | None, env: Mapping[str, str] = os.environ, root: Path = CGROUP_ROOT) -> ThreadChoice:
+    """Set PyTorch's intra-op threads at engine start; the server's startup line says how many and why."""
     choice = choose_threads(requested, env, root)
     torch.set_num_threads(choice.threads)
-    log.info("intra-op threads: %d (%s)", choice.threads, choice.source)
-    return choice.threads
+    return choice
