@@ -126,6 +126,14 @@ def parser() -> argparse.ArgumentParser:
         help="no drafts in a step with more running decodes than this, where speculation stops paying "
         f"(default {DEFAULT_SPECULATIVE_MAX_BATCH_SIZE})",
     )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="PyTorch intra-op threads (default: OMP_NUM_THREADS if set, else the pod's CPU limit from its cgroup "
+        "quota, else the CPUs this process may run on)",
+    )
     s.add_argument("--shutdown-grace-seconds", type=float, default=30.0, metavar="S")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.add_argument("--access-log", action="store_true", help="log every request")
@@ -199,6 +207,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         speculative_num_tokens=args.speculative_num_tokens,
         speculative_draft_model=args.speculative_draft_model,
         speculative_max_batch_size=args.speculative_max_batch_size,
+        threads=args.threads,
     ).resolve()
 
 
@@ -222,6 +231,13 @@ def serve(args: argparse.Namespace) -> int:
 
         return serve_parallel(cfg, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from infleet.runtime.threads import apply_threads
+
+    try:
+        threads = apply_threads(cfg.threads)  # before loading: dequantizing the weights uses them too
+    except ValueError as e:  # a bad OMP_NUM_THREADS
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
     # heavy imports only once the arguments are known to be good
     from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.metrics import RuntimeMetrics
@@ -236,21 +252,23 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     served_name = args.served_name or engine.model_name
     metrics.rename(served_name)  # label series with the name clients use
-    log_startup(served_name, engine)
+    log_startup(served_name, engine, threads.source)
     metrics.set_execution(engine.execution)
     return run_http(Serving(engine=engine, served_name=served_name, metrics=metrics), args)
 
 
-def log_startup(name: str, engine: AsyncEngine) -> None:
+def log_startup(name: str, engine: AsyncEngine, threads_source: str = "") -> None:
     """One line saying how the model computes and how big the KV cache is (checked by tests and operators)."""
     execution, budget = engine.execution, engine.kv_budget
     weights = ",".join(map(str, execution["weight_dtypes"]))  # type: ignore[call-overload]
     logging.getLogger("infleet.runtime").info(
-        "serving %s: tier %s on %s, compute %s, weights %s, kernels %s (attention %s, gemm %s), cuda graphs %s; "
-        "KV cache %d blocks%s",
+        "serving %s: tier %s on %s, compute %s, weights %s, kernels %s (attention %s, gemm %s), cuda graphs %s, "
+        "%s threads%s; KV cache %d blocks%s",
         name, engine.tier, execution["device"], execution["compute_dtype"], weights,
         execution["kernel_backend"], execution["attention"], execution["gemm"],
-        "on" if execution["cuda_graphs"] else "off", engine.num_kv_blocks, f" ({budget})" if budget else "",
+        "on" if execution["cuda_graphs"] else "off", execution["threads"],
+        f" ({threads_source})" if threads_source else "", engine.num_kv_blocks,
+        f" ({budget})" if budget else "",
     )  # fmt: skip
 
 

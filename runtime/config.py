@@ -98,6 +98,7 @@ POSITIVE_FLAGS = {
     "max_waiting": "--max-waiting",
     "micro_batches_per_stage": "--micro-batches-per-stage",
     "speculative_max_batch_size": "--speculative-max-batch-size",
+    "threads": "--threads",
 }
 
 
@@ -135,6 +136,7 @@ class EngineConfig:
     speculative_num_tokens: int = spec.DEFAULT_NUM_TOKENS  # tokens drafted per step
     speculative_draft_model: str | None = None  # method "draft" only: a GGUF file or an HF directory
     speculative_max_batch_size: int = DEFAULT_SPECULATIVE_MAX_BATCH_SIZE  # more running decodes: no drafts
+    threads: int | None = None  # intra-op threads; None: OMP_NUM_THREADS, else the pod's CPU limit (threads.py)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -151,6 +153,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be at least 1")
+        if self.threads is not None and (self.tensor_parallel > 1 or self.pipeline_parallel > 1):
+            raise ValueError("--threads applies to a single process; parallel ranks read INFLEET_RANK_THREADS")
         self._check_speculative()
 
     def _check_speculative(self) -> None:

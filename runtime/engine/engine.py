@@ -121,6 +121,7 @@ def execution_info(model: torch.nn.Module, tier: str, cuda_graphs: bool = False)
         "attention": "triton-paged-attention" if triton_ else "torch-sdpa",
         "gemm": dispatch.gemm_backend(tier, device),
         "cuda_graphs": cuda_graphs,
+        "threads": torch.get_num_threads(),  # intra-op threads (runtime/threads.py)
     }
 
 

@@ -1,8 +1,9 @@
 """Paged attention on a flattened batch: write new K/V into cache slots, then attend over each sequence's blocks.
 
 A step's batch is laid out as: first `num_decode` single-token decodes, then prefill chunks one after another.
-Everything the step needs (token ids, positions, slots, block tables, sampled rows) is packed on the host into one
-int64 tensor and copied to the device once (`StepInputs.build`); every layer then reads views of it.
+The step's per-sequence values (token ids, query and context lengths, block tables, sampled rows) are packed on the
+host into one int64 tensor and copied to the device once (`StepInputs.build`); positions, slots and prefill tiles
+are derived there with tensor ops, once per step, and every layer then reads the same metadata.
 
 Two paths read the cache:
 - Triton (`--kernels triton`, or "auto" on CUDA): per layer one decode launch (one program per sequence and KV
@@ -99,41 +100,47 @@ class StepInputs:
         sample_rows: list[int],
         device: torch.device | str = "cpu",
     ) -> StepInputs:
-        """`input_ids` may be empty (metadata only). Decodes (query length 1) must come first."""
-        num_seqs = len(query_lens)
+        """`input_ids` may be empty (metadata only). Decodes (query length 1) must come first.
+
+        Only per-sequence values cross to the device; positions, slots and prefill tiles are derived there with a
+        few tensor ops, so the host does no per-token work and the step still makes one copy."""
+        num_seqs, t, num_ids = len(query_lens), sum(query_lens), len(input_ids)
         seq_blocks = [-(-c // block_size) for c in context_lens]
         max_blocks = max(seq_blocks, default=0)
-        positions: list[int] = []
-        slots: list[int] = []
-        tiles: list[int] = []
+        num_decode = 0
+        while num_decode < num_seqs and query_lens[num_decode] == 1:
+            num_decode += 1
+        num_tiles = sum(-(-q // PREFILL_TILE_ROWS) for q in query_lens[num_decode:])
         tables: list[int] = []
-        for i, (qlen, ctx, table, nb) in enumerate(
-            zip(query_lens, context_lens, block_tables, seq_blocks, strict=True)
-        ):
-            if qlen > 1 or tiles:  # a prefill chunk (decodes come first): tiles of PREFILL_TILE_ROWS rows
-                for first in range(0, qlen, PREFILL_TILE_ROWS):
-                    tiles.extend((len(positions) + first, min(PREFILL_TILE_ROWS, qlen - first), i, ctx - qlen + first))
-            for pos in range(ctx - qlen, ctx):
-                positions.append(pos)
-                slots.append(table[pos // block_size] * block_size + pos % block_size)
+        for table, nb in zip(block_tables, seq_blocks, strict=True):
             tables.extend(table[:nb])
             tables.extend([0] * (max_blocks - nb))
-        t = len(positions)
-        num_ids = len(input_ids)
-        host = torch.tensor(
-            [*input_ids, *positions, *slots, *tiles, *context_lens, *sample_rows, *tables], dtype=torch.long
-        )
+        host = torch.tensor([*input_ids, *query_lens, *context_lens, *sample_rows, *tables], dtype=torch.long)
         device = torch.device(device)
         if device.type == "cuda":
             host = host.pin_memory()
         flat = host.to(device, non_blocking=True)  # the step's one host-to-device copy
-        parts = flat.split([num_ids, t, t, len(tiles), num_seqs, len(sample_rows), num_seqs * max_blocks])
-        ids, pos, slot_mapping, tile_flat, seq_lens, samples, seq_tables = parts
+        ids, qlens, seq_lens, samples, seq_tables = flat.split(
+            [num_ids, num_seqs, num_seqs, len(sample_rows), num_seqs * max_blocks]
+        )
         seq_tables = seq_tables.view(num_seqs, max_blocks)
 
-        num_decode = 0
-        while num_decode < num_seqs and query_lens[num_decode] == 1:
-            num_decode += 1
+        # Token -> its sequence; a token's position counts on from the sequence's first new position.
+        seq_ids = torch.arange(num_seqs, device=device)
+        row_starts = qlens.cumsum(0) - qlens
+        first_pos = seq_lens - qlens
+        token_seq = seq_ids.repeat_interleave(qlens, output_size=t)
+        pos = torch.arange(t, device=device) + (first_pos - row_starts)[token_seq]
+        slot_mapping = seq_tables[token_seq, pos // block_size] * block_size + pos % block_size
+
+        # Prefill chunks (everything after the decodes) in tiles of PREFILL_TILE_ROWS rows.
+        tiles_per_seq = (qlens[num_decode:] + PREFILL_TILE_ROWS - 1) // PREFILL_TILE_ROWS
+        tile_seq = seq_ids[num_decode:].repeat_interleave(tiles_per_seq, output_size=num_tiles)
+        tile_base = (tiles_per_seq.cumsum(0) - tiles_per_seq).repeat_interleave(tiles_per_seq, output_size=num_tiles)
+        offset = (torch.arange(num_tiles, device=device) - tile_base) * PREFILL_TILE_ROWS
+        tile_rows = (qlens[tile_seq] - offset).clamp(max=PREFILL_TILE_ROWS)
+        tiles = torch.stack((row_starts[tile_seq] + offset, tile_rows, tile_seq, first_pos[tile_seq] + offset), dim=1)
+
         decode_blocks = max(seq_blocks[:num_decode], default=0)
         decode_tables = seq_tables[:num_decode, :decode_blocks]
         key_pos = torch.arange(max_blocks * block_size, device=device)
@@ -155,7 +162,7 @@ class StepInputs:
             prefills,
             seq_tables.to(torch.int32),
             seq_lens.to(torch.int32),
-            tile_flat.view(-1, 4).to(torch.int32),
+            tiles.to(torch.int32),
         )
         return cls(ids, pos, samples, meta)
 
