@@ -125,9 +125,14 @@ def stack(fleet: Cluster) -> Iterator[Stack]:
         reader = os.environ.get("INFLEET_E2E_PROMETHEUS_URL_IN_CLUSTER")
         stack = Stack(fleet.kubeconfig, RELEASE, namespace, prometheus_url=reader, values=extra)
     stack.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}})
-    # Only the demo namespace: operator tests elsewhere in the session run operators of their own.
+    # Only the demo namespace: operator tests elsewhere in the session run operators of their own. One operator
+    # replica: the lifecycle's operator-kill test is the restart of a lone operator; the takeover of a standby is
+    # tests/chart/test_leader_election_cluster.py's.
     stack.install_chart(
-        f"operator.watchNamespaces={{{DEMO_NAMESPACE}}}", f"gateway.watchNamespaces={{{DEMO_NAMESPACE}}}"
+        f"operator.watchNamespaces={{{DEMO_NAMESPACE}}}",
+        f"gateway.watchNamespaces={{{DEMO_NAMESPACE}}}",
+        "operator.replicas=1",
+        "operator.leaderElection=false",
     )
     try:
         yield stack
