@@ -101,7 +101,7 @@ def working_operator(stack: Stack, fleet: Cluster) -> kubernetes.client.V1Pod:
     live = {p.metadata.name: p for p in pods if p.status.phase == "Running"}
     try:
         peering = json.loads(stack.kubectl("get", "kopfpeering", PEERING_NAME, "-n", stack.namespace, "-o", "json"))
-    except Exception:  # no peering object: a single standalone replica
+    except (Exception, SystemExit):  # no peering object (kubectl's failure exits): a single standalone replica
         peering = {}
     peers = {name: peer for name, peer in (peering.get("status") or {}).items() if name in live}
     if not peers:
@@ -179,8 +179,15 @@ def test_uninstall_and_namespace_deletion_leave_nothing(
     pods = runtime_pods(fleet)
     assert pods
     pids = [] if external else [launched_pid(fleet.fleet, p) for p in pods]
+    # the deployments go first, while the operator runs (the chart's pre-delete hook refuses otherwise: its own test
+    # is tests/chart/test_uninstall_cluster.py); their namespace is gone then, so the hook has nowhere to look
     fleet.core.delete_namespace(NAMESPACE)
-    stack.helm("uninstall", stack.release, f"--namespace={stack.namespace}", "--wait")
+    wait_for(
+        lambda: NAMESPACE not in {n.metadata.name for n in fleet.core.list_namespace().items},
+        timeout=300,
+        what="the demo namespace deleted while the operator runs",
+    )
+    stack.helm("uninstall", stack.release, f"--namespace={stack.namespace}", "--wait", "--no-hooks")
     fleet.core.delete_namespace(stack.namespace)
 
     def gone() -> bool:
