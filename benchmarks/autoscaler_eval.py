@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ import numpy as np
 from infleet.autoscaler.cost import gpu_hourly_price
 from infleet.autoscaler.latency_model import MODELS, LatencyModel, device
 from infleet.autoscaler.simulator.baselines import Static
-from infleet.autoscaler.simulator.experiment import oracle_static, summarize
+from infleet.autoscaler.simulator.experiment import oracle_static, over_seeds, summarize
 from infleet.autoscaler.simulator.fleet import Policy, SimConfig, SimResult, simulate
 from infleet.autoscaler.simulator.judgement import BAND, TARGET, goal, judge
 from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE, TraceRequest, load_trace, split
@@ -87,7 +86,7 @@ def evaluate(
     oracle = [replay(Static(size, name="static-oracle"), seed) for seed in seeds]
     runs["static-oracle"] = [summarize(r, base, price) for r in oracle]
     first["static-oracle"] = oracle[0]
-    table = {policy: aggregate(rows) for policy, rows in runs.items()}
+    table = {policy: over_seeds(rows) for policy, rows in runs.items()}
     table["static-oracle"]["replicas"] = size
 
     pareto: dict[str, list[dict[str, float]]] = {}
@@ -118,21 +117,6 @@ def evaluate(
         "verdict": str(judge(table)),
         "goal": str(goal(table)),
         "seconds": round(time.monotonic() - started, 1),
-    }
-
-
-def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def mean(key: str) -> float:
-        return statistics.fmean(float(r[key]) for r in rows)
-
-    return {
-        "slo_attainment": round(mean("slo_attainment"), 5),
-        "slo_attainment_min": min(float(r["slo_attainment"]) for r in rows),
-        "gpu_hours": round(mean("gpu_hours"), 3),
-        "cost_per_million_tokens": round(mean("cost_per_million_tokens"), 4),
-        "scale_events": round(mean("scale_events"), 1),
-        "max_replicas": max(int(r["max_replicas"]) for r in rows),
-        "failed": round(mean("failed"), 1),
     }
 
 

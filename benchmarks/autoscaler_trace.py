@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 
 from infleet.autoscaler.cost import gpu_hourly_price
 from infleet.autoscaler.latency_model import MODELS, LatencyModel, device
-from infleet.autoscaler.simulator.experiment import POLICIES, compare, describe
+from infleet.autoscaler.simulator.experiment import POLICIES, compare, describe, over_seeds
 from infleet.autoscaler.simulator.fleet import SimConfig
 from infleet.autoscaler.simulator.judgement import judge
 from infleet.autoscaler.simulator.report import plot
@@ -87,19 +86,8 @@ def run(trace_path: Path, scales: list[float], seeds: list[int], out: Path) -> d
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def mean(key: str) -> float:
-        return statistics.fmean(float(r[key]) for r in rows)
-
-    return {
-        "slo_attainment": round(mean("slo_attainment"), 5),
-        "slo_attainment_min": min(float(r["slo_attainment"]) for r in rows),
-        "gpu_hours": round(mean("gpu_hours"), 3),
-        "cost_per_million_tokens": round(mean("cost_per_million_tokens"), 4),
-        "scale_events": round(mean("scale_events"), 1),
-        "requests": rows[0]["requests"],
-        "failed": round(mean("failed"), 1),
-        "max_replicas": max(int(r["max_replicas"]) for r in rows),
-    }
+    """`over_seeds`, with the trace's request count (the same for every seed)."""
+    return {**over_seeds(rows), "requests": rows[0]["requests"]}
 
 
 def verdict(policies: dict[str, Any]) -> str:

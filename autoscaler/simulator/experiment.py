@@ -9,9 +9,11 @@ concurrency target come from it, until the protocol's tuning on the tuning part 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -131,6 +133,23 @@ def summarize(result: SimResult, config: SimConfig, gpu_price: float) -> dict[st
         "requests": len(result.measured),
         "failed": result.failed,
         "max_replicas": max(result.timeline.replicas, default=0),
+    }
+
+
+def over_seeds(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One policy's `summarize` rows over cold-start seeds: means, the worst seed's attainment, the highest peak."""
+
+    def mean(key: str) -> float:
+        return statistics.fmean(float(r[key]) for r in rows)
+
+    return {
+        "slo_attainment": round(mean("slo_attainment"), 5),
+        "slo_attainment_min": min(float(r["slo_attainment"]) for r in rows),
+        "gpu_hours": round(mean("gpu_hours"), 3),
+        "cost_per_million_tokens": round(mean("cost_per_million_tokens"), 4),
+        "scale_events": round(mean("scale_events"), 1),
+        "failed": round(mean("failed"), 1),
+        "max_replicas": max(int(r["max_replicas"]) for r in rows),
     }
 
 
