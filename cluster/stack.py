@@ -9,6 +9,7 @@ is applied, and once it answers a chat through the gateway the next steps are pr
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import socket
 import subprocess
@@ -26,20 +27,25 @@ from infleet.cluster import build, objectstore
 from infleet.cluster.__main__ import up as fleet_up
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.nodes import DEFAULT_FLEET
+from infleet.operator.api import GROUP, PLURAL, VERSION
 from infleet.runtime.loader.smollm2 import smollm2_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "infleet"
 EXAMPLE = ROOT / "examples" / "smollm2-l4.yaml"
 RELEASE, SYSTEM_NAMESPACE, DEMO_NAMESPACE = "infleet", "infleet-system", "demo"
-GROUP, VERSION, PLURAL = "infleet.dev", "v1alpha1", "inferencedeployments"
+
+
+class StackError(RuntimeError):
+    """A step of setting up the stack failed; `make up` prints it and exits 1, a test fixture sees an error (a
+    SystemExit would escape pytest's fixture bookkeeping and turn every later test into an internal error)."""
 
 
 def run(cmd: list[str], kubeconfig: Path, input: str | None = None) -> str:
     env = {"KUBECONFIG": str(kubeconfig), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
     done = subprocess.run(cmd, input=input, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise SystemExit(f"infleet: {' '.join(cmd[:3])} failed:\n{done.stdout}{done.stderr}")
+        raise StackError(f"infleet: {' '.join(cmd[:3])} failed:\n{done.stdout}{done.stderr}")
     return done.stdout
 
 
@@ -64,7 +70,7 @@ def wait(what: str, predicate: Any, timeout: float, quiet: bool = False) -> Any:
                 print(f"  {what}: ok after {time.monotonic() - started:.0f}s", flush=True)
             return value
         if time.monotonic() - started > timeout:
-            raise SystemExit(f"infleet: timed out after {timeout:.0f}s waiting for {what}")
+            raise StackError(f"infleet: timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(1)
 
 
@@ -78,7 +84,7 @@ def tool(name: str, built: Path) -> str:
         return str(built)
     found = shutil.which(name)
     if found is None:
-        raise SystemExit(f"infleet: {name} not found: run `make fleet-bins` or put {name} on PATH")
+        raise StackError(f"infleet: {name} not found: run `make fleet-bins` or put {name} on PATH")
     return found
 
 
@@ -132,6 +138,7 @@ class Stack:
         when there is one."""
         # as docs/install.md says for an upgrade: Helm installs crds/ only once, so a changed CRD is applied first
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+        self._clear_unfinished_release()
         reader = [f"operator.prometheusUrl={self.prometheus_url}"] if self.prometheus_url else []
         sets = [f"--set={v}" for v in (*reader, *self.values, *values)]
         self.helm(
@@ -145,6 +152,15 @@ class Stack:
             "--timeout=5m",
             *sets,
         )
+
+    def _clear_unfinished_release(self) -> None:
+        """A release with no deployed revision (an install or uninstall that was interrupted: `helm upgrade
+        --install` then refuses with "has no deployed releases") is removed first, so that installing again works."""
+        listed = self.helm("list", f"--namespace={self.namespace}", "--all", f"--filter=^{self.release}$", "-o", "json")
+        releases = json.loads(listed or "[]")
+        if releases and all(r.get("status") != "deployed" for r in releases):
+            print(f"infleet: removing the unfinished release {self.release} ({releases[0].get('status')})", flush=True)
+            self.helm("uninstall", self.release, f"--namespace={self.namespace}", "--no-hooks", "--wait=false")
 
     def apply(self, *objects: dict[str, Any]) -> None:
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
@@ -184,7 +200,7 @@ class Stack:
         line = self._forward.stdout.readline()  # "Forwarding from 127.0.0.1:41235 -> 8000"
         if "Forwarding from" not in line:
             self.close()
-            raise SystemExit(f"infleet: kubectl port-forward {target} failed: {line.strip()}")
+            raise StackError(f"infleet: kubectl port-forward {target} failed: {line.strip()}")
         return f"http://{line.split()[2]}"
 
     def close(self) -> None:
@@ -266,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up"])
     parser.add_argument("--nodes", type=int, default=None)
     args = parser.parse_args(argv)
-    return up(args.nodes)
+    try:
+        return up(args.nodes)
+    except StackError as err:
+        print(err, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from infleet.cluster import build
 from infleet.cluster.__main__ import up
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.nodes import DEFAULT_FLEET
+from infleet.operator.api import GROUP, PLURAL, VERSION
 
 
 @dataclass
@@ -67,6 +68,9 @@ def session_fleet() -> Iterator[FleetHandle]:
     handle = FleetHandle(fleet)
     if CRDS.is_dir():
         handle.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+    for namespace in handle.core.list_namespace().items:  # left Terminating by an earlier run's stopped operator
+        if namespace.status.phase == "Terminating" and namespace.metadata.name.startswith("t-"):
+            release_finalizers(handle, namespace.metadata.name)
     try:
         yield handle
     finally:
@@ -85,7 +89,18 @@ def fresh_namespace(handle: FleetHandle) -> Iterator[str]:
     try:
         yield name
     finally:
+        release_finalizers(handle, name)
         handle.core.delete_namespace(name)
+
+
+def release_finalizers(handle: FleetHandle, namespace: str) -> None:
+    """Drop the finalizers of the InferenceDeployments left in a test's namespace: the test's operator has stopped
+    by now, and nothing else would remove them, so the namespace would stay Terminating in the fleet's store."""
+    custom = client.CustomObjectsApi(handle.api)
+    for obj in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
+        if obj["metadata"].get("finalizers"):
+            patch = {"metadata": {"finalizers": None}}
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj["metadata"]["name"], patch)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.25, what: str = "condition") -> Any:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 
 from infleet.cluster.testing import FleetHandle, wait_for
+from infleet.operator.api import GROUP, PLURAL, VERSION
 
 from .helm import CHART, helm, set_args
 from .operator_scenario import H100, idep, spec
@@ -53,6 +56,14 @@ def reconciled(fleet: FleetHandle, namespace: str) -> set[str]:
     }
 
 
+def create_spaced(fleet: FleetHandle, namespace: str, gap: float = 0.1) -> None:
+    custom = client.CustomObjectsApi(fleet.api)
+    for i in range(BURST):
+        obj = idep(f"m{i:02d}", spec({"type": H100}))
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj)
+        time.sleep(gap)
+
+
 def test_the_standby_takes_over_a_killed_leader_mid_reconcile(fleet: FleetHandle, namespace: str) -> None:
     values = {"operator": {"watchNamespaces": [namespace]}, "gateway": {"enabled": False}}  # defaults: 2, peering
     proc = helm(
@@ -67,13 +78,20 @@ def test_the_standby_takes_over_a_killed_leader_mid_reconcile(fleet: FleetHandle
         )
         leader_name = max(pods, key=lambda n: pods[n]["priority"])
         standby = next(n for n in pods if n != leader_name)
-        leader = get(fleet, namespace, "pod", leader_name)
+        leader_pid = pid_of(fleet, get(fleet, namespace, "pod", leader_name))
 
-        # a burst of new deployments; the leader is killed once it has made the first workload, mid-burst
-        burst = "---\n".join(yaml.safe_dump(idep(f"m{i:02d}", spec({"type": H100}))) for i in range(BURST))
-        fleet.kubectl("apply", "-n", namespace, "-f", "-", input=burst)
-        wait_for(lambda: get(fleet, namespace, "deployments")["items"], timeout=60, what="the leader's first workload")
-        os.kill(pid_of(fleet, leader), signal.SIGKILL)
+        # a burst of new deployments, created 0.1 s apart; the leader is killed once it has made the first workload,
+        # so the rest of the burst arrives after its death, whatever the machine's speed
+        burst = threading.Thread(target=create_spaced, args=(fleet, namespace))
+        burst.start()
+        wait_for(
+            lambda: fleet.apps.list_namespaced_deployment(namespace, limit=1).items,
+            timeout=60,
+            interval=0.02,
+            what="the leader's first workload",
+        )
+        os.kill(leader_pid, signal.SIGKILL)
+        burst.join()
         killed = time.monotonic()
         done_before = reconciled(fleet, namespace)
         assert len(done_before) < BURST, "the leader finished the burst before the kill: nothing was taken over"
