@@ -14,7 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("infleet.operator.crd", "render the CRDs from the API models (render [--check])"),
     "operator": ("infleet.operator.__main__", "run the operator (run [--namespace NS]; uninstall-check)"),
     "runtime": ("infleet.runtime.__main__", "the inference server (serve --model ...)"),
-    "model": ("infleet.runtime.fetch.__main__", "fetch a model into a cache (pull URI [--revision R] --cache DIR)"),
+    "model": (
+        "infleet.runtime.fetch.__main__",
+        "fetch models into a cache (pull URI [URI ...] [--revision R] --cache DIR)",
+    ),
     "gateway": ("infleet.gateway.__main__", "the fleet's HTTP entrypoint (run [--port 8080])"),
     "autoscaler": ("infleet.autoscaler.__main__", "the trace-driven fleet simulator (simulate --trace FILE)"),
     "report": ("infleet.monitoring.report", "PNG plots of the last run from Prometheus"),

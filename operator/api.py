@@ -159,9 +159,9 @@ class Speculative(ApiModel):
                 field_path=".draftModel",
             ),
             cel(
-                "!has(self.draftModel) || self.draftModel.startsWith('file:///')",
-                "speculative.draftModel must be a file:///path in the runtime image or on the node for now; the model "
-                "fetcher pulls only spec.model",
+                "!has(self.draftModel) || !self.draftModel.startsWith('pvc://')",
+                "speculative.draftModel cannot be a pvc:// URI (no claim is mounted for it): use a store URI (hf://, "
+                "s3://, gs://, https://), fetched into the model cache like spec.model, or a file:///path",
                 field_path=".draftModel",
             ),
         )
@@ -182,8 +182,10 @@ class Speculative(ApiModel):
         default=None,
         pattern=MODEL_URI_PATTERN,
         max_length=1024,
-        description="The draft model (method draft only): file:///path to a .gguf file or an HF directory in the "
-        "image or on the node, with the model's tokenizer.",
+        description="The draft model (method draft only), with the model's tokenizer: hf://, s3://, gs:// or "
+        "https:// (fetched after spec.model by the same init container, into the same cache, with "
+        "model.credentialsSecret; at the store's default revision), or file:///path to a .gguf file or an HF "
+        "directory in the image or on the node.",
     )
     max_batch_size: int | None = Field(
         default=None,

@@ -117,6 +117,6 @@ def claims(spec: InferenceDeploymentSpec) -> list[tuple[str, str]]:
         out.append(("model.uri", uri.removeprefix("pvc://").partition("/")[0]))
     if spec.model.cache is not None:
         out.append(("model.cache.claimName", spec.model.cache.claim_name))
-    elif claim := cache_claim_name(spec.model):
+    elif claim := cache_claim_name(spec):
         out.append(("the chart's models.cache.claimName", claim))
     return out

@@ -167,7 +167,7 @@ async def ensure_cache_claim(kube: Kube, spec: InferenceDeploymentSpec, namespac
     """The chart's shared model cache claim, made once per namespace that fetches models (a read when it exists,
     never changed after: the user may resize it). Returns its name when it exists now."""
     shared = resources.cache_claim(namespace)
-    if spec.model.cache is not None or shared is None or not resources.cache_claim_name(spec.model):
+    if spec.model.cache is not None or shared is None or not resources.cache_claim_name(spec):
         return None
     name: str = shared["metadata"]["name"]
     if await kube.get("PersistentVolumeClaim", namespace, name) is None:

@@ -33,7 +33,7 @@ from importlib import metadata
 from typing import Any
 
 from infleet.api import models
-from infleet.operator.api import API_VERSION, KIND, InferenceDeploymentSpec, ModelSource
+from infleet.operator.api import API_VERSION, KIND, InferenceDeploymentSpec
 
 PORT = 8000
 DIST_PORT = 29500  # the leader's rendezvous port for torch.distributed inside a group
@@ -48,6 +48,7 @@ VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 MODEL_MOUNT = "/models"
 CACHE_MOUNT = "/model-cache"
 CACHE_VOLUME = "model-cache"
+CACHE_VOLUME_MOUNT = {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT}
 FETCH_CONTAINER = "model-fetch"
 DEFAULT_CACHE_CLAIM_ENV = "INFLEET_MODEL_CACHE_CLAIM"
 CACHE_SIZE_ENV = "INFLEET_MODEL_CACHE_SIZE"  # set: the operator creates the claim in each namespace that needs it
@@ -168,13 +169,14 @@ def _meta(owner: Owner, name: str, tier: str, extra_labels: dict[str, str] | Non
 # ---- the container ----------------------------------------------------------------------------------------------
 
 
-def model_location(model: ModelSource) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+def model_location(spec: InferenceDeploymentSpec) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """The model argument the engine gets, plus the volumes and mounts it needs.
 
     pvc://claim/path mounts the claim read-only under /models/claim; file:///path is a path in the image or on the
     node; hf://, s3://, gs:// and https:// are fetched by the `model-fetch` init container into the model cache,
     and the engine loads the cache entry (a local directory).
     """
+    model = spec.model
     uri = model.uri
     if uri.startswith("pvc://"):
         claim, _, path = uri.removeprefix("pvc://").partition("/")
@@ -183,8 +185,25 @@ def model_location(model: ModelSource) -> tuple[str, list[dict[str, Any]], list[
         return f"{MODEL_MOUNT}/{claim}/{path}".rstrip("/"), [volume], [mount]
     if uri.startswith("file://"):
         return uri.removeprefix("file://"), [], []
-    mount = {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT}
-    return f"{CACHE_MOUNT}/{models.entry_name(uri, model.revision)}", [cache_volume(model)], [mount]
+    return f"{CACHE_MOUNT}/{models.entry_name(uri, model.revision)}", [cache_volume(spec)], [CACHE_VOLUME_MOUNT]
+
+
+def draft_model(spec: InferenceDeploymentSpec) -> str | None:
+    return spec.runtime.speculative.draft_model if spec.runtime.speculative else None
+
+
+def draft_location(spec: InferenceDeploymentSpec) -> str | None:
+    """The speculative draft model's path in the container: a file:/// path as is, a remote URI the cache entry the
+    fetch init container pulls it into (after the model, with the model's credentials and cache)."""
+    uri = draft_model(spec)
+    if uri is None or not models.is_remote(uri):
+        return uri.removeprefix("file://") if uri else None
+    return f"{CACHE_MOUNT}/{models.entry_name(uri, None)}"
+
+
+def fetched(spec: InferenceDeploymentSpec) -> list[str]:
+    """The remote URIs a pod fetches before its engine starts: the model's, then the draft model's."""
+    return [u for u in (spec.model.uri, draft_model(spec)) if u and models.is_remote(u)]
 
 
 def default_cache_claim() -> str | None:
@@ -193,16 +212,16 @@ def default_cache_claim() -> str | None:
     return claim or (DEFAULT_CACHE_CLAIM if os.environ.get(CACHE_SIZE_ENV) else None)
 
 
-def cache_claim_name(model: ModelSource) -> str | None:
-    if not models.is_remote(model.uri):
+def cache_claim_name(spec: InferenceDeploymentSpec) -> str | None:
+    if not fetched(spec):
         return None
-    return model.cache.claim_name if model.cache else default_cache_claim()
+    return spec.model.cache.claim_name if spec.model.cache else default_cache_claim()
 
 
-def cache_volume(model: ModelSource) -> dict[str, Any]:
+def cache_volume(spec: InferenceDeploymentSpec) -> dict[str, Any]:
     """The model cache: the deployment's claim, else the operator's default claim (the chart's models.cache), else
     an emptyDir that lives as long as the pod."""
-    claim = cache_claim_name(model)
+    claim = cache_claim_name(spec)
     if claim:
         return {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
     return {"name": CACHE_VOLUME, "emptyDir": {}}
@@ -228,11 +247,11 @@ def fetch_container(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
     """The init container that pulls a remote model into the cache (KServe's storage-initializer pattern). Its
     last line on failure is `REASON: message`, which Kubernetes keeps as the termination message and the
     operator turns into the ModelReady condition."""
-    model = spec.model
-    if not models.is_remote(model.uri):
+    model, uris = spec.model, fetched(spec)
+    if not uris:
         return None
-    command = ["infleet", "model", "pull", model.uri, "--cache", CACHE_MOUNT]
-    if model.revision:
+    command = ["infleet", "model", "pull", *uris, "--cache", CACHE_MOUNT]
+    if model.revision and models.is_remote(model.uri):  # the model's revision; a draft is fetched at its default
         command += ["--revision", model.revision]
     body: dict[str, Any] = {
         "name": FETCH_CONTAINER,
@@ -268,13 +287,6 @@ VLLM_TIER_FLAGS: dict[str, list[str]] = {
 VLLM_SPECULATIVE_METHODS = {"ngram": "ngram", "draft": "draft_model"}
 
 
-def draft_model_path(uri: str) -> str:
-    """The draft model's path in the container: the CRD admits file:/// URIs only (no fetch, no mount)."""
-    if not uri.startswith("file:///"):
-        raise ValueError(f"speculative.draftModel {uri!r}: only file:/// URIs are served")
-    return uri.removeprefix("file://")
-
-
 def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_arg: str) -> list[str]:
     rt, par = spec.runtime, spec.parallelism
     if rt.engine == "vllm":
@@ -287,8 +299,8 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
         if rt.speculative is not None:
             method = VLLM_SPECULATIVE_METHODS[rt.speculative.method]
             config: dict[str, Any] = {"method": method, "num_speculative_tokens": rt.speculative.num_tokens}
-            if rt.speculative.draft_model:
-                config["model"] = draft_model_path(rt.speculative.draft_model)
+            if draft := draft_location(spec):
+                config["model"] = draft
             cmd += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
         return cmd + list(rt.extra_args)
     cmd = ["python", "-m", "infleet.runtime", "serve", "--model", model_arg, "--served-name", served_name(spec, name)]
@@ -304,8 +316,8 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
             "--speculative-num-tokens",
             str(rt.speculative.num_tokens),
         ]
-        if rt.speculative.draft_model:
-            cmd += ["--speculative-draft-model", draft_model_path(rt.speculative.draft_model)]
+        if draft := draft_location(spec):
+            cmd += ["--speculative-draft-model", draft]
         if rt.speculative.max_batch_size is not None:
             cmd += ["--speculative-max-batch-size", str(rt.speculative.max_batch_size)]
     return cmd + list(rt.extra_args)
@@ -347,7 +359,9 @@ def container(
     spec: InferenceDeploymentSpec, owner: Owner, tier: str, lay: Layout, group_env: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The runtime container and the pod volumes it needs."""
-    model_arg, volumes, mounts = model_location(spec.model)
+    model_arg, volumes, mounts = model_location(spec)
+    if fetched(spec) and CACHE_VOLUME_MOUNT not in mounts:  # a local model with a remote draft
+        volumes, mounts = [*volumes, cache_volume(spec)], [*mounts, CACHE_VOLUME_MOUNT]
     env: list[dict[str, Any]] = [
         {"name": "INFLEET_DEPLOYMENT", "value": owner.name},
         {"name": "INFLEET_TIER", "value": tier},
@@ -358,7 +372,7 @@ def container(
         env.append({"name": "INFLEET_MODEL_REVISION", "value": spec.model.revision})
     if spec.runtime.engine == "vllm":
         env.append({"name": "HOME", "value": "/tmp"})  # its image's HOME is /root, unwritable as the non-root user
-        if models.is_remote(spec.model.uri):  # what vLLM downloads itself (tokenizer extras) lands in the cache too
+        if fetched(spec):  # what vLLM downloads itself (tokenizer extras) lands in the cache too
             env.append({"name": "HF_HOME", "value": f"{CACHE_MOUNT}/hf"})
     env += group_env + [{"name": e.name, "value": e.value} for e in spec.runtime.env]
 

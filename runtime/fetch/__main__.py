@@ -1,5 +1,6 @@
-"""`infleet model pull URI [--revision R] --cache DIR`: prints the model's local path, or `REASON: message` (also to
-the Kubernetes termination-message file) and exits with the reason's code."""
+"""`infleet model pull URI [URI ...] [--revision R] --cache DIR`: prints each model's local path, or `REASON: message`
+(also to the Kubernetes termination-message file) and exits with the reason's code. The revision is the first URI's
+(a pod's model); the others (a speculative draft model) are fetched at their default."""
 
 from __future__ import annotations
 
@@ -16,17 +17,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="infleet model")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pull", help="download a model into the cache and print its local path")
-    p.add_argument("uri")
-    p.add_argument("--revision", default=None)
+    p.add_argument("uris", nargs="+", metavar="uri")
+    p.add_argument("--revision", default=None, help="of the first URI")
     p.add_argument("--cache", type=Path, required=True)
     args = parser.parse_args(argv)
+    for i, uri in enumerate(args.uris):
+        code = pull_one(uri, args.cache, args.revision if i == 0 else None)
+        if code:
+            return code
+    return 0
+
+
+def pull_one(uri: str, cache: Path, revision: str | None) -> int:
     try:
-        path = pull(args.uri, args.cache, args.revision)
+        path = pull(uri, cache, revision)
     except ModuleNotFoundError as err:  # boto3 / gcsfs are the `stores` extra (the runtime image has them)
-        print(
-            f"infleet model: {args.uri.split(':')[0]}:// needs {err.name}: pip install 'infleet[stores]'",
-            file=sys.stderr,
-        )
+        print(f"infleet model: {uri.split(':')[0]}:// needs {err.name}: pip install 'infleet[stores]'", file=sys.stderr)
         return 2
     except FetchError as err:
         line = f"{err.reason.name}: {err.message}"

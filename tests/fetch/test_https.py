@@ -80,8 +80,8 @@ class Server:
         return Handler
 
 
-def pull_cmd(url: str, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "infleet.cli", "model", "pull", url, "--cache", str(cache)]
+def pull_cmd(url: str, cache: Path, *more: str) -> list[str]:
+    return [sys.executable, "-m", "infleet.cli", "model", "pull", url, *more, "--cache", str(cache)]
 
 
 def pull(url: str, cache: Path) -> subprocess.CompletedProcess[str]:
@@ -146,3 +146,23 @@ def test_the_fetcher_does_not_load_torch() -> None:
     code = "import sys, infleet.runtime.fetch.__main__; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_model_and_its_draft_are_pulled_in_order_and_a_failing_draft_fails_the_pull(cache: Path) -> None:
+    with Server() as server:
+        draft = server.url.replace("/model.gguf", "/draft/model.gguf")
+        done = subprocess.run(
+            [*pull_cmd(server.url, cache, draft), "--revision", "r1"], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        paths = [Path(line) for line in done.stdout.split()]
+        # the revision is the first URI's; the draft's entry is its default revision's, as the operator expects
+        assert paths == [cache / entry_name(server.url, "r1"), cache / entry_name(draft, None)]
+        assert all((p / "model.gguf").read_bytes() == BODY for p in paths)
+        failed = subprocess.run(
+            pull_cmd(server.url, cache, "https://127.0.0.1:9/draft.gguf"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert failed.returncode == Reason.StoreUnreachable.value, failed.stderr

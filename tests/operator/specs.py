@@ -106,9 +106,9 @@ BAD_SPECS: list[BadSpec] = [
         cel=True,
     ),
     BadSpec(
-        "speculative-draft-not-a-file",
-        {"runtime.speculative": {"method": "draft", "draftModel": "hf://org/small"}},
-        "draftModel must be a file:///path",
+        "speculative-draft-on-a-claim",
+        {"runtime.speculative": {"method": "draft", "draftModel": "pvc://models/small"}},
+        "speculative.draftModel cannot be a pvc:// URI",
         cel=True,
     ),
     BadSpec(

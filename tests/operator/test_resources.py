@@ -125,6 +125,28 @@ def test_a_draft_model_becomes_the_draft_model_flag() -> None:
     assert config == {"method": "draft_model", "num_speculative_tokens": 3, "model": "/models/small.gguf"}
 
 
+def test_a_remote_draft_model_is_fetched_after_the_model_into_the_same_cache() -> None:
+    speculative = {"method": "draft", "draftModel": "hf://org/small"}
+    remote = spec_of(model={"uri": "hf://org/big", "revision": "v2"}, runtime={"speculative": speculative})
+    pod = by_kind(resources.desired(remote, OWNER, "int8", 8).objects, "Deployment")[0]["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    # one fetch, model first (its revision), then the draft at its default revision: one ModelReady for both
+    pull = ["infleet", "model", "pull", "hf://org/big", "hf://org/small", "--cache", "/model-cache", "--revision", "v2"]
+    assert fetch["command"] == pull
+    cmd = pod["containers"][0]["command"]
+    assert (
+        cmd[cmd.index("--speculative-draft-model") + 1] == f"/model-cache/{models.entry_name('hf://org/small', None)}"
+    )
+    # a local model with a remote draft: the cache volume is mounted for the draft alone
+    local = spec_of(model={"uri": "file:///models/big.gguf"}, runtime={"speculative": speculative})
+    pod = by_kind(resources.desired(local, OWNER, "int8", 8).objects, "Deployment")[0]["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["command"][:5] == ["infleet", "model", "pull", "hf://org/small", "--cache"]
+    assert "--revision" not in pod["initContainers"][0]["command"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["model-cache"] == "/model-cache" and any(v["name"] == "model-cache" for v in pod["volumes"])
+    assert pod["containers"][0]["command"][pod["containers"][0]["command"].index("--model") + 1] == "/models/big.gguf"
+
+
 def test_vllm_engine_command() -> None:
     spec = spec_of(
         runtime={"engine": "vllm", "prefixCaching": False}, model={"uri": "hf://Qwen/Qwen2.5-7B", "revision": "v1"}
