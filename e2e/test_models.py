@@ -15,14 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import openai
 import pytest
 import yaml
 
+from infleet.api import metrics as names
 from infleet.cluster import objectstore
 from infleet.cluster.controlplane import Fleet
 from infleet.cluster.stack import Stack, example
 from infleet.cluster.testing import wait_for
+from infleet.operator import resources
 from infleet.runtime.loader.smollm2 import smollm2_gguf
 
 from .conftest import DEMO_NAMESPACE
@@ -138,6 +141,32 @@ def test_the_shipped_example_is_served_from_the_fleets_object_store(stack: Stack
         assert reply.choices[0].message.content, reply
     finally:
         stack.kubectl("delete", "inferencedeployment", "from-s3", "-n", DEMO_NAMESPACE, "--wait=false")
+
+
+def counter(metrics: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, re.M))
+
+
+def test_a_draft_model_from_the_store_is_fetched_with_the_model_and_drafts(stack: Stack, s3_store: str) -> None:
+    """The model as its own draft, both from the object store: one init container pulls both (the second a cache hit
+    of the same entry), the engine loads the draft and its greedy drafts are kept."""
+    idep = shipped_example("drafted")
+    idep["spec"]["runtime"]["speculative"] = {"method": "draft", "numTokens": 3, "draftModel": s3_store}
+    stack.apply(idep)
+    try:
+        stack.wait_ready(DEMO_NAMESPACE, "drafted", timeout=600)
+        (pod,) = stack.core.list_namespaced_pod(DEMO_NAMESPACE, label_selector="infleet.dev/deployment=drafted").items
+        assert pod.spec.init_containers[0].command[3:5] == [s3_store, s3_store]
+        client = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=2, timeout=300)
+        reply = client.chat.completions.create(
+            model="drafted", messages=[{"role": "user", "content": "Count from 1 to 10."}], temperature=0, max_tokens=16
+        )
+        assert reply.choices[0].message.content, reply
+        metrics = httpx.get(f"http://{pod.status.pod_ip}:{resources.PORT}/metrics", timeout=30).text
+        drafted, kept = (counter(metrics, name) for name in (names.SPEC_DRAFT_TOKENS, names.SPEC_ACCEPTED_TOKENS))
+        assert drafted > 0 and kept > 0, (drafted, kept)  # the draft runs in float weights, the model in int8
+    finally:
+        stack.kubectl("delete", "inferencedeployment", "drafted", "-n", DEMO_NAMESPACE, "--wait=false")
 
 
 @pytest.mark.parametrize(
