@@ -234,7 +234,11 @@ def test_monitoring_on() -> None:
     for d in of_kind(docs, "Deployment"):
         assert "prometheus.io/scrape" not in (d["spec"]["template"]["metadata"].get("annotations") or {})
     rules = {d["metadata"]["name"]: d for d in of_kind(docs, "PrometheusRule")}
-    assert sorted(rules) == [f"{RELEASE}-infleet-slo-alerts", f"{RELEASE}-infleet-slo-recording"]
+    assert sorted(rules) == [
+        f"{RELEASE}-infleet-slo-alerts",
+        f"{RELEASE}-infleet-slo-recording",
+        f"{RELEASE}-infleet-team-budgets",
+    ]
     for name, doc in rules.items():
         source = yaml.safe_load((CHART / "rules" / (name.split("infleet-", 1)[1] + ".yaml")).read_text())
         assert doc["spec"] == source  # included raw: Prometheus' {{ $labels }} templates survive helm
@@ -244,7 +248,7 @@ def test_monitoring_on() -> None:
 
 def test_monitoring_auto_follows_the_cluster_api() -> None:
     docs = render(None, "--api-versions", "monitoring.coreos.com/v1")
-    assert len(of_kind(docs, "PodMonitor")) == 3 and len(of_kind(docs, "PrometheusRule")) == 2
+    assert len(of_kind(docs, "PodMonitor")) == 3 and len(of_kind(docs, "PrometheusRule")) == 3
 
 
 def test_monitoring_off() -> None:
