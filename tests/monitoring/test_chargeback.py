@@ -4,7 +4,6 @@ gateway's own Budgets and metrics code), with the chart's rules loaded."""
 from __future__ import annotations
 
 import csv
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,16 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from infleet.gateway.budgets import Budgets, Usage
 from infleet.gateway.teams import Teams
 from infleet.monitoring.chargeback import Month, main
-from infleet.monitoring.render import REPO
-from infleet.monitoring.scrape import prometheus_config, static_job
+from infleet.monitoring.scrape import static_job
 
-from .conftest import free_port
+from .conftest import free_port, launch_prometheus
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +43,7 @@ def replicas_and_prometheus(prometheus_bin: str, tmp_path: Path) -> Iterator[tup
         servers.append(server)
         labels = {"namespace": "infleet-system", "pod": f"gateway-{i}"}
         jobs.append(static_job(f"gateway-{i}", [f"127.0.0.1:{port}"], labels, scrape_interval="1s"))
-    rules = [str(p) for p in sorted((REPO / "charts/infleet/rules").glob("*.yaml"))]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(jobs, rules, interval="1s")))
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    _, proc, port, log = launch_prometheus(prometheus_bin, jobs, tmp_path)
     try:
         yield replicas, f"http://127.0.0.1:{port}"
     finally:
