@@ -122,7 +122,7 @@ def test_defaults() -> None:
     # without the Prometheus Operator's API: no PodMonitor or PrometheusRule, but the dashboards
     assert not of_kind(docs, "PodMonitor") and not of_kind(docs, "PrometheusRule")
     dashboards = [d for d in of_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
-    assert sorted(next(iter(d["data"])) for d in dashboards) == ["fleet-overview.json", "slo.json"]
+    assert sorted(next(iter(d["data"])) for d in dashboards) == ["chargeback.json", "fleet-overview.json", "slo.json"]
     for d in dashboards:
         assert d["metadata"]["labels"]["grafana_dashboard"] == "1"
         name, body = next(iter(d["data"].items()))
