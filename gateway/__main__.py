@@ -24,6 +24,7 @@ from infleet.gateway.activator import HoldPolicy
 from infleet.gateway.app import Gateway, build_app
 from infleet.gateway.auth import KeyStore
 from infleet.gateway.catalog import LEAST_OUTSTANDING, STRATEGIES
+from infleet.gateway.fleet_spend import follow_fleet_spend
 from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO
 from infleet.gateway.routing import DEFAULT_EPS, DEFAULT_PREFIX_CHARS, Router
 from infleet.gateway.teams import TeamError, Teams
@@ -75,6 +76,11 @@ def parser() -> argparse.ArgumentParser:
         help="YAML of teams: their API keys and namespaces, token rate limits and monthly budgets (re-read when it "
         "changes; docs/cost-controls.md)",
     )
+    r.add_argument(
+        "--prometheus-url",
+        help="with --teams-file: read every gateway replica's month-to-date spend from this Prometheus, so budgets "
+        "are checked against the fleet's spend (default: this replica's own)",
+    )
     r.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     r.add_argument("--access-log", action="store_true")
     return p
@@ -112,6 +118,18 @@ def follow_teams(gateway: Gateway, path: Path | None, every: float = 10.0) -> Ca
                 log.info("teams reloaded from %s: %s", path, teams)
 
         threading.Thread(target=watch, name="infleet-gateway-teams", daemon=True).start()
+
+    return start
+
+
+def followers(gateway: Gateway, args: argparse.Namespace) -> Callable[[], None]:
+    """What runs beside the server once it starts: the teams file's reloads and the fleet's spend."""
+    teams = follow_teams(gateway, args.teams_file)
+    spend = follow_fleet_spend(gateway.budgets, args.prometheus_url if args.teams_file else None)
+
+    def start() -> None:
+        teams()
+        spend()
 
     return start
 
@@ -157,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 2
-        app = build_app(gateway, on_start=follow_teams(gateway, args.teams_file))
+        app = build_app(gateway, on_start=followers(gateway, args))
     else:
         from kubernetes import client, config
 
@@ -182,11 +200,11 @@ def run(args: argparse.Namespace) -> int:
             args.secrets_namespace or own_namespace(),
         )
         gateway.ready = discovery.synced.is_set
-        reload_teams = follow_teams(gateway, args.teams_file)
+        follow = followers(gateway, args)
 
         def start() -> None:
             discovery.start()
-            reload_teams()
+            follow()
 
         app = build_app(gateway, on_start=start, on_stop=discovery.stop)
 

@@ -15,7 +15,10 @@ A streamed answer carries usage only in a last chunk that the client asks for (`
 For a metered stream that did not ask, the gateway asks upstream and takes that chunk, and the `usage: null` fields
 it implies, out again, so the client sees the events it asked for.
 
-State is one gateway replica's: with several replicas, each enforces the traffic it carries.
+Month-to-date spend is the fleet's when the gateway knows a Prometheus (`--prometheus-url`): every 30 s it reads
+what every gateway replica's spend counters gained since the month began (gateway/fleet_spend.py) and adds what this
+replica charged since; without one, each replica counts only the traffic it carried. Token buckets are always one
+replica's.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ class BudgetMetrics:
         )
         self.month_spend = Gauge(
             names.TEAM_MONTH_SPEND,
-            "Month-to-date dollars (UTC calendar month) this gateway replica counted for the team.",
+            "Month-to-date dollars (UTC calendar month) the team's budget is checked against: the fleet's at the last "
+            "read from Prometheus plus what this replica charged since (this replica's alone without Prometheus).",
             [team],
             registry=r,
         )
@@ -121,7 +125,8 @@ class Budgets:
     metrics: BudgetMetrics = field(init=False)
     _buckets: dict[tuple[str, str], TokenBucket] = field(default_factory=dict, init=False)
     _month: str = field(default="", init=False)
-    _spent: dict[str, float] = field(default_factory=dict, init=False)
+    _fleet: dict[str, float] = field(default_factory=dict, init=False)  # month-to-date at the last fleet read
+    _spent: dict[str, float] = field(default_factory=dict, init=False)  # charged here since that read
 
     def __post_init__(self) -> None:
         self.metrics = BudgetMetrics(self.registry)
@@ -141,13 +146,29 @@ class Budgets:
         for team in teams.teams.values():
             if team.monthly_budget_dollars is not None:
                 self.metrics.budget.labels(team.name).set(team.monthly_budget_dollars)
-            self.metrics.month_spend.labels(team.name).set(self._spent.setdefault(team.name, 0.0))
+            self._spent.setdefault(team.name, 0.0)
+            self.metrics.month_spend.labels(team.name).set(self.month_spend(team.name))
+
+    def month_spend(self, team: str) -> float:
+        return self._fleet.get(team, 0.0) + self._spent.get(team, 0.0)
+
+    def set_fleet_spend(self, month: str, totals: Mapping[str, float]) -> None:
+        """The fleet's month-to-date spend per team, read from Prometheus: it includes what this replica charged
+        until the read, so the local count starts again from here."""
+        self._roll_month()
+        if month != self._month:
+            return  # read across a month boundary: the next read is right
+        self._fleet = {name: float(v) for name, v in totals.items() if name in self.teams.teams}
+        for name in self._spent:
+            self._spent[name] = 0.0
+            self.metrics.month_spend.labels(name).set(self.month_spend(name))
 
     def _roll_month(self) -> datetime:
         now = self.wall()
         month = month_of(now)
         if month != self._month:
             self._month = month
+            self._fleet = {}
             for name in self._spent:
                 self._spent[name] = 0.0
                 self.metrics.month_spend.labels(name).set(0.0)
@@ -166,11 +187,11 @@ class Budgets:
         """Raises Refused when the team is over a token rate or its monthly budget."""
         now = self._roll_month()
         budget = team.monthly_budget_dollars
-        if budget is not None and self._spent.get(team.name, 0.0) >= budget:
+        if budget is not None and (spent := self.month_spend(team.name)) >= budget:
             self.metrics.refused.labels(team.name, MONTHLY_BUDGET).inc()
             raise Refused(
                 f"team {team.name!r} has spent its monthly budget of ${budget:g} for {self._month} "
-                f"(${self._spent[team.name]:.4f} so far); it renews at the start of next month (UTC)",
+                f"(${spent:.4f} so far); it renews at the start of next month (UTC)",
                 "insufficient_quota",
                 math.ceil(seconds_to_next_month(now)),
                 MONTHLY_BUDGET,
@@ -209,7 +230,7 @@ class Budgets:
         if team is not None:
             self._roll_month()
             self._spent[name] = self._spent.get(name, 0.0) + dollars
-            self.metrics.month_spend.labels(name).set(self._spent[name])
+            self.metrics.month_spend.labels(name).set(self.month_spend(name))
 
 
 @dataclass(frozen=True)

@@ -84,9 +84,7 @@ def month_totals(query: Query, month: Month, series: str) -> tuple[dict[Key, flo
     """Per row: what `series` (a counter, one series per gateway replica) gained in the month; and the rows where a
     counter restarted in place (their figure is `increase()`'s)."""
     by, window, end, start = ", ".join(ROW), f"{month.seconds}s", month.end.timestamp(), month.start.timestamp()
-    last = f"last_over_time({series}[{window}])"
-    gained = f"sum by ({by}) (({last} - {series} @ {start:.3f}) or {last})"  # per replica series, then summed
-    totals = _by_row(query(gained, end))
+    totals = _by_row(query(names.gained_since(series, start, month.seconds, by), end))
     restarted = {k for k, v in _by_row(query(f"sum by ({by}) (resets({series}[{window}]))", end)).items() if v > 0}
     if restarted:
         increase = _by_row(query(f"sum by ({by}) (increase({series}[{window}]))", end))

@@ -409,7 +409,7 @@ def chargeback() -> Json:
         "YYYY-MM` exports the same figures as CSV.",
         extra_variables=[query_variable("team", "Team", f"label_values({names.TEAM_SPEND}, team)")],
     )
-    spent = f"sum by (team) ({names.TEAM_MONTH_SPEND}{{{TEAM_SEL}}})"
+    spent = f"max by (team) ({names.TEAM_MONTH_SPEND}{{{TEAM_SEL}}})"
     board.add(
         table(
             "Teams this month (UTC)",
@@ -418,8 +418,8 @@ def chargeback() -> Json:
                 ("Budget", f"max by (team) ({names.TEAM_BUDGET}{{{TEAM_SEL}}})", "currencyUSD"),
                 ("Share spent", f"{TEAM_BURN}{{{TEAM_SEL}}}", "percentunit"),
             ],
-            description="Month-to-date as the gateway replicas count it (summed); budget alerts fire at 50%, 80% and "
-            "100% of it.",
+            description="Month-to-date spend the budget is checked against (the fleet's when the gateway reads "
+            "Prometheus); budget alerts fire at 50%, 80% and 100% of it.",
             sort_by="Spent",
         ),
         width=24,

@@ -157,10 +157,11 @@ TEAM_BURN = "infleet:team_budget_burn:ratio"
 
 
 def team_budget_rules(runbook_url: str = RUNBOOK_URL) -> list[Rule]:
-    """Month-to-date spend over the monthly budget per team (the gateway replicas' counts summed), and one alert per
-    band between the thresholds: 50% and 80% open a ticket, 100% (the team is being turned away) pages."""
+    """Month-to-date spend over the monthly budget per team (the highest of the gateway replicas' figures: each is
+    the fleet's when the gateway reads Prometheus), and one alert per band between the thresholds: 50% and 80% open a
+    ticket, 100% (the team is being turned away) pages."""
     thresholds = names.BUDGET_BURN_THRESHOLDS
-    spent = f"sum by ({names.TEAM}) ({names.TEAM_MONTH_SPEND})"
+    spent = f"max by ({names.TEAM}) ({names.TEAM_MONTH_SPEND})"
     budget = f"(max by ({names.TEAM}) ({names.TEAM_BUDGET}) > 0)"
     rules: list[Rule] = [{"record": TEAM_BURN, "expr": f"{spent}\n/ on ({names.TEAM})\n{budget}\n"}]
     for low, high in zip(thresholds, [*thresholds[1:], None], strict=True):

@@ -32,7 +32,8 @@ MATRIX: dict[str, dict[str, Any]] = {
                 "research": {"apiKeys": ["sk-r"], "namespaces": ["research"], "outputTokensPerMinute": 500},
                 "web": {"monthlyBudgetDollars": 20.5},
             }
-        }
+        },
+        "operator": {"prometheusUrl": "http://prometheus.monitoring:9090"},
     },
     "teams-secret": {"gateway": {"teamsSecret": "my-teams"}},
     "watch-namespaces": {
@@ -449,6 +450,7 @@ def test_teams_reach_the_gateway_as_a_mounted_secret_it_can_parse() -> None:
     assert teams.teams["research"].output_tokens_per_minute == 500 and teams.teams["web"].monthly_budget_dollars == 20.5
     pod = pod_spec(named(docs, "Deployment", "-gateway"))
     assert "--teams-file=/etc/infleet/teams/teams.yaml" in pod["containers"][0]["args"]
+    assert "--prometheus-url=http://prometheus.monitoring:9090" in pod["containers"][0]["args"]  # the fleet's spend
     volume = next(v for v in pod["volumes"] if v["name"] == "teams")
     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
     # an existing Secret instead: mounted, none rendered; no teams: nothing at all

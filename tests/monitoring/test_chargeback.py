@@ -13,7 +13,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from infleet.gateway.budgets import Budgets, Usage
+from infleet.gateway.budgets import Budgets, Refused, Usage
+from infleet.gateway.fleet_spend import read_fleet_spend
 from infleet.gateway.teams import Teams
 from infleet.monitoring.chargeback import Month, main
 from infleet.monitoring.scrape import static_job
@@ -22,7 +23,15 @@ from .conftest import free_port, launch_prometheus
 
 pytestmark = pytest.mark.slow
 
-TEAMS = Teams.parse({"teams": {"web": {"apiKeys": ["k-web"], "monthlyBudgetDollars": 10}, "batch": {}}})
+TEAMS = Teams.parse(
+    {
+        "teams": {
+            "web": {"apiKeys": ["k-web"], "monthlyBudgetDollars": 10},
+            "batch": {},
+            "tight": {"monthlyBudgetDollars": 0.05},
+        }
+    }
+)
 
 
 def query(url: str, expr: str) -> list[dict[str, object]]:
@@ -71,21 +80,33 @@ def test_the_monthly_csv_equals_what_the_replicas_metered(
     replicas_and_prometheus: tuple[list[Budgets], str], tmp_path: Path
 ) -> None:
     (a, b), url = replicas_and_prometheus
-    web, batch = TEAMS.teams["web"], TEAMS.teams["batch"]
+    web, batch, tight = TEAMS.teams["web"], TEAMS.teams["batch"], TEAMS.teams["tight"]
     charged = [  # (replica, team, namespace, deployment, model, $/1M, usage)
         (a, web, "shop", "chat", "smollm2", 200.0, Usage(100, 40)),
         (b, web, "shop", "chat", "smollm2", 200.0, Usage(50, 10)),
         (a, batch, "etl", "summarize", "llama", 20.0, Usage(3000, 500)),
         (b, None, "etl", "summarize", "llama", 20.0, Usage(7, 3)),  # no team claims it
         (b, batch, "etl", "summarize", "llama", None, Usage(11, 2)),  # no price yet: tokens only
+        (a, tight, "etl", "summarize", "llama", 1e4, Usage(3, 0)),  # $0.03 on each replica: $0.06 of $0.05
+        (b, tight, "etl", "summarize", "llama", 1e4, Usage(3, 0)),
     ]
     for replica, team, ns, dep, model, price, usage in charged:
         replica.charge(team, ns, dep, model, price, usage)
-    scraped(url, 'sum(infleet_gateway_team_tokens_total{kind="input"})', 3168)
+    scraped(url, 'sum(infleet_gateway_team_tokens_total{kind="input"})', 3174)
     # the series exist from the first scrape on; more traffic afterwards is counted too
     a.charge(web, "shop", "chat", "smollm2", 200.0, Usage(1000, 1000))
-    scraped(url, 'sum(infleet_gateway_team_tokens_total{kind="input"})', 4168)
+    scraped(url, 'sum(infleet_gateway_team_tokens_total{kind="input"})', 4174)
     web_spend = (140 + 60 + 2000) * 200.0 / 1e6
+
+    # each replica alone is under tight's budget; once it reads the fleet's spend, it is not
+    b.admit(tight)
+    month, totals = read_fleet_spend(url)
+    assert totals["web"] == pytest.approx(web_spend) and totals["tight"] == pytest.approx(0.06)
+    for replica in (a, b):
+        replica.set_fleet_spend(month, totals)
+    with pytest.raises(Refused):
+        b.admit(tight)
+    assert a.month_spend("web") == pytest.approx(web_spend)
     scraped(url, 'infleet:team_budget_burn:ratio{team="web"}', web_spend / 10)  # the chart's rule, live
 
     out = tmp_path / "chargeback.csv"
@@ -96,6 +117,7 @@ def test_the_monthly_csv_equals_what_the_replicas_metered(
         ("web", "shop", "chat", "smollm2"),
         ("batch", "etl", "summarize", "llama"),
         ("unassigned", "etl", "summarize", "llama"),
+        ("tight", "etl", "summarize", "llama"),
     }
     web_row = rows[("web", "shop", "chat", "smollm2")]
     assert (int(web_row["input_tokens"]), int(web_row["output_tokens"])) == (1150, 1050)
