@@ -8,10 +8,15 @@ Kubernetes at all (local runs, tests, benchmarks).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -19,10 +24,13 @@ from infleet.gateway.activator import HoldPolicy
 from infleet.gateway.app import Gateway, build_app
 from infleet.gateway.auth import KeyStore
 from infleet.gateway.catalog import LEAST_OUTSTANDING, STRATEGIES
+from infleet.gateway.fleet_spend import follow_fleet_spend
 from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO
 from infleet.gateway.routing import DEFAULT_EPS, DEFAULT_PREFIX_CHARS, Router
+from infleet.gateway.teams import TeamError, Teams
 
 PROG = "infleet gateway"
+log = logging.getLogger("infleet.gateway")
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -62,6 +70,17 @@ def parser() -> argparse.ArgumentParser:
         help="retries before the first byte may add this share of the requests (0 with --retry-floor 0: none)",
     )
     r.add_argument("--retry-floor", type=float, default=DEFAULT_FLOOR, metavar="N", help="retries/s always allowed")
+    r.add_argument(
+        "--teams-file",
+        type=Path,
+        help="YAML of teams: their API keys and namespaces, token rate limits and monthly budgets (re-read when it "
+        "changes; docs/cost-controls.md)",
+    )
+    r.add_argument(
+        "--prometheus-url",
+        help="with --teams-file: read every gateway replica's month-to-date spend from this Prometheus, so budgets "
+        "are checked against the fleet's spend (default: this replica's own)",
+    )
     r.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     r.add_argument("--access-log", action="store_true")
     return p
@@ -71,6 +90,48 @@ def own_namespace() -> str:
     if SA_NAMESPACE_FILE.exists():
         return SA_NAMESPACE_FILE.read_text().strip()
     return os.environ.get("POD_NAMESPACE", "default")
+
+
+def follow_teams(gateway: Gateway, path: Path | None, every: float = 10.0) -> Callable[[], None]:
+    """Start (from the app's start-up, on its loop) a thread that re-reads the teams file when its bytes change (a
+    mounted Secret changes under the pod) and hands the new teams to the loop; an unusable file keeps the old."""
+
+    def start() -> None:
+        if path is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def watch() -> None:
+            seen = path.read_bytes() if path.exists() else b""
+            while True:
+                time.sleep(every)
+                try:
+                    data = path.read_bytes()
+                    if data == seen:
+                        continue
+                    seen = data
+                    teams = Teams.load(path)
+                except (OSError, TeamError) as e:
+                    log.error("teams file not reloaded, the previous teams stay: %s", e)
+                    continue
+                loop.call_soon_threadsafe(gateway.budgets.set_teams, teams)
+                log.info("teams reloaded from %s: %s", path, teams)
+
+        threading.Thread(target=watch, name="infleet-gateway-teams", daemon=True).start()
+
+    return start
+
+
+def followers(gateway: Gateway, args: argparse.Namespace) -> Callable[[], None]:
+    """What runs beside the server once it starts: the teams file's reloads and the fleet's spend."""
+    teams = follow_teams(gateway, args.teams_file)
+    spend = follow_fleet_spend(gateway.budgets, args.prometheus_url if args.teams_file else None)
+
+    def start() -> None:
+        teams()
+        spend()
+
+    return start
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,9 +155,16 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             print(f"{PROG}: cannot read API keys: {e}", file=sys.stderr)
             return 1
+    teams = None
+    if args.teams_file:
+        try:
+            teams = Teams.load(args.teams_file)
+        except TeamError as e:
+            print(f"{PROG}: cannot read teams: {e}", file=sys.stderr)
+            return 1
     router = Router(eps=args.load_bound, prefix_chars=args.prefix_chars)
     hold = HoldPolicy(max_held=args.max_held, timeout=args.hold_timeout, retry_after=args.retry_after)
-    retries = {"retry_ratio": args.retry_budget, "retry_floor": args.retry_floor}
+    retries: dict[str, Any] = {"retry_ratio": args.retry_budget, "retry_floor": args.retry_floor, "teams": teams}
 
     if args.upstream:
         from infleet.gateway.discovery import load_static
@@ -107,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 2
-        app = build_app(gateway)
+        app = build_app(gateway, on_start=followers(gateway, args))
     else:
         from kubernetes import client, config
 
@@ -132,7 +200,13 @@ def run(args: argparse.Namespace) -> int:
             args.secrets_namespace or own_namespace(),
         )
         gateway.ready = discovery.synced.is_set
-        app = build_app(gateway, on_start=discovery.start, on_stop=discovery.stop)
+        follow = followers(gateway, args)
+
+        def start() -> None:
+            discovery.start()
+            follow()
+
+        app = build_app(gateway, on_start=start, on_stop=discovery.stop)
 
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0

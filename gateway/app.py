@@ -39,6 +39,8 @@ from infleet.api import sse
 from infleet.api.errors import error_body
 from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
 from infleet.gateway.auth import KeyStore, Unauthorized
+from infleet.gateway.budgets import Budgets, Refused, Usage, ask_for_usage, body_usage, metered
+from infleet.gateway.cache import CACHE_HEADER, CACHED_PATHS, ResponseCaches, cache_key, deterministic, tenant
 from infleet.gateway.catalog import LEAST_OUTSTANDING, PREFIX_AFFINITY, Catalog, Deployment, Endpoint, Key, LookupFailed
 from infleet.gateway.kv import KVFeeds
 from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
@@ -46,6 +48,7 @@ from infleet.gateway.prompts import kserve_prompt, openai_prompt
 from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO, RetryBudget
 from infleet.gateway.routing import Router
 from infleet.gateway.slo import RequestClock
+from infleet.gateway.teams import Teams
 
 log = logging.getLogger("infleet.gateway")
 
@@ -133,12 +136,18 @@ class Gateway:
     kv: KVFeeds = field(default_factory=KVFeeds)
     retry_ratio: float = DEFAULT_RATIO
     retry_floor: float = DEFAULT_FLOOR
+    teams: Teams | None = None  # per-team limits and metering (gateway/budgets.py); None: off
+    caches: ResponseCaches = field(default_factory=ResponseCaches)
+    budgets: Budgets = field(init=False)
     activator: Activator = field(init=False)
     _budgets: dict[Key, RetryBudget] = field(default_factory=dict, init=False)
     client: aiohttp.ClientSession | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.activator = Activator(self.catalog, self.metrics, self.hold, self.record_demand)
+        self.budgets = Budgets(self.metrics.registry)
+        if self.teams is not None:
+            self.budgets.set_teams(self.teams)
 
     def open_client(self) -> aiohttp.ClientSession:
         """One pooled client for every replica (aiohttp: its C parser costs a fraction of httpx's per request).
@@ -414,10 +423,66 @@ async def openai_request(request: Request) -> Response:
             prompt = openai_prompt(payload)
             hasher = gateway.kv.follow(deployment)
             hashes = hasher.hashes(payload) if hasher and gateway.kv.publishing(deployment.endpoints) else None
-        response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes)
+        if deployment.cache is None and not gateway.budgets.enabled:
+            response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes)
+        else:
+            response = await cost_controlled(request, deployment, payload, body, prompt, hashes)
     except GatewayError as e:
         response = _error(request, e)
     _count(gateway, deployment, response.status_code)
+    return response
+
+
+async def cost_controlled(
+    request: Request,
+    deployment: Deployment,
+    payload: dict[str, Any],
+    body: bytes,
+    prompt: str | None,
+    hashes: list[int] | None,
+) -> Response:
+    """An OpenAI request to a deployment whose answers are cached, or from a metered team: a cache hit answers at
+    once (and costs nothing); otherwise the team's limits admit it (a 429 if not), it is forwarded, and its answer
+    is kept and charged (gateway/cache.py, gateway/budgets.py)."""
+    gateway = _gateway(request)
+    path, authorization = request.url.path, request.headers.get("authorization")
+    labels = {"namespace": deployment.namespace, "deployment": deployment.name}
+    cache, key = None, b""
+    if deployment.cache is not None and path in CACHED_PATHS and deterministic(payload):
+        cache = gateway.caches.for_deployment(deployment.key, deployment.cache)
+        key = cache_key(tenant(authorization), deployment.namespace, deployment.name, path, payload)
+        entry = cache.get(key)
+        gateway.metrics.response_cache.labels(**labels, result="hit" if entry else "miss").inc()
+        if entry is not None:
+            return Response(entry.body, status_code=entry.status, headers={**dict(entry.headers), CACHE_HEADER: "hit"})
+    budgets = gateway.budgets
+    team = budgets.teams.team_for(authorization, deployment.namespace) if budgets.enabled else None
+    if team is not None:
+        try:
+            budgets.admit(team)
+        except Refused as e:
+            raise GatewayError(429, e.message, code=e.code, retry_after=e.retry_after) from None
+    hide = False
+    if budgets.enabled and payload.get("stream") is True and path in CACHED_PATHS:
+        hide = ask_for_usage(payload)
+        body = json.dumps(payload).encode() if hide else body
+
+    def charge(usage: Usage) -> None:
+        model = deployment.served_name
+        budgets.charge(team, deployment.namespace, deployment.name, model, deployment.price, usage)
+
+    response = await gateway.forward(request, deployment, path, body, prompt, hashes)
+    if isinstance(response, RelayResponse):
+        if budgets.enabled:
+            response.body_iterator = metered(response.body_iterator, hide, charge)
+        return response
+    if response.status_code == 200:
+        if budgets.enabled and (usage := body_usage(bytes(response.body))) is not None:
+            charge(usage)
+        if cache is not None and response.headers.get("content-type", "").startswith("application/json"):
+            returned = {k: v for k, v in response.headers.items() if k.lower() not in NOT_RETURNED}
+            cache.put(key, response.status_code, returned, bytes(response.body))
+            response.headers[CACHE_HEADER] = "miss"
     return response
 
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
+from infleet.gateway.cache import CacheSettings
 from infleet.gateway.slo import NO_SLO, Thresholds
 
 LEAST_OUTSTANDING = "leastOutstanding"
@@ -41,6 +42,8 @@ class Deployment:
     strategy: str = LEAST_OUTSTANDING
     endpoints: tuple[Endpoint, ...] = ()
     slo: Thresholds = NO_SLO
+    cache: CacheSettings | None = None  # spec.gateway.responseCache, when enabled
+    price: float | None = None  # $ per 1M tokens: the operator's status.costPerMillionTokens
 
     @property
     def key(self) -> Key:
@@ -66,6 +69,8 @@ class _Spec:
     served_name: str
     strategy: str
     slo: Thresholds = NO_SLO
+    cache: CacheSettings | None = None
+    price: float | None = None
 
 
 @dataclass
@@ -85,11 +90,13 @@ class Catalog:
         served_name: str,
         strategy: str = LEAST_OUTSTANDING,
         slo: Thresholds = NO_SLO,
+        cache: CacheSettings | None = None,
+        price: float | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             strategy = LEAST_OUTSTANDING
         with self._lock:
-            self._specs[(namespace, name)] = _Spec(served_name, strategy, slo)
+            self._specs[(namespace, name)] = _Spec(served_name, strategy, slo, cache, price)
         self._notify([(namespace, name)])
 
     def remove_deployment(self, namespace: str, name: str) -> None:
@@ -104,7 +111,7 @@ class Catalog:
             for k in stale:
                 del self._specs[k]
             for d in items:
-                self._specs[d.key] = _Spec(d.served_name, d.strategy, d.slo)
+                self._specs[d.key] = _Spec(d.served_name, d.strategy, d.slo, d.cache, d.price)
             changed = set(stale) | set(self._specs)
         self._notify(changed)
 
@@ -147,7 +154,9 @@ class Catalog:
 
     def _build(self, key: Key, spec: _Spec) -> Deployment:
         endpoints = sorted({e for eps in self._slices.get(key, {}).values() for e in eps})
-        return Deployment(key[0], key[1], spec.served_name, spec.strategy, tuple(endpoints), spec.slo)
+        return Deployment(
+            key[0], key[1], spec.served_name, spec.strategy, tuple(endpoints), spec.slo, spec.cache, spec.price
+        )
 
     def get(self, key: Key) -> Deployment | None:
         with self._lock:

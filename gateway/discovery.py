@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from kubernetes.client.rest import ApiException
 
 from infleet.gateway.activator import SCALE_FROM_ZERO_ANNOTATION
 from infleet.gateway.auth import API_KEYS_LABEL, KeyStore
+from infleet.gateway.cache import CacheSettings
 from infleet.gateway.catalog import LEAST_OUTSTANDING, Catalog, Deployment, Endpoint
 from infleet.gateway.slo import Thresholds
 
@@ -47,7 +49,11 @@ def deployment_from(obj: dict[str, Any]) -> Deployment:
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     served = (spec.get("model") or {}).get("servedName") or meta["name"]
     strategy = (spec.get("routing") or {}).get("strategy") or LEAST_OUTSTANDING
-    return Deployment(meta["namespace"], meta["name"], served, strategy, slo=Thresholds.from_spec(spec.get("slo")))
+    cache = CacheSettings.from_spec((spec.get("gateway") or {}).get("responseCache"))
+    price = (obj.get("status") or {}).get("costPerMillionTokens")
+    price = float(price) if isinstance(price, int | float) and math.isfinite(price) and price >= 0 else None
+    slo = Thresholds.from_spec(spec.get("slo"))
+    return Deployment(meta["namespace"], meta["name"], served, strategy, slo=slo, cache=cache, price=price)
 
 
 def slice_endpoints(s: Any) -> tuple[str, str, str, tuple[Endpoint, ...]] | None:
@@ -187,7 +193,7 @@ class KubernetesDiscovery:
             if kind == "DELETED":
                 self.catalog.remove_deployment(d.namespace, d.name)
             else:
-                self.catalog.set_deployment(d.namespace, d.name, d.served_name, d.strategy, d.slo)
+                self.catalog.set_deployment(d.namespace, d.name, d.served_name, d.strategy, d.slo, d.cache, d.price)
 
         return f"InferenceDeployments in {ns or 'all namespaces'}", lister, kwargs, replace, apply
 

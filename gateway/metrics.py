@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from infleet.api.metrics import SLO_REQUESTS
+from infleet.api.metrics import RESPONSE_CACHE_LOOKUPS, SLO_REQUESTS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 DEPLOYMENT = ("namespace", "deployment")
@@ -73,6 +73,12 @@ class GatewayMetrics:
             "Requests judged against their deployment's own spec.slo thresholds, by SLI (ttft, tpot, e2e) and "
             "result (good, bad); see infleet.gateway.slo.",
             [*DEPLOYMENT, "sli", "result"],
+            registry=r,
+        )
+        self.response_cache = Counter(
+            RESPONSE_CACHE_LOOKUPS.removesuffix("_total"),
+            "Deterministic requests looked up in the deployment's response cache, by result (hit, miss).",
+            [*DEPLOYMENT, "result"],
             registry=r,
         )
         self.in_flight = Gauge("infleet_gateway_in_flight_requests", "Requests being proxied.", DEPLOYMENT, registry=r)

@@ -20,7 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "gateway": ("infleet.gateway.__main__", "the fleet's HTTP entrypoint (run [--port 8080])"),
     "autoscaler": ("infleet.autoscaler.__main__", "the trace-driven fleet simulator (simulate --trace FILE)"),
-    "report": ("infleet.monitoring.report", "PNG plots of the last run from Prometheus"),
+    "report": (
+        "infleet.monitoring.report",
+        "plots from Prometheus; chargeback --month YYYY-MM: a CSV",
+    ),
 }
 
 

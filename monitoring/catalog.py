@@ -14,7 +14,10 @@ from infleet.monitoring.dashboards import dashboards
 from infleet.monitoring.rules import rule_files
 
 # Grafana's variables with "All" selected, for a Prometheus scraping every second
-TEST_VARIABLES = {"$__rate_interval": "10s", "$__interval": "5s", "$namespace": ".*", "$deployment": ".*"}
+TEST_VARIABLES = {
+    "$__rate_interval": "10s", "$__interval": "5s", "$__range": "1m", "$namespace": ".*", "$deployment": ".*",
+    "$team": ".*",
+}  # fmt: skip
 
 
 def substitute(expr: str, variables: dict[str, str] = TEST_VARIABLES) -> str:

@@ -1,5 +1,5 @@
-"""Grafana dashboards built in Python: a fleet overview (one table row per deployment) and a per-deployment SLO
-dashboard.
+"""Grafana dashboards built in Python: a fleet overview (one table row per deployment), a per-deployment SLO
+dashboard, and chargeback (spend per team).
 
 A dashboard is plain JSON (Grafana's schema); the `Board` builder below lays panels out two to a row. Queries come
 from `promql.py` (raw series) and the recorded SLO series of `rules.py`. Every SLO line is drawn from the
@@ -14,9 +14,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from infleet.api import metrics as names
 from infleet.api.metrics import DEPLOYMENT_REPLICAS
 from infleet.monitoring import promql
-from infleet.monitoring.rules import SLIS, burn_rate
+from infleet.monitoring.rules import SLIS, TEAM_BURN, burn_rate
 from infleet.monitoring.slo import BURN_ALERTS
 
 Json = dict[str, Any]
@@ -148,6 +149,7 @@ class Board:
     description: str
     panels: list[Json] = field(default_factory=list)
     annotations: list[Json] = field(default_factory=list)
+    extra_variables: list[Json] = field(default_factory=list)
     _x: int = 0
     _y: int = 0
 
@@ -179,14 +181,15 @@ class Board:
             "time": {"from": "now-6h", "to": "now"},
             "refresh": "30s",
             "timezone": "",
-            "templating": {"list": variables()},
+            "templating": {"list": variables()[:1] + self.extra_variables + variables()[1:]},
             "annotations": {"list": [builtin, *self.annotations]},
             "panels": self.panels,
         }
 
 
-def table(title: str, columns: list[tuple[str, str, str]], description: str = "") -> Json:
-    """One row per (namespace, deployment): each column an instant query (title, expr, unit), merged on the labels."""
+def table(title: str, columns: list[tuple[str, str, str]], description: str = "", sort_by: str = "Budget left") -> Json:
+    """One row per (namespace, deployment), or whatever labels the queries keep: each column an instant query
+    (title, expr, unit), merged on the labels."""
     queries = [target(expr, "", chr(ord("A") + i), instant=True) for i, (_, expr, _) in enumerate(columns)]
     rename = {f"Value #{chr(ord('A') + i)}": name for i, (name, _, _) in enumerate(columns)}
     overrides = [
@@ -204,7 +207,7 @@ def table(title: str, columns: list[tuple[str, str, str]], description: str = ""
             {"id": "organize", "options": {"excludeByName": {"Time": True}, "renameByName": rename}},
         ],
         "fieldConfig": {"defaults": {}, "overrides": overrides},
-        "options": {"showHeader": True, "sortBy": [{"displayName": "Budget left", "desc": False}]},
+        "options": {"showHeader": True, "sortBy": [{"displayName": sort_by, "desc": sort_by != "Budget left"}]},
     }
 
 
@@ -389,13 +392,118 @@ def slo_overview() -> Json:
     return board.json()
 
 
+TEAM_SEL = 'team=~"$team"'
+SPEND_SEL = f"{TEAM_SEL},{SEL}"
+BY_BILL = "team, namespace, deployment, model"
+
+
+def chargeback() -> Json:
+    """Who spends what: each team's month-to-date spend against its budget, and spend, tokens, refusals and cache
+    hits by team, deployment and model (gateway/budgets.py, gateway/cache.py)."""
+    board = Board(
+        "infleet-chargeback",
+        "infleet / Chargeback",
+        "Spend per team, deployment and model as the gateway metered it from the answers' usage fields, priced at "
+        "each deployment's status.costPerMillionTokens; month-to-date spend against each team's monthly budget; "
+        "requests turned away by token rate or budget; response-cache hits. `infleet report chargeback --month "
+        "YYYY-MM` exports the same figures as CSV.",
+        extra_variables=[query_variable("team", "Team", f"label_values({names.TEAM_SPEND}, team)")],
+    )
+    spent = f"max by (team) ({names.TEAM_MONTH_SPEND}{{{TEAM_SEL}}})"
+    board.add(
+        table(
+            "Teams this month (UTC)",
+            [
+                ("Spent", spent, "currencyUSD"),
+                ("Budget", f"max by (team) ({names.TEAM_BUDGET}{{{TEAM_SEL}}})", "currencyUSD"),
+                ("Share spent", f"{TEAM_BURN}{{{TEAM_SEL}}}", "percentunit"),
+            ],
+            description="Month-to-date spend the budget is checked against (the fleet's when the gateway reads "
+            "Prometheus); budget alerts fire at 50%, 80% and 100% of it.",
+            sort_by="Spent",
+        ),
+        width=24,
+    )
+    board.add(
+        timeseries(
+            "Spend per hour by team",
+            [target(f"sum by (team) (rate({names.TEAM_SPEND}{{{SPEND_SEL}}}[{RATE}])) * 3600", "{{team}}")],
+            unit="currencyUSD",
+        )
+    )
+    board.add(
+        timeseries(
+            "Tokens per minute by team",
+            [
+                target(
+                    f"sum by (team, kind) (rate({names.TEAM_TOKENS}{{{SPEND_SEL}}}[{RATE}])) * 60", "{{team}} {{kind}}"
+                )
+            ],
+            description="The rates the per-team inputTokensPerMinute and outputTokensPerMinute limits apply to.",
+        )
+    )
+    board.add(
+        table(
+            "Spend over the time range by team, deployment and model",
+            [
+                ("Spend", f"sum by ({BY_BILL}) (increase({names.TEAM_SPEND}{{{SPEND_SEL}}}[$__range]))",
+                 "currencyUSD"),
+                ("Input tokens", f'sum by ({BY_BILL}) (increase({names.TEAM_TOKENS}{{{SPEND_SEL},kind="input"}}'
+                 "[$__range]))", "short"),
+                ("Output tokens", f'sum by ({BY_BILL}) (increase({names.TEAM_TOKENS}{{{SPEND_SEL},kind="output"}}'
+                 "[$__range]))", "short"),
+            ],
+            sort_by="Spend",
+        ),
+        width=24,
+    )  # fmt: skip
+    board.add(
+        timeseries(
+            "Requests refused by team and reason",
+            [
+                target(
+                    f"sum by (team, reason) (increase({names.TEAM_REFUSED}{{{TEAM_SEL}}}[{RATE}]))",
+                    "{{team}} {{reason}}",
+                )
+            ],
+            description="429s: input_tokens or output_tokens (over a per-minute limit), monthly_budget (spent).",
+        )
+    )
+    lookups = f"sum by ({promql.by()}) (rate({names.RESPONSE_CACHE_LOOKUPS}{{{SEL}}}[{RATE}]))"
+    hits = f'sum by ({promql.by()}) (rate({names.RESPONSE_CACHE_LOOKUPS}{{{SEL},result="hit"}}[{RATE}]))'
+    board.add(
+        timeseries(
+            "Response-cache hit rate",
+            [target(f"{hits} / ({lookups} > 0)")],
+            unit="percentunit",
+            description="Hits among the deterministic requests looked up (spec.gateway.responseCache); a hit is "
+            "answered by the gateway and costs nothing.",
+        )
+    )
+    board.add(
+        timeseries(
+            "Unpriced tokens per minute",
+            [
+                target(
+                    f"sum by (team, namespace, deployment) (rate({names.TEAM_UNPRICED_TOKENS}{{{SPEND_SEL}}}[{RATE}]))"
+                    " * 60",
+                    "{{team}} " + LEGEND,
+                )
+            ],
+            description="Tokens of deployments without status.costPerMillionTokens yet (no Prometheus for the "
+            "operator, or no traffic observed): counted, not in spend.",
+        )
+    )
+    return board.json()
+
+
 def series_of(name: str) -> str:
     return f"{name}{{{SEL}}}"
 
 
 def dashboards() -> dict[str, Json]:
     """Dashboard JSON files by name."""
-    return {"fleet-overview.json": fleet_overview(), "slo.json": slo_overview()}
+    return {"fleet-overview.json": fleet_overview(), "slo.json": slo_overview(), "chargeback.json": chargeback()}
 
 
 def configmap(filename: str, dashboard: Json, namespace: str | None = None) -> Json:

@@ -193,6 +193,11 @@ def build_report(source: Source, out: Path, rate_window: str) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chargeback"]:  # `infleet report chargeback --month YYYY-MM`: the monthly CSV
+        from infleet.monitoring.chargeback import main as chargeback
+
+        return chargeback(argv[1:])
     parser = argparse.ArgumentParser(
         prog="infleet report",
         description="PNG plots of load, replicas, tier, p99 and attainment against each deployment's own SLO, "
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-window", default=None, help="rate() window (default: a 60th of --since, 1m to 1h)")
     parser.add_argument("--namespace", default=".*", help="namespace regex")
     parser.add_argument("--deployment", default=".*", help="deployment regex")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
 
     try:
         since = seconds(args.since)

@@ -16,8 +16,14 @@ from typing import Any
 
 from infleet.api import metrics as names
 from infleet.api.durations import seconds
-from infleet.monitoring.rules import RUNBOOK_URL, alert_annotations, cost_annotations, period_seconds
-from infleet.monitoring.slo import BURN_ALERTS, COST_ALERT, TICKET, BurnAlert
+from infleet.monitoring.rules import (
+    RUNBOOK_URL,
+    alert_annotations,
+    cost_annotations,
+    period_seconds,
+    team_budget_rules,
+)
+from infleet.monitoring.slo import BURN_ALERTS, COST_ALERT, TEAM_BUDGET_ALERT, TICKET, BurnAlert
 
 REQUESTS_PER_MINUTE = 1000
 NAMESPACE = "ml"
@@ -191,6 +197,38 @@ def cost_over_budget(runbook_url: str = RUNBOOK_URL) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def team_budget_burn(runbook_url: str = RUNBOOK_URL) -> dict[str, Any]:
+    """Team web spends $1 a minute against a $100 budget; two gateway replicas report the fleet's month-to-date
+    spend, one a little behind the other (it read Prometheus earlier), and the higher counts: quiet at 40%, the 50%
+    ticket at 60%, the 80% ticket (alone) at 90%, the page (alone) at 110%. Team batch spends more with no budget
+    and never alerts."""
+    series = []
+    for pod, lag in (("gateway-0", 0.0), ("gateway-1", 0.2)):
+        for team, per_minute in (("web", 1.0 - lag), ("batch", 5.0)):
+            labels = f'{names.TEAM}="{team}",pod="{pod}"'
+            series.append({"series": f"{names.TEAM_MONTH_SPEND}{{{labels}}}", "values": f"0+{per_minute:g}x120"})
+        series.append({"series": f'{names.TEAM_BUDGET}{{team="web",pod="{pod}"}}', "values": constant(100, 120, 1)})
+    rules = {r["labels"]["threshold"]: r for r in team_budget_rules(runbook_url) if "alert" in r}
+
+    def fired(threshold: str, value: str) -> list[dict[str, Any]]:
+        labels = {"team": "web", "threshold": threshold, "severity": rules[threshold]["labels"]["severity"]}
+        annotations = {
+            key: text.replace("{{ $labels.team }}", "web").replace("{{ $value | humanizePercentage }}", value)
+            for key, text in rules[threshold]["annotations"].items()
+        }
+        return [{"exp_labels": labels, "exp_annotations": annotations}]
+
+    checks = [("40m", []), ("60m", fired("50%", "60%")), ("90m", fired("80%", "90%")), ("110m", fired("100%", "110%"))]
+    return {
+        "name": "a team's budget alerts fire band by band on the fleet's spend",
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": at, "alertname": TEAM_BUDGET_ALERT, "exp_alerts": alerts} for at, alerts in checks
+        ],
+    }
+
+
 def promtool_cases(rule_files: list[str], runbook_url: str = RUNBOOK_URL) -> dict[str, dict[str, Any]]:
     """promtool test files by name. Page alerts are checked minute by minute; ticket alerts, whose windows are
     hours to days, every 5 minutes on 5-minute samples (a test at 1m over 6 days takes minutes of CPU)."""
@@ -206,5 +244,8 @@ def promtool_cases(rule_files: list[str], runbook_url: str = RUNBOOK_URL) -> dic
         "burn-tickets.yaml": {"rule_files": rule_files, "evaluation_interval": "5m", "tests": tickets},
         "burn-below-budget.yaml": {
             "rule_files": rule_files, "evaluation_interval": "10m", "tests": [never_fires(0.9)],
+        },
+        "team-budget-burn.yaml": {
+            "rule_files": rule_files, "evaluation_interval": "1m", "tests": [team_budget_burn(runbook_url)],
         },
     }  # fmt: skip

@@ -27,6 +27,9 @@ from infleet.monitoring.slo import (
     COST_ALERT,
     COST_ALERT_ANCHOR,
     COST_ALERT_FOR,
+    PAGE,
+    TEAM_BUDGET_ALERT,
+    TEAM_BUDGET_ALERT_ANCHOR,
     TICKET,
     WINDOWS,
     BurnAlert,
@@ -150,11 +153,48 @@ def alert_rules(runbook_url: str = RUNBOOK_URL) -> list[Rule]:
     return rules
 
 
+TEAM_BURN = "infleet:team_budget_burn:ratio"
+
+
+def team_budget_rules(runbook_url: str = RUNBOOK_URL) -> list[Rule]:
+    """Month-to-date spend over the monthly budget per team (the highest of the gateway replicas' figures: each is
+    the fleet's when the gateway reads Prometheus), and one alert per band between the thresholds: 50% and 80% open a
+    ticket, 100% (the team is being turned away) pages."""
+    thresholds = names.BUDGET_BURN_THRESHOLDS
+    spent = f"max by ({names.TEAM}) ({names.TEAM_MONTH_SPEND})"
+    budget = f"(max by ({names.TEAM}) ({names.TEAM_BUDGET}) > 0)"
+    rules: list[Rule] = [{"record": TEAM_BURN, "expr": f"{spent}\n/ on ({names.TEAM})\n{budget}\n"}]
+    for low, high in zip(thresholds, [*thresholds[1:], None], strict=True):
+        percent = f"{low * 100:g}%"
+        rules.append(
+            {
+                "alert": TEAM_BUDGET_ALERT,
+                "expr": f"{TEAM_BURN} >= {low:g}" + (f" < {high:g}" if high is not None else ""),
+                "labels": {"severity": PAGE if high is None else TICKET, "threshold": percent},
+                "annotations": {
+                    "summary": f"team {{{{ $labels.team }}}} has spent {percent} of its monthly budget",
+                    "description": (
+                        "Month-to-date (UTC) the gateway counted {{ $value | humanizePercentage }} of team "
+                        "{{ $labels.team }}'s monthlyBudgetDollars"
+                        + (
+                            "; its requests are now answered 429 until the month ends."
+                            if high is None
+                            else f"; at {high * 100:g}% the next alert fires, at 100% requests are refused."
+                        )
+                    ),
+                    "runbook_url": f"{runbook_url}#{TEAM_BUDGET_ALERT_ANCHOR}",
+                },
+            }
+        )
+    return rules
+
+
 def rule_files(runbook_url: str = RUNBOOK_URL) -> dict[str, RuleFile]:
     """Prometheus rule files by name; the chart wraps each in a PrometheusRule (or a ConfigMap)."""
     return {
         "slo-recording.yaml": {"groups": [{"name": "infleet-slo-recording", "rules": recording_rules()}]},
         "slo-alerts.yaml": {"groups": [{"name": "infleet-slo-alerts", "rules": alert_rules(runbook_url)}]},
+        "team-budgets.yaml": {"groups": [{"name": "infleet-team-budgets", "rules": team_budget_rules(runbook_url)}]},
     }
 
 

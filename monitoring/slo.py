@@ -39,3 +39,8 @@ BURN_ALERTS: tuple[BurnAlert, ...] = (
 )
 COST_ALERT = "InfleetCostAboveBudget"
 COST_ALERT_ANCHOR = "infleetcostabovebudget"
+
+# team budget burn (gateway/budgets.py): month-to-date spend / monthly budget crossing each threshold of
+# infleet.api.metrics.BUDGET_BURN_THRESHOLDS, one alert per band so that only the highest reached fires
+TEAM_BUDGET_ALERT = "InfleetTeamBudgetBurn"
+TEAM_BUDGET_ALERT_ANCHOR = "infleetteambudgetburn"

@@ -351,6 +351,27 @@ class Routing(ApiModel):
     )
 
 
+class ResponseCache(ApiModel):
+    """The gateway's exact-match response cache: a deterministic request (temperature 0 or a fixed seed) answered
+    again from memory, never computed twice. Entries are scoped by API key and namespace (docs/cost-controls.md)."""
+
+    enabled: bool = Field(default=False, description="Cache this deployment's deterministic non-streamed answers.")
+    ttl: Duration = Field(default="10m", description="How long an answer is served from the cache.")
+    max_entries: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Answers kept per gateway replica; the least recently used go."
+    )
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="Bytes of answers kept per gateway replica; the least recently used go.",
+    )
+
+
+class GatewaySpec(ApiModel):
+    response_cache: ResponseCache = Field(default_factory=ResponseCache)
+
+
 class InferenceDeploymentSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
@@ -374,6 +395,7 @@ class InferenceDeploymentSpec(ApiModel):
     cost: Cost = Field(default_factory=Cost)
     scaling: Scaling = Field(default_factory=Scaling)
     routing: Routing = Field(default_factory=Routing)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="What the gateway does for this deployment.")
     replicas: int = Field(
         default=1,
         ge=0,

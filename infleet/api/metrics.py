@@ -167,3 +167,27 @@ FEATURES = (
     FEATURE_N, FEATURE_LOGPROBS, FEATURE_ECHO, FEATURE_PENALTIES, FEATURE_LOGIT_BIAS, FEATURE_SEED,
     FEATURE_STREAM_USAGE,
 )  # fmt: skip
+
+# the gateway's response cache (labels namespace, deployment, result = hit | miss); only deterministic requests to a
+# deployment whose spec.gateway.responseCache is on are looked up
+RESPONSE_CACHE_LOOKUPS = "infleet_gateway_response_cache_lookups_total"
+
+# per-team metering at the gateway (docs/cost-controls.md): label `team` ("" for traffic no team claims), `model` the
+# served name; tokens also carry kind = input | output
+TEAM = "team"
+MODEL = "model"
+TEAM_TOKENS = "infleet_gateway_team_tokens_total"
+TEAM_SPEND = "infleet_gateway_team_spend_dollars_total"
+TEAM_UNPRICED_TOKENS = "infleet_gateway_team_unpriced_tokens_total"
+TEAM_MONTH_SPEND = "infleet_gateway_team_month_spend_dollars"  # gauge: month-to-date (UTC), per gateway replica
+TEAM_BUDGET = "infleet_gateway_team_monthly_budget_dollars"  # gauge: the teams file's monthlyBudgetDollars
+TEAM_REFUSED = "infleet_gateway_team_refused_requests_total"  # label reason
+BUDGET_BURN_THRESHOLDS = (0.5, 0.8, 1.0)  # month-to-date spend / budget that alerts
+
+
+def gained_since(series: str, start: float, window_seconds: int, by_labels: str) -> str:
+    """What a counter gained from `start` to the evaluation time (`window_seconds` later), per replica series then
+    summed by `by_labels`: its last value minus its value at `start` (nothing to subtract for a series born later).
+    Exact while no counter restarts in place; the gateway's month-to-date spend and the monthly bill both use it."""
+    last = f"last_over_time({series}[{window_seconds}s])"
+    return f"sum by ({by_labels}) (({last} - {series} @ {start:.3f}) or {last})"

@@ -26,6 +26,16 @@ MATRIX: dict[str, dict[str, Any]] = {
     "replica-device": {"operator": {"replicaDevice": "cpu"}},
     "custom-prices": {"gpuPrices": {"NVIDIA-L4": 0.55, "NVIDIA-B200-180GB": 9.5}},
     "uninstall-deletes": {"uninstall": {"deleteDeployments": True, "timeoutSeconds": 120}},
+    "teams": {
+        "gateway": {
+            "teams": {
+                "research": {"apiKeys": ["sk-r"], "namespaces": ["research"], "outputTokensPerMinute": 500},
+                "web": {"monthlyBudgetDollars": 20.5},
+            }
+        },
+        "operator": {"prometheusUrl": "http://prometheus.monitoring:9090"},
+    },
+    "teams-secret": {"gateway": {"teamsSecret": "my-teams"}},
     "watch-namespaces": {
         "operator": {"watchNamespaces": ["team-a", "team-b"], "leaderElection": True},
         "gateway": {"watchNamespaces": ["team-a"], "apiKeys": {"fromSecrets": True}},
@@ -113,7 +123,7 @@ def test_defaults() -> None:
     # without the Prometheus Operator's API: no PodMonitor or PrometheusRule, but the dashboards
     assert not of_kind(docs, "PodMonitor") and not of_kind(docs, "PrometheusRule")
     dashboards = [d for d in of_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
-    assert sorted(next(iter(d["data"])) for d in dashboards) == ["fleet-overview.json", "slo.json"]
+    assert sorted(next(iter(d["data"])) for d in dashboards) == ["chargeback.json", "fleet-overview.json", "slo.json"]
     for d in dashboards:
         assert d["metadata"]["labels"]["grafana_dashboard"] == "1"
         name, body = next(iter(d["data"].items()))
@@ -225,7 +235,11 @@ def test_monitoring_on() -> None:
     for d in of_kind(docs, "Deployment"):
         assert "prometheus.io/scrape" not in (d["spec"]["template"]["metadata"].get("annotations") or {})
     rules = {d["metadata"]["name"]: d for d in of_kind(docs, "PrometheusRule")}
-    assert sorted(rules) == [f"{RELEASE}-infleet-slo-alerts", f"{RELEASE}-infleet-slo-recording"]
+    assert sorted(rules) == [
+        f"{RELEASE}-infleet-slo-alerts",
+        f"{RELEASE}-infleet-slo-recording",
+        f"{RELEASE}-infleet-team-budgets",
+    ]
     for name, doc in rules.items():
         source = yaml.safe_load((CHART / "rules" / (name.split("infleet-", 1)[1] + ".yaml")).read_text())
         assert doc["spec"] == source  # included raw: Prometheus' {{ $labels }} templates survive helm
@@ -235,7 +249,7 @@ def test_monitoring_on() -> None:
 
 def test_monitoring_auto_follows_the_cluster_api() -> None:
     docs = render(None, "--api-versions", "monitoring.coreos.com/v1")
-    assert len(of_kind(docs, "PodMonitor")) == 3 and len(of_kind(docs, "PrometheusRule")) == 2
+    assert len(of_kind(docs, "PodMonitor")) == 3 and len(of_kind(docs, "PrometheusRule")) == 3
 
 
 def test_monitoring_off() -> None:
@@ -312,6 +326,11 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "store endpoint without a scheme": ({"models": {"s3Endpoint": "minio:9000"}}, "at '/models/s3Endpoint'"),
     "bad cache claim name": ({"models": {"cache": {"claimName": "Models_Cache"}}}, "at '/models/cache/claimName'"),
     "bad cache size": ({"models": {"cache": {"size": "lots"}}}, "at '/models/cache/size'"),
+    "bad team limit": (
+        {"gateway": {"teams": {"web": {"outputTokensPerMinute": 0}}}},
+        "at '/gateway/teams/web/outputTokensPerMinute'",
+    ),
+    "typo in a team": ({"gateway": {"teams": {"web": {"budget": 5}}}}, "additional properties 'budget' not allowed"),
 }
 
 
@@ -417,3 +436,27 @@ def test_alert_severities_default_to_what_alertmanager_routes_and_can_be_renamed
     monitoring = merged({"monitoring": {"alertSeverities": {"page": "page", "ticket": "ticket"}}})["monitoring"]
     renamed = severities({"monitoring": monitoring})
     assert renamed == {name: {"critical": "page", "warning": "ticket"}[s] for name, s in default.items()}
+
+
+def test_teams_reach_the_gateway_as_a_mounted_secret_it_can_parse() -> None:
+    import base64
+
+    from infleet.gateway.teams import Teams
+
+    docs = rendered("teams")
+    secret = named(docs, "Secret", "-gateway-teams")
+    teams = Teams.parse(yaml.safe_load(base64.b64decode(secret["data"]["teams.yaml"])))
+    assert sorted(teams.teams) == ["research", "web"]
+    assert teams.teams["research"].output_tokens_per_minute == 500 and teams.teams["web"].monthly_budget_dollars == 20.5
+    pod = pod_spec(named(docs, "Deployment", "-gateway"))
+    assert "--teams-file=/etc/infleet/teams/teams.yaml" in pod["containers"][0]["args"]
+    assert "--prometheus-url=http://prometheus.monitoring:9090" in pod["containers"][0]["args"]  # the fleet's spend
+    volume = next(v for v in pod["volumes"] if v["name"] == "teams")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    # an existing Secret instead: mounted, none rendered; no teams: nothing at all
+    docs = rendered("teams-secret")
+    assert not [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-gateway-teams")]
+    pod = pod_spec(named(docs, "Deployment", "-gateway"))
+    assert next(v for v in pod["volumes"] if v["name"] == "teams")["secret"]["secretName"] == "my-teams"
+    pod = pod_spec(named(rendered("defaults"), "Deployment", "-gateway"))
+    assert not any("--teams-file" in a for a in pod["containers"][0]["args"])

@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
 
 import httpx
 import pytest
@@ -18,8 +20,10 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from infleet.api import metrics as names
+from infleet.gateway.budgets import Budgets, Refused, Usage
 from infleet.gateway.metrics import GatewayMetrics
 from infleet.gateway.slo import Thresholds, verdicts
+from infleet.gateway.teams import Teams
 from infleet.monitoring.render import REPO
 from infleet.monitoring.scrape import prometheus_config, static_job
 from infleet.runtime.metrics import RuntimeMetrics
@@ -159,6 +163,20 @@ class LivePrometheus:
         return result
 
 
+# teams the gateway meters: three with $1 budgets spent to 60%, 90% and 120% before traffic starts (one in each
+# alert band), and web, unlimited, charged with every tick of traffic
+TEAMS = Teams.parse(
+    {"teams": {"half": {"monthlyBudgetDollars": 1}, "most": {"monthlyBudgetDollars": 1},
+               "over": {"monthlyBudgetDollars": 1}, "web": {}}}
+)  # fmt: skip
+
+
+def _spend_budgets(budgets: Budgets) -> None:
+    for team, tokens in (("half", 6), ("most", 9), ("over", 12)):  # $0.05 a token, on each deployment
+        for ns, dep, _, _ in (INFLEET_DEPLOYMENT, VLLM_DEPLOYMENT):
+            budgets.charge(TEAMS.teams[team], ns, dep, dep, 5e4, Usage(tokens, 0))
+
+
 def _traffic(
     stop: threading.Event,
     switch_tier: threading.Event,
@@ -166,6 +184,7 @@ def _traffic(
     vllm: VllmMetrics,
     operator: OperatorGauges,
     gateway: GatewayMetrics,
+    budgets: Budgets,
 ) -> None:
     """Half the requests fast, half slow; each deployment's gateway counts judge them against its own SLO (SLOS);
     replicas and the tier change along the way, so the annotations have events to show."""
@@ -179,6 +198,13 @@ def _traffic(
             operator.objectives(ns, dep)
             for sli, good in verdicts(SLOS[dep][0], ttft, itl, e2e).items():
                 gateway.slo_requests.labels(ns, dep, sli, "good" if good else "bad").inc()
+            budgets.charge(TEAMS.teams["web"], ns, dep, dep, 2.0, Usage(100, 20))
+            budgets.charge(TEAMS.teams["web"], ns, dep, dep, None, Usage(10, 2))  # before the operator priced it
+            gateway.response_cache.labels(ns, dep, "hit" if slow else "miss").inc()
+        try:
+            budgets.admit(TEAMS.teams["over"])
+        except Refused:
+            pass
         runtime.request_finished(
             prompt_tokens=100, generation_tokens=20, queue_time=0.01, ttft=ttft, itls=[itl] * 19, e2e=e2e,
             finish_reason="stop",
@@ -195,6 +221,24 @@ def _traffic(
         stop.wait(0.2)
 
 
+def launch_prometheus(
+    prometheus_bin: str, jobs: list[dict[str, Any]], tmp: Path
+) -> tuple[dict[str, Any], subprocess.Popen[bytes], int, TextIO]:
+    """Prometheus with 1 s scrapes and rule evaluation over `jobs` and the chart's rule files, its data and log in
+    `tmp`: (config, process, port, open log)."""
+    rules = [str(p) for p in sorted((REPO / "charts/infleet/rules").glob("*.yaml"))]
+    config = prometheus_config(jobs, rules, interval="1s")
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log = (tmp / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return config, proc, port, log
+
+
 @pytest.fixture(scope="session")
 def live_prometheus(prometheus_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometheus]:
     """Prometheus (1 s scrapes and rule evaluation, the chart's rule files) over three exporters: the runtime's own
@@ -205,6 +249,8 @@ def live_prometheus(prometheus_bin: str, tmp_path_factory: pytest.TempPathFactor
     vllm = VllmMetrics("coder-model")
     operator = OperatorGauges()
     gateway = GatewayMetrics()
+    budgets = Budgets(gateway.registry, TEAMS)
+    _spend_budgets(budgets)
     servers, jobs = [], []
     for job, registry, labels in (
         ("runtime-chat", runtime.registry, {"namespace": ns_a, "deployment": dep_a, "tier": tier_a, "pod": "chat-0"}),
@@ -218,20 +264,13 @@ def live_prometheus(prometheus_bin: str, tmp_path_factory: pytest.TempPathFactor
         servers.append(server)
         jobs.append(static_job(job, [f"127.0.0.1:{port}"], labels, scrape_interval="1s"))
 
-    rules = [str(p) for p in sorted((REPO / "charts/infleet/rules").glob("*.yaml"))]
-    config = prometheus_config(jobs, rules, interval="1s")
     tmp = tmp_path_factory.mktemp("prometheus")
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    config, proc, port, log = launch_prometheus(prometheus_bin, jobs, tmp)
     stop, switch_tier = threading.Event(), threading.Event()
     started = time.time()
-    thread = threading.Thread(target=_traffic, args=(stop, switch_tier, runtime, vllm, operator, gateway), daemon=True)
+    thread = threading.Thread(
+        target=_traffic, args=(stop, switch_tier, runtime, vllm, operator, gateway, budgets), daemon=True
+    )
     thread.start()
     live = LivePrometheus(f"http://127.0.0.1:{port}", started, config)
     try:

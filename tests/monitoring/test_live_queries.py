@@ -26,7 +26,7 @@ def test_the_walk_finds_every_panel_and_rule() -> None:
     annotations = sum(len(board["annotations"]["list"]) - 1 for board in boards)  # minus Grafana's built-in
     variables = sum(1 for board in boards for v in board["templating"]["list"] if v["type"] == "query")
     rules = sum(len(g["rules"]) for f in rule_files().values() for g in f["groups"])
-    assert rules == 31 and panel_targets > 20 and annotations == 4 and variables == 4
+    assert rules == 35 and panel_targets > 20 and annotations == 4 and variables == 7
     assert len(EXPRESSIONS) == panel_targets + annotations + variables + rules
 
 
@@ -36,7 +36,9 @@ def test_expression_returns_data_for_both_engines(live_prometheus: LivePrometheu
     result = live_prometheus.query_range(substitute(expr), live_prometheus.started, time.time())
     assert result, f"{where}: no data for\n{expr}"
     labelled = [item["metric"] for item in result if "deployment" in item["metric"]]  # type: ignore[operator]
-    if labelled and not where.startswith("slo-alerts.yaml/"):  # an alert is quiet where its own objective is met
+    if labelled and not where.startswith(
+        ("slo-alerts.yaml/", "team-budgets.yaml/")
+    ):  # an alert is quiet where its own objective is met
         seen = {metric["deployment"] for metric in labelled}  # type: ignore[index]
         assert seen >= DEPLOYMENTS, f"{where}: only {seen} answered\n{expr}"
 
@@ -56,12 +58,20 @@ def test_slis_are_exact_shares_against_each_deployments_own_thresholds(live_prom
 @pytest.mark.slow
 def test_each_deployment_alerts_on_its_own_objective(live_prometheus: LivePrometheus) -> None:
     """chat (99%) burns at 50x: all four alerts; coder (90%) at 5x on TTFT: the two tickets, no page."""
-    got = live_prometheus.query('ALERTS{alertstate="firing"}')
+    got = live_prometheus.query('ALERTS{alertstate="firing",alertname=~"InfleetSLO.*"}')
     firing = {(r["metric"]["alertname"], r["metric"]["deployment"]) for r in got}  # type: ignore[index]
     every = {"InfleetSLOBudgetBurnFast", "InfleetSLOBudgetBurnHigh", "InfleetSLOBudgetBurnSteady",
              "InfleetSLOBudgetBurnSlow"}  # fmt: skip
     assert {(alert, "chat") for alert in every} <= firing
     assert {a for a, d in firing if d == "coder"} == {"InfleetSLOBudgetBurnSteady", "InfleetSLOBudgetBurnSlow"}
+
+
+@pytest.mark.slow
+def test_each_team_alerts_in_its_own_budget_band_only(live_prometheus: LivePrometheus) -> None:
+    """half (60% spent), most (90%) and over (120%) each fire their band's alert and no other; web has no budget."""
+    got = live_prometheus.query('ALERTS{alertstate="firing",alertname="InfleetTeamBudgetBurn"}')
+    firing = {(r["metric"]["team"], r["metric"]["threshold"], r["metric"]["severity"]) for r in got}  # type: ignore[index]
+    assert firing == {("half", "50%", "warning"), ("most", "80%", "warning"), ("over", "100%", "critical")}
 
 
 @pytest.mark.slow

@@ -32,7 +32,9 @@ def test_check_reports_a_hand_edit(tmp_path: Path, capsys) -> None:
 def test_dashboards_filter_every_query_by_namespace_and_deployment() -> None:
     boards = dashboards()
     assert len({b["uid"] for b in boards.values()}) == len(boards)
-    for board in boards.values():
+    for name, board in boards.items():
+        if name == "chargeback.json":
+            continue  # per team, filtered by team first (its own test)
         variables = {v["name"]: v for v in board["templating"]["list"]}
         assert {"datasource", "namespace", "deployment"} <= set(variables)
         assert variables["deployment"]["includeAll"] and variables["deployment"]["multi"]
@@ -183,3 +185,16 @@ def test_file_sd_config_passes_promtool(promtool: str, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(prometheus_config([file_sd_job([str(targets)])], rule_files=[])))
     proc = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_chargeback_filters_every_query_by_team_or_deployment() -> None:
+    board = dashboards()["chargeback.json"]
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "team", "namespace", "deployment"]
+    titles = [p["title"] for p in board["panels"]]
+    for needed in ("this month", "Spend per hour", "Tokens per minute", "by team, deployment and model", "refused"):
+        assert any(needed in t for t in titles), needed
+    for expr in [t["expr"] for p in board["panels"] for t in p["targets"]]:
+        for selector in re.findall(r"\{([^}]*)\}", expr):
+            if selector.startswith(("{", "team}", "kind}", "reason}", "namespace}", "deployment}")):
+                continue  # legend templates
+            assert 'team=~"$team"' in selector or 'deployment=~"$deployment"' in selector, expr

@@ -25,9 +25,9 @@ def run(cmd: list[str], cwd: Path | None = None) -> str:
 
 
 def test_chart_rule_files_pass_promtool_check(promtool: str) -> None:
-    assert [p.name for p in CHART_RULES] == ["slo-alerts.yaml", "slo-recording.yaml"]
+    assert [p.name for p in CHART_RULES] == ["slo-alerts.yaml", "slo-recording.yaml", "team-budgets.yaml"]
     out = run([promtool, "check", "rules", *map(str, CHART_RULES)])
-    assert out.count("SUCCESS") == 2
+    assert out.count("SUCCESS") == 3
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +44,15 @@ def rule_test_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case_file", ["burn-pages.yaml", "burn-tickets.yaml", "burn-below-budget.yaml"])
+@pytest.mark.parametrize(
+    "case_file", ["burn-pages.yaml", "burn-tickets.yaml", "burn-below-budget.yaml", "team-budget-burn.yaml"]
+)
 def test_promtool_unit_tests(promtool: str, rule_test_dir: Path, case_file: str) -> None:
     """burn-pages: 14.4x fires the fast page within its hour (two objectives, two SLIs), 6x the slow page within
     6h, two deployments with different objectives under the same traffic alert each on its own objective with
     hand-computed budget left, and the cost alert fires on a deployment's own limit; burn-tickets: 3x and 1x within
-    1d and 3d; burn-below-budget: 0.9x fires nothing in 3 days."""
+    1d and 3d; burn-below-budget: 0.9x fires nothing in 3 days; team-budget-burn: a team's 50/80/100% budget
+    alerts fire band by band."""
     out = run([promtool, "test", "rules", case_file], cwd=rule_test_dir)
     assert "SUCCESS" in out
 
