@@ -15,11 +15,10 @@ from typing import Any, cast
 import kopf
 
 from infleet.api import models
-from infleet.operator import api, resources, status
+from infleet.operator import api, resources, status, status_writer
 from infleet.operator.kube import KubeError
 from infleet.operator.state import OperatorState
 
-MODEL_STATUS_MANAGER = "infleet-model"
 FETCH_FAILED = "FetchFailed"  # the fetcher died without a reason of its own (killed, out of memory)
 PodFetch = dict[str, Any]  # one pod's model-fetch init container status
 
@@ -125,6 +124,8 @@ async def write_condition(
     fetches: list[PodFetch],
     progress: tuple[int, int | None] | None = None,
 ) -> None:
+    """ModelReady into status through the one status writer: a failure at once (with a warning Event), progress
+    when the download's bytes are reported (`progress`), the rest with the next write (status_writer)."""
     meta = owner["metadata"]
     if meta.get("deletionTimestamp"):
         return
@@ -133,19 +134,12 @@ async def write_condition(
     except ValueError:
         return  # the reconcile reports an invalid spec
     new = condition(spec, fetches, meta.get("generation"), progress)
-    old = status.find(list((owner.get("status") or {}).get("conditions") or []), status.MODEL_READY)
-    if old and (old["status"], old["reason"], old["message"]) == (new["status"], new["reason"], new["message"]):
-        return
-    if memo.model_written.get((meta["namespace"], meta["name"])) == (new["status"], new["reason"], new["message"]):
-        return  # the index's owner lags our own write
-    merged = status.merge_conditions([old] if old else [], [new])
+    old = status_writer.part_of(memo, owner, "model").get("conditions") or [{}]
     try:
-        patch = api.InferenceDeploymentStatus.patch({"conditions": merged})
-        await memo.client().apply_status(meta["namespace"], meta["name"], patch, MODEL_STATUS_MANAGER)
+        written = await status_writer.submit_or_retry(memo, owner, {"model": {"conditions": [new]}}, now=bool(progress))
     except KubeError:
-        return  # the next pod event writes it
-    memo.model_written[(meta["namespace"], meta["name"])] = (new["status"], new["reason"], new["message"])
-    if new["status"] == "False" and new["reason"] != "Fetching" and (old or {}).get("reason") != new["reason"]:
+        return  # refused: the next pod event tries again
+    if written and new["status"] == "False" and new["reason"] != "Fetching" and old[0].get("reason") != new["reason"]:
         kopf.warn(cast(kopf.Body, owner), reason=f"Model{new['reason']}", message=new["message"])
 
 
