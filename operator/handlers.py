@@ -223,7 +223,7 @@ async def refresh_workload_status(memo: OperatorState, body: Mapping[str, Any], 
             return
         old = body.get("status") or {}
         part = reconcile.workload_status(spec, owner, meta.get("generation"), old, want, workloads)
-        await status_writer.submit_or_retry(memo, body, {"replicas": part})
+        await status_writer.submit_or_retry(memo, body, replica_parts(spec, meta.get("generation"), part))
     except KubeError as err:
         logging.getLogger(__name__).warning(f"refreshing replica status of {ns}/{name} failed: {err}")
 
@@ -287,16 +287,28 @@ def _is_degraded(st: Mapping[str, Any]) -> bool:
     return status.is_true(list(st.get("conditions") or []), status.DEGRADED)
 
 
+def replica_parts(
+    spec: api.InferenceDeploymentSpec, generation: int | None, part: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The replica part, and ModelReady with it once every replica is ready on the latest spec (the pods' own
+    events, on another watch, may say so a moment later: the Ready write then carries both)."""
+    conditions = {c["type"]: c for c in part.get("conditions") or []}
+    done = conditions.get(status.PROGRESSING, {}).get("reason") == "RolloutComplete"
+    if done and spec.replicas > 0 and (part.get("readyReplicas") or 0) > 0:
+        return {"replicas": part, "model": {"conditions": [model_status.served(spec, generation)]}}
+    return {"replicas": part}
+
+
 async def _write_status(memo: OperatorState, body: Mapping[str, Any], outcome: reconcile.Outcome) -> None:
     """One status write per reconcile with everything known: what it judged, the replicas as applied, and on a new
     deployment the model and observation parts as they stand (so neither needs a write of its own); none when it
     would change nothing (a resync of an unchanged fleet)."""
-    parts: dict[str, dict[str, Any]] = {"judged": outcome.status}
-    if all(status_writer.fresh(memo, body, w) for w in outcome.workloads):
-        parts["replicas"] = outcome.replicas
     spec = api.InferenceDeploymentSpec.model_validate(body["spec"])
     generation = body["metadata"].get("generation")
-    if not status_writer.known(memo, body, "model"):
+    parts: dict[str, dict[str, Any]] = {"judged": outcome.status}
+    if all(status_writer.fresh(memo, body, w) for w in outcome.workloads):
+        parts.update(replica_parts(spec, generation, outcome.replicas))
+    if "model" not in parts and not status_writer.known(memo, body, "model"):
         parts["model"] = {"conditions": [model_status.condition(spec, [], generation)]}
     if not status_writer.known(memo, body, "observed"):
         snap = observation.current_snapshot(memo)
@@ -388,7 +400,7 @@ async def _on_workload_event(
     generation = owner["metadata"].get("generation")
     old = owner.get("status") or {}
     part = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)
-    await status_writer.submit_or_retry(memo, owner, {"replicas": part})
+    await status_writer.submit_or_retry(memo, owner, replica_parts(spec, generation, part))
 
 
 def _new_groups_ready(want: Any, group_sets: GroupSets, ns: str, owner: str) -> bool:

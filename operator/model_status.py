@@ -40,8 +40,7 @@ def condition(
     fetches = list(fetches)
     done = [f for f in fetches if _terminated(f.get("state"), success=True)]
     if done:
-        message = f"{uri} is in the model cache ({len(done)} of {len(fetches)} pods)"
-        return status.condition(status.MODEL_READY, True, "Fetched", message, generation)
+        return status.condition(status.MODEL_READY, True, "Fetched", f"{uri} is in the model cache", generation)
     failures = [t for f in fetches for t in (_terminated(f.get("state")), _terminated(f.get("lastState"))) if t]
     if failures:
         latest = max(failures, key=lambda t: str(t.get("finishedAt") or ""))
@@ -57,6 +56,12 @@ def condition(
             message += f": {progress_text(*progress)}"
         return status.condition(status.MODEL_READY, False, "Fetching", message, generation)
     return status.condition(status.MODEL_READY, None, "Pending", f"no pod has started fetching {uri} yet", generation)
+
+
+def served(spec: api.InferenceDeploymentSpec, generation: int | None) -> dict[str, Any]:
+    """ModelReady once a replica on the latest spec is ready: its pod's model-fetch init container succeeded (a
+    container starts only after every init container did), whichever watch event says so first."""
+    return condition(spec, [{"state": {"terminated": {"exitCode": 0}}}], generation)
 
 
 def progress_text(done: int, total: int | None) -> str:

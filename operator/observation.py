@@ -33,7 +33,6 @@ from infleet.operator.state import OperatorState
 
 INTERVAL = 15.0
 WINDOW = "1m"
-STATUS_MANAGER = "infleet-observer"
 BY = f"{names.NAMESPACE}, {names.DEPLOYMENT}"
 LABEL = "quantity"
 SLI_LABELS = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "end-to-end"}

@@ -8,7 +8,8 @@ from the latest part of each (a part not heard of since this process started is 
 sends it as one server-side apply under one field manager. Every write carries every part: server-side apply
 removes the fields a manager stops sending.
 
-When: the reconcile's and the observation loop's writes go at once. An event's change goes at once when a
+When: the reconcile's and the observation loop's writes go at once. An event's change waits while the reconcile of
+the deployment's generation has not written yet (its write carries it); after that it goes at once when a
 condition changes status or reason (Ready flips, a fetch fails, Progressing moves to RollingOut), except ModelReady
 turning True, which is good news; replica counts and messages alone wait up to `SETTLE` seconds, and whatever waits
 rides along with the next write that goes at once (a deployment that becomes Ready within `SETTLE` of its reconcile
@@ -161,7 +162,9 @@ async def submit(
         if not changed(current, new):
             metrics.STATUS_WRITES_SKIPPED.inc()
             return False
-        if not (now or urgent(current, new)):
+        # a reconcile of this generation has yet to write: it carries what events say meanwhile
+        reconciling = (current.get("observedGeneration") or 0) < (meta.get("generation") or 0)
+        if not now and (reconciling or not urgent(current, new)):
             if e.flush is None or e.flush.done():
                 e.flush = asyncio.create_task(_flush_later(memo, meta["namespace"], meta["name"], e, SETTLE))
             return False

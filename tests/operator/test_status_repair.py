@@ -43,7 +43,8 @@ class FlakyKube:
 
 def owner() -> dict[str, Any]:
     spec = good_spec(accelerator={"type": "NVIDIA-A100-SXM4-80GB"})
-    return {"metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1}, "spec": spec, "status": {}}
+    meta = {"name": NAME, "namespace": NS, "uid": UID, "generation": 1}
+    return {"metadata": meta, "spec": spec, "status": {"observedGeneration": 1}}  # reconciled
 
 
 def ready_deployment() -> dict[str, Any]:
