@@ -47,7 +47,7 @@ from kubernetes.client.exceptions import ApiException
 
 from infleet.cluster import build
 from infleet.cluster.testing import wait_for
-from infleet.operator import api, resources
+from infleet.operator import api, resources, status_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTS = ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB")
@@ -391,7 +391,7 @@ def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Pa
         before, server_before = operator_metrics(op.metrics_port), apiserver_metrics(env)
         cpu_before = cpu_seconds(op.proc.pid)
         result = run.wait(watcher, [idep(f"d{i:04d}", i) for i in range(count)], timeout, op.sample)
-        time.sleep(5)  # trailing status writes from workload events
+        time.sleep(status_writer.SETTLE + 5)  # trailing status writes: what waited for a write goes by then
         after, server_after = operator_metrics(op.metrics_port), apiserver_metrics(env)
         op.sample()
         memory = memory_kib(op.proc.pid)
@@ -443,7 +443,8 @@ def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Pa
 
 def writes_per_deployment(by_kind: Mapping[str, int], kopf_writes: int, count: int) -> dict[str, float]:
     """API writes per deployment created: to the InferenceDeployment (the operator's status writes and kopf's own
-    patches) and the owned objects applied (a Deployment, a Service and a PodDisruptionBudget each)."""
+    patches; the goal counts these) and the owned objects applied (a Deployment, a Service and a
+    PodDisruptionBudget each), reported apart."""
     writes = {k: v for k, v in by_kind.items() if not k.startswith("GET")}
     status = sum(v for k, v in writes.items() if k.endswith(api.KIND))
     objects = sum(writes.values()) - status
@@ -507,7 +508,7 @@ def run_resync(env: Mapping[str, str], namespace: str, count: int, log_dir: Path
             what=f"{count} deployments resumed",
         )
         resumed = time.monotonic() - started
-        time.sleep(10)  # trailing: replica refreshes after each resume, workload events
+        time.sleep(status_writer.SETTLE + 5)  # trailing: replica refreshes after each resume, workload events
         mine = operator_metrics(op.metrics_port)
     finally:
         op.stop()
