@@ -8,13 +8,14 @@ from the latest part of each (a part not heard of since this process started is 
 sends it as one server-side apply under one field manager. Every write carries every part: server-side apply
 removes the fields a manager stops sending.
 
-When: the reconcile's and the observation loop's writes go at once. An event's change waits while the reconcile of
-the deployment's generation has not written yet (its write carries it); after that it goes at once when a
-condition changes status or reason (Ready flips, a fetch fails, Progressing moves to RollingOut), except ModelReady
-turning True, which is good news; replica counts and messages alone wait up to `SETTLE` seconds, and whatever waits
-rides along with the next write that goes at once (a deployment that becomes Ready within `SETTLE` of its reconcile
-shows its intermediate counts only in the Ready write). A write that cannot reach the API server is retried, with
-backoff, until it gets through (kopf does not retry event handlers, and a settled workload sends no more events).
+When: nothing but the reconcile writes before the reconcile of the deployment's generation has written (its write
+carries the rest). Then the reconcile's and the observation loop's writes go at once, and an event's change goes at
+once when a condition changes status or reason (Ready flips, a fetch fails, Progressing moves to RollingOut),
+except ModelReady turning True, which is good news; replica counts and messages alone wait up to `SETTLE` seconds,
+and whatever waits rides along with the next write that goes at once (a deployment that becomes Ready within
+`SETTLE` of its reconcile shows its intermediate counts only in the Ready write). A write that cannot reach the API
+server is retried, with backoff, until it gets through (kopf does not retry event handlers, and a settled workload
+sends no more events).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Entry:
     base: dict[str, Any]  # status as this process first saw it (parts not heard of come from here)
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)
     written: dict[str, Any] | None = None
+    generation: int = 0  # the newest metadata.generation handed in with a part
     workload_versions: dict[str, int] = field(default_factory=dict)  # workload name -> newest resourceVersion seen
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flush: asyncio.Task[None] | None = None
@@ -157,14 +159,16 @@ async def submit(
     meta = body["metadata"]
     async with e.lock:
         e.parts.update({part: dict(fields) for part, fields in given.items()})
+        e.generation = max(e.generation, meta.get("generation") or 0)
         current = e.written if e.written is not None else e.base
         new = compose(current, e.parts)
         if not changed(current, new):
             metrics.STATUS_WRITES_SKIPPED.inc()
             return False
-        # a reconcile of this generation has yet to write: it carries what events say meanwhile
-        reconciling = (current.get("observedGeneration") or 0) < (meta.get("generation") or 0)
-        if not now and (reconciling or not urgent(current, new)):
+        # the reconcile of this generation has yet to write: its write carries what others say meanwhile (and kopf,
+        # which reads observedGeneration, sees no object changed under it unhandled)
+        waiting = _reconciling(e, current) and "judged" not in given
+        if waiting or not (now or urgent(current, new)):
             if e.flush is None or e.flush.done():
                 e.flush = asyncio.create_task(_flush_later(memo, meta["namespace"], meta["name"], e, SETTLE))
             return False
@@ -182,6 +186,10 @@ async def _write(memo: OperatorState, ns: str, name: str, e: Entry, new: dict[st
         e.flush = None
 
 
+def _reconciling(e: Entry, current: Mapping[str, Any]) -> bool:
+    return int(current.get("observedGeneration") or 0) < e.generation
+
+
 async def _flush_later(memo: OperatorState, ns: str, name: str, e: Entry, delay: float) -> None:
     attempt = 0
     while True:
@@ -193,6 +201,9 @@ async def _flush_later(memo: OperatorState, ns: str, name: str, e: Entry, delay:
             new = compose(current, e.parts)
             if not changed(current, new):
                 return
+            if _reconciling(e, current):
+                delay = SETTLE  # still waiting for the reconcile's write, which will carry this
+                continue
             try:
                 await _write(memo, ns, name, e, new)
                 return

@@ -105,6 +105,8 @@ def test_an_event_before_the_reconciles_write_waits_for_it() -> None:
         assert not await status_writer.submit(
             memo, owner, {"replicas": replica_part(owner, deployment(0, 0, 2))}, False
         )
+        observed = {"observed": {"window": "1m"}, "conditions": []}
+        assert not await status_writer.submit(memo, owner, {"observed": observed}, now=True), "the loop waits too"
         await status_writer.submit(memo, owner, {"judged": judged(owner), "model": model()}, now=True)
         return kube
 
@@ -130,7 +132,8 @@ def test_what_waits_is_written_after_settle(monkeypatch: pytest.MonkeyPatch) -> 
     async def scenario() -> Recorder:
         kube, memo, owner = Recorder(), OperatorState(), body()
         memo.kube = kube  # type: ignore[assignment]
-        await status_writer.submit(memo, owner, {"replicas": replica_part(owner, deployment(0, 0, 1))}, now=True)
+        parts = {"judged": judged(owner), "replicas": replica_part(owner, deployment(0, 0, 1))}
+        await status_writer.submit(memo, owner, parts, now=True)
         await status_writer.submit(memo, owner, {"replicas": replica_part(owner, deployment(1, 0, 2))}, now=False)
         flush = memo.status_entries[(NS, NAME)].flush
         assert flush is not None and len(kube.written) == 1
