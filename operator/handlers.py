@@ -292,11 +292,8 @@ def replica_parts(
 ) -> dict[str, dict[str, Any]]:
     """The replica part, and ModelReady with it once every replica is ready on the latest spec (the pods' own
     events, on another watch, may say so a moment later: the Ready write then carries both)."""
-    conditions = {c["type"]: c for c in part.get("conditions") or []}
-    done = conditions.get(status.PROGRESSING, {}).get("reason") == "RolloutComplete"
-    if done and spec.replicas > 0 and (part.get("readyReplicas") or 0) > 0:
-        return {"replicas": part, "model": {"conditions": [model_status.served(spec, generation)]}}
-    return {"replicas": part}
+    model = model_status.served(spec, generation, part)
+    return {"replicas": part, "model": {"conditions": [model]}} if model else {"replicas": part}
 
 
 async def _write_status(memo: OperatorState, body: Mapping[str, Any], outcome: reconcile.Outcome) -> None:

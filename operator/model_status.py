@@ -58,9 +58,16 @@ def condition(
     return status.condition(status.MODEL_READY, None, "Pending", f"no pod has started fetching {uri} yet", generation)
 
 
-def served(spec: api.InferenceDeploymentSpec, generation: int | None) -> dict[str, Any]:
-    """ModelReady once a replica on the latest spec is ready: its pod's model-fetch init container succeeded (a
-    container starts only after every init container did), whichever watch event says so first."""
+def served(
+    spec: api.InferenceDeploymentSpec, generation: int | None, replicas: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """ModelReady when every replica is ready on the latest spec (the replica part of status says so): each pod's
+    model-fetch init container succeeded (a container starts only after every init container did). The pods' own
+    events come on another watch, earlier or later: an older one must not take it back."""
+    conditions = {c.get("type"): c for c in replicas.get("conditions") or []}
+    done = conditions.get(status.PROGRESSING, {}).get("reason") == "RolloutComplete"
+    if not (done and spec.replicas > 0 and (replicas.get("readyReplicas") or 0) > 0):
+        return None
     return condition(spec, [{"state": {"terminated": {"exitCode": 0}}}], generation)
 
 
@@ -138,7 +145,8 @@ async def write_condition(
         spec = api.InferenceDeploymentSpec.model_validate(owner["spec"])
     except ValueError:
         return  # the reconcile reports an invalid spec
-    new = condition(spec, fetches, meta.get("generation"), progress)
+    new = served(spec, meta.get("generation"), status_writer.part_of(memo, owner, "replicas"))
+    new = new or condition(spec, fetches, meta.get("generation"), progress)
     old = status_writer.part_of(memo, owner, "model").get("conditions") or [{}]
     try:
         written = await status_writer.submit_or_retry(memo, owner, {"model": {"conditions": [new]}}, now=bool(progress))

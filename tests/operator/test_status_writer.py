@@ -196,3 +196,21 @@ def test_compose_keeps_parts_not_heard_of_and_lets_a_part_drop_its_own_fields() 
     out = status_writer.compose(current, {"observed": {"observed": {"window": "1m"}, "conditions": []}})
     assert out["tier"] == "bf16", "the judged part was not heard of: as status shows it"
     assert "costPerMillionTokens" not in out and out["conditions"] == [], "the observation part no longer has them"
+
+
+def test_a_pod_event_older_than_ready_does_not_take_modelready_back() -> None:
+    async def scenario() -> Recorder:
+        kube, memo, owner = Recorder(), OperatorState(), body()
+        memo.kube = kube  # type: ignore[assignment]
+        parts = {"judged": judged(owner), "replicas": replica_part(owner, deployment(1, 1, 3))}
+        parts["model"] = {
+            "conditions": [
+                model_status.served(api.InferenceDeploymentSpec.model_validate(good_spec()), 1, parts["replicas"])
+            ]
+        }
+        await status_writer.submit(memo, owner, parts, now=True)
+        await model_status.write_condition(memo, owner, [])  # the pod as it was before its fetch ran
+        return kube
+
+    written = run(scenario).written
+    assert len(written) == 1 and types(written[0])["ModelReady"]["reason"] == "Fetched"
