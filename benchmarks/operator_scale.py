@@ -178,6 +178,7 @@ class ReadyWatcher:
         self.is_ready = is_ready
         self.seen: dict[str, float] = {}
         self.ready: dict[str, float] = {}
+        self.modified: dict[str, list[str]] = {}  # name -> a summary of its status after each MODIFIED event
         self.lock = threading.Lock()
         self.stopped = False
         self._watch: watch.Watch | None = None
@@ -199,6 +200,9 @@ class ReadyWatcher:
             try:
                 for event in self._watch.stream(self.custom.list_namespaced_custom_object, *self.args, **kwargs):
                     self.observe(event["object"])
+                    if event["type"] == "MODIFIED":
+                        name = event["object"]["metadata"]["name"]
+                        self.modified.setdefault(name, []).append(summary(event["object"]))
                 version = self._watch.resource_version
             except ApiException as err:
                 version = None if err.status == 410 else version
@@ -222,6 +226,24 @@ class ReadyWatcher:
     def latencies(self) -> list[float]:
         with self.lock:
             return [self.ready[n] - self.seen[n] for n in self.ready]
+
+
+def summary(obj: Mapping[str, Any]) -> str:
+    """One line of an object's status: its counts and each condition's status and reason."""
+    st = obj.get("status") or {}
+    conditions = " ".join(f"{c.get('type')}={c.get('status')}/{c.get('reason')}" for c in st.get("conditions") or [])
+    return (
+        f"gen {st.get('observedGeneration')} replicas {st.get('replicas')} ready {st.get('readyReplicas')} {conditions}"
+    )
+
+
+def writes_per_object(watcher: ReadyWatcher, examples: int = 3) -> dict[str, Any]:
+    """How many objects changed how many times (each change is one write that made a new resourceVersion), and the
+    status after each change of the first few that changed more than twice."""
+    counts = [len(watcher.modified.get(n, [])) for n in watcher.seen]
+    spread = {str(k): counts.count(k) for k in sorted(set(counts))}
+    over = {n: v for n, v in sorted(watcher.modified.items()) if len(v) > 2}
+    return {"objects_by_changes": spread, "over_two": dict(list(over.items())[:examples])}
 
 
 def idep_ready(obj: Mapping[str, Any]) -> bool:
@@ -392,6 +414,7 @@ def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Pa
         cpu_before = cpu_seconds(op.proc.pid)
         result = run.wait(watcher, [idep(f"d{i:04d}", i) for i in range(count)], timeout, op.sample)
         time.sleep(status_writer.SETTLE + 5)  # trailing status writes: what waited for a write goes by then
+        changes = writes_per_object(watcher)
         after, server_after = operator_metrics(op.metrics_port), apiserver_metrics(env)
         op.sample()
         memory = memory_kib(op.proc.pid)
@@ -438,6 +461,7 @@ def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Pa
     result["kopf_api_requests_per_deployment"] = round(kopf_writes / count, 2)
     result["writes_per_deployment"] = writes_per_deployment(by_kind, kopf_writes, count)
     result["phases"] = phases(after, before, count)
+    result["changes_per_object"] = changes  # from the watch: every write that changed an InferenceDeployment
     return result
 
 
