@@ -168,6 +168,8 @@ async def submit(
         # the reconcile of this generation has yet to write: its write carries what others say meanwhile (and kopf,
         # which reads observedGeneration, sees no object changed under it unhandled)
         waiting = _reconciling(e, current) and "judged" not in given
+        # `now` is for the caller's own change: a tick that changes nothing of its own sends no one else's
+        now = now and changed(current, compose(current, given))
         if waiting or not (now or urgent(current, new)):
             if e.flush is None or e.flush.done():
                 e.flush = asyncio.create_task(_flush_later(memo, meta["namespace"], meta["name"], e, SETTLE))

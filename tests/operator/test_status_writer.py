@@ -214,3 +214,16 @@ def test_a_pod_event_older_than_ready_does_not_take_modelready_back() -> None:
 
     written = run(scenario).written
     assert len(written) == 1 and types(written[0])["ModelReady"]["reason"] == "Fetched"
+
+
+def test_a_write_at_once_that_changes_nothing_of_its_own_sends_nothing_that_waits() -> None:
+    async def scenario() -> Recorder:
+        kube, memo, owner = Recorder(), OperatorState(), body()
+        memo.kube = kube  # type: ignore[assignment]
+        observed = {"observed": {"window": "1m"}, "conditions": []}
+        await status_writer.submit(memo, owner, {"judged": judged(owner), "observed": observed}, now=True)
+        await status_writer.submit(memo, owner, {"model": model(fetched=True)}, now=False)  # waits for Ready
+        assert not await status_writer.submit(memo, owner, {"observed": observed}, now=True), "the loop's tick"
+        return kube
+
+    assert len(run(scenario).written) == 1
