@@ -139,15 +139,6 @@ def _keep_transition_times(old: list[dict[str, Any]], new: list[dict[str, Any]])
     return [merged[c["type"]] for c in new]
 
 
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Would applying `new` change anything? (conditions compared by type, ignoring the ones `new` leaves out)"""
-    for key, value in new.items():
-        if key != "conditions" and old.get(key) != value:
-            return True
-    current = {c.get("type"): c for c in old.get("conditions") or []}
-    return any(current.get(c["type"]) != c for c in new.get("conditions") or [])
-
-
 def plan(
     body: Mapping[str, Any], node_gpus: Mapping[str, int], lws: bool = False
 ) -> tuple[InferenceDeploymentSpec, resources.Desired, str]:
