@@ -47,7 +47,7 @@ from kubernetes.client.exceptions import ApiException
 
 from infleet.cluster import build
 from infleet.cluster.testing import wait_for
-from infleet.operator import api, resources
+from infleet.operator import api, resources, status_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTS = ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB")
@@ -178,6 +178,7 @@ class ReadyWatcher:
         self.is_ready = is_ready
         self.seen: dict[str, float] = {}
         self.ready: dict[str, float] = {}
+        self.modified: dict[str, list[str]] = {}  # name -> a summary of its status after each MODIFIED event
         self.lock = threading.Lock()
         self.stopped = False
         self._watch: watch.Watch | None = None
@@ -199,6 +200,9 @@ class ReadyWatcher:
             try:
                 for event in self._watch.stream(self.custom.list_namespaced_custom_object, *self.args, **kwargs):
                     self.observe(event["object"])
+                    if event["type"] == "MODIFIED":
+                        name = event["object"]["metadata"]["name"]
+                        self.modified.setdefault(name, []).append(summary(event["object"]))
                 version = self._watch.resource_version
             except ApiException as err:
                 version = None if err.status == 410 else version
@@ -222,6 +226,24 @@ class ReadyWatcher:
     def latencies(self) -> list[float]:
         with self.lock:
             return [self.ready[n] - self.seen[n] for n in self.ready]
+
+
+def summary(obj: Mapping[str, Any]) -> str:
+    """One line of an object's status: its counts and each condition's status and reason."""
+    st = obj.get("status") or {}
+    conditions = " ".join(f"{c.get('type')}={c.get('status')}/{c.get('reason')}" for c in st.get("conditions") or [])
+    return (
+        f"gen {st.get('observedGeneration')} replicas {st.get('replicas')} ready {st.get('readyReplicas')} {conditions}"
+    )
+
+
+def writes_per_object(watcher: ReadyWatcher, examples: int = 3) -> dict[str, Any]:
+    """How many objects changed how many times (each change is one write that made a new resourceVersion), and the
+    status after each change of the first few that changed more than twice."""
+    counts = [len(watcher.modified.get(n, [])) for n in watcher.seen]
+    spread = {str(k): counts.count(k) for k in sorted(set(counts))}
+    over = {n: v for n, v in sorted(watcher.modified.items()) if len(v) > 2}
+    return {"objects_by_changes": spread, "over_two": dict(list(over.items())[:examples])}
 
 
 def idep_ready(obj: Mapping[str, Any]) -> bool:
@@ -391,7 +413,8 @@ def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Pa
         before, server_before = operator_metrics(op.metrics_port), apiserver_metrics(env)
         cpu_before = cpu_seconds(op.proc.pid)
         result = run.wait(watcher, [idep(f"d{i:04d}", i) for i in range(count)], timeout, op.sample)
-        time.sleep(5)  # trailing status writes from workload events
+        time.sleep(status_writer.SETTLE + 5)  # trailing status writes: what waited for a write goes by then
+        changes = writes_per_object(watcher)
         after, server_after = operator_metrics(op.metrics_port), apiserver_metrics(env)
         op.sample()
         memory = memory_kib(op.proc.pid)
@@ -430,20 +453,22 @@ def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Pa
         }
     )
     # kopf's own writes (progress annotations) go through its client, not ours: the API server counts them
-    idep_writes = sum(
-        v for verb, v in result["apiserver_requests"].get("inferencedeployments", {}).items() if verb != "LIST"
+    idep_writes = sum(  # writes only: the garbage collector GETs owners, for one
+        v for verb, v in result["apiserver_requests"].get("inferencedeployments", {}).items() if verb in WRITE_VERBS
     )
     ours = sum(v for k, v in by_kind.items() if k.endswith(api.KIND))
     kopf_writes = max(idep_writes - ours - count, 0)  # the benchmark's own POSTs are not the operator's
     result["kopf_api_requests_per_deployment"] = round(kopf_writes / count, 2)
     result["writes_per_deployment"] = writes_per_deployment(by_kind, kopf_writes, count)
     result["phases"] = phases(after, before, count)
+    result["changes_per_object"] = changes  # from the watch: every write that changed an InferenceDeployment
     return result
 
 
 def writes_per_deployment(by_kind: Mapping[str, int], kopf_writes: int, count: int) -> dict[str, float]:
     """API writes per deployment created: to the InferenceDeployment (the operator's status writes and kopf's own
-    patches) and the owned objects applied (a Deployment, a Service and a PodDisruptionBudget each)."""
+    patches; the goal counts these) and the owned objects applied (a Deployment, a Service and a
+    PodDisruptionBudget each), reported apart."""
     writes = {k: v for k, v in by_kind.items() if not k.startswith("GET")}
     status = sum(v for k, v in writes.items() if k.endswith(api.KIND))
     objects = sum(writes.values()) - status
@@ -507,7 +532,7 @@ def run_resync(env: Mapping[str, str], namespace: str, count: int, log_dir: Path
             what=f"{count} deployments resumed",
         )
         resumed = time.monotonic() - started
-        time.sleep(10)  # trailing: replica refreshes after each resume, workload events
+        time.sleep(status_writer.SETTLE + 5)  # trailing: replica refreshes after each resume, workload events
         mine = operator_metrics(op.metrics_port)
     finally:
         op.stop()

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from infleet.operator import uninstall
+from infleet.operator import kopf_storage, uninstall
 from infleet.operator.kube import Kube, KubeError
 from infleet.operator.state import OperatorState
 
@@ -33,11 +33,9 @@ PEERING_NAME = "infleet-operator"
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: OperatorState, logger: kopf.Logger, **_: Any) -> None:
-    # progress and the last handled spec live in annotations under our prefix; status stays ours alone
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="infleet.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="infleet.dev", key="last-handled-configuration"
-    )
+    # the last handled spec is status.observedGeneration, progress of retried handlers goes to annotations under
+    # our prefix: kopf writes nothing to an object whose handlers succeed (kopf_storage.py)
+    settings.persistence.progress_storage, settings.persistence.diffbase_storage = kopf_storage.storages()
     settings.persistence.finalizer = "infleet.dev/operator"  # on objects the autoscaler timer serves (kopf needs it)
     settings.posting.level = logging.WARNING  # events for problems only, not for every successful handler
     settings.posting.reporting_component = "infleet-operator"

@@ -16,10 +16,8 @@ backoff; a request the API server refuses for good is a `PermanentError` and a D
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
-import itertools
 import logging
 import time
 from collections.abc import Mapping
@@ -28,14 +26,13 @@ from typing import Any, cast
 import kopf
 import pydantic
 
-from infleet.operator import api, metrics, reconcile, resources, status
+from infleet.operator import api, metrics, model_status, observation, reconcile, resources, status, status_writer
 from infleet.operator.kube import KubeError
 from infleet.operator.state import OperatorState
 
 IDEP = (api.GROUP, api.VERSION, api.PLURAL)
 MANAGED = resources.MANAGED_LABELS
 MAX_BACKOFF = 300.0
-WORKLOAD_STATUS_MANAGER = "infleet-operator-workloads"  # status from workload events (see Kube.apply_status)
 
 GpuNodes = kopf.Index[str, int]  # GPU product -> GPUs per node, one entry per node
 Owners = kopf.Index[Any, dict[str, Any]]  # (namespace, name) -> the InferenceDeployment
@@ -102,8 +99,8 @@ async def run_reconcile(
     retry: int,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     deployments: OwnedDeployments | None = None,
-) -> dict[str, Any]:
-    """Reconcile one owner and return its status patch; maps every failure to kopf's retry semantics.
+) -> reconcile.Outcome:
+    """Reconcile one owner and return what it found; maps every failure to kopf's retry semantics.
     `deployments`: the watch cache of owned Deployments, so that unchanged objects are not applied again; None
     applies regardless (drift repair)."""
     meta = body["metadata"]
@@ -141,18 +138,19 @@ async def run_reconcile(
         kopf.warn(cast(kopf.Body, body), reason=reason, message=message)
         logger.warning(f"{reason}: {message}")
     metrics.RECONCILES.labels(trigger, "ok").inc()
-    return outcome.status
+    return outcome
 
 
 async def _mark_degraded(memo: OperatorState, body: Mapping[str, Any], reason: str, message: str) -> None:
+    """Degraded, with this generation marked observed: the operator has judged it (kopf_storage reads that)."""
     meta = body["metadata"]
-    old = list((body.get("status") or {}).get("conditions") or [])
     cond = status.condition(status.DEGRADED, True, reason, message, meta.get("generation"))
-    conditions = [c for c in status.merge_conditions(old, [cond]) if c["type"] == status.DEGRADED]
+    judged = status_writer.part_of(memo, body, "judged")
+    others = [c for c in judged.get("conditions") or [] if c.get("type") != status.DEGRADED]
+    judged = {**judged, "observedGeneration": meta.get("generation"), "conditions": [cond, *others]}
     kopf.warn(cast(kopf.Body, body), reason=reason, message=message)
     with contextlib.suppress(KubeError):  # the condition is a courtesy; the PermanentError is logged anyway
-        patch = api.InferenceDeploymentStatus.patch({"conditions": conditions})
-        await memo.client().apply_status(meta["namespace"], meta["name"], patch)
+        await status_writer.submit(memo, body, {"judged": judged}, now=True)
 
 
 @kopf.on.resume(*IDEP, id="reconcile")
@@ -173,8 +171,8 @@ async def reconcile_deployment(
     if trigger == "create" and retry == 0:
         created = datetime.datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         metrics.DISPATCH_SECONDS.observe(max(0.0, (datetime.datetime.now(datetime.UTC) - created).total_seconds()))
-    new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, trigger, retry, logger, owned_deployments)
-    await _write_status(memo, body, new_status)
+    outcome = await run_reconcile(body, memo, gpu_nodes, group_sets, trigger, retry, logger, owned_deployments)
+    await _write_status(memo, body, outcome)
     if trigger != "create":  # a workload this reconcile created reports through its own events
         await refresh_workload_status(memo, body, gpu_nodes)
 
@@ -200,14 +198,13 @@ async def reconcile_and_write(
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     """A reconcile that something other than the owner's own change asked for, and its status."""
-    new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, trigger, 0, logger)
-    await _write_status(memo, body, new_status)
+    outcome = await run_reconcile(body, memo, gpu_nodes, group_sets, trigger, 0, logger)
+    await _write_status(memo, body, outcome)
 
 
-async def refresh_workload_status(memo: OperatorState, body: Mapping[str, Any], gpu_nodes: GpuNodes) -> bool:
-    """Replica counts from a fresh read of the workload, written at once. Workload events keep them current; this
-    covers the case where no further event comes (the operator restarted after the workload settled, or an event's
-    write failed). False when it is worth trying again (the API server could not be reached)."""
+async def refresh_workload_status(memo: OperatorState, body: Mapping[str, Any], gpu_nodes: GpuNodes) -> None:
+    """Replica counts from a fresh read of the workload. Workload events keep them current; this covers the case
+    where no further event comes (the operator restarted after the workload settled)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     spec, want, _ = reconcile.plan(body, _node_gpus(gpu_nodes), memo.leaderworkerset)
@@ -222,65 +219,13 @@ async def refresh_workload_status(memo: OperatorState, body: Mapping[str, Any], 
         else:
             dep = await kube.get("Deployment", ns, name)
             workloads = [dep] if dep else []
+        if not all(status_writer.fresh(memo, body, w) for w in workloads):
+            return
         old = body.get("status") or {}
-        new_status = reconcile.workload_status(spec, owner, meta.get("generation"), old, want, workloads)
-        if reconcile.status_changed(old, new_status):
-            await _write_workload_status(memo, ns, name, meta["uid"], new_status)
-        else:
-            metrics.STATUS_WRITES_SKIPPED.inc()
+        part = reconcile.workload_status(spec, owner, meta.get("generation"), old, want, workloads)
+        await status_writer.submit_or_retry(memo, body, replica_parts(spec, meta.get("generation"), part))
     except KubeError as err:
         logging.getLogger(__name__).warning(f"refreshing replica status of {ns}/{name} failed: {err}")
-        return not err.retryable
-    return True
-
-
-REPAIR_MAX_DELAY = 60.0
-
-
-def repair_status_later(memo: OperatorState, ideps: Owners, gpu_nodes: GpuNodes, ns: str, name: str) -> None:
-    """A replica status write from a workload event failed (API server unreachable). kopf does not retry event
-    handlers, and a workload that has settled sends no further event, so the status would stay stale: refresh it
-    from fresh reads, with backoff, until a write succeeds or the owner is gone (seen at 1,000 deployments when
-    the API server stopped accepting connections for minutes)."""
-    key = (ns, name)
-    if key in memo.repairs and not memo.repairs[key].done():
-        return
-
-    async def repair() -> None:
-        for attempt in itertools.count():
-            await asyncio.sleep(min(REPAIR_MAX_DELAY, backoff(attempt)))
-            owner = _owner_body(ideps, ns, name)
-            if owner is None or owner["metadata"].get("deletionTimestamp"):
-                return
-            try:
-                if await refresh_workload_status(memo, owner, gpu_nodes):
-                    return
-            except pydantic.ValidationError:
-                return  # the owner's own handler reports it
-
-    memo.repairs[key] = asyncio.create_task(repair())
-
-
-def _without_times(st: Mapping[str, Any]) -> dict[str, Any]:
-    conditions = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in st.get("conditions") or []]
-    return {**st, "conditions": conditions}
-
-
-async def _write_workload_status(memo: OperatorState, ns: str, name: str, uid: str, new_status: dict[str, Any]) -> None:
-    """Write the replica status under the workload manager, unless it is what this operator last wrote there:
-    workload events judge against the owner in kopf's index, which lags this operator's own writes. One writer
-    per owner at a time, so the record follows the server's order."""
-    async with memo.workload_locks.setdefault((ns, name), asyncio.Lock()):
-        last = memo.workload_written.get((ns, name))
-        if (
-            last
-            and last[0] == uid
-            and not reconcile.status_changed(_without_times(last[1]), _without_times(new_status))
-        ):
-            return
-        patch = api.InferenceDeploymentStatus.patch(new_status)
-        await memo.client().apply_status(ns, name, patch, WORKLOAD_STATUS_MANAGER)
-        memo.workload_written[(ns, name)] = (uid, new_status)
 
 
 # ---- re-judging: what was missing may appear ---------------------------------------------------------------------
@@ -299,9 +244,8 @@ async def recheck_degraded(
         if not _is_degraded(body.get("status") or {}):
             continue
         try:
-            new_status = await run_reconcile(body, memo, gpu_nodes, group_sets, "recheck", 0, logger)
-            if reconcile.status_changed(body.get("status") or {}, new_status):
-                await _write_status(memo, body, new_status)
+            outcome = await run_reconcile(body, memo, gpu_nodes, group_sets, "recheck", 0, logger)
+            await _write_status(memo, body, outcome)
         except (kopf.TemporaryError, kopf.PermanentError) as err:
             logger.warning(f"re-checking {body['metadata']['name']} failed: {err}")
 
@@ -343,16 +287,32 @@ def _is_degraded(st: Mapping[str, Any]) -> bool:
     return status.is_true(list(st.get("conditions") or []), status.DEGRADED)
 
 
-async def _write_status(memo: OperatorState, body: Mapping[str, Any], new_status: dict[str, Any]) -> None:
-    """One status write per reconcile, and none when it would change nothing (a resync of an unchanged fleet)."""
-    meta = body["metadata"]
-    if not reconcile.status_changed(body.get("status") or {}, new_status):
-        metrics.STATUS_WRITES_SKIPPED.inc()
-        return
-    memo.workload_written.pop((meta["namespace"], meta["name"]), None)  # a reconcile may write replica fields too
+def replica_parts(
+    spec: api.InferenceDeploymentSpec, generation: int | None, part: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The replica part, and ModelReady with it once every replica is ready on the latest spec (the pods' own
+    events, on another watch, may say so a moment later: the Ready write then carries both)."""
+    model = model_status.served(spec, generation, part)
+    return {"replicas": part, "model": {"conditions": [model]}} if model else {"replicas": part}
+
+
+async def _write_status(memo: OperatorState, body: Mapping[str, Any], outcome: reconcile.Outcome) -> None:
+    """One status write per reconcile with everything known: what it judged, the replicas as applied, and on a new
+    deployment the model and observation parts as they stand (so neither needs a write of its own); none when it
+    would change nothing (a resync of an unchanged fleet)."""
+    spec = api.InferenceDeploymentSpec.model_validate(body["spec"])
+    generation = body["metadata"].get("generation")
+    parts: dict[str, dict[str, Any]] = {"judged": outcome.status}
+    if all(status_writer.fresh(memo, body, w) for w in outcome.workloads):
+        parts.update(replica_parts(spec, generation, outcome.replicas))
+    if "model" not in parts and not status_writer.known(memo, body, "model"):
+        parts["model"] = {"conditions": [model_status.condition(spec, [], generation)]}
+    if not status_writer.known(memo, body, "observed"):
+        snap = observation.current_snapshot(memo)
+        if snap is not None:
+            parts["observed"] = observation.part_for(spec, body.get("status") or {}, snap, body["metadata"])
     try:
-        patch = api.InferenceDeploymentStatus.patch(new_status)
-        await memo.client().apply_status(meta["namespace"], meta["name"], patch)
+        await status_writer.submit(memo, body, parts, now=True)
     except KubeError as err:
         raise kopf.TemporaryError(f"writing status: {err}", delay=backoff(0)) from err
 
@@ -409,8 +369,8 @@ async def _on_workload_event(
             metrics.DRIFT_REPAIRS.labels(kind).inc()
             logger.info(f"{kind} {name} was {'deleted' if event_type == 'DELETED' else 'changed'}: restoring it")
         try:
-            judged = await run_reconcile(owner, memo, gpu_nodes, group_sets, "drift", 0, logger)
-            await _write_status(memo, owner, judged)
+            outcome = await run_reconcile(owner, memo, gpu_nodes, group_sets, "drift", 0, logger)
+            await _write_status(memo, owner, outcome)
         except (kopf.TemporaryError, kopf.PermanentError) as err:
             logger.warning(f"repairing {kind} {name} failed, retrying on the next event: {err}")
             return
@@ -432,17 +392,12 @@ async def _on_workload_event(
         workloads = [*([lws] if lws else []), *sets]
     else:
         workloads = sets
+    if not status_writer.fresh(memo, owner, body):
+        return  # older than what the last apply or event showed of it
     generation = owner["metadata"].get("generation")
     old = owner.get("status") or {}
-    new_status = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)
-    if reconcile.status_changed(old, new_status):
-        try:
-            await _write_workload_status(memo, ns, owner_name, owner["metadata"]["uid"], new_status)
-        except KubeError as err:
-            if not err.retryable:
-                raise
-            logger.warning(f"writing the replica status of {owner_name} failed ({err}): retrying from fresh reads")
-            repair_status_later(memo, ideps, gpu_nodes, ns, owner_name)
+    part = reconcile.workload_status(spec, reconcile.owner_of(owner), generation, old, want, workloads)
+    await status_writer.submit_or_retry(memo, owner, replica_parts(spec, generation, part))
 
 
 def _new_groups_ready(want: Any, group_sets: GroupSets, ns: str, owner: str) -> bool:

@@ -221,8 +221,8 @@ class Kube:
     ) -> dict[str, Any] | None:
         """Server-side apply to an InferenceDeployment's status subresource under `manager`.
 
-        Conditions are a list-map keyed by type, so each writer (reconcile, workload watcher, autoscaler) owns only
-        the conditions it sends, and no writer can wipe another's with a stale copy of the list."""
+        Conditions are a list-map keyed by type, so each manager (the operator's status writer, the autoscaler) owns
+        only the conditions it sends, and neither can wipe the other's with a stale copy of the list."""
         url = path(api.KIND, namespace, name, "status")
         metrics.STATUS_WRITES.labels(manager).inc()
         body = {

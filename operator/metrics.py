@@ -57,6 +57,6 @@ STATUS_WRITES_SKIPPED = Counter(
 )
 STATUS_WRITES = Counter(
     "infleet_operator_status_writes_total",
-    "Status writes to InferenceDeployments, by field manager (reconcile, workload events, model fetch, observation)",
+    "Status writes to InferenceDeployments, by field manager (the operator's status writer, the autoscaler)",
     ["manager"],
 )

@@ -15,11 +15,10 @@ from typing import Any, cast
 import kopf
 
 from infleet.api import models
-from infleet.operator import api, resources, status
+from infleet.operator import api, resources, status, status_writer
 from infleet.operator.kube import KubeError
 from infleet.operator.state import OperatorState
 
-MODEL_STATUS_MANAGER = "infleet-model"
 FETCH_FAILED = "FetchFailed"  # the fetcher died without a reason of its own (killed, out of memory)
 PodFetch = dict[str, Any]  # one pod's model-fetch init container status
 
@@ -41,8 +40,7 @@ def condition(
     fetches = list(fetches)
     done = [f for f in fetches if _terminated(f.get("state"), success=True)]
     if done:
-        message = f"{uri} is in the model cache ({len(done)} of {len(fetches)} pods)"
-        return status.condition(status.MODEL_READY, True, "Fetched", message, generation)
+        return status.condition(status.MODEL_READY, True, "Fetched", f"{uri} is in the model cache", generation)
     failures = [t for f in fetches for t in (_terminated(f.get("state")), _terminated(f.get("lastState"))) if t]
     if failures:
         latest = max(failures, key=lambda t: str(t.get("finishedAt") or ""))
@@ -58,6 +56,19 @@ def condition(
             message += f": {progress_text(*progress)}"
         return status.condition(status.MODEL_READY, False, "Fetching", message, generation)
     return status.condition(status.MODEL_READY, None, "Pending", f"no pod has started fetching {uri} yet", generation)
+
+
+def served(
+    spec: api.InferenceDeploymentSpec, generation: int | None, replicas: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """ModelReady when every replica is ready on the latest spec (the replica part of status says so): each pod's
+    model-fetch init container succeeded (a container starts only after every init container did). The pods' own
+    events come on another watch, earlier or later: an older one must not take it back."""
+    conditions = {c.get("type"): c for c in replicas.get("conditions") or []}
+    done = conditions.get(status.PROGRESSING, {}).get("reason") == "RolloutComplete"
+    if not (done and spec.replicas > 0 and (replicas.get("readyReplicas") or 0) > 0):
+        return None
+    return condition(spec, [{"state": {"terminated": {"exitCode": 0}}}], generation)
 
 
 def progress_text(done: int, total: int | None) -> str:
@@ -125,6 +136,8 @@ async def write_condition(
     fetches: list[PodFetch],
     progress: tuple[int, int | None] | None = None,
 ) -> None:
+    """ModelReady into status through the one status writer: a failure at once (with a warning Event), progress
+    when the download's bytes are reported (`progress`), the rest with the next write (status_writer)."""
     meta = owner["metadata"]
     if meta.get("deletionTimestamp"):
         return
@@ -132,20 +145,14 @@ async def write_condition(
         spec = api.InferenceDeploymentSpec.model_validate(owner["spec"])
     except ValueError:
         return  # the reconcile reports an invalid spec
-    new = condition(spec, fetches, meta.get("generation"), progress)
-    old = status.find(list((owner.get("status") or {}).get("conditions") or []), status.MODEL_READY)
-    if old and (old["status"], old["reason"], old["message"]) == (new["status"], new["reason"], new["message"]):
-        return
-    if memo.model_written.get((meta["namespace"], meta["name"])) == (new["status"], new["reason"], new["message"]):
-        return  # the index's owner lags our own write
-    merged = status.merge_conditions([old] if old else [], [new])
+    new = served(spec, meta.get("generation"), status_writer.part_of(memo, owner, "replicas"))
+    new = new or condition(spec, fetches, meta.get("generation"), progress)
+    old = status_writer.part_of(memo, owner, "model").get("conditions") or [{}]
     try:
-        patch = api.InferenceDeploymentStatus.patch({"conditions": merged})
-        await memo.client().apply_status(meta["namespace"], meta["name"], patch, MODEL_STATUS_MANAGER)
+        written = await status_writer.submit_or_retry(memo, owner, {"model": {"conditions": [new]}}, now=bool(progress))
     except KubeError:
-        return  # the next pod event writes it
-    memo.model_written[(meta["namespace"], meta["name"])] = (new["status"], new["reason"], new["message"])
-    if new["status"] == "False" and new["reason"] != "Fetching" and (old or {}).get("reason") != new["reason"]:
+        return  # refused: the next pod event tries again
+    if written and new["status"] == "False" and new["reason"] != "Fetching" and old[0].get("reason") != new["reason"]:
         kopf.warn(cast(kopf.Body, owner), reason=f"Model{new['reason']}", message=new["message"])
 
 

@@ -27,13 +27,12 @@ from infleet.api import durations
 from infleet.api import metrics as names
 from infleet.autoscaler import policy
 from infleet.autoscaler import prometheus as reader_queries
-from infleet.operator import api, status
+from infleet.operator import api, status, status_writer
 from infleet.operator.kube import KubeError
 from infleet.operator.state import OperatorState
 
 INTERVAL = 15.0
 WINDOW = "1m"
-STATUS_MANAGER = "infleet-observer"
 BY = f"{names.NAMESPACE}, {names.DEPLOYMENT}"
 LABEL = "quantity"
 SLI_LABELS = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "end-to-end"}
@@ -101,6 +100,11 @@ class FleetReader:
         self.queries = 0  # how many queries were sent (the one-per-interval promise is testable)
         self._last: Snapshot | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def last(self) -> Snapshot | None:
+        """The latest answer, without querying (None before the first)."""
+        return self._last
 
     def query(self) -> Snapshot:
         now = time.time()
@@ -242,62 +246,51 @@ def track(type: str | None, body: kopf.Body, name: str, namespace: str | None, m
         return
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
         memo.known.pop((namespace, name), None)
-        memo.observed_written.pop((namespace, name), None)
+        status_writer.forget(memo, (namespace, name))
     else:
         memo.known[(namespace, name)] = {"metadata": dict(body["metadata"]), "spec": dict(body["spec"]),
                                      "status": dict(body.get("status") or {})}  # fmt: skip
 
 
+NO_READER = "the operator has no --prometheus-url"
+
+
+def current_snapshot(memo: OperatorState) -> Snapshot | None:
+    """The sample the loop judges by now (None before its first query): a new deployment's first status carries
+    what the loop would write, so the loop has nothing to add."""
+    if memo.reader is None:
+        return Snapshot(time.time(), error=NO_READER)
+    return memo.reader.last
+
+
+def part_for(
+    spec: api.InferenceDeploymentSpec, st: Mapping[str, Any], snap: Snapshot, meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The observation part of one deployment's status (status_writer.PARTS) from one snapshot."""
+    namespace, name = meta["namespace"], meta["name"]
+    obs = observation_from(snap, namespace, name, spec.replicas, st.get("readyReplicas"))
+    return observed_status(spec, st, obs, attainment_from(snap, namespace, name), meta.get("generation"))
+
+
 async def observe_fleet(memo: OperatorState, snap: Snapshot) -> int:
-    """Write every known deployment's observed status from one snapshot; returns how many were written."""
+    """Every known deployment's observation part from one snapshot; returns how many status writes that took
+    (none for a deployment whose figures and SLOMet are what status shows)."""
     written = 0
     for (namespace, name), body in list(memo.known.items()):
         try:
             spec = api.InferenceDeploymentSpec.model_validate(body["spec"])
         except ValueError:  # an invalid spec has its own Degraded condition from the reconcile
             continue
-        st = body["status"]
-        generation = body["metadata"].get("generation")
-        obs = observation_from(snap, namespace, name, spec.replicas, st.get("readyReplicas"))
-        patch = observed_status(spec, st, obs, attainment_from(snap, namespace, name), generation)
-        if _same(memo.observed_written.get((namespace, name)), patch, st):
-            continue
-        merged = status.merge_conditions(list(st.get("conditions") or []), patch["conditions"])
-        patch["conditions"] = [c for c in merged if c["type"] == status.SLO_MET]
+        part = part_for(spec, body["status"], snap, body["metadata"])
         try:
-            typed = api.InferenceDeploymentStatus.patch(patch)
-            await memo.client().apply_status(namespace, name, typed, STATUS_MANAGER)
+            written += await status_writer.submit_or_retry(memo, body, {"observed": part}, now=True)
         except KubeError as err:
             log.warning(f"observation: could not write {namespace}/{name}'s status: {err}")
-            continue
-        memo.observed_written[(namespace, name)] = patch
-        written += 1
     return written
-
-
-def _same(previous: Mapping[str, Any] | None, patch: Mapping[str, Any], st: Mapping[str, Any]) -> bool:
-    """Nothing to write: the same figures as last time, and status still shows our SLOMet (no other writer
-    replaced it since)."""
-
-    def essence(condition: Mapping[str, Any] | None) -> tuple[Any, ...]:
-        c = condition or {}
-        return c.get("status"), c.get("reason"), c.get("message")
-
-    shown: Mapping[str, Any] | None = next(
-        (c for c in st.get("conditions") or [] if c.get("type") == status.SLO_MET), None
-    )
-    last: Mapping[str, Any] = (  # nothing written by this process yet (it just started): judge by what status shows
-        previous
-        if previous is not None
-        else {**{k: st.get(k) for k in patch if k != "conditions"}, "conditions": [shown]}
-    )
-    if {**last, "conditions": None} != {**patch, "conditions": None}:
-        return False
-    return essence(shown) == essence(patch["conditions"][0]) == essence(last["conditions"][0])
 
 
 async def tick(memo: OperatorState) -> None:
     """One snapshot for the whole fleet, every deployment's status from it (`OperatorState.start_loop`)."""
     reader = memo.reader
-    snap = await reader.snapshot() if reader else Snapshot(time.time(), error="the operator has no --prometheus-url")
+    snap = await reader.snapshot() if reader else Snapshot(time.time(), error=NO_READER)
     await observe_fleet(memo, snap)

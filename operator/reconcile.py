@@ -32,10 +32,12 @@ def owned_selector(owner: Owner) -> str:
 
 @dataclass
 class Outcome:
-    status: dict[str, Any]
+    status: dict[str, Any]  # the judged part of status (status_writer.PARTS)
     new_problems: list[checks.Problem] = field(default_factory=list)  # to announce as Warning events
     applied: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    replicas: dict[str, Any] = field(default_factory=dict)  # the replica part, from the workloads as applied
+    workloads: list[dict[str, Any]] = field(default_factory=list)
 
 
 def node_gpus_from(index: Mapping[str, Any]) -> dict[str, int]:
@@ -69,8 +71,8 @@ def workload_status(
     want: resources.Desired,
     workloads: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """What the workload objects say: replica counts, Ready and Progressing. Written from workload events only,
-    which arrive in order, so a slow reconcile holding an older snapshot can never overwrite a newer state."""
+    """What the workload objects say: replica counts, Ready and Progressing (from the reconcile's applies, then from
+    workload events; status_writer keeps an older event from undoing a newer apply)."""
     desired = resources.desired_replicas(spec)
     progress = _workload_progress(want.layout, want.revision, desired, workloads, want.leaderworkerset)
     conditions = status.replica_conditions(progress, generation)
@@ -92,14 +94,9 @@ def judged_status(
     problems: list[checks.Problem],
     tier_reason: str,
 ) -> dict[str, Any]:
-    """What a reconcile decides: the layout, tier, endpoint, Degraded and SLOMet."""
+    """What a reconcile decides: the layout, tier, endpoint and Degraded (SLOMet is the observation loop's)."""
     desired = resources.desired_replicas(spec)
-    # SLOMet is the observation loop's judgement (observation.py); a reconcile only seeds it on a new deployment
-    judged = next((c for c in old_status.get("conditions") or [] if c.get("type") == status.SLO_MET), None)
-    conditions = [
-        status.degraded_condition(problems, generation),
-        dict(judged) if judged else status.slo_condition(spec, old_status.get("observed"), generation),
-    ]
+    conditions = [status.degraded_condition(problems, generation)]
     backend = group_backend_condition(want, generation)
     if backend is not None:
         conditions.append(backend)
@@ -140,15 +137,6 @@ def _keep_transition_times(old: list[dict[str, Any]], new: list[dict[str, Any]])
     """Only the conditions in `new`, with lastTransitionTime carried over where the status did not flip."""
     merged = {c["type"]: c for c in status.merge_conditions(old, new)}
     return [merged[c["type"]] for c in new]
-
-
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Would applying `new` change anything? (conditions compared by type, ignoring the ones `new` leaves out)"""
-    for key, value in new.items():
-        if key != "conditions" and old.get(key) != value:
-            return True
-    current = {c.get("type"): c for c in old.get("conditions") or []}
-    return any(current.get(c["type"]) != c for c in new.get("conditions") or [])
 
 
 def plan(
@@ -268,14 +256,12 @@ async def reconcile(
         deleted.append(f"LeaderWorkerSet/{owner.name}")
 
     new_status = judged_status(spec, owner, generation, old_status, want, problems, tier_reason)
-    if want.layout.grouped and not want.workloads:
-        # zero groups: no workload event will ever report, so the reconcile says Ready (scaled to zero) itself
-        replica_part = workload_status(spec, owner, generation, old_status, want, workloads)
-        new_status = {**replica_part, **new_status, "conditions": replica_part["conditions"] + new_status["conditions"]}
+    # what the workloads say as applied (zero groups: no workload event will ever report, so this is the only word)
+    replica_part = workload_status(spec, owner, generation, old_status, want, workloads)
     old_degraded = status.find(list(old_status.get("conditions") or []), status.DEGRADED) or {}
     announced = str(old_degraded.get("message", "")) if old_degraded.get("status") == "True" else ""
     new_problems = [p for p in problems if p[1] not in announced]
-    return Outcome(new_status, new_problems, applied, deleted)
+    return Outcome(new_status, new_problems, applied, deleted, replica_part, workloads)
 
 
 def _new_groups_ready(want: resources.Desired, workloads: list[dict[str, Any]], desired: int) -> bool:

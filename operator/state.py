@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from infleet.operator.autoscaling import Observer
     from infleet.operator.kube import Kube
     from infleet.operator.observation import FleetReader
+    from infleet.operator.status_writer import Entry
 
 Key = tuple[str, str]  # (namespace, InferenceDeployment name)
 # Reconciles in flight at once: beyond a few dozen they only queue for HTTP connections and time out together
@@ -41,10 +42,8 @@ class OperatorState:
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     # (kind, namespace, name) -> the metadata.generation our last apply produced: a newer one is someone else's edit
     applied_generation: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    # replica status from workload events: (owner uid, what was last written), one writer per owner, repairs
-    workload_written: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    workload_locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    repairs: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    # the one status writer's parts, last write and pending write per deployment (status_writer.py)
+    status_entries: dict[Key, Entry] = field(default_factory=dict)
     fleet_products: dict[str, int] = field(default_factory=dict)  # the GPU picture the last recheck acted on
     # the CRDs the operator renders to when they are installed and established (lws.py): LeaderWorkerSet's
     crds: set[str] = field(default_factory=set)
@@ -56,12 +55,10 @@ class OperatorState:
     history: dict[Key, tuple[policy.Recommendation, ...]] = field(default_factory=dict)
     tier_states: dict[Key, tiers.TierState] = field(default_factory=dict)
 
-    # the observation loop: every deployment as the watch last saw it, and what the loop last wrote
+    # the observation loop: every deployment as the watch last saw it
     known: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    observed_written: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
-    # ModelReady: (status, reason, message) last written; deployments downloading now (pod, owner, fetch statuses)
-    model_written: dict[Key, tuple[str, str, str]] = field(default_factory=dict)
+    # ModelReady: deployments downloading now (pod, owner, fetch statuses)
     fetching: dict[Key, tuple[str, Mapping[str, Any], list[dict[str, Any]]]] = field(default_factory=dict)
 
     loops: list[asyncio.Task[None]] = field(default_factory=list)
