@@ -131,6 +131,7 @@ class Gateway:
     ready: Callable[[], bool] = lambda: True
     created: int = field(default_factory=lambda: int(time.time()))
     kv: KVFeeds = field(default_factory=KVFeeds)
+    kv_routing: bool = True  # False: prefix affinity stays on the character ring even where replicas publish
     retry_ratio: float = DEFAULT_RATIO
     retry_floor: float = DEFAULT_FLOOR
     activator: Activator = field(init=False)
@@ -412,7 +413,7 @@ async def openai_request(request: Request) -> Response:
         prompt, hashes = None, None  # only routing reads the prompt
         if deployment.strategy == PREFIX_AFFINITY:
             prompt = openai_prompt(payload)
-            hasher = gateway.kv.follow(deployment)
+            hasher = gateway.kv.follow(deployment) if gateway.kv_routing else None
             hashes = hasher.hashes(payload) if hasher and gateway.kv.publishing(deployment.endpoints) else None
         response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes)
     except GatewayError as e:
