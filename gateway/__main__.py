@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--hold-timeout", type=float, default=300.0, metavar="S", help="longest hold for a replica")
     r.add_argument("--retry-after", type=int, default=10, metavar="S", help="Retry-After when turning a request away")
     r.add_argument("--prefix-chars", type=int, default=DEFAULT_PREFIX_CHARS, metavar="N", help="prefix-affinity key")
+    r.add_argument(
+        "--no-kv-routing",
+        dest="kv_routing",
+        action="store_false",
+        help="prefix affinity hashes the prompt's first characters only, even where replicas publish their cache",
+    )
     r.add_argument("--load-bound", type=float, default=DEFAULT_EPS, metavar="EPS", help="prefix affinity: (1+EPS)")
     r.add_argument(
         "--retry-budget",
@@ -169,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if args.upstream:
         from infleet.gateway.discovery import load_static
 
-        gateway = Gateway(keys=keys, router=router, hold=hold, **retries)
+        gateway = Gateway(keys=keys, router=router, hold=hold, kv_routing=args.kv_routing, **retries)
         try:
             load_static(gateway.catalog, args.upstream, args.routing)
         except ValueError as e:
@@ -191,7 +197,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: no Kubernetes configuration ({e}); give --kubeconfig, or --upstream", file=sys.stderr)
             return 1
         api = client.ApiClient()
-        gateway = Gateway(keys=keys, router=router, hold=hold, record_demand=AnnotationDemand(api), **retries)
+        gateway = Gateway(
+            keys=keys,
+            router=router,
+            hold=hold,
+            record_demand=AnnotationDemand(api),
+            kv_routing=args.kv_routing,
+            **retries,
+        )
         discovery = KubernetesDiscovery(
             api,
             gateway.catalog,

@@ -134,6 +134,7 @@ class Gateway:
     ready: Callable[[], bool] = lambda: True
     created: int = field(default_factory=lambda: int(time.time()))
     kv: KVFeeds = field(default_factory=KVFeeds)
+    kv_routing: bool = True  # False: prefix affinity stays on the character ring even where replicas publish
     retry_ratio: float = DEFAULT_RATIO
     retry_floor: float = DEFAULT_FLOOR
     teams: Teams | None = None  # per-team limits and metering (gateway/budgets.py); None: off
@@ -421,7 +422,7 @@ async def openai_request(request: Request) -> Response:
         prompt, hashes = None, None  # only routing reads the prompt
         if deployment.strategy == PREFIX_AFFINITY:
             prompt = openai_prompt(payload)
-            hasher = gateway.kv.follow(deployment)
+            hasher = gateway.kv.follow(deployment) if gateway.kv_routing else None
             hashes = hasher.hashes(payload) if hasher and gateway.kv.publishing(deployment.endpoints) else None
         if deployment.cache is None and not gateway.budgets.enabled:
             response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes)

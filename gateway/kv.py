@@ -32,6 +32,7 @@ EXPIRE_SECONDS = 10.0  # a replica silent this long (its keep-alives come every 
 RETRY_SECONDS = 2.0  # between reconnects of a broken stream
 UNSUPPORTED_SECONDS = 60.0  # before asking again a replica that publishes nothing
 IDLE_SECONDS = 300.0  # a feed whose replica no request has named this long stops
+EXPECT_SECONDS = 30.0  # a prompt routed to a replica counts as cached there this long, or until its blocks are stored
 MAX_BLOCKS = 512  # hashes computed per prompt: 8k tokens of 16-token blocks
 
 
@@ -84,10 +85,17 @@ class PromptHasher:
 
 @dataclass
 class KVIndex:
-    """Block hashes each replica holds, and when it was last heard from."""
+    """Block hashes each replica holds, those it is expected to hold soon, and when it was last heard from.
+
+    A replica publishes a prompt's blocks only once it has computed them, seconds after the request under load. The
+    prompts routed to it meanwhile are *expected* there (as SGLang's router and llm-d's estimated prefix index do),
+    so that a burst sharing a context lands where the first of it is being computed instead of on every replica.
+    An expectation ends when the blocks are stored or removed, or after EXPECT_SECONDS (a request that failed).
+    """
 
     held: dict[Endpoint, set[int]] = field(default_factory=dict)
     heard: dict[Endpoint, float] = field(default_factory=dict)
+    expected: dict[Endpoint, dict[int, float]] = field(default_factory=dict)  # hash -> until (monotonic)
 
     def apply(self, endpoint: Endpoint, event: dict[str, Any]) -> None:
         kind, hashes = event.get("type"), event.get("hashes") or []
@@ -97,7 +105,20 @@ class KVIndex:
             self.held.setdefault(endpoint, set()).update(hashes)
         elif kind == "removed":
             self.held.get(endpoint, set()).difference_update(hashes)
+        if kind in ("stored", "removed") and endpoint in self.expected:
+            for h in hashes:
+                self.expected[endpoint].pop(h, None)
         self.touch(endpoint)
+
+    def expect(self, endpoint: Endpoint, hashes: Sequence[int]) -> None:
+        """The prompt with these block hashes was just sent to `endpoint`: count them as cached there for now."""
+        now = time.monotonic()
+        mine = self.expected.setdefault(endpoint, {})
+        if len(mine) > 4 * MAX_BLOCKS:  # drop the lapsed ones now and then
+            for h in [h for h, until in mine.items() if until <= now]:
+                del mine[h]
+        held = self.held.get(endpoint, ())
+        mine.update((h, now + EXPECT_SECONDS) for h in hashes if h not in held)
 
     def touch(self, endpoint: Endpoint) -> None:
         self.heard[endpoint] = time.monotonic()
@@ -105,18 +126,19 @@ class KVIndex:
     def forget(self, endpoint: Endpoint) -> None:
         self.held.pop(endpoint, None)
         self.heard.pop(endpoint, None)
+        self.expected.pop(endpoint, None)
 
     def live(self, endpoint: Endpoint) -> bool:
         return time.monotonic() - self.heard.get(endpoint, -EXPIRE_SECONDS * 2) <= EXPIRE_SECONDS
 
     def cached_blocks(self, endpoint: Endpoint, hashes: Sequence[int]) -> int:
-        """How many of the prompt's leading blocks the replica holds (0 if it has gone quiet)."""
-        held = self.held.get(endpoint)
-        if not held or not self.live(endpoint):
+        """How many of the prompt's leading blocks the replica holds or is expected to (0 if it has gone quiet)."""
+        if not self.live(endpoint):
             return 0
+        held, expected, now = self.held.get(endpoint, set()), self.expected.get(endpoint, {}), time.monotonic()
         n = 0
         for h in hashes:
-            if h not in held:
+            if h not in held and expected.get(h, 0.0) <= now:
                 break
             n += 1
         return n

@@ -121,13 +121,17 @@ class Router:
         return Choice(self.least_outstanding(candidates), LEAST_OUTSTANDING)
 
     def kv_aware(self, hashes: Sequence[int], candidates: Sequence[Endpoint], index: KVIndex) -> Choice:
-        """The replica within the load bound holding the most of the prompt's leading blocks."""
+        """The replica within the load bound holding the most of the prompt's leading blocks; the prompt is then
+        expected there (KVIndex.expect) until the replica publishes its blocks."""
         capacity = self._capacity(candidates)
         scored = [(index.cached_blocks(e, hashes), e) for e in candidates if self.outstanding[e] < capacity]
         best = max((n for n, _ in scored), default=0)
         if best == 0:
-            return Choice(self.least_outstanding(candidates), KV_AWARE, "miss")
-        return Choice(self.least_outstanding([e for n, e in scored if n == best]), KV_AWARE, "hit")
+            choice = Choice(self.least_outstanding(candidates), KV_AWARE, "miss")
+        else:
+            choice = Choice(self.least_outstanding([e for n, e in scored if n == best]), KV_AWARE, "hit")
+        index.expect(choice.endpoint, hashes)
+        return choice
 
     def _capacity(self, candidates: Sequence[Endpoint]) -> int:
         """ceil((1 + eps) x (in flight + 1) / replicas): some replica is always below it."""

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from infleet.api.prefix import block_hashes
 from infleet.cluster.testing import wait_for
+from infleet.gateway import kv
 from infleet.gateway.app import Gateway
 from infleet.gateway.catalog import PREFIX_AFFINITY
 from infleet.gateway.kv import PromptHasher
@@ -131,9 +132,12 @@ def fleet(tokenizer: Any) -> Iterator[tuple[Gateway, ServerThread, Replica, Repl
 
 
 def test_routes_to_the_cached_prefix_until_evicted_and_forgets_a_dead_replica(
-    fleet: tuple[Gateway, ServerThread, Replica, Replica], tokenizer: Any
+    fleet: tuple[Gateway, ServerThread, Replica, Replica], tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gateway, gw, a, b = fleet
+    # routing on published state alone: these replicas never compute what they are sent, so no prompt may be
+    # expected where it went (test_routing.py covers those expectations)
+    monkeypatch.setattr(kv, "EXPECT_SECONDS", 0.0)
     index, key = gateway.kv.index, ("ns", "d")
 
     def ask(question: str) -> str:
@@ -192,3 +196,16 @@ def test_replicas_that_publish_nothing_keep_the_character_ring(upstream: tuple[U
             {"namespace": "ns", "deployment": "d", "strategy": PREFIX_AFFINITY},
         )
         assert ring == 2 and not gateway.kv.index.held
+
+
+def test_kv_routing_off_keeps_the_character_ring(fleet: tuple[Gateway, ServerThread, Replica, Replica]) -> None:
+    """`infleet gateway run --no-kv-routing`: replicas that publish are not followed, the ring decides."""
+    gateway, gw, _, _ = fleet
+    gateway.kv_routing = False
+    body = {"model": "m", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]}
+    for _ in range(3):
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+    ring = gateway.metrics.registry.get_sample_value(
+        "infleet_gateway_routing_decisions_total", {"namespace": "ns", "deployment": "d", "strategy": PREFIX_AFFINITY}
+    )
+    assert ring == 3 and not gateway.kv.hashers and not gateway.kv._feeds

@@ -1,4 +1,5 @@
-"""Routing: least outstanding, consistent-hashing stability, and the bounded-load spill of prefix affinity."""
+"""Routing: least outstanding, consistent-hashing stability, the bounded-load spill of prefix affinity, and KV-aware
+routing's expected blocks."""
 
 from __future__ import annotations
 
@@ -142,3 +143,35 @@ def test_retry_budget_is_ratio_of_requests_plus_floor() -> None:
     assert all(quiet.withdraw() for _ in range(100))  # the floor's saved balance
     with pytest.raises(ValueError, match="negative"):
         RetryBudget(ratio=-1)
+
+
+def test_kv_aware_sends_a_burst_where_its_prefix_is_being_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before a replica publishes a prompt's blocks, prompts sharing them follow the first one there (not least
+    outstanding everywhere); the expectation ends when the blocks are stored or removed, or after EXPECT_SECONDS."""
+    from infleet.gateway import kv
+
+    now = [1000.0]
+    monkeypatch.setattr(kv.time, "monotonic", lambda: now[0])
+    index = kv.KVIndex()
+    for e in EPS:
+        index.touch(e)
+    router, d = Router(eps=4.0), deployment(PREFIX_AFFINITY)
+    shared, other = [11, 12, 13], [21, 22]
+    first = router.choose(d, None, EPS, shared, index)
+    assert first.affinity == "miss"
+    router.acquire(first.endpoint)
+    follow = [router.choose(d, None, EPS, [*shared, 100 + i], index) for i in range(3)]
+    assert {c.endpoint for c in follow} == {first.endpoint} and {c.affinity for c in follow} == {"hit"}
+    assert router.choose(d, None, EPS, other, index).endpoint != first.endpoint  # a different prompt: elsewhere
+
+    index.apply(first.endpoint, {"type": "stored", "hashes": shared[:2]})  # published: held, no longer expected
+    assert index.cached_blocks(first.endpoint, shared) == 3  # the third block is still expected
+    index.apply(first.endpoint, {"type": "removed", "hashes": shared})  # evicted: neither held nor expected
+    assert index.cached_blocks(first.endpoint, shared) == 0
+
+    index.expect(EPS[0], other)
+    assert index.cached_blocks(EPS[0], other) == 2
+    now[0] += kv.EXPECT_SECONDS + 1
+    for e in EPS:
+        index.touch(e)
+    assert index.cached_blocks(EPS[0], other) == 0  # a request that never got computed stops attracting others
