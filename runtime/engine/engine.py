@@ -487,6 +487,7 @@ class AsyncEngine:
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
+        self.lora = engine.lora  # the adapter table the server loads into and lists (None: LoRA off)
         cfg = engine.engine_config
         graphs = getattr(engine.runner, "graphs", None) is not None
         self.execution = execution_info(engine.model, cfg.tier, cuda_graphs=graphs)
