@@ -49,6 +49,7 @@ MODEL_MOUNT = "/models"
 CACHE_MOUNT = "/model-cache"
 CACHE_VOLUME = "model-cache"
 FETCH_CONTAINER = "model-fetch"
+ADAPTER_FETCH_CONTAINER = "adapter-fetch"  # -<index>: one per remote LoRA adapter
 DEFAULT_CACHE_CLAIM_ENV = "INFLEET_MODEL_CACHE_CLAIM"
 CACHE_SIZE_ENV = "INFLEET_MODEL_CACHE_SIZE"  # set: the operator creates the claim in each namespace that needs it
 CACHE_STORAGE_CLASS_ENV = "INFLEET_MODEL_CACHE_STORAGE_CLASS"
@@ -184,7 +185,7 @@ def model_location(model: ModelSource) -> tuple[str, list[dict[str, Any]], list[
     if uri.startswith("file://"):
         return uri.removeprefix("file://"), [], []
     mount = {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT}
-    return f"{CACHE_MOUNT}/{models.entry_name(uri, model.revision)}", [cache_volume(model)], [mount]
+    return cache_path(uri, model.revision), [cache_volume(model)], [mount]
 
 
 def default_cache_claim() -> str | None:
@@ -231,11 +232,38 @@ def fetch_container(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
     model = spec.model
     if not models.is_remote(model.uri):
         return None
-    command = ["infleet", "model", "pull", model.uri, "--cache", CACHE_MOUNT]
-    if model.revision:
-        command += ["--revision", model.revision]
+    return pull_container(spec, FETCH_CONTAINER, model.uri, model.revision)
+
+
+def adapter_fetch_containers(spec: InferenceDeploymentSpec) -> list[dict[str, Any]]:
+    """One init container per remote LoRA adapter, pulling it into the same cache with the same fetcher (and the
+    model's credentials), after the model's."""
+    return [
+        pull_container(spec, f"{ADAPTER_FETCH_CONTAINER}-{i}", a.uri, a.revision)
+        for i, a in enumerate(spec.adapters)
+        if models.is_remote(a.uri)
+    ]
+
+
+def adapter_modules(spec: InferenceDeploymentSpec) -> list[str]:
+    """`--lora-modules` values, NAME=PATH: a fetched adapter's cache entry, or a file:/// adapter's path."""
+    return [
+        f"{a.name}={a.uri.removeprefix('file://') if a.uri.startswith('file://') else cache_path(a.uri, a.revision)}"
+        for a in spec.adapters
+    ]
+
+
+def cache_path(uri: str, revision: str | None) -> str:
+    return f"{CACHE_MOUNT}/{models.entry_name(uri, revision)}"
+
+
+def pull_container(spec: InferenceDeploymentSpec, name: str, uri: str, revision: str | None) -> dict[str, Any]:
+    """`infleet model pull URI --cache /model-cache` in the runtime image, with the store settings and secret."""
+    command = ["infleet", "model", "pull", uri, "--cache", CACHE_MOUNT]
+    if revision:
+        command += ["--revision", revision]
     body: dict[str, Any] = {
-        "name": FETCH_CONTAINER,
+        "name": name,
         "image": f"infleet/runtime:{infleet_version()}",  # the fetcher is infleet's, whichever engine serves
         "imagePullPolicy": "IfNotPresent",
         "command": command,
@@ -245,8 +273,8 @@ def fetch_container(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
         "securityContext": CONTAINER_SECURITY,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if model.credentials_secret:
-        body["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
+    if spec.model.credentials_secret:
+        body["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
     return body
 
 
@@ -290,7 +318,7 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
             if rt.speculative.draft_model:
                 config["model"] = draft_model_path(rt.speculative.draft_model)
             cmd += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
-        return cmd + list(rt.extra_args)
+        return cmd + lora_flags(spec) + list(rt.extra_args)
     cmd = ["python", "-m", "infleet.runtime", "serve", "--model", model_arg, "--served-name", served_name(spec, name)]
     cmd += ["--host", "0.0.0.0", "--port", str(PORT), "--tier", tier, "--tensor-parallel", str(par.tensor)]
     cmd += ["--pipeline-parallel", str(par.pipeline), "--max-batch-tokens", str(rt.max_batch_tokens)]
@@ -308,7 +336,27 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
             cmd += ["--speculative-draft-model", draft_model_path(rt.speculative.draft_model)]
         if rt.speculative.max_batch_size is not None:
             cmd += ["--speculative-max-batch-size", str(rt.speculative.max_batch_size)]
-    return cmd + list(rt.extra_args)
+    return cmd + lora_flags(spec) + list(rt.extra_args)
+
+
+# vLLM accepts only these --max-lora-rank values; the spec's rank is rounded up to one
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_flags(spec: InferenceDeploymentSpec) -> list[str]:
+    """The adapters' flags; vLLM and the infleet runtime spell them alike. The infleet runtime also gets the cache
+    directory (when the pod mounts one), so adapters loaded later by URI go through the same fetcher and cache."""
+    if not spec.adapters:
+        return []
+    rt = spec.runtime
+    rank = rt.max_lora_rank
+    if rt.engine == "vllm":
+        rank = next(r for r in VLLM_LORA_RANKS if r >= rank)
+    cmd = ["--enable-lora", "--max-loras", str(rt.max_loras), "--max-lora-rank", str(rank)]
+    cmd += ["--lora-modules", *adapter_modules(spec)]
+    if rt.engine == "infleet" and (models.is_remote(spec.model.uri) or adapter_fetch_containers(spec)):
+        cmd += ["--model-cache", CACHE_MOUNT]
+    return cmd
 
 
 def image(spec: InferenceDeploymentSpec) -> str:
@@ -348,6 +396,9 @@ def container(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The runtime container and the pod volumes it needs."""
     model_arg, volumes, mounts = model_location(spec.model)
+    if adapter_fetch_containers(spec) and not any(v["name"] == CACHE_VOLUME for v in volumes):
+        volumes = [*volumes, {"name": CACHE_VOLUME, "emptyDir": {}}]  # the model is local: adapters cache per pod
+        mounts = [*mounts, {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT}]
     env: list[dict[str, Any]] = [
         {"name": "INFLEET_DEPLOYMENT", "value": owner.name},
         {"name": "INFLEET_TIER", "value": tier},
@@ -430,7 +481,7 @@ def pod_template(
         "spec": {
             "affinity": affinity,
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-            **({"initContainers": [fetch]} if (fetch := fetch_container(spec)) else {}),
+            **({"initContainers": init} if (init := init_containers(spec)) else {}),
             "containers": [body],
             "volumes": volumes,
             "securityContext": POD_SECURITY,
@@ -438,6 +489,11 @@ def pod_template(
             "enableServiceLinks": False,
         },
     }
+
+
+def init_containers(spec: InferenceDeploymentSpec) -> list[dict[str, Any]]:
+    fetch = fetch_container(spec)
+    return ([fetch] if fetch else []) + adapter_fetch_containers(spec)
 
 
 def template_hash(template: dict[str, Any]) -> str:

@@ -160,3 +160,21 @@ def test_bad_adapters_are_refused_with_the_reason(models: LoRAModels, tmp_path: 
     with pytest.raises(UnknownAdapter):
         lora.unload("nope")
     assert [a.name for a in lora.adapters()] == ["sql"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lora-modules", "a=/x"], "--lora-modules needs --enable-lora"),
+        (["--enable-lora", "--lora-modules", "a"], "expected NAME=PATH, got 'a'"),
+        (["--enable-lora", "--lora-modules", "a=/x", "a=/y"], "adapter names must be unique"),
+        (["--enable-lora", "--tensor-parallel", "2"], "--enable-lora is not supported with --tensor-parallel"),
+        (["--enable-lora", "--max-lora-rank", "0"], "--max-lora-rank must be at least 1"),
+        (["--enable-lora", "--max-loras", "0"], "--max-loras must be at least 1"),
+    ],
+)
+def test_lora_flags_are_checked_before_loading(args: list[str], message: str, capsys: Any) -> None:
+    from infleet.runtime.__main__ import main
+
+    assert main(["serve", "--model", "x", *args]) == 2
+    assert message in capsys.readouterr().err
