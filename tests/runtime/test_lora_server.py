@@ -32,7 +32,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, save_hf_layout: Any) -> LoR
 @pytest.fixture(scope="module")
 def server(models: LoRAModels) -> Any:
     modules = [f"{name}={path}" for name, path in models.adapters.items()]
-    args = ["--served-name", BASE, "--tier", "int8", "--max-model-len", "256", "--num-kv-blocks", "256"]
+    args = ["--served-name", BASE, "--tier", "fp8", "--max-model-len", "256", "--num-kv-blocks", "256"]
     args += ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "8", "--lora-modules", *modules]
     with ServerProcess(models.base, *args) as s:
         yield s
@@ -40,11 +40,11 @@ def server(models: LoRAModels) -> Any:
 
 @pytest.fixture(scope="module")
 def reference(models: LoRAModels) -> dict[str | None, str]:
-    """Each model's greedy text from the engine in this process, built the same way (int8 computes in float32 on a
-    CPU, so the server must match it exactly)."""
+    """Each model's greedy text from the engine in this process, built the same way (fp8 on a CPU upcasts its
+    weights and computes in float32, so the server must give exactly these tokens)."""
     from infleet.runtime.engine.sampler import SamplingParams
 
-    e = engine(models, tier="int8")
+    e = engine(models, tier="fp8")
     out = {}
     for adapter in (None, "sql", "poet"):
         params = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True, adapter=adapter)
