@@ -67,16 +67,19 @@ def make(root: Path, save_hf_layout: Any, vocab_size: int) -> LoRAModels:
     return LoRAModels(root / "base", adapters)
 
 
-def merged_reference(models: LoRAModels, name: str | None, prompt: list[int], new_tokens: int) -> list[int]:
+def merged_reference(models: LoRAModels, name: str | None, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     """Greedy tokens of Hugging Face's model with the adapter merged into its weights (peft's merge_and_unload)."""
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
     model = transformers.LlamaForCausalLM.from_pretrained(models.base, torch_dtype=torch.float32).eval()
     if name is not None:
         model = peft.PeftModel.from_pretrained(model, models.adapters[name]).merge_and_unload().eval()
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens,
-            pad_token_id=0,
-        )  # fmt: skip
-    return [int(t) for t in out[0, len(prompt) :]]
+    out = []
+    for prompt in prompts:
+        with torch.no_grad():
+            ids = model.generate(
+                torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens,
+                pad_token_id=0,
+            )  # fmt: skip
+        out.append([int(t) for t in ids[0, len(prompt) :]])
+    return out
