@@ -291,7 +291,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         engine = AsyncEngine.from_config(cfg, metrics)
     except Exception as e:  # one clear line, not a traceback: the operator shows it as the pod's failure
-        message = str(e) if "cannot load" in str(e) else f"cannot load model {cfg.model!r}: {e}"
+        from infleet.runtime.lora.adapter import LoRAError
+
+        if isinstance(e, LoRAError):
+            message = f"--lora-modules: {e}"
+        else:
+            message = str(e) if "cannot load" in str(e) else f"cannot load model {cfg.model!r}: {e}"
         print(f"{PROG}: {message}", file=sys.stderr)
         return 1
     served_name = args.served_name or engine.model_name

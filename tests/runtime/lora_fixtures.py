@@ -67,7 +67,9 @@ def make(root: Path, save_hf_layout: Any, vocab_size: int) -> LoRAModels:
     return LoRAModels(root / "base", adapters)
 
 
-def merged_reference(models: LoRAModels, name: str | None, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+def merged_reference(
+    models: LoRAModels, name: str | None, prompts: list[list[int]], new_tokens: int
+) -> list[list[int]]:
     """Greedy tokens of Hugging Face's model with the adapter merged into its weights (peft's merge_and_unload)."""
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
