@@ -45,6 +45,17 @@ MODEL_URI_PATTERN = (
     r"|file:///.+"
     r"|https?://.+\.gguf)$"
 )
+# LoRA adapters are directories (adapter_config.json + adapter_model.safetensors): fetched from hf://, s3://, gs://, or
+# a file:/// path in the image or on the node
+ADAPTER_URI_PATTERN = (
+    r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._/-]*"
+    r"|s3://[a-z0-9][a-z0-9.-]{1,62}/.+"
+    r"|gs://[a-z0-9][a-z0-9._-]{1,62}/.+"
+    r"|file:///.+)$"
+)
+# an adapter's served name: DNS-label-like, so it reads the same in URLs, metric labels and flags
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9._]{0,61}[A-Za-z0-9])?$"
+MAX_ADAPTERS = 64
 # a DNS-1123 subdomain: the names of Secrets and PersistentVolumeClaims
 DNS_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Kubernetes quantities ("500m", "2", "8Gi"); resource values are strings so that "8Gi" reads as written.
@@ -136,6 +147,25 @@ class ModelSource(ApiModel):
     )
 
 
+class Adapter(ApiModel):
+    """A LoRA adapter (PEFT format) of the model, served by every replica as a model name of its own."""
+
+    name: str = Field(
+        pattern=ADAPTER_NAME_PATTERN,
+        max_length=63,
+        description="The model name clients send to use the adapter; unique, and not the base model's servedName.",
+    )
+    uri: str = Field(
+        pattern=ADAPTER_URI_PATTERN,
+        max_length=1024,
+        description="The adapter directory: hf://org/name, s3://bucket/prefix, gs://bucket/prefix (fetched like the "
+        "model, with its credentialsSecret), or file:///path in the image or on the node.",
+    )
+    revision: str | None = Field(
+        default=None, max_length=128, description="Branch, tag or commit (hf://); for other stores, the cache key."
+    )
+
+
 class Resources(ApiModel):
     """CPU and memory per pod (GPUs come from parallelism and accelerator)."""
 
@@ -219,6 +249,16 @@ class RuntimeSpec(ApiModel):
     max_model_len: int = Field(default=4096, ge=16, le=1_048_576, description="Longest prompt + completion.")
     prefix_caching: bool = Field(default=True, description="Reuse KV cache blocks across shared prompt prefixes.")
     speculative: Speculative | None = Field(default=None, description="Speculative decoding; off when unset.")
+    max_loras: int = Field(
+        default=4,
+        ge=1,
+        le=MAX_ADAPTERS,
+        description="With adapters: how many sit in device memory at once (and run in one batch); the rest wait in "
+        "host memory, least recently used first out.",
+    )
+    max_lora_rank: int = Field(
+        default=16, ge=1, le=512, description="With adapters: the largest adapter rank the replicas accept."
+    )
     resources: Resources | None = None
     env: list[EnvVar] = Field(default_factory=list, max_length=64, description="Extra environment variables.")
     extra_args: list[Annotated[str, Field(max_length=256)]] = Field(
@@ -383,6 +423,19 @@ class InferenceDeploymentSpec(ApiModel):
                 "accelerator.gpusPerNode (a replica spans whole nodes)",
                 field_path=".parallelism",
             ),
+            cel(
+                "!has(self.adapters) || !has(self.model.servedName)"
+                " || self.adapters.all(a, a.name != self.model.servedName)",
+                "adapters[].name must differ from model.servedName: clients choose between them by name",
+                field_path=".adapters",
+            ),
+            cel(
+                "!has(self.adapters) || size(self.adapters) == 0 || self.runtime.engine == 'vllm'"
+                " || (self.parallelism.tensor == 1 && self.parallelism.pipeline == 1)",
+                "adapters are served by the infleet engine without tensor or pipeline parallelism only (yet); "
+                "use engine vllm or one GPU per replica",
+                field_path=".adapters",
+            ),
         )
     )
 
@@ -396,12 +449,28 @@ class InferenceDeploymentSpec(ApiModel):
     scaling: Scaling = Field(default_factory=Scaling)
     routing: Routing = Field(default_factory=Routing)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="What the gateway does for this deployment.")
+    adapters: list[Adapter] = Field(
+        default_factory=list,
+        max_length=MAX_ADAPTERS,
+        description="LoRA adapters of the model, each served as its own model name by every replica (vLLM-style "
+        "multi-LoRA: requests for different adapters share one batch). Names are unique.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     replicas: int = Field(
         default=1,
         ge=0,
         le=MAX_REPLICAS,
         description="Replicas when scaling is off (the scale subresource: kubectl scale idep NAME --replicas=3).",
     )
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapter_names(cls, adapters: list[Adapter]) -> list[Adapter]:
+        names = [a.name for a in adapters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"adapters[].name must be unique; repeated: {', '.join(duplicates)}")
+        return adapters
 
     @property
     def gpus_per_replica(self) -> int:

@@ -81,6 +81,8 @@ def _default_sections(schema: dict[str, Any]) -> None:
             continue
         alias = info.alias or name
         value = info.default_factory()  # type: ignore[call-arg]
+        if isinstance(value, list):  # a list (adapters) is simply absent when omitted
+            continue
         schema["properties"][alias]["default"] = value.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 

@@ -50,6 +50,7 @@ CACHE_MOUNT = "/model-cache"
 CACHE_VOLUME = "model-cache"
 CACHE_VOLUME_MOUNT = {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT}
 FETCH_CONTAINER = "model-fetch"
+ADAPTER_FETCH_CONTAINER = "adapter-fetch"  # -<index>: one per remote LoRA adapter
 DEFAULT_CACHE_CLAIM_ENV = "INFLEET_MODEL_CACHE_CLAIM"
 CACHE_SIZE_ENV = "INFLEET_MODEL_CACHE_SIZE"  # set: the operator creates the claim in each namespace that needs it
 CACHE_STORAGE_CLASS_ENV = "INFLEET_MODEL_CACHE_STORAGE_CLASS"
@@ -185,7 +186,7 @@ def model_location(spec: InferenceDeploymentSpec) -> tuple[str, list[dict[str, A
         return f"{MODEL_MOUNT}/{claim}/{path}".rstrip("/"), [volume], [mount]
     if uri.startswith("file://"):
         return uri.removeprefix("file://"), [], []
-    return f"{CACHE_MOUNT}/{models.entry_name(uri, model.revision)}", [cache_volume(spec)], [CACHE_VOLUME_MOUNT]
+    return cache_path(uri, model.revision), [cache_volume(spec)], [CACHE_VOLUME_MOUNT]
 
 
 def draft_model(spec: InferenceDeploymentSpec) -> str | None:
@@ -198,12 +199,17 @@ def draft_location(spec: InferenceDeploymentSpec) -> str | None:
     uri = draft_model(spec)
     if uri is None or not models.is_remote(uri):
         return uri.removeprefix("file://") if uri else None
-    return f"{CACHE_MOUNT}/{models.entry_name(uri, None)}"
+    return cache_path(uri, None)
 
 
 def fetched(spec: InferenceDeploymentSpec) -> list[str]:
-    """The remote URIs a pod fetches before its engine starts: the model's, then the draft model's."""
+    """The remote URIs the model-fetch init container pulls before the engine starts: the model's, then the draft's."""
     return [u for u in (spec.model.uri, draft_model(spec)) if u and models.is_remote(u)]
+
+
+def uses_cache(spec: InferenceDeploymentSpec) -> bool:
+    """Whether the pod pulls anything into the model cache: the model, the draft model or a LoRA adapter."""
+    return bool(fetched(spec)) or any(models.is_remote(a.uri) for a in spec.adapters)
 
 
 def default_cache_claim() -> str | None:
@@ -213,7 +219,7 @@ def default_cache_claim() -> str | None:
 
 
 def cache_claim_name(spec: InferenceDeploymentSpec) -> str | None:
-    if not fetched(spec):
+    if not uses_cache(spec):
         return None
     return spec.model.cache.claim_name if spec.model.cache else default_cache_claim()
 
@@ -250,11 +256,40 @@ def fetch_container(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
     model, uris = spec.model, fetched(spec)
     if not uris:
         return None
+    revision = model.revision if models.is_remote(model.uri) else None  # the model's; a draft is at its default
+    return pull_container(spec, FETCH_CONTAINER, uris, revision)
+
+
+def adapter_fetch_containers(spec: InferenceDeploymentSpec) -> list[dict[str, Any]]:
+    """One init container per remote LoRA adapter, pulling it into the same cache with the same fetcher (and the
+    model's credentials), after the model's."""
+    return [
+        pull_container(spec, f"{ADAPTER_FETCH_CONTAINER}-{i}", [a.uri], a.revision)
+        for i, a in enumerate(spec.adapters)
+        if models.is_remote(a.uri)
+    ]
+
+
+def adapter_modules(spec: InferenceDeploymentSpec) -> list[str]:
+    """`--lora-modules` values, NAME=PATH: a fetched adapter's cache entry, or a file:/// adapter's path."""
+    return [
+        f"{a.name}={a.uri.removeprefix('file://') if a.uri.startswith('file://') else cache_path(a.uri, a.revision)}"
+        for a in spec.adapters
+    ]
+
+
+def cache_path(uri: str, revision: str | None) -> str:
+    return f"{CACHE_MOUNT}/{models.entry_name(uri, revision)}"
+
+
+def pull_container(spec: InferenceDeploymentSpec, name: str, uris: list[str], revision: str | None) -> dict[str, Any]:
+    """`infleet model pull URI... --cache /model-cache` in the runtime image, with the store settings and secret; the
+    revision is the first URI's."""
     command = ["infleet", "model", "pull", *uris, "--cache", CACHE_MOUNT]
-    if model.revision and models.is_remote(model.uri):  # the model's revision; a draft is fetched at its default
-        command += ["--revision", model.revision]
+    if revision:
+        command += ["--revision", revision]
     body: dict[str, Any] = {
-        "name": FETCH_CONTAINER,
+        "name": name,
         "image": f"infleet/runtime:{infleet_version()}",  # the fetcher is infleet's, whichever engine serves
         "imagePullPolicy": "IfNotPresent",
         "command": command,
@@ -264,8 +299,8 @@ def fetch_container(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
         "securityContext": CONTAINER_SECURITY,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if model.credentials_secret:
-        body["envFrom"] = [{"secretRef": {"name": model.credentials_secret}}]
+    if spec.model.credentials_secret:
+        body["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
     return body
 
 
@@ -302,7 +337,7 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
             if draft := draft_location(spec):
                 config["model"] = draft
             cmd += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
-        return cmd + list(rt.extra_args)
+        return cmd + lora_flags(spec) + list(rt.extra_args)
     cmd = ["python", "-m", "infleet.runtime", "serve", "--model", model_arg, "--served-name", served_name(spec, name)]
     cmd += ["--host", "0.0.0.0", "--port", str(PORT), "--tier", tier, "--tensor-parallel", str(par.tensor)]
     cmd += ["--pipeline-parallel", str(par.pipeline), "--max-batch-tokens", str(rt.max_batch_tokens)]
@@ -320,7 +355,27 @@ def engine_command(spec: InferenceDeploymentSpec, name: str, tier: str, model_ar
             cmd += ["--speculative-draft-model", draft]
         if rt.speculative.max_batch_size is not None:
             cmd += ["--speculative-max-batch-size", str(rt.speculative.max_batch_size)]
-    return cmd + list(rt.extra_args)
+    return cmd + lora_flags(spec) + list(rt.extra_args)
+
+
+# vLLM accepts only these --max-lora-rank values; the spec's rank is rounded up to one
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_flags(spec: InferenceDeploymentSpec) -> list[str]:
+    """The adapters' flags; vLLM and the infleet runtime spell them alike. The infleet runtime also gets the cache
+    directory (when the pod mounts one), so adapters loaded later by URI go through the same fetcher and cache."""
+    if not spec.adapters:
+        return []
+    rt = spec.runtime
+    rank = rt.max_lora_rank
+    if rt.engine == "vllm":
+        rank = next(r for r in VLLM_LORA_RANKS if r >= rank)
+    cmd = ["--enable-lora", "--max-loras", str(rt.max_loras), "--max-lora-rank", str(rank)]
+    cmd += ["--lora-modules", *adapter_modules(spec)]
+    if rt.engine == "infleet" and uses_cache(spec):
+        cmd += ["--model-cache", CACHE_MOUNT]
+    return cmd
 
 
 def image(spec: InferenceDeploymentSpec) -> str:
@@ -360,7 +415,7 @@ def container(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The runtime container and the pod volumes it needs."""
     model_arg, volumes, mounts = model_location(spec)
-    if fetched(spec) and CACHE_VOLUME_MOUNT not in mounts:  # a local model with a remote draft
+    if uses_cache(spec) and CACHE_VOLUME_MOUNT not in mounts:  # a local model with a remote draft or adapter
         volumes, mounts = [*volumes, cache_volume(spec)], [*mounts, CACHE_VOLUME_MOUNT]
     env: list[dict[str, Any]] = [
         {"name": "INFLEET_DEPLOYMENT", "value": owner.name},
@@ -372,7 +427,7 @@ def container(
         env.append({"name": "INFLEET_MODEL_REVISION", "value": spec.model.revision})
     if spec.runtime.engine == "vllm":
         env.append({"name": "HOME", "value": "/tmp"})  # its image's HOME is /root, unwritable as the non-root user
-        if fetched(spec):  # what vLLM downloads itself (tokenizer extras) lands in the cache too
+        if uses_cache(spec):  # what vLLM downloads itself (tokenizer extras) lands in the cache too
             env.append({"name": "HF_HOME", "value": f"{CACHE_MOUNT}/hf"})
     env += group_env + [{"name": e.name, "value": e.value} for e in spec.runtime.env]
 
@@ -444,7 +499,7 @@ def pod_template(
         "spec": {
             "affinity": affinity,
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-            **({"initContainers": [fetch]} if (fetch := fetch_container(spec)) else {}),
+            **({"initContainers": init} if (init := init_containers(spec)) else {}),
             "containers": [body],
             "volumes": volumes,
             "securityContext": POD_SECURITY,
@@ -452,6 +507,11 @@ def pod_template(
             "enableServiceLinks": False,
         },
     }
+
+
+def init_containers(spec: InferenceDeploymentSpec) -> list[dict[str, Any]]:
+    fetch = fetch_container(spec)
+    return ([fetch] if fetch else []) + adapter_fetch_containers(spec)
 
 
 def template_hash(template: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -134,6 +135,33 @@ def parser() -> argparse.ArgumentParser:
         help="PyTorch intra-op threads (default: OMP_NUM_THREADS if set, else the pod's CPU limit from its cgroup "
         "quota, else the CPUs this process may run on)",
     )
+    s.add_argument(
+        "--enable-lora", action="store_true", help="serve LoRA adapters (each as its own model name) beside the base"
+    )
+    s.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="adapters to load at start: a PEFT directory, file:// URI, or hf://, s3://, gs://, https:// URI "
+        "(fetched into --model-cache); needs --enable-lora",
+    )
+    s.add_argument(
+        "--max-loras",
+        type=int,
+        default=4,
+        metavar="N",
+        help="adapters resident on the device at once, and distinct adapters in one batch (default %(default)s)",
+    )
+    s.add_argument(
+        "--max-lora-rank", type=int, default=16, metavar="R", help="the largest adapter rank (default %(default)s)"
+    )
+    s.add_argument(
+        "--model-cache",
+        default=None,
+        metavar="DIR",
+        help="where adapters given as remote URIs are fetched to (default: $INFLEET_MODEL_CACHE, else none)",
+    )
     s.add_argument("--shutdown-grace-seconds", type=float, default=30.0, metavar="S")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.add_argument("--access-log", action="store_true", help="log every request")
@@ -208,7 +236,23 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         speculative_draft_model=args.speculative_draft_model,
         speculative_max_batch_size=args.speculative_max_batch_size,
         threads=args.threads,
+        enable_lora=args.enable_lora,
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+        lora_modules=lora_modules(args.lora_modules),
+        model_cache=args.model_cache or os.environ.get("INFLEET_MODEL_CACHE") or None,
     ).resolve()
+
+
+def lora_modules(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """`NAME=PATH` pairs of --lora-modules; ValueError naming a malformed one."""
+    pairs = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--lora-modules: expected NAME=PATH, got {value!r}")
+        pairs.append((name, path))
+    return tuple(pairs)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -247,13 +291,23 @@ def serve(args: argparse.Namespace) -> int:
     try:
         engine = AsyncEngine.from_config(cfg, metrics)
     except Exception as e:  # one clear line, not a traceback: the operator shows it as the pod's failure
-        message = str(e) if "cannot load" in str(e) else f"cannot load model {cfg.model!r}: {e}"
+        from infleet.runtime.lora.adapter import LoRAError
+
+        if isinstance(e, LoRAError):
+            message = f"--lora-modules: {e}"
+        else:
+            message = str(e) if "cannot load" in str(e) else f"cannot load model {cfg.model!r}: {e}"
         print(f"{PROG}: {message}", file=sys.stderr)
         return 1
     served_name = args.served_name or engine.model_name
+    if engine.lora is not None and engine.lora.has(served_name):
+        print(f"{PROG}: --lora-modules: adapter name {served_name!r} is the base model's served name", file=sys.stderr)
+        return 2
     metrics.rename(served_name)  # label series with the name clients use
     log_startup(served_name, engine, threads.source)
     metrics.set_execution(engine.execution)
+    for adapter in engine.lora.adapters() if engine.lora is not None else []:
+        metrics.adapter_loaded(adapter.name)
     return run_http(Serving(engine=engine, served_name=served_name, metrics=metrics), args)
 
 

@@ -99,6 +99,8 @@ POSITIVE_FLAGS = {
     "micro_batches_per_stage": "--micro-batches-per-stage",
     "speculative_max_batch_size": "--speculative-max-batch-size",
     "threads": "--threads",
+    "max_loras": "--max-loras",
+    "max_lora_rank": "--max-lora-rank",
 }
 
 
@@ -137,6 +139,11 @@ class EngineConfig:
     speculative_draft_model: str | None = None  # method "draft" only: a GGUF file or an HF directory
     speculative_max_batch_size: int = DEFAULT_SPECULATIVE_MAX_BATCH_SIZE  # more running decodes: no drafts
     threads: int | None = None  # intra-op threads; None: OMP_NUM_THREADS, else the pod's CPU limit (threads.py)
+    enable_lora: bool = False  # serve LoRA adapters (runtime/lora/): the projections get adapter slots
+    max_loras: int = 4  # adapters resident in the slots (and distinct adapters in one batch) at most
+    max_lora_rank: int = 16  # the largest adapter rank accepted; slots are padded to it
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, path or URI) loaded at start
+    model_cache: str | None = None  # where remote adapter URIs are fetched to (the model fetcher's cache)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -156,6 +163,16 @@ class EngineConfig:
         if self.threads is not None and (self.tensor_parallel > 1 or self.pipeline_parallel > 1):
             raise ValueError("--threads applies to a single process; parallel ranks read INFLEET_RANK_THREADS")
         self._check_speculative()
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        if self.lora_modules and not self.enable_lora:
+            raise ValueError("--lora-modules needs --enable-lora")
+        if self.enable_lora and (self.tensor_parallel > 1 or self.pipeline_parallel > 1):
+            raise ValueError("--enable-lora is not supported with --tensor-parallel or --pipeline-parallel yet")
+        names = [name for name, _ in self.lora_modules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--lora-modules: adapter names must be unique, got {names}")
 
     def _check_speculative(self) -> None:
         method = self.speculative_method

@@ -133,6 +133,37 @@ class RuntimeMetrics:
         self._spec_length = Gauge(
             names.SPEC_MEAN_ACCEPTED_LENGTH, "Tokens emitted per draft since the start.", labels, registry=r
         )
+        per_adapter = (*labels, names.ADAPTER_LABEL)
+        self._lora_requests = Counter(
+            counter(names.LORA_REQUESTS), "Finished requests served through a LoRA adapter.", per_adapter, registry=r
+        )
+        self._lora_prompt_tokens = Counter(
+            counter(names.LORA_PROMPT_TOKENS), "Prompt tokens of finished adapter requests.", per_adapter, registry=r
+        )
+        self._lora_generation_tokens = Counter(
+            counter(names.LORA_GENERATION_TOKENS),
+            "Generated tokens of finished adapter requests.",
+            per_adapter,
+            registry=r,
+        )
+        self._lora_e2e = Histogram(
+            names.LORA_E2E.name,
+            "Time from arrival to the last token, per adapter.",
+            per_adapter,
+            buckets=names.LORA_E2E.buckets,
+            registry=r,
+        )
+        self._lora_ttft = Histogram(
+            names.LORA_TTFT.name,
+            "Time from arrival to the first generated token, per adapter.",
+            per_adapter,
+            buckets=names.LORA_TTFT.buckets,
+            registry=r,
+        )
+        self._per_adapter: tuple[MetricWrapperBase, ...] = (
+            self._lora_requests, self._lora_prompt_tokens, self._lora_generation_tokens, self._lora_e2e,
+            self._lora_ttft,
+        )  # fmt: skip
         # vLLM's `*_info` convention: a constant 1 whose labels say how the model computes (set once loaded)
         self._info = Gauge(
             "infleet_runtime_info",
@@ -170,7 +201,7 @@ class RuntimeMetrics:
 
     def rename(self, model_name: str) -> None:
         """Relabel with the name clients use, once the model is loaded (before any traffic)."""
-        for metric in (*self._all, self._success, self._structured, self._info, self._features):
+        for metric in (*self._all, self._success, self._structured, self._info, self._features, *self._per_adapter):
             metric.clear()
         self.model_name = model_name
         self._export_zeros()
@@ -195,8 +226,10 @@ class RuntimeMetrics:
         itls: Iterable[float],
         e2e: float,
         finish_reason: str,
+        adapter: str | None = None,
     ) -> None:
-        """One request left the engine; `ttft`/`queue_time` are None if it never reached that point (aborted)."""
+        """One request left the engine; `ttft`/`queue_time` are None if it never reached that point (aborted);
+        `adapter`: the LoRA adapter it ran through, counted in the per-adapter series too."""
         labels = self._labels
         self._prompt_tokens.labels(*labels).inc(prompt_tokens)
         self._generation_tokens.labels(*labels).inc(generation_tokens)
@@ -209,6 +242,18 @@ class RuntimeMetrics:
             itl.observe(gap)
         self._e2e.labels(*labels).observe(e2e)
         self._success.labels(*labels, finish_reason).inc()
+        if adapter is not None:
+            self._lora_requests.labels(*labels, adapter).inc()
+            self._lora_prompt_tokens.labels(*labels, adapter).inc(prompt_tokens)
+            self._lora_generation_tokens.labels(*labels, adapter).inc(generation_tokens)
+            self._lora_e2e.labels(*labels, adapter).observe(e2e)
+            if ttft is not None:
+                self._lora_ttft.labels(*labels, adapter).observe(ttft)
+
+    def adapter_loaded(self, adapter: str) -> None:
+        """Export the adapter's series at zero from its load on, so rate() sees its first request."""
+        for metric in self._per_adapter:
+            metric.labels(*self._labels, adapter)
 
     def request_features(self, features: Iterable[str]) -> None:
         """An accepted request that uses these optional features (names from `infleet.api.metrics.FEATURES`)."""

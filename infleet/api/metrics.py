@@ -191,3 +191,13 @@ def gained_since(series: str, start: float, window_seconds: int, by_labels: str)
     Exact while no counter restarts in place; the gateway's month-to-date spend and the monthly bill both use it."""
     last = f"last_over_time({series}[{window_seconds}s])"
     return f"sum by ({by_labels}) (({last} - {series} @ {start:.3f}) or {last})"
+
+
+# LoRA adapters (runtime; labels model_name = the base's served name, tier, adapter = the adapter's served name):
+# requests and tokens of finished requests that ran through an adapter, and their end-to-end and first-token latency
+ADAPTER_LABEL = "adapter"
+LORA_REQUESTS = "infleet_lora_requests_total"
+LORA_PROMPT_TOKENS = "infleet_lora_prompt_tokens_total"
+LORA_GENERATION_TOKENS = "infleet_lora_generation_tokens_total"
+LORA_E2E = Histogram("infleet_lora_e2e_request_latency_seconds", REQUEST_BUCKETS)
+LORA_TTFT = Histogram("infleet_lora_time_to_first_token_seconds", TTFT_BUCKETS)

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +44,7 @@ from infleet.runtime.model.llama import LlamaForCausalLM
 from infleet.runtime.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    from infleet.runtime.lora.manager import LoRAManager
     from infleet.runtime.metrics import RuntimeMetrics
     from infleet.runtime.quant.tiers import TierInfo
 
@@ -148,16 +150,21 @@ class LLMEngine:
         metrics: RuntimeMetrics | None = None,
         runner: ModelRunner | None = None,
         draft: tuple[LlamaForCausalLM, ModelConfig, Tokenizer] | None = None,
+        lora: LoRAManager | None = None,
     ) -> None:
         """Drive a loaded model (`from_config` loads one). `engine_config` sizes the batch and the KV cache (when
         its `num_kv_blocks` is None) and turns CUDA graphs on; `runner` replaces the in-process model runner (tensor
-        and pipeline parallelism pass their own); `draft` is the loaded draft model of `--speculative-method draft`."""
+        and pipeline parallelism pass their own); `draft` is the loaded draft model of `--speculative-method draft`;
+        `lora` the adapter manager that wrapped `model`'s projections (`--enable-lora`)."""
         cfg = engine_config or EngineConfig()
         self.model = model
         self.config = config
         self.engine_config = cfg
         self.tokenizer = tokenizer
         self.metrics = metrics
+        if lora is not None and runner is not None:
+            raise ValueError("LoRA adapters need the in-process model runner (no tensor or pipeline parallelism)")
+        self.lora = lora
         kv_dtype = kv_dtype or next(model.parameters()).dtype
         max_len = min(cfg.max_model_len or config.max_position_embeddings, config.max_position_embeddings)
         num_kv_blocks = cfg.num_kv_blocks
@@ -177,6 +184,7 @@ class LLMEngine:
             max_prefill_tokens=cfg.max_prefill_tokens,
             eos_token_ids=self.eos_token_ids,
             max_model_len=self.max_model_len,
+            max_adapters=None if lora is None else lora.max_loras,
         )
         self.runner = runner or ModelRunner(
             model,
@@ -185,6 +193,7 @@ class LLMEngine:
             kv_dtype=kv_dtype,
             enforce_eager=cfg.enforce_eager,
             max_model_len=self.max_model_len,
+            lora=lora,
         )
         self.speculator = (
             Speculator(
@@ -233,11 +242,19 @@ class LLMEngine:
         dtype = getattr(torch, cfg.compute_dtype_name)
         model, config, tokenizer = load_model(cfg.model, dtype=dtype)
         model = apply_tier(model.to(cfg.device), cfg.tier)
+        lora = None
+        if cfg.enable_lora:  # after the tier: the adapters' deltas are added to the quantized layers' outputs
+            from infleet.runtime.lora.manager import LoRAManager
+
+            cache = Path(cfg.model_cache) if cfg.model_cache else None
+            lora = LoRAManager(model, max_loras=cfg.max_loras, max_rank=cfg.max_lora_rank, cache=cache)
+            for name, source in cfg.lora_modules:
+                lora.load(name, source)
         draft = None
         if cfg.speculative_method == "draft" and cfg.speculative_draft_model:
             d_model, d_config, d_tokenizer = load_model(cfg.speculative_draft_model, dtype=dtype)
             draft = (d_model.to(cfg.device), d_config, d_tokenizer)
-        return cls(model, config, tokenizer, cfg, kv_dtype=dtype, metrics=metrics, draft=draft)
+        return cls(model, config, tokenizer, cfg, kv_dtype=dtype, metrics=metrics, draft=draft, lora=lora)
 
     @property
     def grammars(self) -> Grammars:
@@ -268,6 +285,13 @@ class LLMEngine:
             generator=params.make_generator(self.runner.device),
             matcher=None if params.grammar is None else Matcher(params.grammar),
         )
+        if params.adapter is not None:
+            if self.lora is None:
+                from infleet.runtime.lora.manager import UnknownAdapter
+
+                raise UnknownAdapter(f"model: {params.adapter!r} is not served here (LoRA is off)")
+            adapter = self.lora.acquire(params.adapter)  # held until the request ends
+            seq.lora_id, seq.hash_root = adapter.serial, adapter.hash_root
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -281,6 +305,7 @@ class LLMEngine:
             choice.finish_reason = choice.finish_reason or "abort"
         seq.finish_reason = "abort"
         self._report_finished(seq, time.monotonic())
+        self._release(seq)
         return RequestOutput(request_id, [], "", True, "abort", seq.prompt_len, seq.num_output_tokens)
 
     def has_unfinished(self) -> bool:
@@ -328,6 +353,7 @@ class LLMEngine:
         for request_id in last:
             parent = self.requests.pop(request_id)
             self._report_finished(parent, max(c.last_token_time or 0.0 for c in parent.choices) or time.monotonic())
+            self._release(parent)
         self._report_step()
         return outputs
 
@@ -422,6 +448,11 @@ class LLMEngine:
             )
             self._reported_spec = dataclasses.replace(now)
 
+    def _release(self, seq: Sequence) -> None:
+        """A request ended: its adapter may be freed now (an unload waits for the requests running with it)."""
+        if self.lora is not None and seq.lora_id is not None:
+            self.lora.release(seq.lora_id)
+
     def _report_finished(self, seq: Sequence, now: float) -> None:
         if self.metrics is None:
             return
@@ -433,6 +464,7 @@ class LLMEngine:
             itls=seq.itls,
             e2e=now - seq.arrival_time,
             finish_reason=seq.finish_reason or "abort",
+            adapter=seq.params.adapter,
         )
 
     # --- offline use (tests, benchmarks) ---------------------------------------------------------------------------
@@ -455,6 +487,7 @@ class AsyncEngine:
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
+        self.lora = engine.lora  # the adapter table the server loads into and lists (None: LoRA off)
         cfg = engine.engine_config
         graphs = getattr(engine.runner, "graphs", None) is not None
         self.execution = execution_info(engine.model, cfg.tier, cuda_graphs=graphs)

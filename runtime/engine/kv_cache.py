@@ -7,6 +7,8 @@ hash until reused: the free list is the LRU eviction order (blocks that hold no 
 
 Block hashes are `infleet.api.prefix.chain_hash`, the one the gateway computes too: a listener (the server's KV event
 stream) hears every hash stored and evicted, so the gateway can route a prompt to the replica that holds its prefix.
+A LoRA adapter's sequences start their chain from the adapter's own root (`Sequence.hash_root`): the same tokens
+through another adapter have other keys and values, so they never share blocks.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class BlockManager:
         if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:  # those need every prompt logit
             return 0
         bs = self.block_size
-        parent: int | None = None
+        parent = seq.hash_root
         for i in range((seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
             h = chain_hash(parent, tokens)
@@ -124,7 +126,7 @@ class BlockManager:
         stored = []
         for i in range(len(seq.block_hashes), full):
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-            h = chain_hash(seq.block_hashes[-1] if seq.block_hashes else None, tokens)
+            h = chain_hash(seq.block_hashes[-1] if seq.block_hashes else seq.hash_root, tokens)
             seq.block_hashes.append(h)
             block = self.blocks[seq.block_table[i]]
             if block.hash is None and h not in self.cached:

@@ -7,6 +7,9 @@ graphs captured at padded batch sizes (`cuda_graphs.py`) unless the runner is ea
 A request that asks for prompt log-probabilities (`echo` with `logprobs`) gets them here, from the logits of every
 prompt position of its prefill chunks: the model's own log-softmax (no penalty, bias or temperature applies to a
 prompt token), stored on the sequence.
+
+With LoRA on, the step tells the adapter manager which rows use which adapter before the forward pass (a step with
+adapter rows runs eagerly: CUDA graphs are captured for the base model only).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from infleet.runtime.engine.scheduler import ScheduledSequence
 
 if TYPE_CHECKING:
     from infleet.runtime.engine.cuda_graphs import DecodeGraphs
+    from infleet.runtime.lora.manager import LoRAManager
 from infleet.runtime.model.attention import KVCache, StepInputs
 from infleet.runtime.model.llama import LlamaForCausalLM
 
@@ -42,8 +46,10 @@ class ModelRunner:
         kv_dtype: torch.dtype,
         enforce_eager: bool = True,
         max_model_len: int | None = None,
+        lora: LoRAManager | None = None,
     ) -> None:
         self.model = model
+        self.lora = lora
         self.block_size = block_size
         c = model.config
         self.device = next(model.parameters()).device
@@ -83,17 +89,33 @@ class ModelRunner:
             if entry.samples:
                 sample_rows.extend(range(len(input_ids) - 1 - len(draft), len(input_ids)))
                 samplers.append(entry)
+        if self.lora is not None and self.lora.begin([(e.seq.lora_id, e.num_tokens) for e in ordered]):
+            try:
+                return samplers, self._forward(input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows)
+            finally:
+                self.lora.end()
         if self.graphs is not None and not prompt_rows and self.graphs.fits(query_lens):
             hidden = self.graphs.run(input_ids, context_lens, tables)  # every row, padding dropped
             if len(sample_rows) < len(input_ids):  # a one-token prefill chunk that does not sample
                 hidden = hidden[sample_rows]
             return samplers, self.model.compute_logits(hidden)
+        return samplers, self._forward(input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows)
+
+    def _forward(
+        self,
+        input_ids: list[int],
+        query_lens: list[int],
+        context_lens: list[int],
+        tables: list[list[int]],
+        sample_rows: list[int],
+        prompt_rows: list[tuple[ScheduledSequence, int]],
+    ) -> Tensor:
+        """The eager forward pass: the sampled rows' logits (and prompt log-probabilities where asked)."""
         step = StepInputs.build(input_ids, query_lens, context_lens, tables, self.block_size, sample_rows, self.device)
         hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
         for entry, row in prompt_rows:
             self._prompt_logprobs(entry, hidden[row : row + entry.num_tokens])
-        logits = self.model.compute_logits(hidden.index_select(0, step.sample_rows))
-        return samplers, logits
+        return self.model.compute_logits(hidden.index_select(0, step.sample_rows))
 
     def _prompt_logprobs(self, entry: ScheduledSequence, hidden: Tensor) -> None:
         """Log-probabilities of the prompt tokens this chunk's positions predict, not already known (a sequence

@@ -52,6 +52,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k: the sampled token's log-probability and the k most likely
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (needs the prefill logits)
     grammar: Any = None  # structured output: an xgrammar CompiledGrammar the output must follow (structured.py)
+    adapter: str | None = None  # the LoRA adapter (its served name) whose weights compute this request; None: base
 
     def validate(self, max_model_len: int, prompt_len: int) -> None:
         """Raises ValueError("<field>: <what is wrong>") for the first problem found."""

@@ -53,9 +53,11 @@ class Scheduler:
         max_prefill_tokens: int | None = None,
         eos_token_ids: Collection[int] = (),
         max_model_len: int | None = None,
+        max_adapters: int | None = None,
     ) -> None:
         """`max_prefill_tokens`: prompt tokens per step at most (None: whatever the decodes leave of the budget);
-        `eos_token_ids` and `max_model_len` end sequences in `postprocess`."""
+        `eos_token_ids` and `max_model_len` end sequences in `postprocess`; `max_adapters`: distinct LoRA adapters
+        in the running batch at most (the device slots; a request for another adapter waits its turn)."""
         if max_batch_tokens < 1 or max_num_seqs < 1:
             raise ValueError("max_batch_tokens and max_num_seqs must be positive")
         if max_prefill_tokens is not None and max_prefill_tokens < 1:
@@ -66,6 +68,7 @@ class Scheduler:
         self.max_prefill_tokens = min(max_prefill_tokens or max_batch_tokens, max_batch_tokens)
         self.eos_token_ids = set(eos_token_ids)
         self.max_model_len = max_model_len
+        self.max_adapters = max_adapters
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -133,6 +136,10 @@ class Scheduler:
         # 3. new sequences, only when nothing had to be preempted or wait for blocks: else they would jump the queue
         while self.waiting and prefill > 0 and len(self.running) < self.max_num_seqs and not (preempted or stalled):
             seq = self.waiting[0]
+            if seq.lora_id is not None and self.max_adapters is not None:
+                active = {s.lora_id for s in self.running if s.lora_id is not None}
+                if seq.lora_id not in active and len(active) >= self.max_adapters:
+                    break  # FCFS: it waits until an adapter's slot frees up
             if not seq.block_table:
                 self.block_manager.match_prefix(seq)
             n = min(seq.num_uncomputed_tokens, prefill)

@@ -55,6 +55,8 @@ class Sequence:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     matcher: Matcher | None = None  # structured output: where the text is in the request's grammar
+    lora_id: int | None = None  # the serial of the loaded LoRA adapter computing it (runtime/lora/manager.py)
+    hash_root: int | None = None  # where its prefix-cache hash chain starts (an adapter's own root, else ROOT)
 
     def append_token(self, token: int, now: float) -> None:
         """A sampled token, with its timing (time to first token, then the gaps between tokens)."""
@@ -77,7 +79,7 @@ class Sequence:
             detokenizer=detokenizer, generator=generator, status=self.status,
             num_computed_tokens=self.num_computed_tokens, text=self.text, emitted=self.emitted,
             arrival_time=self.arrival_time, first_scheduled_time=self.first_scheduled_time,
-            index=index, prompt_logprobs=self.prompt_logprobs,
+            index=index, prompt_logprobs=self.prompt_logprobs, lora_id=self.lora_id, hash_root=self.hash_root,
             matcher=None if self.params.grammar is None else Matcher(self.params.grammar),  # before any output
         )  # fmt: skip
 

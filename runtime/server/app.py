@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from infleet.runtime.metrics import CONTENT_TYPE, RuntimeMetrics
-from infleet.runtime.server import kserve, kv_events, openai, tokenize
+from infleet.runtime.server import kserve, kv_events, lora, openai, tokenize
 from infleet.runtime.server.errors import APIError
 
 if TYPE_CHECKING:
@@ -161,6 +161,7 @@ def build_app(serving: Serving, *, manage_engine: bool = True) -> Starlette:
             Route("/kv/events", kv_events.events, methods=["GET"]),
             Route("/kv/tokenizer", kv_events.tokenizer, methods=["GET"]),
             *openai.routes(),
+            *lora.routes(),
             *tokenize.routes(),
             *kserve.routes(),
         ],

@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from infleet.runtime.engine.engine import EngineClosed, QueueFull, RequestOutput
 from infleet.runtime.engine.sampler import SamplingParams, TokenLogprob
+from infleet.runtime.lora.manager import UnknownAdapter
 from infleet.runtime.server.errors import APIError
 
 if TYPE_CHECKING:
@@ -140,6 +141,8 @@ async def start(engine: AsyncEngine, prompt_ids: list[int], params: SamplingPara
             code="queue_full",
             retry_after=RETRY_AFTER_SECONDS,
         ) from None
+    except UnknownAdapter as e:  # unloaded between the handler's check and the engine's
+        raise APIError(404, str(e), param="model", code="model_not_found") from None
     except EngineClosed:
         raise APIError(503, "the server is shutting down; retry on another replica", retry_after=5) from None
     except ValueError as e:  # the engine's own check of the request, "<field>: <what is wrong>"

@@ -49,20 +49,25 @@ COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's legacy completions default; chat 
 
 
 def check_model(serving: Serving, model: str | None) -> str:
-    """The served name; any other requested model is a 404 (no model named: the served one)."""
-    if model is not None and model != serving.served_name:
-        raise APIError(
-            404,
-            f"model: the model {model!r} does not exist here; this server serves {serving.served_name!r}",
-            param="model",
-            code="model_not_found",
-        )
-    return serving.served_name
+    """The model name the request runs under: the served name or a loaded LoRA adapter's; any other requested
+    model is a 404 (no model named: the served one)."""
+    if model is None or model == serving.served_name:
+        return serving.served_name
+    lora = serving.engine.lora
+    if lora is not None and lora.has(model):
+        return model
+    adapters = "" if lora is None else "".join(f", {a.name!r}" for a in lora.adapters())
+    raise APIError(
+        404,
+        f"model: the model {model!r} does not exist here; this server serves {serving.served_name!r}{adapters}",
+        param="model",
+        code="model_not_found",
+    )
 
 
 async def list_models(request: Request) -> Response:
     serving: Serving = request.app.state.serving
-    card = {
+    card: dict[str, Any] = {
         "id": serving.served_name,
         "object": "model",
         "created": serving.created,
@@ -72,7 +77,21 @@ async def list_models(request: Request) -> Response:
         "quantization": serving.quantization(),
         "execution": serving.engine.execution,  # device, compute dtype, kernels actually in use
     }
-    return JSONResponse({"object": "list", "data": [card]})
+    adapters = [] if serving.engine.lora is None else serving.engine.lora.adapters()
+    cards = [card] + [
+        {
+            "id": a.name,
+            "object": "model",
+            "created": serving.created,
+            "owned_by": "infleet",
+            "root": a.source,  # vLLM's fields: where the adapter came from, and the model it adapts
+            "parent": serving.served_name,
+            "max_model_len": serving.engine.max_model_len,
+            "lora_rank": a.weights.rank,
+        }
+        for a in adapters
+    ]
+    return JSONResponse({"object": "list", "data": cards})
 
 
 class Job:
@@ -88,6 +107,7 @@ class Job:
         engine = serving.engine
         max_tokens = resolve_max_tokens(body.requested_max_tokens, default_max, len(prompt_ids), engine.max_model_len)
         self.params = make_params(body.sampling_kwargs(max_tokens), engine.max_model_len, len(prompt_ids))
+        self.params.adapter = None if self.model == serving.served_name else self.model
         self.request_id = new_request_id(id_prefix)
         self.created = int(time.time())
         self.offsets: dict[int, int] = {}  # streaming: each choice's text length so far (completions' text_offset)

@@ -149,4 +149,20 @@ BAD_SPECS: list[BadSpec] = [
         "MultiNodeUnsupportedByEngine",
         outcome="degraded",
     ),
+    BadSpec("adapter-bad-name", {"adapters": [{"name": "-sql", "uri": "file:///a"}]}, "spec.adapters[0].name"),
+    BadSpec("adapter-bad-uri", {"adapters": [{"name": "sql", "uri": "https://x/a.gguf"}]}, "spec.adapters[0].uri"),
+    BadSpec(
+        "adapter-names-repeat",
+        {"adapters": [{"name": "sql", "uri": "file:///a"}, {"name": "sql", "uri": "file:///b"}]},
+        "spec.adapters[1]",
+    ),
+    BadSpec(
+        "adapter-is-served-name", {"adapters": [{"name": "smollm2", "uri": "file:///a"}]}, "spec.adapters", cel=True
+    ),
+    BadSpec(
+        "adapters-with-tensor-parallelism",
+        {"adapters": [{"name": "sql", "uri": "file:///a"}], "parallelism": {"tensor": 2}},
+        "spec.adapters",
+        cel=True,
+    ),
 ]

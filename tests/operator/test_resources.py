@@ -285,3 +285,41 @@ def test_the_operator_makes_the_shared_cache_claim_when_the_chart_sizes_it(monke
     ]
     assert checks.claims(remote) == [("the chart's models.cache.claimName", "infleet-model-cache")]
     assert checks.claims(spec_of(model={"uri": "file:///m.gguf"})) == []  # nothing fetched, no cache needed
+
+
+ADAPTERS = [
+    {"name": "sql", "uri": "hf://acme/sql-lora", "revision": "v2"},
+    {"name": "poet", "uri": "file:///adapters/poet"},
+]
+
+
+def test_adapters_are_fetched_like_the_model_and_become_lora_flags() -> None:
+    pod = pod_spec(spec_of(adapters=ADAPTERS, runtime={"maxLoras": 2, "maxLoraRank": 32}))
+    model_fetch, sql_fetch = pod["initContainers"]  # the file:/// adapter needs no fetch
+    assert model_fetch["name"] == "model-fetch" and sql_fetch["name"] == "adapter-fetch-0"
+    assert sql_fetch["command"] == ["infleet", "model", "pull", "hf://acme/sql-lora", "--cache", "/model-cache",
+                                    "--revision", "v2"]  # fmt: skip
+    cmd = pod["containers"][0]["command"]
+    flags = cmd[cmd.index("--enable-lora") :]
+    sql_entry = f"/model-cache/{models.entry_name('hf://acme/sql-lora', 'v2')}"
+    assert flags == ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "32", "--lora-modules",
+                     f"sql={sql_entry}", "poet=/adapters/poet", "--model-cache", "/model-cache"]  # fmt: skip
+
+
+def test_remote_adapters_of_a_local_model_get_a_cache_volume() -> None:
+    pod = pod_spec(spec_of(model={"uri": "file:///models/x.gguf", "servedName": "x"}, adapters=ADAPTERS[:1]))
+    assert [c["name"] for c in pod["initContainers"]] == ["adapter-fetch-0"]
+    assert {"name": "model-cache", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_vllm_gets_its_own_lora_flags_with_a_rank_it_accepts() -> None:
+    spec = spec_of(adapters=ADAPTERS[1:], runtime={"engine": "vllm", "maxLoraRank": 12})
+    cmd = pod_spec(spec)["containers"][0]["command"]
+    assert cmd[0] == "vllm"
+    assert cmd[cmd.index("--enable-lora") :] == ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "16",
+                                                 "--lora-modules", "poet=/adapters/poet"]  # fmt: skip
+
+
+def test_no_adapters_no_lora_flags() -> None:
+    assert "--enable-lora" not in pod_spec(spec_of())["containers"][0]["command"]
