@@ -282,11 +282,17 @@ class Accelerator(ApiModel):
         "quantization.maxQualityLoss, priced from the chart's gpuPrices. Empty: type only.",
     )
 
+    @field_validator("allowed")
+    @classmethod
+    def _unique(cls, allowed: list[str]) -> list[str]:
+        """The schema says list-type set (the API server rejects duplicates); say the same here."""
+        if len(set(allowed)) != len(allowed):
+            raise ValueError("accelerator.allowed must not name a product twice")
+        return allowed
+
     @model_validator(mode="after")
     def _starting_product_allowed(self) -> Accelerator:
-        """The CEL rules, said again for specs parsed outside the API server."""
-        if len(set(self.allowed)) != len(self.allowed):
-            raise ValueError("accelerator.allowed must not name a product twice")
+        """The CEL rule, said again for specs parsed outside the API server."""
         if self.allowed and self.type not in self.allowed:
             raise ValueError("accelerator.type must be one of accelerator.allowed")
         return self
