@@ -9,7 +9,8 @@ In order:
 3. nothing: the chooser keeps the current tier and says why.
 
 Capacities come from the profile; prices stay the accelerator's (what a node of that type bills), so every option is
-re-labelled with the accelerator type. Only the deployment's allowed tiers are offered.
+re-labelled with the accelerator type. Only the deployment's allowed tiers are offered, and only those whose weights
+fit in the accelerator's memory (the roofline model leaves out what does not fit in the same way).
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ def known_shape(uri: str) -> str | None:
     return next((name for name in MODELS if _normalized(name) in text), None)
 
 
+def fits(option: TierOption) -> bool:
+    """A replica's weights fit in its GPUs' memory; a product the latency model does not know is taken at its word."""
+    dev = DEVICES.get(option.gpu)
+    return dev is None or option.memory_bytes <= dev.memory_bytes * option.gpus_per_replica
+
+
 def tier_options(
     uri: str,
     accelerator: str,
@@ -87,9 +94,8 @@ def tier_options(
     if found is not None:
         options, path = found
         # a measured replica is one process; a replica of several GPUs bills them all
-        chosen = tuple(
-            replace(o, gpu=accelerator, gpus_per_replica=gpus_per_replica) for o in options if o.tier in allowed
-        )
+        relabelled = (replace(o, gpu=accelerator, gpus_per_replica=gpus_per_replica) for o in options)
+        chosen = tuple(o for o in relabelled if o.tier in allowed and fits(o))
         return ProfileChoice(chosen, f"measured profile {path.name} ({device})")
     shape = known_shape(uri)
     if shape and (accelerator in DEVICES or accelerator in SHORT_NAMES):

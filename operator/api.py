@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from infleet.api import speculative as spec
 from infleet.api.conditions import Condition
@@ -281,7 +281,26 @@ class Parallelism(ApiModel):
     pipeline: int = Field(default=1, ge=1, le=16, description="Pipeline stages (split the layers).")
 
 
+MAX_ALLOWED_ACCELERATORS = 8
+
+
 class Accelerator(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.allowed) || size(self.allowed) == 0 || self.type in self.allowed",
+                "accelerator.type must be one of accelerator.allowed (it is the product the deployment starts on)",
+                field_path=".type",
+            ),
+            cel(
+                "!has(self.gpusPerNode) || !has(self.allowed) || size(self.allowed) <= 1",
+                "accelerator.gpusPerNode describes one product: with several products in accelerator.allowed leave it "
+                "unset (it is learnt from each product's nodes)",
+                field_path=".gpusPerNode",
+            ),
+        )
+    )
+
     type: str = Field(
         pattern=GPU_PRODUCT_PATTERN,
         max_length=63,
@@ -294,6 +313,33 @@ class Accelerator(ApiModel):
         description="GPUs on one node of this type; learnt from the nodes' nvidia.com/gpu.count when unset. A replica "
         "needing more GPUs than this spans several pods (a group).",
     )
+    allowed: list[Annotated[str, Field(pattern=GPU_PRODUCT_PATTERN, max_length=63)]] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOWED_ACCELERATORS,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="GPU products the autoscaler may move the deployment to (quantization.tier auto and scaling "
+        "enabled): it picks the product and tier with the lowest $/1M tokens that meets the SLO and "
+        "quantization.maxQualityLoss, priced from the chart's gpuPrices. Empty: type only.",
+    )
+
+    @field_validator("allowed")
+    @classmethod
+    def _unique(cls, allowed: list[str]) -> list[str]:
+        """The schema says list-type set (the API server rejects duplicates); say the same here."""
+        if len(set(allowed)) != len(allowed):
+            raise ValueError("accelerator.allowed must not name a product twice")
+        return allowed
+
+    @model_validator(mode="after")
+    def _starting_product_allowed(self) -> Accelerator:
+        """The CEL rule, said again for specs parsed outside the API server."""
+        if self.allowed and self.type not in self.allowed:
+            raise ValueError("accelerator.type must be one of accelerator.allowed")
+        return self
+
+    def products(self) -> list[str]:
+        """The products the deployment may run on, the starting one first."""
+        return [self.type, *(p for p in self.allowed if p != self.type)]
 
 
 class Quantization(ApiModel):
@@ -436,6 +482,13 @@ class InferenceDeploymentSpec(ApiModel):
                 "use engine vllm or one GPU per replica",
                 field_path=".adapters",
             ),
+            cel(
+                "!has(self.accelerator.allowed) || size(self.accelerator.allowed) <= 1"
+                " || !has(self.quantization) || !has(self.quantization.tier) || self.quantization.tier == 'auto'",
+                "accelerator.allowed with several products needs quantization.tier auto: the autoscaler chooses the "
+                "product and the tier together",
+                field_path=".accelerator.allowed",
+            ),
         )
     )
 
@@ -475,6 +528,10 @@ class InferenceDeploymentSpec(ApiModel):
     @property
     def gpus_per_replica(self) -> int:
         return self.parallelism.tensor * self.parallelism.pipeline
+
+    def on(self, product: str) -> InferenceDeploymentSpec:
+        """This spec with its replicas on `product` (one of accelerator.allowed): what the reconcile renders."""
+        return self.model_copy(update={"accelerator": self.accelerator.model_copy(update={"type": product})})
 
     @property
     def tier(self) -> Tier:
@@ -528,6 +585,13 @@ class InferenceDeploymentStatus(ApiModel):
     cost_per_million_tokens: float | None = None
     desired_replicas: int | None = Field(default=None, description="The autoscaler's latest replica decision")
     desired_tier: str | None = Field(default=None, description="The autoscaler's latest tier decision")
+    accelerator: str | None = Field(
+        default=None,
+        description="The GPU product the replicas run on: accelerator.type, or the autoscaler's choice among "
+        "accelerator.allowed",
+    )
+    accelerator_reason: str | None = Field(default=None, description="Why the replicas run on that product")
+    desired_accelerator: str | None = Field(default=None, description="The autoscaler's latest accelerator decision")
     scaling_reason: str | None = Field(default=None, description="Why the autoscaler decided as it did")
     conditions: list[Condition] = Field(
         default_factory=list,

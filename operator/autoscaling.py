@@ -120,31 +120,45 @@ def choose_tier(
     now: float,
     prices: Mapping[str, float],
     replica_device: str | None = None,
+    running: str | None = None,
 ) -> tuple[tiers.TierDecision, str] | None:
-    """The tier chooser's decision for an `auto` deployment, and where its profile came from; None if not auto.
-    `replica_device` names the device whose measured profile describes the replicas (None: the accelerator)."""
+    """The chooser's decision (tier and GPU product) for an `auto` deployment, and where its profiles came from;
+    None if not auto. The options are every allowed tier on every product of `accelerator.allowed` (the running
+    product alone when it is empty) that runs there, fits its memory and has a price. `replica_device` names the
+    device whose measured profile describes the replicas (None: each product itself); `running`: the product the
+    replicas run on now (None: accelerator.type)."""
     q = spec.quantization
     if q.tier != "auto":
         return None
-    gpu = spec.accelerator.type
-    if state.tier != current or state.gpu != gpu:  # someone else moved the tier: start from what runs
+    gpu = running or spec.accelerator.type
+    if state.tier != current or state.gpu != gpu:  # someone else moved the tier or product: start from what runs
         state = tiers.TierState(current, gpu)
-    runnable = [t for t in q.allowed if checks.tier_problem(spec, t) is None]
     slo = spec.slo
-    choice = profiles.tier_options(
-        spec.model.uri,
-        gpu,
-        runnable,
-        spec.gpus_per_replica,
-        replica_device,
-        durations.seconds(slo.tpot_p99) if slo.tpot_p99 else None,
-        durations.seconds(slo.ttft_p99) if slo.ttft_p99 else None,
-    )
-    if gpu not in prices and choice.options:
+    options: list[tiers.TierOption] = []
+    sources: list[str] = []
+    for product in spec.accelerator.products():
+        on = spec.on(product)
+        runnable = [t for t in q.allowed if checks.tier_problem(on, t) is None]
+        choice = profiles.tier_options(
+            spec.model.uri,
+            product,
+            runnable,
+            spec.gpus_per_replica,
+            replica_device,
+            durations.seconds(slo.tpot_p99) if slo.tpot_p99 else None,
+            durations.seconds(slo.ttft_p99) if slo.ttft_p99 else None,
+        )
+        if product not in prices and choice.options:
+            sources.append(f"{product}: no GPU price (set the chart's gpuPrices), not offered")
+            continue
+        options += choice.options
+        sources.append(choice.source)
+    source = "; ".join(sources)
+    if not options and gpu not in prices:
         reason = f"no GPU price for {gpu} (set spec.cost.gpuHourlyPrice or the chart's gpuPrices): keep {current}"
-        return tiers.TierDecision(current, gpu, 0, reason, state), choice.source
+        return tiers.TierDecision(current, gpu, 0, reason, state), source
     decision = tiers.choose_tier(
-        choice.options,
+        options,
         obs.tokens_per_second or 0.0,
         q.max_quality_loss,
         state,
@@ -154,7 +168,7 @@ def choose_tier(
         prices=prices,
         max_cost_per_million_tokens=spec.cost.max_per_million_tokens,
     )
-    return decision, choice.source
+    return decision, source
 
 
 async def post_event(kube: Any, body: Mapping[str, Any], reason: str, message: str) -> None:
@@ -198,12 +212,17 @@ async def advise(
     new_tier: str | None,
     decision: policy.Decision,
     patch_status: Mapping[str, Any],
+    running: str | None = None,
+    new_product: str | None = None,
 ) -> None:
     """Advisory mode: announce a decision that differs from what runs, once per change of advice; apply nothing."""
     if target != replicas and target != st.get("desiredReplicas"):
         await post_event(
             kube, body, "ScaleAdvised", f"{replicas} -> {target} replicas (not applied): {decision.reason}"
         )
+    if new_product is not None and new_product != st.get("desiredAccelerator"):
+        reason = patch_status.get("tierReason", "")
+        await post_event(kube, body, "AcceleratorAdvised", f"{running} -> {new_product} (not applied): {reason}")
     if new_tier is not None and new_tier != st.get("desiredTier"):
         reason = patch_status.get("tierReason", "")
         await post_event(kube, body, "TierAdvised", f"{current_tier or 'none'} -> {new_tier} (not applied): {reason}")
@@ -297,18 +316,27 @@ async def autoscale(
 
     advisory = parsed.scaling.mode == "advisory"
     current_tier = st.get("tier")
+    running = checks.running_product(parsed, st.get("accelerator"))
     tier_state = memo.tier_states.get(key, tiers.TierState())
-    chosen = choose_tier(parsed, current_tier, obs, tier_state, now, prices, memo.replica_device)
+    chosen = choose_tier(parsed, current_tier, obs, tier_state, now, prices, memo.replica_device, running)
     new_tier: str | None = None
+    new_product: str | None = None
     if chosen is not None:
         tier_decision, source = chosen
         memo.tier_states[key] = tier_decision.state
         patch_status["tierReason"] = f"{tier_decision.reason} [{source}]"
         if tier_decision.tier is not None and tier_decision.tier != current_tier:
             new_tier = tier_decision.tier
+        if tier_decision.gpu is not None and tier_decision.gpu != running:
+            new_product = tier_decision.gpu
         patch_status["desiredTier"] = new_tier or current_tier
         # always sent while auto: this manager keeps owning the field between writers (advisory: the tier that runs)
         patch_status["tier"] = (current_tier or parsed.tier) if advisory else (new_tier or current_tier)
+        if parsed.accelerator.allowed:  # the product is chosen with the tier, for the same reason
+            patch_status["desiredAccelerator"] = new_product or running
+            patch_status["accelerator"] = running if advisory else (new_product or running)
+            if new_product is not None and not advisory:
+                patch_status["acceleratorReason"] = f"chosen by the autoscaler: {patch_status['tierReason']}"
     target = resources.desired_replicas(parsed.model_copy(update={"replicas": decision.replicas}))
     patch_status["desiredReplicas"] = target
     patch_status["scalingReason"] = decision.reason
@@ -317,12 +345,29 @@ async def autoscale(
         patch = api.InferenceDeploymentStatus.patch(patch_status)
         written = await kube.apply_status(namespace, name, patch, STATUS_MANAGER)
         if advisory:
-            await advise(kube, body, st, parsed.replicas, target, current_tier, new_tier, decision, patch_status)
+            await advise(
+                kube,
+                body,
+                st,
+                parsed.replicas,
+                target,
+                current_tier,
+                new_tier,
+                decision,
+                patch_status,
+                running,
+                new_product,
+            )
             return
+        if new_product is not None and written is not None:
+            message = f"{running} -> {new_product}: {patch_status['tierReason']}"
+            logger.info(f"autoscaler: accelerator {message}")
+            await post_event(kube, body, "AcceleratorChanged", message)
         if new_tier is not None and written is not None:
             message = f"{current_tier or 'none'} -> {new_tier}: {patch_status['tierReason']}"
             logger.info(f"autoscaler: tier {message}")
             await post_event(kube, body, "TierChanged", message)
+        if (new_tier is not None or new_product is not None) and written is not None:
             await roll_out_tier(written, memo, gpu_nodes, group_sets, logger)
         if target != parsed.replicas:
             logger.info(f"autoscaler: {parsed.replicas} -> {target} replicas ({decision.reason})")

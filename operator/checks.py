@@ -51,6 +51,12 @@ def choose_tier(
     return q.allowed[0], "no allowed tier is runnable here (see Degraded)"
 
 
+def running_product(spec: InferenceDeploymentSpec, current: str | None) -> str:
+    """The GPU product the replicas run on: the autoscaler's choice (status.accelerator) while accelerator.allowed
+    still names it, else accelerator.type (a product removed from allowed is left at the next reconcile)."""
+    return current if current and current in spec.accelerator.allowed else spec.accelerator.type
+
+
 def gpus_per_node(spec: InferenceDeploymentSpec, node_gpus: Mapping[str, int]) -> int:
     """spec.accelerator.gpusPerNode, else the largest GPU count among nodes of that product (8 if none)."""
     if spec.accelerator.gpus_per_node:

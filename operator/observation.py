@@ -27,7 +27,7 @@ from infleet.api import durations
 from infleet.api import metrics as names
 from infleet.autoscaler import policy
 from infleet.autoscaler import prometheus as reader_queries
-from infleet.operator import api, status, status_writer
+from infleet.operator import api, checks, status, status_writer
 from infleet.operator.kube import KubeError
 from infleet.operator.state import OperatorState
 
@@ -230,9 +230,10 @@ def observed_status(
     observed["window"] = WINDOW
     prices = autoscaling.prices_for(spec, autoscaling.configured_prices())
     replicas = int(st.get("replicas") or spec.replicas)
+    running = spec.on(checks.running_product(spec, st.get("accelerator")))  # priced as the product that bills
     return {
         "observed": observed,
-        "costPerMillionTokens": autoscaling.observed_cost(spec, replicas, obs.tokens_per_second, prices),
+        "costPerMillionTokens": autoscaling.observed_cost(running, replicas, obs.tokens_per_second, prices),
         "conditions": [slo_condition(spec, obs, attainment, generation)],
     }
 

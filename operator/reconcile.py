@@ -105,6 +105,8 @@ def judged_status(
         "selector": resources.selector_string(owner),
         "tier": want.tier,
         "tierReason": tier_reason,
+        "accelerator": spec.accelerator.type,
+        "acceleratorReason": accelerator_reason(spec, old_status),
         "gpusPerReplica": want.layout.gpus_per_replica,
         "podsPerReplica": want.layout.pods_per_replica,
         "revision": want.revision,
@@ -139,13 +141,23 @@ def _keep_transition_times(old: list[dict[str, Any]], new: list[dict[str, Any]])
     return [merged[c["type"]] for c in new]
 
 
+def accelerator_reason(spec: InferenceDeploymentSpec, old_status: Mapping[str, Any]) -> str:
+    """Why the replicas run on `spec.accelerator.type` (the running product): the autoscaler's reason while its
+    choice stands, else the spec's."""
+    chosen = old_status.get("accelerator")
+    if chosen == spec.accelerator.type and chosen in spec.accelerator.allowed and old_status.get("acceleratorReason"):
+        return str(old_status["acceleratorReason"])
+    return "set in spec.accelerator.type"
+
+
 def plan(
     body: Mapping[str, Any], node_gpus: Mapping[str, int], lws: bool = False
 ) -> tuple[InferenceDeploymentSpec, resources.Desired, str]:
     """Spec -> desired objects, without judging or touching the cluster (the event path uses this). `lws`: the
     LeaderWorkerSet CRD is installed."""
-    spec = InferenceDeploymentSpec.model_validate(body["spec"])
     old_status = body.get("status") or {}
+    spec = InferenceDeploymentSpec.model_validate(body["spec"])
+    spec = spec.on(checks.running_product(spec, old_status.get("accelerator")))
     tier, reason = checks.choose_tier(spec, old_status.get("tier"), old_status.get("tierReason"))
     want = resources.desired(spec, owner_of(body), tier, checks.gpus_per_node(spec, node_gpus), lws)
     return spec, want, reason

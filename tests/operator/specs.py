@@ -77,6 +77,31 @@ BAD_SPECS: list[BadSpec] = [
         "spec.parallelism",
         cel=True,
     ),
+    BadSpec(
+        "accelerator-type-not-allowed",
+        {"accelerator": {"type": "NVIDIA-H100-80GB-HBM3", "allowed": ["NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"]}},
+        "accelerator.type must be one of accelerator.allowed",
+        cel=True,
+    ),
+    BadSpec("accelerator-allowed-twice", {"accelerator.allowed": ["NVIDIA-L4", "NVIDIA-L4"]}, "accelerator.allowed"),
+    BadSpec(
+        "accelerator-allowed-bad-product", {"accelerator.allowed": ["NVIDIA-L4", "L4 GPU!"]}, "accelerator.allowed"
+    ),
+    BadSpec(
+        "accelerator-several-with-gpus-per-node",
+        {"accelerator": {"type": "NVIDIA-L4", "allowed": ["NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"], "gpusPerNode": 8}},
+        "accelerator.gpusPerNode describes one product",
+        cel=True,
+    ),
+    BadSpec(
+        "accelerator-several-fixed-tier",
+        {
+            "accelerator.allowed": ["NVIDIA-L4", "NVIDIA-A100-SXM4-80GB"],
+            "quantization": {"tier": "bf16", "allowed": ["bf16"]},
+        },
+        "accelerator.allowed with several products needs quantization.tier auto",
+        cel=True,
+    ),
     BadSpec("duration-words", {"slo": {"ttftP99": "2 seconds"}}, "spec.slo.ttftP99"),
     BadSpec("objective-over-100", {"slo": {"objectivePercent": 101}}, "spec.slo.objectivePercent"),
     BadSpec("unknown-engine", {"runtime.engine": "tgi"}, "spec.runtime.engine"),

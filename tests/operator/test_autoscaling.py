@@ -189,3 +189,73 @@ def test_the_operator_exports_exactly_the_gauges_the_dashboards_read() -> None:
     }
     read = {v for k, v in vars(names).items() if k.startswith("DEPLOYMENT_") and isinstance(v, str)}
     assert exported == read
+
+
+# ---- accelerator choice -------------------------------------------------------------------------------------------
+
+A100, H100, L4 = "NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3", "NVIDIA-L4"
+
+
+def test_the_chooser_moves_to_the_cheapest_allowed_product_after_the_dwell() -> None:
+    # the measured CPU profile prices every product alike per replica (the local fleet runs pods on the CPU), so the
+    # product with the lowest hourly price is the cheapest per token
+    spec = auto_spec(accelerator={"type": A100, "allowed": [A100, L4]}, cost={})
+    obs = policy.Observation(sampled_at=0.0, replicas=1, tokens_per_second=5.0)
+    prices = autoscaling.price_table({})
+    first = autoscaling.choose_tier(spec, "bf16", obs, tiers.TierState(), 0.0, prices, "cpu", A100)
+    assert first is not None
+    decision, source = first
+    assert (decision.tier, decision.gpu) == ("bf16", A100), decision.reason  # a rollout waits for the dwell
+    assert "on NVIDIA-L4" not in decision.reason and "saves 68%" in decision.reason
+    assert source.count("smollm2-135m-cpu.json") == 2  # one profile per product
+    later = autoscaling.choose_tier(spec, "bf16", obs, decision.state, autoscaling.TIER_DWELL + 1, prices, "cpu", A100)
+    assert later is not None and (later[0].tier, later[0].gpu) == ("bf16", L4), later[0].reason
+    assert later[0].reason.startswith("switch to bf16 on NVIDIA-L4")
+    # a product without a price is never offered
+    unpriced = {k: v for k, v in prices.items() if k != L4}
+    kept = autoscaling.choose_tier(spec, "bf16", obs, tiers.TierState(), 1e6, unpriced, "cpu", A100)
+    assert kept is not None and kept[0].gpu == A100 and "NVIDIA-L4: no GPU price" in kept[1]
+
+
+def test_a_model_that_does_not_fit_a_products_memory_is_never_placed_there() -> None:
+    # Llama-3.1-70B: 141 GB in bf16, 71 in int8, 44 in int4; an L4 has 24 GB, an H100 80 GB (one GPU a replica)
+    spec = auto_spec(
+        model={"uri": "hf://meta-llama/Llama-3.1-70B-Instruct", "servedName": "big"},
+        accelerator={"type": H100, "allowed": [H100, L4]},
+        quantization={"tier": "auto", "allowed": ["bf16", "int8", "int4"], "maxQualityLoss": 0.05},
+        cost={},
+        slo={"tpotP99": "200ms"},
+    )
+    obs = policy.Observation(sampled_at=0.0, replicas=1, tokens_per_second=100.0)
+    chosen = autoscaling.choose_tier(spec, None, obs, tiers.TierState(), 0.0, autoscaling.price_table({}))
+    assert chosen is not None
+    decision, _ = chosen
+    assert decision.gpu == H100 and decision.tier == "int8", decision.reason  # 71 GB: fits 80, not 24
+    assert {(c.option.gpu, c.option.tier) for c in decision.frontier} <= {(H100, "int8"), (H100, "int4")}
+
+
+def test_the_reconcile_renders_the_chosen_product_while_it_is_allowed() -> None:
+    from infleet.operator import reconcile
+
+    body = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": good_spec(accelerator={"type": A100, "allowed": [A100, L4]}, quantization={"tier": "auto"}),
+        "status": {"accelerator": L4, "acceleratorReason": "chosen by the autoscaler: cheaper"},
+    }
+
+    def product(b: dict[str, Any]) -> str:
+        spec, want, _ = reconcile.plan(b, {A100: 8, L4: 8})
+        pod = want.workloads[0]["spec"]["template"]["spec"]
+        term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert spec.accelerator.type == term[0]["matchExpressions"][0]["values"][0]
+        return spec.accelerator.type
+
+    assert product(body) == L4
+    assert reconcile.accelerator_reason(reconcile.plan(body, {})[0], body["status"]).startswith("chosen by")
+    dropped = {**body, "spec": good_spec(accelerator={"type": A100}, quantization={"tier": "auto"})}
+    assert product(dropped) == A100  # a product no longer allowed is left
+    assert reconcile.accelerator_reason(reconcile.plan(dropped, {})[0], body["status"]) == (
+        "set in spec.accelerator.type"
+    )
