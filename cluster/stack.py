@@ -9,6 +9,7 @@ is applied, and once it answers a chat through the gateway the next steps are pr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import socket
@@ -88,6 +89,17 @@ def tool(name: str, built: Path) -> str:
     return found
 
 
+CODE_DIRS = ("infleet", "operator", "gateway", "runtime", "autoscaler", "monitoring", "cluster")
+
+
+def code_digest() -> str:
+    """A digest of the Python code the fleet's operator, gateway and runtime processes run."""
+    h = hashlib.sha256()
+    for path in sorted(p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")):
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 class Stack:
     """The chart and the example on a running cluster (the local fleet, or any cluster a kubeconfig names): what
     `make up` sets up and the e2e suite drives. `prometheus_url` is the Prometheus the operator reads, as pods
@@ -114,7 +126,15 @@ class Stack:
     def on_fleet(cls, fleet: Fleet, release: str = RELEASE, namespace: str = SYSTEM_NAMESPACE) -> Stack:
         # every runtime pod of the local fleet is a CPU process: the measured CPU tier profile is what replicas do
         # s3:// models come from the fleet's object store (objectstore.py), as pods reach it
-        values = ("operator.replicaDevice=cpu", f"models.s3Endpoint={objectstore.endpoint_for_pods(fleet)}")
+        # the fleet's pods run this checkout's code as processes: its digest in the pod templates makes an upgrade
+        # restart them when the code changed (and only then), as a new image tag would on a real cluster
+        code = code_digest()
+        values = (
+            "operator.replicaDevice=cpu",
+            f"models.s3Endpoint={objectstore.endpoint_for_pods(fleet)}",
+            f"operator.podAnnotations.infleet\\.dev/code={code}",
+            f"gateway.podAnnotations.infleet\\.dev/code={code}",
+        )
         return cls(fleet.kubeconfig, release, namespace, prometheus_url=fleet.prometheus_url_for_pods, values=values)
 
     def model_store_secret(self, fleet: Fleet, namespace: str, name: str = objectstore.SECRET_NAME) -> None:

@@ -416,8 +416,8 @@ async def openai_request(request: Request) -> Response:
             served = ", ".join(repr(m) for m in sorted(gateway.catalog.model_ids(_scope(request)))) or "none"
             raise GatewayError(400, f"model: a model name is required; served models: {served}")
         deployment = _lookup(request, model)
-        if model != deployment.served_name:  # a namespace-qualified name: the replica knows the bare one
-            payload["model"] = deployment.served_name
+        if model != (name := deployment.runtime_name(model)):  # namespace-qualified: the replica knows the bare one
+            payload["model"] = name
             body = json.dumps(payload).encode()
         prompt, hashes = None, None  # only routing reads the prompt
         if deployment.strategy == PREFIX_AFFINITY:
@@ -495,6 +495,7 @@ async def list_models(request: Request) -> Response:
         return _error(request, e)
     data = [
         {"id": model_id, "object": "model", "created": gateway.created, "owned_by": d.namespace}
+        | ({"parent": d.served_name} if d.runtime_name(model_id) != d.served_name else {})
         for model_id, d in sorted(gateway.catalog.model_ids(scope).items())
     ]
     return JSONResponse({"object": "list", "data": data})

@@ -44,10 +44,21 @@ class Deployment:
     slo: Thresholds = NO_SLO
     cache: CacheSettings | None = None  # spec.gateway.responseCache, when enabled
     price: float | None = None  # $ per 1M tokens: the operator's status.costPerMillionTokens
+    adapters: tuple[str, ...] = ()  # spec.adapters' names: LoRA adapters every replica serves as models of their own
 
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The model names this deployment's replicas answer to: the served name, then its adapters."""
+        return (self.served_name, *self.adapters)
+
+    def runtime_name(self, model: str) -> str:
+        """What the replica calls the model a client named (bare or `namespace/name`): an adapter or the base."""
+        bare = model.partition("/")[2] if model.startswith(f"{self.namespace}/") else model
+        return bare if bare in self.adapters else self.served_name
 
     @property
     def qualified(self) -> str:
@@ -71,6 +82,7 @@ class _Spec:
     slo: Thresholds = NO_SLO
     cache: CacheSettings | None = None
     price: float | None = None
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass
@@ -92,11 +104,12 @@ class Catalog:
         slo: Thresholds = NO_SLO,
         cache: CacheSettings | None = None,
         price: float | None = None,
+        adapters: tuple[str, ...] = (),
     ) -> None:
         if strategy not in STRATEGIES:
             strategy = LEAST_OUTSTANDING
         with self._lock:
-            self._specs[(namespace, name)] = _Spec(served_name, strategy, slo, cache, price)
+            self._specs[(namespace, name)] = _Spec(served_name, strategy, slo, cache, price, adapters)
         self._notify([(namespace, name)])
 
     def remove_deployment(self, namespace: str, name: str) -> None:
@@ -111,7 +124,7 @@ class Catalog:
             for k in stale:
                 del self._specs[k]
             for d in items:
-                self._specs[d.key] = _Spec(d.served_name, d.strategy, d.slo, d.cache, d.price)
+                self._specs[d.key] = _Spec(d.served_name, d.strategy, d.slo, d.cache, d.price, d.adapters)
             changed = set(stale) | set(self._specs)
         self._notify(changed)
 
@@ -155,7 +168,15 @@ class Catalog:
     def _build(self, key: Key, spec: _Spec) -> Deployment:
         endpoints = sorted({e for eps in self._slices.get(key, {}).values() for e in eps})
         return Deployment(
-            key[0], key[1], spec.served_name, spec.strategy, tuple(endpoints), spec.slo, spec.cache, spec.price
+            key[0],
+            key[1],
+            spec.served_name,
+            spec.strategy,
+            tuple(endpoints),
+            spec.slo,
+            spec.cache,
+            spec.price,
+            spec.adapters,
         )
 
     def get(self, key: Key) -> Deployment | None:
@@ -171,13 +192,14 @@ class Catalog:
             ]
 
     def model_ids(self, namespaces: Collection[str] | None = None) -> dict[str, Deployment]:
-        """The names clients may send: the bare served name when it is unique among the visible deployments, else
-        `namespace/servedName`."""
+        """The names clients may send (served names and adapters): the bare name when it is unique among the visible
+        deployments, else `namespace/name`."""
         visible = self.deployments(namespaces)
         counts: dict[str, int] = {}
         for d in visible:
-            counts[d.served_name] = counts.get(d.served_name, 0) + 1
-        return {(d.served_name if counts[d.served_name] == 1 else d.qualified): d for d in visible}
+            for n in d.names:
+                counts[n] = counts.get(n, 0) + 1
+        return {(n if counts[n] == 1 else f"{d.namespace}/{n}"): d for d in visible for n in d.names}
 
     def lookup(self, model: str, namespaces: Collection[str] | None = None, namespace: str | None = None) -> Deployment:
         """The deployment a model name selects: its served name, or `namespace/servedName`; `namespace` (a header)
@@ -185,14 +207,14 @@ class Catalog:
         visible = self.deployments(namespaces)
         if namespace is not None:
             visible = [d for d in visible if d.namespace == namespace]
-        found = [d for d in visible if d.served_name == model]
+        found = [d for d in visible if model in d.names]
         if not found and "/" in model:
             ns, _, name = model.partition("/")
-            found = [d for d in visible if d.namespace == ns and d.served_name == name]
+            found = [d for d in visible if d.namespace == ns and name in d.names]
         if len(found) == 1:
             return found[0]
         if found:
-            choices = [d.qualified for d in found]
+            choices = [f"{d.namespace}/{model}" for d in found]
             raise LookupFailed(
                 400,
                 f"model {model!r} is served in several namespaces; name one: {', '.join(choices)} "

@@ -53,7 +53,10 @@ def deployment_from(obj: dict[str, Any]) -> Deployment:
     price = (obj.get("status") or {}).get("costPerMillionTokens")
     price = float(price) if isinstance(price, int | float) and math.isfinite(price) and price >= 0 else None
     slo = Thresholds.from_spec(spec.get("slo"))
-    return Deployment(meta["namespace"], meta["name"], served, strategy, slo=slo, cache=cache, price=price)
+    adapters = tuple(str(a["name"]) for a in spec.get("adapters") or [] if isinstance(a, dict) and a.get("name"))
+    return Deployment(
+        meta["namespace"], meta["name"], served, strategy, slo=slo, cache=cache, price=price, adapters=adapters
+    )
 
 
 def slice_endpoints(s: Any) -> tuple[str, str, str, tuple[Endpoint, ...]] | None:
@@ -193,7 +196,9 @@ class KubernetesDiscovery:
             if kind == "DELETED":
                 self.catalog.remove_deployment(d.namespace, d.name)
             else:
-                self.catalog.set_deployment(d.namespace, d.name, d.served_name, d.strategy, d.slo, d.cache, d.price)
+                self.catalog.set_deployment(
+                    d.namespace, d.name, d.served_name, d.strategy, d.slo, d.cache, d.price, d.adapters
+                )
 
         return f"InferenceDeployments in {ns or 'all namespaces'}", lister, kwargs, replace, apply
 

@@ -91,6 +91,42 @@ def test_each_adapter_answers_as_in_process(server: Any, reference: Any) -> None
     assert len({reference[None], reference["sql"], reference["poet"]}) == 3
 
 
+def test_the_gateway_routes_adapter_names_to_the_deployment_that_serves_them(server: Any, reference: Any) -> None:
+    """A deployment's spec.adapters become model names at the gateway: listed with their parent, routed to the
+    deployment's replicas by bare or namespace-qualified name, answered exactly as by the replica."""
+    from infleet.gateway.app import Gateway
+    from infleet.gateway.app import build_app as gateway_app
+    from infleet.gateway.catalog import Endpoint
+    from infleet.gateway.discovery import deployment_from
+
+    from .test_structured_output import serve
+
+    idep = {
+        "metadata": {"namespace": "team-a", "name": "tiny"},
+        "spec": {"model": {"servedName": BASE}, "adapters": [{"name": "sql", "uri": "file:///a"}, {"name": "poet"}]},
+    }
+    d = deployment_from(idep)
+    gateway = Gateway()
+    gateway.catalog.set_deployment(d.namespace, d.name, d.served_name, adapters=d.adapters)
+    gateway.catalog.set_slice(d.namespace, d.name, "s", (Endpoint("127.0.0.1", int(server.url.rsplit(":", 1)[1])),))
+    served = serve(gateway_app(gateway))
+    url = next(served)
+    try:
+        via = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        cards = {m.id: m.model_extra or {} for m in via.models.list().data}
+        assert cards == {BASE: {"owned_by": "team-a"}, "sql": {"owned_by": "team-a", "parent": BASE},
+                         "poet": {"owned_by": "team-a", "parent": BASE}}  # fmt: skip
+        for model, adapter in (("sql", "sql"), ("team-a/poet", "poet"), (f"team-a/{BASE}", None)):
+            out = via.completions.create(
+                model=model, prompt=PROMPT, max_tokens=NEW, temperature=0, extra_body={"ignore_eos": True}
+            )
+            assert out.choices[0].text == reference[adapter], model
+        with pytest.raises(openai.NotFoundError, match="served models: 'poet', 'sql', 'tiny'"):
+            via.completions.create(model="nope", prompt=PROMPT, max_tokens=1)
+    finally:
+        served.close()
+
+
 def test_load_and_unload_under_traffic_drop_no_request(server: Any, models: LoRAModels, reference: Any) -> None:
     http = httpx.Client(base_url=server.url, timeout=60)
     poet = {"lora_name": "poet2", "lora_path": str(models.adapters["poet"])}
