@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client
 
 from infleet.gateway.activator import SCALE_FROM_ZERO_ANNOTATION
-from infleet.gateway.catalog import PREFIX_AFFINITY, Catalog, Endpoint
+from infleet.gateway.catalog import PREFIX_AFFINITY, Catalog, Endpoint, LookupFailed
 from infleet.gateway.discovery import deployment_from, load_static, now_rfc3339, parse_upstream, slice_endpoints
 
 
@@ -90,3 +90,18 @@ def test_the_operator_reads_the_demand_the_gateway_writes() -> None:
     assert held_from_annotation(meta, time.time() + 3600) == 0  # stale demand wakes nothing
     assert held_from_annotation({"annotations": {SCALE_FROM_ZERO_ANNOTATION: "yesterday"}}, time.time()) == 0
     assert held_from_annotation({}, time.time()) == 0
+
+
+def test_adapters_are_model_names_of_their_deployment() -> None:
+    catalog = Catalog()
+    for ns in ("a", "b"):
+        obj = {"metadata": {"namespace": ns, "name": "base"}, "spec": {"adapters": [{"name": "sql"}, {"name": ns}]}}
+        d = deployment_from(obj)
+        catalog.set_deployment(d.namespace, d.name, d.served_name, adapters=d.adapters)
+    assert catalog.lookup("a").key == ("a", "base") and catalog.lookup("b/sql").key == ("b", "base")
+    assert catalog.lookup("a/sql").runtime_name("a/sql") == "sql"
+    assert catalog.lookup("a/base").runtime_name("a/base") == "base"
+    with pytest.raises(LookupFailed, match="'sql' is served in several namespaces; name one: a/sql, b/sql") as e:
+        catalog.lookup("sql")
+    assert e.value.status == 400
+    assert sorted(catalog.model_ids()) == ["a", "a/base", "a/sql", "b", "b/base", "b/sql"]
