@@ -35,7 +35,7 @@ MAX_RETRY_DELAY = 60.0
 log = logging.getLogger(__name__)
 
 JUDGED_FIELDS: tuple[str, ...] = ("observedGeneration", "selector", "tier", "tierReason", "gpusPerReplica")
-JUDGED_FIELDS += ("podsPerReplica", "revision", "workload", "endpoint")
+JUDGED_FIELDS += ("accelerator", "acceleratorReason", "podsPerReplica", "revision", "workload", "endpoint")
 # part -> (the status fields it owns, the condition types it owns)
 PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "judged": (JUDGED_FIELDS, (status.DEGRADED, status.LEADER_WORKER_SET)),
