@@ -46,6 +46,9 @@ from infleet.autoscaler.simulator.judgement import BAND, TARGET
 from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE, TraceRequest, load_trace, split
 from infleet.operator import checks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from autoscaler_eval import update_docs
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llama-3.1-8b"
 PRODUCTS = ("NVIDIA-L4", "NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3")
@@ -217,18 +220,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_docs(section: str, path: Path) -> None:
-    """Replace the `## Accelerator choice` section of docs/benchmarks.md, or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Accelerator choice"), None)
-    if start is None:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    path.write_text("".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(lines[end:]))
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", type=Path, default=AZURE_CODE_TRACE)
@@ -246,7 +237,7 @@ def main() -> int:
         report = run(args.trace, args.time_scales, args.seeds)
         path.write_text(json.dumps(report, indent=2) + "\n")
     section = markdown(report)
-    update_docs(section, args.docs)
+    update_docs(section, args.docs, "## Accelerator choice")
     print(section)
     return 0
 
