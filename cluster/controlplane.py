@@ -8,6 +8,7 @@ what `up` started.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -37,6 +38,16 @@ SERVICE_CIDR = os.environ.get("INFLEET_SERVICE_CIDR", "127.96.0.0/16")
 
 # The images the launcher runs for real; pods of any other image are KWOK's.
 LAUNCHED_IMAGE_PREFIX = "infleet/"
+# Every write to an infleet.dev object, by whom and where (the tests count a reconcile's writes from it); nothing else.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch"], "resources": [{"group": "infleet.dev"}]},
+        {"level": "None"},
+    ],
+}
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,11 @@ class Fleet:
     def log_path(self, name: str) -> Path:
         return self.dir / "logs" / f"{name}.log"
 
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON line per write to an infleet.dev object (AUDIT_POLICY)."""
+        return self.log_path("audit")
+
     def pid_path(self, name: str) -> Path:
         return self.dir / "run" / f"{name}.pid"
 
@@ -211,6 +227,11 @@ class Fleet:
     def apiserver_ready(self) -> bool:
         return self._https_ok(f"{self.server}/readyz")
 
+    def _audit_policy(self) -> Path:
+        path = self.dir / "audit-policy.json"
+        path.write_text(json.dumps(AUDIT_POLICY))
+        return path
+
     # --- components --------------------------------------------------------------------------------
     def components(self) -> list[Component]:
         b, p, pki = self.bins, self.ports, self.pki
@@ -257,6 +278,10 @@ class Fleet:
                     "--endpoint-reconciler-type=none",
                     "--max-requests-inflight=2000",
                     "--max-mutating-requests-inflight=1000",
+                    f"--audit-policy-file={self._audit_policy()}",
+                    f"--audit-log-path={self.audit_log}",
+                    "--audit-log-maxsize=100",
+                    "--audit-log-maxbackup=1",
                     "--v=1",
                 ],
                 self.apiserver_ready,

@@ -148,7 +148,7 @@ def autoscaled(stack: Stack, smollm2: Callable[[str], dict[str, Any]]) -> Iterat
     stack.apply(idep)
     stack.wait_ready(NAMESPACE, NAME, quiet=True)
     yield idep
-    stack.kubectl("delete", "idep", NAME, "-n", NAMESPACE, "--wait=false")
+    stack.kubectl("delete", "idep", NAME, "-n", NAMESPACE, "--timeout=300s")  # gone, with its pods, for what follows
 
 
 def observed_ttft(obj: dict[str, Any]) -> float | None:

@@ -123,8 +123,9 @@ def test_killing_the_operator_mid_reconcile_converges_without_duplicates(
         timeout=600,
         what="two runtime pods after the operator restarted",
     )
-    deployments = fleet.apps.list_namespaced_deployment(NAMESPACE).items
-    services = fleet.core.list_namespaced_service(NAMESPACE).items
+    owned = f"infleet.dev/deployment={NAME}"  # other tests' deployments share the demo namespace
+    deployments = fleet.apps.list_namespaced_deployment(NAMESPACE, label_selector=owned).items
+    services = fleet.core.list_namespaced_service(NAMESPACE, label_selector=owned).items
     assert len(deployments) == 1 and deployments[0].spec.replicas == 2
     assert len([s for s in services if s.spec.cluster_ip != "None"]) == 1
     stack.kubectl("scale", "idep", NAME, "-n", NAMESPACE, "--replicas=1")
