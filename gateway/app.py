@@ -176,13 +176,15 @@ class Gateway:
         body: bytes,
         prompt: str | None,
         hashes: list[int] | None = None,
+        adapter: bool = False,
     ) -> Response:
         """Send the request to a ready replica (holding it while there is none), trying another before the first
-        byte when one is unreachable or answers 429/503 (at most MAX_ATTEMPTS), and relay the answer; the request
-        is judged against the deployment's SLO (gateway/slo.py)."""
+        byte when one is unreachable or answers 429/503, or 404 to a request for an `adapter` (a replica the operator
+        has yet to load it into), at most MAX_ATTEMPTS, and relay the answer; the request is judged against the
+        deployment's SLO (gateway/slo.py)."""
         clock = RequestClock(deployment.slo)
         try:
-            response = await self._forward(request, deployment, path, body, prompt, hashes or [], clock)
+            response = await self._forward(request, deployment, path, body, prompt, hashes or [], clock, adapter)
         except GatewayError as e:
             if e.status >= 500:
                 clock.count(self.metrics.slo_requests, deployment.namespace, deployment.name, failed=True)
@@ -201,6 +203,7 @@ class Gateway:
         prompt: str | None,
         hashes: list[int],
         clock: RequestClock,
+        adapter: bool = False,
     ) -> Response:
         labels = {"namespace": deployment.namespace, "deployment": deployment.name}
         url_path = path + (f"?{request.url.query}" if request.url.query else "")
@@ -220,7 +223,7 @@ class Gateway:
             try:
                 upstream = await self._send(request.method, endpoint.url + url_path, headers, body)
                 others = bool(self.router.usable(deployment.endpoints, tried))
-                if retry_elsewhere(upstream.status, attempt, others):
+                if retry_elsewhere(upstream.status, attempt, others, adapter):
                     if budget.withdraw():
                         failure = f"{endpoint.url} answered {upstream.status}: {(await upstream.read())[:200]!r}"
                         if upstream.status == 503:
@@ -345,12 +348,15 @@ class Gateway:
         return close
 
 
-def retry_elsewhere(status: int, attempt: int, others: bool) -> bool:
+def retry_elsewhere(status: int, attempt: int, others: bool, adapter: bool = False) -> bool:
     """Nothing was done yet: a 429 (the replica's queue is full) goes to another replica if there is one; a 503
-    (draining or starting) too, and on the first attempt also waits for a new replica (a rolling update)."""
+    (draining or starting) too, and on the first attempt also waits for a new replica (a rolling update); a 404 for
+    an adapter (not loaded there yet) goes to another replica if there is one."""
     if attempt >= MAX_ATTEMPTS - 1:
         return False
-    return (status == 429 and others) or (status == 503 and (others or attempt == 0))
+    if status == 503:
+        return others or attempt == 0
+    return others and (status == 429 or (status == 404 and adapter))
 
 
 # ---- handlers ------------------------------------------------------------------------------------------------------
@@ -425,7 +431,8 @@ async def openai_request(request: Request) -> Response:
             hasher = gateway.kv.follow(deployment) if gateway.kv_routing else None
             hashes = hasher.hashes(payload) if hasher and gateway.kv.publishing(deployment.endpoints) else None
         if deployment.cache is None and not gateway.budgets.enabled:
-            response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes)
+            adapter = name in deployment.adapters
+            response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes, adapter)
         else:
             response = await cost_controlled(request, deployment, payload, body, prompt, hashes)
     except GatewayError as e:
@@ -472,7 +479,8 @@ async def cost_controlled(
         model = deployment.served_name
         budgets.charge(team, deployment.namespace, deployment.name, model, deployment.price, usage)
 
-    response = await gateway.forward(request, deployment, path, body, prompt, hashes)
+    adapter = payload.get("model") in deployment.adapters
+    response = await gateway.forward(request, deployment, path, body, prompt, hashes, adapter)
     if isinstance(response, RelayResponse):
         if budgets.enabled:
             response.body_iterator = metered(response.body_iterator, hide, charge)

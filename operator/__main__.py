@@ -1,8 +1,8 @@
 """`infleet operator run [--namespace NS | --all-namespaces] [--metrics-port N] [--health-port N]`, and
 `infleet operator uninstall-check` (the chart's pre-delete hook, uninstall.py).
 
-Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py`, `lws.py`, `autoscaling.py` and
-`observation.py` (status for every deployment from one Prometheus query per interval). With
+Runs kopf in-process (no `kopf run` subprocess): handlers come from `handlers.py`, `lws.py`, `autoscaling.py`,
+`adapters.py` and `observation.py` (status for every deployment from one Prometheus query per interval). With
 `--peering` (leader election, for several replicas) the live replica with the highest priority handles objects while
 the others stand by; without kopf's peering CRDs installed it falls back to standalone mode with a warning. A replica
 that dies without notice holds the others off for the peering lifetime (15 s). The default priority is seniority
@@ -150,7 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietWatchers())
     # the handlers register themselves with kopf when imported
-    from infleet.operator import autoscaling, deployment_metrics, handlers, lws, model_status, observation  # noqa: F401
+    from infleet.operator import (  # noqa: F401
+        adapters,
+        autoscaling,
+        deployment_metrics,
+        handlers,
+        lws,
+        model_status,
+        observation,
+    )
 
     namespaces = args.namespace or []
     state = OperatorState(namespaces=namespaces, replica_device=args.replica_device or None)

@@ -564,6 +564,14 @@ class Observed(ApiModel):
     window: str | None = Field(default=None, description="The range the figures are computed over, e.g. 1m.")
 
 
+class ReplicaAdapters(ApiModel):
+    """The LoRA adapters one replica serves, as it answered the operator's last look (operator/adapters.py)."""
+
+    pod: str
+    loaded: list[str] = Field(default_factory=list, description="The adapter names it serves now")
+    message: str | None = Field(default=None, description="Why an adapter of spec.adapters is not loaded there")
+
+
 # Every status write goes through this model (`patch` -> `wire`): a field the CRD does not declare fails in the
 # operator instead of being pruned silently by the API server.
 class InferenceDeploymentStatus(ApiModel):
@@ -593,6 +601,11 @@ class InferenceDeploymentStatus(ApiModel):
     accelerator_reason: str | None = Field(default=None, description="Why the replicas run on that product")
     desired_accelerator: str | None = Field(default=None, description="The autoscaler's latest accelerator decision")
     scaling_reason: str | None = Field(default=None, description="Why the autoscaler decided as it did")
+    adapters: list[ReplicaAdapters] | None = Field(
+        default=None,
+        description="Per ready replica, the LoRA adapters it serves (the infleet engine loads spec.adapters live)",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["pod"]},
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

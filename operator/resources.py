@@ -260,9 +260,18 @@ def fetch_container(spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
     return pull_container(spec, FETCH_CONTAINER, uris, revision)
 
 
+def live_adapters(spec: InferenceDeploymentSpec) -> bool:
+    """Whether the operator loads `spec.adapters` into running replicas (operator/adapters.py) instead of the pod
+    template naming them: the infleet engine fetches an adapter itself on load, so the template names none and
+    adding or removing one restarts nothing. vLLM starts with its adapters' files in the pod."""
+    return spec.runtime.engine == "infleet"
+
+
 def adapter_fetch_containers(spec: InferenceDeploymentSpec) -> list[dict[str, Any]]:
-    """One init container per remote LoRA adapter, pulling it into the same cache with the same fetcher (and the
-    model's credentials), after the model's."""
+    """For vLLM: one init container per remote LoRA adapter, pulling it into the same cache with the same fetcher
+    (and the model's credentials), after the model's."""
+    if live_adapters(spec):
+        return []
     return [
         pull_container(spec, f"{ADAPTER_FETCH_CONTAINER}-{i}", [a.uri], a.revision)
         for i, a in enumerate(spec.adapters)
@@ -363,8 +372,9 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def lora_flags(spec: InferenceDeploymentSpec) -> list[str]:
-    """The adapters' flags; vLLM and the infleet runtime spell them alike. The infleet runtime also gets the cache
-    directory (when the pod mounts one), so adapters loaded later by URI go through the same fetcher and cache."""
+    """The adapters' flags; vLLM and the infleet runtime spell them alike. vLLM starts with its adapters
+    (`--lora-modules`); the infleet runtime starts with none and gets the cache directory (when the pod mounts one),
+    so that the adapters the operator loads by URI go through the same fetcher and cache."""
     if not spec.adapters:
         return []
     rt = spec.runtime
@@ -372,8 +382,9 @@ def lora_flags(spec: InferenceDeploymentSpec) -> list[str]:
     if rt.engine == "vllm":
         rank = next(r for r in VLLM_LORA_RANKS if r >= rank)
     cmd = ["--enable-lora", "--max-loras", str(rt.max_loras), "--max-lora-rank", str(rank)]
-    cmd += ["--lora-modules", *adapter_modules(spec)]
-    if rt.engine == "infleet" and uses_cache(spec):
+    if not live_adapters(spec):
+        cmd += ["--lora-modules", *adapter_modules(spec)]
+    elif uses_cache(spec):
         cmd += ["--model-cache", CACHE_MOUNT]
     return cmd
 
@@ -429,6 +440,8 @@ def container(
         env.append({"name": "HOME", "value": "/tmp"})  # its image's HOME is /root, unwritable as the non-root user
         if uses_cache(spec):  # what vLLM downloads itself (tokenizer extras) lands in the cache too
             env.append({"name": "HF_HOME", "value": f"{CACHE_MOUNT}/hf"})
+    if fetches_adapters(spec):  # the store endpoints its own adapter fetches need, as the fetch containers get them
+        env += [{"name": k, "value": v} for k, v in sorted(fetch_env().items())]
     env += group_env + [{"name": e.name, "value": e.value} for e in spec.runtime.env]
 
     gpus = str(lay.gpus_per_pod)
@@ -457,12 +470,23 @@ def container(
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,
         "securityContext": CONTAINER_SECURITY,
+        **({"envFrom": [{"secretRef": {"name": secret}}]} if (secret := runtime_credentials(spec)) else {}),
         # loading weights may take minutes: the startup probe holds liveness off until the first healthy answer
         "startupProbe": _probe("/health", period=5, failures=360),
         "readinessProbe": _probe("/health", period=5, failures=3),
         "livenessProbe": _probe("/health", period=10, failures=6),
     }
     return body, volumes
+
+
+def fetches_adapters(spec: InferenceDeploymentSpec) -> bool:
+    """The runtime itself pulls remote adapters from their stores (live_adapters)."""
+    return live_adapters(spec) and any(models.is_remote(a.uri) for a in spec.adapters)
+
+
+def runtime_credentials(spec: InferenceDeploymentSpec) -> str | None:
+    """The model's credentialsSecret, for a runtime that fetches remote adapters itself."""
+    return spec.model.credentials_secret if fetches_adapters(spec) else None
 
 
 def pod_template(

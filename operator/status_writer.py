@@ -2,11 +2,11 @@
 the reconcile's (everything it judged, with the replica, model and observation parts as they stand), then the one
 that says Ready.
 
-Four sources each own a part (`PARTS`): the reconcile (`judged`), workload events (`replicas`), pods' model fetches
-(`model`) and the observation loop (`observed`). A source hands in its part; the writer composes the whole status
-from the latest part of each (a part not heard of since this process started is taken from status as it is) and
-sends it as one server-side apply under one field manager. Every write carries every part: server-side apply
-removes the fields a manager stops sending.
+Five sources each own a part (`PARTS`): the reconcile (`judged`), workload events (`replicas`), pods' model fetches
+(`model`), the observation loop (`observed`) and the adapter loader (`adapters`). A source hands in its part; the
+writer composes the whole status from the latest part of each (a part not heard of since this process started is
+taken from status as it is) and sends it as one server-side apply under one field manager. Every write carries every
+part: server-side apply removes the fields a manager stops sending.
 
 When: nothing but the reconcile writes before the reconcile of the deployment's generation has written (its write
 carries the rest). Then the reconcile's and the observation loop's writes go at once, and an event's change goes at
@@ -42,6 +42,7 @@ PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "replicas": (("replicas", "readyReplicas", "updatedReplicas", "selector"), (status.READY, status.PROGRESSING)),
     "model": ((), (status.MODEL_READY,)),
     "observed": (("observed", "costPerMillionTokens"), (status.SLO_MET,)),
+    "adapters": (("adapters",), ()),
 }
 
 

@@ -36,6 +36,7 @@ class Adapter:
     source: str  # the path or URI it was loaded from
     serial: int
     weights: LoRAWeights
+    revision: str | None = None  # of a remote source: the branch, tag or commit asked for (None: its default)
     in_use: int = 0  # requests running with it
     unloaded: bool = False  # gone from the name table; freed when in_use reaches 0
 
@@ -45,15 +46,16 @@ class Adapter:
         return chain_hash(None, [-1 - self.serial])
 
 
-def resolve(source: str, cache: Path | None) -> Path:
-    """A local directory for a path, a file:// URI, or a remote URI pulled through the model fetcher into `cache`."""
+def resolve(source: str, cache: Path | None, revision: str | None = None) -> Path:
+    """A local directory for a path, a file:// URI, or a remote URI pulled (at `revision`) through the model fetcher
+    into `cache`."""
     if is_remote(source):
         from infleet.runtime.fetch import FetchError, pull
 
         if cache is None:
             raise LoRAError(f"{source}: remote adapters need a model cache directory (--model-cache)")
         try:
-            return pull(source, cache)
+            return pull(source, cache, revision)
         except FetchError as e:
             raise LoRAError(f"{source}: {e.reason.name}: {e.message}") from None
     parsed = urlparse(source)
@@ -97,18 +99,20 @@ class LoRAManager:
                     yield (start + i, name), wrapped
 
     # --- the name table (HTTP threads) -------------------------------------------------------------------------------
-    def load(self, name: str, source: str) -> Adapter:
+    def load(self, name: str, source: str, revision: str | None = None) -> Adapter:
         """Read, check and register the adapter at `source` as `name`; LoRAError says why not."""
         if not name or name != name.strip():
             raise LoRAError("lora_name: must be a non-empty name without surrounding spaces")
         if name in self.by_name:
             raise LoRAError(f"lora_name: an adapter named {name!r} is already loaded; unload it first")
-        weights = peft.load(resolve(source, self.cache), self.shapes, self.max_rank, self.dtype)
+        if revision is not None and not is_remote(source):
+            raise LoRAError(f"revision: {source} is not remote; only hf://, s3:// and gs:// adapters have revisions")
+        weights = peft.load(resolve(source, self.cache, revision), self.shapes, self.max_rank, self.dtype)
         with self._lock:
             if name in self.by_name:
                 raise LoRAError(f"lora_name: an adapter named {name!r} is already loaded; unload it first")
             self._serials += 1
-            adapter = Adapter(name, source, self._serials, weights)
+            adapter = Adapter(name, source, self._serials, weights, revision)
             self.by_name[name] = adapter
             self.by_serial[adapter.serial] = adapter
         return adapter

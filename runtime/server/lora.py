@@ -1,6 +1,7 @@
 """vLLM's adapter API: `POST /v1/load_lora_adapter {"lora_name", "lora_path"}` and `POST /v1/unload_lora_adapter
 {"lora_name"}`. A loaded adapter is served as its own model name (listed by `/v1/models` with its `parent`);
-`lora_path` is a directory, a file:// URI, or a remote URI the model fetcher pulls into `--model-cache`.
+`lora_path` is a directory, a file:// URI, or a remote URI the model fetcher pulls into `--model-cache`, at the
+optional `revision` (infleet's addition: the operator loads `spec.adapters` with it).
 Unloading takes the name away at once; requests already running with the adapter finish with it."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class LoadLoRA(BaseModel):
     model_config = ConfigDict(extra="forbid")
     lora_name: str = Field(min_length=1, max_length=253)
     lora_path: str = Field(min_length=1)
+    revision: str | None = Field(default=None, min_length=1, max_length=255)
 
 
 class UnloadLoRA(BaseModel):
@@ -46,9 +48,10 @@ async def load(request: Request) -> Response:
     if body.lora_name == serving.served_name:
         raise APIError(400, f"lora_name: {body.lora_name!r} is the base model's name", param="lora_name")
     try:  # reading (or fetching) the files must not stall the streams the event loop serves
-        await asyncio.to_thread(lora.load, body.lora_name, body.lora_path)
+        await asyncio.to_thread(lora.load, body.lora_name, body.lora_path, body.revision)
     except LoRAError as e:
-        raise APIError(400, str(e), param="lora_path" if "lora_name" not in str(e) else "lora_name") from None
+        param = next((p for p in ("lora_name", "revision") if str(e).startswith(p)), "lora_path")
+        raise APIError(400, str(e), param=param) from None
     serving.metrics.adapter_loaded(body.lora_name)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 

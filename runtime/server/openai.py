@@ -88,6 +88,7 @@ async def list_models(request: Request) -> Response:
             "parent": serving.served_name,
             "max_model_len": serving.engine.max_model_len,
             "lora_rank": a.weights.rank,
+            "revision": a.revision,  # infleet's: the revision of a remote root (None: its default)
         }
         for a in adapters
     ]

@@ -207,3 +207,33 @@ def test_a_spent_retry_budget_sends_the_replica_s_own_answer(fleet: Fleet) -> No
         codes429 = [httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT).status_code for _ in range(20)].count(429)
         retried = (gateway.metrics.registry.get_sample_value("infleet_gateway_retries_total", labels) or 0) - before
         assert 1 <= retried <= 10 and codes429 >= 1  # never more retries than the ratio earned
+
+
+def test_an_adapter_a_replica_lacks_goes_to_another_replica(fleet: Fleet) -> None:
+    """A replica the operator has yet to load an adapter into answers 404 for it: the request goes to a replica
+    that serves it; with none left the 404 reaches the client. The base model's 404 is an answer, not retried."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    hits: list[str] = []
+
+    async def lacking(request: Request) -> JSONResponse:
+        hits.append((await request.json())["model"])
+        body = {"error": {"message": "the model 'sql' does not exist here", "code": "model_not_found"}}
+        return JSONResponse(body, status_code=404)
+
+    gateway, gw, _ = fleet
+    gateway.catalog.set_deployment("team-a", "d", "m", adapters=("sql",))
+    live = gateway.catalog.get(("team-a", "d")).endpoints
+    with ServerThread(Starlette(routes=[Route("/{p:path}", lacking, methods=["POST"])])) as new:
+        gateway.catalog.set_slice("team-a", "d", "s", (new.endpoint, *live))
+        answers = [httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "sql"}) for _ in range(6)]
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+        assert "sql" in hits  # the lacking replica was tried, and each request it refused went to the other
+        base = [httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT).status_code for _ in range(6)]
+        assert 404 in base and 200 in base  # the base model's 404 is relayed as it is
+        gateway.catalog.set_slice("team-a", "d", "s", (new.endpoint,))
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "sql"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"

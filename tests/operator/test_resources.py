@@ -293,24 +293,45 @@ ADAPTERS = [
 ]
 
 
-def test_adapters_are_fetched_like_the_model_and_become_lora_flags() -> None:
-    pod = pod_spec(spec_of(adapters=ADAPTERS, runtime={"maxLoras": 2, "maxLoraRank": 32}))
+def test_the_infleet_engine_starts_with_no_adapter_named_so_changing_them_restarts_nothing() -> None:
+    """operator/adapters.py loads spec.adapters into running replicas: the pod template has the LoRA switches and the
+    cache to fetch into, never an adapter's name, URI or fetch."""
+    runtime = {"maxLoras": 2, "maxLoraRank": 32}
+    spec = spec_of(adapters=ADAPTERS, runtime=runtime, model={**good_spec()["model"], "credentialsSecret": "hub"})
+    pod = pod_spec(spec)
+    assert [c["name"] for c in pod["initContainers"]] == ["model-fetch"]
+    body = pod["containers"][0]
+    cmd = body["command"]
+    assert cmd[cmd.index("--enable-lora") :] == ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "32",
+                                                 "--model-cache", "/model-cache"]  # fmt: skip
+    assert body["envFrom"] == [{"secretRef": {"name": "hub"}}]  # the runtime fetches the hf:// adapter itself
+    other = spec_of(
+        adapters=[{"name": "law", "uri": "s3://bucket/law"}],
+        runtime=runtime,
+        model=spec.model.model_dump(by_alias=True),
+    )
+    revision = resources.desired(spec, OWNER, "int8", 8).revision
+    assert resources.desired(other, OWNER, "int8", 8).revision == revision  # other adapters: the same pods
+    assert resources.desired(spec_of(), OWNER, "int8", 8).revision != revision  # none at all: no LoRA switches
+
+
+def test_remote_adapters_of_a_local_model_get_a_cache_volume() -> None:
+    pod = pod_spec(spec_of(model={"uri": "file:///models/x.gguf", "servedName": "x"}, adapters=ADAPTERS[:1]))
+    assert "initContainers" not in pod
+    assert {"name": "model-cache", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_vllm_starts_with_its_adapters_fetched_like_the_model() -> None:
+    pod = pod_spec(spec_of(adapters=ADAPTERS, runtime={"engine": "vllm", "maxLoras": 2, "maxLoraRank": 32}))
     model_fetch, sql_fetch = pod["initContainers"]  # the file:/// adapter needs no fetch
     assert model_fetch["name"] == "model-fetch" and sql_fetch["name"] == "adapter-fetch-0"
     assert sql_fetch["command"] == ["infleet", "model", "pull", "hf://acme/sql-lora", "--cache", "/model-cache",
                                     "--revision", "v2"]  # fmt: skip
     cmd = pod["containers"][0]["command"]
-    flags = cmd[cmd.index("--enable-lora") :]
     sql_entry = f"/model-cache/{models.entry_name('hf://acme/sql-lora', 'v2')}"
-    assert flags == ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "32", "--lora-modules",
-                     f"sql={sql_entry}", "poet=/adapters/poet", "--model-cache", "/model-cache"]  # fmt: skip
-
-
-def test_remote_adapters_of_a_local_model_get_a_cache_volume() -> None:
-    pod = pod_spec(spec_of(model={"uri": "file:///models/x.gguf", "servedName": "x"}, adapters=ADAPTERS[:1]))
-    assert [c["name"] for c in pod["initContainers"]] == ["adapter-fetch-0"]
-    assert {"name": "model-cache", "emptyDir": {}} in pod["volumes"]
-    assert {"name": "model-cache", "mountPath": "/model-cache"} in pod["containers"][0]["volumeMounts"]
+    assert cmd[cmd.index("--lora-modules") :][:3] == ["--lora-modules", f"sql={sql_entry}", "poet=/adapters/poet"]
+    assert "envFrom" not in pod["containers"][0]
 
 
 def test_vllm_gets_its_own_lora_flags_with_a_rank_it_accepts() -> None:

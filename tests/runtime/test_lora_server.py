@@ -194,3 +194,35 @@ def test_per_adapter_metrics(server: Any) -> None:
     assert adapter_series(server, "infleet_lora_requests_total", "poet") == before["poet"]
     assert adapter_series(server, "infleet_lora_generation_tokens_total", "sql") == tokens + 3
     assert adapter_series(server, "infleet_lora_e2e_request_latency_seconds_count", "sql") == before["sql"] + 1
+
+
+def test_the_operator_brings_a_replica_to_its_spec_s_adapters(
+    server: Any, models: LoRAModels, reference: dict[str | None, str]
+) -> None:
+    """operator/adapters.py's calls against a real runtime: the spec drops `poet` and adds `sql-b` (the sql files
+    under another name); a second pass has nothing to do; a bad entry is reported with the runtime's reason while
+    the rest stay served."""
+    import asyncio
+
+    from infleet.operator import adapters
+
+    sql, poet = str(models.adapters["sql"]), str(models.adapters["poet"])
+
+    def converge(want: adapters.Wanted) -> tuple[list[str], str | None]:
+        async def run() -> tuple[list[str], str | None]:
+            async with httpx.AsyncClient(timeout=60) as http:
+                return await adapters.converge(http, server.url, want)
+
+        return asyncio.run(run())
+
+    want: adapters.Wanted = {"sql": (sql, None), "sql-b": (sql, None)}
+    assert converge(want) == (["sql", "sql-b"], None)
+    assert stream(server, "sql-b")[0] == reference["sql"]
+    with pytest.raises(openai.NotFoundError):
+        client(server).completions.create(model="poet", prompt=PROMPT, max_tokens=2)
+    assert adapters.plan(want, adapters.served(httpx.get(f"{server.url}/v1/models").json())) == ([], [])
+    loaded, message = converge({"sql": (sql, None), "bad": (poet + "-missing", None), "rev": (poet, "v2")})
+    assert loaded == ["sql"] and message is not None
+    assert "bad: " in message and "is not a directory" in message and "rev: revision: " in message, message
+    assert converge({"sql": (sql, None), "poet": (poet, None)}) == (["poet", "sql"], None)  # as the module began
+    assert stream(server, "poet")[0] == reference["poet"]
