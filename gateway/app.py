@@ -37,6 +37,7 @@ from starlette.types import Receive, Scope, Send
 import infleet
 from infleet.api import sse
 from infleet.api.errors import error_body
+from infleet.gateway import cascade
 from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
 from infleet.gateway.auth import KeyStore, Unauthorized
 from infleet.gateway.budgets import Budgets, Refused, Usage, ask_for_usage, body_usage, metered
@@ -422,6 +423,10 @@ async def openai_request(request: Request) -> Response:
             served = ", ".join(repr(m) for m in sorted(gateway.catalog.model_ids(_scope(request)))) or "none"
             raise GatewayError(400, f"model: a model name is required; served models: {served}")
         deployment = _lookup(request, model)
+        if deployment.is_cascade(model):
+            response = await cascaded(request, deployment, payload)
+            _count(gateway, deployment, response.status_code)
+            return response
         if model != (name := deployment.runtime_name(model)):  # namespace-qualified: the replica knows the bare one
             payload["model"] = name
             body = json.dumps(payload).encode()
@@ -439,6 +444,66 @@ async def openai_request(request: Request) -> Response:
         response = _error(request, e)
     _count(gateway, deployment, response.status_code)
     return response
+
+
+async def cascaded(request: Request, first: Deployment, payload: dict[str, Any]) -> Response:
+    """A cascade's answer (gateway/cascade.py): each model in turn, whole answers with logprobs, until one is sure
+    or the last answers; headers name the model that answered. Team limits admit the request once, and every
+    model asked is charged to the team."""
+    gateway, path = _gateway(request), request.url.path
+    rule = first.cascade
+    assert rule is not None
+    if path not in cascade.PATHS:
+        raise GatewayError(400, f"{path}: a cascade answers {' and '.join(cascade.PATHS)} only")
+    if payload.get("stream") is True:
+        raise GatewayError(400, f"stream: the cascade {rule.name!r} answers whole responses only; send stream false")
+    chain = [first]
+    for name in rule.escalate_to:
+        try:
+            chain.append(gateway.catalog.lookup(name, _scope(request), first.namespace))
+        except LookupFailed:
+            message = f"the cascade {rule.name!r} escalates to {name!r}, which is not served in {first.namespace!r}"
+            raise GatewayError(503, message, code="cascade_incomplete") from None
+    budgets = gateway.budgets
+    team = budgets.teams.team_for(request.headers.get("authorization"), first.namespace) if budgets.enabled else None
+    if team is not None:
+        try:
+            budgets.admit(team)
+        except Refused as e:
+            raise GatewayError(429, e.message, code=e.code, retry_after=e.retry_after) from None
+    labels = {"namespace": first.namespace, "cascade": rule.name}
+    spent = 0.0
+    for i, d in enumerate(chain):
+        last = i == len(chain) - 1
+        asked = {**payload, "model": d.served_name}
+        asked = asked if last else cascade.ask_for_logprobs(path, asked)
+        prompt = openai_prompt(asked) if d.strategy == PREFIX_AFFINITY else None
+        response = await gateway.forward(request, d, path, json.dumps(asked).encode(), prompt)
+        answer = _json_object(bytes(response.body)) if response.status_code == 200 else None
+        usage = Usage.of(answer)
+        if usage is not None:
+            if budgets.enabled:
+                budgets.charge(team, d.namespace, d.name, d.served_name, d.price, usage)
+            spent += (usage.input + usage.output) * (d.price or 0.0) / 1e6
+        reason = None if last else ("error" if answer is None else cascade.why_escalate(rule, path, answer))
+        if reason is not None:
+            gateway.metrics.cascade_escalations.labels(**labels, model=d.served_name, reason=reason).inc()
+            continue
+        gateway.metrics.cascade_requests.labels(**labels, model=d.served_name).inc()
+        gateway.metrics.cascade_cost.labels(**labels, model=d.served_name).inc(spent)
+        headers = {cascade.MODEL_HEADER: d.served_name, cascade.ESCALATIONS_HEADER: str(i)}
+        if answer is None:  # the last model's error, as it was
+            return Response(response.body, status_code=response.status_code, headers={**response.headers, **headers})
+        return JSONResponse(cascade.hide_logprobs(path, payload, answer), headers=headers)
+    raise AssertionError("the last model of a cascade always answers")
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        found = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 async def cost_controlled(

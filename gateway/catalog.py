@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from infleet.gateway.cache import CacheSettings
+from infleet.gateway.cascade import Rule
 from infleet.gateway.slo import NO_SLO, Thresholds
 
 LEAST_OUTSTANDING = "leastOutstanding"
@@ -45,6 +46,7 @@ class Deployment:
     cache: CacheSettings | None = None  # spec.gateway.responseCache, when enabled
     price: float | None = None  # $ per 1M tokens: the operator's status.costPerMillionTokens
     adapters: tuple[str, ...] = ()  # spec.adapters' names: LoRA adapters every replica serves as models of their own
+    cascade: Rule | None = None  # spec.gateway.cascade: a model name answered from this deployment first
 
     @property
     def key(self) -> Key:
@@ -52,8 +54,12 @@ class Deployment:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The model names this deployment's replicas answer to: the served name, then its adapters."""
-        return (self.served_name, *self.adapters)
+        """The model names clients reach this deployment by: the served name, its adapters, its cascade's name."""
+        return (self.served_name, *self.adapters, *((self.cascade.name,) if self.cascade else ()))
+
+    def is_cascade(self, model: str) -> bool:
+        bare = model.partition("/")[2] if model.startswith(f"{self.namespace}/") else model
+        return self.cascade is not None and bare == self.cascade.name
 
     def runtime_name(self, model: str) -> str:
         """What the replica calls the model a client named (bare or `namespace/name`): an adapter or the base."""
@@ -83,6 +89,7 @@ class _Spec:
     cache: CacheSettings | None = None
     price: float | None = None
     adapters: tuple[str, ...] = ()
+    cascade: Rule | None = None
 
 
 @dataclass
@@ -105,11 +112,12 @@ class Catalog:
         cache: CacheSettings | None = None,
         price: float | None = None,
         adapters: tuple[str, ...] = (),
+        cascade: Rule | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             strategy = LEAST_OUTSTANDING
         with self._lock:
-            self._specs[(namespace, name)] = _Spec(served_name, strategy, slo, cache, price, adapters)
+            self._specs[(namespace, name)] = _Spec(served_name, strategy, slo, cache, price, adapters, cascade)
         self._notify([(namespace, name)])
 
     def remove_deployment(self, namespace: str, name: str) -> None:
@@ -124,7 +132,7 @@ class Catalog:
             for k in stale:
                 del self._specs[k]
             for d in items:
-                self._specs[d.key] = _Spec(d.served_name, d.strategy, d.slo, d.cache, d.price, d.adapters)
+                self._specs[d.key] = _Spec(d.served_name, d.strategy, d.slo, d.cache, d.price, d.adapters, d.cascade)
             changed = set(stale) | set(self._specs)
         self._notify(changed)
 
@@ -177,6 +185,7 @@ class Catalog:
             spec.cache,
             spec.price,
             spec.adapters,
+            spec.cascade,
         )
 
     def get(self, key: Key) -> Deployment | None:

@@ -29,6 +29,7 @@ from kubernetes.client.rest import ApiException
 from infleet.gateway.activator import SCALE_FROM_ZERO_ANNOTATION
 from infleet.gateway.auth import API_KEYS_LABEL, KeyStore
 from infleet.gateway.cache import CacheSettings
+from infleet.gateway.cascade import Rule
 from infleet.gateway.catalog import LEAST_OUTSTANDING, Catalog, Deployment, Endpoint
 from infleet.gateway.slo import Thresholds
 
@@ -54,8 +55,17 @@ def deployment_from(obj: dict[str, Any]) -> Deployment:
     price = float(price) if isinstance(price, int | float) and math.isfinite(price) and price >= 0 else None
     slo = Thresholds.from_spec(spec.get("slo"))
     adapters = tuple(str(a["name"]) for a in spec.get("adapters") or [] if isinstance(a, dict) and a.get("name"))
+    cascade = Rule.from_spec((spec.get("gateway") or {}).get("cascade"))
     return Deployment(
-        meta["namespace"], meta["name"], served, strategy, slo=slo, cache=cache, price=price, adapters=adapters
+        meta["namespace"],
+        meta["name"],
+        served,
+        strategy,
+        slo=slo,
+        cache=cache,
+        price=price,
+        adapters=adapters,
+        cascade=cascade,
     )
 
 
@@ -197,7 +207,7 @@ class KubernetesDiscovery:
                 self.catalog.remove_deployment(d.namespace, d.name)
             else:
                 self.catalog.set_deployment(
-                    d.namespace, d.name, d.served_name, d.strategy, d.slo, d.cache, d.price, d.adapters
+                    d.namespace, d.name, d.served_name, d.strategy, d.slo, d.cache, d.price, d.adapters, d.cascade
                 )
 
         return f"InferenceDeployments in {ns or 'all namespaces'}", lister, kwargs, replace, apply

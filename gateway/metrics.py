@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from infleet.api import metrics as names
 from infleet.api.metrics import RESPONSE_CACHE_LOOKUPS, SLO_REQUESTS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -82,6 +83,25 @@ class GatewayMetrics:
             registry=r,
         )
         self.in_flight = Gauge("infleet_gateway_in_flight_requests", "Requests being proxied.", DEPLOYMENT, registry=r)
+        cascade = ("namespace", names.CASCADE, names.MODEL)
+        self.cascade_requests = Counter(
+            names.CASCADE_REQUESTS.removesuffix("_total"),
+            "Requests to a cascade, by the served name that answered.",
+            cascade,
+            registry=r,
+        )
+        self.cascade_escalations = Counter(
+            names.CASCADE_ESCALATIONS.removesuffix("_total"),
+            "Answers a cascade passed on to its next model, by the model escalated from and why.",
+            [*cascade, "reason"],
+            registry=r,
+        )
+        self.cascade_cost = Counter(
+            names.CASCADE_COST.removesuffix("_total"),
+            "Dollars spent on a cascade's requests (every model asked), by the served name that answered.",
+            cascade,
+            registry=r,
+        )
 
     def declare_slo(self, namespace: str, deployment: str, slis: Iterable[str]) -> None:
         """Expose a deployment's good/bad series at 0 before its first request: PromQL's increase() never counts

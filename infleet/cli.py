@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fetch models into a cache (pull URI [URI ...] [--revision R] --cache DIR)",
     ),
     "gateway": ("infleet.gateway.__main__", "the fleet's HTTP entrypoint (run [--port 8080])"),
+    "cascade": ("infleet.gateway.calibrate", "cascades: calibrate a threshold on a labelled sample"),
     "autoscaler": ("infleet.autoscaler.__main__", "the trace-driven fleet simulator (simulate --trace FILE)"),
     "report": (
         "infleet.monitoring.report",

@@ -10,6 +10,7 @@ JSON field names are camelCase (aliases); Python attributes are snake_case.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
@@ -454,8 +455,67 @@ class ResponseCache(ApiModel):
     )
 
 
+class CascadeValidator(ApiModel):
+    """What the first models' answers must satisfy to be returned; an answer that fails escalates."""
+
+    regex: str | None = Field(default=None, max_length=4096, description="The whole answer must match (fullmatch).")
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="The answer must parse as JSON valid against this JSON Schema.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str | None) -> str | None:
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return regex
+
+
+class Cascade(ApiModel):
+    """A model name the gateway serves by asking this deployment first and escalating to larger models only when
+    the answer looks unsure (docs/cost-controls.md#cascades)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.minMeanLogprob) || has(self.minFirstTokenLogprob) || has(self.validator)",
+                "a cascade needs an escalation signal: minMeanLogprob, minFirstTokenLogprob or validator",
+                field_path=".minMeanLogprob",
+            )
+        )
+    )
+
+    name: str = Field(
+        pattern=ADAPTER_NAME_PATTERN,
+        max_length=63,
+        description="The model name clients send; it must not be a served name or adapter in the namespace.",
+    )
+    escalate_to: list[str] = Field(
+        min_length=1,
+        max_length=4,
+        description="Served names of deployments in this namespace to escalate to, in order (cheapest first).",
+    )
+    min_mean_logprob: float | None = Field(
+        default=None,
+        le=0,
+        description="Escalate when the answer's mean token logprob is below this (infleet cascade calibrate finds it).",
+    )
+    min_first_token_logprob: float | None = Field(
+        default=None, le=0, description="Escalate when the answer's first token's logprob is below this."
+    )
+    validator: CascadeValidator | None = None
+
+
 class GatewaySpec(ApiModel):
     response_cache: ResponseCache = Field(default_factory=ResponseCache)
+    cascade: Cascade | None = Field(
+        default=None, description="Serve a cascade: this deployment answers first, escalateTo only when unsure."
+    )
 
 
 class InferenceDeploymentSpec(ApiModel):
@@ -481,6 +541,12 @@ class InferenceDeploymentSpec(ApiModel):
                 "adapters are served by the infleet engine without tensor or pipeline parallelism only (yet); "
                 "use engine vllm or one GPU per replica",
                 field_path=".adapters",
+            ),
+            cel(
+                "!has(self.gateway.cascade) || !has(self.model.servedName)"
+                " || self.gateway.cascade.name != self.model.servedName",
+                "gateway.cascade.name must differ from model.servedName: clients choose between them by name",
+                field_path=".gateway.cascade.name",
             ),
             cel(
                 "!has(self.accelerator.allowed) || size(self.accelerator.allowed) <= 1"

@@ -52,7 +52,7 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                 del node["default"]
         out: dict[str, Any] = {}
         for key, value in node.items():
-            if key in _DROP or (key == "additionalProperties" and value is False):
+            if key in _DROP or (key == "additionalProperties" and isinstance(value, bool)):  # free-form: preserve
                 continue
             if key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
                 out["minimum" if key == "exclusiveMinimum" else "maximum"] = value

@@ -172,6 +172,15 @@ FEATURES = (
 # deployment whose spec.gateway.responseCache is on are looked up
 RESPONSE_CACHE_LOOKUPS = "infleet_gateway_response_cache_lookups_total"
 
+# cascades at the gateway (docs/cost-controls.md#cascades): labels namespace, cascade; `model` the served name that
+# answered (requests, cost: every model asked for it, priced at its status.costPerMillionTokens) or that was
+# escalated from (escalations, with `reason`: mean_logprob, first_token_logprob, regex, json_schema, no_logprobs,
+# error)
+CASCADE = "cascade"
+CASCADE_REQUESTS = "infleet_gateway_cascade_requests_total"
+CASCADE_ESCALATIONS = "infleet_gateway_cascade_escalations_total"
+CASCADE_COST = "infleet_gateway_cascade_cost_dollars_total"
+
 # per-team metering at the gateway (docs/cost-controls.md): label `team` ("" for traffic no team claims), `model` the
 # served name; tokens also carry kind = input | output
 TEAM = "team"

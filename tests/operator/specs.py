@@ -185,6 +185,23 @@ BAD_SPECS: list[BadSpec] = [
         "adapter-is-served-name", {"adapters": [{"name": "smollm2", "uri": "file:///a"}]}, "spec.adapters", cel=True
     ),
     BadSpec(
+        "cascade-without-a-signal",
+        {"gateway": {"cascade": {"name": "auto", "escalateTo": ["big"]}}},
+        "spec.gateway.cascade.minMeanLogprob",
+        cel=True,
+    ),
+    BadSpec(
+        "cascade-is-served-name",
+        {"gateway": {"cascade": {"name": "smollm2", "escalateTo": ["big"], "minMeanLogprob": -1}}},
+        "spec.gateway.cascade.name",
+        cel=True,
+    ),
+    BadSpec(
+        "cascade-positive-threshold",
+        {"gateway": {"cascade": {"name": "auto", "escalateTo": ["big"], "minMeanLogprob": 0.5}}},
+        "spec.gateway.cascade.minMeanLogprob",
+    ),
+    BadSpec(
         "adapters-with-tensor-parallelism",
         {"adapters": [{"name": "sql", "uri": "file:///a"}], "parallelism": {"tensor": 2}},
         "spec.adapters",
