@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # venv imports it late, after the working directory is on sys.path): never put the working directory there.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu lws-bin lws-chart test-lws bench-runtime bench-gateway bench-routing up down env clean
+.PHONY: install fleet-bins setup lint typecheck test test-unit test-all images images-cuda test-images test-gpu lws-bin lws-chart test-lws bench-runtime bench-gateway bench-routing bench-cascade up down env clean
 
 $(STAMP): pyproject.toml setup.py
 	@echo "== python environment in $(VENV) (installed once; pip keeps its download cache)"
@@ -106,6 +106,9 @@ bench-gateway: install
 # shared-prefix workload, about 20 minutes on 2 cores (docs/benchmarks.md). BENCH_ARGS="--repeats 1" for a quick look.
 bench-routing: install
 	$(PY) benchmarks/routing.py $(BENCH_ARGS)
+
+bench-cascade: install
+	$(PY) benchmarks/cascade.py $(BENCH_ARGS)
 
 up: setup
 	$(PY) -m infleet.cluster.stack up
