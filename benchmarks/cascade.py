@@ -177,6 +177,9 @@ def section(report: dict[str, Any]) -> str:
         "",
         f"Threshold chosen on the tuning rows: minMeanLogprob {threshold}. Goal ({g['goal']}): "
         f"{g['relative_cost']:.2f}x at {g['accuracy']:.1%} against bf16's {g['big_alone_accuracy']:.1%}, {verdict}.",
+        f"A cascade costs at least its first model alone ({ev['small_alone']['relative_cost']:.2f}x here): with the "
+        "two tiers' CPU throughputs this close, no threshold can reach the goal on this machine; the margin depends "
+        "on how much cheaper the first model serves, which on GPUs is the tier profiles' question (not measured here).",
         "",
     ]
     return "\n".join(lines)
