@@ -13,7 +13,7 @@ COPY gateway ./gateway
 RUN /opt/infleet/bin/pip install \
         "kubernetes==37.0.2" "pydantic==2.14.3" "prometheus-client==0.26.0" "httpx==0.28.1" \
         "PyYAML==6.0.3" "starlette==1.10.0" "uvicorn==0.55.0" "uvloop==0.23.0" "httptools==0.9.0" "aiohttp==3.14.5" \
-        "tokenizers==0.23.3" "jinja2==3.1.6" \
+        "tokenizers==0.23.3" "jinja2==3.1.6" "jsonschema==4.26.0" \
     && /opt/infleet/bin/pip install --no-deps .
 
 FROM ${PYTHON_IMAGE}

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
+
 log = logging.getLogger("infleet.gateway.cascade")
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
@@ -116,8 +118,6 @@ def why_escalate(rule: Rule, path: str, answer: Mapping[str, Any]) -> str | None
 
 
 def _valid_json(text: str, schema: Mapping[str, Any]) -> bool:
-    import jsonschema
-
     try:
         jsonschema.validate(json.loads(text), schema)
     except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError):

@@ -31,8 +31,14 @@ ENTRY_MODULES = {
         "infleet.operator.autoscaling",
         "infleet.operator.deployment_metrics",
         "infleet.operator.observation",
+        "infleet.operator.adapters",
     ],
-    "gateway": ["infleet.gateway.__main__", "infleet.gateway.app", "infleet.gateway.discovery"],
+    "gateway": [
+        "infleet.gateway.__main__",
+        "infleet.gateway.app",
+        "infleet.gateway.discovery",
+        "infleet.gateway.cascade",
+    ],
     "runtime": [
         "infleet.runtime.__main__",
         "infleet.runtime.server.app",
