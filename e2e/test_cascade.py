@@ -49,8 +49,7 @@ def pair(stack: Stack, smollm2: Callable[[str], dict[str, Any]]) -> Iterator[Non
             stack.wait_ready(DEMO_NAMESPACE, name, timeout=600, quiet=True)
         yield
     finally:
-        for name in (SMALL, BIG):
-            stack.kubectl("delete", "idep", name, "-n", DEMO_NAMESPACE, "--wait=false")
+        stack.kubectl("delete", "idep", SMALL, BIG, "-n", DEMO_NAMESPACE, "--timeout=300s")  # gone for what follows
 
 
 def set_threshold(stack: Stack, threshold: float) -> None:
