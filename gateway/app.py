@@ -478,7 +478,13 @@ async def cascaded(request: Request, first: Deployment, payload: dict[str, Any])
         asked = {**payload, "model": d.served_name}
         asked = asked if last else cascade.ask_for_logprobs(path, asked)
         prompt = openai_prompt(asked) if d.strategy == PREFIX_AFFINITY else None
-        response = await gateway.forward(request, d, path, json.dumps(asked).encode(), prompt)
+        try:
+            response = await gateway.forward(request, d, path, json.dumps(asked).encode(), prompt)
+        except GatewayError:  # no replica answered (none ready, all unreachable): the next model may
+            if last:
+                raise
+            gateway.metrics.cascade_escalations.labels(**labels, model=d.served_name, reason="error").inc()
+            continue
         answer = _json_object(bytes(response.body)) if response.status_code == 200 else None
         usage = Usage.of(answer)
         if usage is not None:

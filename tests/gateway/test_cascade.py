@@ -183,6 +183,16 @@ def test_a_cascade_refuses_what_it_cannot_do_with_the_reason(replicas: tuple[Gat
     chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={**chat, "stream": True})
     assert r.status_code == 400 and "answers whole responses only" in r.json()["error"]["message"]
+
+    async def failing(request: Request) -> JSONResponse:
+        return JSONResponse({"error": {"message": "out of memory", "type": "server_error"}}, status_code=500)
+
+    with ServerThread(Starlette(routes=[Route("/{p:path}", failing, methods=["POST"])])) as broken:
+        gateway.catalog.set_slice("team-a", "small", "s", (broken.endpoint,))  # the first model fails: the next answers
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat)
+    assert r.status_code == 200 and r.headers[cascade.MODEL_HEADER] == "big"
+    labels = {"namespace": "team-a", "cascade": "auto", "model": "small", "reason": "error"}
+    assert metric(gw, "infleet_gateway_cascade_escalations_total", **labels) == 1
     gateway.catalog.remove_deployment("team-a", "big")
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat)
     assert r.status_code == 503 and "escalates to 'big', which is not served" in r.json()["error"]["message"]
