@@ -31,7 +31,8 @@ from .helm import ROOT
 
 FAKE_IMAGE = "registry.local/fake-runtime:1"  # not infleet/*: KWOK runs (fakes) these pods
 H100 = "NVIDIA-H100-80GB-HBM3"
-DENIED = re.compile(r"\b403\b|[Ff]orbidden|Not enough permissions")
+# a 403 status, never the milliseconds of a log line's timestamp ("05:40:10,403")
+DENIED = re.compile(r"(?<![,.:])\b403\b|[Ff]orbidden|Not enough permissions")
 
 
 class ScenarioFailed(AssertionError):

@@ -9,8 +9,13 @@ from hypothesis import strategies as st
 
 from infleet.runtime.quant import formats as F
 
-# Float32 arithmetic in scale/divide/multiply adds a few ulps beyond the exact-arithmetic bound.
+# Float32 arithmetic in scale/divide/multiply adds a few ulps beyond the exact-arithmetic bound: of the bound itself,
+# and of the weight (a weight of 3 next to a step of 0.02 has an ulp above 1e-5 of half a step).
 SLACK = 1 + 1e-5
+
+
+def ulps(w: torch.Tensor) -> torch.Tensor:
+    return 4 * torch.finfo(torch.float32).eps * w.abs()
 
 
 @st.composite
@@ -34,7 +39,7 @@ def test_int8_within_half_step(w: torch.Tensor) -> None:
     q = F.quantize_int8(w)
     assert q.weight.dtype == torch.int8 and q.weight.abs().max() <= 127
     err = (F.dequantize_int8(q) - w).abs()
-    assert (err <= F.int8_error_bound(q) * SLACK).all()
+    assert (err <= F.int8_error_bound(q) * SLACK + ulps(w)).all()
 
 
 @settings(max_examples=40, deadline=None)
@@ -54,7 +59,7 @@ def test_int4_within_half_step(w: torch.Tensor, group_size: int | None) -> None:
     assert q.packed.shape == (out_features, in_features // 2) and q.packed.dtype == torch.uint8
     assert in_features % q.group_size == 0
     err = (F.dequantize_int4(q) - w).abs()
-    assert (err <= F.int4_error_bound(q) * SLACK).all()
+    assert (err <= F.int4_error_bound(q) * SLACK + ulps(w)).all()
 
 
 def test_int4_pack_roundtrip_and_nibble_order() -> None:
