@@ -57,13 +57,16 @@ class Deployment:
         """The model names clients reach this deployment by: the served name, its adapters, its cascade's name."""
         return (self.served_name, *self.adapters, *((self.cascade.name,) if self.cascade else ()))
 
+    def bare(self, model: str) -> str:
+        """The name without this deployment's `namespace/` prefix."""
+        return model.partition("/")[2] if model.startswith(f"{self.namespace}/") else model
+
     def is_cascade(self, model: str) -> bool:
-        bare = model.partition("/")[2] if model.startswith(f"{self.namespace}/") else model
-        return self.cascade is not None and bare == self.cascade.name
+        return self.cascade is not None and self.bare(model) == self.cascade.name
 
     def runtime_name(self, model: str) -> str:
         """What the replica calls the model a client named (bare or `namespace/name`): an adapter or the base."""
-        bare = model.partition("/")[2] if model.startswith(f"{self.namespace}/") else model
+        bare = self.bare(model)
         return bare if bare in self.adapters else self.served_name
 
     @property
