@@ -134,6 +134,9 @@ def stack(fleet: Cluster) -> Iterator[Stack]:
         "operator.replicas=1",
         "operator.leaderElection=false",
     )
+    # An interrupted earlier session leaves its deployments behind (the local fleet keeps its state between runs):
+    # a test that applies one of the same name would start from its last spec, mid-rollout.
+    stack.kubectl("delete", "inferencedeployments", "--all", "-n", DEMO_NAMESPACE, "--timeout=300s")
     try:
         yield stack
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from infleet.api import metrics as names
@@ -69,6 +70,16 @@ def answered_by(stack: Stack, model: str) -> httpx.Response | None:
     return r if r.headers[cascade.MODEL_HEADER] == model else None
 
 
+def streamed_by(stack: Stack, model: str) -> list[str] | None:
+    """A streamed request to the cascade through the `openai` client: the text of each chunk, when `model` answered."""
+    client = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=0, timeout=300)
+    raw = client.chat.completions.with_raw_response.create(
+        model=CASCADE, messages=[{"role": "user", "content": "Say a random word."}], max_tokens=6, stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" for c in raw.parse() if c.choices]
+    return pieces if raw.headers[cascade.MODEL_HEADER] == model else None
+
+
 def test_the_threshold_decides_who_answers_and_prometheus_counts_it(
     stack: Stack, pair: None, prometheus_url: str
 ) -> None:
@@ -80,23 +91,32 @@ def test_the_threshold_decides_who_answers_and_prometheus_counts_it(
     )
     assert r.headers[cascade.ESCALATIONS_HEADER] == "0" and r.json()["choices"][0]["message"]["content"]
     assert r.json()["choices"][0]["logprobs"] is None  # the gateway's own ask, hidden from the client
+    kept = wait_for(lambda: streamed_by(stack, SMALL), timeout=60, interval=1.0, what="int4 answering a stream")
+    assert "".join(kept).strip()  # int4's whole answer, as stream events
     set_threshold(stack, 0.0)  # no answer's mean logprob reaches 0: every one escalates
     r = wait_for(
         lambda: answered_by(stack, BIG), timeout=120, interval=1.0, what="bf16 answering once the threshold is 0"
     )
     assert r.headers[cascade.ESCALATIONS_HEADER] == "1"
+    pieces = wait_for(lambda: streamed_by(stack, BIG), timeout=60, interval=1.0, what="bf16 streaming")
+    assert len(pieces) > 1 and "".join(pieces).strip(), pieces  # chunk by chunk as the runtime streams (a kept
+    # answer is one chunk)
 
-    def counted() -> dict[str, float] | None:
-        query = f'sum by (model, reason) ({names.CASCADE_ESCALATIONS}{{cascade="{CASCADE}"}})'
+    def series(metric: str, by: str) -> dict[str, float]:
+        query = f'sum by ({by}) ({metric}{{cascade="{CASCADE}"}})'
         found = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": query}, timeout=30).json()
-        series = {s["metric"].get("model", ""): float(s["value"][1]) for s in found["data"]["result"]}
-        return series if series.get(SMALL, 0) >= 1 else None
+        return {s["metric"].get("model", ""): float(s["value"][1]) for s in found["data"]["result"]}
 
-    assert wait_for(counted, timeout=120, interval=2.0, what="the escalation series in Prometheus")[SMALL] >= 1
-    query = f'sum by (model) ({names.CASCADE_REQUESTS}{{cascade="{CASCADE}"}})'
-    found = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": query}, timeout=30).json()
-    by_model = {s["metric"]["model"]: float(s["value"][1]) for s in found["data"]["result"]}
-    assert by_model.get(SMALL, 0) >= 1 and by_model.get(BIG, 0) >= 1, by_model
+    def counted() -> tuple[dict[str, float], dict[str, float]] | None:
+        """Both series once every gateway replica that answered has been scraped (two replicas: the int4 answer and
+        the escalation may have gone through different ones, scraped at different moments)."""
+        escalated = series(names.CASCADE_ESCALATIONS, "model, reason")
+        answered = series(names.CASCADE_REQUESTS, "model")
+        ok = escalated.get(SMALL, 0) >= 1 and answered.get(SMALL, 0) >= 1 and answered.get(BIG, 0) >= 1
+        return (escalated, answered) if ok else None
+
+    escalated, _ = wait_for(counted, timeout=120, interval=2.0, what="the cascade's series in Prometheus")
+    assert BIG not in escalated, escalated  # the last model in the cascade has nowhere to escalate to
 
 
 def test_calibrate_prints_the_curve_and_its_choice(

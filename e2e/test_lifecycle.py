@@ -113,23 +113,42 @@ def test_killing_the_operator_mid_reconcile_converges_without_duplicates(
     stack: Stack, fleet: Cluster, external: bool, served: str
 ) -> None:
     pod = working_operator(stack, fleet)
+    owned = f"infleet.dev/deployment={NAME}"  # other tests' deployments share the demo namespace
+    (before,) = fleet.apps.list_namespaced_deployment(NAMESPACE, label_selector=owned).items
     stack.kubectl("scale", "idep", NAME, "-n", NAMESPACE, "--replicas=2")
     if external:  # no pid to kill: the pod goes at once, without a grace period, as a crashed node would take it
         stack.kubectl("delete", "pod", pod.metadata.name, "-n", stack.namespace, "--grace-period=0", "--force")
     else:
         os.kill(launched_pid(fleet.fleet, pod, "operator"), signal.SIGKILL)
-    wait_for(
-        lambda: len([p for p in runtime_pods(fleet) if p.status.phase == "Running"]) == 2,
-        timeout=600,
-        what="two runtime pods after the operator restarted",
-    )
-    owned = f"infleet.dev/deployment={NAME}"  # other tests' deployments share the demo namespace
-    deployments = fleet.apps.list_namespaced_deployment(NAMESPACE, label_selector=owned).items
+
+    def scaled() -> list[kubernetes.client.V1Deployment] | None:
+        """The Deployments once one of them asks for two replicas and has two ready of its latest template (the
+        count of Running pods alone is also two in the middle of a surge rollout)."""
+        found = fleet.apps.list_namespaced_deployment(NAMESPACE, label_selector=owned).items
+        done = [d for d in found if d.spec.replicas == 2 and d.status.updated_replicas == d.status.ready_replicas == 2]
+        return found if done and (done[0].status.replicas or 0) == 2 else None
+
+    deployments = wait_for(scaled, timeout=600, what="two ready runtime pods after the operator restarted")
+    assert len(deployments) == 1
     services = fleet.core.list_namespaced_service(NAMESPACE, label_selector=owned).items
-    assert len(deployments) == 1 and deployments[0].spec.replicas == 2
     assert len([s for s in services if s.spec.cluster_ip != "None"]) == 1
+    # the restarted operator renders the same pod template: scaling is not a rollout
+    after = deployments[0].metadata.annotations
+    revision = "deployment.kubernetes.io/revision"
+    assert after[revision] == before.metadata.annotations[revision], replica_sets(fleet, owned)
     stack.kubectl("scale", "idep", NAME, "-n", NAMESPACE, "--replicas=1")
     wait_for(lambda: len(runtime_pods(fleet)) == 1, timeout=300, what="back to one runtime pod")
+
+
+def replica_sets(fleet: Cluster, selector: str) -> str:
+    """The ReplicaSets' revisions and templates, for a failure's message."""
+    found = fleet.apps.list_namespaced_replica_set(NAMESPACE, label_selector=selector).items
+    api = kubernetes.client.ApiClient()
+    return "\n".join(
+        f"{rs.metadata.annotations.get('deployment.kubernetes.io/revision')} {rs.metadata.creation_timestamp} "
+        f"{json.dumps(api.sanitize_for_serialization(rs.spec.template), sort_keys=True)}"
+        for rs in found
+    )
 
 
 def test_a_tier_change_rolls_out_without_a_failed_request(stack: Stack, fleet: Cluster, served: str) -> None:

@@ -108,7 +108,7 @@ def test_a_remote_model_is_fetched_by_the_init_container_and_served(stack: Stack
     try:
         downloading = wait_for(
             lambda: "GB (" in (c := model_ready(stack, "fetched")).get("message", "") and c,
-            timeout=120,
+            timeout=300,  # the pod's start comes first, slow on a loaded machine; the download itself lasts ~30 s
             interval=1,
             what="ModelReady to show the download's progress",
         )

@@ -49,7 +49,7 @@ from infleet.gateway.prompts import kserve_prompt, openai_prompt
 from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO, RetryBudget
 from infleet.gateway.routing import Router
 from infleet.gateway.slo import RequestClock
-from infleet.gateway.teams import Teams
+from infleet.gateway.teams import Team, Teams
 
 log = logging.getLogger("infleet.gateway")
 
@@ -448,15 +448,14 @@ async def openai_request(request: Request) -> Response:
 
 async def cascaded(request: Request, first: Deployment, payload: dict[str, Any]) -> Response:
     """A cascade's answer (gateway/cascade.py): each model in turn, whole answers with logprobs, until one is sure
-    or the last answers; headers name the model that answered. Team limits admit the request once, and every
-    model asked is charged to the team."""
+    or the last answers; headers name the model that answered. A streamed request gets a kept answer as one burst
+    of stream events and the last model's answer streamed. Team limits admit the request once, and every model
+    asked is charged to the team."""
     gateway, path = _gateway(request), request.url.path
     rule = first.cascade
     assert rule is not None
     if path not in cascade.PATHS:
         raise GatewayError(400, f"{path}: a cascade answers {' and '.join(cascade.PATHS)} only")
-    if payload.get("stream") is True:
-        raise GatewayError(400, f"stream: the cascade {rule.name!r} answers whole responses only; send stream false")
     chain = [first]
     for name in rule.escalate_to:
         try:
@@ -472,11 +471,13 @@ async def cascaded(request: Request, first: Deployment, payload: dict[str, Any])
         except Refused as e:
             raise GatewayError(429, e.message, code=e.code, retry_after=e.retry_after) from None
     labels = {"namespace": first.namespace, "cascade": rule.name}
+    stream = payload.get("stream") is True
     spent = 0.0
     for i, d in enumerate(chain):
         last = i == len(chain) - 1
         asked = {**payload, "model": d.served_name}
-        asked = asked if last else cascade.ask_for_logprobs(path, asked)
+        hide_usage = ask_for_usage(asked) if last and stream else False  # the last model's cost comes from its usage
+        asked = asked if last else cascade.ask_for_logprobs(path, cascade.whole(asked))
         prompt = openai_prompt(asked) if d.strategy == PREFIX_AFFINITY else None
         try:
             response = await gateway.forward(request, d, path, json.dumps(asked).encode(), prompt)
@@ -485,6 +486,9 @@ async def cascaded(request: Request, first: Deployment, payload: dict[str, Any])
                 raise
             gateway.metrics.cascade_escalations.labels(**labels, model=d.served_name, reason="error").inc()
             continue
+        headers = {cascade.MODEL_HEADER: d.served_name, cascade.ESCALATIONS_HEADER: str(i)}
+        if isinstance(response, RelayResponse):  # the last model, streaming
+            return _cascade_stream(gateway, response, d, team, labels, spent, hide_usage, headers)
         answer = _json_object(bytes(response.body)) if response.status_code == 200 else None
         usage = Usage.of(answer)
         if usage is not None:
@@ -497,11 +501,42 @@ async def cascaded(request: Request, first: Deployment, payload: dict[str, Any])
             continue
         gateway.metrics.cascade_requests.labels(**labels, model=d.served_name).inc()
         gateway.metrics.cascade_cost.labels(**labels, model=d.served_name).inc(spent)
-        headers = {cascade.MODEL_HEADER: d.served_name, cascade.ESCALATIONS_HEADER: str(i)}
         if answer is None:  # the last model's error, as it was
             return Response(response.body, status_code=response.status_code, headers={**response.headers, **headers})
-        return JSONResponse(cascade.hide_logprobs(path, payload, answer), headers=headers)
+        kept = cascade.hide_logprobs(path, payload, answer)
+        if stream:
+            options = payload.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            events = cascade.as_stream(path, kept, include_usage)
+            return Response(events, media_type=sse.MEDIA_TYPE, headers={**headers, "Cache-Control": "no-cache"})
+        return JSONResponse(kept, headers=headers)
     raise AssertionError("the last model of a cascade always answers")
+
+
+def _cascade_stream(
+    gateway: Gateway,
+    response: RelayResponse,
+    d: Deployment,
+    team: Team | None,
+    labels: dict[str, str],
+    spent: float,
+    hide_usage: bool,
+    headers: dict[str, str],
+) -> RelayResponse:
+    """The last model's stream, counted as the cascade's answer: its cost (and the team's charge) is read from the
+    usage chunk as it passes, added to what the models before it cost."""
+    gateway.metrics.cascade_requests.labels(**labels, model=d.served_name).inc()
+    cost = gateway.metrics.cascade_cost.labels(**labels, model=d.served_name)
+    cost.inc(spent)
+
+    def charge(usage: Usage) -> None:
+        if gateway.budgets.enabled:
+            gateway.budgets.charge(team, d.namespace, d.name, d.served_name, d.price, usage)
+        cost.inc((usage.input + usage.output) * (d.price or 0.0) / 1e6)
+
+    response.body_iterator = metered(response.body_iterator, hide_usage, charge)
+    response.headers.update(headers)
+    return response
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -4,7 +4,10 @@ A deployment's `spec.gateway.cascade` names the cascade, the served names to esc
 escalation signal. The gateway asks the deployment itself first, with token logprobs on; an answer whose mean token
 logprob (or first token's) is below the threshold, or that fails the validator (a regex the whole answer must
 match, or a JSON Schema), goes to the next model, and so on; the last model's answer is returned whatever it says.
-Answers are whole (non-streamed). `infleet cascade calibrate` picks the threshold from a labelled sample.
+A model that may be escalated from is always asked for a whole answer: the signal needs all of it. A streamed request
+(`stream: true`) therefore gets a kept answer as the events of a stream of it, all at once when it is decided, and an
+escalated one streamed token by token from the last model. `infleet cascade calibrate` picks the threshold from a
+labelled sample.
 
 This module is the decision alone (torch-free, no I/O); gateway/app.py sends the requests.
 """
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+
+from infleet.api import sse
 
 log = logging.getLogger("infleet.gateway.cascade")
 
@@ -72,6 +77,35 @@ def ask_for_logprobs(path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         return {**payload, "logprobs": True}
     current = payload.get("logprobs")
     return {**payload, "logprobs": current if isinstance(current, int) and current >= 1 else 1}
+
+
+def whole(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The request for a whole answer: without `stream` and its options."""
+    return {k: v for k, v in payload.items() if k not in ("stream", "stream_options")}
+
+
+def as_stream(path: str, answer: Mapping[str, Any], include_usage: bool) -> bytes:
+    """A whole answer as the SSE events a stream of it would have sent: each choice's whole message (or text) in one
+    chunk with its finish reason, the usage chunk when the client asked for it (`stream_options.include_usage`),
+    then `[DONE]`."""
+    head = {k: answer.get(k) for k in ("id", "created", "model")}
+    head["object"] = "chat.completion.chunk" if path == CHAT else "text_completion"
+    events = []
+    for c in answer.get("choices") or []:
+        if not isinstance(c, Mapping):
+            continue
+        choice = {"index": c.get("index", 0), "logprobs": c.get("logprobs"), "finish_reason": c.get("finish_reason")}
+        if path == CHAT:
+            delta = dict(c.get("message") or {})
+            if isinstance(calls := delta.get("tool_calls"), list):  # a stream's tool calls carry their index
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+            choice["delta"] = delta
+        else:
+            choice["text"] = c.get("text") or ""
+        events.append(sse.event({**head, "choices": [choice], **({"usage": None} if include_usage else {})}))
+    if include_usage and isinstance(answer.get("usage"), Mapping):
+        events.append(sse.event({**head, "choices": [], "usage": answer["usage"]}))
+    return b"".join(events) + sse.DONE
 
 
 def hide_logprobs(path: str, payload: Mapping[str, Any], answer: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Cascades: the escalation signal, the offline replay behind `infleet cascade calibrate`, and the gateway asking
-each model in turn over real HTTP (canned replicas whose answers carry chosen logprobs)."""
+each model in turn over real HTTP (canned replicas whose answers carry chosen logprobs), whole and streamed to the
+official `openai` client."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from infleet.api import sse
 from infleet.gateway import calibrate, cascade
 from infleet.gateway.app import Gateway
 from infleet.gateway.cascade import Rule
@@ -119,11 +122,24 @@ class Replicas:
         self.asked: list[tuple[str, dict[str, Any]]] = []
 
     def app(self, name: str) -> Starlette:
-        async def answer(request: Request) -> JSONResponse:
+        async def answer(request: Request) -> Response:
             body = await request.json()
             self.asked.append((name, body))
             logprobs = self.small_logprobs if name == "small" else [-0.01]
-            return JSONResponse(chat_answer(f"from {name}", logprobs, model=body["model"]))
+            whole = chat_answer(f"from {name}", logprobs, model=body["model"])
+            if body.get("stream"):  # token by token, as a runtime streams
+                head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+                deltas = [{"role": "assistant", "content": ""}, {"content": "from "}, {"content": name}, {}]
+                events = [
+                    sse.event(
+                        {**head, "choices": [{"index": 0, "delta": d, "finish_reason": "stop" if not d else None}]}
+                    )
+                    for d in deltas
+                ]
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    events.append(sse.event({**head, "choices": [], "usage": whole["usage"]}))
+                return Response(b"".join(events) + sse.DONE, media_type=sse.MEDIA_TYPE)
+            return JSONResponse(whole)
 
         return Starlette(routes=[Route("/{p:path}", answer, methods=["POST"])])
 
@@ -181,8 +197,8 @@ def test_the_gateway_answers_from_the_first_sure_model_and_says_which(
 def test_a_cascade_refuses_what_it_cannot_do_with_the_reason(replicas: tuple[Gateway, ServerThread, Replicas]) -> None:
     gateway, gw, _ = replicas
     chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
-    r = httpx.post(f"{gw.url}/v1/chat/completions", json={**chat, "stream": True})
-    assert r.status_code == 400 and "answers whole responses only" in r.json()["error"]["message"]
+    r = httpx.post(f"{gw.url}/tokenize", json={"model": "auto", "prompt": "hi"})
+    assert r.status_code == 400 and "answers /v1/chat/completions and /v1/completions only" in r.text
 
     async def failing(request: Request) -> JSONResponse:
         return JSONResponse({"error": {"message": "out of memory", "type": "server_error"}}, status_code=500)
@@ -196,3 +212,39 @@ def test_a_cascade_refuses_what_it_cannot_do_with_the_reason(replicas: tuple[Gat
     gateway.catalog.remove_deployment("team-a", "big")
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat)
     assert r.status_code == 503 and "escalates to 'big', which is not served" in r.json()["error"]["message"]
+
+
+def streamed(gw: ServerThread, **options: Any) -> tuple[dict[str, str], str, list[Any]]:
+    """A streamed chat to the cascade through the `openai` client: the headers, the text and the chunks."""
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "capital of France?"}], stream=True, **options
+    )
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return dict(raw.headers), text, chunks
+
+
+def test_a_streamed_request_gets_a_kept_answer_as_events_and_an_escalated_one_streamed(
+    replicas: tuple[Gateway, ServerThread, Replicas],
+) -> None:
+    _gateway, gw, canned = replicas
+    headers, text, chunks = streamed(gw, stream_options={"include_usage": True})
+    assert (text, headers[cascade.MODEL_HEADER], headers[cascade.ESCALATIONS_HEADER]) == ("from small", "small", "0")
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 2  # the usage the client asked for
+    assert len(chunks) == 2 and chunks[0].choices[0].logprobs is None  # one burst; the gateway's logprobs hidden
+    assert "stream" not in canned.asked[-1][1] and canned.asked[-1][1]["logprobs"] is True  # the signal needs it whole
+
+    canned.small_logprobs = [-0.2, -3.0]  # unsure: the last model streams
+    headers, text, chunks = streamed(gw)
+    assert (text, headers[cascade.MODEL_HEADER], headers[cascade.ESCALATIONS_HEADER]) == ("from big", "big", "1")
+    assert len(chunks) == 4 and all(c.choices for c in chunks)  # token by token, without the usage it did not ask for
+    assert canned.asked[-1] == (
+        "big",
+        {"model": "big", "messages": [{"role": "user", "content": "capital of France?"}], "stream": True}
+        | {"stream_options": {"include_usage": True}},  # asked by the gateway, for the cost
+    )
+    labels = {"namespace": "team-a", "cascade": "auto"}
+    assert metric(gw, "infleet_gateway_cascade_requests_total", **labels, model="big") == 1
+    # both models paid for: 12 tokens at $1/1M, then 11 at $10/1M read from the stream's usage chunk
+    assert metric(gw, "infleet_gateway_cascade_cost_dollars_total", **labels, model="big") == pytest.approx(122e-6)
