@@ -25,6 +25,7 @@ from infleet.gateway.app import Gateway, build_app
 from infleet.gateway.auth import KeyStore
 from infleet.gateway.catalog import LEAST_OUTSTANDING, STRATEGIES
 from infleet.gateway.fleet_spend import follow_fleet_spend
+from infleet.gateway.peers import follow_peers
 from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO
 from infleet.gateway.routing import DEFAULT_EPS, DEFAULT_PREFIX_CHARS, Router
 from infleet.gateway.teams import TeamError, Teams
@@ -87,6 +88,14 @@ def parser() -> argparse.ArgumentParser:
         help="with --teams-file: read every gateway replica's month-to-date spend from this Prometheus, so budgets "
         "are checked against the fleet's spend (default: this replica's own)",
     )
+    r.add_argument(
+        "--peers",
+        action="append",
+        default=[],
+        metavar="NAME:PORT",
+        help="with --teams-file: the other gateway replicas (a headless Service's name resolves to each): their "
+        "charged tokens count against this replica's token limits too, so a limit is the fleet's (repeatable)",
+    )
     r.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     r.add_argument("--access-log", action="store_true")
     return p
@@ -129,13 +138,15 @@ def follow_teams(gateway: Gateway, path: Path | None, every: float = 10.0) -> Ca
 
 
 def followers(gateway: Gateway, args: argparse.Namespace) -> Callable[[], None]:
-    """What runs beside the server once it starts: the teams file's reloads and the fleet's spend."""
+    """What runs beside the server once it starts: the teams file's reloads, the fleet's spend and the peers' tokens."""
     teams = follow_teams(gateway, args.teams_file)
     spend = follow_fleet_spend(gateway.budgets, args.prometheus_url if args.teams_file else None)
+    tokens = follow_peers(gateway.budgets, args.peers if args.teams_file else [], gateway.replica)
 
     def start() -> None:
         teams()
         spend()
+        tokens()
 
     return start
 
@@ -144,6 +155,11 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("port", "max_held", "prefix_chars"):
         if getattr(args, flag) < 1:
             print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    for peer in args.peers:
+        host, _, port = peer.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"{PROG}: --peers {peer!r}: expected NAME:PORT", file=sys.stderr)
             return 2
     if args.hold_timeout <= 0 or args.load_bound <= 0 or min(args.retry_after, args.retry_budget, args.retry_floor) < 0:
         print(

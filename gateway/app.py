@@ -9,8 +9,10 @@ they arrive, and other responses whole.
 Failures: a replica that fails before the first byte reaches the client (connection refused or reset, a draining
 replica's 503, a full queue's 429) is retried on another replica, up to MAX_ATTEMPTS replicas and within the
 deployment's retry budget (gateway/retries.py); a 429 or 503 that is not retried (no other replica, or the budget is
-spent) reaches the client as the replica sent it, Retry-After included. A stream that has started is never
-replayed: a mid-stream failure ends it with an SSE event carrying an `error` key and `data: [DONE]`.
+spent) reaches the client as the replica sent it, Retry-After included. A request for a LoRA adapter that a replica
+answers 404 (not loaded there yet) goes to another; when none tried holds it, the last one is asked to load it from
+the spec's URI first. A stream that has started is never replayed: a mid-stream failure ends it with an SSE event
+carrying an `error` key and `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,12 +40,21 @@ from starlette.types import Receive, Scope, Send
 import infleet
 from infleet.api import sse
 from infleet.api.errors import error_body
-from infleet.gateway import cascade
+from infleet.gateway import cascade, peers
 from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
 from infleet.gateway.auth import KeyStore, Unauthorized
 from infleet.gateway.budgets import Budgets, Refused, Usage, ask_for_usage, body_usage, metered
 from infleet.gateway.cache import CACHE_HEADER, CACHED_PATHS, ResponseCaches, cache_key, deterministic, tenant
-from infleet.gateway.catalog import LEAST_OUTSTANDING, PREFIX_AFFINITY, Catalog, Deployment, Endpoint, Key, LookupFailed
+from infleet.gateway.catalog import (
+    LEAST_OUTSTANDING,
+    PREFIX_AFFINITY,
+    Adapter,
+    Catalog,
+    Deployment,
+    Endpoint,
+    Key,
+    LookupFailed,
+)
 from infleet.gateway.kv import KVFeeds
 from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from infleet.gateway.prompts import kserve_prompt, openai_prompt
@@ -57,6 +69,7 @@ NAMESPACE_HEADER = "x-infleet-namespace"
 BINARY_HEADER = "inference-header-content-length"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_ATTEMPTS = 3  # replicas tried per request before the first byte
+ADAPTER_LOAD_TIMEOUT = 300.0  # seconds a replica may take to fetch and load an adapter a request waits for
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
@@ -134,6 +147,7 @@ class Gateway:
     read_timeout: float = 600.0  # between two upstream chunks: a long prefill under load
     ready: Callable[[], bool] = lambda: True
     created: int = field(default_factory=lambda: int(time.time()))
+    replica: str = field(default_factory=lambda: uuid.uuid4().hex)  # how its peers know it (gateway/peers.py)
     kv: KVFeeds = field(default_factory=KVFeeds)
     kv_routing: bool = True  # False: prefix affinity stays on the character ring even where replicas publish
     retry_ratio: float = DEFAULT_RATIO
@@ -143,6 +157,7 @@ class Gateway:
     budgets: Budgets = field(init=False)
     activator: Activator = field(init=False)
     _budgets: dict[Key, RetryBudget] = field(default_factory=dict, init=False)
+    _loads: dict[tuple[Endpoint, Adapter], asyncio.Future[bool]] = field(default_factory=dict, init=False)
     client: aiohttp.ClientSession | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -177,12 +192,12 @@ class Gateway:
         body: bytes,
         prompt: str | None,
         hashes: list[int] | None = None,
-        adapter: bool = False,
+        adapter: Adapter | None = None,
     ) -> Response:
         """Send the request to a ready replica (holding it while there is none), trying another before the first
         byte when one is unreachable or answers 429/503, or 404 to a request for an `adapter` (a replica the operator
-        has yet to load it into), at most MAX_ATTEMPTS, and relay the answer; the request is judged against the
-        deployment's SLO (gateway/slo.py)."""
+        has yet to load it into; when none holds it, the last one tried is asked to load it), at most MAX_ATTEMPTS,
+        and relay the answer; the request is judged against the deployment's SLO (gateway/slo.py)."""
         clock = RequestClock(deployment.slo)
         try:
             response = await self._forward(request, deployment, path, body, prompt, hashes or [], clock, adapter)
@@ -204,7 +219,7 @@ class Gateway:
         prompt: str | None,
         hashes: list[int],
         clock: RequestClock,
-        adapter: bool = False,
+        adapter: Adapter | None = None,
     ) -> Response:
         labels = {"namespace": deployment.namespace, "deployment": deployment.name}
         url_path = path + (f"?{request.url.query}" if request.url.query else "")
@@ -224,13 +239,19 @@ class Gateway:
             try:
                 upstream = await self._send(request.method, endpoint.url + url_path, headers, body)
                 others = bool(self.router.usable(deployment.endpoints, tried))
-                if retry_elsewhere(upstream.status, attempt, others, adapter):
+                if retry_elsewhere(upstream.status, attempt, others, adapter is not None):
                     if budget.withdraw():
                         failure = f"{endpoint.url} answered {upstream.status}: {(await upstream.read())[:200]!r}"
                         if upstream.status == 503:
                             self.router.eject(endpoint)  # a 429 replica is healthy, only full for now
                         continue
                     self.metrics.retries_refused.labels(**labels).inc()  # the replica's own answer goes back
+                last_try = not others or attempt >= MAX_ATTEMPTS - 1
+                if upstream.status == 404 and adapter is not None and adapter.uri and last_try:
+                    await upstream.read()  # no replica tried holds it: this one loads it, then answers
+                    if await self._load_adapter(endpoint, adapter, labels):
+                        upstream.release()
+                        upstream = await self._send(request.method, endpoint.url + url_path, headers, body)
                 response = await self._answer(upstream, path, labels, clock, release)
                 handed_off = isinstance(response, RelayResponse)
                 return response
@@ -250,6 +271,34 @@ class Gateway:
                         await release()
         self.metrics.errors.labels(**labels, reason="upstream_unreachable").inc()
         raise GatewayError(502, f"no replica of {deployment.served_name!r} answered ({failure})", code="bad_gateway")
+
+    async def _load_adapter(self, endpoint: Endpoint, adapter: Adapter, labels: dict[str, str]) -> bool:
+        """Ask the replica to load the adapter from its URI (the runtime fetches it into its cache); one load per
+        replica and adapter at a time, however many requests for it are waiting."""
+        key = (endpoint, adapter)
+        task = self._loads.get(key)
+        if task is None:
+            task = self._loads[key] = asyncio.ensure_future(self._post_load(endpoint, adapter))
+            task.add_done_callback(lambda _: self._loads.pop(key, None))
+        loaded = await asyncio.shield(task)
+        self.metrics.adapter_loads.labels(**labels, adapter=adapter.name, result="loaded" if loaded else "failed").inc()
+        return loaded
+
+    async def _post_load(self, endpoint: Endpoint, adapter: Adapter) -> bool:
+        assert self.client is not None, "the app's lifespan opens the client"
+        body = {"lora_name": adapter.name, "lora_path": adapter.uri} | (
+            {"revision": adapter.revision} if adapter.revision else {}
+        )
+        try:
+            timeout = aiohttp.ClientTimeout(total=ADAPTER_LOAD_TIMEOUT)
+            async with self.client.post(f"{endpoint.url}/v1/load_lora_adapter", json=body, timeout=timeout) as r:
+                answer = await r.text()
+        except UPSTREAM_ERRORS as e:
+            log.warning("replica %s did not load adapter %r: %s", endpoint.url, adapter.name, e)
+            return False
+        if r.status != 200:
+            log.warning("replica %s refused to load adapter %r (%d): %s", endpoint.url, adapter.name, r.status, answer)
+        return r.status == 200
 
     async def _pick(
         self,
@@ -436,7 +485,7 @@ async def openai_request(request: Request) -> Response:
             hasher = gateway.kv.follow(deployment) if gateway.kv_routing else None
             hashes = hasher.hashes(payload) if hasher and gateway.kv.publishing(deployment.endpoints) else None
         if deployment.cache is None and not gateway.budgets.enabled:
-            adapter = name in deployment.adapters
+            adapter = deployment.adapter(name)
             response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes, adapter)
         else:
             response = await cost_controlled(request, deployment, payload, body, prompt, hashes)
@@ -585,7 +634,7 @@ async def cost_controlled(
         model = deployment.served_name
         budgets.charge(team, deployment.namespace, deployment.name, model, deployment.price, usage)
 
-    adapter = payload.get("model") in deployment.adapters
+    adapter = deployment.adapter(str(payload.get("model")))
     response = await gateway.forward(request, deployment, path, body, prompt, hashes, adapter)
     if isinstance(response, RelayResponse):
         if budgets.enabled:
@@ -658,6 +707,12 @@ async def metrics(request: Request) -> Response:
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 
+async def team_tokens(request: Request) -> Response:
+    """The tokens this replica has charged each team since it started, for its peers' limits (gateway/peers.py)."""
+    gateway = _gateway(request)
+    return JSONResponse(peers.report(gateway.replica, gateway.budgets.charged()))
+
+
 def build_app(
     gateway: Gateway, *, on_start: Callable[[], None] | None = None, on_stop: Callable[[], None] | None = None
 ) -> Starlette:
@@ -679,6 +734,7 @@ def build_app(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route(peers.PATH, team_tokens, methods=["GET"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/completions", openai_request, methods=["POST"]),
             Route("/v1/chat/completions", openai_request, methods=["POST"]),

@@ -17,8 +17,9 @@ it implies, out again, so the client sees the events it asked for.
 
 Month-to-date spend is the fleet's when the gateway knows a Prometheus (`--prometheus-url`): every 30 s it reads
 what every gateway replica's spend counters gained since the month began (gateway/fleet_spend.py) and adds what this
-replica charged since; without one, each replica counts only the traffic it carried. Token buckets are always one
-replica's.
+replica charged since; without one, each replica counts only the traffic it carried. Token buckets are the fleet's
+when the gateway knows its peers (`--peers`): every second each replica reads the tokens the others charged and takes
+them from its own buckets too (gateway/peers.py); without peers, each replica's buckets count its own traffic.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class BudgetMetrics:
             registry=r,
         )
         self.budget = Gauge(names.TEAM_BUDGET, "The team's monthly budget in dollars.", [team], registry=r)
+        self.peers = Gauge(
+            names.GATEWAY_PEERS,
+            "Other gateway replicas whose charged tokens this replica read at its last sync (--peers).",
+            registry=r,
+        )
         self.refused = Counter(
             names.TEAM_REFUSED.removesuffix("_total"),
             "Requests turned away with a 429, by reason (input_tokens, output_tokens, monthly_budget).",
@@ -127,6 +133,7 @@ class Budgets:
     _month: str = field(default="", init=False)
     _fleet: dict[str, float] = field(default_factory=dict, init=False)  # month-to-date at the last fleet read
     _spent: dict[str, float] = field(default_factory=dict, init=False)  # charged here since that read
+    _charged: dict[str, tuple[int, int]] = field(default_factory=dict, init=False)  # team -> tokens charged here
 
     def __post_init__(self) -> None:
         self.metrics = BudgetMetrics(self.registry)
@@ -217,11 +224,9 @@ class Budgets:
         self.metrics.tokens.labels(*labels, INPUT).inc(usage.input)
         self.metrics.tokens.labels(*labels, OUTPUT).inc(usage.output)
         if team is not None:
-            for kind, n in ((INPUT, usage.input), (OUTPUT, usage.output)):
-                bucket = self._bucket(team, kind)
-                if bucket is not None:
-                    bucket.refill(self.clock())
-                    bucket.level -= n
+            self._take(team, usage.input, usage.output)
+            before = self._charged.get(name, (0, 0))
+            self._charged[name] = (before[0] + usage.input, before[1] + usage.output)
         if price is None:
             self.metrics.unpriced.labels(*labels).inc(usage.input + usage.output)
             return
@@ -231,6 +236,25 @@ class Budgets:
             self._roll_month()
             self._spent[name] = self._spent.get(name, 0.0) + dollars
             self.metrics.month_spend.labels(name).set(self.month_spend(name))
+
+    def _take(self, team: Team, input_tokens: int, output_tokens: int) -> None:
+        for kind, n in ((INPUT, input_tokens), (OUTPUT, output_tokens)):
+            bucket = self._bucket(team, kind)
+            if bucket is not None:
+                bucket.refill(self.clock())
+                bucket.level -= n
+
+    def charged(self) -> dict[str, tuple[int, int]]:
+        """(input, output) tokens this replica has charged each team since it started: what its peers read."""
+        return dict(self._charged)
+
+    def debit(self, gained: Mapping[str, tuple[int, int]]) -> None:
+        """Tokens the other gateway replicas charged, per team: taken from this replica's buckets too (not counted
+        again in spend or the token metrics, which are each replica's own), so a limit holds across the fleet."""
+        for name, (input_tokens, output_tokens) in gained.items():
+            team = self.teams.teams.get(name)
+            if team is not None:
+                self._take(team, input_tokens, output_tokens)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,16 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter of spec.adapters, served as a model of its own. `uri` (with `revision`) when a replica can be
+    asked to load it (the infleet runtime fetches by URI); None for an engine that starts with its adapters."""
+
+    name: str
+    uri: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
 class Deployment:
     namespace: str
     name: str
@@ -45,7 +55,7 @@ class Deployment:
     slo: Thresholds = NO_SLO
     cache: CacheSettings | None = None  # spec.gateway.responseCache, when enabled
     price: float | None = None  # $ per 1M tokens: the operator's status.costPerMillionTokens
-    adapters: tuple[str, ...] = ()  # spec.adapters' names: LoRA adapters every replica serves as models of their own
+    adapters: tuple[Adapter, ...] = ()  # spec.adapters: LoRA adapters the replicas serve as models of their own
     cascade: Rule | None = None  # spec.gateway.cascade: a model name answered from this deployment first
 
     @property
@@ -55,7 +65,7 @@ class Deployment:
     @property
     def names(self) -> tuple[str, ...]:
         """The model names clients reach this deployment by: the served name, its adapters, its cascade's name."""
-        return (self.served_name, *self.adapters, *((self.cascade.name,) if self.cascade else ()))
+        return (self.served_name, *(a.name for a in self.adapters), *((self.cascade.name,) if self.cascade else ()))
 
     def bare(self, model: str) -> str:
         """The name without this deployment's `namespace/` prefix."""
@@ -64,10 +74,15 @@ class Deployment:
     def is_cascade(self, model: str) -> bool:
         return self.cascade is not None and self.bare(model) == self.cascade.name
 
+    def adapter(self, model: str) -> Adapter | None:
+        """The adapter a client named (bare or `namespace/name`), if it is one."""
+        bare = self.bare(model)
+        return next((a for a in self.adapters if a.name == bare), None)
+
     def runtime_name(self, model: str) -> str:
         """What the replica calls the model a client named (bare or `namespace/name`): an adapter or the base."""
-        bare = self.bare(model)
-        return bare if bare in self.adapters else self.served_name
+        adapter = self.adapter(model)
+        return adapter.name if adapter else self.served_name
 
     @property
     def qualified(self) -> str:
@@ -91,7 +106,7 @@ class _Spec:
     slo: Thresholds = NO_SLO
     cache: CacheSettings | None = None
     price: float | None = None
-    adapters: tuple[str, ...] = ()
+    adapters: tuple[Adapter, ...] = ()
     cascade: Rule | None = None
 
 
@@ -114,7 +129,7 @@ class Catalog:
         slo: Thresholds = NO_SLO,
         cache: CacheSettings | None = None,
         price: float | None = None,
-        adapters: tuple[str, ...] = (),
+        adapters: tuple[Adapter, ...] = (),
         cascade: Rule | None = None,
     ) -> None:
         if strategy not in STRATEGIES:

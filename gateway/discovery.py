@@ -30,7 +30,7 @@ from infleet.gateway.activator import SCALE_FROM_ZERO_ANNOTATION
 from infleet.gateway.auth import API_KEYS_LABEL, KeyStore
 from infleet.gateway.cache import CacheSettings
 from infleet.gateway.cascade import Rule
-from infleet.gateway.catalog import LEAST_OUTSTANDING, Catalog, Deployment, Endpoint
+from infleet.gateway.catalog import LEAST_OUTSTANDING, Adapter, Catalog, Deployment, Endpoint
 from infleet.gateway.slo import Thresholds
 
 log = logging.getLogger("infleet.gateway.discovery")
@@ -54,7 +54,12 @@ def deployment_from(obj: dict[str, Any]) -> Deployment:
     price = (obj.get("status") or {}).get("costPerMillionTokens")
     price = float(price) if isinstance(price, int | float) and math.isfinite(price) and price >= 0 else None
     slo = Thresholds.from_spec(spec.get("slo"))
-    adapters = tuple(str(a["name"]) for a in spec.get("adapters") or [] if isinstance(a, dict) and a.get("name"))
+    loads_by_uri = ((spec.get("runtime") or {}).get("engine") or "infleet") == "infleet"
+    adapters = tuple(
+        Adapter(str(a["name"]), str(a["uri"]) if loads_by_uri and a.get("uri") else None, a.get("revision"))
+        for a in spec.get("adapters") or []
+        if isinstance(a, dict) and a.get("name")
+    )
     cascade = Rule.from_spec((spec.get("gateway") or {}).get("cascade"))
     return Deployment(
         meta["namespace"],

@@ -45,6 +45,12 @@ class GatewayMetrics:
             DEPLOYMENT,
             registry=r,
         )
+        self.adapter_loads = Counter(
+            "infleet_gateway_adapter_loads",
+            "Adapters the gateway asked a replica to load because no replica it tried held them, by result.",
+            [*DEPLOYMENT, "adapter", "result"],
+            registry=r,
+        )
         self.held = Gauge(
             "infleet_gateway_held_requests",
             "Requests waiting for a ready replica (a deployment scaling from zero).",

@@ -42,13 +42,14 @@ def _cluster_name(host: Any) -> bool:
     return name.endswith((".svc", ".svc.cluster.local"))
 
 
-def _lookup(host: str) -> str:
+def _lookup(host: str) -> list[str]:
+    """Every ready address of the name (a headless Service has one per ready pod), as kube-dns's A records."""
     query = urllib.parse.urlencode({"name": host, "namespace": _NAMESPACE})
     with urllib.request.urlopen(f"{_DNS}?{query}", timeout=5) as resp:
         addresses = json.load(resp)
     if not addresses:
         raise socket.gaierror(socket.EAI_NONAME, f"cluster DNS: no ready address for {host}")
-    return str(addresses[0])
+    return [str(a) for a in addresses]
 
 
 if _DNS:
@@ -56,10 +57,12 @@ if _DNS:
     _gethostbyname = socket.gethostbyname
 
     def _cluster_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        return _getaddrinfo(_lookup(host) if _cluster_name(host) else host, *args, **kwargs)
+        if not _cluster_name(host):
+            return _getaddrinfo(host, *args, **kwargs)
+        return [info for address in _lookup(host) for info in _getaddrinfo(address, *args, **kwargs)]
 
     def _cluster_gethostbyname(host: str) -> str:
-        return _lookup(host) if _cluster_name(host) else _gethostbyname(host)
+        return _lookup(host)[0] if _cluster_name(host) else _gethostbyname(host)
 
     socket.getaddrinfo = _cluster_getaddrinfo
     socket.gethostbyname = _cluster_gethostbyname

@@ -191,6 +191,7 @@ TEAM_UNPRICED_TOKENS = "infleet_gateway_team_unpriced_tokens_total"
 TEAM_MONTH_SPEND = "infleet_gateway_team_month_spend_dollars"  # gauge: month-to-date (UTC), per gateway replica
 TEAM_BUDGET = "infleet_gateway_team_monthly_budget_dollars"  # gauge: the teams file's monthlyBudgetDollars
 TEAM_REFUSED = "infleet_gateway_team_refused_requests_total"  # label reason
+GATEWAY_PEERS = "infleet_gateway_peers"  # gauge: other gateway replicas read at the last token sync
 BUDGET_BURN_THRESHOLDS = (0.5, 0.8, 1.0)  # month-to-date spend / budget that alerts
 
 

@@ -56,7 +56,12 @@ def release(fleet: FleetHandle, namespace: str) -> Iterator[str]:
         "operator": {"watchNamespaces": [namespace], "replicas": 2, "leaderElection": True},  # one leader, one standby
         # the local fleet's cluster DNS answers a Service name with its pods' IPs (ClusterIPs live on the host's
         # loopback, out of the pod network's reach), so a pod calling the Service by name needs port = targetPort
-        "gateway": {"watchNamespaces": [namespace], "service": {"port": 8080}},
+        # a team with a token limit: the gateway replicas read each other's charged tokens (the peers Service)
+        "gateway": {
+            "watchNamespaces": [namespace],
+            "service": {"port": 8080},
+            "teams": {"everyone": {"namespaces": [namespace], "outputTokensPerMinute": 100000}},
+        },
     }
     args = ["install", namespace, str(CHART), "--namespace", namespace, *set_args(values)]
     proc = helm(*args, kubeconfig=fleet.kubeconfig, timeout=120)
@@ -157,6 +162,8 @@ def test_losing_a_gateway_replica_fails_only_its_requests_in_flight(fleet: Fleet
     were not on that pod never fail, and the official client's own retry carries every request through."""
     ns = release
     wait_for(lambda: len([p for p in pods(fleet, ns, "gateway") if ready(p)]) == 2, timeout=60, what="2 gateways")
+    # first, each replica finds the other through the headless peers Service (cluster DNS gives every ready pod)
+    wait_for(lambda: peers_read(fleet, ns) == [1.0, 1.0], timeout=60, what="each gateway reading the other's tokens")
     svc = get(fleet, ns, "service", f"{release}-infleet-gateway")
     base = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}/v1"
     client = openai.OpenAI(base_url=base, api_key="unused", max_retries=2, timeout=10)
@@ -185,6 +192,16 @@ def test_losing_a_gateway_replica_fails_only_its_requests_in_flight(fleet: Fleet
     after = [ok for at, ok in results if at > killed_at]
     assert all(ok for _, ok in results), f"{sum(not ok for _, ok in results)} of {len(results)} requests failed"
     assert len(after) >= 80
+
+
+def peers_read(fleet: FleetHandle, namespace: str) -> list[float]:
+    """Each gateway pod's `infleet_gateway_peers`: the other replicas it read at its last token sync."""
+    found = []
+    for pod in pods(fleet, namespace, "gateway"):
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/metrics", timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        found += [float(x.split()[-1]) for x in lines if x.startswith("infleet_gateway_peers ")]
+    return found
 
 
 def test_uninstall_leaves_nothing_of_the_release(fleet: FleetHandle, namespace: str) -> None:

@@ -438,6 +438,11 @@ def test_alert_severities_default_to_what_alertmanager_routes_and_can_be_renamed
     assert renamed == {name: {"critical": "page", "warning": "ticket"}[s] for name, s in default.items()}
 
 
+def pod_labels_of(docs: list[dict[str, Any]], suffix: str) -> dict[str, str]:
+    """The selector of the Deployment named `suffix`: the labels its pods carry."""
+    return dict(named(docs, "Deployment", suffix)["spec"]["selector"]["matchLabels"])
+
+
 def test_teams_reach_the_gateway_as_a_mounted_secret_it_can_parse() -> None:
     import base64
 
@@ -451,6 +456,13 @@ def test_teams_reach_the_gateway_as_a_mounted_secret_it_can_parse() -> None:
     pod = pod_spec(named(docs, "Deployment", "-gateway"))
     assert "--teams-file=/etc/infleet/teams/teams.yaml" in pod["containers"][0]["args"]
     assert "--prometheus-url=http://prometheus.monitoring:9090" in pod["containers"][0]["args"]  # the fleet's spend
+    peers = named(docs, "Service", "-gateway-peers")  # headless: DNS answers with every ready gateway pod
+    assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["selector"] == pod_labels_of(docs, "-gateway")
+    port = peers["spec"]["ports"][0]["port"]
+    assert (
+        f"--peers={peers['metadata']['name']}.{peers['metadata']['namespace']}.svc:{port}"
+        in pod["containers"][0]["args"]
+    )
     volume = next(v for v in pod["volumes"] if v["name"] == "teams")
     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
     # an existing Secret instead: mounted, none rendered; no teams: nothing at all
@@ -459,4 +471,5 @@ def test_teams_reach_the_gateway_as_a_mounted_secret_it_can_parse() -> None:
     pod = pod_spec(named(docs, "Deployment", "-gateway"))
     assert next(v for v in pod["volumes"] if v["name"] == "teams")["secret"]["secretName"] == "my-teams"
     pod = pod_spec(named(rendered("defaults"), "Deployment", "-gateway"))
-    assert not any("--teams-file" in a for a in pod["containers"][0]["args"])
+    assert not any("--teams-file" in a or "--peers" in a for a in pod["containers"][0]["args"])
+    assert not [d for d in of_kind(rendered("defaults"), "Service") if d["metadata"]["name"].endswith("-gateway-peers")]

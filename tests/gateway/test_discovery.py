@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client
 
 from infleet.gateway.activator import SCALE_FROM_ZERO_ANNOTATION
-from infleet.gateway.catalog import PREFIX_AFFINITY, Catalog, Endpoint, LookupFailed
+from infleet.gateway.catalog import PREFIX_AFFINITY, Adapter, Catalog, Endpoint, LookupFailed
 from infleet.gateway.discovery import deployment_from, load_static, now_rfc3339, parse_upstream, slice_endpoints
 
 
@@ -105,3 +105,8 @@ def test_adapters_are_model_names_of_their_deployment() -> None:
         catalog.lookup("sql")
     assert e.value.status == 400
     assert sorted(catalog.model_ids()) == ["a", "a/base", "a/sql", "b", "b/base", "b/sql"]
+    # the gateway may ask the infleet runtime to load an adapter by its URI; vLLM starts with its adapters
+    obj = {"metadata": {"namespace": "a", "name": "x"}, "spec": {"adapters": [{"name": "q", "uri": "s3://m/q/"}]}}
+    assert deployment_from(obj).adapter("a/q") == Adapter("q", "s3://m/q/", None)
+    obj["spec"]["runtime"] = {"engine": "vllm"}
+    assert deployment_from(obj).adapter("q") == Adapter("q", None, None)

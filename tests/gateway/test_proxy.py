@@ -3,8 +3,11 @@ first byte, clean mid-stream failures, and KServe v2 binary tensors byte-exact."
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -13,7 +16,7 @@ import tritonclient.http as triton
 
 from infleet.cluster.testing import wait_for
 from infleet.gateway.app import Gateway
-from infleet.gateway.catalog import Endpoint
+from infleet.gateway.catalog import Adapter, Endpoint
 from infleet.gateway.prompts import kserve_prompt, openai_prompt
 
 from .conftest import ServerThread, Upstream, free_port, serve_gateway
@@ -225,7 +228,7 @@ def test_an_adapter_a_replica_lacks_goes_to_another_replica(fleet: Fleet) -> Non
         return JSONResponse(body, status_code=404)
 
     gateway, gw, _ = fleet
-    gateway.catalog.set_deployment("team-a", "d", "m", adapters=("sql",))
+    gateway.catalog.set_deployment("team-a", "d", "m", adapters=(Adapter("sql"),))  # no URI: never loaded by us
     live = gateway.catalog.get(("team-a", "d")).endpoints
     with ServerThread(Starlette(routes=[Route("/{p:path}", lacking, methods=["POST"])])) as new:
         gateway.catalog.set_slice("team-a", "d", "s", (new.endpoint, *live))
@@ -237,3 +240,61 @@ def test_an_adapter_a_replica_lacks_goes_to_another_replica(fleet: Fleet) -> Non
         gateway.catalog.set_slice("team-a", "d", "s", (new.endpoint,))
         r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "sql"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+class Loading:
+    """A replica without adapter `sql` until asked to load it (slowly), recording the load requests it gets."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.loaded, self.refuse = False, refuse
+        self.loads: list[dict[str, Any]] = []
+
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, PlainTextResponse, Response
+        from starlette.routing import Route
+
+        async def load(request: Request) -> Response:
+            self.loads.append(await request.json())
+            await asyncio.sleep(0.3)  # a fetch takes a while: requests arriving meanwhile wait for this load
+            if self.refuse:
+                return JSONResponse({"error": {"message": "lora_path: no such adapter"}}, status_code=400)
+            self.loaded = True
+            return PlainTextResponse("Success")
+
+        async def chat(request: Request) -> JSONResponse:
+            model = (await request.json())["model"]
+            if model == "sql" and not self.loaded:
+                return JSONResponse({"error": {"message": "no model 'sql'", "code": "model_not_found"}}, 404)
+            return JSONResponse({"object": "chat.completion", "model": model, "choices": []})
+
+        return Starlette(
+            routes=[
+                Route("/v1/load_lora_adapter", load, methods=["POST"]),
+                Route("/v1/chat/completions", chat, methods=["POST"]),
+            ]
+        )
+
+
+def test_an_adapter_no_replica_holds_is_loaded_by_the_one_asked_last(fleet: Fleet) -> None:
+    gateway, gw, _ = fleet
+    sql = Adapter("sql", "s3://models/sql/", "v2")
+    gateway.catalog.set_deployment("team-a", "d", "m", adapters=(sql,))
+    replica = Loading()
+    with ServerThread(replica.app()) as lacking:
+        gateway.catalog.set_slice("team-a", "d", "s", (lacking.endpoint,))
+        request = {**CHAT, "model": "sql"}
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{gw.url}/v1/chat/completions", json=request), range(5)))
+        assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
+        assert replica.loads == [{"lora_name": "sql", "lora_path": "s3://models/sql/", "revision": "v2"}]  # once
+        loaded = 'infleet_gateway_adapter_loads_total{adapter="sql",deployment="d",namespace="team-a",result="loaded"}'
+        assert loaded in httpx.get(f"{gw.url}/metrics").text
+    refusing = Loading(refuse=True)
+    with ServerThread(refusing.app()) as broken:
+        gateway.catalog.set_slice("team-a", "d", "s", (broken.endpoint,))
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "sql"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # the replica's own answer
+        assert len(refusing.loads) == 1
+        assert 'result="failed"} 1.0' in httpx.get(f"{gw.url}/metrics").text

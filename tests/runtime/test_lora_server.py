@@ -126,6 +126,37 @@ def test_the_gateway_routes_adapter_names_to_the_deployment_that_serves_them(ser
         served.close()
 
 
+def test_the_gateway_has_a_replica_load_an_adapter_none_holds(server: Any, models: LoRAModels, reference: Any) -> None:
+    """An adapter of the spec that no replica serves yet (added since the operator last looked, or the replica
+    restarted): the gateway asks the replica to load it from its URI, then its answer is the adapter's."""
+    from infleet.gateway.app import Gateway
+    from infleet.gateway.app import build_app as gateway_app
+    from infleet.gateway.catalog import Endpoint
+    from infleet.gateway.discovery import deployment_from
+
+    from .test_structured_output import serve
+
+    uri = models.adapters["poet"].as_uri()
+    idep = {"metadata": {"namespace": "team-a", "name": "tiny"}, "spec": {"adapters": [{"name": "verse", "uri": uri}]}}
+    d = deployment_from(idep)
+    gateway = Gateway()
+    gateway.catalog.set_deployment(d.namespace, d.name, BASE, adapters=d.adapters)
+    gateway.catalog.set_slice(d.namespace, d.name, "s", (Endpoint("127.0.0.1", int(server.url.rsplit(":", 1)[1])),))
+    assert "verse" not in {m.id for m in client(server).models.list().data}
+    served = serve(gateway_app(gateway))
+    url = next(served)
+    try:
+        via = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        out = via.completions.create(
+            model="verse", prompt=PROMPT, max_tokens=NEW, temperature=0, extra_body={"ignore_eos": True}
+        )
+        assert out.choices[0].text == reference["poet"]  # the poet adapter's files, under the spec's name
+        assert "verse" in {m.id for m in client(server).models.list().data}  # loaded on the replica itself
+    finally:
+        served.close()
+        httpx.post(f"{server.url}/v1/unload_lora_adapter", json={"lora_name": "verse"})
+
+
 def test_load_and_unload_under_traffic_drop_no_request(server: Any, models: LoRAModels, reference: Any) -> None:
     http = httpx.Client(base_url=server.url, timeout=60)
     poet = {"lora_name": "poet2", "lora_path": str(models.adapters["poet"])}
