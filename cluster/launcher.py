@@ -12,6 +12,7 @@ Deleting the pod stops its processes (SIGTERM, then SIGKILL after the grace peri
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -86,6 +87,8 @@ def local_volumes(pod: client.V1Pod, pod_dir: Path, claims_dir: Path) -> dict[st
             out[v.name] = pod_dir / "volumes" / v.name
         elif v.persistent_volume_claim is not None:
             out[v.name] = claims_dir / pod.metadata.namespace / v.persistent_volume_claim.claim_name
+        elif v.secret is not None or v.config_map is not None:
+            out[v.name] = pod_dir / "volumes" / v.name  # written by PodRunner._project_volumes
     return out
 
 
@@ -321,7 +324,6 @@ class PodRunner(threading.Thread):
         return env | {k: rewrite(v, mounts) for k, v in own.items()}
 
     def _env_from(self, source: client.V1EnvFromSource) -> dict[str, str]:
-        import base64
 
         ns, prefix = self.pod.metadata.namespace, source.prefix or ""
         if source.secret_ref is not None:
@@ -362,8 +364,6 @@ class PodRunner(threading.Thread):
             cm = self.core.read_namespaced_config_map(src.config_map_key_ref.name, ns)
             return str((cm.data or {}).get(src.config_map_key_ref.key, ""))
         if src.secret_key_ref is not None:
-            import base64
-
             secret = self.core.read_namespaced_secret(src.secret_key_ref.name, ns)
             return base64.b64decode((secret.data or {}).get(src.secret_key_ref.key, "")).decode()
         return ""
@@ -652,10 +652,40 @@ class PodRunner(threading.Thread):
             body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             api.replace_namespaced_custom_object(*args, name, body)
 
+    def _project_volumes(self) -> None:
+        """Secret and ConfigMap volumes as files, as a kubelet writes them: every key, or the listed items at their
+        paths. Written once, when the pod starts (a kubelet also refreshes them later)."""
+        ns = self.pod.metadata.namespace
+        for v in self.pod.spec.volumes or []:
+            source = v.secret or v.config_map
+            if source is None:
+                continue
+            name = v.secret.secret_name if v.secret else v.config_map.name
+            try:
+                if v.secret:
+                    raw = self.core.read_namespaced_secret(name, ns).data or {}
+                    data = {k: base64.b64decode(x) for k, x in raw.items()}
+                else:
+                    cm = self.core.read_namespaced_config_map(name, ns)
+                    data = {k: x.encode() for k, x in (cm.data or {}).items()}
+                    data |= {k: base64.b64decode(x) for k, x in (cm.binary_data or {}).items()}
+            except ApiException as err:
+                if err.status == 404 and source.optional:
+                    data = {}
+                else:
+                    kind = "secret" if v.secret else "configmap"
+                    raise RuntimeError(f"volume {v.name!r}: {kind} {name!r} not found") from err
+            chosen = {i.path: data[i.key] for i in source.items if i.key in data} if source.items else data
+            for relative, content in chosen.items():
+                path = self.volumes[v.name] / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content)
+
     def _run(self) -> None:
         if self.mode_error:
             raise RuntimeError(self.mode_error)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._project_volumes()
         self._logs_object()
         kubeconfig = self._token_kubeconfig()
         policy = self.pod.spec.restart_policy or "Always"

@@ -1,6 +1,6 @@
 """Init containers and volumes on the local fleet, as a kubelet runs them: init containers in order before the
 main containers, an emptyDir shared between them, a failing init container retried with its last log lines as
-the termination message (FallbackToLogsOnError), and envFrom a Secret."""
+the termination message (FallbackToLogsOnError), envFrom a Secret, and Secret and ConfigMap volumes as files."""
 
 from __future__ import annotations
 
@@ -64,6 +64,33 @@ def test_init_containers_run_first_and_share_an_empty_dir_with_the_main_containe
     meta = p.metadata
     log = fleet.fleet.dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid}" / "main.log"
     assert "read hi" in log.read_text()
+
+
+def test_secret_and_config_map_volumes_are_files_at_their_mount_paths(fleet: FleetHandle, namespace: str) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "teams"}, "stringData": {"a": "1", "b": "2"}}
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"x.yaml": "k: v"}}
+    show = (
+        "import pathlib, sys; print(sorted((str(p.relative_to(r)), p.read_text()) for r in map(pathlib.Path, "
+        "sys.argv[1:]) for p in r.rglob('*') if p.is_file()))"
+    )
+    main = {
+        "name": "main",
+        "image": "infleet/python",
+        "command": ["python", "-c", show, "/etc/infleet/s", "/etc/infleet/c"],
+        "volumeMounts": [{"name": "s", "mountPath": "/etc/infleet/s"}, {"name": "c", "mountPath": "/etc/infleet/c"}],
+    }
+    body = pod("projected", [], main)
+    body["spec"]["volumes"] = [
+        {"name": "s", "secret": {"secretName": "teams", "items": [{"key": "b", "path": "sub/b.txt"}]}},
+        {"name": "c", "configMap": {"name": "cfg"}},
+    ]
+    fleet.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([secret, config, body]))
+    p = finished(fleet, namespace, "projected")
+    assert p.status.phase == "Succeeded", p.status
+    meta = p.metadata
+    log = (fleet.fleet.dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid}" / "main.log").read_text()
+    # only the listed item of the Secret, at its path; every key of the ConfigMap
+    assert str([("sub/b.txt", "2"), ("x.yaml", "k: v")]) in log, log
 
 
 def test_a_failing_init_container_keeps_the_pod_initializing_with_its_reason(
