@@ -106,7 +106,7 @@ def _remove(gauge: Gauge, *labels: str) -> None:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="deployment-gauges")
-def deployment_gauges(type: str | None, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+async def deployment_gauges(type: str | None, body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
     if namespace is None:
         return
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):

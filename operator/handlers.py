@@ -47,27 +47,31 @@ def backoff(retry: int) -> float:
 # ---- indexes ----------------------------------------------------------------------------------------------------
 
 
+# Indexes and event handlers are coroutines even when they do not await: kopf runs a plain function in its thread
+# pool, a hand-off per event of every pod, node and workload, and memo is then touched from the loop alone.
 @kopf.index(*IDEP)
-def ideps(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+async def ideps(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): dict(body)}
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
-def group_sets(
+async def group_sets(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, dict[str, Any]]:
     return {(namespace, labels.get(resources.LABEL_DEPLOYMENT, "")): dict(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def owned_deployments(
+async def owned_deployments(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, dict[str, Any]]:
     return {(namespace, labels.get(resources.LABEL_DEPLOYMENT, "")): dict(body)}
 
 
 @kopf.index("", "v1", "nodes")
-def gpu_nodes(labels: Mapping[str, str], status: Mapping[str, Any], **_: Any) -> dict[str, int] | None:
+async def gpu_nodes(labels: Mapping[str, str], status: Mapping[str, Any], **_: Any) -> dict[str, int] | None:
     product = labels.get(resources.GPU_PRODUCT_LABEL)
     if not product:
         return None

@@ -30,6 +30,16 @@ class ObservedGenerationDiffBase(kopf.DiffBaseStorage):
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
         """Nothing to store: the reconcile's status write records the generation it handled."""
 
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        """kopf's essence (spec, labels, annotations), without first deep-copying what it then drops: the status
+        and the metadata's managedFields are most of an object, and every event of it is built (twice)."""
+        if extra_fields:  # fields picked from the status too: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        slim = {k: v for k, v in body.items() if k not in ("status", "metadata")}
+        slim["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=slim)  # type: ignore[arg-type]  # kopf reads it as a mapping
+
 
 class ProgressAnnotations(kopf.AnnotationsProgressStorage):
     """Progress of retried handlers in annotations, without kopf's `<prefix>/kopf-managed` marker (written on

@@ -98,7 +98,7 @@ MANAGED = resources.MANAGED_LABELS
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-def model_fetches(
+async def model_fetches(
     namespace: str | None, labels: Mapping[str, str], name: str, status: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str | None, str], tuple[str, PodFetch]] | None:
     """(namespace, deployment) -> (pod, its model-fetch status), for pods that fetch."""

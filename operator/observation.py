@@ -242,7 +242,9 @@ def observed_status(
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, id="observation-registry")
-def track(type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: OperatorState, **_: Any) -> None:
+async def track(
+    type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: OperatorState, **_: Any
+) -> None:
     if namespace is None:
         return
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
