@@ -121,7 +121,9 @@ def test_a_remote_model_is_fetched_by_the_init_container_and_served(stack: Stack
         assert ModelServer.gets.get(path) == 1, ModelServer.gets  # one pod, one download
         client = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=2, timeout=300)
         reply = client.chat.completions.create(
-            model="smollm2-fetched", messages=[{"role": "user", "content": "What is the capital of France?"}]
+            model="smollm2-fetched",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=16,
         )
         assert reply.choices[0].message.content, reply
     finally:
@@ -137,7 +139,9 @@ def test_the_shipped_example_is_served_from_the_fleets_object_store(stack: Stack
         cond = model_ready(stack, "from-s3")
         assert (cond["status"], cond["reason"]) == ("True", "Fetched"), cond
         client = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", max_retries=2, timeout=300)
-        reply = client.chat.completions.create(model="from-s3", messages=[{"role": "user", "content": "Hi"}])
+        reply = client.chat.completions.create(
+            model="from-s3", messages=[{"role": "user", "content": "Hi"}], max_tokens=16
+        )
         assert reply.choices[0].message.content, reply
     finally:
         stack.kubectl("delete", "inferencedeployment", "from-s3", "-n", DEMO_NAMESPACE, "--wait=false")
