@@ -323,17 +323,32 @@ class PodRunner(threading.Thread):
         mounts = mount_map(container, self.volumes)
         return env | {k: rewrite(v, mounts) for k, v in own.items()}
 
-    def _env_from(self, source: client.V1EnvFromSource) -> dict[str, str]:
+    def _secret_data(self, name: str, optional: bool | None) -> dict[str, bytes]:
+        """A Secret's data, decoded; {} for an optional one that is missing."""
+        try:
+            data = self.core.read_namespaced_secret(name, self.pod.metadata.namespace).data or {}
+        except ApiException as err:
+            if err.status == 404 and optional:
+                return {}
+            raise RuntimeError(f"secret {name!r} not found") from err
+        return {k: base64.b64decode(v) for k, v in data.items()}
 
+    def _config_map_data(self, name: str, optional: bool | None) -> dict[str, bytes]:
+        """A ConfigMap's data and binaryData as bytes; {} for an optional one that is missing."""
+        try:
+            cm = self.core.read_namespaced_config_map(name, self.pod.metadata.namespace)
+        except ApiException as err:
+            if err.status == 404 and optional:
+                return {}
+            raise RuntimeError(f"configmap {name!r} not found") from err
+        data = {k: v.encode() for k, v in (cm.data or {}).items()}
+        return data | {k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()}
+
+    def _env_from(self, source: client.V1EnvFromSource) -> dict[str, str]:
         ns, prefix = self.pod.metadata.namespace, source.prefix or ""
         if source.secret_ref is not None:
-            try:
-                data = self.core.read_namespaced_secret(source.secret_ref.name, ns).data or {}
-            except ApiException as err:
-                if err.status == 404 and source.secret_ref.optional:
-                    return {}
-                raise RuntimeError(f"secret {source.secret_ref.name!r} not found") from err
-            return {prefix + k: base64.b64decode(v).decode() for k, v in data.items()}
+            secret = self._secret_data(source.secret_ref.name, source.secret_ref.optional)
+            return {prefix + k: v.decode() for k, v in secret.items()}
         if source.config_map_ref is not None:
             data = self.core.read_namespaced_config_map(source.config_map_ref.name, ns).data or {}
             return {prefix + k: v for k, v in data.items()}
@@ -655,26 +670,17 @@ class PodRunner(threading.Thread):
     def _project_volumes(self) -> None:
         """Secret and ConfigMap volumes as files, as a kubelet writes them: every key, or the listed items at their
         paths. Written once, when the pod starts (a kubelet also refreshes them later)."""
-        ns = self.pod.metadata.namespace
         for v in self.pod.spec.volumes or []:
             source = v.secret or v.config_map
             if source is None:
                 continue
-            name = v.secret.secret_name if v.secret else v.config_map.name
             try:
                 if v.secret:
-                    raw = self.core.read_namespaced_secret(name, ns).data or {}
-                    data = {k: base64.b64decode(x) for k, x in raw.items()}
+                    data = self._secret_data(v.secret.secret_name, v.secret.optional)
                 else:
-                    cm = self.core.read_namespaced_config_map(name, ns)
-                    data = {k: x.encode() for k, x in (cm.data or {}).items()}
-                    data |= {k: base64.b64decode(x) for k, x in (cm.binary_data or {}).items()}
-            except ApiException as err:
-                if err.status == 404 and source.optional:
-                    data = {}
-                else:
-                    kind = "secret" if v.secret else "configmap"
-                    raise RuntimeError(f"volume {v.name!r}: {kind} {name!r} not found") from err
+                    data = self._config_map_data(v.config_map.name, v.config_map.optional)
+            except RuntimeError as err:
+                raise RuntimeError(f"volume {v.name!r}: {err}") from err
             chosen = {i.path: data[i.key] for i in source.items if i.key in data} if source.items else data
             for relative, content in chosen.items():
                 path = self.volumes[v.name] / relative

@@ -26,6 +26,7 @@ from infleet.gateway.auth import KeyStore
 from infleet.gateway.catalog import LEAST_OUTSTANDING, STRATEGIES
 from infleet.gateway.fleet_spend import follow_fleet_spend
 from infleet.gateway.peers import follow_peers
+from infleet.gateway.peers import split as split_peer
 from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO
 from infleet.gateway.routing import DEFAULT_EPS, DEFAULT_PREFIX_CHARS, Router
 from infleet.gateway.teams import TeamError, Teams
@@ -157,9 +158,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     for peer in args.peers:
-        host, _, port = peer.rpartition(":")
-        if not host or not port.isdigit():
-            print(f"{PROG}: --peers {peer!r}: expected NAME:PORT", file=sys.stderr)
+        try:
+            split_peer(peer)
+        except ValueError as e:
+            print(f"{PROG}: --peers {e}", file=sys.stderr)
             return 2
     if args.hold_timeout <= 0 or args.load_bound <= 0 or min(args.retry_after, args.retry_budget, args.retry_floor) < 0:
         print(

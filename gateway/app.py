@@ -38,12 +38,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 import infleet
+from infleet.api import adapters as adapter_api
 from infleet.api import sse
 from infleet.api.errors import error_body
 from infleet.gateway import cascade, peers
 from infleet.gateway.activator import Activator, HoldPolicy, ModelStarting
 from infleet.gateway.auth import KeyStore, Unauthorized
-from infleet.gateway.budgets import Budgets, Refused, Usage, ask_for_usage, body_usage, metered
+from infleet.gateway.budgets import Budgets, Refused, Usage, ask_for_usage, body_usage, metered, wants_usage
 from infleet.gateway.cache import CACHE_HEADER, CACHED_PATHS, ResponseCaches, cache_key, deterministic, tenant
 from infleet.gateway.catalog import (
     LEAST_OUTSTANDING,
@@ -278,27 +279,28 @@ class Gateway:
         key = (endpoint, adapter)
         task = self._loads.get(key)
         if task is None:
-            task = self._loads[key] = asyncio.ensure_future(self._post_load(endpoint, adapter))
+            task = self._loads[key] = asyncio.ensure_future(self._post_load(endpoint, adapter, labels))
             task.add_done_callback(lambda _: self._loads.pop(key, None))
-        loaded = await asyncio.shield(task)
-        self.metrics.adapter_loads.labels(**labels, adapter=adapter.name, result="loaded" if loaded else "failed").inc()
-        return loaded
+        return await asyncio.shield(task)
 
-    async def _post_load(self, endpoint: Endpoint, adapter: Adapter) -> bool:
+    async def _post_load(self, endpoint: Endpoint, adapter: Adapter, labels: dict[str, str]) -> bool:
         assert self.client is not None, "the app's lifespan opens the client"
-        body = {"lora_name": adapter.name, "lora_path": adapter.uri} | (
-            {"revision": adapter.revision} if adapter.revision else {}
-        )
+        assert adapter.uri is not None, "only an adapter with a URI is loaded by the gateway"
+        body = adapter_api.load_body(adapter.name, adapter.uri, adapter.revision)
         try:
             timeout = aiohttp.ClientTimeout(total=ADAPTER_LOAD_TIMEOUT)
-            async with self.client.post(f"{endpoint.url}/v1/load_lora_adapter", json=body, timeout=timeout) as r:
+            async with self.client.post(f"{endpoint.url}{adapter_api.LOAD_PATH}", json=body, timeout=timeout) as r:
                 answer = await r.text()
+            loaded = r.status == 200
+            if not loaded:
+                log.warning(
+                    "replica %s refused to load adapter %r (%d): %s", endpoint.url, adapter.name, r.status, answer
+                )
         except UPSTREAM_ERRORS as e:
             log.warning("replica %s did not load adapter %r: %s", endpoint.url, adapter.name, e)
-            return False
-        if r.status != 200:
-            log.warning("replica %s refused to load adapter %r (%d): %s", endpoint.url, adapter.name, r.status, answer)
-        return r.status == 200
+            loaded = False
+        self.metrics.adapter_loads.labels(**labels, adapter=adapter.name, result="loaded" if loaded else "failed").inc()
+        return loaded
 
     async def _pick(
         self,
@@ -554,9 +556,7 @@ async def cascaded(request: Request, first: Deployment, payload: dict[str, Any])
             return Response(response.body, status_code=response.status_code, headers={**response.headers, **headers})
         kept = cascade.hide_logprobs(path, payload, answer)
         if stream:
-            options = payload.get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            events = cascade.as_stream(path, kept, include_usage)
+            events = cascade.as_stream(path, kept, wants_usage(payload))
             return Response(events, media_type=sse.MEDIA_TYPE, headers={**headers, "Cache-Control": "no-cache"})
         return JSONResponse(kept, headers=headers)
     raise AssertionError("the last model of a cascade always answers")

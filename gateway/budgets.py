@@ -281,11 +281,17 @@ def body_usage(body: bytes) -> Usage | None:
         return None
 
 
+def wants_usage(payload: Mapping[str, Any]) -> bool:
+    """The client asked for a streamed answer's usage chunk (`stream_options.include_usage`)."""
+    options = payload.get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
 def ask_for_usage(payload: dict[str, Any]) -> bool:
     """Make a streamed request report its usage; True when the client had not asked (the gateway must hide it)."""
-    options = payload.get("stream_options")
-    if isinstance(options, Mapping) and options.get("include_usage") is True:
+    if wants_usage(payload):
         return False
+    options = payload.get("stream_options")
     payload["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
     return True
 

@@ -55,10 +55,18 @@ class PeerTokens:
         self.seen = {r: s for r, s in self.seen.items() if now - s[0] <= FORGET_AFTER}
 
 
+def split(peer: str) -> tuple[str, int]:
+    """`NAME:PORT` -> (NAME, PORT); ValueError for anything else."""
+    host, _, port = peer.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{peer!r}: expected NAME:PORT")
+    return host, int(port)
+
+
 def addresses(peer: str) -> list[str]:
     """`NAME:PORT` -> a base URL per address NAME resolves to (each ready pod of a headless Service)."""
-    host, _, port = peer.rpartition(":")
-    found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    host, port = split(peer)
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     ips = dict.fromkeys(str(info[4][0]) for info in found)
     return [f"http://[{ip}]:{port}" if ":" in ip else f"http://{ip}:{port}" for ip in ips]
 

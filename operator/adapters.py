@@ -22,6 +22,7 @@ import httpx
 import kopf
 import pydantic
 
+from infleet.api import adapters as adapter_api
 from infleet.operator import api, reconcile, resources, status_writer
 from infleet.operator.kube import KubeError
 from infleet.operator.state import OperatorState
@@ -75,7 +76,7 @@ async def converge(http: httpx.AsyncClient, base: str, want: Wanted) -> tuple[li
     unload, load = plan(want, have)
     problems = []
     for name in unload:
-        r = await http.post(f"{base}/v1/unload_lora_adapter", json={"lora_name": name})
+        r = await http.post(f"{base}{adapter_api.UNLOAD_PATH}", json={"lora_name": name})
         if r.status_code not in (200, 404):  # 404: gone already
             problems.append(f"{name}: unload refused ({r.status_code}): {_refusal(r)}")
             continue
@@ -84,8 +85,8 @@ async def converge(http: httpx.AsyncClient, base: str, want: Wanted) -> tuple[li
         if name in have:  # its unload was refused: it stays as it is
             continue
         uri, revision = want[name]
-        body = {"lora_name": name, "lora_path": uri} | ({"revision": revision} if revision else {})
-        r = await http.post(f"{base}/v1/load_lora_adapter", json=body, timeout=LOAD_TIMEOUT)
+        body = adapter_api.load_body(name, uri, revision)
+        r = await http.post(f"{base}{adapter_api.LOAD_PATH}", json=body, timeout=LOAD_TIMEOUT)
         if r.status_code == 200:
             have[name] = want[name]
         else:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from infleet.api import adapters as adapter_api
 from infleet.runtime.lora.adapter import LoRAError
 from infleet.runtime.lora.manager import LoRAManager, UnknownAdapter
 from infleet.runtime.server.errors import APIError
@@ -68,6 +69,6 @@ async def unload(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/v1/load_lora_adapter", load, methods=["POST"]),
-        Route("/v1/unload_lora_adapter", unload, methods=["POST"]),
+        Route(adapter_api.LOAD_PATH, load, methods=["POST"]),
+        Route(adapter_api.UNLOAD_PATH, unload, methods=["POST"]),
     ]

@@ -290,7 +290,7 @@ def test_an_adapter_no_replica_holds_is_loaded_by_the_one_asked_last(fleet: Flee
         assert [r.status_code for r in answers] == [200] * 5, [r.text for r in answers]
         assert replica.loads == [{"lora_name": "sql", "lora_path": "s3://models/sql/", "revision": "v2"}]  # once
         loaded = 'infleet_gateway_adapter_loads_total{adapter="sql",deployment="d",namespace="team-a",result="loaded"}'
-        assert loaded in httpx.get(f"{gw.url}/metrics").text
+        assert f"{loaded} 1.0" in httpx.get(f"{gw.url}/metrics").text  # one load, however many requests waited
     refusing = Loading(refuse=True)
     with ServerThread(refusing.app()) as broken:
         gateway.catalog.set_slice("team-a", "d", "s", (broken.endpoint,))
