@@ -55,4 +55,6 @@ def test_the_committed_docs_quote_the_committed_results() -> None:
     report = json.loads((ROOT / "benchmarks" / "results" / "autoscaler_accelerator.json").read_text())
     assert study.markdown(report) in (ROOT / "docs" / "benchmarks.md").read_text()
     for block in report["scales"].values():
-        assert block["goal"] == study.goal(block["arms"])
+        for variant in ("autoscaled", "planned"):
+            assert block[variant]["goal"] == study.goal(block[variant]["arms"])
+            assert block[variant]["cascade_goal"] == study.goal(block[variant]["arms"], "cascade")
