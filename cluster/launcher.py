@@ -333,8 +333,9 @@ class PodRunner(threading.Thread):
             raise RuntimeError(f"secret {name!r} not found") from err
         return {k: base64.b64decode(v) for k, v in data.items()}
 
-    def _config_map_data(self, name: str, optional: bool | None) -> dict[str, bytes]:
-        """A ConfigMap's data and binaryData as bytes; {} for an optional one that is missing."""
+    def _config_map_data(self, name: str, optional: bool | None, binary: bool = True) -> dict[str, bytes]:
+        """A ConfigMap's data (and binaryData, for volumes: envFrom reads data alone) as bytes; {} for an optional
+        one that is missing."""
         try:
             cm = self.core.read_namespaced_config_map(name, self.pod.metadata.namespace)
         except ApiException as err:
@@ -342,17 +343,17 @@ class PodRunner(threading.Thread):
                 return {}
             raise RuntimeError(f"configmap {name!r} not found") from err
         data = {k: v.encode() for k, v in (cm.data or {}).items()}
-        return data | {k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()}
+        return data | ({k: base64.b64decode(v) for k, v in (cm.binary_data or {}).items()} if binary else {})
 
     def _env_from(self, source: client.V1EnvFromSource) -> dict[str, str]:
-        ns, prefix = self.pod.metadata.namespace, source.prefix or ""
+        prefix = source.prefix or ""
         if source.secret_ref is not None:
-            secret = self._secret_data(source.secret_ref.name, source.secret_ref.optional)
-            return {prefix + k: v.decode() for k, v in secret.items()}
-        if source.config_map_ref is not None:
-            data = self.core.read_namespaced_config_map(source.config_map_ref.name, ns).data or {}
-            return {prefix + k: v for k, v in data.items()}
-        return {}
+            data = self._secret_data(source.secret_ref.name, source.secret_ref.optional)
+        elif source.config_map_ref is not None:
+            data = self._config_map_data(source.config_map_ref.name, source.config_map_ref.optional, binary=False)
+        else:
+            return {}
+        return {prefix + k: v.decode() for k, v in data.items()}
 
     def _env_value(self, var: client.V1EnvVar) -> str:
         if var.value_from is None:

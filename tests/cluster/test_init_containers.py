@@ -93,6 +93,26 @@ def test_secret_and_config_map_volumes_are_files_at_their_mount_paths(fleet: Fle
     assert str([("sub/b.txt", "2"), ("x.yaml", "k: v")]) in log, log
 
 
+def test_env_from_a_config_map_with_a_prefix_and_a_missing_optional_one(fleet: FleetHandle, namespace: str) -> None:
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "env"}, "data": {"MODE": "fast"}}
+    show = "import os; print('env', os.environ.get('APP_MODE'), os.environ.get('MODE'))"
+    main = {
+        "name": "main",
+        "image": "infleet/python",
+        "command": ["python", "-c", show],
+        "envFrom": [
+            {"configMapRef": {"name": "env"}, "prefix": "APP_"},
+            {"configMapRef": {"name": "absent", "optional": True}},  # a kubelet starts the pod without it
+        ],
+    }
+    fleet.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([config, pod("env-from", [], main)]))
+    p = finished(fleet, namespace, "env-from")
+    assert p.status.phase == "Succeeded", p.status
+    meta = p.metadata
+    log = (fleet.fleet.dir / "pods" / f"{meta.namespace}_{meta.name}_{meta.uid}" / "main.log").read_text()
+    assert "env fast None" in log, log
+
+
 def test_a_failing_init_container_keeps_the_pod_initializing_with_its_reason(
     fleet: FleetHandle, namespace: str
 ) -> None:
