@@ -330,7 +330,8 @@ class Gateway:
         endpoint = choice.endpoint
         tried.append(endpoint)
         self.router.acquire(endpoint)
-        series.in_flight().inc()
+        in_flight = series.in_flight()
+        in_flight.inc()
         released = False
 
         def release() -> None:  # plain, not async: it must never be cut short by a cancellation
@@ -338,7 +339,7 @@ class Gateway:
             if not released:
                 released = True
                 self.router.release(endpoint)
-                series.in_flight().dec()
+                in_flight.dec()
 
         return deployment, endpoint, release
 
