@@ -37,6 +37,9 @@ class Endpoint:
     def __hash__(self) -> int:
         return self._hash
 
+    def __reduce__(self) -> tuple[type[Endpoint], tuple[str, int]]:
+        return Endpoint, (self.host, self.port)  # str hashes differ between processes: never carry _hash over
+
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
