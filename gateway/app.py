@@ -32,7 +32,7 @@ from urllib.parse import quote
 import aiohttp
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -57,7 +57,7 @@ from infleet.gateway.catalog import (
     LookupFailed,
 )
 from infleet.gateway.kv import KVFeeds
-from infleet.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from infleet.gateway.metrics import CONTENT_TYPE, DeploymentSeries, GatewayMetrics
 from infleet.gateway.prompts import kserve_prompt, openai_prompt
 from infleet.gateway.retries import DEFAULT_FLOOR, DEFAULT_RATIO, RetryBudget
 from infleet.gateway.routing import Router
@@ -76,6 +76,7 @@ HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "content-length",
 }  # fmt: skip
 NOT_FORWARDED = HOP_BY_HOP | {"authorization", NAMESPACE_HEADER}  # the gateway's key never reaches a replica
+NOT_FORWARDED_RAW = frozenset(h.encode("latin-1") for h in NOT_FORWARDED)  # as the ASGI scope holds header names
 NOT_RETURNED = HOP_BY_HOP | {"date", "server"}  # the gateway's own server sets these
 UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)  # a replica unreachable, gone or silent too long
 # /v2/models/<name>[/versions/<v>][/ready|/infer|/generate|/generate_stream]; the name itself may hold a '/'
@@ -222,9 +223,13 @@ class Gateway:
         clock: RequestClock,
         adapter: Adapter | None = None,
     ) -> Response:
-        labels = {"namespace": deployment.namespace, "deployment": deployment.name}
-        url_path = path + (f"?{request.url.query}" if request.url.query else "")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
+        series = self.metrics.series(deployment.namespace, deployment.name)
+        labels = series.labels
+        query = request.url.query if request.scope.get("query_string") else ""  # no URL built for the usual none
+        url_path = path + (f"?{query}" if query else "")
+        # request.headers.items() decodes the same raw pairs; filtering them first skips the ones not forwarded
+        raw = request.scope["headers"]
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k.lower() not in NOT_FORWARDED_RAW]
         tried: list[Endpoint] = []
         failure = ""
         budget = self.retry_budget(deployment)
@@ -233,20 +238,20 @@ class Gateway:
             if attempt > 1 and all(e in tried for e in deployment.endpoints):
                 break  # only the second attempt may wait for a new replica; later ones need an untried one
             if attempt:
-                self.metrics.retries.labels(**labels).inc()
-            deployment, endpoint, release = await self._pick(deployment, prompt, hashes, tried, labels)
+                series.retries().inc()
+            deployment, endpoint, release = await self._pick(deployment, prompt, hashes, tried, series)
             upstream: aiohttp.ClientResponse | None = None
             handed_off = False  # a relayed stream owns the upstream: its clean-up closes it and releases the replica
             try:
                 upstream = await self._send(request.method, endpoint.url + url_path, headers, body)
-                others = bool(self.router.usable(deployment.endpoints, tried))
+                others = any(e not in tried for e in deployment.endpoints)  # what router.usable() would leave
                 if retry_elsewhere(upstream.status, attempt, others, adapter is not None):
                     if budget.withdraw():
                         failure = f"{endpoint.url} answered {upstream.status}: {(await upstream.read())[:200]!r}"
                         if upstream.status == 503:
                             self.router.eject(endpoint)  # a 429 replica is healthy, only full for now
                         continue
-                    self.metrics.retries_refused.labels(**labels).inc()  # the replica's own answer goes back
+                    series.retries_refused().inc()  # the replica's own answer goes back
                 last_try = not others or attempt >= MAX_ATTEMPTS - 1
                 if upstream.status == 404 and adapter is not None and adapter.uri and last_try:
                     await upstream.read()  # no replica tried holds it: this one loads it, then answers
@@ -261,16 +266,15 @@ class Gateway:
                 log.warning("replica %s of %s failed before the first byte: %s", endpoint.url, deployment.qualified, e)
                 self.router.eject(endpoint)
                 if attempt + 1 < MAX_ATTEMPTS and not budget.withdraw():
-                    self.metrics.retries_refused.labels(**labels).inc()
+                    series.retries_refused().inc()
                     failure += "; the deployment's retry budget is spent"
                     break
             finally:
-                if not handed_off:
-                    with anyio.CancelScope(shield=True):
-                        if upstream is not None:
-                            upstream.release()  # back to the pool if read to the end, else the connection closes
-                        await release()
-        self.metrics.errors.labels(**labels, reason="upstream_unreachable").inc()
+                if not handed_off:  # nothing here awaits, so a cancelled request cannot skip it (no shield needed)
+                    if upstream is not None:
+                        upstream.release()  # back to the pool if read to the end, else the connection closes
+                    release()
+        series.errors("upstream_unreachable").inc()
         raise GatewayError(502, f"no replica of {deployment.served_name!r} answered ({failure})", code="bad_gateway")
 
     async def _load_adapter(self, endpoint: Endpoint, adapter: Adapter, labels: dict[str, str]) -> bool:
@@ -308,8 +312,8 @@ class Gateway:
         prompt: str | None,
         hashes: list[int],
         tried: list[Endpoint],
-        labels: dict[str, str],
-    ) -> tuple[Deployment, Endpoint, Callable[[], Awaitable[None]]]:
+        series: DeploymentSeries,
+    ) -> tuple[Deployment, Endpoint, Callable[[], None]]:
         """A ready replica not tried yet (held while the deployment has none), counted as busy until `release`."""
         try:
             deployment = await self.activator.endpoints(deployment, exclude=tried)
@@ -317,24 +321,25 @@ class Gateway:
             raise GatewayError(503, e.message, code="model_starting", retry_after=e.retry_after) from None
         except LookupError as e:
             raise GatewayError(404, str(e), code="model_not_found") from None
-        self.metrics.endpoints.labels(**labels).set(len(deployment.endpoints))
+        series.endpoints().set(len(deployment.endpoints))
         candidates = self.router.usable(deployment.endpoints, tried)
         choice = self.router.choose(deployment, prompt, candidates, hashes, self.kv.index)
-        self.metrics.routing.labels(**labels, strategy=choice.strategy).inc()
+        series.routing(choice.strategy).inc()
         if choice.affinity:
-            self.metrics.affinity.labels(**labels, result=choice.affinity).inc()
+            series.affinity(choice.affinity).inc()
         endpoint = choice.endpoint
         tried.append(endpoint)
         self.router.acquire(endpoint)
-        self.metrics.in_flight.labels(**labels).inc()
+        in_flight = series.in_flight()
+        in_flight.inc()
         released = False
 
-        async def release() -> None:
+        def release() -> None:  # plain, not async: it must never be cut short by a cancellation
             nonlocal released
             if not released:
                 released = True
                 self.router.release(endpoint)
-                self.metrics.in_flight.labels(**labels).dec()
+                in_flight.dec()
 
         return deployment, endpoint, release
 
@@ -349,7 +354,7 @@ class Gateway:
         path: str,
         labels: dict[str, str],
         clock: RequestClock,
-        release: Callable[[], Awaitable[None]],
+        release: Callable[[], None],
     ) -> Response:
         """A plain answer read whole, or a stream relayed once its first event is here (so that a replica failing
         before it is retried elsewhere); the stream's clean-up then closes the upstream and releases the replica."""
@@ -388,14 +393,14 @@ class Gateway:
 
     @staticmethod
     def _closer(
-        upstream: aiohttp.ClientResponse, events: AsyncIterator[bytes], release: Callable[[], Awaitable[None]]
+        upstream: aiohttp.ClientResponse, events: AsyncIterator[bytes], release: Callable[[], None]
     ) -> Callable[[], Awaitable[None]]:
         async def close() -> None:
             try:
                 await events.aclose()  # type: ignore[attr-defined]
                 upstream.release()
             finally:
-                await release()
+                release()
 
         return close
 
@@ -425,16 +430,20 @@ def _error(request: Request, e: GatewayError) -> Response:
 
 
 def _scope(request: Request) -> frozenset[str] | None:
+    keys = _gateway(request).keys
+    if not keys.enabled:  # every namespace, without looking the header up
+        return None
     try:
-        return _gateway(request).keys.authorize(request.headers.get("authorization"))
+        return keys.authorize(request.headers.get("authorization"))
     except Unauthorized as e:
         raise GatewayError(401, str(e), code="invalid_api_key") from None
 
 
-def _lookup(request: Request, model: str) -> Deployment:
+def _lookup(request: Request, model: str, scope: frozenset[str] | None) -> Deployment:
+    """The deployment `model` selects among the namespaces `scope` (the caller's _scope()) lets the request see."""
     gateway = _gateway(request)
     try:
-        return gateway.catalog.lookup(model, _scope(request), request.headers.get(NAMESPACE_HEADER))
+        return gateway.catalog.lookup(model, scope, request.headers.get(NAMESPACE_HEADER))
     except LookupFailed as e:
         raise GatewayError(e.status, e.message, code="model_not_found" if e.status == 404 else None) from None
 
@@ -444,16 +453,20 @@ async def _body(request: Request) -> bytes:
     if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise GatewayError(413, f"request body of {length} bytes exceeds the gateway's {MAX_BODY_BYTES} byte limit")
     body = b""
-    async for chunk in request.stream():
-        body += chunk
+    while True:  # the ASGI messages themselves: request.stream() is an async generator around this same loop
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
         if len(body) > MAX_BODY_BYTES:
             raise GatewayError(413, f"request body exceeds the gateway's {MAX_BODY_BYTES} byte limit")
-    return body
+        if not message.get("more_body", False):
+            return body
 
 
 def _count(gateway: Gateway, deployment: Deployment | None, status: int) -> None:
     ns, name = deployment.key if deployment else ("", "")
-    gateway.metrics.requests.labels(namespace=ns, deployment=name, code=str(status)).inc()
+    gateway.metrics.series(ns, name).requests(status).inc()
 
 
 async def openai_request(request: Request) -> Response:
@@ -461,7 +474,7 @@ async def openai_request(request: Request) -> Response:
     gateway = _gateway(request)
     deployment = None
     try:
-        _scope(request)  # 401 comes before any look at the body
+        scope = _scope(request)  # 401 comes before any look at the body
         body = await _body(request)
         try:
             payload = json.loads(body)
@@ -471,9 +484,9 @@ async def openai_request(request: Request) -> Response:
             raise GatewayError(400, "the request body must be a JSON object")
         model = payload.get("model")
         if not isinstance(model, str) or not model:
-            served = ", ".join(repr(m) for m in sorted(gateway.catalog.model_ids(_scope(request)))) or "none"
+            served = ", ".join(repr(m) for m in sorted(gateway.catalog.model_ids(scope))) or "none"
             raise GatewayError(400, f"model: a model name is required; served models: {served}")
-        deployment = _lookup(request, model)
+        deployment = _lookup(request, model, scope)
         if deployment.is_cascade(model):
             response = await cascaded(request, deployment, payload)
             _count(gateway, deployment, response.status_code)
@@ -488,7 +501,8 @@ async def openai_request(request: Request) -> Response:
             hashes = hasher.hashes(payload) if hasher and gateway.kv.publishing(deployment.endpoints) else None
         if deployment.cache is None and not gateway.budgets.enabled:
             adapter = deployment.adapter(name)
-            response = await gateway.forward(request, deployment, request.url.path, body, prompt, hashes, adapter)
+            path = request.scope["path"]  # request.url.path for the fixed paths routed here, without building a URL
+            response = await gateway.forward(request, deployment, path, body, prompt, hashes, adapter)
         else:
             response = await cost_controlled(request, deployment, payload, body, prompt, hashes)
     except GatewayError as e:
@@ -672,7 +686,7 @@ async def kserve_model(request: Request) -> Response:
         match = V2_MODEL_PATH.match(request.path_params["rest"])
         if match is None:
             raise GatewayError(404, f"no such KServe v2 path: {request.url.path}")
-        deployment = _lookup(request, match["name"])
+        deployment = _lookup(request, match["name"], _scope(request))
         path = f"/v2/models/{quote(deployment.served_name, safe='')}{match['rest']}"
         if match["rest"].endswith("/ready") and not deployment.endpoints:
             # readiness is a question, not demand: answer it without waking the deployment
@@ -713,6 +727,29 @@ async def team_tokens(request: Request) -> Response:
     return JSONResponse(peers.report(gateway.replica, gateway.budgets.charged()))
 
 
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize")  # vLLM's utilities too
+
+
+class GatewayApp(Starlette):
+    """Starlette, but a POST to an OpenAI path goes straight to `openai_request`: Starlette's two exception layers,
+    its router's walk over every route and its per-request wrappers cost a tenth of the gateway's CPU per proxied
+    request. Everything else (other paths and methods, the lifespan) goes through Starlette as it is."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in OPENAI_PATHS:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        try:
+            response = await openai_request(Request(scope, receive, send))
+        except Exception:
+            # as Starlette's ServerErrorMiddleware answers (the handler turns every GatewayError into its answer
+            # and raises no HTTPException, so nothing else of Starlette's exception handling applies)
+            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            raise
+        await response(scope, receive, send)  # once it has started, an exception only propagates (as in Starlette)
+
+
 def build_app(
     gateway: Gateway, *, on_start: Callable[[], None] | None = None, on_stop: Callable[[], None] | None = None
 ) -> Starlette:
@@ -730,16 +767,14 @@ def build_app(
             await gateway.kv.close()
             await client.close()
 
-    app = Starlette(
+    app = GatewayApp(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route(peers.PATH, team_tokens, methods=["GET"]),
             Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/completions", openai_request, methods=["POST"]),
-            Route("/v1/chat/completions", openai_request, methods=["POST"]),
-            Route("/tokenize", openai_request, methods=["POST"]),  # vLLM's utility endpoints, routed by model too
-            Route("/detokenize", openai_request, methods=["POST"]),
+            # a POST to these skips Starlette (GatewayApp); the routes answer other methods (405) as before
+            *(Route(path, openai_request, methods=["POST"]) for path in OPENAI_PATHS),
             Route("/v2", server_metadata, methods=["GET"]),
             Route("/v2/health/live", health, methods=["GET"]),
             Route("/v2/health/ready", health, methods=["GET"]),

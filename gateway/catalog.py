@@ -28,6 +28,17 @@ class Endpoint:
 
     host: str
     port: int
+    # hashed once: the router looks endpoints up in its counts and sets several times per request
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.host, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Endpoint], tuple[str, int]]:
+        return Endpoint, (self.host, self.port)  # str hashes differ between processes: never carry _hash over
 
     @property
     def url(self) -> str:
@@ -110,6 +121,15 @@ class _Spec:
     cascade: Rule | None = None
 
 
+@dataclass(frozen=True)
+class _View:
+    """Every deployment as built from the specs and slices at one moment, indexed the ways requests read them."""
+
+    deployments: tuple[Deployment, ...]  # sorted by namespace and name
+    by_key: dict[Key, Deployment]
+    by_name: dict[str, tuple[Deployment, ...]]  # each model name clients may send -> its deployments, sorted
+
+
 @dataclass
 class Catalog:
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,6 +137,8 @@ class Catalog:
     # (namespace, deployment) -> EndpointSlice name -> its ready endpoints
     _slices: dict[Key, dict[str, tuple[Endpoint, ...]]] = field(default_factory=dict)
     _listeners: list[Callable[[Key], None]] = field(default_factory=list)
+    # what readers see, built once per change rather than per request: None until the next read after a write
+    _view: _View | None = None
 
     # ---- writers (discovery) --------------------------------------------------------------------------------------
 
@@ -135,17 +157,20 @@ class Catalog:
         if strategy not in STRATEGIES:
             strategy = LEAST_OUTSTANDING
         with self._lock:
+            self._view = None
             self._specs[(namespace, name)] = _Spec(served_name, strategy, slo, cache, price, adapters, cascade)
         self._notify([(namespace, name)])
 
     def remove_deployment(self, namespace: str, name: str) -> None:
         with self._lock:
+            self._view = None
             self._specs.pop((namespace, name), None)
         self._notify([(namespace, name)])
 
     def replace_deployments(self, namespace: str | None, items: Iterable[Deployment]) -> None:
         """After a (re)list: the deployments in `namespace` (None: everywhere) are exactly `items`."""
         with self._lock:
+            self._view = None
             stale = [k for k in self._specs if namespace is None or k[0] == namespace]
             for k in stale:
                 del self._specs[k]
@@ -156,11 +181,13 @@ class Catalog:
 
     def set_slice(self, namespace: str, deployment: str, slice_name: str, endpoints: Iterable[Endpoint]) -> None:
         with self._lock:
+            self._view = None
             self._slices.setdefault((namespace, deployment), {})[slice_name] = tuple(endpoints)
         self._notify([(namespace, deployment)])
 
     def remove_slice(self, namespace: str, deployment: str, slice_name: str) -> None:
         with self._lock:
+            self._view = None
             self._slices.get((namespace, deployment), {}).pop(slice_name, None)
         self._notify([(namespace, deployment)])
 
@@ -169,6 +196,7 @@ class Catalog:
     ) -> None:
         """After a (re)list: (namespace, deployment, slice name, endpoints) for every slice in scope."""
         with self._lock:
+            self._view = None
             stale = [k for k in self._slices if namespace is None or k[0] == namespace]
             for k in stale:
                 del self._slices[k]
@@ -206,17 +234,26 @@ class Catalog:
             spec.cascade,
         )
 
+    def _current(self) -> _View:
+        """The view of the catalog as it is now (the caller holds the lock)."""
+        if self._view is None:
+            built = tuple(self._build(k, s) for k, s in sorted(self._specs.items()))
+            by_name: dict[str, list[Deployment]] = {}
+            for d in built:
+                for n in dict.fromkeys(d.names):
+                    by_name.setdefault(n, []).append(d)
+            names = {n: tuple(ds) for n, ds in by_name.items()}
+            self._view = _View(built, {d.key: d for d in built}, names)
+        return self._view
+
     def get(self, key: Key) -> Deployment | None:
         with self._lock:
-            spec = self._specs.get(key)
-            return None if spec is None else self._build(key, spec)
+            return self._current().by_key.get(key)
 
     def deployments(self, namespaces: Collection[str] | None = None) -> list[Deployment]:
         """Every deployment in `namespaces` (None: all), sorted by namespace and name."""
         with self._lock:
-            return [
-                self._build(k, s) for k, s in sorted(self._specs.items()) if namespaces is None or k[0] in namespaces
-            ]
+            return [d for d in self._current().deployments if namespaces is None or d.namespace in namespaces]
 
     def model_ids(self, namespaces: Collection[str] | None = None) -> dict[str, Deployment]:
         """The names clients may send (served names and adapters): the bare name when it is unique among the visible
@@ -231,10 +268,18 @@ class Catalog:
     def lookup(self, model: str, namespaces: Collection[str] | None = None, namespace: str | None = None) -> Deployment:
         """The deployment a model name selects: its served name, or `namespace/servedName`; `namespace` (a header)
         narrows the search. Raises LookupFailed naming the models the caller may use."""
+        with self._lock:
+            named = self._current().by_name.get(model, ())
+        found = [
+            d
+            for d in named
+            if (namespaces is None or d.namespace in namespaces) and (namespace is None or d.namespace == namespace)
+        ]
+        if len(found) == 1:
+            return found[0]
         visible = self.deployments(namespaces)
         if namespace is not None:
             visible = [d for d in visible if d.namespace == namespace]
-        found = [d for d in visible if model in d.names]
         if not found and "/" in model:
             ns, _, name = model.partition("/")
             found = [d for d in visible if d.namespace == ns and name in d.names]

@@ -140,7 +140,9 @@ class Router:
 
     def least_outstanding(self, candidates: Sequence[Endpoint]) -> Endpoint:
         fewest = min(self.outstanding[e] for e in candidates)
-        tied = sorted(e for e in candidates if self.outstanding[e] == fewest)
+        tied = [e for e in candidates if self.outstanding[e] == fewest]
+        if len(tied) > 1:  # sorting compares dataclasses field by field: not for the usual one
+            tied.sort()
         self._turn += 1
         return tied[self._turn % len(tied)]
 

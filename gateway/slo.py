@@ -92,5 +92,7 @@ class RequestClock:
         return verdicts(self.thresholds, ttft, tpot, time.perf_counter() - self.started, failed)
 
     def count(self, counter: Counter, namespace: str, deployment: str, failed: bool = False) -> None:
+        if self.thresholds == NO_SLO:  # nothing to judge: the usual deployment, every request
+            return
         for sli, good in self.judge(failed).items():
             counter.labels(namespace, deployment, sli, "good" if good else "bad").inc()

@@ -67,6 +67,33 @@ def test_slices_and_relists_update_the_catalog() -> None:
     assert ("ns", "d") in seen
 
 
+def test_lookups_see_every_change_to_the_catalog() -> None:
+    """Readers share one view built after each change (not per request): every kind of write must show at once."""
+    catalog = Catalog()
+    catalog.set_deployment("a", "d", "m", adapters=(Adapter("m"), Adapter("lora")))  # an adapter named as the base
+    assert catalog.lookup("m").key == ("a", "d") and catalog.lookup("lora").key == ("a", "d")
+    assert catalog.lookup("m").endpoints == ()
+    catalog.set_slice("a", "d", "s", (Endpoint("10.0.0.2", 80), Endpoint("10.0.0.1", 80)))
+    assert catalog.lookup("m").endpoints == (Endpoint("10.0.0.1", 80), Endpoint("10.0.0.2", 80))
+    catalog.set_deployment("b", "d", "m")  # the same name in a second namespace: ambiguous unless narrowed
+    with pytest.raises(LookupFailed) as ambiguous:
+        catalog.lookup("m")
+    assert ambiguous.value.status == 400 and ambiguous.value.choices == ["a/m", "b/m"]
+    assert catalog.lookup("m", namespace="b").key == ("b", "d") and catalog.lookup("b/m").key == ("b", "d")
+    assert catalog.lookup("m", frozenset({"a"})).key == ("a", "d")  # an API key's scope
+    catalog.remove_slice("a", "d", "s")
+    assert catalog.lookup("a/m").endpoints == ()
+    catalog.replace_deployments("a", [])
+    assert catalog.lookup("m").key == ("b", "d")
+    with pytest.raises(LookupFailed) as gone:
+        catalog.lookup("lora")
+    assert gone.value.status == 404 and gone.value.choices == ["m"]
+    catalog.replace_slices(None, [("b", "d", "s", (Endpoint("10.0.0.3", 80),))])
+    assert catalog.get(("b", "d")).endpoints == (Endpoint("10.0.0.3", 80),)
+    catalog.remove_deployment("b", "d")
+    assert catalog.get(("b", "d")) is None and catalog.deployments() == []
+
+
 def test_static_upstreams() -> None:
     catalog = Catalog()
     load_static(catalog, ["m=http://127.0.0.1:8001,http://127.0.0.2:8002", "team/x=http://h:1"], PREFIX_AFFINITY)

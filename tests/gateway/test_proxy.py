@@ -114,6 +114,34 @@ def test_a_refused_connection_is_retried_on_another_replica(fleet: Fleet) -> Non
     assert r.status_code == 502 and "no replica" in r.json()["error"]["message"]
 
 
+def test_the_openai_paths_answer_as_starlette_routed_them(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A POST to an OpenAI path skips Starlette's router and middleware (GatewayApp): other methods still get
+    Starlette's 405, an unexpected failure its plain 500, and the per-deployment series count every request."""
+    gateway, gw, _ = fleet
+    for _ in range(3):
+        assert httpx.post(f"{gw.url}/v1/chat/completions?x=1", json=CHAT).status_code == 200
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "model": "nope"}).status_code == 404
+    wrong = httpx.get(f"{gw.url}/v1/chat/completions")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    sample = gateway.metrics.registry.get_sample_value
+    assert sample("infleet_gateway_requests_total", {"namespace": "team-a", "deployment": "d", "code": "200"}) == 3
+    assert sample("infleet_gateway_requests_total", {"namespace": "", "deployment": "", "code": "404"}) == 1
+    assert sample("infleet_gateway_in_flight_requests", {"namespace": "team-a", "deployment": "d"}) == 0
+    assert sample("infleet_gateway_ready_endpoints", {"namespace": "team-a", "deployment": "d"}) == 1
+    labels = {"namespace": "team-a", "deployment": "d", "strategy": "leastOutstanding"}
+    assert sample("infleet_gateway_routing_decisions_total", labels) == 3
+    # a series appears once something counts in it, as before: no retries happened, no replica served no deployment
+    assert sample("infleet_gateway_retries_total", {"namespace": "team-a", "deployment": "d"}) is None
+    assert sample("infleet_gateway_in_flight_requests", {"namespace": "", "deployment": ""}) is None
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway, "forward", broken)
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT)
+    assert r.status_code == 500 and r.text == "Internal Server Error"
+
+
 def test_kserve_binary_tensors_pass_through_byte_exact(fleet: Fleet) -> None:
     gateway, gw, up = fleet
     tensor = triton.InferInput("text_input", [1], "BYTES")
