@@ -170,11 +170,16 @@ class Gateway:
 
     def open_client(self) -> aiohttp.ClientSession:
         """One pooled client for every replica (aiohttp: its C parser costs a fraction of httpx's per request).
-        Bodies pass through as they are: no decompression, no redirects followed."""
+        Bodies pass through as they are: no decompression, no redirects followed. No cookie jar: the client is shared
+        by every caller, so a cookie one replica set for one caller must never ride along on another's request."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
         self.client = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, headers={"accept-encoding": "identity"}
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            headers={"accept-encoding": "identity"},
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self.client
 

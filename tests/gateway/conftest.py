@@ -89,7 +89,8 @@ class Upstream:
                 }
                 headers["x-upstream-path"] = request.url.path
                 return Response(body, headers=headers)
-            return JSONResponse({"upstream": self.name, "model": payload.get("model") if payload else None})
+            answer = {"upstream": self.name, "model": payload.get("model") if payload else None}
+            return JSONResponse(answer, headers={"set-cookie": f"replica={self.name}; Path=/"})
 
         return Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
 

@@ -65,6 +65,22 @@ def test_models_union_and_namespaced_names(fleet: Fleet) -> None:
     assert "x-infleet-namespace" not in up.seen[-1]["headers"]
 
 
+def test_a_cookie_a_replica_sets_never_reaches_it_again_through_the_shared_client(
+    upstream: tuple[Upstream, ServerThread],
+) -> None:
+    """The gateway's one upstream client serves every caller: a replica's Set-Cookie goes back to the caller who got
+    it and is not kept. A host name, not an IP: aiohttp's default cookie jar keeps cookies from names."""
+    up, replica = upstream
+    gateway = Gateway()
+    gateway.catalog.set_deployment("team-a", "d", "m")
+    gateway.catalog.set_slice("team-a", "d", "s", (Endpoint("localhost", replica.endpoint.port),))
+    with serve_gateway(gateway) as gw:
+        first = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT)
+        assert first.status_code == 200 and first.cookies.get("replica") == "upstream"
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT).status_code == 200
+    assert [r["headers"].get("cookie") for r in up.seen] == [None, None]
+
+
 def test_sse_events_pass_through_before_the_upstream_finishes(fleet: Fleet) -> None:
     """The upstream sends event 1 and then blocks until the client has seen event 1 through the gateway: if the
     gateway buffered, the upstream would wait out its 30 s and report that nobody released it."""
