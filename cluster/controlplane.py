@@ -229,6 +229,7 @@ class Fleet:
 
     def _audit_policy(self) -> Path:
         path = self.dir / "audit-policy.json"
+        path.parent.mkdir(parents=True, exist_ok=True)  # components() may be asked before up() made the directory
         path.write_text(json.dumps(AUDIT_POLICY))
         return path
 

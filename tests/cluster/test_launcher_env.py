@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from infleet.cluster.controlplane import Fleet
 from infleet.cluster.launcher import expand
 
 
@@ -13,3 +16,10 @@ def test_dependent_variables_expand_like_the_kubelet() -> None:
     assert expand("$(UNDEFINED)", defined) == "$(UNDEFINED)"  # left as written
     assert expand("$$(PORT) costs $$5", defined) == "$(PORT) costs $5"  # $$ escapes
     assert expand("plain", defined) == "plain"
+
+
+def test_a_fleet_directory_that_does_not_exist_yet_is_made(tmp_path: Path) -> None:
+    """`INFLEET_FLEET_DIR` may name a new directory: listing the components writes the audit policy into it."""
+    fleet = Fleet(tmp_path / "new" / "fleet")
+    fleet.components()
+    assert (tmp_path / "new" / "fleet" / "audit-policy.json").is_file()
