@@ -299,8 +299,8 @@ def markdown(report: dict[str, Any]) -> str:
         " below: the quality proxy); requests escalate at random at that rate, whatever their size.",
         "",
         "The chooser's own figures (its line under each table) are its prediction at the forecast load with the"
-        " roofline capacity of one replica; the tables are what the replay served with the fleet the policy sized to"
-        " the live load.",
+        " roofline capacity of one replica; the tables are what the replay served: the autoscaled columns with the"
+        " fleet the policy sized to the live load, the planned ones with the chooser's replica count held fixed.",
         "",
     ]
     for scale, block in report["scales"].items():
