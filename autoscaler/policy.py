@@ -50,6 +50,9 @@ class Observation:
     ttft_attainment: float | None = None  # share of first tokens in the window within the TTFT SLO
     # recent prompt lengths as a cumulative histogram, (upper edge in tokens, count): vLLM's request_prompt_tokens
     prompt_histogram: tuple[tuple[float, float], ...] = ()
+    # requests/s arriving at the gateway over the window: with tokens_per_request, the demand in tokens/s, which the
+    # tokens/s served understates once the replicas are saturated (the excess waits instead of being served)
+    arrival_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,12 @@ def decide(spec: ScalingSpec, observation: Observation, history: tuple[Recommend
     kept = tuple(r for r in history if now - r.at <= keep_for)
     kept += (
         Recommendation(
-            now, raw, observation.ready_replicas, current, observation.ttft_attainment, observation.tokens_per_second
+            now,
+            raw,
+            observation.ready_replicas,
+            current,
+            observation.ttft_attainment,
+            demand_tokens_per_second(observation),
         ),
     )
     stabilized = raw if current == 0 else _stabilize(spec, current, raw, kept, now)
@@ -200,7 +208,7 @@ def recommend(
     current = obs.replicas
     queue = obs.queue_depth or 0.0
     running = obs.running or 0.0
-    tokens = obs.tokens_per_second or 0.0
+    tokens = demand_tokens_per_second(obs)
     demand = queue + running + obs.held_requests + tokens
 
     if current == 0:
@@ -271,6 +279,15 @@ def recommend(
             )
             floor = current
     return desired, "; ".join(parts), floor
+
+
+def demand_tokens_per_second(obs: Observation) -> float:
+    """Tokens/s asked of the fleet: the larger of what it served and what arrived (arrivals x recent tokens per
+    request); served alone caps demand at the fleet's throughput just when it falls behind."""
+    served = obs.tokens_per_second or 0.0
+    if obs.arrival_rate is None or not obs.tokens_per_request:
+        return served
+    return max(served, obs.arrival_rate * obs.tokens_per_request)
 
 
 HOLT_ALPHA, HOLT_BETA = 0.5, 0.3  # level and trend smoothing of the forecast (ticks of about 10-15 s)

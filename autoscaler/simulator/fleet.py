@@ -55,6 +55,9 @@ class FleetObservation:
     ttft_attainment: float | None = None  # share of the window's first tokens within the TTFT SLO (a bucket ratio)
     # the mix window's prompt lengths, cumulative by PROMPT_BUCKETS: (edge, count), as vLLM's histogram shows them
     prompt_histogram: tuple[tuple[float, float], ...] = ()
+    # requests that arrived at the gateway per second over the rate window (its received-requests counter): demand,
+    # which the tokens/s served stops showing once the fleet is saturated
+    arrivals_per_second: float = 0.0
 
     def __getattr__(self, name: str) -> object:  # only reached for names the observation does not have
         raise CausalityError(
@@ -89,6 +92,7 @@ class SimConfig:
     initial_replicas: int = 1
     quantile_window: float = 30.0  # the p99s' rate window (infleet's policy reads `[30s]` histograms)
     rate_window: float = 30.0
+    arrival_window: float = 15.0  # the gateway's received-requests rate: short, so a surge shows within a tick
     attainment_window: float = 300.0  # the TTFT attainment's window: long enough for a share to mean something
     mix_window: float = 300.0  # the token mix's window: long enough to average a mix, short enough to follow a shift
     hold_timeout: float = 300.0  # a request held at the gateway longer than this fails
@@ -203,6 +207,7 @@ class Fleet:
         self.done_prompt_cum: list[float] = [0.0]
         self.done_output_cum: list[float] = [0.0]
         self.done_prompts: list[int] = []
+        self.arrival_times: list[float] = []
         self.busy_times: list[float] = []
         self.busy_cum: list[float] = [0.0]
         self.concurrency: deque[tuple[float, int]] = deque()
@@ -278,6 +283,7 @@ class Fleet:
     # --- gateway ------------------------------------------------------------------------------------------
     def _arrive(self, r: Request) -> int:
         """Route an arrival; returns 1 if it fails at once (too long to ever fit a replica)."""
+        self.arrival_times.append(self.now)
         if r.prompt + r.output > min(self.kv_capacity, self.config.max_model_len):
             r.failed = f"{r.prompt + r.output} tokens exceed the replica's KV capacity or max model length"
             r.finish = self.now
@@ -434,6 +440,7 @@ class Fleet:
             if mixed
             else ()
         )
+        arrived = len(self.arrival_times) - bisect_left(self.arrival_times, self.now - cfg.arrival_window)
         stable = [c for t, c in self.concurrency]
         panic = [c for t, c in self.concurrency if t >= self.now - 6]
         return FleetObservation(
@@ -454,6 +461,7 @@ class Fleet:
             output_tokens_per_request=output,
             ttft_attainment=within,
             prompt_histogram=histogram,
+            arrivals_per_second=arrived / cfg.arrival_window,
         )
 
     def _control(self) -> None:

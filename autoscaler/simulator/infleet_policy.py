@@ -64,6 +64,7 @@ class InfleetPolicy:
             held_requests=obs.held,
             ttft_attainment=obs.ttft_attainment,
             prompt_histogram=obs.prompt_histogram,
+            arrival_rate=obs.arrivals_per_second,
         )
         spec = self.spec
         estimate = self.capacity.update(obs) if self.capacity is not None else None

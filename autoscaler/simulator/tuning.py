@@ -57,6 +57,7 @@ def space(name: str, suggest: Suggest, ctx: Context) -> Policy:
             comfort=suggest("comfort", 0.3, guard, False),
             scale_down_window=suggest("scale_down_window", 0.0, 900.0, False),
             max_scale_up_percent=suggest("max_scale_up_percent", 10.0, 100.0, False),
+            forecast_lead=suggest("forecast_lead", 0.0, 60.0, False),
         )
         return InfleetPolicy(spec, causal_capacity(ctx.model, ctx.config))
     if name == "hpa-gpu-util":
