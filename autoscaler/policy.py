@@ -26,6 +26,9 @@ from itertools import pairwise
 
 from infleet.api.conditions import Condition
 
+ARRIVAL_WINDOW = 15.0  # seconds of the gateway's received requests behind `arrival_rate` (three 5 s scrapes)
+ATTAINMENT_WINDOW = 300.0  # seconds behind `ttft_attainment`: long enough for a share of requests to mean something
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -53,6 +56,9 @@ class Observation:
     # requests/s arriving at the gateway over the window: with tokens_per_request, the demand in tokens/s, which the
     # tokens/s served understates once the replicas are saturated (the excess waits instead of being served)
     arrival_rate: float | None = None
+    # the recent token mix (mean prompt and output tokens of finished requests): a replica's capacity depends on it
+    prompt_tokens_per_request: float | None = None
+    output_tokens_per_request: float | None = None
 
 
 @dataclass(frozen=True)

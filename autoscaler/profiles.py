@@ -15,6 +15,7 @@ fit in the accelerator's memory (the roofline model leaves out what does not fit
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -87,7 +88,10 @@ def tier_options(
     tpot_slo: float | None = None,
     ttft_slo: float | None = None,
     dirs: Iterable[Path] = (MEASURED_DIR,),
+    mix: tuple[float, float] = (ROOFLINE_PROMPT, ROOFLINE_OUTPUT),
 ) -> ProfileChoice:
+    """The allowed tiers' options on `accelerator`: measured, else the roofline at the token `mix` (mean prompt,
+    mean output), else none, with where they came from."""
     allowed = list(allowed)
     device = replica_device or accelerator
     found = measured(uri, device, dirs)
@@ -102,8 +106,8 @@ def tier_options(
         options = roofline_profile(
             MODELS[shape],
             [accelerator],
-            ROOFLINE_PROMPT,
-            ROOFLINE_OUTPUT,
+            mix[0],
+            mix[1],
             tpot_slo,
             ttft_slo,
             tiers=[t for t in allowed],
@@ -111,3 +115,26 @@ def tier_options(
         )
         return ProfileChoice(tuple(options), f"roofline of {shape} on {accelerator}")
     return ProfileChoice((), f"no measured profile of {model_file(uri)} on {device} and no known model shape")
+
+
+@functools.lru_cache(maxsize=4096)
+def replica_capacity(
+    uri: str,
+    accelerator: str,
+    tier: str,
+    gpus_per_replica: int = 1,
+    replica_device: str | None = None,
+    tpot_slo: float | None = None,
+    ttft_slo: float | None = None,
+    mix: tuple[float, float] | None = None,
+) -> float | None:
+    """One replica's tokens/s at the SLO at `tier`: the capacity the autoscaler sizes by, from the same profile the
+    chooser prices the tier by. A roofline profile is asked about the recent token `mix` (round it: results are
+    cached), at the TPOT SLO alone when the mix's mean prompt cannot meet the TTFT SLO at any load (the simulator's
+    `causal_capacity` does the same). None when no profile knows the model."""
+    at = mix or (ROOFLINE_PROMPT, ROOFLINE_OUTPUT)
+    for ttft in (ttft_slo, None) if ttft_slo is not None else (None,):
+        options = tier_options(uri, accelerator, [tier], gpus_per_replica, replica_device, tpot_slo, ttft, mix=at)
+        if options.options:
+            return options.options[0].capacity_tokens_per_second
+    return None

@@ -205,6 +205,7 @@ class Gateway:
         byte when one is unreachable or answers 429/503, or 404 to a request for an `adapter` (a replica the operator
         has yet to load it into; when none holds it, the last one tried is asked to load it), at most MAX_ATTEMPTS,
         and relay the answer; the request is judged against the deployment's SLO (gateway/slo.py)."""
+        self.metrics.series(deployment.namespace, deployment.name).received().inc()
         clock = RequestClock(deployment.slo)
         try:
             response = await self._forward(request, deployment, path, body, prompt, hashes or [], clock, adapter)

@@ -76,6 +76,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.endpoints = Gauge("infleet_gateway_ready_endpoints", "Ready replicas known.", DEPLOYMENT, registry=r)
+        self.received = Counter(
+            names.RECEIVED_REQUESTS.removesuffix("_total"),
+            "Requests received for a deployment, counted on arrival (held or not): the autoscaler's demand signal.",
+            DEPLOYMENT,
+            registry=r,
+        )
         self.slo_requests = Counter(
             SLO_REQUESTS.removesuffix("_total"),
             "Requests judged against their deployment's own spec.slo thresholds, by SLI (ttft, tpot, e2e) and "
@@ -153,6 +159,9 @@ class DeploymentSeries:
     def requests(self, code: int) -> Counter:
         """The requests counter's child for an HTTP status code."""
         return self._child(self.metrics.requests, str(code))
+
+    def received(self) -> Counter:
+        return self._child(self.metrics.received)
 
     def errors(self, reason: str) -> Counter:
         return self._child(self.metrics.errors, reason)

@@ -238,12 +238,38 @@ def prometheus_observer(reader: FleetReader) -> Observer:
     return observe
 
 
-def scaling_spec(spec: api.InferenceDeploymentSpec) -> policy.ScalingSpec:
+def replica_capacity(
+    spec: api.InferenceDeploymentSpec,
+    tier: str,
+    product: str,
+    obs: policy.Observation,
+    replica_device: str | None = None,
+) -> float | None:
+    """One replica's tokens/s at the SLO for the recent token mix, from the tier profile (`profiles.replica_capacity`);
+    None when no profile knows the model (the policy then scales on requests in flight and waiting)."""
+    prompt, output = obs.prompt_tokens_per_request, obs.output_tokens_per_request
+    mix = (float(f"{prompt:.2g}"), float(f"{output:.2g}")) if prompt and output else None  # a mix within ~5%
+    slo = spec.slo
+    return profiles.replica_capacity(
+        spec.model.uri,
+        product,
+        tier,
+        spec.gpus_per_replica,
+        replica_device,
+        durations.seconds(slo.tpot_p99) if slo.tpot_p99 else None,
+        durations.seconds(slo.ttft_p99) if slo.ttft_p99 else None,
+        mix,
+    )
+
+
+def scaling_spec(spec: api.InferenceDeploymentSpec, capacity: float | None = None) -> policy.ScalingSpec:
+    """The policy's spec: the CRD's scaling block and SLO, with one replica's `capacity` (tokens/s at the SLO)."""
     s = spec.scaling
     seconds = durations.seconds_or_none
     return policy.ScalingSpec(
         min_replicas=s.min_replicas,
         max_replicas=max(s.max_replicas, 1),
+        capacity_tokens_per_second=capacity,
         target_queue_per_replica=float(s.target_queue_depth),
         ttft_slo=seconds(spec.slo.ttft_p99),
         tpot_slo=seconds(spec.slo.tpot_p99),
@@ -306,7 +332,10 @@ async def autoscale(
     obs = await observe(memo.observer, parsed, st, name, namespace)
     now = time.time()
     obs = replace(obs, held_requests=max(obs.held_requests, held_from_annotation(body["metadata"], now)))
-    decision = policy.decide(scaling_spec(parsed), obs, memo.history.get(key, ()), now)
+    current_tier = st.get("tier")
+    running = checks.running_product(parsed, st.get("accelerator"))
+    capacity = replica_capacity(parsed, current_tier or parsed.tier, running, obs, memo.replica_device)
+    decision = policy.decide(scaling_spec(parsed, capacity), obs, memo.history.get(key, ()), now)
     memo.history[key] = decision.history
     extra = status_from(decision, obs, generation)
     # observed figures, cost and SLOMet are the observation loop's (operator/observation.py), for every deployment
@@ -315,8 +344,6 @@ async def autoscale(
     prices = prices_for(parsed, configured_prices())
 
     advisory = parsed.scaling.mode == "advisory"
-    current_tier = st.get("tier")
-    running = checks.running_product(parsed, st.get("accelerator"))
     tier_state = memo.tier_states.get(key, tiers.TierState())
     chosen = choose_tier(parsed, current_tier, obs, tier_state, now, prices, memo.replica_device, running)
     new_tier: str | None = None

@@ -62,6 +62,11 @@ def quantities(window: str = WINDOW) -> dict[str, str]:
         for result in ("good", "bad"):
             sel = f'{names.SLO_REQUESTS}{{sli="{sli}",result="{result}"}}'
             out[f"{sli}_{result}"] = f"sum by ({BY}) (increase({sel}[{window}]))"
+    # the autoscaler's own windows (autoscaler/policy.py): demand as it arrives, and attainment over minutes
+    out["arrivals_per_second"] = f"sum by ({BY}) (rate({names.RECEIVED_REQUESTS}[{policy.ARRIVAL_WINDOW:g}s]))"
+    judged = f'{names.SLO_REQUESTS}{{sli="ttft"}}[{policy.ATTAINMENT_WINDOW:g}s]'
+    good = f'{names.SLO_REQUESTS}{{sli="ttft",result="good"}}[{policy.ATTAINMENT_WINDOW:g}s]'
+    out["ttft_attainment"] = f"sum by ({BY}) (increase({good})) / sum by ({BY}) (increase({judged}))"
     return out
 
 
@@ -153,6 +158,10 @@ def observation_from(
         e2e_p99=v.get("e2e_p99"),
         held_requests=held,
         missing=missing,
+        ttft_attainment=v.get("ttft_attainment"),
+        arrival_rate=v.get("arrivals_per_second"),
+        prompt_tokens_per_request=prompt / finished if prompt is not None and finished else None,
+        output_tokens_per_request=generated / finished if generated is not None and finished else None,
     )
 
 

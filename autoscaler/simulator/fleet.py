@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from infleet.autoscaler.latency_model import LatencyModel
+from infleet.autoscaler.policy import ARRIVAL_WINDOW, ATTAINMENT_WINDOW
 from infleet.autoscaler.simulator.trace import TraceRequest
 
 
@@ -92,8 +93,8 @@ class SimConfig:
     initial_replicas: int = 1
     quantile_window: float = 30.0  # the p99s' rate window (infleet's policy reads `[30s]` histograms)
     rate_window: float = 30.0
-    arrival_window: float = 15.0  # the gateway's received-requests rate: short, so a surge shows within a tick
-    attainment_window: float = 300.0  # the TTFT attainment's window: long enough for a share to mean something
+    arrival_window: float = ARRIVAL_WINDOW  # the gateway's received-requests rate: short, so a surge shows soon
+    attainment_window: float = ATTAINMENT_WINDOW  # the TTFT attainment's window
     mix_window: float = 300.0  # the token mix's window: long enough to average a mix, short enough to follow a shift
     hold_timeout: float = 300.0  # a request held at the gateway longer than this fails
     drain_limit: float = 3600.0  # after the last arrival, give up on requests still unfinished

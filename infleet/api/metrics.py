@@ -147,6 +147,9 @@ STRUCTURED_OUTPUT_KINDS = ("json_object", "json_schema", "tools")
 # requests judged against their own deployment's thresholds by the gateway (labels namespace, deployment,
 # sli = ttft | tpot | e2e, result = good | bad): the exact SLI, for any engine behind the gateway
 SLO_REQUESTS = "infleet_gateway_slo_requests_total"
+# requests received for a deployment (labels namespace, deployment), counted on arrival, before any replica is chosen
+# or any is ready: the demand the autoscaler sizes for, which tokens served stop showing once replicas fall behind
+RECEIVED_REQUESTS = "infleet_gateway_received_requests_total"
 SLIS = ("ttft", "tpot", "e2e")
 # gauges the operator exports from each InferenceDeployment's spec (labels namespace, deployment; sli for thresholds)
 DEPLOYMENT_SLO_THRESHOLD = "infleet_deployment_slo_threshold_seconds"

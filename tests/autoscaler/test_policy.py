@@ -236,3 +236,17 @@ def test_invariants(
         assert queue + held == 0
         assert ttft is None or ttft <= spec.comfort * 2
         assert tpot is None or tpot <= spec.comfort * 0.1
+
+
+def test_arrivals_beyond_what_is_served_are_demand() -> None:
+    # a saturated fleet serves 2000 tok/s (4 replicas at 500 each) while 8 requests/s of 500 tokens arrive: 4000
+    saturated = obs(tokens_per_second=2000, tokens_per_request=500)
+    assert decide(SPEC, saturated, (), now=100).recommendation == 4
+    d = decide(SPEC, obs(tokens_per_second=2000, tokens_per_request=500, arrival_rate=8.0), (), now=100)
+    assert d.recommendation == 8 and "4000 tok/s needs 8" in d.reason
+    # fewer arrivals than served (a backlog being worked off) never lowers the estimate below what is served
+    assert (
+        decide(SPEC, obs(tokens_per_second=2000, tokens_per_request=500, arrival_rate=1.0), (), 100).recommendation == 4
+    )
+    # arrivals without a token mix to weigh them by leave the served tokens/s in charge
+    assert decide(SPEC, obs(tokens_per_second=2000, arrival_rate=8.0), (), now=100).recommendation == 4

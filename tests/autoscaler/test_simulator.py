@@ -155,6 +155,26 @@ def test_scale_from_zero_serves_held_requests() -> None:
     assert 15 <= first < 15 + 10 + 1  # one control interval plus the cold start
 
 
+def test_arrivals_count_every_request_received_held_or_not() -> None:
+    """The observation's arrival rate is the gateway's received requests over the arrival window, whether a replica
+    took them or the gateway holds them (a fleet at zero); tokens/s served shows none of the held ones."""
+    seen: list[FleetObservation] = []
+
+    class Watch:
+        name, interval = "watch", 10.0
+
+        def desired(self, o: FleetObservation) -> int:
+            seen.append(o)
+            return 0
+
+    trace = [TraceRequest(float(t), 500, 20) for t in range(60)]  # 1 request/s
+    config = SimConfig(initial_replicas=0, hold_timeout=1000)
+    simulate(trace, L4_8B, Watch(), config)
+    at = {o.now: o for o in seen}
+    assert at[30.0].arrivals_per_second == pytest.approx(15 / config.arrival_window, abs=1 / config.arrival_window)
+    assert at[30.0].held > 0 and at[30.0].tokens_per_second == 0
+
+
 def test_warmup_is_replayed_but_not_measured() -> None:
     trace = bursty_trace(n=300)
     config = SimConfig(warmup=120)

@@ -196,6 +196,7 @@ def _traffic(
         ttft, itl, e2e = (3.0, 0.2, 45.0) if slow else (0.3, 0.02, 4.0)
         for ns, dep in ((ns_a, dep_a), (ns_b, dep_b)):
             operator.objectives(ns, dep)
+            gateway.series(ns, dep).received().inc()
             for sli, good in verdicts(SLOS[dep][0], ttft, itl, e2e).items():
                 gateway.slo_requests.labels(ns, dep, sli, "good" if good else "bad").inc()
             budgets.charge(TEAMS.teams["web"], ns, dep, dep, 2.0, Usage(100, 20))

@@ -130,5 +130,9 @@ def test_one_query_per_interval_observes_every_deployment(live_prometheus: LiveP
         assert obs.missing is None
         assert obs.ttft_p99 and obs.tpot_p99 and obs.e2e_p99 and obs.tokens_per_second
         assert obs.queue_depth is not None and obs.running is not None
+    # the autoscaler's own windows: requests arriving at the gateway, TTFT attainment over minutes, the token mix
+    assert chat.arrival_rate and chat.arrival_rate > 0
+    assert chat.ttft_attainment == pytest.approx(0.5, abs=0.2)
+    assert (chat.prompt_tokens_per_request, chat.output_tokens_per_request) == pytest.approx((100, 20), rel=0.01)
     assert attainment_from(snap, "team-a", "chat")["tpot"] == pytest.approx(0.5, abs=0.2)
     assert attainment_from(snap, "team-b", "coder")["tpot"] == 1.0  # its own, looser TPOT threshold

@@ -34,6 +34,32 @@ def test_scaling_spec_carries_bounds_slos_and_windows() -> None:
     assert (s.scale_up_window, s.scale_down_window) == (0.0, 120.0)
 
 
+def test_the_policy_sizes_by_the_tier_profiles_capacity_for_the_recent_mix() -> None:
+    """The operator gives the policy what the simulator gives it: one replica's tokens/s at the SLO from the tier
+    profile, asked about the observed token mix (longer prompts, less capacity at a TTFT SLO); none for a model no
+    profile knows, which leaves the policy scaling on requests in flight."""
+    spec = spec_of(
+        model={"uri": "hf://meta-llama/Llama-3.1-8B-Instruct"},
+        slo={"ttftP99": "2s", "tpotP99": "100ms"},
+        scaling={"enabled": True, "maxReplicas": 8},
+    )
+    chat = policy.Observation(0.0, 1, prompt_tokens_per_request=500, output_tokens_per_request=200)
+    long = policy.Observation(0.0, 1, prompt_tokens_per_request=8000, output_tokens_per_request=200)
+    short = autoscaling.replica_capacity(spec, "fp8", "NVIDIA-L4", chat)
+    longer = autoscaling.replica_capacity(spec, "fp8", "NVIDIA-L4", long)
+    assert short and longer and longer < short
+    assert autoscaling.replica_capacity(spec, "fp8", "NVIDIA-L4", policy.Observation(0.0, 1))  # reference mix
+    unknown = spec_of(model={"uri": "hf://someone/unheard-of-model"})
+    assert autoscaling.replica_capacity(unknown, "bf16", "NVIDIA-L4", chat) is None
+    # with the capacity, what arrives is sized in tokens: 4 replicas' worth of demand asks for 4
+    s = autoscaling.scaling_spec(spec, capacity=short)
+    busy = policy.Observation(
+        0.0, 1, ready_replicas=1, queue_depth=0, running=4, tokens_per_second=0.7 * short, tokens_per_request=700,
+        arrival_rate=4 * 0.7 * short / 700,
+    )  # fmt: skip
+    assert policy.decide(s, busy, (), 0.0).recommendation == 4
+
+
 def test_without_an_observer_the_policy_holds() -> None:
     spec = spec_of(replicas=3, scaling={"enabled": True, "minReplicas": 1, "maxReplicas": 8})
     obs = asyncio.run(autoscaling.observe(None, spec, {"readyReplicas": 3}, "x", "ns"))

@@ -87,6 +87,23 @@ def test_status_of_an_unscaled_deployment_has_figures_attainment_and_cost() -> N
     assert api.Attainment.model_validate(every).model_dump(by_alias=True) == every
 
 
+def test_the_policy_sees_arrivals_attainment_and_the_token_mix() -> None:
+    """What the autoscaler sizes by besides the p99s: requests arriving at the gateway, the share of first tokens
+    within the TTFT SLO, and the mean prompt and output of finished requests (a replica's capacity depends on it)."""
+    s = snap(
+        arrivals_per_second=6.0,
+        ttft_attainment=0.97,
+        prompt_tokens_per_second=1000.0,
+        generation_tokens_per_second=200.0,
+        requests_per_second=2.0,
+    )
+    obs = observation.observation_from(s, *KEY, replicas=2)
+    assert (obs.arrival_rate, obs.ttft_attainment) == (6.0, 0.97)
+    assert (obs.prompt_tokens_per_request, obs.output_tokens_per_request, obs.tokens_per_request) == (500, 100, 600)
+    quiet = observation.observation_from(snap(queue_depth=0.0), *KEY, replicas=1)
+    assert quiet.arrival_rate is None and quiet.prompt_tokens_per_request is None
+
+
 def test_one_query_tags_every_quantity() -> None:
     query = observation.fleet_query()
     for name in observation.quantities():
