@@ -4,7 +4,10 @@ infleet's parameters are the ones its equal tuning chose (read from `benchmarks/
 never re-tuned here); only the levers change: none, each one alone, all of them. Levers (`ScalingSpec`):
 `saturation` (stop buying replicas that cannot raise attainment), `forecast` (Holt's linear trend of tokens/s,
 lead = the cold start: pre-scaling), `queue-from-slo` (the queue target by Little's law on TTFT), `scale-to-zero`
-(minReplicas 0, the gateway holds requests). Cold-start seed 0, warm-up from the tuning part, as the evaluation.
+(minReplicas 0, the gateway holds requests), `arrivals` (demand includes the requests arriving at the gateway, not
+only the tokens served), `objective-guard` (a window's TTFT p99 buys no replica while attainment meets the SLO's
+objective). `as evaluated` is the tuned policy itself. Cold-start seed 0, warm-up from the tuning part, as the
+evaluation.
 
     python benchmarks/autoscaler_ablation.py [--trace FILE] [--jobs 2]
 """
@@ -33,14 +36,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from autoscaler_eval import GPU, MODEL, TIER, WARMUP, update_docs, workloads
 
 ROOT = Path(__file__).resolve().parent.parent
-OFF: dict[str, Any] = {"saturation": False, "forecast_lead": 0.0, "queue_from_slo": False, "min_replicas": 1}
+OFF: dict[str, Any] = {
+    "saturation": False,
+    "forecast_lead": 0.0,
+    "queue_from_slo": False,
+    "min_replicas": 1,
+    "arrivals": False,
+    "objective": None,
+}
 LEVERS: dict[str, dict[str, Any]] = {
     "saturation": {"saturation": True},
     "forecast": {"forecast_lead": SimConfig.cold_start},
     "queue-from-slo": {"queue_from_slo": True},
     "scale-to-zero": {"min_replicas": 0},
+    "arrivals": {"arrivals": True},
+    "objective-guard": {"objective": SimConfig.objective},
 }
-VARIANTS: dict[str, dict[str, Any]] = {
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "as evaluated": None,  # the tuned policy, levers as the evaluation ran them
     "none": {},
     **{f"{name} alone": on for name, on in LEVERS.items()},
     "all": {k: v for on in LEVERS.values() for k, v in on.items()},
@@ -56,7 +69,7 @@ def ablate(name: str, params: dict[str, float], trace_path: Path) -> dict[str, A
     for variant, on in VARIANTS.items():
         tuned = build("infleet", params, ctx)
         assert isinstance(tuned, InfleetPolicy)
-        policy = replace(tuned, spec=replace(tuned.spec, **{**OFF, **on}))
+        policy = tuned if on is None else replace(tuned, spec=replace(tuned.spec, **{**OFF, **on}))
         result = simulate(parts.evaluation, model, policy, config, parts.before_evaluation)
         out[variant] = summarize(result, config, gpu_hourly_price(GPU))
     return out
@@ -71,7 +84,10 @@ def markdown(report: dict[str, Any]) -> str:
         " re-tuned), on each evaluation part with no lever, each lever alone, and all of them (cold-start seed 0)."
         " `saturation`: stop buying replicas that cannot raise attainment; `forecast`: Holt's linear trend of"
         f" tokens/s, {s['forecast_lead']:g} s ahead (the cold start); `queue-from-slo`: the queue target by Little's"
-        " law on TTFT; `scale-to-zero`: minReplicas 0. Tier-aware capacity is not in the simulator yet (one tier per"
+        " law on TTFT; `scale-to-zero`: minReplicas 0; `arrivals`: demand includes the requests arriving at the"
+        " gateway, not only the tokens served; `objective-guard`: a window's TTFT p99 buys no replica while TTFT"
+        " attainment meets the SLO's objective; `as evaluated`: the tuned policy as the evaluation ran it."
+        " Tier-aware capacity is not in the simulator yet (one tier per"
         f" fleet), so it has no row. infleet's parameters come from a tuning of {s['tuning_trials']} trials. Took"
         f" {s['minutes']:.0f} minutes (load average {s['load_average']:.1f})."
         + (f" Note: {s['note']}." if s.get("note") else ""),

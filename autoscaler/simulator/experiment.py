@@ -68,6 +68,7 @@ def infleet_spec(config: SimConfig, max_replicas: int = 64, model: LatencyModel 
         max_replicas=max_replicas,
         ttft_slo=config.ttft_slo,
         tpot_slo=config.tpot_slo,
+        objective=config.objective,
         max_prompt_within_ttft=longest,
     )
 

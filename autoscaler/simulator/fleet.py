@@ -85,6 +85,7 @@ class Policy(Protocol):
 class SimConfig:
     ttft_slo: float = 2.0
     tpot_slo: float = 0.1
+    objective: float = 0.99  # the SLO's objective: the share of requests to serve within it
     cold_start: float = 30.0  # seconds from scale-up to a ready replica
     cold_start_jitter: float = 0.2  # +- fraction, seeded
     max_batch_tokens: int = 512

@@ -49,15 +49,11 @@ Suggest = Callable[[str, float, float, bool], float]  # (name, low, high, log) -
 def space(name: str, suggest: Suggest, ctx: Context) -> Policy:
     """The policy `name` with its own parameters drawn by `suggest` (section 4's search spaces)."""
     if name == "infleet":
-        guard = suggest("guard", 0.5, 1.0, False)
         spec = replace(
             infleet_spec(ctx.config, model=ctx.model),
-            target_utilization=suggest("target_utilization", 0.3, 0.95, False),
-            guard=guard,
-            comfort=suggest("comfort", 0.3, guard, False),
+            target_utilization=suggest("target_utilization", 0.3, 1.0, False),
             scale_down_window=suggest("scale_down_window", 0.0, 900.0, False),
-            max_scale_up_percent=suggest("max_scale_up_percent", 10.0, 100.0, False),
-            forecast_lead=suggest("forecast_lead", 0.0, 60.0, False),
+            forecast_lead=ctx.config.cold_start,
         )
         return InfleetPolicy(spec, causal_capacity(ctx.model, ctx.config))
     if name == "hpa-gpu-util":
