@@ -428,6 +428,18 @@ class Scaling(ApiModel):
     target_queue_depth: int = Field(default=8, ge=1, le=10_000, description="Waiting requests per replica to aim at.")
     scale_up_stabilization: Duration = Field(default="0s", description="Look-back window before scaling up.")
     scale_down_stabilization: Duration = Field(default="300s", description="Look-back window before scaling down.")
+    target_utilization: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="Share of one replica's capacity at the SLO (from the tier profile) to plan for; the rest is "
+        "headroom for bursts. The autoscaler evaluation tunes it per workload (docs/autoscaler-evaluation.md).",
+    )
+    forecast_lead: Duration = Field(
+        default="0s",
+        description="Size for the load forecast this far ahead (Holt's linear trend of tokens/s), so replicas are "
+        "ready when the load is: set it to the replicas' cold start (scale-up to Ready). 0s: size for the load now.",
+    )
 
 
 class Routing(ApiModel):

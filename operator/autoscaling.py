@@ -145,8 +145,8 @@ def choose_tier(
             runnable,
             spec.gpus_per_replica,
             replica_device,
-            durations.seconds(slo.tpot_p99) if slo.tpot_p99 else None,
-            durations.seconds(slo.ttft_p99) if slo.ttft_p99 else None,
+            durations.seconds_or_none(slo.tpot_p99),
+            durations.seconds_or_none(slo.ttft_p99),
         )
         if product not in prices and choice.options:
             sources.append(f"{product}: no GPU price (set the chart's gpuPrices), not offered")
@@ -256,8 +256,8 @@ def replica_capacity(
         tier,
         spec.gpus_per_replica,
         replica_device,
-        durations.seconds(slo.tpot_p99) if slo.tpot_p99 else None,
-        durations.seconds(slo.ttft_p99) if slo.ttft_p99 else None,
+        durations.seconds_or_none(slo.tpot_p99),
+        durations.seconds_or_none(slo.ttft_p99),
         mix,
     )
 
@@ -270,6 +270,9 @@ def scaling_spec(spec: api.InferenceDeploymentSpec, capacity: float | None = Non
         min_replicas=s.min_replicas,
         max_replicas=max(s.max_replicas, 1),
         capacity_tokens_per_second=capacity,
+        target_utilization=s.target_utilization,
+        forecast_lead=durations.seconds(s.forecast_lead),
+        objective=spec.slo.objective_percent / 100,
         target_queue_per_replica=float(s.target_queue_depth),
         ttft_slo=seconds(spec.slo.ttft_p99),
         tpot_slo=seconds(spec.slo.tpot_p99),

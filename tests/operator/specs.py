@@ -118,6 +118,8 @@ BAD_SPECS: list[BadSpec] = [
     BadSpec("no-allowed-tiers", {"quantization": {"allowed": []}}, "spec.quantization.allowed"),
     BadSpec("duplicate-tiers", {"quantization": {"allowed": ["bf16", "bf16"]}}, "spec.quantization.allowed"),
     BadSpec("zero-queue-target", {"scaling": {"targetQueueDepth": 0}}, "spec.scaling.targetQueueDepth"),
+    BadSpec("utilization-over-one", {"scaling": {"targetUtilization": 1.5}}, "spec.scaling.targetUtilization"),
+    BadSpec("lead-words", {"scaling": {"forecastLead": "a bit"}}, "spec.scaling.forecastLead"),
     BadSpec("unknown-field", {"replicaCount": 3}, "replicaCount"),
     BadSpec("bad-env-name", {"runtime.env": [{"name": "1BAD", "value": "x"}]}, "spec.runtime.env[0].name"),
     BadSpec("speculative-k-too-big", {"runtime.speculative": {"method": "ngram", "numTokens": 9}}, "numTokens"),

@@ -26,12 +26,15 @@ def test_scaling_spec_carries_bounds_slos_and_windows() -> None:
             "maxReplicas": 6,
             "targetQueueDepth": 3,
             "scaleDownStabilization": "2m",
+            "targetUtilization": 0.8,
+            "forecastLead": "45s",
         },
     )
     s = autoscaling.scaling_spec(spec)
     assert (s.min_replicas, s.max_replicas, s.target_queue_per_replica) == (0, 6, 3.0)
     assert (s.ttft_slo, s.tpot_slo, s.e2e_slo) == (2.0, 0.1, None)
     assert (s.scale_up_window, s.scale_down_window) == (0.0, 120.0)
+    assert (s.target_utilization, s.forecast_lead, s.objective) == (0.8, 45.0, 0.99)  # objectivePercent's default
 
 
 def test_the_policy_sizes_by_the_tier_profiles_capacity_for_the_recent_mix() -> None:
