@@ -176,9 +176,14 @@ def test_trace_load_raises_replicas_p99_recovers_and_they_fall_back(stack: Stack
             scaled_up, timeout=900, interval=3, what=f"replicas raised and the observed TTFT p99 over {TTFT_SLO}s"
         )
         up_after = time.monotonic() - started
+        reason = scaled["status"].get("scalingReason", "")
         print(
             f"scaled up after {up_after:.0f}s, {replay.sent} requests sent; status {scaled['status'].get('observed')}"
         )
+        print(f"scaling reason: {reason}")
+        # the policy sized by tokens against one replica's capacity from the runtime's measured CPU tier profile, as
+        # the simulator's policy does (without a capacity it says "N in flight needs M")
+        assert "tok/s needs" in reason and "tok/s each" in reason, reason
         replay.slow_down(LULL_SCALE)
         stack.wait_ready(NAMESPACE, NAME, timeout=600, quiet=True)
 
