@@ -5,10 +5,13 @@ the same `decide(spec, observation, history, now)`. The shape follows the Kubern
 sync, a short history of recommendations, separate scale-up and scale-down stabilization windows (up takes the
 lowest recommendation of its window, down the highest of its), and bounded steps. What LLM serving adds:
 
-- demand is measured in tokens/s against a per-replica capacity at the SLO (from the tier profile), and waiting
-  requests add replicas on top, so a backlog is cleared rather than merely not grown;
+- demand is measured in tokens/s against a per-replica capacity at the SLO (from the tier profile): the larger of
+  the tokens served and the requests arriving at the gateway times the recent tokens per request (served tokens
+  stop growing at the fleet's throughput just when it falls behind); waiting requests add replicas on top, so a
+  backlog is cleared rather than merely not grown;
 - a p99 guard: TTFT or TPOT p99 above the SLO scales up even when the load estimate says otherwise, and the fleet
-  scales down only when every p99 is comfortably inside its SLO and nothing is waiting;
+  scales down only when every p99 is comfortably inside its SLO and nothing is waiting; while TTFT attainment over
+  minutes meets the SLO's objective, one short window's TTFT p99 (a burst's tail) neither adds nor holds replicas;
 - missing or stale metrics never scale down: the decision holds and says why in a condition;
 - minReplicas 0: an idle deployment goes to zero after the scale-down window, and any demand (including requests a
   gateway holds for a deployment at zero) brings it back at once;

@@ -56,8 +56,8 @@ class FleetObservation:
     ttft_attainment: float | None = None  # share of the window's first tokens within the TTFT SLO (a bucket ratio)
     # the mix window's prompt lengths, cumulative by PROMPT_BUCKETS: (edge, count), as vLLM's histogram shows them
     prompt_histogram: tuple[tuple[float, float], ...] = ()
-    # requests that arrived at the gateway per second over the rate window (its received-requests counter): demand,
-    # which the tokens/s served stops showing once the fleet is saturated
+    # requests that arrived at the gateway per second over the arrival window (its received-requests counter):
+    # demand, which the tokens/s served stops showing once the fleet is saturated
     arrivals_per_second: float = 0.0
 
     def __getattr__(self, name: str) -> object:  # only reached for names the observation does not have
