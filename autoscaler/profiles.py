@@ -88,19 +88,21 @@ def tier_options(
     tpot_slo: float | None = None,
     ttft_slo: float | None = None,
     dirs: Iterable[Path] = (MEASURED_DIR,),
-    mix: tuple[float, float] = (ROOFLINE_PROMPT, ROOFLINE_OUTPUT),
+    mix: tuple[float, float] | None = None,
 ) -> ProfileChoice:
-    """The allowed tiers' options on `accelerator`: measured, else the roofline at the token `mix` (mean prompt,
-    mean output), else none, with where they came from."""
+    """The allowed tiers' options on `accelerator`, capacities in prompt + output tokens/s at the token `mix` (mean
+    prompt, mean output; None: the reference mix): measured, else the roofline, else none, with where they came from."""
     allowed = list(allowed)
+    mix = mix or (ROOFLINE_PROMPT, ROOFLINE_OUTPUT)
+    at = f"requests of {mix[0]:g} prompt + {mix[1]:g} output tokens"
     device = replica_device or accelerator
     found = measured(uri, device, dirs)
     if found is not None:
         options, path = found
         # a measured replica is one process; a replica of several GPUs bills them all
-        relabelled = (replace(o, gpu=accelerator, gpus_per_replica=gpus_per_replica) for o in options)
+        relabelled = (replace(o.at_mix(*mix), gpu=accelerator, gpus_per_replica=gpus_per_replica) for o in options)
         chosen = tuple(o for o in relabelled if o.tier in allowed and fits(o))
-        return ProfileChoice(chosen, f"measured profile {path.name} ({device})")
+        return ProfileChoice(chosen, f"measured profile {path.name} ({device}), {at}")
     shape = known_shape(uri)
     if shape and (accelerator in DEVICES or accelerator in SHORT_NAMES):
         options = roofline_profile(
@@ -113,7 +115,7 @@ def tier_options(
             tiers=[t for t in allowed],
             gpus_per_replica=gpus_per_replica,
         )
-        return ProfileChoice(tuple(options), f"roofline of {shape} on {accelerator}")
+        return ProfileChoice(tuple(options), f"roofline of {shape} on {accelerator}, {at}")
     return ProfileChoice((), f"no measured profile of {model_file(uri)} on {device} and no known model shape")
 
 
@@ -131,10 +133,10 @@ def replica_capacity(
     """One replica's tokens/s at the SLO at `tier`: the capacity the autoscaler sizes by, from the same profile the
     chooser prices the tier by. A roofline profile is asked about the recent token `mix` (round it: results are
     cached), at the TPOT SLO alone when the mix's mean prompt cannot meet the TTFT SLO at any load (the simulator's
-    `causal_capacity` does the same). None when no profile knows the model."""
-    at = mix or (ROOFLINE_PROMPT, ROOFLINE_OUTPUT)
+    `causal_capacity` does the same); a measured one at the mix too (`TierOption.at_mix`). None when no profile knows
+    the model."""
     for ttft in (ttft_slo, None) if ttft_slo is not None else (None,):
-        options = tier_options(uri, accelerator, [tier], gpus_per_replica, replica_device, tpot_slo, ttft, mix=at)
+        options = tier_options(uri, accelerator, [tier], gpus_per_replica, replica_device, tpot_slo, ttft, mix=mix)
         if options.options:
             return options.options[0].capacity_tokens_per_second
     return None

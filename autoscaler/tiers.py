@@ -37,10 +37,23 @@ DEFAULT_QUALITY_LOSS = {"bf16": 0.0, "fp8": 0.005, "int8": 0.01, "int4": 0.04}
 class TierOption:
     tier: str
     gpu: str  # nvidia.com/gpu.product
-    capacity_tokens_per_second: float  # one replica, at the SLO
+    capacity_tokens_per_second: float  # one replica, at the SLO, prompt + output (decode alone while prefill is set)
     quality_loss: float
     memory_bytes: float = 0.0
     gpus_per_replica: int = 1
+    prefill_tokens_per_second: float | None = None  # measured: capacity is decode tokens/s until `at_mix`
+
+    def at_mix(self, mean_prompt: float, mean_output: float) -> TierOption:
+        """This option with its capacity in prompt + output tokens/s at a request mix; unchanged when it is already.
+
+        A measured replica decodes `capacity` tokens/s at full batch and prefills `prefill` tokens/s, so a request
+        holds it for `output / decode + prompt / prefill` seconds (prefill and decode share the same compute)."""
+        prefill = self.prefill_tokens_per_second
+        if prefill is None:
+            return self
+        seconds = mean_output / self.capacity_tokens_per_second + mean_prompt / prefill  # one request's hold
+        capacity = (mean_prompt + mean_output) / seconds
+        return replace(self, capacity_tokens_per_second=capacity, prefill_tokens_per_second=None)
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,10 @@ class TierDecision:
     state: TierState
     frontier: tuple[TierCost, ...] = ()
     cost_per_million_tokens: float = math.nan
+
+
+def replica_count(n: int) -> str:
+    return f"{n} replica" if n == 1 else f"{n} replicas"
 
 
 def price_options(
@@ -198,7 +215,7 @@ def choose_tier(
     best = qualified[0]
 
     describe = (
-        f"{best.option.tier} on {best.option.gpu}: {best.replicas} replicas, ${best.dollars_per_hour:.2f}/h, "
+        f"{best.option.tier} on {best.option.gpu}: {replica_count(best.replicas)}, ${best.dollars_per_hour:.2f}/h, "
         f"${best.cost_per_million_tokens:.3f}/1M tokens at {load}, quality loss {best.option.quality_loss:g}"
     )
     settled = TierState(best.option.tier, best.option.gpu)
@@ -273,7 +290,7 @@ def _choose_within_budget(
     fits = f"within the ${budget:g}/1M budget" if affordable else f"over the ${budget:g}/1M budget: no tier fits it"
     describe = (
         f"{best.option.tier} on {best.option.gpu} ({priced(best)}, {fits}; quality loss "
-        f"{best.option.quality_loss:g}; {best.replicas} replicas at {load})"
+        f"{best.option.quality_loss:g}; {replica_count(best.replicas)} at {load})"
     )
     settled = TierState(best.option.tier, best.option.gpu)
     if current is None:
@@ -334,7 +351,10 @@ class ProfileError(ValueError):
 
 def load_profile(path: str | Path) -> list[TierOption]:
     """A measured tier profile: JSON `{"gpu": ..., "tiers": [{"tier", "capacity_tokens_per_second",
-    "quality_loss", "memory_bytes"?, "gpu"?, "gpus_per_replica"?}, ...]}` (or `tiers` as a mapping by name)."""
+    "quality_loss", "memory_bytes"?, "gpu"?, "gpus_per_replica"?, "prefill_tokens_per_second"?}, ...]}` (or `tiers`
+    as a mapping by name). With `prefill_tokens_per_second` (what `infleet.runtime.quant.profile` writes) the
+    capacity is decode tokens/s and `TierOption.at_mix` turns it into prompt + output tokens/s; without it, the
+    capacity is taken as prompt + output tokens/s at the SLO already."""
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -354,10 +374,14 @@ def load_profile(path: str | Path) -> list[TierOption]:
                 quality_loss=float(entry["quality_loss"]),
                 memory_bytes=float(entry.get("memory_bytes", 0.0)),
                 gpus_per_replica=int(entry.get("gpus_per_replica", 1)),
+                prefill_tokens_per_second=float(entry["prefill_tokens_per_second"])
+                if entry.get("prefill_tokens_per_second") is not None
+                else None,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ProfileError(f"tier profile {path}: entry {i} is missing or has a bad field: {err}") from None
-        if option.capacity_tokens_per_second <= 0 or option.quality_loss < 0:
-            raise ProfileError(f"tier profile {path}: entry {i} needs capacity > 0 and quality loss >= 0")
+        prefill = option.prefill_tokens_per_second
+        if option.capacity_tokens_per_second <= 0 or option.quality_loss < 0 or (prefill is not None and prefill <= 0):
+            raise ProfileError(f"tier profile {path}: entry {i} needs capacity and prefill > 0, quality loss >= 0")
         out.append(option)
     return out

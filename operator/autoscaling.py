@@ -124,7 +124,8 @@ def choose_tier(
 ) -> tuple[tiers.TierDecision, str] | None:
     """The chooser's decision (tier and GPU product) for an `auto` deployment, and where its profiles came from;
     None if not auto. The options are every allowed tier on every product of `accelerator.allowed` (the running
-    product alone when it is empty) that runs there, fits its memory and has a price. `replica_device` names the
+    product alone when it is empty) that runs there, fits its memory and has a price, each priced at the recent
+    token mix (a prompt-heavy mix favours the tier that prefills fastest). `replica_device` names the
     device whose measured profile describes the replicas (None: each product itself); `running`: the product the
     replicas run on now (None: accelerator.type)."""
     q = spec.quantization
@@ -147,6 +148,7 @@ def choose_tier(
             replica_device,
             durations.seconds_or_none(slo.tpot_p99),
             durations.seconds_or_none(slo.ttft_p99),
+            mix=token_mix(obs),
         )
         if product not in prices and choice.options:
             sources.append(f"{product}: no GPU price (set the chart's gpuPrices), not offered")
@@ -247,8 +249,6 @@ def replica_capacity(
 ) -> float | None:
     """One replica's tokens/s at the SLO for the recent token mix, from the tier profile (`profiles.replica_capacity`);
     None when no profile knows the model (the policy then scales on requests in flight and waiting)."""
-    prompt, output = obs.prompt_tokens_per_request, obs.output_tokens_per_request
-    mix = (float(f"{prompt:.2g}"), float(f"{output:.2g}")) if prompt and output else None  # a mix within ~5%
     slo = spec.slo
     return profiles.replica_capacity(
         spec.model.uri,
@@ -258,8 +258,30 @@ def replica_capacity(
         replica_device,
         durations.seconds_or_none(slo.tpot_p99),
         durations.seconds_or_none(slo.ttft_p99),
-        mix,
+        token_mix(obs),
     )
+
+
+def with_last_mix(
+    obs: policy.Observation, mixes: dict[tuple[str, str], tuple[float, float]], key: tuple[str, str]
+) -> policy.Observation:
+    """The observation with the last token mix seen while no request comes: an idle deployment keeps the capacity
+    and tier prices of its own traffic instead of falling back to the reference mix (and flipping its tier)."""
+    prompt, output = obs.prompt_tokens_per_request, obs.output_tokens_per_request
+    if prompt and output:
+        mixes[key] = (prompt, output)
+        return obs
+    if key not in mixes:
+        return obs
+    prompt, output = mixes[key]
+    return replace(obs, prompt_tokens_per_request=prompt, output_tokens_per_request=output)
+
+
+def token_mix(obs: policy.Observation) -> tuple[float, float] | None:
+    """The recent mean prompt and output tokens per request to two significant digits (within ~5%: profiles are
+    cached by mix); None before any request."""
+    prompt, output = obs.prompt_tokens_per_request, obs.output_tokens_per_request
+    return (float(f"{prompt:.2g}"), float(f"{output:.2g}")) if prompt and output else None
 
 
 def scaling_spec(spec: api.InferenceDeploymentSpec, capacity: float | None = None) -> policy.ScalingSpec:
@@ -335,6 +357,7 @@ async def autoscale(
     obs = await observe(memo.observer, parsed, st, name, namespace)
     now = time.time()
     obs = replace(obs, held_requests=max(obs.held_requests, held_from_annotation(body["metadata"], now)))
+    obs = with_last_mix(obs, memo.mixes, key)
     current_tier = st.get("tier")
     running = checks.running_product(parsed, st.get("accelerator"))
     capacity = replica_capacity(parsed, current_tier or parsed.tier, running, obs, memo.replica_device)

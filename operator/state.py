@@ -54,6 +54,7 @@ class OperatorState:
     # the autoscaler's memory between ticks
     history: dict[Key, tuple[policy.Recommendation, ...]] = field(default_factory=dict)
     tier_states: dict[Key, tiers.TierState] = field(default_factory=dict)
+    mixes: dict[Key, tuple[float, float]] = field(default_factory=dict)  # last (prompt, output) tokens per request
 
     # the observation loop: every deployment as the watch last saw it
     known: dict[Key, dict[str, Any]] = field(default_factory=dict)

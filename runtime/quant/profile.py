@@ -9,7 +9,9 @@ Quality is measured against the `bf16` tier (the float weights as loaded):
   early disagreement does not decide the rest);
 - greedy prefix match: each tier generates freely; the mean share of leading tokens identical to bf16's.
 Speed: decode tokens/s through the real engine (continuous batching, paged KV cache) at each batch size, greedy,
-`ignore_eos`, prefill excluded; MBU = bytes read per decode step / step time / `--bandwidth-gbs`.
+`ignore_eos`, prefill excluded; MBU = bytes read per decode step / step time / `--bandwidth-gbs`. Prefill tokens/s:
+one prompt of `--prefill-tokens` tokens (from the eval text) until its first token, alone in the engine. Together they
+give one replica's tokens/s (prompt + output) at any request mix: `infleet.autoscaler.tiers.mixed_capacity`.
 
 Schema (`infleet.tier-profile/v1`; `gpu` and the `tiers` mapping with `capacity_tokens_per_second`, `quality_loss`
 and `memory_bytes` are what `infleet.autoscaler.tiers.load_profile` reads):
@@ -26,7 +28,8 @@ and `memory_bytes` are what `infleet.autoscaler.tiers.load_profile` reads):
          "weight_bytes_per_step": int  # what one decode step reads (the embedding table only if tied to lm_head)
          "group_size": int | null, "group_size_reason": str | null, "layers_quantized": int,
          "decode_tokens_per_second": {"<batch>": float}, "mbu": {"<batch>": float},
-         "capacity_tokens_per_second": float  # the largest batch's decode tokens/s: one replica's throughput
+         "capacity_tokens_per_second": float  # the largest batch's decode tokens/s: one replica's decode throughput
+         "prefill_tokens_per_second": float   # one prompt's prefill tokens/s
      }}}
 """
 
@@ -136,6 +139,19 @@ def decode_tokens_per_second(engine: LLMEngine, prompt: list[int], batch: int, t
     return best
 
 
+def prefill_tokens_per_second(engine: LLMEngine, prompt: list[int], repeats: int) -> float:
+    """Best of `repeats`: one prompt from arrival to its first token, alone in the engine (chunked if it must be)."""
+    best = 0.0
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    for r in range(repeats):
+        start = time.perf_counter()
+        engine.add_request(f"prefill-{r}", prompt, params)
+        while engine.has_unfinished():
+            engine.step()
+        best = max(best, len(prompt) / (time.perf_counter() - start))
+    return best
+
+
 def bytes_per_decode_step(model: nn.Module) -> int:
     """Weights a decode step reads: everything but the embedding table, unless the lm_head reads it as its weight."""
     total = model_bytes(model)
@@ -155,6 +171,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     text_ids = tokenizer.encode((DATA / "eval_text.txt").read_text(), add_special_tokens=False)
     prompts = [tokenizer.encode(p) for p in json.loads((DATA / "prompts.json").read_text())]
     speed_prompt = tokenizer.encode("Once upon a time")
+    prefill_prompt = text_ids[: args.prefill_tokens]
     batches = [int(b) for b in args.batches.split(",")]
     tiers = args.tiers.split(",")
     if tiers[0] != "bf16":
@@ -166,7 +183,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "baseline": "bf16",
         "eval": {"text": "runtime/quant/data/eval_text.txt", "text_tokens": len(text_ids), "window": args.window,
                  "prompts": len(prompts), "greedy_tokens": args.greedy_tokens, "decode_tokens": args.decode_tokens,
-                 "batches": batches, "bandwidth_gbs": args.bandwidth_gbs},
+                 "batches": batches, "prefill_tokens": len(prefill_prompt), "bandwidth_gbs": args.bandwidth_gbs},
         "tiers": {},
     }  # fmt: skip
     references: list[list[int]] = []
@@ -197,6 +214,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
             "decode_tokens_per_second": {str(b): round(s, 2) for b, s in speed.items()},
             "mbu": {str(b): round(step_bytes * s / b / (args.bandwidth_gbs * 1e9), 3) for b, s in speed.items()},
             "capacity_tokens_per_second": round(speed[max(batches)], 2),
+            "prefill_tokens_per_second": round(prefill_tokens_per_second(engine, prefill_prompt, args.repeats), 1),
         }
         result["tiers"][tier] = entry
         print(f"{tier:5s} {json.dumps(entry)}", file=sys.stderr, flush=True)
@@ -215,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--greedy-tokens", type=int, default=32)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--batches", default="1,8", help="decode batch sizes to time")
+    p.add_argument("--prefill-tokens", type=int, default=256, help="prompt length whose prefill is timed")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (the best is kept)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--bandwidth-gbs", type=float, default=9.0, help="DRAM read bandwidth for MBU (GB/s)")

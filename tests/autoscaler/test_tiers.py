@@ -112,6 +112,25 @@ def test_load_measured_profile(tmp_path: Path) -> None:
         load_profile(path)
 
 
+def test_a_measured_decode_and_prefill_give_the_capacity_at_a_request_mix(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"gpu": "cpu", "tiers": {
+        "bf16": {"capacity_tokens_per_second": 50, "prefill_tokens_per_second": 500, "quality_loss": 0.0},
+        "int8": {"capacity_tokens_per_second": 70, "quality_loss": 0.01},  # no prefill: prompt + output already
+    }}))  # fmt: skip
+    bf16, int8 = load_profile(path)
+    # 30 prompt + 15 output tokens hold the replica 15/50 + 30/500 = 0.36 s: 45 tokens / 0.36 s = 125 tok/s
+    mixed = bf16.at_mix(30, 15)
+    assert mixed.capacity_tokens_per_second == pytest.approx(125) and mixed.prefill_tokens_per_second is None
+    assert mixed.at_mix(512, 128) == mixed  # converted once
+    assert bf16.at_mix(2000, 10).capacity_tokens_per_second == pytest.approx(2010 / (10 / 50 + 2000 / 500))
+    assert int8.at_mix(30, 15) == int8
+    path.write_text(json.dumps({"tiers": {"bf16": {"capacity_tokens_per_second": 50, "quality_loss": 0,
+                                                   "prefill_tokens_per_second": 0}}}))  # fmt: skip
+    with pytest.raises(ProfileError, match="capacity and prefill > 0"):
+        load_profile(path)
+
+
 def test_the_runtime_s_measured_profile_loads_when_present() -> None:
     path = Path(__file__).resolve().parents[2] / "runtime" / "quant" / "profiles" / "smollm2-135m-cpu.json"
     if not path.exists():

@@ -3,9 +3,10 @@ written to status with its reason, announced by an event, and rolled out to pods
 product, which the scheduler places on nodes of that product.
 
 The operator runs with `--replica-device cpu`, so the shipped measured CPU profile of the SmolLM2 GGUF prices every
-product alike per replica (bf16 15.13 decode tok/s, int8 19.03 with quality loss 0.003). At 70% planned utilization
-one replica's capacity costs $65.6 per 1M tokens in bf16 on an A100 ($2.50/h) and $21.0 on an L4 ($0.80/h). A
-budget of $30/1M puts the A100 over it and the L4 within it, and a product over the budget is left at once (no
+product alike per replica, here at the reference mix of 512 prompt + 128 output tokens (no Prometheus, no traffic
+mix). At 70% planned utilization one replica's capacity costs $4.44 per 1M tokens in bf16 on an A100 ($2.50/h) and
+$1.42 on an L4 ($0.80/h); int8 is dearer than bf16 at that mix on both. A budget of $3/1M puts the A100 over it
+and the L4 within it, and a product over the budget is left at once (no
 dwell). The deployment starts with the A100 alone allowed, so that it runs there before the L4 is offered. Pods use
 a non-infleet image (KWOK fakes them); no Prometheus is configured, which the capacity cost does not need."""
 
@@ -65,7 +66,7 @@ def test_a_budget_moves_an_auto_deployment_to_a_cheaper_allowed_product(
         wait_explained(crds, namespace, "accel", kept, 180, "the chooser to keep bf16 on the A100", operator)
         wait_condition(crds, namespace, "accel", "Ready", operator=operator)
         wait_for(lambda: pods_on(crds, namespace, A100), timeout=120, what="the pod on an A100 node")
-        apply(crds, namespace, idep("accel", spec(30.0, [A100, L4])))
+        apply(crds, namespace, idep("accel", spec(3.0, [A100, L4])))
 
         def on_l4() -> dict[str, Any] | None:
             body = get(crds, namespace, "inferencedeployment", "accel")
@@ -74,7 +75,7 @@ def test_a_budget_moves_an_auto_deployment_to_a_cheaper_allowed_product(
         moved = wait_explained(crds, namespace, "accel", on_l4, 180, "a move to the L4", operator)
         st = moved["status"]
         assert st["tier"] == "bf16" and st["desiredAccelerator"] == L4
-        assert "over the $30/1M budget" in st["tierReason"] and "on NVIDIA-L4" in st["tierReason"]
+        assert "over the $3/1M budget" in st["tierReason"] and "on NVIDIA-L4" in st["tierReason"]
         assert st["acceleratorReason"].startswith("chosen by the autoscaler")
 
         wait_for(lambda: pods_on(crds, namespace, L4), timeout=240, what="the pod rolled out onto an L4 node")

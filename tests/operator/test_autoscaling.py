@@ -118,19 +118,42 @@ def auto_spec(**overrides: Any) -> api.InferenceDeploymentSpec:
     return spec_of(**base)
 
 
-def test_auto_tier_follows_the_cost_budget_with_the_measured_cpu_profile() -> None:
-    obs = policy.Observation(sampled_at=0.0, replicas=1, tokens_per_second=5.0)
+def test_auto_tier_follows_the_cost_budget_at_the_traffic_s_mix_with_the_measured_cpu_profile() -> None:
+    """On the CPU int8 (quality loss 0.003) decodes faster than bf16 but prefills slower (the shipped profile:
+    90 against 68 decode tok/s at batch 8, 246 against 516 prefill tok/s), so it is the cheaper tier for traffic
+    that mostly decodes and the dearer one at the prompt-heavy reference mix."""
+    decode_heavy = policy.Observation(
+        sampled_at=0.0, replicas=1, tokens_per_second=5.0, prompt_tokens_per_request=33, output_tokens_per_request=128
+    )
     prices = autoscaling.price_table({})
-    chosen = autoscaling.choose_tier(auto_spec(), "bf16", obs, tiers.TierState(), 0.0, prices, "cpu")
+    chosen = autoscaling.choose_tier(auto_spec(), "bf16", decode_heavy, tiers.TierState(), 0.0, prices, "cpu")
     assert chosen is not None
     decision, source = chosen
     assert decision.tier == "bf16" and "smollm2-135m-cpu.json" in source  # best quality; the budget is loose
-    # the measured profile: int8 (quality loss 0.003) serves more tokens per CPU than bf16, so it costs less
-    tight = auto_spec(cost={"maxPerMillionTokens": 18.0})
-    chosen = autoscaling.choose_tier(tight, "bf16", obs, decision.state, 15.0, prices, "cpu")
-    assert chosen is not None and chosen[0].tier == "int8" and "over the $18/1M budget" in chosen[0].reason
+    assert "requests of 33 prompt + 130 output tokens" in source  # the mix it priced, to two digits
+    tight = auto_spec(cost={"maxPerMillionTokens": 3.4})
+    chosen = autoscaling.choose_tier(tight, "bf16", decode_heavy, decision.state, 15.0, prices, "cpu")
+    assert chosen is not None and chosen[0].tier == "int8" and "over the $3.4/1M budget" in chosen[0].reason
+    # before any request the reference mix (512 + 128) prices the tiers: there bf16 is the cheaper one
+    idle = policy.Observation(sampled_at=0.0, replicas=1)
+    tighter = auto_spec(cost={"maxPerMillionTokens": 1.6})  # L4 at $0.80/h: bf16 $1.42, int8 $1.74 per 1M
+    chosen = autoscaling.choose_tier(tighter, "int8", idle, tiers.TierState("int8", L4), 30.0, prices, "cpu")
+    assert chosen is not None and chosen[0].tier == "bf16", chosen[0].reason
+    assert chosen[0].reason.startswith("int8 ($1.74/1M tokens at capacity) is over the $1.6/1M budget")
+    assert "requests of 512 prompt + 128 output tokens" in chosen[1]
     explicit = spec_of(quantization={"tier": "bf16", "allowed": ["bf16"]})
-    assert autoscaling.choose_tier(explicit, "bf16", obs, tiers.TierState(), 0, {}, "cpu") is None
+    assert autoscaling.choose_tier(explicit, "bf16", idle, tiers.TierState(), 0, {}, "cpu") is None
+
+
+def test_an_idle_deployment_keeps_the_mix_of_its_last_traffic() -> None:
+    mixes: dict[tuple[str, str], tuple[float, float]] = {}
+    key = ("ns", "d")
+    busy = policy.Observation(0.0, 1, prompt_tokens_per_request=33, output_tokens_per_request=128)
+    assert autoscaling.with_last_mix(busy, mixes, key) is busy and mixes[key] == (33, 128)
+    idle = autoscaling.with_last_mix(policy.Observation(15.0, 1), mixes, key)
+    assert (idle.prompt_tokens_per_request, idle.output_tokens_per_request) == (33, 128)
+    never = autoscaling.with_last_mix(policy.Observation(15.0, 1), mixes, ("ns", "other"))
+    assert never.prompt_tokens_per_request is None and autoscaling.token_mix(never) is None
 
 
 def test_tiers_the_accelerator_cannot_run_are_never_chosen() -> None:

@@ -24,6 +24,8 @@ def test_committed_profile_matches_schema() -> None:
         assert entry["perplexity"] > 1 and 0 <= entry["greedy_match_rate"] <= 1, tier
         assert entry["quality_loss"] == pytest.approx(max(entry["perplexity"] / base["perplexity"] - 1, 0), abs=1e-4)
         assert set(entry["decode_tokens_per_second"]) == {str(b) for b in doc["eval"]["batches"]}
+        # prefill runs many tokens per step: faster than decoding one sequence at a time
+        assert entry["prefill_tokens_per_second"] > entry["decode_tokens_per_second"]["1"], tier
         if tier != "bf16":
             assert entry["memory_bytes"] < base["memory_bytes"]
     # SmolLM2's GGUF is Q4_1: its weights sit on a 4-bit grid in blocks of 32, which int4 groups follow
@@ -34,6 +36,7 @@ def test_autoscaler_reads_it() -> None:
     options = {o.tier: o for o in load_profile(PROFILE)}
     assert set(options) == set(TIERS)
     assert all(o.gpu == "cpu" and o.capacity_tokens_per_second > 0 for o in options.values())
+    assert all(o.prefill_tokens_per_second for o in options.values())  # so the capacity follows the request mix
 
 
 def test_prefix_match() -> None:
