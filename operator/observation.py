@@ -257,7 +257,7 @@ async def track(
     if namespace is None:
         return
     if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
-        memo.known.pop((namespace, name), None)
+        memo.forget((namespace, name))
         status_writer.forget(memo, (namespace, name))
     else:
         memo.known[(namespace, name)] = {"metadata": dict(body["metadata"]), "spec": dict(body["spec"]),

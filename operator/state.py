@@ -64,6 +64,13 @@ class OperatorState:
 
     loops: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def forget(self, key: Key) -> None:
+        """A deleted deployment's memories: one created again under the same name starts afresh."""
+        self.known.pop(key, None)
+        self.history.pop(key, None)
+        self.tier_states.pop(key, None)
+        self.mixes.pop(key, None)
+
     @property
     def leaderworkerset(self) -> bool:
         """Multi-node groups render as LeaderWorkerSets (its CRD is installed), else as StatefulSets."""

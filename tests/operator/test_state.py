@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 
+from infleet.autoscaler.tiers import TierState
 from infleet.operator.state import OperatorState
 
 
@@ -16,6 +17,19 @@ def test_kopfs_per_object_copies_share_the_state() -> None:
     handler_copy.lock(("ml", "chat"))
     assert state.applied_generation == {("Deployment", "ml", "chat"): 3}
     assert state.lock(("ml", "chat")) is handler_copy.lock(("ml", "chat"))
+
+
+def test_a_deleted_deployment_leaves_no_memory() -> None:
+    state = OperatorState()
+    key, other = ("ml", "chat"), ("ml", "other")
+    for k in (key, other):
+        state.known[k] = {}
+        state.history[k] = ()
+        state.tier_states[k] = TierState("int8")
+        state.mixes[k] = (33.0, 128.0)
+    state.forget(key)
+    memories = (state.known, state.history, state.tier_states, state.mixes)
+    assert all(key not in m and other in m for m in memories)
 
 
 def test_a_loop_outlives_a_failing_tick_and_stops_at_cleanup() -> None:
