@@ -11,7 +11,7 @@ Quality is measured against the `bf16` tier (the float weights as loaded):
 Speed: decode tokens/s through the real engine (continuous batching, paged KV cache) at each batch size, greedy,
 `ignore_eos`, prefill excluded; MBU = bytes read per decode step / step time / `--bandwidth-gbs`. Prefill tokens/s:
 one prompt of `--prefill-tokens` tokens (from the eval text) until its first token, alone in the engine. Together they
-give one replica's tokens/s (prompt + output) at any request mix: `infleet.autoscaler.tiers.mixed_capacity`.
+give one replica's tokens/s (prompt + output) at any request mix: `infleet.autoscaler.tiers.TierOption.at_mix`.
 
 Schema (`infleet.tier-profile/v1`; `gpu` and the `tiers` mapping with `capacity_tokens_per_second`, `quality_loss`
 and `memory_bytes` are what `infleet.autoscaler.tiers.load_profile` reads):
