@@ -159,6 +159,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def fleet_cpu(env: Mapping[str, str], extra: Mapping[str, int] | None = None) -> dict[str, float]:
+    """CPU seconds used so far by each of the fleet's processes (its pid files) and by `extra` (name -> pid): on 2
+    cores these share the machine, so their sum over a run says which one the run waited for."""
+    pids = {f.stem: int(f.read_text()) for f in (Path(env["INFLEET_FLEET_DIR"]) / "run").glob("*.pid")}
+    out = {}
+    for name, pid in {**pids, **(extra or {}), "benchmark": os.getpid()}.items():
+        try:
+            out[name] = cpu_seconds(pid)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -311,6 +324,7 @@ class Run:
         objects: list[dict[str, Any]],
         timeout: float,
         sample: Callable[[], None] = lambda: None,
+        processes: Mapping[str, int] | None = None,
     ) -> dict[str, Any]:
         """Create `objects` at once and wait until the watcher saw all ready. Created by parallel POSTs (kubectl
         apply sends one object at a time, and a 1,000-object apply would measure kubectl more than controllers)."""
@@ -321,6 +335,7 @@ class Run:
             plural = watcher.args[3]
             custom.create_namespaced_custom_object(group, version, self.namespace, plural, obj)
 
+        cpu_before = fleet_cpu(self.env, processes)
         start = time.monotonic()
         load = [os.getloadavg()[0]]
         with ThreadPoolExecutor(max_workers=CREATORS) as pool:
@@ -335,6 +350,7 @@ class Run:
                 print(f"   {last_report - start:6.0f}s: {len(watcher.ready)}/{self.count} ready", flush=True)
             time.sleep(1.0)
         elapsed = time.monotonic() - start
+        cpu_after = fleet_cpu(self.env, processes)
         ready_at = sorted(watcher.ready.values())
         latencies = watcher.latencies()
         return {
@@ -348,6 +364,11 @@ class Run:
             "per_deployment_p99_seconds": round(percentile(latencies, 0.99), 2),
             "per_deployment_mean_seconds": round(statistics.fmean(latencies), 2) if latencies else None,
             "load_average_1m": {"min": round(min(load), 2), "max": round(max(load), 2)},
+            "cpu_seconds_by_process": {  # from the first create until the wait ended
+                name: round(cpu_after[name] - t0, 1)
+                for name, t0 in sorted(cpu_before.items(), key=lambda kv: kv[1] - cpu_after.get(kv[0], kv[1]))
+                if name in cpu_after and cpu_after[name] - t0 >= 0.1
+            },
         }
 
 
@@ -368,11 +389,14 @@ def run_peer(env: Mapping[str, str], count: int, timeout: float) -> dict[str, An
 class Operator:
     """The operator as a subprocess watching one namespace, with its metrics port and memory at hand."""
 
-    def __init__(self, env: Mapping[str, str], namespace: str, log_path: Path) -> None:
+    def __init__(self, env: Mapping[str, str], namespace: str, log_path: Path, profile: bool = False) -> None:
         self.metrics_port, self.health_port = free_port(), free_port()
-        self.log_path = log_path
+        self.log_path, self.profiled = log_path, profile
         cmd = [sys.executable, "-m", "infleet.operator", "run", "--namespace", namespace]
         cmd += ["--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)]
+        if profile:  # py-spy's collapsed stacks (flamegraph.pl / speedscope read them) beside the log
+            out = log_path.with_suffix(".stacks.txt")
+            cmd = ["py-spy", "record", "--format", "raw", "--rate", "50", "--output", str(out), "--", *cmd]
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_for(self.healthy, timeout=120, what=f"the operator's /healthz (log: {log_path})")
@@ -387,8 +411,16 @@ class Operator:
         except OSError:
             return False
 
+    @property
+    def pid(self) -> int:
+        """The operator's own process (under py-spy, its child)."""
+        if not self.profiled:
+            return self.proc.pid
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return int(children[0]) if children else self.proc.pid
+
     def sample(self) -> None:
-        self.peak_rss_kib = max(self.peak_rss_kib, memory_kib(self.proc.pid).get("VmRSS", 0))
+        self.peak_rss_kib = max(self.peak_rss_kib, memory_kib(self.pid).get("VmRSS", 0))
 
     def failed_handlers(self) -> int:
         """Handler runs kopf logged as failed (temporarily or for good): errors the metrics may not see."""
@@ -396,7 +428,7 @@ class Operator:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT if self.profiled else signal.SIGTERM)  # py-spy writes on SIGINT
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -404,21 +436,25 @@ class Operator:
                 self.proc.wait()
 
 
-def run_operator(env: Mapping[str, str], count: int, timeout: float, log_dir: Path) -> dict[str, Any]:
+def run_operator(
+    env: Mapping[str, str], count: int, timeout: float, log_dir: Path, profile: bool = False
+) -> dict[str, Any]:
     run = Run(env, "idep", count)
-    op = Operator(env, run.namespace, log_dir / f"operator-{count}.log")
+    op = Operator(env, run.namespace, log_dir / f"operator-{count}.log", profile)
     watcher = ReadyWatcher(run.api_client, api.GROUP, api.VERSION, run.namespace, api.PLURAL, idep_ready)
     try:
         watcher.start()
         before, server_before = operator_metrics(op.metrics_port), apiserver_metrics(env)
-        cpu_before = cpu_seconds(op.proc.pid)
-        result = run.wait(watcher, [idep(f"d{i:04d}", i) for i in range(count)], timeout, op.sample)
+        cpu_before = cpu_seconds(op.pid)
+        result = run.wait(
+            watcher, [idep(f"d{i:04d}", i) for i in range(count)], timeout, op.sample, {"operator": op.pid}
+        )
         time.sleep(status_writer.SETTLE + 5)  # trailing status writes: what waited for a write goes by then
         changes = writes_per_object(watcher)
         after, server_after = operator_metrics(op.metrics_port), apiserver_metrics(env)
         op.sample()
-        memory = memory_kib(op.proc.pid)
-        cpu = cpu_seconds(op.proc.pid) - cpu_before
+        memory = memory_kib(op.pid)
+        cpu = cpu_seconds(op.pid) - cpu_before
     finally:
         watcher.stop()
         op.stop()
@@ -557,7 +593,9 @@ def run_resync(env: Mapping[str, str], namespace: str, count: int, log_dir: Path
 def fleet_up(env: Mapping[str, str], nodes: int) -> float:
     t = time.monotonic()
     status = subprocess.run([sys.executable, "-m", "infleet.cluster", "status"], env=dict(env), capture_output=True)
-    if status.returncode:  # not running: start from an empty store, not an earlier run's objects
+    if status.returncode:  # not (all) running: start from an empty store, not an earlier run's objects
+        # a kept fleet runs without its unused components, which `status` reports: stop the rest before the wipe
+        subprocess.run([sys.executable, "-m", "infleet.cluster", "down"], env=dict(env), capture_output=True)
         shutil.rmtree(Path(env["INFLEET_FLEET_DIR"]) / "etcd", ignore_errors=True)
     up = subprocess.run([sys.executable, "-m", "infleet.cluster", "up", "--nodes", str(nodes)], env=dict(env))
     if up.returncode:
@@ -644,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-peer", action="store_true", help="only the operator")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", action="store_true", help="leave the fleet running afterwards")
+    parser.add_argument("--profile", action="store_true", help="run the operator under py-spy (pip install py-spy)")
     parser.add_argument("--note", default="", help="recorded in the JSON: e.g. that the machine was shared")
     args = parser.parse_args(argv)
 
@@ -666,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["peer"] = run_peer(env, count, args.timeout)
                 print("   " + json.dumps(entry["peer"]), flush=True)
             print(f"== {count} InferenceDeployments", flush=True)
-            entry["operator"] = run_operator(env, count, args.timeout, args.dir)
+            entry["operator"] = run_operator(env, count, args.timeout, args.dir, args.profile)
             print("   " + json.dumps(entry["operator"]), flush=True)
             print(f"== a steady-state resync of the {count} (a restarted operator resumes them all)", flush=True)
             entry["resync"] = run_resync(env, entry["operator"]["namespace"], count, args.dir)

@@ -205,16 +205,18 @@ class Kube:
             item.setdefault("apiVersion", API_VERSIONS[kind])
         return items
 
-    async def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> None:
-        """Delete in the background; with `uid`, only that incarnation (a precondition guards against races)."""
+    async def delete(self, kind: str, namespace: str | None, name: str, uid: str | None = None) -> bool:
+        """Delete in the background; with `uid`, only that incarnation (a precondition guards against races).
+        False when there was nothing to delete."""
         body: dict[str, Any] = {"propagationPolicy": "Background"}
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
-            await self.request("DELETE", path(kind, namespace, name), kind=kind, body=body)
+            return await self.request("DELETE", path(kind, namespace, name), kind=kind, body=body) is not None
         except KubeError as err:
             if err.status != 409:  # the precondition failed: someone already replaced it
                 raise
+            return False
 
     async def apply_status(
         self, namespace: str, name: str, status: api.InferenceDeploymentStatus, manager: str = FIELD_MANAGER

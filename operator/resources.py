@@ -24,6 +24,7 @@ deleting it garbage-collects everything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -73,6 +74,7 @@ MANAGED_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}  # what the operator watches amo
 APP_NAME = "infleet-runtime"
 
 
+@functools.cache  # a metadata lookup reads the installed files: it was a twentieth of the operator's CPU at scale
 def infleet_version() -> str:
     try:
         return metadata.version("infleet")
@@ -697,7 +699,8 @@ def headless_service(owner: Owner, tier: str) -> dict[str, Any]:
 
 
 def disruption_budget(owner: Owner, tier: str) -> dict[str, Any]:
-    """Voluntary evictions (node drains) take one pod at a time."""
+    """Voluntary evictions (node drains) take one pod at a time (rendered only for more than one pod, see
+    `wants_disruption_budget`)."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -727,10 +730,18 @@ class Desired:
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "LeaderWorkerSet")
 
 
+def wants_disruption_budget(spec: InferenceDeploymentSpec, lay: Layout) -> bool:
+    """A budget of one unavailable pod constrains nothing over a single pod, and each budget costs the API server an
+    object and the disruption controller a watch on every pod of the namespace: only more than one pod gets one."""
+    return desired_replicas(spec) * lay.pods_per_replica > 1
+
+
 def desired(spec: InferenceDeploymentSpec, owner: Owner, tier: str, gpus_per_node: int, lws: bool = False) -> Desired:
     """`lws`: the cluster has the LeaderWorkerSet CRD, so groups are one LeaderWorkerSet rather than StatefulSets."""
     lay = layout(spec, gpus_per_node)
-    objects = [service(owner, tier, lay, lws), disruption_budget(owner, tier)]
+    objects = [service(owner, tier, lay, lws)]
+    if wants_disruption_budget(spec, lay):
+        objects.append(disruption_budget(owner, tier))
     if not lay.grouped:
         dep = deployment(spec, owner, tier, lay)
         return Desired(lay, tier, dep["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION], [dep, *objects])

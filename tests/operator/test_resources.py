@@ -50,6 +50,16 @@ def test_single_node_replica_is_a_deployment() -> None:
     assert ann == {"prometheus.io/scrape": "true", "prometheus.io/port": "8000", "prometheus.io/path": "/metrics"}
 
 
+@pytest.mark.parametrize(
+    ("replicas", "tensor", "budget"),
+    [(1, 1, False), (2, 1, True), (1, 16, True), (0, 1, False)],  # tensor 16 on 8-GPU nodes: a group of 2 pods
+)
+def test_a_disruption_budget_only_over_more_than_one_pod(replicas: int, tensor: int, budget: bool) -> None:
+    spec = spec_of(accelerator={"type": H100}, parallelism={"tensor": tensor}, replicas=replicas)
+    want = resources.desired(spec, OWNER, "bf16", gpus_per_node=8)
+    assert bool(by_kind(want.objects, "PodDisruptionBudget")) is budget
+
+
 def test_every_object_is_labelled_and_owned() -> None:
     for spec, gpn in (
         (spec_of(), 1),
