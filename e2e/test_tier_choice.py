@@ -4,8 +4,8 @@ and no request fails.
 SmolLM2 under `quantization.tier: auto` with bf16 and int8 allowed (quality loss at most 1%). The local fleet's
 operator prices tiers with the measured CPU profile (`operator.replicaDevice=cpu`) at the deployment's recent token
 mix. The client asks for 128 tokens after a 33-token chat prompt (`ignore_eos`), a mix that mostly decodes, where
-int8 is the cheaper tier on this CPU: one replica's capacity at 70% planned utilization costs about $3.83 per 1M
-tokens in bf16 and $3.07 in int8 (quality loss 0.003) at the L4's $0.80/h. Under a $100 budget the chooser keeps
+int8 is the cheaper tier on this CPU: one replica's capacity at 70% planned utilization costs about $3.98 per 1M
+tokens in bf16 and $3.11 in int8 (quality loss 0.002) at the L4's $0.80/h. Under a $100 budget the chooser keeps
 bf16, the best quality; a $3.4 budget leaves bf16 over it, and the operator moves to int8: status.tier and its
 reason, a TierChanged event, and the Deployment's surge rollout (the new pod is ready before the old one goes).
 Meanwhile the autoscaler's Prometheus reader fills status.costPerMillionTokens from the tokens/s served. One client

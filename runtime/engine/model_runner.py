@@ -21,6 +21,7 @@ from torch import Tensor
 
 from infleet.runtime.engine.sampler import token_logprobs
 from infleet.runtime.engine.scheduler import ScheduledSequence
+from infleet.runtime.kernels import dispatch
 
 if TYPE_CHECKING:
     from infleet.runtime.engine.cuda_graphs import DecodeGraphs
@@ -91,7 +92,9 @@ class ModelRunner:
                 samplers.append(entry)
         if self.lora is not None and self.lora.begin([(e.seq.lora_id, e.num_tokens) for e in ordered]):
             try:
-                return samplers, self._forward(input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows)
+                return samplers, self._forward(
+                    input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows, self._prompt_mask(ordered)
+                )
             finally:
                 self.lora.end()
         if self.graphs is not None and not prompt_rows and self.graphs.fits(query_lens):
@@ -99,7 +102,24 @@ class ModelRunner:
             if len(sample_rows) < len(input_ids):  # a one-token prefill chunk that does not sample
                 hidden = hidden[sample_rows]
             return samplers, self.model.compute_logits(hidden)
-        return samplers, self._forward(input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows)
+        return samplers, self._forward(
+            input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows, self._prompt_mask(ordered)
+        )
+
+    def _prompt_mask(self, entries: list[ScheduledSequence]) -> Tensor | None:
+        """The rows that are prompt tokens of a prompt of `dispatch.CPU_INT8_FLOAT_ROWS` or more ([rows] bool; None
+        when there are none or off the CPU): a property of each token, so a request computes alike in any batch."""
+        if self.device.type != "cpu":
+            return None
+        spans: list[tuple[int, int]] = []  # (prompt rows, other rows) per entry, in row order
+        for entry in entries:
+            seq, n = entry.seq, entry.num_tokens
+            long_prompt = seq.prompt_len >= dispatch.CPU_INT8_FLOAT_ROWS
+            k = max(0, min(n, seq.prompt_len - seq.num_computed_tokens)) if long_prompt else 0
+            spans.append((k, n - k))
+        if not any(k for k, _ in spans):
+            return None
+        return torch.tensor([flag for k, rest in spans for flag in [True] * k + [False] * rest])
 
     def _forward(
         self,
@@ -109,10 +129,13 @@ class ModelRunner:
         tables: list[list[int]],
         sample_rows: list[int],
         prompt_rows: list[tuple[ScheduledSequence, int]],
+        prompt_mask: Tensor | None = None,
     ) -> Tensor:
-        """The eager forward pass: the sampled rows' logits (and prompt log-probabilities where asked)."""
+        """The eager forward pass: the sampled rows' logits (and prompt log-probabilities where asked).
+        `prompt_mask`: the rows int8 layers compute as prompt rows (`dispatch.prompt_rows`)."""
         step = StepInputs.build(input_ids, query_lens, context_lens, tables, self.block_size, sample_rows, self.device)
-        hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
+        with dispatch.prompt_rows(prompt_mask):
+            hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
         for entry, row in prompt_rows:
             self._prompt_logprobs(entry, hidden[row : row + entry.num_tokens])
         return self.model.compute_logits(hidden.index_select(0, step.sample_rows))

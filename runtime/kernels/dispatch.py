@@ -4,10 +4,17 @@ The process-wide backend (`set_backend`, from `--kernels`) decides: "auto" launc
 PyTorch on CPU; "triton" launches Triton for every tensor (on CPU only under TRITON_INTERPRET=1, which is how CI
 runs the serving path through the kernels end to end); "torch" never launches Triton.
 PyTorch's CPU weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are fast for bf16
-activations only, so on CPU the activations are rounded to bf16 around those calls and the result cast back.
+activations only, so on CPU the activations are rounded to bf16 around those calls and the result cast back. They
+are fast for a few rows (decode); for a prompt's many rows the int8 weight is converted to float for one float GEMM
+instead. Which rows take that path is a property of each token, never of the batch it lands in (`prompt_rows`): a
+request's numerics, and so its greedy tokens, do not depend on what else is running, or on speculation.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import torch
 
@@ -20,6 +27,24 @@ CPU_INT8_MM = hasattr(torch.ops.aten, "_weight_int8pack_mm")
 CPU_INT4_MM = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
     torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"
 )
+
+
+# From prompts of this many tokens an int8 weight converted to float per call and one float GEMM beat
+# `_weight_int8pack_mm` on the CPU (SmolLM2's shapes, one thread: about even at 32 rows, 2-2.5x faster at 256)
+CPU_INT8_FLOAT_ROWS = 32
+
+# the rows of this step's forward that are prompt tokens of a prompt of CPU_INT8_FLOAT_ROWS or more ([rows] bool)
+_PROMPT_ROWS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("prompt_rows", default=None)
+
+
+@contextlib.contextmanager
+def prompt_rows(mask: torch.Tensor | None) -> Iterator[None]:
+    """Mark the forward's rows that int8 layers on the CPU compute through the float GEMM (None: none)."""
+    token = _PROMPT_ROWS.set(mask if mask is not None and bool(mask.any()) else None)
+    try:
+        yield
+    finally:
+        _PROMPT_ROWS.reset(token)
 
 
 _BACKEND = "auto"
@@ -59,7 +84,7 @@ def gemm_backend(tier: str, device: torch.device) -> str:
     if triton_:
         return f"triton-{tier}-dequant-gemm"
     if tier == "int8":
-        return "torch-cpu-int8pack" if CPU_INT8_MM else "torch-reference"
+        return "torch-cpu-int8pack (prompts: float GEMM)" if CPU_INT8_MM else "torch-reference"
     return "torch-cpu-int4pack" if CPU_INT4_MM else "torch-reference"
 
 
@@ -75,10 +100,27 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
 
         y = int8_gemm_triton(_gpu_activations(x2), weight, scale)
     elif CPU_INT8_MM:
-        y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), weight, scale.to(torch.bfloat16))
+        mask = _PROMPT_ROWS.get()
+        if mask is None or mask.shape[0] != x2.shape[0]:  # no prompt rows (or not the step's rows: the logits)
+            y = _int8pack(x2, weight, scale)
+        elif bool(mask.all()):
+            y = _int8_float(x2, weight, scale)
+        else:
+            y = torch.empty(x2.shape[0], weight.shape[0], dtype=torch.float32)
+            y[mask] = _int8_float(x2[mask], weight, scale)
+            y[~mask] = _int8pack(x2[~mask], weight, scale).float()
     else:
         y = int8_gemm_reference(x2, weight, scale)
     return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _int8pack(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), weight, scale.to(torch.bfloat16))
+
+
+def _int8_float(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[M, K] @ [K, N] in float, scaled per output channel after."""
+    return torch.nn.functional.linear(x2.to(torch.float32), weight.to(torch.float32)) * scale.to(torch.float32)
 
 
 def int4_linear(

@@ -51,6 +51,7 @@ from torch import nn
 from infleet.runtime.config import EngineConfig
 from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.engine.sampler import SamplingParams
+from infleet.runtime.kernels import dispatch
 from infleet.runtime.model.attention import AttentionMetadata, KVCache
 from infleet.runtime.model.llama import LlamaForCausalLM
 from infleet.runtime.quant.tiers import TIERS, model_bytes, quantize_model
@@ -71,7 +72,8 @@ def float_dtype(model: nn.Module) -> torch.dtype:
 
 @torch.inference_mode()
 def logits_for(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
-    """Logits [len(ids), vocab] of one fresh sequence (a single prefill through the paged-attention path)."""
+    """Logits [len(ids), vocab] of one fresh sequence (a single prefill through the paged-attention path), computed
+    as the engine computes a prompt (`dispatch.prompt_rows`)."""
     c = model.config
     blocks = -(-len(ids) // BLOCK_SIZE)
     dtype = float_dtype(model)
@@ -79,7 +81,9 @@ def logits_for(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
         KVCache.allocate(blocks, BLOCK_SIZE, c.num_key_value_heads, c.head_dim, dtype) for _ in range(model.num_layers)
     ]
     meta = AttentionMetadata.build([len(ids)], [len(ids)], [list(range(blocks))], BLOCK_SIZE)
-    hidden = model(torch.tensor(ids), torch.arange(len(ids)), caches, meta)
+    as_prompt = torch.full((len(ids),), len(ids) >= dispatch.CPU_INT8_FLOAT_ROWS)
+    with dispatch.prompt_rows(as_prompt):
+        hidden = model(torch.tensor(ids), torch.arange(len(ids)), caches, meta)
     return model.compute_logits(hidden)
 
 

@@ -4,8 +4,8 @@ product, which the scheduler places on nodes of that product.
 
 The operator runs with `--replica-device cpu`, so the shipped measured CPU profile of the SmolLM2 GGUF prices every
 product alike per replica, here at the reference mix of 512 prompt + 128 output tokens (no Prometheus, no traffic
-mix). At 70% planned utilization one replica's capacity costs $4.44 per 1M tokens in bf16 on an A100 ($2.50/h) and
-$1.42 on an L4 ($0.80/h); int8 is dearer than bf16 at that mix on both. A budget of $3/1M puts the A100 over it
+mix). At 70% planned utilization one replica's capacity costs $4.57 per 1M tokens in bf16 on an A100 ($2.50/h) and
+$1.46 on an L4 ($0.80/h), int8 $3.99 and $1.28. A budget of $3/1M puts the A100 over it
 and the L4 within it, and a product over the budget is left at once (no
 dwell). The deployment starts with the A100 alone allowed, so that it runs there before the L4 is offered. Pods use
 a non-infleet image (KWOK fakes them); no Prometheus is configured, which the capacity cost does not need."""

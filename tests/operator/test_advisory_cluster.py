@@ -2,9 +2,9 @@
 (status, Events, the desired-replicas and desired-tier gauges) and applies neither.
 
 The same set-up as the tier-choice test (the measured CPU profile of the SmolLM2 GGUF at the reference mix, an A100
-price): the deployment starts on its first allowed tier, int8, a $4.8/1M budget leaves int8 ($5.42) over it and makes
-the chooser want bf16 ($4.44), and spec.replicas = 3 above maxReplicas = 2 makes the policy want 2. In advisory mode
-the deployment keeps int8 and 3 pods."""
+price): the deployment starts on its first allowed tier, bf16, a $4.3/1M budget leaves bf16 ($4.57) over it and makes
+the chooser want int8 ($3.99), and spec.replicas = 3 above maxReplicas = 2 makes the policy want 2. In advisory mode
+the deployment keeps bf16 and 3 pods."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def advisory_spec() -> dict[str, Any]:
     return good_spec(
         model={"uri": GGUF, "servedName": "advised"},
         accelerator={"type": A100},
-        quantization={"tier": "auto", "allowed": ["int8", "bf16"], "maxQualityLoss": 0.01},
-        cost={"maxPerMillionTokens": 4.8},
+        quantization={"tier": "auto", "allowed": ["bf16", "int8"], "maxQualityLoss": 0.01},
+        cost={"maxPerMillionTokens": 4.3},
         scaling={"enabled": True, "mode": "advisory", "minReplicas": 1, "maxReplicas": 2},
         replicas=3,
     )
@@ -43,15 +43,15 @@ def test_advisory_mode_publishes_decisions_and_applies_none(crds: FleetHandle, n
         def advised() -> dict[str, Any] | None:
             body = get(crds, namespace, "inferencedeployment", "advised")
             st = (body or {}).get("status") or {}
-            return body if st.get("desiredTier") == "bf16" and st.get("desiredReplicas") == 2 else None
+            return body if st.get("desiredTier") == "int8" and st.get("desiredReplicas") == 2 else None
 
-        body = wait_explained(crds, namespace, "advised", advised, 180, "advice of bf16 and 2 replicas", operator)
+        body = wait_explained(crds, namespace, "advised", advised, 180, "advice of int8 and 2 replicas", operator)
         assert body["spec"]["replicas"] == 3  # never scaled
         assert body["status"]["scalingReason"]
         body = wait_condition(crds, namespace, "advised", "Ready", operator=operator)
-        assert body["status"].get("tier") != "bf16"  # never rolled out
+        assert body["status"].get("tier") != "int8"  # never rolled out
         pods = get(crds, namespace, "pods", selector="infleet.dev/deployment=advised")["items"]
-        assert len(pods) == 3 and {p["metadata"]["labels"]["infleet.dev/tier"] for p in pods} == {"int8"}
+        assert len(pods) == 3 and {p["metadata"]["labels"]["infleet.dev/tier"] for p in pods} == {"bf16"}
 
         def advice_events() -> set[str]:
             events = json.loads(crds.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
@@ -68,8 +68,8 @@ def test_advisory_mode_publishes_decisions_and_applies_none(crds: FleetHandle, n
             return (
                 operator.metric("infleet_deployment_replicas", **labels),
                 operator.metric("infleet_deployment_desired_replicas", **labels),
-                operator.metric("infleet_deployment_tier_info", tier="int8", **labels),
-                operator.metric("infleet_deployment_desired_tier_info", tier="bf16", **labels),
+                operator.metric("infleet_deployment_tier_info", tier="bf16", **labels),
+                operator.metric("infleet_deployment_desired_tier_info", tier="int8", **labels),
             )
 
         wait_for(lambda: gauges() == (3, 2, 1, 1), timeout=60, what="desired against actual in the gauges")

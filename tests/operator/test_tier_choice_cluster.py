@@ -4,10 +4,10 @@ event, rolled out new pods before old, and exported as the dashboards' tier seri
 
 The operator runs with `--replica-device cpu`, so the shipped measured CPU profile of the SmolLM2 GGUF prices the
 tiers. No Prometheus is configured, so no traffic mix is known and the chooser prices at the reference mix (512
-prompt + 128 output tokens), where int8's slower CPU prefill makes it dearer than bf16: at the A100's $2.50/h and 70%
-planned utilization one replica's capacity costs $4.44 per 1M tokens in bf16 and $5.42 in int8. The deployment runs
-int8 alone first; then bf16 is allowed too and a $4.8 budget leaves int8 over it. Pods use a non-infleet image (KWOK
-fakes them); the capacity cost needs no Prometheus."""
+prompt + 128 output tokens): at the A100's $2.50/h and 70% planned utilization one replica's capacity costs $4.57 per
+1M tokens in bf16 and $3.99 in int8 (quality loss 0.002). Under a loose budget the chooser keeps bf16 (best quality);
+a $4.3 budget leaves bf16 over it. Pods use a non-infleet image (KWOK fakes them); the capacity cost needs no
+Prometheus."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_a_tighter_budget_moves_an_auto_tier_with_a_surge_rollout(
 ) -> None:
     operator = OperatorProcess(crds.kubeconfig, namespace, tmp_path).start("--replica-device", "cpu")
     try:
-        apply(crds, namespace, idep("auto", auto_spec(budget=200.0, allowed=["int8"])))
+        apply(crds, namespace, idep("auto", auto_spec(budget=200.0, allowed=["bf16", "int8"])))
         wait_condition(crds, namespace, "auto", "Ready", operator=operator)
 
         def reason_has(text: str) -> dict[str, Any] | None:
@@ -59,26 +59,26 @@ def test_a_tighter_budget_moves_an_auto_tier_with_a_surge_rollout(
             return body if text in ((body or {}).get("status") or {}).get("tierReason", "") else None
 
         loose = wait_explained(
-            crds, namespace, "auto", lambda: reason_has("keep int8"), 180, "the chooser to keep int8", operator
+            crds, namespace, "auto", lambda: reason_has("keep bf16"), 180, "the chooser to keep bf16", operator
         )
-        assert loose["status"]["tier"] == "int8" and "smollm2-135m-cpu.json" in loose["status"]["tierReason"]
-        assert operator.metric("infleet_deployment_tier_info", namespace=namespace, deployment="auto", tier="int8") == 1
+        assert loose["status"]["tier"] == "bf16" and "smollm2-135m-cpu.json" in loose["status"]["tierReason"]
+        assert operator.metric("infleet_deployment_tier_info", namespace=namespace, deployment="auto", tier="bf16") == 1
 
-        recorder = RolloutRecorder(crds, namespace, "auto", new_tier="bf16")
-        apply(crds, namespace, idep("auto", auto_spec(budget=4.8, allowed=["bf16", "int8"])))
+        recorder = RolloutRecorder(crds, namespace, "auto", new_tier="int8")
+        apply(crds, namespace, idep("auto", auto_spec(budget=4.3, allowed=["bf16", "int8"])))
         moved = wait_explained(
-            crds, namespace, "auto", lambda: reason_has("over the $4.8/1M budget"), 180, "a move to bf16", operator
+            crds, namespace, "auto", lambda: reason_has("over the $4.3/1M budget"), 180, "a move to int8", operator
         )
-        assert moved["status"]["tier"] == "bf16"
-        assert moved["status"]["tierReason"].startswith("int8 ($5.42/1M tokens at capacity) is over the $4.8/1M")
+        assert moved["status"]["tier"] == "int8"
+        assert moved["status"]["tierReason"].startswith("bf16 ($4.57/1M tokens at capacity) is over the $4.3/1M")
 
         def rolled_out() -> bool:
             current = pods(crds, namespace, "auto")
-            return [p["metadata"]["labels"]["infleet.dev/tier"] for p in current if ready(p)] == ["bf16"] * 2 and len(
+            return [p["metadata"]["labels"]["infleet.dev/tier"] for p in current if ready(p)] == ["int8"] * 2 and len(
                 current
             ) == 2
 
-        wait_for(rolled_out, timeout=240, what="rollout to bf16")
+        wait_for(rolled_out, timeout=240, what="rollout to int8")
         recorder.stop()
         assert not recorder.violations, recorder.violations
         assert recorder.most_pods > 2, "no surge pod was seen: new pods must start before old ones go"
@@ -87,16 +87,16 @@ def test_a_tighter_budget_moves_an_auto_tier_with_a_surge_rollout(
             events = json.loads(crds.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
             return any(
                 e["reason"] == "TierChanged"
-                and e["message"].startswith("int8 -> bf16: ")
+                and e["message"].startswith("bf16 -> int8: ")
                 and e["involvedObject"]["name"] == "auto"
                 for e in events
             )
 
-        wait_for(tier_changed_event, timeout=60, what="a TierChanged event for int8 -> bf16")
+        wait_for(tier_changed_event, timeout=60, what="a TierChanged event for bf16 -> int8")
         body = wait_condition(crds, namespace, "auto", "Progressing", "False", operator=operator)
-        assert body["status"]["tier"] == "bf16" and body["status"]["readyReplicas"] == 2
+        assert body["status"]["tier"] == "int8" and body["status"]["readyReplicas"] == 2
         # the reconcile kept the chooser's reason rather than writing its own
-        assert "over the $4.8/1M budget" in body["status"]["tierReason"]
+        assert "over the $4.3/1M budget" in body["status"]["tierReason"]
 
         def tier_series() -> dict[str, float]:
             return {
@@ -104,7 +104,7 @@ def test_a_tighter_budget_moves_an_auto_tier_with_a_surge_rollout(
                 for t in ("bf16", "int8")
             }
 
-        wait_for(lambda: tier_series() == {"bf16": 1, "int8": 0}, timeout=60, what="the tier gauge to follow status")
+        wait_for(lambda: tier_series() == {"bf16": 0, "int8": 1}, timeout=60, what="the tier gauge to follow status")
         assert operator.metric("infleet_deployment_replicas", namespace=namespace, deployment="auto") == 2
         assert operator.metric("infleet_deployment_desired_replicas", namespace=namespace, deployment="auto") == 2
     finally:
