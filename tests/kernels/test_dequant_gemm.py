@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,3 +69,27 @@ def test_rejects_bad_inputs() -> None:
         assert "[M, 32]" in str(e)
     else:
         raise AssertionError("a mismatched K was accepted")
+
+
+def test_cpu_int8_rows_take_their_token_s_path_whatever_the_batch() -> None:
+    """Prompt rows go through the float GEMM, the others through `_weight_int8pack_mm`; a row's result is the same
+    alone or in a mixed batch (what keeps greedy outputs independent of what else runs)."""
+    from infleet.runtime.kernels import dispatch
+
+    if not dispatch.CPU_INT8_MM or dispatch.backend() != "auto":
+        pytest.skip("needs PyTorch's CPU int8 kernel and the auto backend")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 64, generator=g)
+    q = F.quantize_int8(torch.randn(48, 64, generator=g))
+    mask = torch.tensor([False, True, True, False, True, False])
+    with dispatch.prompt_rows(mask):
+        mixed = dispatch.int8_linear(x, q.weight, q.scale)
+    with dispatch.prompt_rows(torch.ones(3, dtype=torch.bool)):
+        prompt = dispatch.int8_linear(x[mask], q.weight, q.scale)
+    generated = dispatch.int8_linear(x[~mask], q.weight, q.scale)  # no mask: every row is a generated token's
+    assert torch.equal(mixed[mask], prompt) and torch.equal(mixed[~mask], generated)
+    exact = x @ F.dequantize_int8(q).T  # the float path is the dequantized weight's GEMM up to float rounding
+    assert torch.allclose(prompt, exact[mask], atol=1e-4, rtol=1e-4)
+    with dispatch.prompt_rows(torch.ones(3, dtype=torch.bool)):
+        as_prompt = dispatch.int8_linear(x[~mask], q.weight, q.scale)
+    assert not torch.equal(as_prompt, generated)  # the two paths round differently: the check above can fail
