@@ -351,6 +351,7 @@ class Run:
             time.sleep(1.0)
         elapsed = time.monotonic() - start
         cpu_after = fleet_cpu(self.env, processes)
+        cpu_used = {name: cpu_after[name] - t0 for name, t0 in cpu_before.items() if name in cpu_after}
         ready_at = sorted(watcher.ready.values())
         latencies = watcher.latencies()
         return {
@@ -364,10 +365,8 @@ class Run:
             "per_deployment_p99_seconds": round(percentile(latencies, 0.99), 2),
             "per_deployment_mean_seconds": round(statistics.fmean(latencies), 2) if latencies else None,
             "load_average_1m": {"min": round(min(load), 2), "max": round(max(load), 2)},
-            "cpu_seconds_by_process": {  # from the first create until the wait ended
-                name: round(cpu_after[name] - t0, 1)
-                for name, t0 in sorted(cpu_before.items(), key=lambda kv: kv[1] - cpu_after.get(kv[0], kv[1]))
-                if name in cpu_after and cpu_after[name] - t0 >= 0.1
+            "cpu_seconds_by_process": {  # from the first create until the wait ended, most first
+                name: round(used, 1) for name, used in sorted(cpu_used.items(), key=lambda kv: -kv[1]) if used >= 0.1
             },
         }
 

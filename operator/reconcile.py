@@ -239,8 +239,8 @@ async def reconcile(
         workloads = [o for o in applied if o["kind"] in resources.WORKLOAD_KINDS]
     deleted: list[str] = []
     # down to one pod, the budget goes (never looked for on a creation: nothing to delete then)
-    stale_budget = same is None and old_status.get("observedGeneration") is not None
-    stale_budget = stale_budget and not _has(objects, "PodDisruptionBudget")
+    reconciled_before = old_status.get("observedGeneration") is not None
+    stale_budget = same is None and reconciled_before and not resources.wants_disruption_budget(spec, want.layout)
     if stale_budget and await kube.delete("PodDisruptionBudget", owner.namespace, owner.name):
         deleted.append(f"PodDisruptionBudget/{owner.name}")
 
@@ -279,10 +279,6 @@ async def reconcile(
     announced = str(old_degraded.get("message", "")) if old_degraded.get("status") == "True" else ""
     new_problems = [p for p in problems if p[1] not in announced]
     return Outcome(new_status, new_problems, applied, deleted, replica_part, workloads)
-
-
-def _has(objects: list[dict[str, Any]], kind: str) -> bool:
-    return any(o["kind"] == kind for o in objects)
 
 
 def _new_groups_ready(want: resources.Desired, workloads: list[dict[str, Any]], desired: int) -> bool:

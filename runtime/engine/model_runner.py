@@ -90,10 +90,15 @@ class ModelRunner:
             if entry.samples:
                 sample_rows.extend(range(len(input_ids) - 1 - len(draft), len(input_ids)))
                 samplers.append(entry)
+        float_rows = (  # int8 on the CPU: the rows that take the float GEMM (dispatch.prompt_mask)
+            dispatch.prompt_mask((e.seq.prompt_len, e.seq.num_computed_tokens, e.num_tokens) for e in ordered)
+            if self.device.type == "cpu"
+            else None
+        )
         if self.lora is not None and self.lora.begin([(e.seq.lora_id, e.num_tokens) for e in ordered]):
             try:
                 return samplers, self._forward(
-                    input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows, self._prompt_mask(ordered)
+                    input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows, float_rows
                 )
             finally:
                 self.lora.end()
@@ -103,23 +108,8 @@ class ModelRunner:
                 hidden = hidden[sample_rows]
             return samplers, self.model.compute_logits(hidden)
         return samplers, self._forward(
-            input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows, self._prompt_mask(ordered)
+            input_ids, query_lens, context_lens, tables, sample_rows, prompt_rows, float_rows
         )
-
-    def _prompt_mask(self, entries: list[ScheduledSequence]) -> Tensor | None:
-        """The rows that are prompt tokens of a prompt of `dispatch.CPU_INT8_FLOAT_ROWS` or more ([rows] bool; None
-        when there are none or off the CPU): a property of each token, so a request computes alike in any batch."""
-        if self.device.type != "cpu":
-            return None
-        spans: list[tuple[int, int]] = []  # (prompt rows, other rows) per entry, in row order
-        for entry in entries:
-            seq, n = entry.seq, entry.num_tokens
-            long_prompt = seq.prompt_len >= dispatch.CPU_INT8_FLOAT_ROWS
-            k = max(0, min(n, seq.prompt_len - seq.num_computed_tokens)) if long_prompt else 0
-            spans.append((k, n - k))
-        if not any(k for k, _ in spans):
-            return None
-        return torch.tensor([flag for k, rest in spans for flag in [True] * k + [False] * rest])
 
     def _forward(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -33,14 +33,27 @@ CPU_INT4_MM = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr
 # `_weight_int8pack_mm` on the CPU (SmolLM2's shapes, one thread: about even at 32 rows, 2-2.5x faster at 256)
 CPU_INT8_FLOAT_ROWS = 32
 
-# the rows of this step's forward that are prompt tokens of a prompt of CPU_INT8_FLOAT_ROWS or more ([rows] bool)
-_PROMPT_ROWS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("prompt_rows", default=None)
+# the rows of this step's forward that take the float GEMM ([rows] bool), and whether that is all of them
+_PROMPT_ROWS: contextvars.ContextVar[tuple[torch.Tensor, bool] | None] = contextvars.ContextVar(
+    "prompt_rows", default=None
+)
+
+
+def prompt_mask(sequences: Iterable[tuple[int, int, int]]) -> torch.Tensor | None:
+    """The rows int8 layers on the CPU compute through the float GEMM, from (prompt length, tokens already computed,
+    rows this step) per sequence in row order: its prompt tokens, when the prompt has CPU_INT8_FLOAT_ROWS or more.
+    A property of each token, so a request computes alike in any batch. None when no row does."""
+    flags: list[bool] = []
+    for prompt_len, computed, n in sequences:
+        k = max(0, min(n, prompt_len - computed)) if prompt_len >= CPU_INT8_FLOAT_ROWS else 0
+        flags += [True] * k + [False] * (n - k)
+    return torch.tensor(flags) if any(flags) else None
 
 
 @contextlib.contextmanager
 def prompt_rows(mask: torch.Tensor | None) -> Iterator[None]:
-    """Mark the forward's rows that int8 layers on the CPU compute through the float GEMM (None: none)."""
-    token = _PROMPT_ROWS.set(mask if mask is not None and bool(mask.any()) else None)
+    """Mark the forward's rows that int8 layers on the CPU compute through the float GEMM (`prompt_mask`)."""
+    token = _PROMPT_ROWS.set(None if mask is None else (mask, bool(mask.all())))
     try:
         yield
     finally:
@@ -100,10 +113,11 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
 
         y = int8_gemm_triton(_gpu_activations(x2), weight, scale)
     elif CPU_INT8_MM:
-        mask = _PROMPT_ROWS.get()
-        if mask is None or mask.shape[0] != x2.shape[0]:  # no prompt rows (or not the step's rows: the logits)
+        marked = _PROMPT_ROWS.get()
+        mask, every = marked if marked is not None else (None, False)
+        if mask is None or mask.shape[0] != x2.shape[0]:  # no prompt rows (or rows other than the forward's)
             y = _int8pack(x2, weight, scale)
-        elif bool(mask.all()):
+        elif every:
             y = _int8_float(x2, weight, scale)
         else:
             y = torch.empty(x2.shape[0], weight.shape[0], dtype=torch.float32)

@@ -81,8 +81,7 @@ def logits_for(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
         KVCache.allocate(blocks, BLOCK_SIZE, c.num_key_value_heads, c.head_dim, dtype) for _ in range(model.num_layers)
     ]
     meta = AttentionMetadata.build([len(ids)], [len(ids)], [list(range(blocks))], BLOCK_SIZE)
-    as_prompt = torch.full((len(ids),), len(ids) >= dispatch.CPU_INT8_FLOAT_ROWS)
-    with dispatch.prompt_rows(as_prompt):
+    with dispatch.prompt_rows(dispatch.prompt_mask([(len(ids), 0, len(ids))])):
         hidden = model(torch.tensor(ids), torch.arange(len(ids)), caches, meta)
     return model.compute_logits(hidden)
 
