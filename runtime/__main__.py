@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -274,6 +275,11 @@ def serve(args: argparse.Namespace) -> int:
         from infleet.runtime.parallel.launch import serve_parallel
 
         return serve_parallel(cfg, args)
+    try:
+        listener = listen(args.host, args.port)
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from infleet.runtime.threads import apply_threads
 
@@ -308,7 +314,7 @@ def serve(args: argparse.Namespace) -> int:
     metrics.set_execution(engine.execution)
     for adapter in engine.lora.adapters() if engine.lora is not None else []:
         metrics.adapter_loaded(adapter.name)
-    return run_http(Serving(engine=engine, served_name=served_name, metrics=metrics), args)
+    return run_http(Serving(engine=engine, served_name=served_name, metrics=metrics), args, listener)
 
 
 def log_startup(name: str, engine: AsyncEngine, threads_source: str = "") -> None:
@@ -326,8 +332,20 @@ def log_startup(name: str, engine: AsyncEngine, threads_source: str = "") -> Non
     )  # fmt: skip
 
 
-def run_http(serving: Serving, args: argparse.Namespace) -> int:
-    """Serve the HTTP APIs until SIGTERM has drained them (one process or a parallel group's leader); exit code."""
+def listen(host: str, port: int) -> socket.socket:
+    """The HTTP socket, listening before the model loads: a port in use fails at once, and no process started later
+    (a parallel group's ranks open ephemeral ports) can take the port first. A request that arrives while the model
+    loads waits in the backlog and is answered once the server starts. ValueError if it cannot listen."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port}: {os.strerror(e.errno) if e.errno else e}") from e
+
+
+def run_http(serving: Serving, args: argparse.Namespace, listener: socket.socket) -> int:
+    """Serve the HTTP APIs on `listener` until SIGTERM has drained them (one process or a parallel group's leader);
+    exit code."""
     from infleet.runtime.server.app import build_app
 
     config = uvicorn.Config(
@@ -340,7 +358,7 @@ def run_http(serving: Serving, args: argparse.Namespace) -> int:
         lifespan="on",
     )
     server = DrainingServer(config, serving.state, args.shutdown_grace_seconds)
-    server.run()
+    server.run(sockets=[listener])
     return 0 if server.started else 1
 
 

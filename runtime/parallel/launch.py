@@ -211,7 +211,7 @@ def serve_parallel(cfg: EngineConfig, args: Any) -> int:
     `cfg` is resolved; `args` holds the HTTP flags."""
     import torch
 
-    from infleet.runtime.__main__ import PROG, log_startup, run_http
+    from infleet.runtime.__main__ import PROG, listen, log_startup, run_http
     from infleet.runtime.engine.engine import AsyncEngine
     from infleet.runtime.engine.memory import kv_cache_budget
     from infleet.runtime.metrics import RuntimeMetrics
@@ -234,6 +234,11 @@ def serve_parallel(cfg: EngineConfig, args: Any) -> int:
     if not placement.is_leader_pod:
         return serve_rank_pod(cfg, args, topo, placement, num_blocks)
 
+    try:
+        listener = listen(args.host, args.port)  # before the ranks open their own ports
+    except ValueError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
     served_name = args.served_name or config.name
     metrics = RuntimeMetrics(served_name, cfg.tier)
     holder: dict[str, Serving] = {}
@@ -249,6 +254,6 @@ def serve_parallel(cfg: EngineConfig, args: Any) -> int:
     serving = Serving(engine=engine, served_name=served_name, metrics=metrics)
     holder["serving"] = serving
     try:
-        return run_http(serving, args)
+        return run_http(serving, args, listener)
     finally:
         group.stop()

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from infleet.runtime.__main__ import main, model_path
+from infleet.runtime.__main__ import PROG, main, model_path
+from infleet.runtime.server.launch import free_port
 
 
-def serve(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "infleet.runtime", "serve", *args, "--port", "1"]
+def serve(*args: str, port: int = 0) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "infleet.runtime", "serve", *args, "--port", str(port or free_port())]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -38,6 +40,17 @@ def test_a_file_that_is_not_a_model_exits_1_with_one_line(tmp_path: Path) -> Non
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "GGUF" in lines[0], done.stderr
+
+
+def test_a_port_in_use_exits_1_with_one_line_before_loading(tmp_path: Path) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a model")  # never read: the port is checked first
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = serve("--model", str(fake), "--host", "127.0.0.1", port=port)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines == [f"{PROG}: cannot listen on 127.0.0.1:{port}: Address already in use"], lines
 
 
 def test_file_uris_resolve_to_paths(tmp_path: Path) -> None:
