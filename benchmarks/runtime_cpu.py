@@ -10,12 +10,16 @@ number of tokens. A closed loop of `concurrency` clients for each level:
   only the tokens it asked for; a batch lasts as long as its longest request).
 - llama-cpp-python: one `Llama` object (it serves one request at a time); skipped when it is not installed.
 
-Reports output tokens/s, TTFT p50/p99, inter-token latency p50/p99, and at concurrency 1 the model-bandwidth
-utilisation (bytes a decode step must read, weights + KV, times decode steps/s, over the machine's read bandwidth
-measured here). Writes `benchmarks/results/runtime_cpu.json` and the table under `## Runtime on CPU` in
-`docs/benchmarks.md`.
+Each level runs every runtime `--repeats` times, taking turns (a rotated order each round), and reports each figure
+as the median with its min-max: output tokens/s, TTFT p50/p99, inter-token latency p50/p99, and at concurrency 1 the
+model-bandwidth utilisation (bytes a decode step must read, weights + KV, times decode steps/s, over the machine's
+read bandwidth measured in the same run). Ratios (infleet / peer) are taken within each round, then summarised the
+same way, and the goals of `docs/benchmarks.md` are checked against them. A machine busier than `--max-load-per-core`
+(1-minute load average) is not measured: the run says so and writes nothing. Writes
+`benchmarks/results/runtime_cpu.json` and the section `## Runtime on CPU` in `docs/benchmarks.md`.
 
-    python benchmarks/runtime_cpu.py [--concurrency 1 8 32] [--requests 8 16 32] [--threads 1] [--context 512]
+    python benchmarks/runtime_cpu.py [--tiers bf16 int8 int4] [--concurrency 1 8 32] [--requests 4 16 32]
+                                     [--repeats 3] [--threads 1] [--context 512]
 """
 
 from __future__ import annotations
@@ -48,15 +52,10 @@ from infleet.runtime.quant.tiers import model_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = AZURE_CODE_TRACE
-ORDER = [
-    "infleet",
-    "infleet-bf16-native",
-    "infleet-int8",
-    "infleet-int4",
-    "infleet-fp8",
-    "transformers",
-    "llama-cpp-python",
-]
+TIERS = ["bf16", "bf16-native", "int8", "int4", "fp8"]  # "bf16": fp32 weights on the CPU; "-native": held in bf16
+ORDER = [*(f"infleet-{t}" for t in TIERS), "transformers", "llama-cpp-python"]
+METRICS = ("output_tok_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "mbu")
+LLAMA = "llama-cpp-python"
 WORDS = ["the", "of", "data", "function", "value", "return", "class", "model", "server", "cache", "queue", "and"]
 
 
@@ -295,9 +294,82 @@ def decode_bytes(model: Any, kv_dtype: torch.dtype, mean_context: float) -> floa
     return weights + kv_bytes_per_token(model, kv_dtype) * mean_context
 
 
+# --- summaries, ratios and goals ----------------------------------------------------------------------------------
+def spread(xs: list[float]) -> dict[str, float]:
+    """Median with min and max: what every figure of this benchmark reports."""
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One runtime at one level: each metric's spread over the rounds (a metric some round lacks is left out)."""
+    out: dict[str, Any] = {"runs": runs}
+    for key in METRICS:
+        xs = [r[key] for r in runs if r.get(key) is not None]
+        if len(xs) == len(runs):
+            out[key] = spread(xs)
+    return out
+
+
+def ratios(ours: list[dict], peer: list[dict]) -> dict[str, dict[str, float]]:
+    """infleet / peer within each round (the same load on both), then their spread. Throughput: higher is better;
+    latencies: lower is better."""
+    out = {}
+    for key in METRICS[:-1]:
+        xs = [a[key] / b[key] for a, b in zip(ours, peer, strict=True) if a.get(key) and b.get(key)]
+        if len(xs) == len(ours):
+            out[key.removesuffix("_s")] = spread(xs)
+    return out
+
+
+def check_goals(levels: list[dict]) -> list[dict]:
+    """The goals `docs/benchmarks.md` states, each computed from this run: met, not met, or not measured (None)."""
+    by_c = {level["concurrency"]: level for level in levels}
+
+    def ratio(c: int, name: str, peer: str, key: str) -> float | None:
+        r = by_c.get(c, {}).get("ratios", {}).get(f"{name} vs {peer}", {}).get(key)
+        return None if r is None else r["median"]
+
+    goals = []
+    for tier, floor in (("int4", 1.0), ("int8", 0.8)):
+        x = ratio(1, f"infleet-{tier}", LLAMA, "output_tok")
+        goals.append({
+            "goal": f"{tier} tier at concurrency 1: >= {floor:.1f}x llama.cpp output tok/s",
+            "measured": None if x is None else f"x{x:.2f}",
+            "met": None if x is None else x >= floor,
+        })  # fmt: skip
+    for name in sorted((n for n in by_c.get(32, {}).get("runtimes", {}) if n.startswith("infleet")), key=ORDER.index):
+        x = ratio(32, name, LLAMA, "output_tok")
+        ttft = [ratio(32, name, peer, "ttft_p99") for peer in ("transformers", LLAMA)]
+        measured = None if x is None or None in ttft else x >= 2.0 and all(t < 1.0 for t in ttft if t is not None)
+        goals.append({
+            "goal": f"{name.removeprefix('infleet-')} tier at concurrency 32: >= 2x llama.cpp throughput, TTFT p99 "
+            "below both peers",
+            "measured": None if measured is None else
+            f"x{x:.2f} throughput, TTFT p99 x{ttft[0]:.2f} (transformers) x{ttft[1]:.2f} (llama.cpp)",
+            "met": measured,
+        })  # fmt: skip
+    for name, r in by_c.get(1, {}).get("runtimes", {}).items():
+        if name.startswith("infleet") and "mbu" in r:
+            mbu = r["mbu"]["median"]
+            goals.append({
+                "goal": f"{name.removeprefix('infleet-')} tier batch-1 decode MBU >= 50%",
+                "measured": f"{mbu * 100:.0f}%",
+                "met": mbu >= 0.5,
+            })  # fmt: skip
+    return goals
+
+
 # --- report ------------------------------------------------------------------------------------------------------
 def fmt(x: float | None, scale: float = 1.0, digits: int = 0) -> str:
     return "—" if x is None else f"{x * scale:.{digits}f}"
+
+
+def cell(r: dict, key: str, scale: float = 1.0, digits: int = 0, ranged: bool = False) -> str:
+    if key not in r:
+        return "—"
+    s = r[key]
+    text = fmt(s["median"], scale, digits)
+    return f"{text} ({fmt(s['min'], scale, digits)}-{fmt(s['max'], scale, digits)})" if ranged else text
 
 
 def write_docs(results: dict, path: Path) -> None:
@@ -309,18 +381,20 @@ def write_docs(results: dict, path: Path) -> None:
         f"({setup['model']}), {setup['threads']} thread(s) for every runtime, prompts from the Azure code trace "
         f"scaled to {setup['context']} tokens (mean {setup['mean_prompt_tokens']:.0f}), greedy, "
         f"{setup['min_out']}-{setup['max_out']} output tokens, a closed loop of `concurrency` clients. "
-        "infleet and transformers run the GGUF's weights dequantized to fp32 (infleet's bf16 tier; other infleet "
-        f"rows are quantized tiers); infleet: step budget {setup['max_batch_tokens']} tokens, decodes first, at most "
-        f"{setup['max_prefill_tokens']} prompt tokens per step. transformers: static batches of `concurrency`, one "
-        "`generate` each. llama-cpp-python: "
+        "infleet rows are its tiers (`bf16` computes in fp32 on the CPU: the GGUF's weights dequantized, like "
+        "transformers'); infleet: step budget "
+        f"{setup['max_batch_tokens']} tokens, decodes first, at most {setup['max_prefill_tokens']} prompt tokens per "
+        "step. transformers: fp32, static batches of `concurrency`, one `generate` each. llama-cpp-python: "
         + (
             f"{setup['llama_cpp']}, the quantized weights as stored, continuous batching over its low-level "
             "multi-sequence `llama_decode` (its OpenAI server and `Llama` object serve one request at a time)"
             if setup.get("llama_cpp")
             else "not installed"
         )
-        + f". Machine read bandwidth measured at {setup['read_bandwidth_gbs']:.1f} GB/s (shared, loaded, load "
-        f"average {setup['load_average']:.1f}); the runtimes take turns within each level.",
+        + f". Every level ran {setup['repeats']} rounds, the runtimes taking turns in a rotated order; each figure "
+        "is the median of the rounds, throughput with its min-max. Machine read bandwidth measured at "
+        f"{setup['read_bandwidth_gbs']:.1f} GB/s in the same run; load average {setup['load_average']:.2f} at the "
+        f"start, {setup['load_average_end']:.2f} at the end, on {setup['cpu_count']} cores.",
         "",
         "| runtime | concurrency | requests | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | MBU |",
         "|---|---|---|---|---|---|---|",
@@ -330,13 +404,22 @@ def write_docs(results: dict, path: Path) -> None:
             if r.get("skipped"):
                 lines.append(f"| {name} | {level['concurrency']} | — | skipped: {r['skipped']} | | | |")
                 continue
-            mbu = f"{r['mbu'] * 100:.0f}%" if r.get("mbu") is not None else ""
+            mbu = f"{r['mbu']['median'] * 100:.0f}%" if "mbu" in r else ""
             lines.append(
-                f"| {name} | {level['concurrency']} | {level['requests']} | {r['output_tok_s']:.1f} | "
-                f"{fmt(r['ttft_p50_s'], 1e3)} / {fmt(r['ttft_p99_s'], 1e3)} | "
-                f"{fmt(r['itl_p50_s'], 1e3)} / {fmt(r['itl_p99_s'], 1e3)} | {mbu} |"
+                f"| {name} | {level['concurrency']} | {level['requests']} | {cell(r, 'output_tok_s', 1, 1, True)} | "
+                f"{cell(r, 'ttft_p50_s', 1e3)} / {cell(r, 'ttft_p99_s', 1e3)} | "
+                f"{cell(r, 'itl_p50_s', 1e3)} / {cell(r, 'itl_p99_s', 1e3)} | {mbu} |"
             )
-    lines += ["", "Ratios (infleet / peer): " + "; ".join(results["ratios_text"]) + ".", ""]
+    lines += ["", "Ratios (infleet / peer), median (min-max) of the rounds:", ""]
+    for level in results["levels"]:
+        for pair, r in level.get("ratios", {}).items():
+            parts = [f"{k.replace('_', ' ')} {cell(r, k, 1, 2, True)}" for k in r]
+            lines.append(f"- c={level['concurrency']} {pair}: " + ", ".join(parts))
+    lines += ["", "Goals (computed by the benchmark from the medians above):", ""]
+    for g in results["goals"]:
+        verdict = "not measured" if g["met"] is None else "met" if g["met"] else "not met"
+        lines.append(f"- {g['goal']}: **{verdict}**" + (f" ({g['measured']})" if g["measured"] else ""))
+    lines.append("")
     section = "\n".join(lines)
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     start = text.find("## Runtime on CPU")
@@ -352,34 +435,43 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--requests", type=int, nargs="+", default=[4, 16, 32], help="requests per concurrency level")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds per level; figures are their median")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--context", type=int, default=512, help="the trace's longest prompt maps to this many tokens")
     ap.add_argument("--min-out", type=int, default=16)
-    ap.add_argument("--max-out", type=int, default=48)
+    ap.add_argument("--max-out", type=int, default=32)
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--max-batch-tokens", type=int, default=128, help="infleet's per-step token budget")
     ap.add_argument(
         "--max-prefill-tokens", type=int, default=64, help="infleet's prompt tokens per step at most (after decodes)"
     )
     ap.add_argument("--llama-batch", type=int, default=512, help="llama.cpp's tokens per batch (n_batch)")
+    ap.add_argument("--tiers", nargs="+", default=["bf16", "int8", "int4"], choices=TIERS, help="infleet rows")
     ap.add_argument(
-        "--tiers",
-        nargs="+",
-        default=["bf16"],
-        help="infleet rows: bf16 (fp32 weights), bf16-native (bf16 weights), int8, int4, fp8",
+        "--max-load-per-core", type=float, default=0.5, help="do not measure above this 1-minute load average per core"
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_cpu.json")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     if len(args.requests) != len(args.concurrency):
         ap.error("--requests needs one count per --concurrency level")
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if load > args.max_load_per_core * cores:
+        print(
+            f"skipped: load average {load:.2f} on {cores} cores is above {args.max_load_per_core} per core; on a "
+            "shared machine the figures swing by several times. Run it on a quiet machine (or raise "
+            "--max-load-per-core, and say so beside the figures)."
+        )
+        return 0
     torch.set_num_threads(args.threads)
     gguf_path = smollm2_gguf()
 
     model, config, tokenizer = load_model(gguf_path, dtype=torch.float32)
     engines: dict[str, AsyncEngine] = {}
     for tier in args.tiers:
-        # "bf16" is the float tier: fp32 weights (the like-for-like row), "bf16-native" the same weights held in bf16
         if tier == "bf16":
             tier_model = model
         elif tier == "bf16-native":
@@ -393,8 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             max_batch_tokens=args.max_batch_tokens,
             max_prefill_tokens=args.max_prefill_tokens,
         )
-        name = "infleet" if tier == "bf16" else f"infleet-{tier}"
-        engines[name] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
+        engines[f"infleet-{tier}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
     workloads = {
         c: make_requests(tokenizer, n, args, seed=c) for c, n in zip(args.concurrency, args.requests, strict=True)
     }
@@ -419,8 +510,9 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "model": gguf_path.name,
             "threads": args.threads,
-            "cpu_count": os.cpu_count(),
-            "load_average": os.getloadavg()[0],
+            "cpu_count": cores,
+            "load_average": load,
+            "repeats": args.repeats,
             "context": args.context,
             "max_batch_tokens": args.max_batch_tokens,
             "max_prefill_tokens": args.max_prefill_tokens,
@@ -435,10 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "levels": [],
     }
-    ratios_text = []
     for c, reqs in workloads.items():
         print(f"== concurrency {c}: {len(reqs)} requests", flush=True)
-        level: dict[str, Any] = {"concurrency": c, "requests": len(reqs), "runtimes": {}}
         runs: list[tuple[str, Callable[[], dict]]] = [
             (name, functools.partial(run_infleet, engine, reqs, c)) for name, engine in engines.items()
         ]
@@ -446,46 +536,41 @@ def main(argv: list[str] | None = None) -> int:
             pad_id = config.eos_token_ids[0]
             runs.append(("transformers", functools.partial(run_transformers, hf_model, reqs, c, pad_id)))
         if llama is not None:
-            runs.append(("llama-cpp-python", functools.partial(llama.run, reqs, c)))
-        # the machine is shared: the runtimes take turns, each level in a rotated order, so none always goes first
-        shift = len(results["levels"]) % len(runs)
-        for name, run in runs[shift:] + runs[:shift]:
-            level["runtimes"][name] = run()
-            print(f"  {name}", level["runtimes"][name], flush=True)
-        if llama is None:
-            level["runtimes"]["llama-cpp-python"] = {"skipped": llama_skip}
-        level["runtimes"] = {k: level["runtimes"][k] for k in sorted(level["runtimes"], key=ORDER.index)}
-        if c == 1:
+            runs.append((LLAMA, functools.partial(llama.run, reqs, c)))
+        per_step: dict[str, float] = {}
+        if c == 1:  # bytes one batch-1 decode step reads, for MBU
             mean_ctx = statistics.mean(len(ids) + gen / 2 for ids, gen in reqs)
             per_step = {
-                "infleet": decode_bytes(model, torch.float32, mean_ctx),
                 "transformers": decode_bytes(model, torch.float32, mean_ctx),
                 # the Q4_1/Q8_0 file as stored is what llama.cpp reads per token
-                "llama-cpp-python": gguf_path.stat().st_size + kv_bytes_per_token(model, torch.float16) * mean_ctx,
+                LLAMA: gguf_path.stat().st_size + kv_bytes_per_token(model, torch.float16) * mean_ctx,
             }
             for name, engine in engines.items():
                 kv_dtype = engine.engine.runner.kv_caches[0].k.dtype
                 per_step[name] = decode_bytes(engine.engine.model, kv_dtype, mean_ctx)
-            for name, r in level["runtimes"].items():
-                if not r.get("skipped"):
+        samples: dict[str, list[dict]] = {name: [] for name, _ in runs}
+        for round_ in range(args.repeats):  # the machine may be shared: take turns, none always first
+            shift = (len(results["levels"]) + round_) % len(runs)
+            for name, run in runs[shift:] + runs[:shift]:
+                r = run()
+                if name in per_step:
                     r["bytes_per_step"] = per_step[name]
                     r["mbu"] = per_step[name] * r["decode_steps_per_s"] / bandwidth
-        for name in engines:
-            ours = level["runtimes"][name]
-            for peer, r in level["runtimes"].items():
-                if peer.startswith("infleet") or r.get("skipped"):
-                    continue
-                ratio = {"throughput": ours["output_tok_s"] / r["output_tok_s"]}
-                for key in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99"):
-                    ratio[key] = ours[f"{key}_s"] / r[f"{key}_s"]
-                level.setdefault("ratios", {})[f"{name} vs {peer}"] = ratio
-                ratios_text.append(
-                    f"c={c} {name} vs {peer}: throughput x{ratio['throughput']:.2f}, "
-                    f"TTFT p50 x{ratio['ttft_p50']:.2f} p99 x{ratio['ttft_p99']:.2f}, "
-                    f"ITL p50 x{ratio['itl_p50']:.2f} p99 x{ratio['itl_p99']:.2f}"
-                )
+                samples[name].append(r)
+                print(f"  round {round_ + 1} {name}", r, flush=True)
+        level: dict[str, Any] = {"concurrency": c, "requests": len(reqs), "load_average": os.getloadavg()[0]}
+        level["runtimes"] = {name: summarise(samples[name]) for name in sorted(samples, key=ORDER.index)}
+        if llama is None:
+            level["runtimes"][LLAMA] = {"skipped": llama_skip}
+        level["ratios"] = {
+            f"{name} vs {peer}": ratios(samples[name], samples[peer])
+            for name in engines
+            for peer in samples
+            if not peer.startswith("infleet")
+        }
         results["levels"].append(level)
-    results["ratios_text"] = ratios_text
+    results["setup"]["load_average_end"] = os.getloadavg()[0]
+    results["goals"] = check_goals(results["levels"])
     results["engine_stats"] = {name: vars(engine.stats()) for name, engine in engines.items()}
     for engine in engines.values():
         asyncio.run(engine.shutdown())
@@ -494,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     write_docs(results, args.docs)
-    print("\n".join(ratios_text))
+    for g in results["goals"]:
+        print(g)
     return 0
 
 

@@ -61,13 +61,14 @@ SCHEMA = "infleet.tier-profile/v1"
 BLOCK_SIZE = 16
 
 
-def embedding(model: nn.Module) -> nn.Embedding:
-    return cast(nn.Embedding, model.model.embed_tokens)  # type: ignore[union-attr]
+def embedding(model: nn.Module) -> nn.Module:
+    """nn.Embedding, or the tiers' Int8Embedding (a tied head in int8); both hold their table as `weight`."""
+    return cast(nn.Module, model.model.embed_tokens)  # type: ignore[union-attr]
 
 
 def float_dtype(model: nn.Module) -> torch.dtype:
-    """The activation (and KV-cache) dtype: the embedding's, which no tier quantizes."""
-    return embedding(model).weight.dtype
+    """The activation (and KV-cache) dtype: the final norm's, which no tier quantizes."""
+    return cast(torch.dtype, model.model.norm.weight.dtype)  # type: ignore[union-attr]
 
 
 @torch.inference_mode()
@@ -158,7 +159,7 @@ def prefill_tokens_per_second(engine: LLMEngine, prompt: list[int], repeats: int
 def bytes_per_decode_step(model: nn.Module) -> int:
     """Weights a decode step reads: everything but the embedding table, unless the lm_head reads it as its weight."""
     total = model_bytes(model)
-    embed = embedding(model).weight
+    embed = cast(torch.Tensor, embedding(model).weight)
     head = getattr(model.lm_head, "weight", None)
     if head is None or head.data_ptr() != embed.data_ptr():
         total -= embed.numel() * embed.element_size()

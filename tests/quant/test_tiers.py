@@ -31,13 +31,35 @@ def tiny_llama(hidden: int = 64, ffn: int = 128, vocab: int = 256, tied: bool = 
     return model
 
 
-def test_tied_lm_head_keeps_the_embedding_table() -> None:
+@pytest.mark.parametrize("tier", ["int8", "int4"])
+def test_a_tied_lm_head_becomes_one_int8_table_for_head_and_embedding(tier: str) -> None:
     model = tiny_llama(tied=True)
-    info = T.quantize_model(model, "int8")
+    ids = torch.tensor([3, 17, 255, 3])
+    x = torch.randn(5, 64)
+    float_embed, float_logits = model.model.embed_tokens(ids).detach(), model.compute_logits(x).detach()
+    info = T.quantize_model(model, tier)
+    assert info.layers == 2 * 7 + 1  # the tied head once
+    head, embed = model.lm_head, model.model.embed_tokens
+    assert isinstance(head, T.Int8Head) and isinstance(embed, T.Int8Embedding)
+    assert embed.weight is head.weight and embed.weight.dtype == torch.int8  # one table, no float copy left
+    assert not any(p.numel() == 256 * 64 for p in model.parameters())
+    rows = embed(ids)
+    assert rows.dtype == torch.float32
+    torch.testing.assert_close(rows, F.dequantize_int8(F.Int8Weight(head.weight, head.scale))[ids])
+    torch.testing.assert_close(rows, float_embed, atol=0.002, rtol=0.02)
+    logits = model.compute_logits(x)
+    assert (logits - float_logits).norm() / float_logits.norm() < 0.02
+    dequantized = F.dequantize_int8(F.Int8Weight(head.weight, head.scale))
+    torch.testing.assert_close(logits, x @ dequantized.T, atol=1e-5, rtol=1e-5)  # fp32 logits, not bf16's 8 bits
+
+
+def test_fp8_keeps_a_tied_lm_head_float() -> None:
+    model = tiny_llama(tied=True)
+    info = T.quantize_model(model, "fp8")
     assert info.layers == 2 * 7
     assert isinstance(model.lm_head, nn.Linear)
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    assert isinstance(model.model.layers[0].mlp.down_proj, T.Int8Linear)
+    assert isinstance(model.model.layers[0].mlp.down_proj, T.Fp8Linear)
 
 
 @pytest.mark.parametrize(
