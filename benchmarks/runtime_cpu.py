@@ -52,7 +52,7 @@ from infleet.runtime.quant.tiers import model_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = AZURE_CODE_TRACE
-TIERS = ["bf16", "bf16-native", "int8", "int4", "fp8"]  # "bf16": fp32 weights on the CPU; "-native": held in bf16
+TIERS = ["fp32", "bf16", "int8", "int4", "fp8"]  # "fp32": the float weights in fp32 (transformers' precision)
 ORDER = [*(f"infleet-{t}" for t in TIERS), "transformers", "llama-cpp-python"]
 METRICS = ("output_tok_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "mbu")
 LLAMA = "llama-cpp-python"
@@ -381,8 +381,10 @@ def write_docs(results: dict, path: Path) -> None:
         f"({setup['model']}), {setup['threads']} thread(s) for every runtime, prompts from the Azure code trace "
         f"scaled to {setup['context']} tokens (mean {setup['mean_prompt_tokens']:.0f}), greedy, "
         f"{setup['min_out']}-{setup['max_out']} output tokens, a closed loop of `concurrency` clients. "
-        "infleet rows are its tiers (`bf16` computes in fp32 on the CPU: the GGUF's weights dequantized, like "
-        "transformers'); infleet: step budget "
+        "infleet rows are its tiers as it serves them on a CPU (`bf16` in bf16; `int8`/`int4` with float32 "
+        "activations; `fp32`, where present, is the GGUF's weights dequantized to float32 like transformers'); "
+        "infleet: prefix caching off (every round sends the same prompts, and neither peer here reuses one "
+        "request's prompt for another), step budget "
         f"{setup['max_batch_tokens']} tokens, decodes first, at most {setup['max_prefill_tokens']} prompt tokens per "
         "step. transformers: fp32, static batches of `concurrency`, one `generate` each. llama-cpp-python: "
         + (
@@ -472,18 +474,20 @@ def main(argv: list[str] | None = None) -> int:
     model, config, tokenizer = load_model(gguf_path, dtype=torch.float32)
     engines: dict[str, AsyncEngine] = {}
     for tier in args.tiers:
-        if tier == "bf16":
+        # as the runtime serves each tier on a CPU: bf16 in bf16, the others' activations in float32
+        if tier == "fp32":
             tier_model = model
-        elif tier == "bf16-native":
+        elif tier == "bf16":
             tier_model = load_model(gguf_path, dtype=torch.bfloat16)[0]
         else:
             tier_model = apply_tier(load_model(gguf_path, dtype=torch.float32)[0], tier)
         cfg = EngineConfig(
-            tier=tier.removesuffix("-native"),
+            tier="bf16" if tier == "fp32" else tier,
             max_model_len=2048,
             max_num_seqs=64,
             max_batch_tokens=args.max_batch_tokens,
             max_prefill_tokens=args.max_prefill_tokens,
+            prefix_caching=False,  # every round sends the same prompts; the peers here cache nothing across requests
         )
         engines[f"infleet-{tier}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
     workloads = {

@@ -6,7 +6,8 @@ time, the time inside aten ops (self CPU, summed) and the rest (Python and dispa
 with the most self time, with their calls per step. Writes JSON (`benchmarks/results/runtime_profile.json`) that
 `docs/performance.md` quotes.
 
-    python benchmarks/runtime_profile.py [--tiers bf16 int8 int4] [--batches 1 32] [--threads 1]
+    python benchmarks/runtime_profile.py [--tiers bf16 int8 int4] [--batches 1 32] [--threads 1] [--label after]
+    python benchmarks/runtime_profile.py --render before.json after.json   # markdown tables, side by side
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def profile_steps(engine: LLMEngine, steps: int) -> dict[str, Any]:
     return {
         "step_ms": wall_ms,
         "step_ms_min_max": [min(walls) * 1e3, max(walls) * 1e3],
+        "step_ms_mean": statistics.mean(walls) * 1e3,  # what the op totals below compare with
         "ops_ms": op_us / 1e3,  # under the profiler: its overhead inflates the small ops a little
         "top_ops": [
             {"op": e.key, "ms_per_step": e.self_cpu_time_total / steps / 1e3, "calls_per_step": e.count / steps}
@@ -68,6 +70,29 @@ def profile_steps(engine: LLMEngine, steps: int) -> dict[str, Any]:
         ],
         "calls_per_step": sum(e.count for e in events) / steps,
     }
+
+
+def render(paths: list[Path]) -> str:
+    """Markdown: per tier and batch, each run's step time and its top ops, the runs side by side."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    lines = []
+    for key in [(r["tier"], r["batch"]) for r in runs[0]["runs"]]:
+        cells = [next(r for r in run["runs"] if (r["tier"], r["batch"]) == key) for run in runs]
+        lines.append(f"**{key[0]}, batch {key[1]}**")
+        for run, c in zip(runs, cells, strict=True):
+            lines += [
+                "",
+                f"{run['label'] or run['commit']} ({run['commit']}): step {c['step_ms']:.1f} ms median "
+                f"({c['step_ms_min_max'][0]:.1f}-{c['step_ms_min_max'][1]:.1f}), mean {c['step_ms_mean']:.1f} ms, "
+                f"{c['ops_ms']:.1f} ms inside ops (self time), "
+                f"{c['calls_per_step']:.0f} op calls",
+                "",
+                "| op | ms / step | calls / step |",
+                "|---|---:|---:|",
+                *(f"| `{o['op']}` | {o['ms_per_step']:.2f} | {o['calls_per_step']:.0f} |" for o in c["top_ops"]),
+            ]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before / after)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_profile.json")
+    ap.add_argument("--render", type=Path, nargs="+", help="print these runs' tables as markdown and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return 0
     torch.set_num_threads(args.threads)
     gguf = smollm2_gguf()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
@@ -96,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     for tier in args.tiers:
-        model, config, tokenizer = load_model(gguf, dtype=torch.float32)
+        # as the runtime serves each tier on a CPU: bf16 in bf16, the others' activations in float32
+        model, config, tokenizer = load_model(gguf, dtype=torch.bfloat16 if tier == "bf16" else torch.float32)
         model = apply_tier(model, tier)
         for batch in args.batches:
             engine = decoding_engine(model, config, tokenizer, tier, batch, args.prompt_tokens)

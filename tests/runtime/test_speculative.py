@@ -51,6 +51,19 @@ def engine(model: Any, config: Any, tokenizer: Any, spec: bool, **kwargs: Any) -
     return LLMEngine(model, config, tokenizer, EngineConfig(**kwargs))
 
 
+NEAR_TIE = 0.1  # nats between the two most likely tokens (a divergence seen on one CPU: 0.042)
+
+
+def top_two_gap(llm: LLMEngine, tokens: list[int]) -> float:
+    """How far apart (log-probability) the two most likely next tokens after `tokens` are, from a fresh prefill."""
+    llm.add_request("gap", tokens, SamplingParams(max_tokens=1, temperature=0.0, logprobs=2))
+    outputs = []
+    while llm.has_unfinished():
+        outputs += llm.step()
+    (first, second), *_ = [o.new_logprobs[0].top[:2] for o in outputs if o.new_logprobs]
+    return first[1] - second[1]
+
+
 def random_prompts(n: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(3, VOCAB) for _ in range(rng.randint(4, 40))] for _ in range(n)]
@@ -128,7 +141,15 @@ def test_greedy_outputs_are_identical_with_speculation_on_and_off(tiny: Any, tie
     assert on_engine.speculator is not None
     on_engine.speculator.proposer = oracle([p + o for p, o in zip(prompts, off, strict=True)], error_rate=0.3)
     on = on_engine.generate(prompts, greedy)
-    assert on == off
+    # Exact but at a near-tie: where the CPU rounds activations to bf16 (the bf16 tier, the int8/int4 kernels), a
+    # k+1-row verify can round differently from a one-row decode (docs/runtime.md). A verifier that kept a wrong draft
+    # or dropped a right one would diverge where the choice is clear-cut.
+    diverged = [(p, a, b) for p, a, b in zip(prompts, on, off, strict=True) if a != b]
+    assert len(diverged) <= 2, f"{len(diverged)} of {len(prompts)} outputs differ"
+    for prompt, a, b in diverged:
+        first = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+        gap = top_two_gap(engine(model, config, tokenizer, spec=False), prompt + b[:first])
+        assert gap < NEAR_TIE, f"outputs differ at token {first}, where the top two are {gap:.3f} nats apart"
     stats = on_engine.speculator.stats
     assert 0 < stats.accepted_tokens < stats.draft_tokens  # right drafts were kept and wrong ones rejected
     assert stats.emitted_tokens == stats.drafts + stats.accepted_tokens
