@@ -280,6 +280,12 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
+    with listener:  # closed on every way out, a failed load included
+        return serve_one_process(cfg, args, listener)
+
+
+def serve_one_process(cfg: EngineConfig, args: argparse.Namespace, listener: socket.socket) -> int:
+    """Load the model and serve it on `listener` (bound by `serve`); exit code."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from infleet.runtime.threads import apply_threads
 

@@ -247,13 +247,14 @@ def serve_parallel(cfg: EngineConfig, args: Any) -> int:
         if "serving" in holder:
             holder["serving"].state.draining = True  # /health: 503 before the process goes
 
-    group = ParallelGroup.start(cfg, num_kv_blocks=num_blocks, placement=placement, on_failure=unhealthy)
-    engine = AsyncEngine(group.engine(config, tokenizer, metrics))
-    log_startup(served_name, engine)
-    metrics.set_execution(engine.execution)
-    serving = Serving(engine=engine, served_name=served_name, metrics=metrics)
-    holder["serving"] = serving
-    try:
-        return run_http(serving, args, listener)
-    finally:
-        group.stop()
+    with listener:  # closed on every way out, a failed start included
+        group = ParallelGroup.start(cfg, num_kv_blocks=num_blocks, placement=placement, on_failure=unhealthy)
+        engine = AsyncEngine(group.engine(config, tokenizer, metrics))
+        log_startup(served_name, engine)
+        metrics.set_execution(engine.execution)
+        serving = Serving(engine=engine, served_name=served_name, metrics=metrics)
+        holder["serving"] = serving
+        try:
+            return run_http(serving, args, listener)
+        finally:
+            group.stop()

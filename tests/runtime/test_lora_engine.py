@@ -181,8 +181,9 @@ def test_lora_flags_are_checked_before_loading(args: list[str], message: str, ca
 
 def test_a_bad_adapter_at_start_is_one_line_naming_the_flag(models: LoRAModels, tmp_path: Path, capsys: Any) -> None:
     from infleet.runtime.__main__ import main
+    from infleet.runtime.server.launch import free_port
 
     args = ["serve", "--model", str(models.base), "--threads", "1", "--enable-lora", "--lora-modules", f"x={tmp_path}"]
-    assert main(args) == 1
+    assert main([*args, "--host", "127.0.0.1", "--port", str(free_port())]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--lora-modules:" in err[0] and "adapter_config.json" in err[0], err
