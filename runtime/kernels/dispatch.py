@@ -151,9 +151,9 @@ def int8_logits(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
     x2 = x.reshape(-1, x.shape[-1]).float()
     out = torch.empty(x2.shape[0], weight.shape[0], dtype=torch.float32)
     for start in range(0, weight.shape[0], LOGITS_CHUNK_ROWS):
-        chunk = weight[start : start + LOGITS_CHUNK_ROWS]
-        out[:, start : start + chunk.shape[0]] = torch.nn.functional.linear(x2, chunk.float())
-    return out.mul_(scale.float()).reshape(*x.shape[:-1], weight.shape[0])
+        rows = slice(start, start + LOGITS_CHUNK_ROWS)
+        out[:, rows] = _int8_float(x2, weight[rows], scale[rows])
+    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def int4_linear(
