@@ -43,11 +43,12 @@ import torch
 
 from infleet.autoscaler.simulator.trace import AZURE_CODE_TRACE
 from infleet.runtime.config import EngineConfig
-from infleet.runtime.engine.engine import AsyncEngine, LLMEngine, apply_tier
+from infleet.runtime.engine.engine import AsyncEngine, LLMEngine
 from infleet.runtime.engine.model_runner import kv_bytes_per_token
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.loader import load_model
 from infleet.runtime.loader.smollm2 import smollm2_gguf
+from infleet.runtime.quant.profile import read_bandwidth_gbs, served_model
 from infleet.runtime.quant.tiers import model_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,17 +278,6 @@ class LlamaCppBatched:
 
 
 # --- bandwidth and MBU -------------------------------------------------------------------------------------------
-def read_bandwidth(gib: float = 1.0) -> float:
-    """Bytes/s for a streaming read (a sum over a buffer much larger than the caches); best of three."""
-    x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
-    best = 0.0
-    for _ in range(3):
-        t = time.perf_counter()
-        x.sum()
-        best = max(best, x.numel() * 4 / (time.perf_counter() - t))
-    return best
-
-
 def decode_bytes(model: Any, kv_dtype: torch.dtype, mean_context: float) -> float:
     """What one batch-1 decode step reads: every weight once (the tied embedding once, as lm_head) plus the KV."""
     weights = model_bytes(model)  # quantized layers keep their weights in buffers; tied weights count once
@@ -474,13 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     model, config, tokenizer = load_model(gguf_path, dtype=torch.float32)
     engines: dict[str, AsyncEngine] = {}
     for tier in args.tiers:
-        # as the runtime serves each tier on a CPU: bf16 in bf16, the others' activations in float32
-        if tier == "fp32":
-            tier_model = model
-        elif tier == "bf16":
-            tier_model = load_model(gguf_path, dtype=torch.bfloat16)[0]
-        else:
-            tier_model = apply_tier(load_model(gguf_path, dtype=torch.float32)[0], tier)
+        tier_model = model if tier == "fp32" else served_model(gguf_path, tier)[0]
         cfg = EngineConfig(
             tier="bf16" if tier == "fp32" else tier,
             max_model_len=2048,
@@ -494,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         c: make_requests(tokenizer, n, args, seed=c) for c, n in zip(args.concurrency, args.requests, strict=True)
     }
     all_prompts = [len(ids) for w in workloads.values() for ids, _ in w]
-    bandwidth = read_bandwidth()
+    bandwidth = read_bandwidth_gbs() * 1e9
 
     hf_model = None
     if not args.skip_transformers:

@@ -25,10 +25,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from infleet.runtime.config import EngineConfig
-from infleet.runtime.engine.engine import LLMEngine, apply_tier
+from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.engine.sampler import SamplingParams
-from infleet.runtime.loader import load_model
 from infleet.runtime.loader.smollm2 import smollm2_gguf
+from infleet.runtime.quant.profile import served_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     for tier in args.tiers:
-        # as the runtime serves each tier on a CPU: bf16 in bf16, the others' activations in float32
-        model, config, tokenizer = load_model(gguf, dtype=torch.bfloat16 if tier == "bf16" else torch.float32)
-        model = apply_tier(model, tier)
+        model, config, tokenizer = served_model(gguf, tier)
         for batch in args.batches:
             engine = decoding_engine(model, config, tokenizer, tier, batch, args.prompt_tokens)
             run = {"tier": tier, "batch": batch, **profile_steps(engine, args.steps)}

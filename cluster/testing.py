@@ -113,3 +113,31 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def capacity_cost(
+    uri: str, gpu: str, tier: str, mix: tuple[float, float] | None = None, hourly: float | None = None
+) -> float:
+    """$/1M tokens of one replica's capacity at 70% planned utilization, as an operator run with `--replica-device
+    cpu` prices `tier` on `gpu` (the shipped measured CPU profile; the default price table, or `hourly`) at the
+    token `mix` (None: the reference mix): what a `cost.maxPerMillionTokens` budget is compared with. Tests set
+    their budgets from it, so a re-measured profile moves the budgets with it."""
+    from infleet.autoscaler import cost, profiles, tiers
+
+    choice = profiles.tier_options(uri, gpu, [tier], replica_device="cpu", mix=mix)
+    if not choice.options:
+        raise AssertionError(f"no {tier} option for {uri} on {gpu}: {choice.source}")
+    prices = cost.price_table({gpu: hourly} if hourly is not None else None)
+    (priced,) = tiers.price_options(choice.options, 1.0, 0.7, prices)
+    return priced.capacity_cost_per_million_tokens
+
+
+def budget_between(cheaper: float, dearer: float) -> float:
+    """A round budget (two significant digits) strictly between two capacity costs, for a test that wants the
+    dearer tier over its budget and the cheaper one within it; fails the test when the profile orders them the
+    other way or too close to tell apart."""
+    if not cheaper < dearer * 0.9:
+        raise AssertionError(f"the profile no longer makes ${cheaper:.3g} clearly cheaper than ${dearer:.3g} per 1M")
+    budget = float(f"{(cheaper * dearer) ** 0.5:.2g}")
+    assert cheaper < budget < dearer, (cheaper, budget, dearer)
+    return budget

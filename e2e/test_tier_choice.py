@@ -4,16 +4,17 @@ and no request fails.
 SmolLM2 under `quantization.tier: auto` with bf16 and int8 allowed (quality loss at most 1%). The local fleet's
 operator prices tiers with the measured CPU profile (`operator.replicaDevice=cpu`) at the deployment's recent token
 mix. The client asks for 128 tokens after a 33-token chat prompt (`ignore_eos`), a mix that mostly decodes, where
-int8 is the cheaper tier on this CPU: one replica's capacity at 70% planned utilization costs about $3.98 per 1M
-tokens in bf16 and $3.11 in int8 (quality loss 0.002) at the L4's $0.80/h. Under a $100 budget the chooser keeps
-bf16, the best quality; a $3.4 budget leaves bf16 over it, and the operator moves to int8: status.tier and its
-reason, a TierChanged event, and the Deployment's surge rollout (the new pod is ready before the old one goes).
-Meanwhile the autoscaler's Prometheus reader fills status.costPerMillionTokens from the tokens/s served. One client
-at a time keeps the deployment at one replica, so only the tier moves.
+int8 is the cheaper tier on this CPU (the shipped profile). Under a $100 budget the chooser keeps bf16, the best
+quality; a budget between int8's and bf16's capacity cost at that mix and the L4's $0.80/h (computed from the same
+profile, `tight_budget`) leaves bf16 over it, and the operator moves to int8: status.tier and its reason, a
+TierChanged event, and the Deployment's surge rollout (the new pod is ready before the old one goes). Meanwhile the
+autoscaler's Prometheus reader fills status.costPerMillionTokens from the tokens/s served. One client at a time
+keeps the deployment at one replica, so only the tier moves.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ import pytest
 import urllib3
 
 from infleet.cluster.stack import Stack
-from infleet.cluster.testing import wait_for
+from infleet.cluster.testing import budget_between, capacity_cost, wait_for
 
 from .conftest import DEMO_NAMESPACE, Cluster, requires_autoscaler
 
@@ -34,7 +35,15 @@ pytestmark = [pytest.mark.cluster, pytest.mark.model, pytest.mark.slow]
 
 NAMESPACE = DEMO_NAMESPACE
 NAME = "tiered"
-LOOSE, TIGHT = 100.0, 3.4  # $ per 1M tokens
+LOOSE = 100.0  # $ per 1M tokens
+PROFILED = "file:///models/SmolLM2-135M-Instruct.Q4_1.gguf"  # the file the shipped CPU profile measured
+
+
+@functools.cache
+def tight_budget() -> float:
+    """$ per 1M tokens between int8's capacity cost and bf16's at the client's mix, on an L4 at $0.80/h."""
+    int8, bf16 = (capacity_cost(PROFILED, "NVIDIA-L4", t, mix=(33, 130), hourly=0.8) for t in ("int8", "bf16"))
+    return budget_between(int8, bf16)
 
 
 def budget(dollars: float) -> dict[str, Any]:
@@ -172,7 +181,7 @@ def test_a_tighter_cost_slo_moves_the_tier_without_a_failed_request(
             NAMESPACE,
             "--type=merge",
             "-p",
-            f'{{"spec": {{"cost": {{"maxPerMillionTokens": {TIGHT}}}}}}}',
+            f'{{"spec": {{"cost": {{"maxPerMillionTokens": {tight_budget()}}}}}}}',
         )
         wait_for(
             lambda: (
@@ -186,7 +195,7 @@ def test_a_tighter_cost_slo_moves_the_tier_without_a_failed_request(
         )
         # after the move the chooser keeps int8 each tick at the same mix, within the budget
         moved = wait_for(
-            lambda: (s := status_of(stack)).get("tier") == "int8" and KEPT.search(s.get("tierReason", "")) and s,
+            lambda: (s := status_of(stack)).get("tier") == "int8" and kept_int8().search(s.get("tierReason", "")) and s,
             timeout=180,
             interval=2,
             what="status.tier int8 with the chooser's reason",
@@ -206,7 +215,8 @@ def test_a_tighter_cost_slo_moves_the_tier_without_a_failed_request(
     ]
 
 
-KEPT = re.compile(
-    rf"keep int8 on NVIDIA-L4 \(\$[0-9.]+/1M tokens at capacity, within the \${TIGHT:g}/1M budget.*"
-    r"requests of [0-9]+ prompt \+ 130 output tokens"
-)
+def kept_int8() -> re.Pattern[str]:
+    return re.compile(
+        rf"keep int8 on NVIDIA-L4 \(\$[0-9.]+/1M tokens at capacity, within the \${tight_budget():g}/1M budget.*"
+        r"requests of [0-9]+ prompt \+ 130 output tokens"
+    )

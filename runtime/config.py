@@ -215,9 +215,14 @@ class EngineConfig:
 
     @property
     def compute_dtype_name(self) -> str:
-        """Activations' dtype: bf16 for every tier on a GPU; on a CPU bf16 for the bf16 tier and float32 for the
-        weight-only tiers (PyTorch's CPU int8/int4 kernels round activations to bf16 inside the call)."""
-        return "bfloat16" if self.tier == "bf16" or self.device == "cuda" else "float32"
+        return compute_dtype_name(self.tier, self.device)
+
+
+def compute_dtype_name(tier: str, device: str) -> str:
+    """The dtype a tier's activations (and KV cache) are served in: bf16 for every tier on a GPU; on a CPU bf16 for
+    the bf16 tier and float32 for the weight-only tiers (PyTorch's CPU int8/int4 kernels round activations to bf16
+    inside the call)."""
+    return "bfloat16" if tier == "bf16" or device == "cuda" else "float32"
 
 
 def memory_limit_bytes() -> int:

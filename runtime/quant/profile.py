@@ -2,28 +2,34 @@
 
     python -m infleet.runtime.quant.profile --out runtime/quant/profiles/smollm2-135m-cpu.json
 
-Quality is measured against the `bf16` tier (the float weights as loaded):
+Each tier is measured as the runtime serves it on a CPU (`infleet.runtime.config.compute_dtype_name`): bf16 with
+bf16 weights and activations, the weight-only tiers over float32 activations. Quality is measured against the
+float32 model (the weights as loaded: for a GGUF, its dequantized weights):
 - perplexity on `data/eval_text.txt` (plain English written for this project), in non-overlapping windows;
-- greedy-match rate: the bf16 model's greedy continuation of each prompt in `data/prompts.json` is fed to the tier
+- greedy-match rate: the reference's greedy continuation of each prompt in `data/prompts.json` is fed to the tier
   model, and the rate is the share of those positions where the tier's top-1 token agrees (teacher-forced, so one
   early disagreement does not decide the rest);
-- greedy prefix match: each tier generates freely; the mean share of leading tokens identical to bf16's.
+- greedy prefix match: each tier generates freely; the mean share of leading tokens identical to the reference's.
 Speed: decode tokens/s through the real engine (continuous batching, paged KV cache) at each batch size, greedy,
-`ignore_eos`, prefill excluded; MBU = bytes read per decode step / step time / `--bandwidth-gbs`. Prefill tokens/s:
-one prompt of `--prefill-tokens` tokens (from the eval text) until its first token, alone in the engine. Together they
-give one replica's tokens/s (prompt + output) at any request mix: `infleet.autoscaler.tiers.TierOption.at_mix`.
+`ignore_eos`, prefill excluded; MBU = bytes read per decode step / step time / DRAM read bandwidth (measured in the
+same run unless `--bandwidth-gbs` is given). Prefill tokens/s: one prompt of `--prefill-tokens` tokens (from the eval
+text) until its first token, alone in the engine. Together they give one replica's tokens/s (prompt + output) at any
+request mix: `infleet.autoscaler.tiers.TierOption.at_mix`.
 
 Schema (`infleet.tier-profile/v1`; `gpu` and the `tiers` mapping with `capacity_tokens_per_second`, `quality_loss`
 and `memory_bytes` are what `infleet.autoscaler.tiers.load_profile` reads):
 
     {"schema": "infleet.tier-profile/v1", "model": str, "model_file": str, "device": "cpu" | "cuda",
-     "gpu": str (accelerator name; "cpu" here), "device_detail": str, "threads": int, "activation_dtype": str,
-     "created": ISO-8601 UTC, "baseline": "bf16",
+     "gpu": str (accelerator name; "cpu" here), "device_detail": str, "threads": int,
+     "created": ISO-8601 UTC, "baseline": "fp32",
      "eval": {"text": str, "text_tokens": int, "window": int, "prompts": int, "greedy_tokens": int,
-              "decode_tokens": int, "batches": [int], "bandwidth_gbs": float},
+              "decode_tokens": int, "batches": [int], "prefill_tokens": int, "bandwidth_gbs": float,
+              "bandwidth_measured": bool},
      "tiers": {"<tier>": {
-         "quality_loss": float     # relative perplexity rise over bf16, max(ppl / ppl_bf16 - 1, 0)
-         "perplexity": float, "greedy_match_rate": float (0..1), "greedy_prefix_match": float (0..1),
+         "activation_dtype": str   # as served on this device
+         "quality_loss": float     # relative perplexity rise over the fp32 reference, max(ppl / ppl_fp32 - 1, 0)
+         "perplexity": float, "reference_perplexity": float,
+         "greedy_match_rate": float (0..1), "greedy_prefix_match": float (0..1),
          "memory_bytes": int       # weights resident: parameters and buffers, shared tensors once
          "weight_bytes_per_step": int  # what one decode step reads (the embedding table only if tied to lm_head)
          "group_size": int | null, "group_size_reason": str | null, "layers_quantized": int,
@@ -36,7 +42,6 @@ and `memory_bytes` are what `infleet.autoscaler.tiers.load_profile` reads):
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import platform
@@ -48,13 +53,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from infleet.runtime.config import EngineConfig
+from infleet.runtime.config import EngineConfig, ModelConfig, compute_dtype_name
 from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.kernels import dispatch
+from infleet.runtime.loader import load_model
 from infleet.runtime.model.attention import AttentionMetadata, KVCache
 from infleet.runtime.model.llama import LlamaForCausalLM
-from infleet.runtime.quant.tiers import TIERS, model_bytes, quantize_model
+from infleet.runtime.quant.tiers import TIERS, TierInfo, apply_tier, model_bytes
+from infleet.runtime.tokenizer import Tokenizer
 
 DATA = Path(__file__).parent / "data"
 SCHEMA = "infleet.tier-profile/v1"
@@ -166,48 +173,63 @@ def bytes_per_decode_step(model: nn.Module) -> int:
     return total
 
 
-def profile(args: argparse.Namespace) -> dict[str, Any]:
-    from infleet.runtime.loader import load_model
+def read_bandwidth_gbs(gib: float = 1.0) -> float:
+    """DRAM read bandwidth, GB/s: a streaming sum over a buffer much larger than the caches, best of three."""
+    x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        x.sum()
+        best = max(best, x.numel() * 4 / (time.perf_counter() - start))
+    return best / 1e9
 
+
+def served_model(path: str | Path, tier: str) -> tuple[LlamaForCausalLM, ModelConfig, Tokenizer]:
+    """The model as the runtime serves `tier` on a CPU: loaded in the tier's activation dtype, then quantized."""
+    model, config, tokenizer = load_model(path, dtype=getattr(torch, compute_dtype_name(tier, "cpu")))
+    model.eval()
+    return apply_tier(model, tier), config, tokenizer
+
+
+def profile(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
-    float_model, config, tokenizer = load_model(args.model)
-    float_model.eval()
+    reference, config, tokenizer = load_model(args.model, dtype=torch.float32)  # the quality reference
+    reference.eval()
     text_ids = tokenizer.encode((DATA / "eval_text.txt").read_text(), add_special_tokens=False)
     prompts = [tokenizer.encode(p) for p in json.loads((DATA / "prompts.json").read_text())]
     speed_prompt = tokenizer.encode("Once upon a time")
     prefill_prompt = text_ids[: args.prefill_tokens]
     batches = [int(b) for b in args.batches.split(",")]
-    tiers = args.tiers.split(",")
-    if tiers[0] != "bf16":
-        raise SystemExit("the first tier must be bf16: quality is measured against it")
+    bandwidth = args.bandwidth_gbs or read_bandwidth_gbs()
     result: dict[str, Any] = {
         "schema": SCHEMA, "model": config.name, "model_file": Path(args.model).name, "device": "cpu", "gpu": "cpu",
         "device_detail": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "threads": torch.get_num_threads(), "activation_dtype": str(float_dtype(float_model)),
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "baseline": "bf16",
+        "threads": torch.get_num_threads(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "baseline": "fp32",
         "eval": {"text": "runtime/quant/data/eval_text.txt", "text_tokens": len(text_ids), "window": args.window,
                  "prompts": len(prompts), "greedy_tokens": args.greedy_tokens, "decode_tokens": args.decode_tokens,
-                 "batches": batches, "prefill_tokens": len(prefill_prompt), "bandwidth_gbs": args.bandwidth_gbs},
+                 "batches": batches, "prefill_tokens": len(prefill_prompt), "bandwidth_gbs": round(bandwidth, 2),
+                 "bandwidth_measured": not args.bandwidth_gbs},
         "tiers": {},
     }  # fmt: skip
-    references: list[list[int]] = []
-    base_ppl = 0.0
-    for tier in tiers:
-        model = copy.deepcopy(float_model) if tier != tiers[-1] else float_model
-        info = quantize_model(model, tier)
+    references = greedy(make_engine(reference, config, tokenizer, len(prompts)), prompts, args.greedy_tokens)
+    base_ppl = perplexity(reference, text_ids, args.window)
+    del reference
+    for tier in args.tiers.split(","):
+        model = served_model(args.model, tier)[0]
+        info = cast(TierInfo, model.tier_info)
         engine = make_engine(model, config, tokenizer, max([*batches, len(prompts)]))
         outputs = greedy(engine, prompts, args.greedy_tokens)
-        if tier == "bf16":
-            references = outputs
         ppl = perplexity(model, text_ids, args.window)
-        base_ppl = base_ppl or ppl
         step_bytes = bytes_per_decode_step(model)
         speed = {
             b: decode_tokens_per_second(engine, speed_prompt, b, args.decode_tokens, args.repeats) for b in batches
         }
         entry = {
+            "activation_dtype": str(float_dtype(model)),
             "quality_loss": round(max(ppl / base_ppl - 1, 0.0), 5),
             "perplexity": round(ppl, 4),
+            "reference_perplexity": round(base_ppl, 4),
             "greedy_match_rate": round(teacher_forced_match(model, prompts, references), 4),
             "greedy_prefix_match": round(prefix_match(outputs, references), 4),
             "memory_bytes": info.weight_bytes,
@@ -216,7 +238,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
             "group_size_reason": info.group_size_reason,
             "layers_quantized": info.layers,
             "decode_tokens_per_second": {str(b): round(s, 2) for b, s in speed.items()},
-            "mbu": {str(b): round(step_bytes * s / b / (args.bandwidth_gbs * 1e9), 3) for b, s in speed.items()},
+            "mbu": {str(b): round(step_bytes * s / b / (bandwidth * 1e9), 3) for b, s in speed.items()},
             "capacity_tokens_per_second": round(speed[max(batches)], 2),
             "prefill_tokens_per_second": round(prefill_tokens_per_second(engine, prefill_prompt, args.repeats), 1),
         }
@@ -232,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m infleet.runtime.quant.profile", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="GGUF file or HF directory (default: SmolLM2-135M-Instruct)")
     p.add_argument("--out", required=True, help="where to write the tier profile JSON")
-    p.add_argument("--tiers", default=",".join(TIERS), help="comma-separated, bf16 first")
+    p.add_argument("--tiers", default=",".join(TIERS), help="comma-separated")
     p.add_argument("--window", type=int, default=256, help="perplexity window in tokens")
     p.add_argument("--greedy-tokens", type=int, default=32)
     p.add_argument("--decode-tokens", type=int, default=64)
@@ -240,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill-tokens", type=int, default=256, help="prompt length whose prefill is timed")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (the best is kept)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--bandwidth-gbs", type=float, default=9.0, help="DRAM read bandwidth for MBU (GB/s)")
+    p.add_argument("--bandwidth-gbs", type=float, default=None, help="DRAM read bandwidth for MBU (default: measured)")
     args = p.parse_args(argv)
     args.model = args.model or str(smollm2_gguf())
     if args.threads:

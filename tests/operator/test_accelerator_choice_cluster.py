@@ -4,11 +4,11 @@ product, which the scheduler places on nodes of that product.
 
 The operator runs with `--replica-device cpu`, so the shipped measured CPU profile of the SmolLM2 GGUF prices every
 product alike per replica, here at the reference mix of 512 prompt + 128 output tokens (no Prometheus, no traffic
-mix). At 70% planned utilization one replica's capacity costs $4.57 per 1M tokens in bf16 on an A100 ($2.50/h) and
-$1.46 on an L4 ($0.80/h), int8 $3.99 and $1.28. A budget of $3/1M puts the A100 over it
-and the L4 within it, and a product over the budget is left at once (no
-dwell). The deployment starts with the A100 alone allowed, so that it runs there before the L4 is offered. Pods use
-a non-infleet image (KWOK fakes them); no Prometheus is configured, which the capacity cost does not need."""
+mix), at 70% planned utilization: the A100 ($2.50/h) costs 3.1x the L4 ($0.80/h) per token in every tier. A budget
+between the L4's bf16 capacity cost and the A100's int8 one (both from the shipped profile) puts the A100 over it
+and the L4 within it, and a product over the budget is left at once (no dwell). The deployment starts with the A100
+alone allowed, so that it runs there before the L4 is offered. Pods use a non-infleet image (KWOK fakes them); no
+Prometheus is configured, which the capacity cost does not need."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from infleet.cluster.testing import FleetHandle, wait_for
+from infleet.cluster.testing import FleetHandle, budget_between, capacity_cost, wait_for
 
 from .conftest import OperatorProcess, apply, get, idep, wait_condition, wait_explained
 from .specs import good_spec
@@ -42,6 +42,7 @@ def pods_on(crds: FleetHandle, namespace: str, product: str) -> bool:
 def test_a_budget_moves_an_auto_deployment_to_a_cheaper_allowed_product(
     crds: FleetHandle, namespace: str, tmp_path: Any
 ) -> None:
+    tight = budget_between(capacity_cost(GGUF, L4, "bf16"), capacity_cost(GGUF, A100, "int8"))
     operator = OperatorProcess(crds.kubeconfig, namespace, tmp_path).start("--replica-device", "cpu")
 
     def spec(budget: float, allowed: list[str]) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def test_a_budget_moves_an_auto_deployment_to_a_cheaper_allowed_product(
         wait_explained(crds, namespace, "accel", kept, 180, "the chooser to keep bf16 on the A100", operator)
         wait_condition(crds, namespace, "accel", "Ready", operator=operator)
         wait_for(lambda: pods_on(crds, namespace, A100), timeout=120, what="the pod on an A100 node")
-        apply(crds, namespace, idep("accel", spec(3.0, [A100, L4])))
+        apply(crds, namespace, idep("accel", spec(tight, [A100, L4])))
 
         def on_l4() -> dict[str, Any] | None:
             body = get(crds, namespace, "inferencedeployment", "accel")
@@ -75,7 +76,7 @@ def test_a_budget_moves_an_auto_deployment_to_a_cheaper_allowed_product(
         moved = wait_explained(crds, namespace, "accel", on_l4, 180, "a move to the L4", operator)
         st = moved["status"]
         assert st["tier"] == "bf16" and st["desiredAccelerator"] == L4
-        assert "over the $3/1M budget" in st["tierReason"] and "on NVIDIA-L4" in st["tierReason"]
+        assert f"over the ${tight:g}/1M budget" in st["tierReason"] and "on NVIDIA-L4" in st["tierReason"]
         assert st["acceleratorReason"].startswith("chosen by the autoscaler")
 
         wait_for(lambda: pods_on(crds, namespace, L4), timeout=240, what="the pod rolled out onto an L4 node")

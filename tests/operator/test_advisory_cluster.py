@@ -2,9 +2,9 @@
 (status, Events, the desired-replicas and desired-tier gauges) and applies neither.
 
 The same set-up as the tier-choice test (the measured CPU profile of the SmolLM2 GGUF at the reference mix, an A100
-price): the deployment starts on its first allowed tier, bf16, a $4.3/1M budget leaves bf16 ($4.57) over it and makes
-the chooser want int8 ($3.99), and spec.replicas = 3 above maxReplicas = 2 makes the policy want 2. In advisory mode
-the deployment keeps bf16 and 3 pods."""
+price): the deployment starts on its first allowed tier, bf16, a budget between int8's capacity cost and bf16's leaves
+bf16 over it and makes the chooser want int8, and spec.replicas = 3 above maxReplicas = 2 makes the policy want 2.
+In advisory mode the deployment keeps bf16 and 3 pods."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from infleet.cluster.testing import FleetHandle, wait_for
+from infleet.cluster.testing import FleetHandle, budget_between, capacity_cost, wait_for
 
 from .conftest import OperatorProcess, apply, get, idep, wait_condition, wait_explained
 from .specs import good_spec
@@ -29,7 +29,9 @@ def advisory_spec() -> dict[str, Any]:
         model={"uri": GGUF, "servedName": "advised"},
         accelerator={"type": A100},
         quantization={"tier": "auto", "allowed": ["bf16", "int8"], "maxQualityLoss": 0.01},
-        cost={"maxPerMillionTokens": 4.3},
+        cost={
+            "maxPerMillionTokens": budget_between(capacity_cost(GGUF, A100, "int8"), capacity_cost(GGUF, A100, "bf16"))
+        },
         scaling={"enabled": True, "mode": "advisory", "minReplicas": 1, "maxReplicas": 2},
         replicas=3,
     )

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from infleet.autoscaler import policy, tiers
+from infleet.cluster.testing import budget_between, capacity_cost
 from infleet.operator import api, autoscaling
 
 from .specs import good_spec
@@ -119,9 +120,9 @@ def auto_spec(**overrides: Any) -> api.InferenceDeploymentSpec:
 
 
 def test_auto_tier_follows_the_cost_budget_at_the_traffic_s_mix_with_the_measured_cpu_profile() -> None:
-    """On the CPU int8 (quality loss 0.002) serves more tokens per replica than bf16 (the shipped profile: 85
-    against 66 decode tok/s at batch 8, 479 against 510 prefill tok/s), so it is the cheaper tier; by how much depends
-    on the mix: 1.28x at a chat prompt with a long answer, 1.15x at the prompt-heavy reference mix."""
+    """The shipped CPU profile prices the tiers at the traffic's mix: a budget between int8's capacity cost and
+    bf16's (computed from the same profile, at the same mix) moves the deployment to int8, at a chat prompt with a
+    long answer and, before any request, at the reference mix of 512 + 128 tokens."""
     decode_heavy = policy.Observation(
         sampled_at=0.0, replicas=1, tokens_per_second=5.0, prompt_tokens_per_request=33, output_tokens_per_request=128
     )
@@ -131,16 +132,20 @@ def test_auto_tier_follows_the_cost_budget_at_the_traffic_s_mix_with_the_measure
     decision, source = chosen
     assert decision.tier == "bf16" and "smollm2-135m-cpu.json" in source  # best quality; the budget is loose
     assert "requests of 33 prompt + 130 output tokens" in source  # the mix it priced, to two digits
-    tight = auto_spec(cost={"maxPerMillionTokens": 3.4})  # L4 at $0.80/h: bf16 $3.98, int8 $3.11 per 1M
+    bf16, int8 = (capacity_cost(GGUF, L4, t, mix=(33, 130)) for t in ("bf16", "int8"))
+    budget = budget_between(int8, bf16)
+    tight = auto_spec(cost={"maxPerMillionTokens": budget})
     chosen = autoscaling.choose_tier(tight, "bf16", decode_heavy, decision.state, 15.0, prices, "cpu")
-    assert chosen is not None and chosen[0].tier == "int8" and "over the $3.4/1M budget" in chosen[0].reason
-    assert chosen[0].reason.startswith("bf16 ($3.98/1M tokens at capacity) is over the $3.4/1M budget")
+    assert chosen is not None and chosen[0].tier == "int8", chosen[0].reason
+    assert chosen[0].reason.startswith(f"bf16 (${bf16:.3g}/1M tokens at capacity) is over the ${budget:g}/1M budget")
     # before any request the reference mix (512 + 128) prices the tiers
     idle = policy.Observation(sampled_at=0.0, replicas=1)
-    tighter = auto_spec(cost={"maxPerMillionTokens": 1.4})  # L4: bf16 $1.46, int8 $1.28 per 1M
+    bf16, int8 = (capacity_cost(GGUF, L4, t) for t in ("bf16", "int8"))
+    budget = budget_between(int8, bf16)
+    tighter = auto_spec(cost={"maxPerMillionTokens": budget})
     chosen = autoscaling.choose_tier(tighter, "bf16", idle, tiers.TierState("bf16", L4), 30.0, prices, "cpu")
     assert chosen is not None and chosen[0].tier == "int8", chosen[0].reason
-    assert chosen[0].reason.startswith("bf16 ($1.46/1M tokens at capacity) is over the $1.4/1M budget")
+    assert chosen[0].reason.startswith(f"bf16 (${bf16:.3g}/1M tokens at capacity) is over the ${budget:g}/1M budget")
     assert "requests of 512 prompt + 128 output tokens" in chosen[1]
     explicit = spec_of(quantization={"tier": "bf16", "allowed": ["bf16"]})
     assert autoscaling.choose_tier(explicit, "bf16", idle, tiers.TierState(), 0, {}, "cpu") is None

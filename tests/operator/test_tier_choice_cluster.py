@@ -4,9 +4,9 @@ event, rolled out new pods before old, and exported as the dashboards' tier seri
 
 The operator runs with `--replica-device cpu`, so the shipped measured CPU profile of the SmolLM2 GGUF prices the
 tiers. No Prometheus is configured, so no traffic mix is known and the chooser prices at the reference mix (512
-prompt + 128 output tokens): at the A100's $2.50/h and 70% planned utilization one replica's capacity costs $4.57 per
-1M tokens in bf16 and $3.99 in int8 (quality loss 0.002). Under a loose budget the chooser keeps bf16 (best quality);
-a $4.3 budget leaves bf16 over it. Pods use a non-infleet image (KWOK fakes them); the capacity cost needs no
+prompt + 128 output tokens), at the A100's $2.50/h and 70% planned utilization. Under a loose budget the chooser keeps
+bf16 (best quality); a budget between int8's capacity cost and bf16's, both computed from the shipped profile
+(`capacity_cost`), leaves bf16 over it. Pods use a non-infleet image (KWOK fakes them); the capacity cost needs no
 Prometheus."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from infleet.cluster.testing import FleetHandle, wait_for
+from infleet.cluster.testing import FleetHandle, budget_between, capacity_cost, wait_for
 
 from .conftest import OperatorProcess, RolloutRecorder, apply, get, idep, wait_condition, wait_explained
 from .specs import good_spec
@@ -49,6 +49,8 @@ def ready(pod: dict[str, Any]) -> bool:
 def test_a_tighter_budget_moves_an_auto_tier_with_a_surge_rollout(
     crds: FleetHandle, namespace: str, tmp_path: Any
 ) -> None:
+    bf16, int8 = (capacity_cost(GGUF, A100, t) for t in ("bf16", "int8"))
+    tight = budget_between(int8, bf16)
     operator = OperatorProcess(crds.kubeconfig, namespace, tmp_path).start("--replica-device", "cpu")
     try:
         apply(crds, namespace, idep("auto", auto_spec(budget=200.0, allowed=["bf16", "int8"])))
@@ -65,12 +67,11 @@ def test_a_tighter_budget_moves_an_auto_tier_with_a_surge_rollout(
         assert operator.metric("infleet_deployment_tier_info", namespace=namespace, deployment="auto", tier="bf16") == 1
 
         recorder = RolloutRecorder(crds, namespace, "auto", new_tier="int8")
-        apply(crds, namespace, idep("auto", auto_spec(budget=4.3, allowed=["bf16", "int8"])))
-        moved = wait_explained(
-            crds, namespace, "auto", lambda: reason_has("over the $4.3/1M budget"), 180, "a move to int8", operator
-        )
+        apply(crds, namespace, idep("auto", auto_spec(budget=tight, allowed=["bf16", "int8"])))
+        over = f"over the ${tight:g}/1M budget"
+        moved = wait_explained(crds, namespace, "auto", lambda: reason_has(over), 180, "a move to int8", operator)
         assert moved["status"]["tier"] == "int8"
-        assert moved["status"]["tierReason"].startswith("bf16 ($4.57/1M tokens at capacity) is over the $4.3/1M")
+        assert moved["status"]["tierReason"].startswith(f"bf16 (${bf16:.3g}/1M tokens at capacity) is {over}")
 
         def rolled_out() -> bool:
             current = pods(crds, namespace, "auto")
@@ -96,7 +97,7 @@ def test_a_tighter_budget_moves_an_auto_tier_with_a_surge_rollout(
         body = wait_condition(crds, namespace, "auto", "Progressing", "False", operator=operator)
         assert body["status"]["tier"] == "int8" and body["status"]["readyReplicas"] == 2
         # the reconcile kept the chooser's reason rather than writing its own
-        assert "over the $4.3/1M budget" in body["status"]["tierReason"]
+        assert over in body["status"]["tierReason"]
 
         def tier_series() -> dict[str, float]:
             return {
