@@ -11,7 +11,7 @@ from infleet.runtime.engine.engine import LLMEngine
 from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.loader.smollm2 import smollm2_gguf
 
-QUESTIONS = ["What is the capital of France?", "What color is the sky on a clear day?"]
+QUESTIONS = ["What is the capital of France? Answer in one sentence.", "What color is the sky on a clear day?"]
 
 
 def main() -> list[str]:

@@ -36,7 +36,7 @@ TEAMS = {
         "frugal": {"apiKeys": ["key-budget"], "monthlyBudgetDollars": 0.002},
     }
 }
-CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+CHAT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 @pytest.fixture(scope="module")

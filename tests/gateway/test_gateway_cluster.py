@@ -135,7 +135,7 @@ def test_two_deployments_behind_one_gateway(stack: tuple[FleetHandle, str, str])
     for model in ("smollm2-alpha", "smollm2-beta"):
         chat = c.chat.completions.create(
             model=model,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
             max_tokens=8,
             temperature=0,
         )
@@ -173,7 +173,7 @@ def test_scale_from_zero_holds_the_request_then_serves_it(stack: tuple[FleetHand
         answer = pool.submit(  # no client-side retry: the gateway holds it until a replica is ready
             lambda: c.chat.completions.create(
                 model="smollm2-sleepy",
-                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
                 max_tokens=8,
                 temperature=0,
             )

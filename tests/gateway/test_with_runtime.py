@@ -110,7 +110,7 @@ def test_openai_client_through_the_gateway(replicas: list[Any]) -> None:
         assert [m.id for m in c.models.list()] == [SERVED]
         chat = c.chat.completions.create(
             model=SERVED,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
             max_tokens=8,
             temperature=0,
         )
@@ -118,7 +118,7 @@ def test_openai_client_through_the_gateway(replicas: list[Any]) -> None:
         deltas = []
         stream = c.chat.completions.create(
             model=SERVED,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
             max_tokens=8,
             temperature=0,
             stream=True,

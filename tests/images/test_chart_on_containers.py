@@ -67,7 +67,7 @@ def test_chart_with_built_images_answers_a_chat_through_the_gateway(fleet: Fleet
     api = openai.OpenAI(base_url=f"{stack.gateway_url()}/v1", api_key="unused", timeout=300)
     answer = api.chat.completions.create(
         model=idep["spec"]["model"]["servedName"],
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
         max_tokens=16,
         temperature=0,
     )

@@ -266,7 +266,7 @@ def test_runtime_cpu_image_serves_smollm2_to_the_openai_client(runtime_image: st
     api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=300)
     answer = api.chat.completions.create(
         model="smollm2",
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
         max_tokens=16,
         temperature=0,
     )

@@ -14,7 +14,7 @@ from infleet.runtime.quant.tiers import TIERS, apply_tier
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 def test_int8_stays_close_to_bf16(smollm2_float: tuple[Any, Any, Any]) -> None:

@@ -16,4 +16,4 @@ def test_the_offline_example_answers_sensibly(capsys: pytest.CaptureFixture[str]
     assert "Paris" in capital, capital
     assert "blue" in sky, sky
     printed = capsys.readouterr().out
-    assert "What is the capital of France?" in printed and capital in printed
+    assert "What is the capital of France? Answer in one sentence." in printed and capital in printed
