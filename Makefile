@@ -103,7 +103,7 @@ bench-gateway: install
 	$(PY) benchmarks/gateway.py $(BENCH_ARGS)
 
 # KV-aware routing against least outstanding and the character ring: 3 runtime replicas behind 3 real gateways, a
-# shared-prefix workload, about 20 minutes on 2 cores (docs/benchmarks.md). BENCH_ARGS="--repeats 1" for a quick look.
+# shared-prefix workload, about 30 minutes on 2 cores (docs/benchmarks.md). BENCH_ARGS="--repeats 1" for a quick look.
 bench-routing: install
 	$(PY) benchmarks/routing.py $(BENCH_ARGS)
 

@@ -21,6 +21,12 @@ finds another run's blocks in a cache, and every arm sees the same structure):
 the ring hashes them all to one key. A `header` context can only be reused by its own customer: a prefix cache
 cannot reuse the manual behind a different profile, whatever the router does.
 
+By default each run starts from the steady state an application's traffic leaves behind: before the measured
+requests, one unmeasured request per long context (its context and a warm-up question) goes through the arm's own
+gateway, one after another, so each router has placed every context once and the first prefill of a context is not
+what the run measures (`--no-warmup`: every context arrives cold, inside the measured window). The contexts of one
+run (9 x 1,024 tokens by default) fit the replicas' caches together (3 x 256 blocks of 16 tokens), not one cache.
+
 Arrivals are an open-loop Poisson schedule (`--rate`); arms take turns in every repeat (the order rotates). Each
 run records time to first token (streamed, official `openai` client), throughput, the prefix-cache hit rate from
 the replicas' own counters (`infleet_prefix_cache_hits_total / infleet_prefix_cache_queries_total`), and the hit
@@ -29,7 +35,8 @@ simulated cache per replica (the runtime's own `BlockManager`, same block size a
 the replica holding the longest prefix of it among those within the gateway's load bound. `goals()` judges the
 issue's three goals on the medians of the repeats and can say "not met".
 
-    python benchmarks/routing.py [--replicas 3] [--repeats 3] [--context-tokens 512] [--out benchmarks/results]
+    python benchmarks/routing.py [--replicas 3] [--repeats 3] [--context-tokens 1024] [--no-warmup]
+                                 [--out benchmarks/results/routing.json]
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ QUESTIONS = (
     "Who should I contact about it?",
     "How long will it take?",
 )
+WARMUP_QUESTION = "Please read this first; questions follow."
 
 
 # ---- the workload -------------------------------------------------------------------------------------------------
@@ -118,6 +126,7 @@ class Item:
     cls: str
     context: str  # the long context it reuses
     turns: list[list[dict[str, str]]]
+    warmup: list[dict[str, str]]  # a request that puts the context in a cache (the steady state's earlier traffic)
 
 
 def workload(seed: int, context_tokens: int, contexts: int, per_context: int) -> list[Item]:
@@ -136,14 +145,17 @@ def workload(seed: int, context_tokens: int, contexts: int, per_context: int) ->
             messages = [*messages, {"role": "user", "content": user}]
             turns.append(messages)
             messages = [*messages, {"role": "assistant", "content": f"Section {t + 1} of the log covers it."}]
-        items.append(Item("chat", f"chat{c}", turns))
+        opening = f"Here is the log of my ticket {salt}-{c}:\n{log}\n\n{WARMUP_QUESTION}"
+        items.append(Item("chat", f"chat{c}", turns, [{"role": "system", "content": system},
+                                                      {"role": "user", "content": opening}]))  # fmt: skip
     for c in range(contexts):  # fewshot: the system prompt, a block of answered examples, a question
         examples = prose(rng, context_tokens, f"example{c}")
         for q in range(per_context):
             system_c = f"{system}\n\nAnswered tickets to follow:\n{examples}"
             user = QUESTIONS[(c + q) % len(QUESTIONS)]
-            items.append(Item("fewshot", f"fewshot{c}", [[{"role": "system", "content": system_c},
-                                                          {"role": "user", "content": user}]]))  # fmt: skip
+            context = [{"role": "system", "content": system_c}]
+            warm = [*context, {"role": "user", "content": WARMUP_QUESTION}]
+            items.append(Item("fewshot", f"fewshot{c}", [[*context, {"role": "user", "content": user}]], warm))
     manual = prose(rng, context_tokens, "manual")
     for c in range(contexts):  # header: a customer's profile first, then the manual everyone shares
         plan, region = rng.choice(("free", "team", "enterprise")), rng.choice(("eu-west", "us-east", "ap-south"))
@@ -153,8 +165,9 @@ def workload(seed: int, context_tokens: int, contexts: int, per_context: int) ->
         )
         for q in range(per_context):
             user = QUESTIONS[(c + q) % len(QUESTIONS)]
-            items.append(Item("header", f"header{c}", [[{"role": "system", "content": profile},
-                                                        {"role": "user", "content": user}]]))  # fmt: skip
+            context = [{"role": "system", "content": profile}]
+            warm = [*context, {"role": "user", "content": WARMUP_QUESTION}]
+            items.append(Item("header", f"header{c}", [[*context, {"role": "user", "content": user}]], warm))
     rng.shuffle(items)
     return items
 
@@ -214,6 +227,21 @@ async def drive(url: str, items: list[Item], rate: float, seed: int, out: int, h
     return sorted(records, key=lambda r: r.sent)
 
 
+async def warm_up(url: str, items: list[Item], hasher: PromptHasher) -> list[list[int]]:
+    """The steady state's earlier traffic, unmeasured: one request per long context, one after another, through the
+    arm's own gateway, so its router places them. Returns their prompts as the replicas tokenize them."""
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=900)
+    seen: set[str] = set()
+    prompts: list[list[int]] = []
+    for item in items:
+        if item.context not in seen:
+            seen.add(item.context)
+            await client.chat.completions.create(model=MODEL, messages=item.warmup, max_tokens=1, temperature=0)  # type: ignore[arg-type]
+            prompts.append(hasher.token_ids({"messages": item.warmup}) or [])
+    await client.close()
+    return prompts
+
+
 def prefix_counters(urls: Sequence[str]) -> tuple[float, float]:
     """Prompt tokens looked up in, and served from, the replicas' prefix caches (summed)."""
     queries = hits = 0.0
@@ -243,12 +271,18 @@ def gateway_counters(url: str) -> dict[str, float]:
 
 
 def oracle_hit_rate(
-    prompts: Sequence[Sequence[int]], outputs: Sequence[int], replicas: int, num_blocks: int, block_size: int
+    prompts: Sequence[Sequence[int]],
+    outputs: Sequence[int],
+    replicas: int,
+    num_blocks: int,
+    block_size: int,
+    counted_from: int = 0,
 ) -> float:
     """The prefix-cache hit rate if every request went to the replica caching the longest prefix of it (among those
     whose request count stays within the gateway's load bound; ties to the fewest requests), replayed in order
     against the runtime's own block manager per replica (hashing, capacity, LRU eviction). Generated tokens take
-    cache blocks as they do in the runtime (their ids are placeholders: no later prompt reuses them)."""
+    cache blocks as they do in the runtime (their ids are placeholders: no later prompt reuses them). Requests before
+    `counted_from` (a warm-up) fill the caches and count toward the load bound, not toward the rate."""
     caches = [BlockManager(num_blocks, block_size) for _ in range(replicas)]
     counts = [0] * replicas
     queries = hits = 0
@@ -261,8 +295,9 @@ def oracle_hit_rate(
         counts[r] += 1
         seq = EngineSequence(f"oracle-{i}", [*ids, *([-1 - i] * generated)], len(ids), SamplingParams())
         bm = caches[r]
-        hits += bm.match_prefix(seq)
-        queries += len(ids)
+        hit = bm.match_prefix(seq)
+        if i >= counted_from:
+            hits, queries = hits + hit, queries + len(ids)
         if not bm.allocate(seq, seq.num_uncomputed_tokens):
             raise ValueError(f"a prompt of {seq.num_tokens} tokens does not fit {num_blocks} blocks")
         seq.num_computed_tokens = seq.num_tokens
@@ -406,15 +441,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--context-tokens", type=int, default=512, help="each long context (the issue: 1-4k)")
+    p.add_argument("--context-tokens", type=int, default=1024, help="each long context (the issue: 1-4k)")
     p.add_argument("--contexts", type=int, default=3, help="long contexts per class")
-    p.add_argument("--per-context", type=int, default=3, help="requests (chat: turns) per context")
+    p.add_argument("--per-context", type=int, default=4, help="requests (chat: turns) per context")
+    p.add_argument(
+        "--warmup", action=argparse.BooleanOptionalAction, default=True,
+        help="send each long context once, unmeasured, before the measured requests (the steady state)",
+    )  # fmt: skip
     p.add_argument("--rate", type=float, default=0.2, help="arrivals per second (a conversation is one)")
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--kv-blocks", type=int, default=192, help="each replica's KV cache, in 16-token blocks")
+    p.add_argument("--kv-blocks", type=int, default=256, help="each replica's KV cache, in 16-token blocks")
     p.add_argument("--tier", default="int8")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/routing.json"))
     args = p.parse_args()
     if args.replicas < 2 or min(args.repeats, args.contexts, args.per_context, args.context_tokens) < 1:
         p.error("--replicas must be at least 2; --repeats, --contexts, --per-context, --context-tokens at least 1")
@@ -443,13 +482,14 @@ def main() -> int:
                 items = workload(seed, args.context_tokens, args.contexts, args.per_context)
                 if arm == "kvAware":
                     warm_kv(gateways[arm])
+                warm = asyncio.run(warm_up(gateways[arm].url, items, hasher)) if args.warmup else []
                 before, routed = prefix_counters(urls), gateway_counters(gateways[arm].url)
                 records = asyncio.run(drive(gateways[arm].url, items, args.rate, seed, args.max_tokens, hasher))
                 after, routed_after = prefix_counters(urls), gateway_counters(gateways[arm].url)
                 load.append(os.getloadavg()[0])
                 oracle = oracle_hit_rate(
-                    [r.token_ids for r in records], [r.output_tokens for r in records], args.replicas,
-                    args.kv_blocks, hasher.block_size,
+                    [*warm, *(r.token_ids for r in records)], [1] * len(warm) + [r.output_tokens for r in records],
+                    args.replicas, args.kv_blocks, hasher.block_size, counted_from=len(warm),
                 )  # fmt: skip
                 fig = run_figures(records, (after[0] - before[0], after[1] - before[1]), oracle)
                 fig["routing"] = {k: v - routed.get(k, 0.0) for k, v in routed_after.items() if v - routed.get(k, 0.0)}
@@ -486,10 +526,9 @@ def main() -> int:
         "runs": runs,
         "goals": verdicts,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "routing.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -8,10 +8,17 @@ prefix cache already holds their KV blocks. It hashes that prefix onto a consist
 removing a replica moves only the keys next to it) and applies *consistent hashing with bounded loads* (Mirrokni,
 Thorup and Zadimoghaddam, 2018): a replica takes a request only while its load stays within (1 + eps) x the average,
 otherwise the walk goes on to the next replica on the ring, so one hot system prompt cannot overload one replica.
+The bound allows `LOAD_SLACK` more requests than that: with a few requests in flight, (1 + eps) x the average is
+below 2, so without it a second request for a replica's cached context would go to one that must prefill it all
+while the first replica batches both (docs/benchmarks.md, KV-aware routing, measured both ways).
 
 KV-aware routing replaces the ring for deployments whose replicas publish their prefix cache (gateway/kv.py): among
 the replicas within the same load bound, the one holding the longest run of the prompt's block hashes wins (ties to
-the least loaded); with no replica holding even its first block, least outstanding decides.
+the least loaded), when that run is at least `MIN_CACHED_SHARE` of the prompt's blocks. A shorter one, typically
+an application's system prompt in front of a long new document, is cheap to compute again, and following it would
+put every new long context behind that system prompt on the one replica that saw it first, where they evict each
+other; such a prompt, like one that no replica holds, goes to the least loaded replica (ties rotate, so new contexts
+arriving one at a time spread evenly).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from infleet.gateway.kv import KVIndex
 
 DEFAULT_PREFIX_CHARS = 256  # about 64 tokens: a few KV blocks of a typical system prompt
 DEFAULT_EPS = 0.25
+LOAD_SLACK = 1  # requests a replica may take above (1 + eps) x the average; see the module docstring
+MIN_CACHED_SHARE = 0.5  # of a prompt's blocks a replica must hold for KV-aware routing to follow its cache
 KV_AWARE = "kvAware"  # the strategy label of a choice made on the replicas' published cache state
 VIRTUAL_NODES = 100
 EJECT_SECONDS = 5.0  # a replica that refused a connection is skipped this long (until discovery catches up)
@@ -126,7 +135,7 @@ class Router:
         capacity = self._capacity(candidates)
         scored = [(index.cached_blocks(e, hashes), e) for e in candidates if self.outstanding[e] < capacity]
         best = max((n for n, _ in scored), default=0)
-        if best == 0:
+        if best == 0 or best < MIN_CACHED_SHARE * len(hashes):
             choice = Choice(self.least_outstanding(candidates), KV_AWARE, "miss")
         else:
             choice = Choice(self.least_outstanding([e for n, e in scored if n == best]), KV_AWARE, "hit")
@@ -134,9 +143,9 @@ class Router:
         return choice
 
     def _capacity(self, candidates: Sequence[Endpoint]) -> int:
-        """ceil((1 + eps) x (in flight + 1) / replicas): some replica is always below it."""
+        """ceil((1 + eps) x (in flight + 1) / replicas) + LOAD_SLACK: some replica is always below it."""
         total = sum(self.outstanding[e] for e in candidates)
-        return math.ceil((1 + self.eps) * (total + 1) / len(candidates))
+        return math.ceil((1 + self.eps) * (total + 1) / len(candidates)) + LOAD_SLACK
 
     def least_outstanding(self, candidates: Sequence[Endpoint]) -> Endpoint:
         fewest = min(self.outstanding[e] for e in candidates)
@@ -149,8 +158,8 @@ class Router:
     def bounded_affinity(self, key: str, candidates: Sequence[Endpoint]) -> tuple[Endpoint, bool]:
         """The first replica on the key's ring walk whose load stays within the bound; True if that is its home.
 
-        The bound counts the new request: capacity = ceil((1 + eps) x (in flight + 1) / replicas). Some replica is
-        always below it (the least loaded one is at or below the average), so the walk always ends.
+        The bound counts the new request: capacity = ceil((1 + eps) x (in flight + 1) / replicas) + LOAD_SLACK.
+        Some replica is always below it (the least loaded one is at or below the average), so the walk always ends.
         """
         ring = self._ring(candidates)
         capacity = self._capacity(candidates)

@@ -164,14 +164,15 @@ def test_routes_to_the_cached_prefix_until_evicted_and_forgets_a_dead_replica(
 
     # eviction: a's blocks are reused for another prompt, the removed events reach the gateway, the routes go
     a.bm.free_sequence(seq)
-    cache(a.bm, list(range(1000, 1000 + 12 * BLOCK)), rid="other")
+    other = cache(a.bm, list(range(1000, 1000 + 12 * BLOCK)), rid="other")
     wait_for(lambda: index.cached_blocks(a.server.endpoint, block_hashes(shared, BLOCK)) == 0, timeout=10,
              interval=0.02, what="a's evictions at the gateway")  # fmt: skip
     assert {ask(f"after eviction {i}") for i in range(6)} == {"a", "b"}  # no cache anywhere: least outstanding
-    cache(b.bm, shared)
-    wait_for(lambda: index.cached_blocks(b.server.endpoint, block_hashes(shared, BLOCK)) >= 3, timeout=10,
-             interval=0.02, what="b's stored blocks")  # fmt: skip
-    assert {ask(f"now b {i}") for i in range(4)} == {"b"}
+    a.bm.free_sequence(other)
+    cache(a.bm, shared, rid="again")
+    wait_for(lambda: index.cached_blocks(a.server.endpoint, block_hashes(shared, BLOCK)) >= 3, timeout=10,
+             interval=0.02, what="a's stored blocks again")  # fmt: skip
+    assert {ask(f"back to a {i}") for i in range(4)} == {"a"}
 
     # a replica that dies: its stream breaks and its entries go at once (the TTL covers one that merely falls silent)
     b.server.__exit__(None, None, None)

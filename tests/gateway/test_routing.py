@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from infleet.gateway.catalog import LEAST_OUTSTANDING, PREFIX_AFFINITY, Deployment, Endpoint
 from infleet.gateway.retries import RetryBudget
-from infleet.gateway.routing import Ring, Router
+from infleet.gateway.routing import LOAD_SLACK, Ring, Router
 
 EPS = [Endpoint(f"127.0.0.{i}", 8000) for i in range(1, 5)]
 
@@ -90,8 +90,8 @@ def test_bounded_load_spills_a_hot_prefix_to_the_next_replica() -> None:
         router.acquire(c.endpoint)
         chosen.append(c.endpoint)
     total = len(chosen)
-    # at every step no replica went above ceil(1.25 x average)
-    assert max(router.outstanding.values()) <= math.ceil(1.25 * total / len(EPS))
+    # at every step no replica went above ceil(1.25 x average) + the slack
+    assert max(router.outstanding.values()) <= math.ceil(1.25 * total / len(EPS)) + LOAD_SLACK
     assert chosen.count(walk[0]) >= chosen.count(walk[-1])
     spills = [e for e in chosen if e != walk[0]]
     assert spills and spills[0] == walk[1]  # it spills in ring order, not at random
@@ -116,7 +116,7 @@ def test_bounded_load_always_finds_a_replica_under_the_bound(loads: list[int], k
         for _ in range(n):
             router.acquire(e)
     chosen, home = router.bounded_affinity(key, endpoints)
-    capacity = math.ceil((1 + eps) * (sum(loads) + 1) / len(endpoints))
+    capacity = math.ceil((1 + eps) * (sum(loads) + 1) / len(endpoints)) + LOAD_SLACK
     assert router.outstanding[chosen] < capacity
     walk = router._ring(endpoints).walk(key)
     assert home == (chosen == walk[0])
@@ -175,3 +175,48 @@ def test_kv_aware_sends_a_burst_where_its_prefix_is_being_computed(monkeypatch: 
     for e in EPS:
         index.touch(e)
     assert index.cached_blocks(EPS[0], other) == 0  # a request that never got computed stops attracting others
+
+
+def test_kv_aware_keeps_a_second_request_on_the_replica_that_caches_its_context() -> None:
+    """At a few requests in flight (1 + eps) x the average is below 2: the slack lets the replica holding a long
+    context take a second request for it instead of sending it to an idle replica that must prefill it all; a hot
+    context still spreads once its replica is past the bound plus the slack."""
+    from infleet.gateway import kv
+
+    index = kv.KVIndex()
+    for e in EPS:
+        index.touch(e)
+    context = list(range(1, 65))  # 64 blocks (1,024 tokens at 16 per block)
+    holder = EPS[1]
+    index.apply(holder, {"type": "stored", "hashes": context})
+    router, d = Router(eps=0.25), deployment(PREFIX_AFFINITY)
+    router.acquire(holder)  # one request for it in flight, every other replica idle
+    second = router.choose(d, None, EPS, [*context, 1000], index)
+    assert (second.endpoint, second.affinity) == (holder, "hit")
+    for _ in range(1 + LOAD_SLACK):  # the holder now runs more than ceil(1.25 x average) + the slack allows
+        router.acquire(holder)
+    spilled = router.choose(d, None, EPS, [*context, 1001], index)
+    assert spilled.endpoint != holder and spilled.affinity == "miss"
+
+
+def test_kv_aware_spreads_new_long_contexts_that_share_only_a_short_system_prompt() -> None:
+    """A replica holding only a prompt's short system prompt does not attract it: new long contexts spread over the
+    replicas by load (ties rotate) instead of piling up where the system prompt was first seen."""
+    from infleet.gateway import kv
+
+    index = kv.KVIndex()
+    for e in EPS:
+        index.touch(e)
+    router, d = Router(eps=0.25), deployment(PREFIX_AFFINITY)
+    system = [1, 2, 3, 4]  # 4 blocks every prompt starts with
+    placed = []
+    for c in range(len(EPS)):
+        context = [*system, *range(100 * (c + 1), 100 * (c + 1) + 60)]  # 64 blocks, 4 of them shared
+        choice = router.choose(d, None, EPS, context, index)
+        assert choice.affinity == "miss"
+        index.apply(choice.endpoint, {"type": "stored", "hashes": context})
+        placed.append(choice.endpoint)
+    assert sorted(placed) == sorted(EPS)  # one new context per replica
+    # a prompt most of whose blocks one replica holds goes there
+    again = router.choose(d, None, EPS, [*system, *range(300, 360), 9999], index)
+    assert (again.endpoint, again.affinity) == (placed[2], "hit")

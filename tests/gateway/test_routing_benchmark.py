@@ -53,6 +53,25 @@ def test_the_workload_shares_and_differs_where_it_says(bench: Any) -> None:
     assert not texts & {m["content"] for i in other for t in i.turns for m in t if len(m["content"]) > 100}
 
 
+def test_a_warm_up_request_holds_its_context_and_not_the_question(bench: Any) -> None:
+    items = bench.workload(seed=3, context_tokens=64, contexts=2, per_context=2)
+    for item in items:
+        warm = openai_prompt({"messages": item.warmup})
+        assert isinstance(warm, str) and bench.WARMUP_QUESTION in warm
+        for messages in item.turns:
+            prompt = openai_prompt({"messages": messages})
+            assert isinstance(prompt, str)
+            # every measured turn starts with the warm-up's whole context, then asks its own question
+            context = warm[: warm.index(bench.WARMUP_QUESTION)]
+            assert prompt.startswith(context) and len(context) > 64
+            assert bench.WARMUP_QUESTION not in prompt
+    # one warm-up per context: items of one context carry the same one
+    by_context: dict[str, list[Any]] = {}
+    for item in items:
+        by_context.setdefault(item.context, []).append(item.warmup)
+    assert all(all(w == ws[0] for w in ws) for ws in by_context.values())
+
+
 def test_the_oracle_replays_the_runtime_block_manager(bench: Any) -> None:
     a, b = list(range(100, 112)), list(range(200, 212))  # three 4-token blocks each
     # a on some replica (miss), a again there: (12 - 1) // 4 = 2 blocks served (the last token is always computed)
@@ -67,6 +86,9 @@ def test_the_oracle_replays_the_runtime_block_manager(bench: Any) -> None:
     # the load bound: a third request for a goes elsewhere once its replica has more than its share
     three = bench.oracle_hit_rate([a, a, a, a], [0] * 4, replicas=2, num_blocks=16, block_size=4)
     assert three == pytest.approx(16 / 48)
+    # a warm-up fills the caches without counting: a, b warmed, then a and b again both find 8 of 12 tokens
+    warmed = bench.oracle_hit_rate([a, b, a, b], [0] * 4, replicas=2, num_blocks=16, block_size=4, counted_from=2)
+    assert warmed == pytest.approx(16 / 24)
 
 
 def summary(hit: float, oracle: float, p99: float, header: tuple[float, float]) -> dict[str, Any]:
