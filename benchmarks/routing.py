@@ -25,7 +25,7 @@ By default each run starts from the steady state an application's traffic leaves
 requests, one unmeasured request per long context (its context and a warm-up question) goes through the arm's own
 gateway, one after another, so each router has placed every context once and the first prefill of a context is not
 what the run measures (`--no-warmup`: every context arrives cold, inside the measured window). The contexts of one
-run (9 x 1,024 tokens by default) fit the replicas' caches together (3 x 256 blocks of 16 tokens), not one cache.
+run (9 of about 1,000 tokens by default) fit the replicas' caches together (3 x 256 blocks of 16 tokens), not one cache.
 
 Arrivals are an open-loop Poisson schedule (`--rate`); arms take turns in every repeat (the order rotates). Each
 run records time to first token (streamed, official `openai` client), throughput, the prefix-cache hit rate from
@@ -135,27 +135,29 @@ def workload(seed: int, context_tokens: int, contexts: int, per_context: int) ->
     salt = f"{seed:08x}"
     system = system_prompt(salt)
     items: list[Item] = []
+
+    def questions(cls: str, c: int, context_text: str) -> None:
+        """`per_context` requests that each send the long context as the system prompt, then one question."""
+        context = [{"role": "system", "content": context_text}]
+        warm = [*context, {"role": "user", "content": WARMUP_QUESTION}]
+        for q in range(per_context):
+            user = QUESTIONS[(c + q) % len(QUESTIONS)]
+            items.append(Item(cls, f"{cls}{c}", [[*context, {"role": "user", "content": user}]], warm))
+
     for c in range(contexts):  # chat: the system prompt, a ticket log, then turns
-        log = prose(rng, context_tokens, f"log{c}")
+        ticket = f"Here is the log of my ticket {salt}-{c}:\n{prose(rng, context_tokens, f'log{c}')}\n\n"
         messages = [{"role": "system", "content": system}]
         turns = []
         for t in range(per_context):
             question = QUESTIONS[(c + t) % len(QUESTIONS)]
-            user = f"Here is the log of my ticket {salt}-{c}:\n{log}\n\n{question}" if t == 0 else question
-            messages = [*messages, {"role": "user", "content": user}]
+            messages = [*messages, {"role": "user", "content": ticket + question if t == 0 else question}]
             turns.append(messages)
             messages = [*messages, {"role": "assistant", "content": f"Section {t + 1} of the log covers it."}]
-        opening = f"Here is the log of my ticket {salt}-{c}:\n{log}\n\n{WARMUP_QUESTION}"
-        items.append(Item("chat", f"chat{c}", turns, [{"role": "system", "content": system},
-                                                      {"role": "user", "content": opening}]))  # fmt: skip
+        warm = [{"role": "system", "content": system}, {"role": "user", "content": ticket + WARMUP_QUESTION}]
+        items.append(Item("chat", f"chat{c}", turns, warm))
     for c in range(contexts):  # fewshot: the system prompt, a block of answered examples, a question
         examples = prose(rng, context_tokens, f"example{c}")
-        for q in range(per_context):
-            system_c = f"{system}\n\nAnswered tickets to follow:\n{examples}"
-            user = QUESTIONS[(c + q) % len(QUESTIONS)]
-            context = [{"role": "system", "content": system_c}]
-            warm = [*context, {"role": "user", "content": WARMUP_QUESTION}]
-            items.append(Item("fewshot", f"fewshot{c}", [[*context, {"role": "user", "content": user}]], warm))
+        questions("fewshot", c, f"{system}\n\nAnswered tickets to follow:\n{examples}")
     manual = prose(rng, context_tokens, "manual")
     for c in range(contexts):  # header: a customer's profile first, then the manual everyone shares
         plan, region = rng.choice(("free", "team", "enterprise")), rng.choice(("eu-west", "us-east", "ap-south"))
@@ -163,11 +165,7 @@ def workload(seed: int, context_tokens: int, contexts: int, per_context: int) ->
             f"Customer {salt}-{c} (account {rng.randrange(10**8):08d}, plan {plan}, region {region}, "
             f"{rng.randint(1, 9)} open tickets). Product manual:\n{manual}"
         )
-        for q in range(per_context):
-            user = QUESTIONS[(c + q) % len(QUESTIONS)]
-            context = [{"role": "system", "content": profile}]
-            warm = [*context, {"role": "user", "content": WARMUP_QUESTION}]
-            items.append(Item("header", f"header{c}", [[*context, {"role": "user", "content": user}]], warm))
+        questions("header", c, profile)
     rng.shuffle(items)
     return items
 
