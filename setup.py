@@ -15,4 +15,4 @@ for part in PARTS:
         for p in sorted((root / part).rglob("__init__.py"))
         if "__pycache__" not in p.parts
     ]
-setup(packages=packages, package_dir=package_dir, package_data={"": ["*.yaml", "*.json", "*.txt", "*.jinja"]})
+setup(packages=packages, package_dir=package_dir, package_data={"": ["*.yaml", "*.json", "*.txt", "*.jinja", "*.c"]})

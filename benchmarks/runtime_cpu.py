@@ -19,7 +19,7 @@ same way, and the goals of `docs/benchmarks.md` are checked against them. A mach
 `benchmarks/results/runtime_cpu.json` and the section `## Runtime on CPU` in `docs/benchmarks.md`.
 
     python benchmarks/runtime_cpu.py [--tiers bf16 int8 int4] [--concurrency 1 8 32] [--requests 4 16 32]
-                                     [--repeats 3] [--threads 1] [--context 512]
+                                     [--repeats 3] [--threads 1] [--context 512] [--gather-tiers int4 ...]
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ from infleet.runtime.quant.tiers import model_bytes
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = AZURE_CODE_TRACE
 TIERS = ["fp32", "bf16", "int8", "int4", "fp8"]  # "fp32": the float weights in fp32 (transformers' precision)
-ORDER = [*(f"infleet-{t}" for t in TIERS), "transformers", "llama-cpp-python"]
+GATHER = "-gather"  # an infleet row whose decode attention gathers the paged cache (INFLEET_CPU_ATTENTION=gather)
+ORDER = [*(f"infleet-{t}{g}" for t in TIERS for g in ("", GATHER)), "transformers", "llama-cpp-python"]
 METRICS = ("output_tok_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "mbu")
 LLAMA = "llama-cpp-python"
 WORDS = ["the", "of", "data", "function", "value", "return", "class", "model", "server", "cache", "queue", "and"]
@@ -96,7 +97,18 @@ def summarize(ttfts: list[float], itls: list[float], tokens: int, wall: float, d
 
 
 # --- infleet -----------------------------------------------------------------------------------------------------
-def run_infleet(engine: AsyncEngine, requests: list[tuple[list[int], int]], concurrency: int) -> dict:
+def run_infleet(
+    engine: AsyncEngine, requests: list[tuple[list[int], int]], concurrency: int, attention: str = "kernel"
+) -> dict:
+    """`attention`: "kernel" (the C kernel over the paged cache) or "gather" (gather + SDPA), for this run only."""
+    os.environ["INFLEET_CPU_ATTENTION"] = attention  # read at every call (runtime/kernels/cpu_attention.py)
+    try:
+        return _run_infleet(engine, requests, concurrency)
+    finally:
+        os.environ.pop("INFLEET_CPU_ATTENTION", None)
+
+
+def _run_infleet(engine: AsyncEngine, requests: list[tuple[list[int], int]], concurrency: int) -> dict:
     async def main() -> dict:
         engine.start()
         queue = list(enumerate(requests))
@@ -327,7 +339,8 @@ def check_goals(levels: list[dict]) -> list[dict]:
             "measured": None if x is None else f"x{x:.2f}",
             "met": None if x is None else x >= floor,
         })  # fmt: skip
-    for name in sorted((n for n in by_c.get(32, {}).get("runtimes", {}) if n.startswith("infleet")), key=ORDER.index):
+    ours = [n for n in by_c.get(32, {}).get("runtimes", {}) if n.startswith("infleet") and not n.endswith(GATHER)]
+    for name in sorted(ours, key=ORDER.index):
         x = ratio(32, name, LLAMA, "output_tok")
         ttft = [ratio(32, name, peer, "ttft_p99") for peer in ("transformers", LLAMA)]
         measured = None if x is None or None in ttft else x >= 2.0 and all(t < 1.0 for t in ttft if t is not None)
@@ -339,7 +352,7 @@ def check_goals(levels: list[dict]) -> list[dict]:
             "met": measured,
         })  # fmt: skip
     for name, r in by_c.get(1, {}).get("runtimes", {}).items():
-        if name.startswith("infleet") and "mbu" in r:
+        if name.startswith("infleet") and not name.endswith(GATHER) and "mbu" in r:
             mbu = r["mbu"]["median"]
             goals.append({
                 "goal": f"{name.removeprefix('infleet-')} tier batch-1 decode MBU >= 50%",
@@ -382,6 +395,13 @@ def write_docs(results: dict, path: Path) -> None:
             "multi-sequence `llama_decode` (its OpenAI server and `Llama` object serve one request at a time)"
             if setup.get("llama_cpp")
             else "not installed"
+        )
+        + (
+            ". Rows ending `-gather` are the same tier with decode attention gathering each sequence's paged blocks "
+            "into a padded copy for SDPA (`INFLEET_CPU_ATTENTION=gather`, the path before the C kernel), in the "
+            "same rounds"
+            if setup.get("gather_tiers")
+            else ""
         )
         + f". Every level ran {setup['repeats']} rounds, the runtimes taking turns in a rotated order; each figure "
         "is the median of the rounds, throughput with its min-max. Machine read bandwidth measured at "
@@ -440,6 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-batch", type=int, default=512, help="llama.cpp's tokens per batch (n_batch)")
     ap.add_argument("--tiers", nargs="+", default=["bf16", "int8", "int4"], choices=TIERS, help="infleet rows")
     ap.add_argument(
+        "--gather-tiers",
+        nargs="*",
+        default=[],
+        choices=TIERS,
+        help="also run these tiers with decode attention gathering the paged cache (the path before the C kernel)",
+    )
+    ap.add_argument(
         "--max-load-per-core", type=float, default=0.5, help="do not measure above this 1-minute load average per core"
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_cpu.json")
@@ -474,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             prefix_caching=False,  # every round sends the same prompts; the peers here cache nothing across requests
         )
         engines[f"infleet-{tier}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
+        if tier in args.gather_tiers:
+            engines[f"infleet-{tier}{GATHER}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
     workloads = {
         c: make_requests(tokenizer, n, args, seed=c) for c, n in zip(args.concurrency, args.requests, strict=True)
     }
@@ -508,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             if llama is None
             else f"llama-cpp-python {llama.lib.__version__}, n_batch {args.llama_batch}",
             "tiers": args.tiers,
+            "gather_tiers": args.gather_tiers,
             "mean_prompt_tokens": statistics.mean(all_prompts),
             "min_out": args.min_out,
             "max_out": args.max_out,
@@ -518,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     for c, reqs in workloads.items():
         print(f"== concurrency {c}: {len(reqs)} requests", flush=True)
         runs: list[tuple[str, Callable[[], dict]]] = [
-            (name, functools.partial(run_infleet, engine, reqs, c)) for name, engine in engines.items()
+            (name, functools.partial(run_infleet, engine, reqs, c, "gather" if name.endswith(GATHER) else "kernel"))
+            for name, engine in engines.items()
         ]
         if hf_model is not None:
             pad_id = config.eos_token_ids[0]
@@ -554,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name} vs {peer}": ratios(samples[name], samples[peer])
             for name in engines
             for peer in samples
-            if not peer.startswith("infleet")
+            if not peer.startswith("infleet") or peer == name + GATHER
         }
         results["levels"].append(level)
     results["setup"]["load_average_end"] = os.getloadavg()[0]

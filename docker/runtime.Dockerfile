@@ -25,6 +25,11 @@ RUN python3 -m venv /opt/infleet \
     else \
         /opt/infleet/bin/pip install "torch==2.15.0" "triton==3.9.0"; \
     fi
+# The CPU decode attention kernel (runtime/kernels/cpu_decode_attention.c) is compiled here, once, into the venv:
+# the CPU image carries no compiler, and the pod's root filesystem is read-only.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc=4:12.2.* libc6-dev=2.36-* \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml setup.py README.md ./
 COPY infleet ./infleet
 COPY runtime ./runtime
@@ -33,7 +38,8 @@ RUN /opt/infleet/bin/pip install \
         "fastapi==0.165.0" "uvicorn==0.55.0" "prometheus-client==0.26.0" "pydantic==2.14.3" "PyYAML==6.0.3" \
         "httpx==0.28.1" "huggingface_hub==2.4.0" "boto3==1.44.18" "gcsfs==2026.10.1" "filelock==4.3.2" \
         "xgrammar==0.2.9" \
-    && /opt/infleet/bin/pip install --no-deps .
+    && /opt/infleet/bin/pip install --no-deps . \
+    && cd / && INFLEET_KERNEL_DIR=/opt/infleet/kernels /opt/infleet/bin/python -m infleet.runtime.kernels.cpu_attention
 
 FROM ${PYTHON_IMAGE}
 ARG TORCH_VARIANT=cuda
@@ -52,7 +58,7 @@ RUN if [ "$TORCH_VARIANT" != cpu ]; then \
 COPY --from=build /opt/infleet /opt/infleet
 # Triton and torch.compile caches go to /tmp (an emptyDir in the pod: the root filesystem is read-only)
 ENV PATH=/opt/infleet/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    TRITON_CACHE_DIR=/tmp/triton HF_HOME=/tmp/hf INFLEET_CACHE=/tmp/infleet
+    TRITON_CACHE_DIR=/tmp/triton HF_HOME=/tmp/hf INFLEET_CACHE=/tmp/infleet INFLEET_KERNEL_DIR=/opt/infleet/kernels
 USER 10001:10001
 EXPOSE 8000
 ENTRYPOINT ["python", "-m", "infleet.runtime"]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from infleet.runtime.config import CUDA_GRAPH_BATCH_SIZES
 from infleet.runtime.kernels import dispatch
-from infleet.runtime.model.attention import AttentionMetadata, KVCache
+from infleet.runtime.model.attention import AttentionMetadata, KVCache, RowAttention
 from infleet.runtime.model.llama import LlamaForCausalLM
 
 
@@ -60,6 +60,7 @@ class DecodeGraphs:
             num_decode=bs,
             decode_block_tables=empty.view(0, 0),
             decode_mask=empty.view(0, 1, 1, 0).bool(),
+            rows=RowAttention(None, empty.view(0, 0), lens),
             prefills=[],
             block_tables=tables.to(torch.int32),
             context_lens=lens.to(torch.int32),

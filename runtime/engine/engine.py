@@ -120,7 +120,7 @@ def execution_info(model: torch.nn.Module, tier: str, cuda_graphs: bool = False)
         "compute_dtype": str(floats[0]).removeprefix("torch.") if floats else "unknown",
         "weight_dtypes": sorted(str(d).removeprefix("torch.") for d in stored),
         "kernel_backend": "triton" if triton_ else "torch",
-        "attention": "triton-paged-attention" if triton_ else "torch-sdpa",
+        "attention": dispatch.attention_backend(device),
         "gemm": dispatch.gemm_backend(tier, device),
         "cuda_graphs": cuda_graphs,
         "threads": torch.get_num_threads(),  # intra-op threads (runtime/threads.py)

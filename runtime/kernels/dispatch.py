@@ -85,6 +85,29 @@ def scaled_mm_available(device: torch.device) -> bool:
     return device.type == "cuda" and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def cpu_decode_attention(q: torch.Tensor, cache: torch.Tensor) -> bool:
+    """Decode attention on the CPU reads the paged cache in place (the C kernel, `cpu_attention`) unless Triton runs,
+    the cache is neither float32 nor bfloat16, the kernel cannot be built here, or INFLEET_CPU_ATTENTION=gather asks
+    for PyTorch's gather + SDPA."""
+    from infleet.runtime.kernels import cpu_attention
+
+    return (
+        not use_triton(q)
+        and q.device.type == "cpu"
+        and cache.dtype in cpu_attention.CACHE_DTYPES
+        and cpu_attention.available()
+    )
+
+
+def attention_backend(device: torch.device) -> str:
+    """The attention kernels used on `device` under the current backend (reported by the server)."""
+    if _BACKEND == "triton" or (_BACKEND == "auto" and device.type == "cuda"):
+        return "triton-paged-attention"
+    if device.type == "cpu" and cpu_decode_attention(torch.empty(0), torch.empty(0)):
+        return "cpu-paged-decode (C), torch-sdpa prefill"
+    return "torch-sdpa"
+
+
 def gemm_backend(tier: str, device: torch.device) -> str:
     """The kernel the tier's linear layers use on `device` under the current backend (reported by the server)."""
     triton_ = _BACKEND == "triton" or (_BACKEND == "auto" and device.type == "cuda")

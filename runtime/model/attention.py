@@ -10,8 +10,10 @@ Two paths read the cache:
   head, reading the blocks in place through the block table) and one tiled prefill launch (flash-style: tiles of up
   to 16 rows of a chunk attend causally to their sequence's blocks in place; fresh prompts, chunks after earlier
   chunks and prefix hits are the same case, since the chunk's own K/V are written to the cache first).
-- PyTorch (CPU): decodes in one padded SDPA call over gathered blocks (one gather and one fused kernel for the
-  whole batch); prefill chunks one by one, since each is already a large matmul.
+- CPU: decodes, and the rows of short chunks over cached context (speculative verifies), through a small C kernel
+  that reads each sequence's blocks in place, one row at a time (`kernels/cpu_attention.py`; without it, or with
+  INFLEET_CPU_ATTENTION=gather, decodes take one padded SDPA call over gathered blocks); other prefill chunks one
+  by one through SDPA, since each is already a large matmul.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from infleet.runtime.kernels import cpu_attention
 from infleet.runtime.kernels import dispatch as kernels
 from infleet.runtime.kernels._triton import PREFILL_TILE_ROWS
 
@@ -47,6 +50,11 @@ class KVCache:
         return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
 
+# A chunk over cached context of at most this many rows (a speculative verify: the last token and up to 8 drafts)
+# is attended row by row by the CPU kernel, like decodes: a verified token then computes as its decode would have.
+ROW_ATTENTION_MAX_ROWS = 16
+
+
 @dataclass
 class PrefillSegment:
     start: int  # first row of this chunk in the flattened batch
@@ -54,6 +62,17 @@ class PrefillSegment:
     context_len: int  # tokens in the cache after this step, including the chunk
     block_table: Tensor  # [num_blocks] block ids covering context_len
     mask: Tensor | None  # [query_len, padded context] True where attending is allowed; None: fresh causal prompt
+    by_rows: bool = False  # attended row by row with the decodes where the CPU kernel runs (ROW_ATTENTION_MAX_ROWS)
+
+
+@dataclass
+class RowAttention:
+    """The rows the CPU kernel attends one at a time: the decodes, then the rows of short chunks over cached context.
+    Each row attends to the first `lens[r]` tokens of its sequence (its own position included)."""
+
+    index: Tensor | None  # [R] rows of the flattened batch; None: rows 0..R-1 (decodes only)
+    tables: Tensor  # [R, max_blocks] int64, each row's sequence's block table
+    lens: Tensor  # [R] int64
 
 
 @dataclass
@@ -62,6 +81,7 @@ class AttentionMetadata:
     num_decode: int
     decode_block_tables: Tensor  # [num_decode, max_blocks], padded with block 0
     decode_mask: Tensor  # [num_decode, 1, 1, max_blocks * block_size] True for real keys
+    rows: RowAttention
     prefills: list[PrefillSegment]
     block_tables: Tensor  # [num_seqs, max_blocks] int32, the Triton kernels' input (decodes first)
     context_lens: Tensor  # [num_seqs] int32
@@ -142,23 +162,33 @@ class StepInputs:
         tiles = torch.stack((row_starts[tile_seq] + offset, tile_rows, tile_seq, first_pos[tile_seq] + offset), dim=1)
 
         decode_blocks = max(seq_blocks[:num_decode], default=0)
-        decode_tables = seq_tables[:num_decode, :decode_blocks]
+        decode_tables = seq_tables[:num_decode, :decode_blocks].contiguous()
         key_pos = torch.arange(max_blocks * block_size, device=device)
         decode_mask = (key_pos[None, : decode_blocks * block_size] < seq_lens[:num_decode, None])[:, None, None, :]
         prefills: list[PrefillSegment] = []
+        row_ranges: list[Tensor] = []  # the rows of the chunks attended row by row
         start = num_decode
         for i in range(num_decode, num_seqs):
             qlen, ctx, nb = query_lens[i], context_lens[i], seq_blocks[i]
             mask = None
             if ctx != qlen:  # earlier tokens are in the cache (chunked prefill, prefix hit or recompute)
                 mask = key_pos[None, : nb * block_size] <= pos[start : start + qlen, None]
-            prefills.append(PrefillSegment(start, qlen, ctx, seq_tables[i, :nb], mask))
+            by_rows = mask is not None and qlen <= ROW_ATTENTION_MAX_ROWS
+            if by_rows:
+                row_ranges.append(torch.arange(start, start + qlen, device=device))
+            prefills.append(PrefillSegment(start, qlen, ctx, seq_tables[i, :nb], mask, by_rows))
             start += qlen
+        if row_ranges:  # each row attends to its position + 1 tokens of its sequence
+            row_index = torch.cat([torch.arange(num_decode, device=device), *row_ranges])
+            rows = RowAttention(row_index, seq_tables[token_seq[row_index]], pos[row_index] + 1)
+        else:
+            rows = RowAttention(None, decode_tables, seq_lens[:num_decode])
         meta = AttentionMetadata(
             slot_mapping,
             num_decode,
             decode_tables,
             decode_mask,
+            rows,
             prefills,
             seq_tables.to(torch.int32),
             seq_lens.to(torch.int32),
@@ -198,23 +228,33 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, cache: KVCache, meta: Atten
     group = num_heads // num_kv_heads
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     nd = meta.num_decode
-    if nd:
+    prefills = meta.prefills
+    if kernels.cpu_decode_attention(q, cache.k):  # the C kernel reads each sequence's blocks in place
+        rows, scale = meta.rows, head_dim**-0.5
+        if rows.index is None and nd:
+            out[:nd] = cpu_attention.decode_attention(q[:nd], cache.k, cache.v, rows.tables, rows.lens, scale)
+        elif rows.index is not None:
+            out[rows.index] = cpu_attention.decode_attention(
+                q[rows.index], cache.k, cache.v, rows.tables, rows.lens, scale
+            )
+            prefills = [seg for seg in prefills if not seg.by_rows]
+    elif nd:
         # Query heads that share a KV head become a group of rows: no repeat of K/V, and the mask is per key only.
         qd = q[:nd].view(nd, num_kv_heads, group, head_dim)
         kd = _gather(cache.k, meta.decode_block_tables).to(q.dtype)
         vd = _gather(cache.v, meta.decode_block_tables).to(q.dtype)
         od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask)
         out[:nd] = od.reshape(nd, num_heads, head_dim)
-    for seg in meta.prefills:
-        rows = slice(seg.start, seg.start + seg.query_len)
-        qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
+    for seg in prefills:
+        span = slice(seg.start, seg.start + seg.query_len)
+        qs = q[span].transpose(0, 1).unsqueeze(0)  # [1, H, L, D]
         if seg.mask is None:
-            ks = k[rows].transpose(0, 1).unsqueeze(0)
-            vs = v[rows].transpose(0, 1).unsqueeze(0)
+            ks = k[span].transpose(0, 1).unsqueeze(0)
+            vs = v[span].transpose(0, 1).unsqueeze(0)
             os_ = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
         else:
             ks = _gather(cache.k, seg.block_table).unsqueeze(0).to(q.dtype)
             vs = _gather(cache.v, seg.block_table).unsqueeze(0).to(q.dtype)
             os_ = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=seg.mask, enable_gqa=True)
-        out[rows] = os_[0].transpose(0, 1)
+        out[span] = os_[0].transpose(0, 1)
     return out.view(num_tokens, num_heads * head_dim)

@@ -191,19 +191,29 @@ def runtime_image() -> str:
 
 def test_runtime_cpu_image_computes_with_torch_and_carries_no_gpu_only_files(runtime_image: str) -> None:
     """torch imports and computes on the CPU; the files only a GPU opens (cuDNN engines, cuSOLVER) and the C
-    compiler are not in the image; it runs as its non-root user."""
+    compiler are not in the image, but the CPU decode attention kernel compiled at build time is, and loads; it runs
+    as its non-root user."""
     probe = (
         "import json, pathlib, shutil, torch\n"
+        "from infleet.runtime.kernels import dispatch\n"
         "nvidia = pathlib.Path(torch.__file__).parents[1] / 'nvidia'\n"
         "found = [*nvidia.glob('cudnn/lib/libcudnn_*'), *nvidia.glob('cu13/lib/libcusolver*')]\n"
         "gpu_only = sorted(p.name for p in found)\n"
         "x = torch.arange(6.0).reshape(2, 3)\n"
         "print(json.dumps({'gpu_only': gpu_only, 'gcc': shutil.which('gcc'), 'cuda': torch.cuda.is_available(),"
-        " 'sum': float((x @ x.T).sum()), 'uid': __import__('os').getuid()}))"
+        " 'sum': float((x @ x.T).sum()), 'uid': __import__('os').getuid(),"
+        " 'attention': dispatch.attention_backend(torch.device('cpu'))}))"
     )
     proc = images.podman("run", "--rm", "--entrypoint", "python", runtime_image, "-c", probe, capture_output=True)
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert found == {"gpu_only": [], "gcc": None, "cuda": False, "sum": 83.0, "uid": 10001}
+    assert found == {
+        "gpu_only": [],
+        "gcc": None,
+        "cuda": False,
+        "sum": 83.0,
+        "uid": 10001,
+        "attention": "cpu-paged-decode (C), torch-sdpa prefill",
+    }
 
 
 def test_runtime_cpu_image_imports_its_entry_points(runtime_image: str) -> None:

@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infleet.runtime.kernels._triton import PREFILL_TILE_ROWS
-from infleet.runtime.model.attention import AttentionMetadata, PrefillSegment, StepInputs
+from infleet.runtime.model.attention import (
+    ROW_ATTENTION_MAX_ROWS,
+    AttentionMetadata,
+    PrefillSegment,
+    RowAttention,
+    StepInputs,
+)
 
 
 def reference_build(
@@ -54,19 +60,30 @@ def reference_build(
     key_pos = torch.arange(max_blocks * block_size)
     decode_mask = (key_pos[None, : decode_blocks * block_size] < seq_lens[:num_decode, None])[:, None, None, :]
     prefills: list[PrefillSegment] = []
+    row_index, row_seqs, row_lens = list(range(num_decode)), list(range(num_decode)), context_lens[:num_decode]
     start = num_decode
     for i in range(num_decode, num_seqs):
         qlen, ctx, nb = query_lens[i], context_lens[i], seq_blocks[i]
         mask = None
         if ctx != qlen:
             mask = key_pos[None, : nb * block_size] <= pos[start : start + qlen, None]
-        prefills.append(PrefillSegment(start, qlen, ctx, seq_tables[i, :nb], mask))
+        by_rows = mask is not None and qlen <= ROW_ATTENTION_MAX_ROWS
+        if by_rows:  # row by row: each attends to its position + 1 tokens
+            row_index += range(start, start + qlen)
+            row_seqs += [i] * qlen
+            row_lens += range(ctx - qlen + 1, ctx + 1)
+        prefills.append(PrefillSegment(start, qlen, ctx, seq_tables[i, :nb], mask, by_rows))
         start += qlen
+    if len(row_index) > num_decode:
+        rows = RowAttention(torch.tensor(row_index), seq_tables[row_seqs], torch.tensor(row_lens))
+    else:
+        rows = RowAttention(None, seq_tables[:num_decode, :decode_blocks], seq_lens[:num_decode])
     meta = AttentionMetadata(
         slot_mapping,
         num_decode,
         seq_tables[:num_decode, :decode_blocks],
         decode_mask,
+        rows,
         prefills,
         seq_tables.to(torch.int32),
         seq_lens.to(torch.int32),
