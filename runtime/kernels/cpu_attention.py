@@ -13,6 +13,7 @@ library the runtime keeps the gather path and says so once in its log.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -26,11 +27,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_decode_attention.c")
 CACHE_DTYPES = (torch.float32, torch.bfloat16)
+PROFILE_NAME = "infleet::cpu_decode_attention"
 # -ffast-math for the compile only (reassociated sums, vector expf from libmvec): linked with it, the library would
 # carry crtfastmath.o, whose constructor flushes denormals to zero for the whole process when it loads.
 CFLAGS = ("-O3", "-ffast-math", "-fPIC", "-fopenmp", "-std=c11")
@@ -89,6 +92,11 @@ def available() -> bool:
     return os.environ.get("INFLEET_CPU_ATTENTION", "kernel") != "gather" and library() is not None
 
 
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """x itself when it already has the dtype and is contiguous (the engine's tensors are): no copy, no dispatch."""
+    return x if x.dtype == dtype and x.is_contiguous() else x.to(dtype).contiguous()
+
+
 def decode_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float
 ) -> Tensor:
@@ -106,12 +114,12 @@ def decode_attention(
     batch, heads, dim = q.shape
     if block_tables.shape[0] != batch or context_lens.shape != (batch,) or k_cache.shape[3] != dim:
         raise ValueError(f"want block_tables [{batch}, n], context_lens [{batch}] and caches of head_dim {dim}")
-    q32 = q.to(torch.float32).contiguous()
-    tables = block_tables.to(torch.int64).contiguous()
-    lens = context_lens.to(torch.int64).contiguous()
+    q32, tables, lens = _as(q, torch.float32), _as(block_tables, torch.int64), _as(context_lens, torch.int64)
     out = torch.empty_like(q32)
     block_stride, token_stride, head_stride, _ = k_cache.stride()
-    with torch.profiler.record_function("infleet::cpu_decode_attention"):  # a profile shows the C kernel by name
+    # a profile shows the C kernel by name; outside one the marker is skipped (it costs more than a small call)
+    marker = record_function(PROFILE_NAME) if torch.autograd._profiler_enabled() else contextlib.nullcontext()
+    with marker:
         status = lib.decode_attention(
             q32.data_ptr(),
             k_cache.data_ptr(),

@@ -75,6 +75,14 @@ def test_layer_view_of_a_stacked_cache_and_batch_invariance() -> None:
         assert torch.equal(alone[0], out[i])
 
 
+def test_a_profile_names_the_kernel() -> None:
+    """Outside a profile the marker is skipped (it costs more than a small call); inside one the kernel has a row."""
+    q, k, v, tables, lens = _case(torch.Generator().manual_seed(2), [30], 1, 2, 16, 8, torch.float32)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        cpu_attention.decode_attention(q, k, v, tables, lens, 0.25)
+    assert cpu_attention.PROFILE_NAME in {e.key for e in prof.key_averages()}
+
+
 def test_bad_inputs_are_refused() -> None:
     q, k, v, tables, lens = _case(torch.Generator().manual_seed(0), [5], 2, 2, 16, 4, torch.float32)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
