@@ -19,7 +19,7 @@ same way, and the goals of `docs/benchmarks.md` are checked against them. A mach
 `benchmarks/results/runtime_cpu.json` and the section `## Runtime on CPU` in `docs/benchmarks.md`.
 
     python benchmarks/runtime_cpu.py [--tiers bf16 int8 int4] [--concurrency 1 8 32] [--requests 4 16 32]
-                                     [--repeats 3] [--threads 1] [--context 512] [--gather-tiers int4 ...]
+                                     [--repeats 3] [--threads 1] [--context 512] [--torch-tiers int4 ...]
 """
 
 from __future__ import annotations
@@ -54,8 +54,11 @@ from infleet.runtime.quant.tiers import model_bytes
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = AZURE_CODE_TRACE
 TIERS = ["fp32", "bf16", "int8", "int4", "fp8"]  # "fp32": the float weights in fp32 (transformers' precision)
-GATHER = "-gather"  # an infleet row whose decode attention gathers the paged cache (INFLEET_CPU_ATTENTION=gather)
-ORDER = [*(f"infleet-{t}{g}" for t in TIERS for g in ("", GATHER)), "transformers", "llama-cpp-python"]
+# an infleet row on PyTorch's paths alone, without infleet's C kernels for the CPU (runtime/kernels/cpu_native.py):
+# decode attention gathers the paged cache, int8 logits go through float chunks
+TORCH_ONLY = "-torch"
+TORCH_ONLY_ENV = {"INFLEET_CPU_ATTENTION": "gather", "INFLEET_CPU_LOGITS": "torch"}
+ORDER = [*(f"infleet-{t}{g}" for t in TIERS for g in ("", TORCH_ONLY)), "transformers", "llama-cpp-python"]
 METRICS = ("output_tok_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "mbu")
 LLAMA = "llama-cpp-python"
 WORDS = ["the", "of", "data", "function", "value", "return", "class", "model", "server", "cache", "queue", "and"]
@@ -98,14 +101,15 @@ def summarize(ttfts: list[float], itls: list[float], tokens: int, wall: float, d
 
 # --- infleet -----------------------------------------------------------------------------------------------------
 def run_infleet(
-    engine: AsyncEngine, requests: list[tuple[list[int], int]], concurrency: int, attention: str = "kernel"
+    engine: AsyncEngine, requests: list[tuple[list[int], int]], concurrency: int, native: bool = True
 ) -> dict:
-    """`attention`: "kernel" (the C kernel over the paged cache) or "gather" (gather + SDPA), for this run only."""
-    os.environ["INFLEET_CPU_ATTENTION"] = attention  # read at every call (runtime/kernels/cpu_attention.py)
+    """`native=False`: this run on PyTorch's paths alone (TORCH_ONLY_ENV, read by the runtime at every call)."""
+    os.environ.update({} if native else TORCH_ONLY_ENV)
     try:
         return _run_infleet(engine, requests, concurrency)
     finally:
-        os.environ.pop("INFLEET_CPU_ATTENTION", None)
+        for key in TORCH_ONLY_ENV:
+            os.environ.pop(key, None)
 
 
 def _run_infleet(engine: AsyncEngine, requests: list[tuple[list[int], int]], concurrency: int) -> dict:
@@ -339,7 +343,7 @@ def check_goals(levels: list[dict]) -> list[dict]:
             "measured": None if x is None else f"x{x:.2f}",
             "met": None if x is None else x >= floor,
         })  # fmt: skip
-    ours = [n for n in by_c.get(32, {}).get("runtimes", {}) if n.startswith("infleet") and not n.endswith(GATHER)]
+    ours = [n for n in by_c.get(32, {}).get("runtimes", {}) if n.startswith("infleet") and not n.endswith(TORCH_ONLY)]
     for name in sorted(ours, key=ORDER.index):
         x = ratio(32, name, LLAMA, "output_tok")
         ttft = [ratio(32, name, peer, "ttft_p99") for peer in ("transformers", LLAMA)]
@@ -352,7 +356,7 @@ def check_goals(levels: list[dict]) -> list[dict]:
             "met": measured,
         })  # fmt: skip
     for name, r in by_c.get(1, {}).get("runtimes", {}).items():
-        if name.startswith("infleet") and not name.endswith(GATHER) and "mbu" in r:
+        if name.startswith("infleet") and not name.endswith(TORCH_ONLY) and "mbu" in r:
             mbu = r["mbu"]["median"]
             goals.append({
                 "goal": f"{name.removeprefix('infleet-')} tier batch-1 decode MBU >= 50%",
@@ -397,10 +401,10 @@ def write_docs(results: dict, path: Path) -> None:
             else "not installed"
         )
         + (
-            ". Rows ending `-gather` are the same tier with decode attention gathering each sequence's paged blocks "
-            "into a padded copy for SDPA (`INFLEET_CPU_ATTENTION=gather`, the path before the C kernel), in the "
-            "same rounds"
-            if setup.get("gather_tiers")
+            ". Rows ending `-torch` are the same tier on PyTorch's paths alone, without infleet's C kernels for the "
+            "CPU (decode attention gathers each sequence's paged blocks into a padded copy for SDPA; int8 logits "
+            "through float chunks), in the same rounds"
+            if setup.get("torch_tiers")
             else ""
         )
         + f". Every level ran {setup['repeats']} rounds, the runtimes taking turns in a rotated order; each figure "
@@ -460,11 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-batch", type=int, default=512, help="llama.cpp's tokens per batch (n_batch)")
     ap.add_argument("--tiers", nargs="+", default=["bf16", "int8", "int4"], choices=TIERS, help="infleet rows")
     ap.add_argument(
-        "--gather-tiers",
+        "--torch-tiers",
         nargs="*",
         default=[],
         choices=TIERS,
-        help="also run these tiers with decode attention gathering the paged cache (the path before the C kernel)",
+        help="also run these tiers on PyTorch's paths alone, without infleet's C kernels for the CPU",
     )
     ap.add_argument(
         "--max-load-per-core", type=float, default=0.5, help="do not measure above this 1-minute load average per core"
@@ -501,8 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             prefix_caching=False,  # every round sends the same prompts; the peers here cache nothing across requests
         )
         engines[f"infleet-{tier}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
-        if tier in args.gather_tiers:
-            engines[f"infleet-{tier}{GATHER}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
+        if tier in args.torch_tiers:
+            engines[f"infleet-{tier}{TORCH_ONLY}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
     workloads = {
         c: make_requests(tokenizer, n, args, seed=c) for c, n in zip(args.concurrency, args.requests, strict=True)
     }
@@ -537,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             if llama is None
             else f"llama-cpp-python {llama.lib.__version__}, n_batch {args.llama_batch}",
             "tiers": args.tiers,
-            "gather_tiers": args.gather_tiers,
+            "torch_tiers": args.torch_tiers,
             "mean_prompt_tokens": statistics.mean(all_prompts),
             "min_out": args.min_out,
             "max_out": args.max_out,
@@ -548,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     for c, reqs in workloads.items():
         print(f"== concurrency {c}: {len(reqs)} requests", flush=True)
         runs: list[tuple[str, Callable[[], dict]]] = [
-            (name, functools.partial(run_infleet, engine, reqs, c, "gather" if name.endswith(GATHER) else "kernel"))
+            (name, functools.partial(run_infleet, engine, reqs, c, not name.endswith(TORCH_ONLY)))
             for name, engine in engines.items()
         ]
         if hf_model is not None:
@@ -585,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name} vs {peer}": ratios(samples[name], samples[peer])
             for name in engines
             for peer in samples
-            if not peer.startswith("infleet") or peer == name + GATHER
+            if not peer.startswith("infleet") or peer == name + TORCH_ONLY
         }
         results["levels"].append(level)
     results["setup"]["load_average_end"] = os.getloadavg()[0]

@@ -7,7 +7,7 @@ with the most self time, with their calls per step. Writes JSON (`benchmarks/res
 `docs/performance.md` quotes.
 
     python benchmarks/runtime_profile.py [--tiers bf16 int8 int4] [--batches 1 32] [--threads 1] [--label after]
-        [--attention kernel|gather]   # decode attention: the C kernel over the paged cache, or gather + SDPA
+        [--attention kernel|gather] [--logits kernel|torch]   # infleet's C kernels for the CPU, or PyTorch's paths
     python benchmarks/runtime_profile.py --render before.json after.json   # markdown tables, side by side
 """
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before / after)")
     ap.add_argument("--attention", choices=["kernel", "gather"], default="kernel", help="CPU decode attention path")
+    ap.add_argument("--logits", choices=["kernel", "torch"], default="kernel", help="CPU int8 logits path")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_profile.json")
     ap.add_argument("--render", type=Path, nargs="+", help="print these runs' tables as markdown and exit")
     args = ap.parse_args(argv)
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     os.environ["INFLEET_CPU_ATTENTION"] = args.attention  # read at each call (runtime/kernels/cpu_attention.py)
+    os.environ["INFLEET_CPU_LOGITS"] = args.logits  # (runtime/kernels/cpu_logits.py)
     gguf = smollm2_gguf()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     result: dict[str, Any] = {
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": gguf.name,
         "threads": args.threads,
         "attention": args.attention,
+        "logits": args.logits,
         "prompt_tokens": args.prompt_tokens,
         "steps": args.steps,
         "load_average_start": os.getloadavg()[0],

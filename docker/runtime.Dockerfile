@@ -25,8 +25,8 @@ RUN python3 -m venv /opt/infleet \
     else \
         /opt/infleet/bin/pip install "torch==2.15.0" "triton==3.9.0"; \
     fi
-# The CPU decode attention kernel (runtime/kernels/cpu_decode_attention.c) is compiled here, once, into the venv:
-# the CPU image carries no compiler, and the pod's root filesystem is read-only.
+# infleet's CPU kernels (runtime/kernels/cpu_*.c: decode attention, int8 logits) are compiled here, once, into
+# the venv: the CPU image carries no compiler, and the pod's root filesystem is read-only.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc=4:12.2.* libc6-dev=2.36-* \
     && rm -rf /var/lib/apt/lists/*
@@ -39,7 +39,7 @@ RUN /opt/infleet/bin/pip install \
         "httpx==0.28.1" "huggingface_hub==2.4.0" "boto3==1.44.18" "gcsfs==2026.10.1" "filelock==4.3.2" \
         "xgrammar==0.2.9" \
     && /opt/infleet/bin/pip install --no-deps . \
-    && cd / && INFLEET_KERNEL_DIR=/opt/infleet/kernels /opt/infleet/bin/python -m infleet.runtime.kernels.cpu_attention
+    && INFLEET_KERNEL_DIR=/opt/infleet/kernels /opt/infleet/bin/python -P -m infleet.runtime.kernels.cpu_native
 
 FROM ${PYTHON_IMAGE}
 ARG TORCH_VARIANT=cuda

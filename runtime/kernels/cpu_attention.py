@@ -1,95 +1,29 @@
 """Decode attention over the paged KV cache on the CPU, in place: a small C kernel (`cpu_decode_attention.c`).
 
 PyTorch has no CPU kernel that reads a paged cache, so the fallback path gathers every decode sequence's blocks
-into a padded copy in every layer and runs SDPA on it; at batch 32 the copy costs more than half of attention
-itself (docs/performance.md). The C kernel reads the blocks where they are.
-
-It is compiled once per source version with the system's C compiler (`cc`, ~1 s) into a cache directory, or found
-there prebuilt (the runtime image builds it: docker/runtime.Dockerfile). Without a compiler and without a prebuilt
-library the runtime keeps the gather path and says so once in its log.
-
-    python -m infleet.runtime.kernels.cpu_attention [DIR]   # build into DIR (default: the cache) and print the path
+into a padded copy in every layer and runs SDPA on it; at batch 32 that copy costs as much as attention itself
+(docs/performance.md). The C kernel reads the blocks where they are. It is built with infleet's other CPU kernels
+(`cpu_native.py`); where it cannot be, or with INFLEET_CPU_ATTENTION=gather, decode attention gathers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import hashlib
-import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.profiler import record_function
 
-log = logging.getLogger(__name__)
+from infleet.runtime.kernels import cpu_native
 
-SOURCE = Path(__file__).with_name("cpu_decode_attention.c")
 CACHE_DTYPES = (torch.float32, torch.bfloat16)
 PROFILE_NAME = "infleet::cpu_decode_attention"
-# -ffast-math for the compile only (reassociated sums, vector expf from libmvec): linked with it, the library would
-# carry crtfastmath.o, whose constructor flushes denormals to zero for the whole process when it loads.
-CFLAGS = ("-O3", "-ffast-math", "-fPIC", "-fopenmp", "-std=c11")
-# libgomp, not a second OpenMP runtime: torch has loaded its own libgomp.so.1 by then, and the soname resolves to it
-LDFLAGS = ("-shared", "-fopenmp", "-lm")
-
-
-def cache_dir() -> Path:
-    """Where the compiled library lives: INFLEET_KERNEL_DIR, else $INFLEET_CACHE/kernels, else ~/.cache/infleet."""
-    if explicit := os.environ.get("INFLEET_KERNEL_DIR"):
-        return Path(explicit)
-    return Path(os.environ.get("INFLEET_CACHE", Path.home() / ".cache" / "infleet")) / "kernels"
-
-
-def library_name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS + LDFLAGS).encode()).hexdigest()[:16]
-    return f"cpu_decode_attention-{digest}.so"
-
-
-def build(directory: Path | None = None) -> Path:
-    """Compile the kernel into `directory` (atomically: concurrent builders each rename a whole file)."""
-    directory = directory or cache_dir()
-    target = directory / library_name()
-    if target.exists():
-        return target
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler (cc) on PATH")
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        obj, out = Path(tmp) / "kernel.o", Path(tmp) / target.name
-        subprocess.run([compiler, *CFLAGS, "-c", str(SOURCE), "-o", str(obj)], check=True, capture_output=True)
-        subprocess.run([compiler, str(obj), *LDFLAGS, "-o", str(out)], check=True, capture_output=True)
-        os.replace(out, target)
-    return target
-
-
-@functools.cache
-def library() -> ctypes.CDLL | None:
-    """The loaded kernel, or None (with one log line saying why) when it can be neither found nor built."""
-    try:
-        path = build()
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
-        detail = err.stderr.decode(errors="replace")[-500:] if isinstance(err, subprocess.CalledProcessError) else err
-        log.warning("CPU decode attention kernel unavailable (%s); decode attention gathers the paged cache", detail)
-        return None
-    i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.decode_attention.argtypes = [ptr, ptr, ptr, i32, ptr, ptr, ptr, *[i64] * 9, ctypes.c_float, i32]
-    lib.decode_attention.restype = ctypes.c_int
-    return lib
 
 
 def available() -> bool:
     """Whether decode attention on the CPU uses this kernel: it loads, and INFLEET_CPU_ATTENTION is not "gather"."""
-    return os.environ.get("INFLEET_CPU_ATTENTION", "kernel") != "gather" and library() is not None
+    return os.environ.get("INFLEET_CPU_ATTENTION", "kernel") != "gather" and cpu_native.library() is not None
 
 
 def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -104,7 +38,7 @@ def decode_attention(
     block_tables `[B, max_blocks]`, context_lens `[B]` (the current token included) -> `[B, H, D]` in q's dtype.
 
     Shapes are checked; the tables' values are the block manager's and trusted (1 <= length <= blocks * size)."""
-    lib = library()
+    lib = cpu_native.library()
     if lib is None:
         raise RuntimeError("the CPU decode attention kernel is not available")
     if k_cache.dtype not in CACHE_DTYPES or v_cache.dtype != k_cache.dtype:
@@ -143,7 +77,3 @@ def decode_attention(
     if status:
         raise RuntimeError(f"CPU decode attention failed for q {tuple(q.shape)}, cache {tuple(k_cache.shape)}")
     return out.to(q.dtype)
-
-
-if __name__ == "__main__":
-    print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

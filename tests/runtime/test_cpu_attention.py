@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infleet.runtime.kernels import cpu_attention, dispatch
+from infleet.runtime.kernels import cpu_attention, cpu_native, dispatch
 from infleet.runtime.kernels.paged_attention import paged_attention_reference
 from infleet.runtime.model.attention import AttentionMetadata, KVCache, paged_attention
 
@@ -159,31 +159,31 @@ def test_without_a_compiler_the_runtime_gathers(
     """No cached library and no `cc`: one warning, `available()` is False, and decode attention takes the gather."""
     monkeypatch.setenv("INFLEET_KERNEL_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    cpu_attention.library.cache_clear()
+    cpu_native.library.cache_clear()
     try:
         with caplog.at_level(logging.WARNING):
             assert not cpu_attention.available()
             assert not dispatch.cpu_decode_attention(torch.empty(0), torch.empty(0))
             assert dispatch.attention_backend(torch.device("cpu")) == "torch-sdpa"
-        warnings = [r.message for r in caplog.records if "gathers the paged cache" in r.message]
+        warnings = [r.message for r in caplog.records if "the runtime uses PyTorch's paths" in r.message]
         assert len(warnings) == 1, warnings
     finally:
         monkeypatch.undo()
-        cpu_attention.library.cache_clear()
+        cpu_native.library.cache_clear()
     assert dispatch.attention_backend(torch.device("cpu")) == "cpu-paged-decode (C), torch-sdpa prefill"
 
 
 def test_loading_the_kernel_leaves_denormals_alone() -> None:
     """The library is compiled with -ffast-math but not linked with it: crtfastmath.o would switch the whole process
     to flush-to-zero / denormals-are-zero when the library loads, changing every other op's numerics."""
-    assert cpu_attention.library() is not None
+    assert cpu_native.library() is not None
     assert sys.float_info.min / 2 > 0.0
     assert torch.tensor([1e-40]).mul(1.0).item() != 0.0
 
 
 def test_build_into_a_directory_is_atomic_and_reused(tmp_path: Path) -> None:
-    path = cpu_attention.build(tmp_path)
-    assert path.parent == tmp_path and path.name == cpu_attention.library_name()
+    path = cpu_native.build(tmp_path)
+    assert path.parent == tmp_path and path.name == cpu_native.library_name()
     mtime = path.stat().st_mtime_ns
-    assert cpu_attention.build(tmp_path) == path and path.stat().st_mtime_ns == mtime  # found, not rebuilt
+    assert cpu_native.build(tmp_path) == path and path.stat().st_mtime_ns == mtime  # found, not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
