@@ -174,7 +174,8 @@ def int8_logits(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
     from infleet.runtime.kernels import cpu_logits
 
     if cpu_logits.available():  # the C kernel: the table's int8 bytes read once, no float copy
-        return cpu_logits.int8_logits(x.reshape(-1, x.shape[-1]), weight, scale).reshape(*x.shape[:-1], -1)
+        logits = cpu_logits.int8_logits(x.reshape(-1, x.shape[-1]), weight, scale)
+        return logits.reshape(*x.shape[:-1], weight.shape[0])
     x2 = x.reshape(-1, x.shape[-1]).float()
     out = torch.empty(x2.shape[0], weight.shape[0], dtype=torch.float32)
     for start in range(0, weight.shape[0], LOGITS_CHUNK_ROWS):

@@ -67,3 +67,5 @@ def test_dispatch_takes_the_kernel_unless_told_not_to(monkeypatch: pytest.Monkey
     assert cpu_logits.PROFILE_NAME not in {e.key for e in prof.key_averages()}
     assert native.shape == chunks.shape == (2, 3, 5000)
     torch.testing.assert_close(native, chunks, atol=1e-4, rtol=1e-5)
+    monkeypatch.delenv("INFLEET_CPU_LOGITS")
+    assert dispatch.int8_logits(x[:0], weight, scale).shape == (0, 3, 5000)  # a step that samples no row
