@@ -39,16 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("eager", "compiled")
 
 
-def before_attention(
-    layer: llama.DecoderLayer, x: Tensor, positions: Tensor, rope: llama.RotaryEmbedding
-) -> tuple[Tensor, Tensor, Tensor]:
+def before_attention(layer: llama.DecoderLayer, x: Tensor, rope: llama.RopeTables) -> tuple[Tensor, Tensor, Tensor]:
     """x [T, hidden] -> q [T, H, D], k and v [T, Hkv, D]."""
     a, t = layer.self_attn, x.shape[0]
     h = layer.input_layernorm(x)
-    q = a.q_proj(h).view(t, a.num_heads, a.head_dim)
-    k = a.k_proj(h).view(t, a.num_kv_heads, a.head_dim)
+    q = rope.rotate(a.q_proj(h).view(t, a.num_heads, a.head_dim))
+    k = rope.rotate(a.k_proj(h).view(t, a.num_kv_heads, a.head_dim))
     v = a.v_proj(h).view(t, a.num_kv_heads, a.head_dim)
-    q, k = rope(positions, q, k)
     return q, k, v
 
 
@@ -66,12 +63,11 @@ def compile_layers() -> None:
     def forward(
         self: llama.DecoderLayer,
         x: Tensor,
-        positions: Tensor,
-        rope: llama.RotaryEmbedding,
+        rope: llama.RopeTables,
         cache: KVCache,
         meta: AttentionMetadata,
     ) -> Tensor:
-        q, k, v = before(self, x, positions, rope)
+        q, k, v = before(self, x, rope)
         return after(self, paged_attention(q, k, v, cache, meta), x)  # type: ignore[no-any-return]
 
     llama.DecoderLayer.forward = forward  # type: ignore[method-assign]

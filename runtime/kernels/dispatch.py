@@ -232,9 +232,9 @@ def cpu_int4_scales_and_zeros(scale: torch.Tensor, offset: torch.Tensor) -> torc
 def cpu_int4_linear(
     x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int
 ) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, group_size, scales_and_zeros)
-    return y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # the model's activations are [T, hidden] already
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), packed, group_size, scales_and_zeros)
+    return y.to(x.dtype) if x.dim() == 2 else y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
 
 
 def rms_norm(

@@ -17,11 +17,21 @@ from infleet.runtime.kernels._triton import check_device
 def rms_norm_reference(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    h = x.to(torch.float32)
+    h = _fp32(x)
     if residual is not None:
-        h = h + residual.to(torch.float32)
-    normed = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.to(torch.float32)
-    return normed.to(x.dtype), (h.to(x.dtype) if residual is not None else None)
+        h = h + _fp32(residual)
+    normed = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps) * _fp32(weight)
+    return _cast(normed, x.dtype), (_cast(h, x.dtype) if residual is not None else None)
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """A float32 tensor as it is: a decode step calls these reference ops hundreds of times, and every cast that
+    does nothing still costs a dispatch."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 @triton.jit

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -73,16 +74,24 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
 
-    def forward(self, positions: Tensor, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2]
-        sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> RopeTables:
+        """The step's tables, looked up once and shared by every layer: cos [T, 1, D] and the signed sin
+        [T, 1, D] (-sin on the first half), so a rotation is two multiplies and an add."""
+        cos, sin = self.cos[positions], self.sin[positions]  # [T, D/2]
+        return RopeTables(
+            torch.cat((cos, cos), dim=-1).unsqueeze(1).to(dtype), torch.cat((-sin, sin), dim=-1).unsqueeze(1).to(dtype)
+        )
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    c, s = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+class RopeTables(NamedTuple):
+    cos: Tensor  # [T, 1, D]
+    sin: Tensor  # [T, 1, D], -sin then sin
+
+    def rotate(self, x: Tensor) -> Tensor:
+        """x [T, H, D] rotated: (x1 c - x2 s, x2 c + x1 s), computed as x * cos + (x2, x1) * signed sin (the same
+        products and sums, so the same bits)."""
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * self.cos + torch.cat((x2, x1), dim=-1) * self.sin
 
 
 class Attention(nn.Module):
@@ -97,14 +106,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
 
-    def forward(
-        self, x: Tensor, positions: Tensor, rope: RotaryEmbedding, cache: KVCache, meta: AttentionMetadata
-    ) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeTables, cache: KVCache, meta: AttentionMetadata) -> Tensor:
         t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        q = rope.rotate(self.q_proj(x).view(t, self.num_heads, self.head_dim))
+        k = rope.rotate(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        q, k = rope(positions, q, k)
         return self.o_proj(paged_attention(q, k, v, cache, meta))
 
 
@@ -127,12 +133,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(
-        self, x: Tensor, positions: Tensor, rope: RotaryEmbedding, cache: KVCache, meta: AttentionMetadata
-    ) -> Tensor:
-        h, x = self.post_attention_layernorm.add_forward(
-            self.self_attn(self.input_layernorm(x), positions, rope, cache, meta), x
-        )
+    def forward(self, x: Tensor, rope: RopeTables, cache: KVCache, meta: AttentionMetadata) -> Tensor:
+        h, x = self.post_attention_layernorm.add_forward(self.self_attn(self.input_layernorm(x), rope, cache, meta), x)
         return x + self.mlp(h)
 
 
@@ -187,8 +189,9 @@ class LlamaForCausalLM(nn.Module):
     ) -> Tensor:
         """Hidden states `[T, hidden]` after the final norm; call `compute_logits` on the rows to sample from."""
         x = self.model.embed_tokens(input_ids)
+        rope = self.rope(positions, x.dtype)
         for layer, cache in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(x, positions, self.rope, cache, meta)
+            x = layer(x, rope, cache, meta)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: Tensor) -> Tensor:

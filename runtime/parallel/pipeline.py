@@ -182,8 +182,9 @@ class Stage:
                 x = torch.empty((mb.num_tokens, hidden_size), dtype=self.dtype, device=device)
                 dist.recv(x, src=self._peer(ctx.stage - 1), tag=k)
                 start = time.perf_counter()
+            rope = model.rope(step.positions, x.dtype)
             for layer, cache in zip(model.layers, self.kv_caches, strict=True):
-                x = layer(x, step.positions, model.rope, cache, step.meta)
+                x = layer(x, rope, cache, step.meta)
             if ctx.last_stage:
                 assert model.norm is not None and model.lm_head is not None
                 out = model.lm_head(model.norm(x.index_select(0, step.sample_rows)))
