@@ -76,4 +76,4 @@ def decode_attention(
         )
     if status:
         raise RuntimeError(f"CPU decode attention failed for q {tuple(q.shape)}, cache {tuple(k_cache.shape)}")
-    return out.to(q.dtype)
+    return out if out.dtype == q.dtype else out.to(q.dtype)

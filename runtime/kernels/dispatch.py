@@ -130,7 +130,7 @@ def _gpu_activations(x: torch.Tensor) -> torch.Tensor:
 
 def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ (int8 weight [N, K] * scale [N]).T in x's dtype."""
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # the model's activations are [T, hidden] already
     if use_triton(x):
         from infleet.runtime.kernels.dequant_gemm import int8_gemm_triton
 
@@ -148,11 +148,13 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
             y[~mask] = _int8pack(x2[~mask], weight, scale).float()
     else:
         y = int8_gemm_reference(x2, weight, scale)
-    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+    y = y if y.dtype == x.dtype else y.to(x.dtype)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def _int8pack(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), weight, scale.to(torch.bfloat16))
+    x16 = x2 if x2.dtype == torch.bfloat16 else x2.to(torch.bfloat16)
+    return torch.ops.aten._weight_int8pack_mm(x16, weight, scale.to(torch.bfloat16))
 
 
 def _int8_float(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -233,8 +235,10 @@ def cpu_int4_linear(
     x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int
 ) -> torch.Tensor:
     x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # the model's activations are [T, hidden] already
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), packed, group_size, scales_and_zeros)
-    return y.to(x.dtype) if x.dim() == 2 else y.to(x.dtype).reshape(*x.shape[:-1], packed.shape[0])
+    x2 = x2 if x2.dtype == torch.bfloat16 else x2.to(torch.bfloat16)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, group_size, scales_and_zeros)
+    y = y if y.dtype == x.dtype else y.to(x.dtype)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], packed.shape[0])
 
 
 def rms_norm(

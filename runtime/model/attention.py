@@ -226,11 +226,15 @@ def paged_attention(q: Tensor, k: Tensor, v: Tensor, cache: KVCache, meta: Atten
         return out.view(num_tokens, num_heads * head_dim)
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
-    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     nd = meta.num_decode
     prefills = meta.prefills
-    if kernels.cpu_decode_attention(q, cache.k):  # the C kernel reads each sequence's blocks in place
-        rows, scale = meta.rows, head_dim**-0.5
+    native = kernels.cpu_decode_attention(q, cache.k)  # the C kernel reads each sequence's blocks in place
+    rows, scale = meta.rows, head_dim**-0.5
+    if native and rows.index is None and nd == num_tokens:  # a pure decode step: the kernel's output is the answer
+        out = cpu_attention.decode_attention(q, cache.k, cache.v, rows.tables, rows.lens, scale)
+        return out.view(num_tokens, num_heads * head_dim)
+    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    if native:
         if rows.index is None and nd:
             out[:nd] = cpu_attention.decode_attention(q[:nd], cache.k, cache.v, rows.tables, rows.lens, scale)
         elif rows.index is not None:
