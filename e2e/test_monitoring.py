@@ -23,9 +23,9 @@ import pytest
 from infleet.api import metrics as names
 from infleet.cluster.stack import Stack
 from infleet.cluster.testing import wait_for
+from infleet.monitoring import rules
 from infleet.monitoring.catalog import expressions, substitute
-from infleet.monitoring.rules import rule_files
-from infleet.monitoring.slo import COST_ALERT, TEAM_BUDGET_ALERT
+from infleet.monitoring.slo import COST_ALERT, TEAM_BUDGET_ALERT, WINDOWS
 from infleet.operator import api
 
 from .conftest import DEMO_NAMESPACE
@@ -62,6 +62,19 @@ class Prometheus:
         assert body.get("status") == "success", f"{expr}\n-> {r.status_code} {body.get('error')}"
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
+
+    def instant(self, expr: str) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=60)
+        body = r.json()
+        assert body.get("status") == "success", f"{expr}\n-> {r.status_code} {body.get('error')}"
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def evaluated_after(self, record: str, after: float) -> bool:
+        """The rule recording `record` has a sample for this test's deployment from an evaluation at or after
+        `after`. The fleet's Prometheus keeps its data between runs, so a series with a long window (the error
+        budget's 30 days) has data from an earlier run at once; only the evaluation time says it saw this run."""
+        return any(float(s["value"][1]) >= after for s in ours(self.instant(f"timestamp({record})")))
 
 
 @dataclass
@@ -135,13 +148,17 @@ def traffic(stack: Stack, smollm2: Callable[[str], dict[str, Any]], prometheus_u
         for t in burst:
             t.join(timeout=600)
         assert answered == 12, f"only {answered} of 12 requests were answered"
+        answered_at = time.time()
         background.start()
         prom = Prometheus(prometheus_url)
+        # two scrape intervals after the last answer: a scrape that counted every request, then an evaluation of
+        # the rules after it, first to last (the shortest window, then the end of the chain)
+        seen = answered_at + 2 * STEP
         wait_for(
-            lambda: ours(prom.range("infleet:slo_error_budget_remaining:ratio", started, time.time())),
+            lambda: all(prom.evaluated_after(r, seen) for r in (rules.good_ratio(WINDOWS[0]), rules.BUDGET_REMAINING)),
             timeout=300,
             interval=5,
-            what=f"Prometheus to record {DEMO_NAMESPACE}/{NAME}'s error budget (the end of the rules' chain)",
+            what=f"Prometheus to evaluate {DEMO_NAMESPACE}/{NAME}'s SLO rules on its requests",
         )
         # the observation loop's first cost figure (it ticks every 15 s); if none comes, that expression's test says so
         deadline = time.monotonic() + 120
@@ -211,7 +228,7 @@ def check_cost_within_limit(prom: Prometheus, traffic: Traffic, expr: str) -> st
 def check_no_alert_fired(prom: Prometheus, traffic: Traffic, expr: str) -> str:
     """No SLO or cost alert fired for the deployment: every alert's expression is empty for it (checked as above)."""
     start, end = traffic.window()
-    for content in rule_files().values():
+    for content in rules.rule_files().values():
         for group in content["groups"]:
             for rule in group["rules"]:
                 if "alert" in rule and rule["alert"] != TEAM_BUDGET_ALERT:  # per team, not per deployment
