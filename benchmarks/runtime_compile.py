@@ -41,12 +41,7 @@ VARIANTS = ("eager", "compiled")
 
 def before_attention(layer: llama.DecoderLayer, x: Tensor, rope: llama.RopeTables) -> tuple[Tensor, Tensor, Tensor]:
     """x [T, hidden] -> q [T, H, D], k and v [T, Hkv, D]."""
-    a, t = layer.self_attn, x.shape[0]
-    h = layer.input_layernorm(x)
-    q = rope.rotate(a.q_proj(h).view(t, a.num_heads, a.head_dim))
-    k = rope.rotate(a.k_proj(h).view(t, a.num_kv_heads, a.head_dim))
-    v = a.v_proj(h).view(t, a.num_kv_heads, a.head_dim)
-    return q, k, v
+    return layer.self_attn.project(layer.input_layernorm(x), rope)
 
 
 def after_attention(layer: llama.DecoderLayer, attn: Tensor, x: Tensor) -> Tensor:

@@ -157,8 +157,10 @@ def engine_for(model_path: str | Path, tier: str, max_batch_tokens: int = 512, m
     from infleet.runtime.config import EngineConfig
     from infleet.runtime.engine.engine import LLMEngine, apply_tier
     from infleet.runtime.loader import load_model
+    from infleet.runtime.model.llama import fuse_projections
 
     model, config, tokenizer = load_model(model_path, dtype=torch.float32)
+    fuse_projections(model)  # as `serve` runs it
     if tier != "bf16":  # bf16 is the float weights as loaded (docs/architecture.md)
         model = apply_tier(model, tier)
     cfg = EngineConfig(

@@ -40,7 +40,7 @@ from infleet.runtime.engine.scheduler import ScheduledSequence, Scheduler
 from infleet.runtime.engine.sequence import Sequence
 from infleet.runtime.engine.speculative import SpeculativeStats, Speculator
 from infleet.runtime.engine.structured import Grammars, Matcher
-from infleet.runtime.model.llama import LlamaForCausalLM
+from infleet.runtime.model.llama import LlamaForCausalLM, fuse_projections
 from infleet.runtime.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -241,7 +241,10 @@ class LLMEngine:
         apply_kernels(cfg)
         dtype = getattr(torch, cfg.compute_dtype_name)
         model, config, tokenizer = load_model(cfg.model, dtype=dtype)
-        model = apply_tier(model.to(cfg.device), cfg.tier)
+        model = model.to(cfg.device)
+        if not cfg.enable_lora:  # adapters attach to q/k/v and gate/up by name
+            fuse_projections(model)
+        model = apply_tier(model, cfg.tier)
         lora = None
         if cfg.enable_lora:  # after the tier: the adapters' deltas are added to the quantized layers' outputs
             from infleet.runtime.lora.manager import LoRAManager
@@ -253,7 +256,7 @@ class LLMEngine:
         draft = None
         if cfg.speculative_method == "draft" and cfg.speculative_draft_model:
             d_model, d_config, d_tokenizer = load_model(cfg.speculative_draft_model, dtype=dtype)
-            draft = (d_model.to(cfg.device), d_config, d_tokenizer)
+            draft = (fuse_projections(d_model.to(cfg.device)), d_config, d_tokenizer)
         return cls(model, config, tokenizer, cfg, kv_dtype=dtype, metrics=metrics, draft=draft, lora=lora)
 
     @property

@@ -8,12 +8,11 @@ import triton
 import triton.language as tl
 
 from infleet.runtime.kernels._triton import check_device
+from infleet.runtime.kernels.casts import as_dtype
 
 
 def silu_and_mul_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    if gate.dtype == up.dtype == torch.float32:  # no casts that do nothing (each one a dispatch per layer)
-        return F.silu(gate) * up
-    return (F.silu(gate.to(torch.float32)) * up.to(torch.float32)).to(gate.dtype)
+    return as_dtype(F.silu(as_dtype(gate, torch.float32)) * as_dtype(up, torch.float32), gate.dtype)
 
 
 @triton.jit

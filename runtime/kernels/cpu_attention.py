@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from infleet.runtime.kernels import cpu_native
+from infleet.runtime.kernels.casts import as_dtype
 
 CACHE_DTYPES = (torch.float32, torch.bfloat16)
 PROFILE_NAME = "infleet::cpu_decode_attention"
@@ -24,11 +25,6 @@ PROFILE_NAME = "infleet::cpu_decode_attention"
 def available() -> bool:
     """Whether decode attention on the CPU uses this kernel: it loads, and INFLEET_CPU_ATTENTION is not "gather"."""
     return os.environ.get("INFLEET_CPU_ATTENTION", "kernel") != "gather" and cpu_native.library() is not None
-
-
-def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """x itself when it already has the dtype and is contiguous (the engine's tensors are): no copy, no dispatch."""
-    return x if x.dtype == dtype and x.is_contiguous() else x.to(dtype).contiguous()
 
 
 def decode_attention(
@@ -48,7 +44,8 @@ def decode_attention(
     batch, heads, dim = q.shape
     if block_tables.shape[0] != batch or context_lens.shape != (batch,) or k_cache.shape[3] != dim:
         raise ValueError(f"want block_tables [{batch}, n], context_lens [{batch}] and caches of head_dim {dim}")
-    q32, tables, lens = _as(q, torch.float32), _as(block_tables, torch.int64), _as(context_lens, torch.int64)
+    q32 = as_dtype(q, torch.float32, contiguous=True)  # the engine's tensors already are: no copy, no dispatch
+    tables, lens = as_dtype(block_tables, torch.int64, True), as_dtype(context_lens, torch.int64, True)
     out = torch.empty_like(q32)
     block_stride, token_stride, head_stride, _ = k_cache.stride()
     # a profile shows the C kernel by name; outside one the marker is skipped (it costs more than a small call)
@@ -76,4 +73,4 @@ def decode_attention(
         )
     if status:
         raise RuntimeError(f"CPU decode attention failed for q {tuple(q.shape)}, cache {tuple(k_cache.shape)}")
-    return out if out.dtype == q.dtype else out.to(q.dtype)
+    return as_dtype(out, q.dtype)

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from infleet.runtime.kernels import cpu_native
+from infleet.runtime.kernels.casts import as_dtype
 
 PROFILE_NAME = "infleet::cpu_int8_logits"
 
@@ -35,9 +36,9 @@ def int8_logits(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
         raise ValueError(f"want x [M, K], weight [V, K], scale [V]; got {x.shape}, {weight.shape}, {scale.shape}")
     if weight.dtype != torch.int8:
         raise ValueError(f"the weight must be int8, got {weight.dtype}")
-    x32 = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+    x32 = as_dtype(x, torch.float32, contiguous=True)
     w = weight if weight.is_contiguous() else weight.contiguous()
-    s = scale if scale.dtype == torch.float32 and scale.is_contiguous() else scale.float().contiguous()
+    s = as_dtype(scale, torch.float32, contiguous=True)
     out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
     marker = record_function(PROFILE_NAME) if torch.autograd._profiler_enabled() else contextlib.nullcontext()
     with marker:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from infleet.runtime.kernels.activation import silu_and_mul_reference
+from infleet.runtime.kernels.casts import as_dtype
 from infleet.runtime.kernels.dequant_gemm import int4_gemm_reference, int8_gemm_reference
 from infleet.runtime.kernels.paged_attention import paged_attention_reference
 from infleet.runtime.kernels.rmsnorm import rms_norm_reference
@@ -148,13 +149,12 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
             y[~mask] = _int8pack(x2[~mask], weight, scale).float()
     else:
         y = int8_gemm_reference(x2, weight, scale)
-    y = y if y.dtype == x.dtype else y.to(x.dtype)
+    y = as_dtype(y, x.dtype)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def _int8pack(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    x16 = x2 if x2.dtype == torch.bfloat16 else x2.to(torch.bfloat16)
-    return torch.ops.aten._weight_int8pack_mm(x16, weight, scale.to(torch.bfloat16))
+    return torch.ops.aten._weight_int8pack_mm(as_dtype(x2, torch.bfloat16), weight, scale.to(torch.bfloat16))
 
 
 def _int8_float(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -235,9 +235,8 @@ def cpu_int4_linear(
     x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int
 ) -> torch.Tensor:
     x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # the model's activations are [T, hidden] already
-    x2 = x2 if x2.dtype == torch.bfloat16 else x2.to(torch.bfloat16)
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, group_size, scales_and_zeros)
-    y = y if y.dtype == x.dtype else y.to(x.dtype)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(as_dtype(x2, torch.bfloat16), packed, group_size, scales_and_zeros)
+    y = as_dtype(y, x.dtype)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], packed.shape[0])
 
 

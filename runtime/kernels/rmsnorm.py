@@ -12,26 +12,17 @@ import triton
 import triton.language as tl
 
 from infleet.runtime.kernels._triton import check_device
+from infleet.runtime.kernels.casts import as_dtype
 
 
 def rms_norm_reference(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    h = _fp32(x)
+    h = as_dtype(x, torch.float32)
     if residual is not None:
-        h = h + _fp32(residual)
-    normed = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps) * _fp32(weight)
-    return _cast(normed, x.dtype), (_cast(h, x.dtype) if residual is not None else None)
-
-
-def _fp32(t: torch.Tensor) -> torch.Tensor:
-    """A float32 tensor as it is: a decode step calls these reference ops hundreds of times, and every cast that
-    does nothing still costs a dispatch."""
-    return t if t.dtype == torch.float32 else t.float()
-
-
-def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
+        h = h + as_dtype(residual, torch.float32)
+    normed = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps) * as_dtype(weight, torch.float32)
+    return as_dtype(normed, x.dtype), (as_dtype(h, x.dtype) if residual is not None else None)
 
 
 @triton.jit

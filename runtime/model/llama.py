@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from infleet.runtime.config import ModelConfig
 from infleet.runtime.kernels import dispatch as kernels
 from infleet.runtime.model.attention import AttentionMetadata, KVCache, paged_attention
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class RMSNorm(nn.Module):
@@ -94,6 +96,22 @@ class RopeTables(NamedTuple):
         return x * self.cos + torch.cat((x2, x1), dim=-1) * self.sin
 
 
+def concat_linears(*linears: nn.Linear) -> nn.Linear:
+    """One nn.Linear whose output is the given layers' outputs side by side: one GEMM reads every weight of the
+    group in one call. Each output column is the same dot product as before, so the same bits; a tier quantizes
+    the result as it would each part (scales are per output row)."""
+    first = linears[0]
+    biased = [lin.bias is not None for lin in linears]
+    if any(biased) and not all(biased):
+        raise ValueError("linears to concatenate must all have a bias or none")
+    out = nn.Linear(first.in_features, sum(lin.out_features for lin in linears), bias=all(biased), device="meta")
+    with torch.no_grad():
+        out.weight = nn.Parameter(torch.cat([lin.weight for lin in linears]))
+        if out.bias is not None:
+            out.bias = nn.Parameter(torch.cat([lin.bias for lin in linears if lin.bias is not None]))
+    return out
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -105,13 +123,28 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.qkv_proj: nn.Module | None = None  # q, k and v in one layer, once `fuse` has run
+
+    def fuse(self) -> None:
+        """q_proj, k_proj and v_proj become one `qkv_proj` (one GEMM instead of three small ones per layer)."""
+        if self.qkv_proj is not None:
+            return
+        self.qkv_proj = concat_linears(self.q_proj, self.k_proj, self.v_proj)
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def project(self, x: Tensor, rope: RopeTables) -> tuple[Tensor, Tensor, Tensor]:
+        """x [T, hidden] -> q [T, H, D] and k [T, Hkv, D], both rotated, and v [T, Hkv, D]."""
+        t, d = x.shape[0], self.head_dim
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split((self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d), -1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = rope.rotate(q.view(t, self.num_heads, d))
+        k = rope.rotate(k.view(t, self.num_kv_heads, d))
+        return q, k, v.view(t, self.num_kv_heads, d)
 
     def forward(self, x: Tensor, rope: RopeTables, cache: KVCache, meta: AttentionMetadata) -> Tensor:
-        t = x.shape[0]
-        q = rope.rotate(self.q_proj(x).view(t, self.num_heads, self.head_dim))
-        k = rope.rotate(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        return self.o_proj(paged_attention(q, k, v, cache, meta))
+        return self.o_proj(paged_attention(*self.project(x, rope), cache, meta))
 
 
 class MLP(nn.Module):
@@ -120,9 +153,33 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj: nn.Module | None = None  # gate and up in one layer, once `fuse` has run
+
+    def fuse(self) -> None:
+        """gate_proj and up_proj become one `gate_up_proj`."""
+        if self.gate_up_proj is not None:
+            return
+        self.gate_up_proj = concat_linears(self.gate_proj, self.up_proj)
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_proj(x), self.up_proj(x)))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(kernels.silu_and_mul(gate, up))
+
+
+def fuse_projections(model: ModuleT) -> ModuleT:
+    """Fuse q/k/v and gate/up in every decoder layer of `model` (a whole model or a pipeline stage), in place.
+
+    Call it after loading (and sharding) and before the tier: a step then makes four projection calls per layer
+    instead of seven, with the same results. Not with LoRA, whose adapters attach to each projection by name.
+    """
+    for module in list(model.modules()):
+        if isinstance(module, Attention | MLP):
+            module.fuse()
+    return model
 
 
 class DecoderLayer(nn.Module):

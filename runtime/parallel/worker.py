@@ -66,6 +66,7 @@ def load_rank(args: RankArgs) -> tuple[RankContext, Stage]:
     from pathlib import Path
 
     from infleet.runtime.kernels import dispatch
+    from infleet.runtime.model.llama import fuse_projections
     from infleet.runtime.parallel.loading import read_metadata
     from infleet.runtime.quant.tiers import apply_tier
 
@@ -79,7 +80,7 @@ def load_rank(args: RankArgs) -> tuple[RankContext, Stage]:
     ctx = init_rank(topo, args.rank, args.leader_addr, args.leader_port, device)
     config, _ = read_metadata(Path(args.model))
     dtype = getattr(torch, args.dtype)
-    model = apply_tier(build_stage(ctx, args.model, config, dtype), args.tier)
+    model = apply_tier(fuse_projections(build_stage(ctx, args.model, config, dtype)), args.tier)
     num_blocks = args.num_kv_blocks or gpu_kv_blocks(ctx, model, dtype, args)
     return ctx, Stage(ctx, model, num_blocks, args.block_size, dtype)
 

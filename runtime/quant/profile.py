@@ -59,7 +59,7 @@ from infleet.runtime.engine.sampler import SamplingParams
 from infleet.runtime.kernels import dispatch
 from infleet.runtime.loader import load_model
 from infleet.runtime.model.attention import AttentionMetadata, KVCache
-from infleet.runtime.model.llama import LlamaForCausalLM
+from infleet.runtime.model.llama import LlamaForCausalLM, fuse_projections
 from infleet.runtime.quant.tiers import TIERS, TierInfo, apply_tier, model_bytes
 from infleet.runtime.tokenizer import Tokenizer
 
@@ -185,10 +185,11 @@ def read_bandwidth_gbs(gib: float = 1.0) -> float:
 
 
 def served_model(path: str | Path, tier: str) -> tuple[LlamaForCausalLM, ModelConfig, Tokenizer]:
-    """The model as the runtime serves `tier` on a CPU: loaded in the tier's activation dtype, then quantized."""
+    """The model as the runtime serves `tier` on a CPU: loaded in the tier's activation dtype, its projections
+    fused, then quantized."""
     model, config, tokenizer = load_model(path, dtype=getattr(torch, compute_dtype_name(tier, "cpu")))
     model.eval()
-    return apply_tier(model, tier), config, tokenizer
+    return apply_tier(fuse_projections(model), tier), config, tokenizer
 
 
 def profile(args: argparse.Namespace) -> dict[str, Any]:
