@@ -93,11 +93,12 @@ CODE_DIRS = ("infleet", "operator", "gateway", "runtime", "autoscaler", "monitor
 
 
 def code_digest() -> str:
-    """A digest of the Python code the fleet's operator, gateway and runtime processes run."""
+    """A digest of the Python code the fleet's operator, gateway and runtime processes run, as `sha256-<16 hex>`:
+    the prefix keeps `helm --set` from reading an all-digit digest as a number (the chart's schema wants a string)."""
     h = hashlib.sha256()
     for path in sorted(p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")):
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
+    return f"sha256-{h.hexdigest()[:16]}"
 
 
 class Stack:

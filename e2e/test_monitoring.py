@@ -56,17 +56,15 @@ class Prometheus:
     url: str
 
     def range(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
-        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{STEP:g}s"}
-        r = httpx.get(f"{self.url}/api/v1/query_range", params=params, timeout=60)
-        body = r.json()
-        assert body.get("status") == "success", f"{expr}\n-> {r.status_code} {body.get('error')}"
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        return self.get("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{STEP:g}s")
 
     def instant(self, expr: str) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=60)
+        return self.get("query", query=expr)
+
+    def get(self, endpoint: str, **params: str) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url}/api/v1/{endpoint}", params=params, timeout=60)
         body = r.json()
-        assert body.get("status") == "success", f"{expr}\n-> {r.status_code} {body.get('error')}"
+        assert body.get("status") == "success", f"{params['query']}\n-> {r.status_code} {body.get('error')}"
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 

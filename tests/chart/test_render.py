@@ -351,6 +351,25 @@ def test_bad_values_are_refused_with_the_schema_message(case: str, tmp_path: Pat
         assert "values don't meet the specifications of the schema" in out and message in out, out
 
 
+def test_the_local_fleets_code_digest_is_a_string_to_helm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Stack.on_fleet` passes the code digest with `--set`, which reads all-digit text as a number: even a digest
+    of only digits must render as the string annotation the schema wants."""
+    from infleet.cluster import stack
+
+    class Digits:
+        def update(self, _: bytes) -> None:
+            pass
+
+        def hexdigest(self) -> str:
+            return "1234567890" * 4
+
+    monkeypatch.setattr(stack.hashlib, "sha256", Digits)
+    code = stack.code_digest()
+    docs = render(None, "--set", f"operator.podAnnotations.infleet\\.dev/code={code}")
+    annotations = named(docs, "Deployment", "-operator")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["infleet.dev/code"] == code and code.endswith("1234567890123456")
+
+
 def test_set_json_arguments_are_typed() -> None:
     assert set_args({"operator": {"replicas": 2}}) == ["--set-json", 'operator={"replicas": 2}']
 
