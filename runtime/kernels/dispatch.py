@@ -3,10 +3,12 @@
 The process-wide backend (`set_backend`, from `--kernels`) decides: "auto" launches Triton for CUDA tensors and
 PyTorch on CPU; "triton" launches Triton for every tensor (on CPU only under TRITON_INTERPRET=1, which is how CI
 runs the serving path through the kernels end to end); "torch" never launches Triton.
-PyTorch's CPU weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) are fast for bf16
-activations only, so on CPU the activations are rounded to bf16 around those calls and the result cast back. They
-are fast for a few rows (decode); for a prompt's many rows the int8 weight is converted to float for one float GEMM
-instead. Which rows take that path is a property of each token, never of the batch it lands in (`prompt_rows`): a
+On a CPU with AVX512-BF16 the int8/int4 layers run on infleet's own kernel (`cpu_woq.py`, chosen per layer in
+quant/tiers.py), one kernel for every row. Elsewhere PyTorch's CPU weight-only kernels (`_weight_int8pack_mm`,
+`_weight_int4pack_mm_for_cpu`) are used; they are fast for bf16 activations only, so on CPU the activations are
+rounded to bf16 around those calls and the result cast back. They are fast for a few rows (decode); for a prompt's
+many rows the int8 weight is converted to float for one float GEMM instead. Which rows take that path is a property
+of each token, never of the batch it lands in (`prompt_rows`): a
 request's numerics, and so its greedy tokens, do not depend on what else is running, or on speculation.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from infleet.runtime.kernels import cpu_woq
 from infleet.runtime.kernels.activation import silu_and_mul_reference
 from infleet.runtime.kernels.casts import as_dtype
 from infleet.runtime.kernels.dequant_gemm import int4_gemm_reference, int8_gemm_reference
@@ -120,6 +123,8 @@ def gemm_backend(tier: str, device: torch.device) -> str:
         return "triton-fp8-dequant-gemm" if triton_ else "torch-fp8-upcast"
     if triton_:
         return f"triton-{tier}-dequant-gemm"
+    if device.type == "cpu" and cpu_woq.available():
+        return f"cpu-woq-{tier} (C, AVX512-BF16)"
     if tier == "int8":
         return "torch-cpu-int8pack (prompts: float GEMM)" if CPU_INT8_MM else "torch-reference"
     return "torch-cpu-int4pack" if CPU_INT4_MM else "torch-reference"

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from infleet.api.tiers import TIERS
-from infleet.runtime.kernels import dispatch
+from infleet.runtime.kernels import cpu_woq, dispatch
+from infleet.runtime.kernels.casts import as_dtype
 from infleet.runtime.quant import formats as F
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -62,27 +63,48 @@ class Fp8Linear(nn.Module):
         return with_bias(dispatch.fp8_linear(x, self.weight, self.scale), self.bias)
 
 
+def _cpu_kernel(device: torch.device, out_features: int, in_features: int, group_size: int | None = None) -> bool:
+    """Whether a layer on `device` runs on infleet's CPU int8/int4 kernel (`kernels/cpu_woq.py`)."""
+    return (
+        device.type == "cpu"
+        and dispatch.backend() != "triton"
+        and cpu_woq.available()
+        and cpu_woq.fits(out_features, in_features, group_size)
+    )
+
+
 class Int8Linear(nn.Module):
-    """Int8 codes [out, in] with a float32 scale per output channel (symmetric: no zero point)."""
+    """Int8 codes [out, in] with a float32 scale per output channel (symmetric: no zero point). On a CPU with
+    AVX512-BF16 the codes are kept in the layout of infleet's kernel instead (`woq`, `cpu_woq.pack_int8`)."""
 
     weight: torch.Tensor
     scale: torch.Tensor
 
     bias: torch.Tensor | None
+    packable = True
 
     def __init__(self, q: F.Int8Weight) -> None:
         super().__init__()
         self.register_buffer("bias", None)  # set by quantize_model when the float layer has one (Qwen2 q/k/v)
         self.out_features, self.in_features = q.weight.shape
-        self.register_buffer("weight", q.weight)
-        self.register_buffer("scale", q.scale)
+        self.woq = self.packable and _cpu_kernel(q.weight.device, self.out_features, self.in_features)
+        self.register_buffer("weight", cpu_woq.pack_int8(q.weight) if self.woq else q.weight)
+        self.register_buffer("scale", q.scale.float() if self.woq else q.scale)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         return cls(F.quantize_int8(linear.weight.detach()))
 
+    def codes(self) -> torch.Tensor:
+        """The int8 codes [out, in], whatever the layout kept."""
+        return cpu_woq.unpack_int8(self.weight) if self.woq else self.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return with_bias(dispatch.int8_linear(x, self.weight, self.scale), self.bias)
+        if self.woq:
+            out = as_dtype(cpu_woq.int8_gemm(x, self.weight, self.scale), x.dtype)
+        else:
+            out = dispatch.int8_linear(x, self.weight, self.scale)
+        return with_bias(out, self.bias)
 
 
 class Int4Linear(nn.Module):
@@ -100,14 +122,24 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", None)  # set by quantize_model when the float layer has one (Qwen2 q/k/v)
         self.out_features, self.in_features = q.shape
         self.group_size = q.group_size
-        # PyTorch's CPU kernel wants N % 16 == 0; other shapes, and the Triton kernel, use the portable layout.
+        # infleet's CPU kernel where it runs; else PyTorch's CPU kernel, which wants N % 16 == 0; other shapes, and
+        # the Triton kernel, use the portable layout.
+        self.woq = _cpu_kernel(device, self.out_features, self.in_features, self.group_size) and cpu_woq.fits_float16(
+            q.scale, q.offset
+        )
         self.cpu_layout = (
-            device.type == "cpu"
+            not self.woq
+            and device.type == "cpu"
             and dispatch.backend() != "triton"
             and dispatch.CPU_INT4_MM
             and self.out_features % 16 == 0
         )
-        if self.cpu_layout:
+        if self.woq:
+            packed, scale, offset = cpu_woq.pack_int4(q.packed, q.scale, q.offset)
+            self.register_buffer("packed", packed)
+            self.register_buffer("scale", scale)
+            self.register_buffer("offset", offset)
+        elif self.cpu_layout:
             self.register_buffer("packed", dispatch.to_cpu_int4_pack(F.unpack_int4(q.packed)))
             self.register_buffer("scales_and_zeros", dispatch.cpu_int4_scales_and_zeros(q.scale, q.offset))
         else:
@@ -121,7 +153,9 @@ class Int4Linear(nn.Module):
         return cls(F.quantize_int4(w, group_size), w.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_layout:
+        if self.woq:
+            out = as_dtype(cpu_woq.int4_gemm(x, self.packed, self.scale, self.offset, self.group_size), x.dtype)
+        elif self.cpu_layout:
             out = dispatch.cpu_int4_linear(x, self.packed, self.scales_and_zeros, self.group_size)
         else:
             out = dispatch.int4_linear(x, self.packed, self.scale, self.offset, self.group_size)
@@ -132,27 +166,38 @@ class Int4Linear(nn.Module):
 
 
 class Int8Head(Int8Linear):
-    """A tied lm_head in int8: fp32 logits on the CPU (`dispatch.int8_logits`), the int8 GEMM elsewhere."""
+    """A tied lm_head in int8: float32 logits on the CPU (infleet's kernel, else `dispatch.int8_logits`), the int8
+    GEMM elsewhere."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return with_bias(dispatch.int8_logits(x, self.weight, self.scale), self.bias)
+        logits = (
+            cpu_woq.int8_gemm(x, self.weight, self.scale)
+            if self.woq
+            else dispatch.int8_logits(x, self.weight, self.scale)
+        )
+        return with_bias(logits, self.bias)
 
 
 class Int8Embedding(nn.Module):
     """The embedding of a tied lm_head quantized to int8: a lookup dequantizes only the rows it reads, from the
-    head's own codes and scales (one table in memory, as before quantization)."""
+    head's own codes and scales (one table in memory, as before quantization), in whichever layout the head keeps."""
 
     weight: torch.Tensor
     scale: torch.Tensor
 
     def __init__(self, head: Int8Head, dtype: torch.dtype) -> None:
         super().__init__()
-        self.register_buffer("weight", head.weight)  # [vocab, hidden] int8, shared with the head
+        self.register_buffer("weight", head.weight)  # [vocab, hidden] int8 (or cpu_woq's blocks), shared with the head
         self.register_buffer("scale", head.scale)  # [vocab]
+        self.woq = head.woq
         self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids].to(self.dtype) * self.scale[ids].unsqueeze(-1).to(self.dtype)  # [T, hidden]
+        if self.woq:  # [vocab / 16, hidden / 2, 2, 16]: row v is [v // 16, :, :, v % 16]
+            codes = self.weight[ids // cpu_woq.LANES, :, :, ids % cpu_woq.LANES].reshape(*ids.shape, -1)
+        else:
+            codes = self.weight[ids]
+        return codes.to(self.dtype) * self.scale[ids].unsqueeze(-1).to(self.dtype)  # [T, hidden]
 
 
 def _quantize_tied_head(model: nn.Module) -> bool:

@@ -1,0 +1,219 @@
+/* Weight-only int8 and int4 GEMM on the CPU with AVX512-BF16 dot products: out = x @ dequantize(w).T in float32.
+ *
+ * x is bf16 [rows, k]. Weights are packed at load (cpu_woq.py) in blocks of 16 output channels, one lane each:
+ *   int8: [n / 16][k / 2][2][16] int8 (for each pair of inputs, the 16 channels' first then second weight)
+ *   int4: [n / 16][k / 2][16] bytes (low nibble: the pair's first weight, high nibble: its second), codes 0..15,
+ *         with float16 scale and offset [n / 16][k / group][16]: w = code * scale + offset.
+ * A block's weights are turned into bf16 pairs once (exact: |int8| <= 128 and 0..15 fit bf16's 8 bits) into a
+ * scratch that every activation row then reads, so a block of weights is read from memory once per call, however
+ * many rows there are. Each output is accumulated in one fixed order (`vdpbf16ps` over the input pairs, then the
+ * scale), whatever the number of rows and wherever a row falls in a tile: a row's result does not depend on its
+ * batch. Needs AVX512-BF16 (`woq_available`); without it the runtime keeps PyTorch's kernels. Built and loaded by
+ * cpu_native.py.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define LANES 16 /* output channels per block: one zmm of float32 */
+#define TILE 4   /* activation rows per pass over a block's scratch */
+#define CHAINS 4 /* accumulators per row, each over every CHAINS-th input pair (the sum of four, in one order) */
+
+#define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+int woq_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+}
+
+/* a + b, as a builtin that -ffast-math may not reassociate: every path sums the chains in the same order */
+#define ADD(a, b) _mm512_add_round_ps((a), (b), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define PAIR(x, j) ((__m512bh)_mm512_set1_epi32(*(const int32_t *)((x) + 2 * (j))))
+
+/* x . w over pairs first..last for one row: CHAINS accumulators (each every CHAINS-th pair, hiding the dot
+ * product's latency), summed in one order */
+AVX512_BF16 static inline __m512 dot_row(const uint16_t *x, const __m512i *pairs, int64_t first, int64_t last) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int64_t j = first; j < last; j += CHAINS) {
+        c0 = _mm512_dpbf16_ps(c0, PAIR(x, j), (__m512bh)pairs[j]);
+        c1 = _mm512_dpbf16_ps(c1, PAIR(x, j + 1), (__m512bh)pairs[j + 1]);
+        c2 = _mm512_dpbf16_ps(c2, PAIR(x, j + 2), (__m512bh)pairs[j + 2]);
+        c3 = _mm512_dpbf16_ps(c3, PAIR(x, j + 3), (__m512bh)pairs[j + 3]);
+    }
+    return ADD(ADD(c0, c1), ADD(c2, c3));
+}
+
+/* dot_row for TILE rows (k apart) at once, each weight pair loaded once: the same sums, bit for bit */
+AVX512_BF16 static inline void dot_tile(const uint16_t *x, int64_t k, const __m512i *pairs, int64_t first,
+                                        int64_t last, __m512 out[TILE]) {
+    __m512 c[TILE][CHAINS];
+#pragma GCC unroll 4
+    for (int t = 0; t < TILE; t++)
+#pragma GCC unroll 4
+        for (int i = 0; i < CHAINS; i++) c[t][i] = _mm512_setzero_ps();
+    for (int64_t j = first; j < last; j += CHAINS)
+#pragma GCC unroll 4
+        for (int i = 0; i < CHAINS; i++) {
+            __m512bh w = (__m512bh)pairs[j + i];
+#pragma GCC unroll 4
+            for (int t = 0; t < TILE; t++) c[t][i] = _mm512_dpbf16_ps(c[t][i], PAIR(x + t * k, j + i), w);
+        }
+#pragma GCC unroll 4
+    for (int t = 0; t < TILE; t++) out[t] = ADD(ADD(c[t][0], c[t][1]), ADD(c[t][2], c[t][3]));
+}
+
+/* Two planes of 16 int8 (the pair's first and second weight per lane) -> 16 bf16 pairs */
+AVX512_BF16 static inline __m512i int8_pairs(const int8_t *p) {
+    __m512i lo = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))));
+    __m512i hi = _mm512_castps_si512(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + LANES)))));
+    /* bf16 = the top half of float32, exact here: (hi & 0xffff0000) | (lo >> 16) */
+    return _mm512_ternarylogic_epi32(hi, _mm512_srli_epi32(lo, 16), _mm512_set1_epi32((int)0xffff0000u), 0xEC);
+}
+
+/* 16 bytes of two nibbles per lane -> 16 bf16 pairs (codes 0..15 as bf16: a table lookup) */
+AVX512_BF16 static inline __m512i int4_pairs(const uint8_t *p, __m512i table) {
+    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m512i idx = _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0xf)),
+                                  _mm512_slli_epi32(_mm512_srli_epi32(b, 4), 16));
+    return _mm512_permutexvar_epi16(idx, table);
+}
+
+AVX512_BF16 static void int8_block(const uint16_t *x, const int8_t *w, const float *scale, float *out, int64_t rows,
+                                   int64_t n, int64_t k, int64_t block, __m512i *pairs) {
+    const int8_t *wb = w + block * (k / 2) * 2 * LANES;
+    __m512 s = _mm512_loadu_ps(scale + block * LANES);
+    if (rows == 1) { /* one row reads the weights once anyway: convert them in registers, no scratch */
+        __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+        for (int64_t j = 0; j < k / 2; j += CHAINS) {
+            c0 = _mm512_dpbf16_ps(c0, PAIR(x, j), (__m512bh)int8_pairs(wb + j * 2 * LANES));
+            c1 = _mm512_dpbf16_ps(c1, PAIR(x, j + 1), (__m512bh)int8_pairs(wb + (j + 1) * 2 * LANES));
+            c2 = _mm512_dpbf16_ps(c2, PAIR(x, j + 2), (__m512bh)int8_pairs(wb + (j + 2) * 2 * LANES));
+            c3 = _mm512_dpbf16_ps(c3, PAIR(x, j + 3), (__m512bh)int8_pairs(wb + (j + 3) * 2 * LANES));
+        }
+        __m512 dot = ADD(ADD(c0, c1), ADD(c2, c3)); /* as dot_row sums them */
+        _mm512_storeu_ps(out + block * LANES, _mm512_mul_ps(dot, s));
+        return;
+    }
+    for (int64_t j = 0; j < k / 2; j++) pairs[j] = int8_pairs(wb + j * 2 * LANES);
+    int64_t m = 0;
+    for (; m + TILE <= rows; m += TILE) {
+        __m512 dots[TILE];
+        dot_tile(x + m * k, k, pairs, 0, k / 2, dots);
+#pragma GCC unroll 4
+        for (int t = 0; t < TILE; t++) _mm512_storeu_ps(out + (m + t) * n + block * LANES, _mm512_mul_ps(dots[t], s));
+    }
+    for (; m < rows; m++)
+        _mm512_storeu_ps(out + m * n + block * LANES, _mm512_mul_ps(dot_row(x + m * k, pairs, 0, k / 2), s));
+}
+
+/* 16 float16 -> float32 */
+AVX512_BF16 static inline __m512 halves(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* one row's group g: acc + (x . codes) * scale + sum(x over the group) * offset */
+AVX512_BF16 static inline __m512 int4_group(__m512 acc, __m512 dot, float xsum, __m512 s, __m512 o) {
+    return _mm512_fmadd_ps(_mm512_set1_ps(xsum), o, _mm512_fmadd_ps(dot, s, acc));
+}
+
+AVX512_BF16 static void int4_block(const uint16_t *x, const float *xsum, const uint8_t *w, const uint16_t *scale,
+                                   const uint16_t *offset, float *out, int64_t rows, int64_t n, int64_t k, int64_t group,
+                                   int64_t block, __m512i *pairs) {
+    const int64_t groups = k / group, half = group / 2;
+    /* bf16 bits of 0..15, in the low 16 words of the table */
+    __m512i table = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x4170, 0x4160, 0x4150, 0x4140,
+                                     0x4130, 0x4120, 0x4110, 0x4100, 0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000,
+                                     0x3f80, 0x0000);
+    const uint8_t *wb = w + block * (k / 2) * LANES;
+    const uint16_t *sb = scale + block * groups * LANES, *ob = offset + block * groups * LANES;
+    if (rows == 1) { /* one row reads the weights once anyway: convert them in registers, no scratch */
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t g = 0; g < groups; g++) {
+            __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+            for (int64_t j = g * half; j < (g + 1) * half; j += CHAINS) {
+                c0 = _mm512_dpbf16_ps(c0, PAIR(x, j), (__m512bh)int4_pairs(wb + j * LANES, table));
+                c1 = _mm512_dpbf16_ps(c1, PAIR(x, j + 1), (__m512bh)int4_pairs(wb + (j + 1) * LANES, table));
+                c2 = _mm512_dpbf16_ps(c2, PAIR(x, j + 2), (__m512bh)int4_pairs(wb + (j + 2) * LANES, table));
+                c3 = _mm512_dpbf16_ps(c3, PAIR(x, j + 3), (__m512bh)int4_pairs(wb + (j + 3) * LANES, table));
+            }
+            __m512 dot = ADD(ADD(c0, c1), ADD(c2, c3)); /* as dot_row sums them */
+            acc = int4_group(acc, dot, xsum[g], halves(sb + g * LANES), halves(ob + g * LANES));
+        }
+        _mm512_storeu_ps(out + block * LANES, acc);
+        return;
+    }
+    for (int64_t j = 0; j < k / 2; j++) pairs[j] = int4_pairs(wb + j * LANES, table);
+    int64_t m = 0;
+    for (; m + TILE <= rows; m += TILE) {
+        __m512 acc[TILE];
+#pragma GCC unroll 4
+        for (int t = 0; t < TILE; t++) acc[t] = _mm512_setzero_ps();
+        for (int64_t g = 0; g < groups; g++) {
+            __m512 dots[TILE], s = halves(sb + g * LANES), o = halves(ob + g * LANES);
+            dot_tile(x + m * k, k, pairs, g * half, (g + 1) * half, dots);
+#pragma GCC unroll 4
+            for (int t = 0; t < TILE; t++) acc[t] = int4_group(acc[t], dots[t], xsum[(m + t) * groups + g], s, o);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < TILE; t++) _mm512_storeu_ps(out + (m + t) * n + block * LANES, acc[t]);
+    }
+    for (; m < rows; m++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t g = 0; g < groups; g++)
+            acc = int4_group(acc, dot_row(x + m * k, pairs, g * half, (g + 1) * half), xsum[m * groups + g],
+                             halves(sb + g * LANES), halves(ob + g * LANES));
+        _mm512_storeu_ps(out + m * n + block * LANES, acc);
+    }
+}
+
+static int check(int64_t rows, int64_t n, int64_t k) {
+    return rows < 0 || n % LANES || k <= 0 || k % (2 * CHAINS) ? -1 : 0;
+}
+
+/* Returns 0, or -1 on a refused shape, a CPU without AVX512-BF16 or a failed allocation. */
+int int8_gemm(const uint16_t *x, const int8_t *w, const float *scale, float *out, int64_t rows, int64_t n, int64_t k,
+              int num_threads) {
+    if (check(rows, n, k) || !woq_available()) return -1;
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads) reduction(| : failed)
+    {
+        __m512i *pairs = aligned_alloc(64, sizeof(__m512i) * (size_t)(k / 2));
+        if (!pairs) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t block = 0; block < n / LANES; block++)
+            if (pairs) int8_block(x, w, scale, out, rows, n, k, block, pairs);
+        free(pairs);
+    }
+    return failed ? -1 : 0;
+}
+
+int int4_gemm(const uint16_t *x, const uint8_t *w, const uint16_t *scale, const uint16_t *offset, float *out, int64_t rows,
+              int64_t n, int64_t k, int64_t group, int num_threads) {
+    if (check(rows, n, k) || group <= 0 || group % (2 * CHAINS) || k % group || !woq_available()) return -1;
+    const int64_t groups = k / group;
+    float *xsum = malloc(sizeof(float) * (size_t)(rows * groups > 0 ? rows * groups : 1));
+    if (!xsum) return -1;
+    for (int64_t i = 0; i < rows * groups; i++) { /* each row's sum over each group of inputs: the offsets' term */
+        float sum = 0.0f;
+        for (int64_t d = 0; d < group; d++) {
+            uint32_t bits = (uint32_t)x[i * group + d] << 16;
+            float v;
+            __builtin_memcpy(&v, &bits, sizeof v);
+            sum += v;
+        }
+        xsum[i] = sum;
+    }
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads) reduction(| : failed)
+    {
+        __m512i *pairs = aligned_alloc(64, sizeof(__m512i) * (size_t)(k / 2));
+        if (!pairs) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t block = 0; block < n / LANES; block++)
+            if (pairs) int4_block(x, xsum, w, scale, offset, out, rows, n, k, group, block, pairs);
+        free(pairs);
+    }
+    free(xsum);
+    return failed ? -1 : 0;
+}
