@@ -33,7 +33,7 @@ the replicas' own counters (`infleet_prefix_cache_hits_total / infleet_prefix_ca
 rate of an oracle that knows every cache: the run's requests, in the order they were sent, replayed against one
 simulated cache per replica (the runtime's own `BlockManager`, same block size and capacity), each request going to
 the replica holding the longest prefix of it among those within the gateway's load bound. `goals()` judges the
-issue's three goals on the medians of the repeats and can say "not met".
+issue's three goals over the repeats (medians; every repeat for the header contexts) and can say "not met".
 
     python benchmarks/routing.py [--replicas 3] [--repeats 3] [--context-tokens 1024] [--no-warmup]
                                  [--out benchmarks/results/routing.json]
@@ -368,23 +368,36 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def goals(arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The issue's goals, each with the measured value and met True/False."""
+    """The issue's goals, each with the measured value and met True/False.
+
+    "Better than the ring on contexts that differ in their first 256 characters" is judged on the `header` contexts'
+    TTFT over the repeats: a lower p99 in every repeat (kvAware's worst repeat below the ring's best), and a p50 no
+    worse (kvAware's best repeat not above the ring's worst). Both routers keep a customer on one replica, so the p50
+    of these contexts is a cached prefill for both and only the tail, where one router queues them behind another
+    context's prefills, can separate them."""
     kv, lo, ring = arms["kvAware"], arms["leastOutstanding"], arms["ring"]
     ratio = kv["hit_rate"]["median"] / kv["oracle_hit_rate"]["median"] if kv["oracle_hit_rate"]["median"] else 0.0
     p99 = kv["ttft_p99_s"]["median"] / lo["ttft_p99_s"]["median"]
-    header_kv = kv["by_class"].get("header", {}).get("ttft_p50_s")
-    header_ring = ring["by_class"].get("header", {}).get("ttft_p50_s")
-    better = bool(header_kv and header_ring and header_kv["median"] < header_ring["median"])
-    overlap = bool(header_kv and header_ring and header_kv["max"] >= header_ring["min"])
+    header_kv, header_ring = kv["by_class"].get("header", {}), ring["by_class"].get("header", {})
+    if {"ttft_p50_s", "ttft_p99_s"} <= header_kv.keys() & header_ring.keys():
+        tail_lower = header_kv["ttft_p99_s"]["max"] < header_ring["ttft_p99_s"]["min"]
+        p50_no_worse = header_kv["ttft_p50_s"]["min"] <= header_ring["ttft_p50_s"]["max"]
+        value = {
+            f"{q}_s": {"kvAware": header_kv[f"ttft_{q}_s"], "ring": header_ring[f"ttft_{q}_s"]} for q in ("p50", "p99")
+        }
+    else:  # no header contexts in this run: nothing to judge on
+        tail_lower = p50_no_worse = False
+        value = {}
     bound_hit, bound_p99 = GOALS["hit_rate_vs_oracle"], GOALS["ttft_p99_vs_least_outstanding"]
     return {
         "hit_rate_vs_oracle": {"goal": f">= {bound_hit}", "value": ratio, "met": ratio >= bound_hit},
         "ttft_p99_vs_least_outstanding": {"goal": f"<= {bound_p99}", "value": p99, "met": p99 <= bound_p99},
-        "header_ttft_p50_vs_ring": {
-            "goal": "kvAware below the ring (median TTFT p50 of the header contexts, seconds)",
-            "value": [header_kv["median"] if header_kv else None, header_ring["median"] if header_ring else None],
-            "met": better,
-            "repeats_overlap": overlap,  # True: some repeat of kvAware was no better than some repeat of the ring
+        "header_ttft_vs_ring": {
+            "goal": "header contexts: kvAware's TTFT p99 below the ring's in every repeat, its p50 no worse",
+            "value": value,
+            "p99_lower_in_every_repeat": tail_lower,
+            "p50_no_worse": p50_no_worse,
+            "met": tail_lower and p50_no_worse,
         },
     }
 
@@ -508,7 +521,7 @@ def main() -> int:
     verdicts = goals(summary)
     for key, g in verdicts.items():
         v = g["value"]
-        value = [round(x, 2) for x in v if x is not None] if isinstance(v, list) else f"{v:.2f}"
+        value = json.dumps(v) if isinstance(v, dict) else f"{v:.2f}"
         print(f"   goal {key} {g['goal']}: {value} -> {'met' if g['met'] else 'NOT met'}", flush=True)
     result = {
         "machine": f"{os.cpu_count()} cores, shared",

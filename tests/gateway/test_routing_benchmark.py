@@ -91,28 +91,54 @@ def test_the_oracle_replays_the_runtime_block_manager(bench: Any) -> None:
     assert warmed == pytest.approx(16 / 24)
 
 
-def summary(hit: float, oracle: float, p99: float, header: tuple[float, float]) -> dict[str, Any]:
-    def one(v: float) -> dict[str, float]:
-        return {"median": v, "min": v, "max": v}
+def spread(lo: float, hi: float) -> dict[str, float]:
+    return {"median": (lo + hi) / 2, "min": lo, "max": hi}
 
+
+def summary(
+    hit: float, oracle: float, p99: float, header_p50: tuple[float, float], header_p99: tuple[float, float]
+) -> dict[str, Any]:
     return {
-        "hit_rate": one(hit),
-        "oracle_hit_rate": one(oracle),
-        "ttft_p99_s": one(p99),
-        "by_class": {"header": {"ttft_p50_s": {"median": header[0], "min": header[0], "max": header[1]}}},
+        "hit_rate": spread(hit, hit),
+        "oracle_hit_rate": spread(oracle, oracle),
+        "ttft_p99_s": spread(p99, p99),
+        "by_class": {"header": {"ttft_p50_s": spread(*header_p50), "ttft_p99_s": spread(*header_p99)}},
     }
 
 
 def test_goals_can_say_not_met(bench: Any) -> None:
-    good = {
-        "kvAware": summary(0.6, 0.62, 1.0, (0.2, 0.3)),
-        "ring": summary(0.3, 0.6, 3.0, (0.5, 0.9)),
-        "leastOutstanding": summary(0.2, 0.6, 4.0, (1.0, 2.0)),
-    }
+    least = summary(0.2, 0.6, 4.0, (1.0, 2.0), (3.0, 5.0))
+    ring = summary(0.3, 0.6, 3.0, (0.2, 0.3), (3.0, 6.0))
+    good = {"kvAware": summary(0.6, 0.62, 1.0, (0.2, 0.3), (0.3, 0.7)), "ring": ring, "leastOutstanding": least}
     assert all(g["met"] for g in bench.goals(good).values())
-    bad = {
-        "kvAware": summary(0.4, 0.62, 3.0, (0.6, 0.6)),
-        "ring": summary(0.3, 0.6, 3.0, (0.5, 0.9)),
-        "leastOutstanding": summary(0.2, 0.6, 4.0, (1.0, 2.0)),
-    }
+    bad = {"kvAware": summary(0.4, 0.62, 3.0, (0.6, 0.6), (0.6, 0.7)), "ring": ring, "leastOutstanding": least}
     assert not any(g["met"] for g in bench.goals(bad).values())
+
+
+@pytest.mark.parametrize(
+    ("header_p50", "header_p99", "met"),
+    [
+        ((0.2, 0.3), (0.3, 0.7), True),  # the tail lower in every repeat, the p50s overlapping: met
+        ((0.2, 0.3), (0.3, 3.5), False),  # kvAware's worst repeat's p99 above the ring's best: no evidence
+        ((0.35, 0.5), (0.3, 0.7), False),  # the tail lower but every p50 worse than the ring's worst
+    ],
+)
+def test_the_header_goal_needs_the_tail_lower_in_every_repeat_and_the_p50_no_worse(
+    bench: Any, header_p50: tuple[float, float], header_p99: tuple[float, float], met: bool
+) -> None:
+    arms = {
+        "kvAware": summary(0.6, 0.62, 1.0, header_p50, header_p99),
+        "ring": summary(0.3, 0.6, 3.0, (0.2, 0.3), (3.0, 6.0)),
+        "leastOutstanding": summary(0.2, 0.6, 4.0, (1.0, 2.0), (3.0, 5.0)),
+    }
+    assert bench.goals(arms)["header_ttft_vs_ring"]["met"] is met
+
+
+def test_the_header_goal_is_not_met_without_header_contexts(bench: Any) -> None:
+    arms = {
+        "kvAware": summary(0.6, 0.62, 1.0, (0.2, 0.3), (0.3, 0.7)),
+        "ring": summary(0.3, 0.6, 3.0, (0.2, 0.3), (3.0, 6.0)),
+        "leastOutstanding": summary(0.2, 0.6, 4.0, (1.0, 2.0), (3.0, 5.0)),
+    }
+    arms["kvAware"]["by_class"] = {}
+    assert bench.goals(arms)["header_ttft_vs_ring"]["met"] is False
