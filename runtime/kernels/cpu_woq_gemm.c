@@ -62,6 +62,15 @@ AVX512_BF16 static inline void dot_tile(const uint16_t *x, int64_t k, const __m5
     for (int t = 0; t < TILE; t++) out[t] = ADD(ADD(c[t][0], c[t][1]), ADD(c[t][2], c[t][3]));
 }
 
+/* One call's operands (int8: w int8, scale float32; int4: w bytes, scale/offset float16, xsum per row and group) */
+typedef struct {
+    const uint16_t *x;
+    const void *w, *scale, *offset;
+    const float *xsum;
+    float *out;
+    int64_t rows, n, k, group;
+} Gemm;
+
 /* Two planes of 16 int8 (the pair's first and second weight per lane) -> 16 bf16 pairs */
 AVX512_BF16 static inline __m512i int8_pairs(const int8_t *p) {
     __m512i lo = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))));
@@ -79,8 +88,12 @@ AVX512_BF16 static inline __m512i int4_pairs(const uint8_t *p, __m512i table) {
     return _mm512_permutexvar_epi16(idx, table);
 }
 
-AVX512_BF16 static void int8_block(const uint16_t *x, const int8_t *w, const float *scale, float *out, int64_t rows,
-                                   int64_t n, int64_t k, int64_t block, __m512i *pairs) {
+AVX512_BF16 static void int8_block(const Gemm *gemm, int64_t block, __m512i *pairs) {
+    const uint16_t *x = gemm->x;
+    const int8_t *w = gemm->w;
+    const float *scale = gemm->scale;
+    float *out = gemm->out;
+    const int64_t rows = gemm->rows, n = gemm->n, k = gemm->k;
     const int8_t *wb = w + block * (k / 2) * 2 * LANES;
     __m512 s = _mm512_loadu_ps(scale + block * LANES);
     if (rows == 1) { /* one row reads the weights once anyway: convert them in registers, no scratch */
@@ -117,9 +130,12 @@ AVX512_BF16 static inline __m512 int4_group(__m512 acc, __m512 dot, float xsum, 
     return _mm512_fmadd_ps(_mm512_set1_ps(xsum), o, _mm512_fmadd_ps(dot, s, acc));
 }
 
-AVX512_BF16 static void int4_block(const uint16_t *x, const float *xsum, const uint8_t *w, const uint16_t *scale,
-                                   const uint16_t *offset, float *out, int64_t rows, int64_t n, int64_t k, int64_t group,
-                                   int64_t block, __m512i *pairs) {
+AVX512_BF16 static void int4_block(const Gemm *gemm, int64_t block, __m512i *pairs) {
+    const uint16_t *x = gemm->x, *scale = gemm->scale, *offset = gemm->offset;
+    const float *xsum = gemm->xsum;
+    const uint8_t *w = gemm->w;
+    float *out = gemm->out;
+    const int64_t rows = gemm->rows, n = gemm->n, k = gemm->k, group = gemm->group;
     const int64_t groups = k / group, half = group / 2;
     /* bf16 bits of 0..15, in the low 16 words of the table */
     __m512i table = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x4170, 0x4160, 0x4150, 0x4140,
@@ -171,25 +187,31 @@ static int check(int64_t rows, int64_t n, int64_t k) {
     return rows < 0 || n % LANES || k <= 0 || k % (2 * CHAINS) ? -1 : 0;
 }
 
-/* Returns 0, or -1 on a refused shape, a CPU without AVX512-BF16 or a failed allocation. */
-int int8_gemm(const uint16_t *x, const int8_t *w, const float *scale, float *out, int64_t rows, int64_t n, int64_t k,
-              int num_threads) {
-    if (check(rows, n, k) || !woq_available()) return -1;
+/* Every block of 16 channels, on the intra-op threads, each thread with its own scratch of k / 2 pairs */
+static int run_blocks(const Gemm *gemm, void (*block_fn)(const Gemm *, int64_t, __m512i *), int num_threads) {
     int failed = 0;
 #pragma omp parallel num_threads(num_threads) reduction(| : failed)
     {
-        __m512i *pairs = aligned_alloc(64, sizeof(__m512i) * (size_t)(k / 2));
+        __m512i *pairs = aligned_alloc(64, sizeof(__m512i) * (size_t)(gemm->k / 2));
         if (!pairs) failed = 1;
 #pragma omp for schedule(static)
-        for (int64_t block = 0; block < n / LANES; block++)
-            if (pairs) int8_block(x, w, scale, out, rows, n, k, block, pairs);
+        for (int64_t block = 0; block < gemm->n / LANES; block++)
+            if (pairs) block_fn(gemm, block, pairs);
         free(pairs);
     }
     return failed ? -1 : 0;
 }
 
-int int4_gemm(const uint16_t *x, const uint8_t *w, const uint16_t *scale, const uint16_t *offset, float *out, int64_t rows,
-              int64_t n, int64_t k, int64_t group, int num_threads) {
+/* Returns 0, or -1 on a refused shape, a CPU without AVX512-BF16 or a failed allocation. */
+int int8_gemm(const uint16_t *x, const int8_t *w, const float *scale, float *out, int64_t rows, int64_t n, int64_t k,
+              int num_threads) {
+    if (check(rows, n, k) || !woq_available()) return -1;
+    Gemm gemm = {x, w, scale, NULL, NULL, out, rows, n, k, 0};
+    return run_blocks(&gemm, int8_block, num_threads);
+}
+
+int int4_gemm(const uint16_t *x, const uint8_t *w, const uint16_t *scale, const uint16_t *offset, float *out,
+              int64_t rows, int64_t n, int64_t k, int64_t group, int num_threads) {
     if (check(rows, n, k) || group <= 0 || group % (2 * CHAINS) || k % group || !woq_available()) return -1;
     const int64_t groups = k / group;
     float *xsum = malloc(sizeof(float) * (size_t)(rows * groups > 0 ? rows * groups : 1));
@@ -204,16 +226,8 @@ int int4_gemm(const uint16_t *x, const uint8_t *w, const uint16_t *scale, const 
         }
         xsum[i] = sum;
     }
-    int failed = 0;
-#pragma omp parallel num_threads(num_threads) reduction(| : failed)
-    {
-        __m512i *pairs = aligned_alloc(64, sizeof(__m512i) * (size_t)(k / 2));
-        if (!pairs) failed = 1;
-#pragma omp for schedule(static)
-        for (int64_t block = 0; block < n / LANES; block++)
-            if (pairs) int4_block(x, xsum, w, scale, offset, out, rows, n, k, group, block, pairs);
-        free(pairs);
-    }
+    Gemm gemm = {x, w, scale, offset, xsum, out, rows, n, k, group};
+    int status = run_blocks(&gemm, int4_block, num_threads);
     free(xsum);
-    return failed ? -1 : 0;
+    return status;
 }
