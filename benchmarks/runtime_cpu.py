@@ -58,6 +58,7 @@ TIERS = ["fp32", "bf16", "int8", "int4", "fp8"]  # "fp32": the float weights in 
 # decode attention gathers the paged cache, int8 logits go through float chunks
 TORCH_ONLY = "-torch"
 TORCH_ONLY_ENV = {"INFLEET_CPU_ATTENTION": "gather", "INFLEET_CPU_LOGITS": "torch"}
+TORCH_ONLY_WEIGHTS = ("INFLEET_CPU_WOQ", "torch")  # read when the tier's layers are built (runtime/kernels/cpu_woq.py)
 ORDER = [*(f"infleet-{t}{g}" for t in TIERS for g in ("", TORCH_ONLY)), "transformers", "llama-cpp-python"]
 METRICS = ("output_tok_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "mbu")
 LLAMA = "llama-cpp-python"
@@ -505,8 +506,13 @@ def main(argv: list[str] | None = None) -> int:
             prefix_caching=False,  # every round sends the same prompts; the peers here cache nothing across requests
         )
         engines[f"infleet-{tier}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
-        if tier in args.torch_tiers:
-            engines[f"infleet-{tier}{TORCH_ONLY}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
+        if tier in args.torch_tiers:  # the int8/int4 layers pick their kernel when built: PyTorch's, for these
+            os.environ[TORCH_ONLY_WEIGHTS[0]] = TORCH_ONLY_WEIGHTS[1]
+            try:
+                torch_model = model if tier == "fp32" else served_model(gguf_path, tier)[0]
+            finally:
+                os.environ.pop(TORCH_ONLY_WEIGHTS[0])
+            engines[f"infleet-{tier}{TORCH_ONLY}"] = AsyncEngine(LLMEngine(torch_model, config, tokenizer, cfg))
     workloads = {
         c: make_requests(tokenizer, n, args, seed=c) for c, n in zip(args.concurrency, args.requests, strict=True)
     }
