@@ -30,15 +30,47 @@ int woq_available(void) {
 #define ADD(a, b) _mm512_add_round_ps((a), (b), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define PAIR(x, j) ((__m512bh)_mm512_set1_epi32(*(const int32_t *)((x) + 2 * (j))))
 
+/* Two planes of 16 int8 (the pair's first and second weight per lane) -> 16 bf16 pairs */
+AVX512_BF16 static inline __m512i int8_pairs(const int8_t *p) {
+    __m512i lo = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))));
+    __m512i hi = _mm512_castps_si512(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + LANES)))));
+    /* bf16 = the top half of float32, exact here: (hi & 0xffff0000) | (lo >> 16) */
+    return _mm512_ternarylogic_epi32(hi, _mm512_srli_epi32(lo, 16), _mm512_set1_epi32((int)0xffff0000u), 0xEC);
+}
+
+/* 16 bytes of two nibbles per lane -> 16 bf16 pairs (codes 0..15 as bf16: a table lookup) */
+AVX512_BF16 static inline __m512i int4_pairs(const uint8_t *p, __m512i table) {
+    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m512i idx = _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0xf)),
+                                  _mm512_slli_epi32(_mm512_srli_epi32(b, 4), 16));
+    return _mm512_permutexvar_epi16(idx, table);
+}
+
+/* Where a row's weight pairs come from: a block's scratch (converted once for many rows), or, for a single row,
+ * the packed int8 or int4 weights converted on the way (one row reads them once anyway) */
+typedef struct {
+    const __m512i *scratch;
+    const int8_t *int8;
+    const uint8_t *int4;
+    __m512i table;
+} Pairs;
+
+AVX512_BF16 static inline __m512bh pair_at(const Pairs *p, int64_t j) {
+    if (p->scratch) return (__m512bh)p->scratch[j];
+    if (p->int8) return (__m512bh)int8_pairs(p->int8 + j * 2 * LANES);
+    return (__m512bh)int4_pairs(p->int4 + j * LANES, p->table);
+}
+
 /* x . w over pairs first..last for one row: CHAINS accumulators (each every CHAINS-th pair, hiding the dot
- * product's latency), summed in one order */
-AVX512_BF16 static inline __m512 dot_row(const uint16_t *x, const __m512i *pairs, int64_t first, int64_t last) {
+ * product's latency), summed in one order, wherever the pairs come from */
+AVX512_BF16 static inline __m512 dot_row(const uint16_t *x, const Pairs *pairs, int64_t first, int64_t last) {
     __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
     for (int64_t j = first; j < last; j += CHAINS) {
-        c0 = _mm512_dpbf16_ps(c0, PAIR(x, j), (__m512bh)pairs[j]);
-        c1 = _mm512_dpbf16_ps(c1, PAIR(x, j + 1), (__m512bh)pairs[j + 1]);
-        c2 = _mm512_dpbf16_ps(c2, PAIR(x, j + 2), (__m512bh)pairs[j + 2]);
-        c3 = _mm512_dpbf16_ps(c3, PAIR(x, j + 3), (__m512bh)pairs[j + 3]);
+        c0 = _mm512_dpbf16_ps(c0, PAIR(x, j), pair_at(pairs, j));
+        c1 = _mm512_dpbf16_ps(c1, PAIR(x, j + 1), pair_at(pairs, j + 1));
+        c2 = _mm512_dpbf16_ps(c2, PAIR(x, j + 2), pair_at(pairs, j + 2));
+        c3 = _mm512_dpbf16_ps(c3, PAIR(x, j + 3), pair_at(pairs, j + 3));
     }
     return ADD(ADD(c0, c1), ADD(c2, c3));
 }
@@ -71,53 +103,28 @@ typedef struct {
     int64_t rows, n, k, group;
 } Gemm;
 
-/* Two planes of 16 int8 (the pair's first and second weight per lane) -> 16 bf16 pairs */
-AVX512_BF16 static inline __m512i int8_pairs(const int8_t *p) {
-    __m512i lo = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))));
-    __m512i hi = _mm512_castps_si512(
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + LANES)))));
-    /* bf16 = the top half of float32, exact here: (hi & 0xffff0000) | (lo >> 16) */
-    return _mm512_ternarylogic_epi32(hi, _mm512_srli_epi32(lo, 16), _mm512_set1_epi32((int)0xffff0000u), 0xEC);
-}
-
-/* 16 bytes of two nibbles per lane -> 16 bf16 pairs (codes 0..15 as bf16: a table lookup) */
-AVX512_BF16 static inline __m512i int4_pairs(const uint8_t *p, __m512i table) {
-    __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    __m512i idx = _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0xf)),
-                                  _mm512_slli_epi32(_mm512_srli_epi32(b, 4), 16));
-    return _mm512_permutexvar_epi16(idx, table);
-}
-
-AVX512_BF16 static void int8_block(const Gemm *gemm, int64_t block, __m512i *pairs) {
+AVX512_BF16 static void int8_block(const Gemm *gemm, int64_t block, __m512i *scratch) {
     const uint16_t *x = gemm->x;
-    const int8_t *w = gemm->w;
     const float *scale = gemm->scale;
     float *out = gemm->out;
     const int64_t rows = gemm->rows, n = gemm->n, k = gemm->k;
-    const int8_t *wb = w + block * (k / 2) * 2 * LANES;
+    const int8_t *wb = (const int8_t *)gemm->w + block * (k / 2) * 2 * LANES;
     __m512 s = _mm512_loadu_ps(scale + block * LANES);
-    if (rows == 1) { /* one row reads the weights once anyway: convert them in registers, no scratch */
-        __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-        for (int64_t j = 0; j < k / 2; j += CHAINS) {
-            c0 = _mm512_dpbf16_ps(c0, PAIR(x, j), (__m512bh)int8_pairs(wb + j * 2 * LANES));
-            c1 = _mm512_dpbf16_ps(c1, PAIR(x, j + 1), (__m512bh)int8_pairs(wb + (j + 1) * 2 * LANES));
-            c2 = _mm512_dpbf16_ps(c2, PAIR(x, j + 2), (__m512bh)int8_pairs(wb + (j + 2) * 2 * LANES));
-            c3 = _mm512_dpbf16_ps(c3, PAIR(x, j + 3), (__m512bh)int8_pairs(wb + (j + 3) * 2 * LANES));
-        }
-        __m512 dot = ADD(ADD(c0, c1), ADD(c2, c3)); /* as dot_row sums them */
-        _mm512_storeu_ps(out + block * LANES, _mm512_mul_ps(dot, s));
-        return;
-    }
-    for (int64_t j = 0; j < k / 2; j++) pairs[j] = int8_pairs(wb + j * 2 * LANES);
+    Pairs pairs = {NULL, wb, NULL, _mm512_setzero_si512()};
     int64_t m = 0;
-    for (; m + TILE <= rows; m += TILE) {
-        __m512 dots[TILE];
-        dot_tile(x + m * k, k, pairs, 0, k / 2, dots);
+    if (rows > 1) {
+        for (int64_t j = 0; j < k / 2; j++) scratch[j] = int8_pairs(wb + j * 2 * LANES);
+        pairs = (Pairs){scratch, NULL, NULL, _mm512_setzero_si512()};
+        for (; m + TILE <= rows; m += TILE) {
+            __m512 dots[TILE];
+            dot_tile(x + m * k, k, scratch, 0, k / 2, dots);
 #pragma GCC unroll 4
-        for (int t = 0; t < TILE; t++) _mm512_storeu_ps(out + (m + t) * n + block * LANES, _mm512_mul_ps(dots[t], s));
+            for (int t = 0; t < TILE; t++)
+                _mm512_storeu_ps(out + (m + t) * n + block * LANES, _mm512_mul_ps(dots[t], s));
+        }
     }
     for (; m < rows; m++)
-        _mm512_storeu_ps(out + m * n + block * LANES, _mm512_mul_ps(dot_row(x + m * k, pairs, 0, k / 2), s));
+        _mm512_storeu_ps(out + m * n + block * LANES, _mm512_mul_ps(dot_row(x + m * k, &pairs, 0, k / 2), s));
 }
 
 /* 16 float16 -> float32 */
@@ -130,10 +137,9 @@ AVX512_BF16 static inline __m512 int4_group(__m512 acc, __m512 dot, float xsum, 
     return _mm512_fmadd_ps(_mm512_set1_ps(xsum), o, _mm512_fmadd_ps(dot, s, acc));
 }
 
-AVX512_BF16 static void int4_block(const Gemm *gemm, int64_t block, __m512i *pairs) {
+AVX512_BF16 static void int4_block(const Gemm *gemm, int64_t block, __m512i *scratch) {
     const uint16_t *x = gemm->x, *scale = gemm->scale, *offset = gemm->offset;
     const float *xsum = gemm->xsum;
-    const uint8_t *w = gemm->w;
     float *out = gemm->out;
     const int64_t rows = gemm->rows, n = gemm->n, k = gemm->k, group = gemm->group;
     const int64_t groups = k / group, half = group / 2;
@@ -141,43 +147,31 @@ AVX512_BF16 static void int4_block(const Gemm *gemm, int64_t block, __m512i *pai
     __m512i table = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x4170, 0x4160, 0x4150, 0x4140,
                                      0x4130, 0x4120, 0x4110, 0x4100, 0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000,
                                      0x3f80, 0x0000);
-    const uint8_t *wb = w + block * (k / 2) * LANES;
+    const uint8_t *wb = (const uint8_t *)gemm->w + block * (k / 2) * LANES;
     const uint16_t *sb = scale + block * groups * LANES, *ob = offset + block * groups * LANES;
-    if (rows == 1) { /* one row reads the weights once anyway: convert them in registers, no scratch */
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t g = 0; g < groups; g++) {
-            __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-            for (int64_t j = g * half; j < (g + 1) * half; j += CHAINS) {
-                c0 = _mm512_dpbf16_ps(c0, PAIR(x, j), (__m512bh)int4_pairs(wb + j * LANES, table));
-                c1 = _mm512_dpbf16_ps(c1, PAIR(x, j + 1), (__m512bh)int4_pairs(wb + (j + 1) * LANES, table));
-                c2 = _mm512_dpbf16_ps(c2, PAIR(x, j + 2), (__m512bh)int4_pairs(wb + (j + 2) * LANES, table));
-                c3 = _mm512_dpbf16_ps(c3, PAIR(x, j + 3), (__m512bh)int4_pairs(wb + (j + 3) * LANES, table));
-            }
-            __m512 dot = ADD(ADD(c0, c1), ADD(c2, c3)); /* as dot_row sums them */
-            acc = int4_group(acc, dot, xsum[g], halves(sb + g * LANES), halves(ob + g * LANES));
-        }
-        _mm512_storeu_ps(out + block * LANES, acc);
-        return;
-    }
-    for (int64_t j = 0; j < k / 2; j++) pairs[j] = int4_pairs(wb + j * LANES, table);
+    Pairs pairs = {NULL, NULL, wb, table};
     int64_t m = 0;
-    for (; m + TILE <= rows; m += TILE) {
-        __m512 acc[TILE];
+    if (rows > 1) {
+        for (int64_t j = 0; j < k / 2; j++) scratch[j] = int4_pairs(wb + j * LANES, table);
+        pairs = (Pairs){scratch, NULL, NULL, table};
+        for (; m + TILE <= rows; m += TILE) {
+            __m512 acc[TILE];
 #pragma GCC unroll 4
-        for (int t = 0; t < TILE; t++) acc[t] = _mm512_setzero_ps();
-        for (int64_t g = 0; g < groups; g++) {
-            __m512 dots[TILE], s = halves(sb + g * LANES), o = halves(ob + g * LANES);
-            dot_tile(x + m * k, k, pairs, g * half, (g + 1) * half, dots);
+            for (int t = 0; t < TILE; t++) acc[t] = _mm512_setzero_ps();
+            for (int64_t g = 0; g < groups; g++) {
+                __m512 dots[TILE], s = halves(sb + g * LANES), o = halves(ob + g * LANES);
+                dot_tile(x + m * k, k, scratch, g * half, (g + 1) * half, dots);
 #pragma GCC unroll 4
-            for (int t = 0; t < TILE; t++) acc[t] = int4_group(acc[t], dots[t], xsum[(m + t) * groups + g], s, o);
+                for (int t = 0; t < TILE; t++) acc[t] = int4_group(acc[t], dots[t], xsum[(m + t) * groups + g], s, o);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < TILE; t++) _mm512_storeu_ps(out + (m + t) * n + block * LANES, acc[t]);
         }
-#pragma GCC unroll 4
-        for (int t = 0; t < TILE; t++) _mm512_storeu_ps(out + (m + t) * n + block * LANES, acc[t]);
     }
     for (; m < rows; m++) {
         __m512 acc = _mm512_setzero_ps();
         for (int64_t g = 0; g < groups; g++)
-            acc = int4_group(acc, dot_row(x + m * k, pairs, g * half, (g + 1) * half), xsum[m * groups + g],
+            acc = int4_group(acc, dot_row(x + m * k, &pairs, g * half, (g + 1) * half), xsum[m * groups + g],
                              halves(sb + g * LANES), halves(ob + g * LANES));
         _mm512_storeu_ps(out + m * n + block * LANES, acc);
     }
