@@ -58,6 +58,12 @@ def unpack_int8(packed: Tensor) -> Tensor:
     return packed.permute(0, 3, 1, 2).reshape(blocks * LANES, pairs * 2)
 
 
+def int8_rows(packed: Tensor, ids: Tensor) -> Tensor:
+    """Rows `ids` of the int8 codes [N, K] that pack_int8 packed (an embedding lookup in a tied head's table):
+    row v is [v // 16, :, :, v % 16]."""
+    return packed[ids // LANES, :, :, ids % LANES].reshape(*ids.shape, -1)
+
+
 def pack_int4(packed: Tensor, scale: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The portable int4 layout (`formats.Int4Weight`: [N, K / 2] bytes, scale/offset [N, K / group]) -> bytes
     [N / 16, K / 2, 16] and float16 scale/offset [N / 16, K / group, 16] (a 4-bit GGUF's own precision for them)."""

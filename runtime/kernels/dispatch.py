@@ -8,8 +8,8 @@ quant/tiers.py), one kernel for every row. Elsewhere PyTorch's CPU weight-only k
 `_weight_int4pack_mm_for_cpu`) are used; they are fast for bf16 activations only, so on CPU the activations are
 rounded to bf16 around those calls and the result cast back. They are fast for a few rows (decode); for a prompt's
 many rows the int8 weight is converted to float for one float GEMM instead. Which rows take that path is a property
-of each token, never of the batch it lands in (`prompt_rows`): a
-request's numerics, and so its greedy tokens, do not depend on what else is running, or on speculation.
+of each token, never of the batch it lands in (`prompt_rows`): a request's numerics, and so its greedy tokens, do not
+depend on what else is running, or on speculation.
 """
 
 from __future__ import annotations

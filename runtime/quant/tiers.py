@@ -81,15 +81,14 @@ class Int8Linear(nn.Module):
     scale: torch.Tensor
 
     bias: torch.Tensor | None
-    packable = True
 
     def __init__(self, q: F.Int8Weight) -> None:
         super().__init__()
         self.register_buffer("bias", None)  # set by quantize_model when the float layer has one (Qwen2 q/k/v)
         self.out_features, self.in_features = q.weight.shape
-        self.woq = self.packable and _cpu_kernel(q.weight.device, self.out_features, self.in_features)
+        self.woq = _cpu_kernel(q.weight.device, self.out_features, self.in_features)
         self.register_buffer("weight", cpu_woq.pack_int8(q.weight) if self.woq else q.weight)
-        self.register_buffer("scale", q.scale.float() if self.woq else q.scale)
+        self.register_buffer("scale", q.scale)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -193,10 +192,7 @@ class Int8Embedding(nn.Module):
         self.dtype = dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.woq:  # [vocab / 16, hidden / 2, 2, 16]: row v is [v // 16, :, :, v % 16]
-            codes = self.weight[ids // cpu_woq.LANES, :, :, ids % cpu_woq.LANES].reshape(*ids.shape, -1)
-        else:
-            codes = self.weight[ids]
+        codes = cpu_woq.int8_rows(self.weight, ids) if self.woq else self.weight[ids]
         return codes.to(self.dtype) * self.scale[ids].unsqueeze(-1).to(self.dtype)  # [T, hidden]
 
 

@@ -121,4 +121,7 @@ def test_the_tiers_layers_run_on_it(tier: str) -> None:
 
 def test_int8_packing_round_trips() -> None:
     weight, _ = _int8(torch.Generator().manual_seed(8), 48, 24)
-    assert torch.equal(cpu_woq.unpack_int8(cpu_woq.pack_int8(weight)), weight)
+    packed = cpu_woq.pack_int8(weight)
+    assert torch.equal(cpu_woq.unpack_int8(packed), weight)
+    ids = torch.tensor([[0, 17], [47, 16]])
+    assert torch.equal(cpu_woq.int8_rows(packed, ids), weight[ids])
