@@ -88,12 +88,13 @@ class EngineClosed(Exception):
 
 
 def apply_tier(model: LlamaForCausalLM, tier: str) -> LlamaForCausalLM:
-    """The one place where the loaded float model becomes a quantization tier ("bf16": the float weights as loaded)."""
-    if tier == "bf16":
-        return model
+    """The one place where the loaded float model becomes a quantization tier ("bf16": the float weights as loaded,
+    on a CPU with AVX512-BF16 repacked for infleet's kernel)."""
     try:
         from infleet.runtime.quant import tiers
     except ImportError as exc:
+        if tier == "bf16":
+            return model
         raise ValueError(f"tier {tier!r} is not available: {exc}") from exc
     converted: LlamaForCausalLM = tiers.apply_tier(model, tier)
     return converted

@@ -1,8 +1,9 @@
 """infleet's small C kernels for the CPU (`cpu_*.c` beside this file), built into one shared library and loaded.
 
-PyTorch has no CPU kernel for three of the runtime's hot paths: decode attention over the paged KV cache
-(`cpu_attention.py`), logits through an int8 LM head in float32 (`cpu_logits.py`), and int8/int4 linear layers whose
-time does not grow row by row (`cpu_woq.py`). Each is a short C file.
+PyTorch has no CPU kernel for four of the runtime's hot paths: decode attention over the paged KV cache
+(`cpu_attention.py`), logits through an int8 LM head in float32 (`cpu_logits.py`), bf16/int8/int4 linear layers
+whose time does not grow row by row (`cpu_woq.py`), and RMSNorm, SiLU-and-multiply and RoPE in one call each
+instead of chains of small ops (`cpu_pointwise.py`). Each is a short C file.
 
 The library is compiled once per source version with the system's C compiler (`cc`, about a second) into a cache
 directory, or found there prebuilt (the runtime image builds it: docker/runtime.Dockerfile). Without a compiler
@@ -38,8 +39,12 @@ SIGNATURES = {  # C entry point -> argument types (each returns an int: 0, or -1
     "decode_attention": [_ptr, _ptr, _ptr, _i32, _ptr, _ptr, _ptr, *[_i64] * 9, _f32, _i32],
     "int8_logits": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i32],
     "woq_available": [],
-    "int8_gemm": [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i32],
-    "int4_gemm": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i32],
+    "bf16_gemm": [_ptr, _ptr, _ptr, _i32, _i64, _i64, _i64, _i32],
+    "int8_gemm": [_ptr, _ptr, _ptr, _ptr, _i32, _i64, _i64, _i64, _i32],
+    "int4_gemm": [_ptr, _ptr, _ptr, _ptr, _ptr, _i32, _i64, _i64, _i64, _i64, _i32],
+    "rms_norm_bf16": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _f32, _i32],
+    "silu_and_mul_bf16": [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i32],
+    "rope_bf16": [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i32],
 }
 
 

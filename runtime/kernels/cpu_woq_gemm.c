@@ -1,6 +1,9 @@
-/* Weight-only int8 and int4 GEMM on the CPU with AVX512-BF16 dot products: out = x @ dequantize(w).T in float32.
+/* bf16, int8 and int4 weight GEMMs on the CPU with AVX512-BF16 dot products: out = x @ dequantize(w).T, summed in
+ * float32 and stored as float32 or rounded to bf16 (round to nearest even, as a cast would).
  *
  * x is bf16 [rows, k]. Weights are packed at load (cpu_woq.py) in blocks of 16 output channels, one lane each:
+ *   bf16: [n / 16][k / 2][16][2] bf16 (for each pair of inputs, each channel's two weights): the pairs as the dot
+ *         product reads them, so a block is used where it lies, with nothing to convert;
  *   int8: [n / 16][k / 2][2][16] int8 (for each pair of inputs, the 16 channels' first then second weight)
  *   int4: [n / 16][k / 2][16] bytes (low nibble: the pair's first weight, high nibble: its second), codes 0..15,
  *         with float16 scale and offset [n / 16][k / group][16]: w = code * scale + offset.
@@ -57,7 +60,7 @@ typedef struct {
 } Pairs;
 
 AVX512_BF16 static inline __m512bh pair_at(const Pairs *p, int64_t j) {
-    if (p->scratch) return (__m512bh)p->scratch[j];
+    if (p->scratch) return (__m512bh)_mm512_loadu_si512(p->scratch + j);
     if (p->int8) return (__m512bh)int8_pairs(p->int8 + j * 2 * LANES);
     return (__m512bh)int4_pairs(p->int4 + j * LANES, p->table);
 }
@@ -86,7 +89,7 @@ AVX512_BF16 static inline void dot_tile(const uint16_t *x, int64_t k, const __m5
     for (int64_t j = first; j < last; j += CHAINS)
 #pragma GCC unroll 4
         for (int i = 0; i < CHAINS; i++) {
-            __m512bh w = (__m512bh)pairs[j + i];
+            __m512bh w = (__m512bh)_mm512_loadu_si512(pairs + j + i);
 #pragma GCC unroll 4
             for (int t = 0; t < TILE; t++) c[t][i] = _mm512_dpbf16_ps(c[t][i], PAIR(x + t * k, j + i), w);
         }
@@ -99,14 +102,40 @@ typedef struct {
     const uint16_t *x;
     const void *w, *scale, *offset;
     const float *xsum;
-    float *out;
+    void *out;
     int64_t rows, n, k, group;
+    int out_bf16; /* store bf16 (rounded once) instead of float32: the layer's output dtype, without a cast after */
 } Gemm;
+
+/* the 16 outputs of `block` in `row` */
+AVX512_BF16 static inline void store(const Gemm *gemm, int64_t row, int64_t block, __m512 v) {
+    int64_t at = row * gemm->n + block * LANES;
+    if (gemm->out_bf16)
+        _mm256_storeu_si256((__m256i *)((uint16_t *)gemm->out + at), (__m256i)_mm512_cvtneps_pbh(v));
+    else
+        _mm512_storeu_ps((float *)gemm->out + at, v);
+}
+
+/* bf16 weights are their own pairs: every row reads the block in place (the same sums as the other paths) */
+AVX512_BF16 static void bf16_block(const Gemm *gemm, int64_t block, __m512i *scratch) {
+    (void)scratch;
+    const uint16_t *x = gemm->x;
+    const int64_t rows = gemm->rows, n = gemm->n, k = gemm->k;
+    const __m512i *wb = (const __m512i *)gemm->w + block * (k / 2);
+    Pairs pairs = {wb, NULL, NULL, _mm512_setzero_si512()};
+    int64_t m = 0;
+    for (; m + TILE <= rows; m += TILE) {
+        __m512 dots[TILE];
+        dot_tile(x + m * k, k, wb, 0, k / 2, dots);
+#pragma GCC unroll 4
+        for (int t = 0; t < TILE; t++) store(gemm, m + t, block, dots[t]);
+    }
+    for (; m < rows; m++) store(gemm, m, block, dot_row(x + m * k, &pairs, 0, k / 2));
+}
 
 AVX512_BF16 static void int8_block(const Gemm *gemm, int64_t block, __m512i *scratch) {
     const uint16_t *x = gemm->x;
     const float *scale = gemm->scale;
-    float *out = gemm->out;
     const int64_t rows = gemm->rows, n = gemm->n, k = gemm->k;
     const int8_t *wb = (const int8_t *)gemm->w + block * (k / 2) * 2 * LANES;
     __m512 s = _mm512_loadu_ps(scale + block * LANES);
@@ -120,11 +149,11 @@ AVX512_BF16 static void int8_block(const Gemm *gemm, int64_t block, __m512i *scr
             dot_tile(x + m * k, k, scratch, 0, k / 2, dots);
 #pragma GCC unroll 4
             for (int t = 0; t < TILE; t++)
-                _mm512_storeu_ps(out + (m + t) * n + block * LANES, _mm512_mul_ps(dots[t], s));
+                store(gemm, m + t, block, _mm512_mul_ps(dots[t], s));
         }
     }
     for (; m < rows; m++)
-        _mm512_storeu_ps(out + m * n + block * LANES, _mm512_mul_ps(dot_row(x + m * k, &pairs, 0, k / 2), s));
+        store(gemm, m, block, _mm512_mul_ps(dot_row(x + m * k, &pairs, 0, k / 2), s));
 }
 
 /* 16 float16 -> float32 */
@@ -140,7 +169,6 @@ AVX512_BF16 static inline __m512 int4_group(__m512 acc, __m512 dot, float xsum, 
 AVX512_BF16 static void int4_block(const Gemm *gemm, int64_t block, __m512i *scratch) {
     const uint16_t *x = gemm->x, *scale = gemm->scale, *offset = gemm->offset;
     const float *xsum = gemm->xsum;
-    float *out = gemm->out;
     const int64_t rows = gemm->rows, n = gemm->n, k = gemm->k, group = gemm->group;
     const int64_t groups = k / group, half = group / 2;
     /* bf16 bits of 0..15, in the low 16 words of the table */
@@ -165,7 +193,7 @@ AVX512_BF16 static void int4_block(const Gemm *gemm, int64_t block, __m512i *scr
                 for (int t = 0; t < TILE; t++) acc[t] = int4_group(acc[t], dots[t], xsum[(m + t) * groups + g], s, o);
             }
 #pragma GCC unroll 4
-            for (int t = 0; t < TILE; t++) _mm512_storeu_ps(out + (m + t) * n + block * LANES, acc[t]);
+            for (int t = 0; t < TILE; t++) store(gemm, m + t, block, acc[t]);
         }
     }
     for (; m < rows; m++) {
@@ -173,7 +201,7 @@ AVX512_BF16 static void int4_block(const Gemm *gemm, int64_t block, __m512i *scr
         for (int64_t g = 0; g < groups; g++)
             acc = int4_group(acc, dot_row(x + m * k, &pairs, g * half, (g + 1) * half), xsum[m * groups + g],
                              halves(sb + g * LANES), halves(ob + g * LANES));
-        _mm512_storeu_ps(out + m * n + block * LANES, acc);
+        store(gemm, m, block, acc);
     }
 }
 
@@ -181,31 +209,40 @@ static int check(int64_t rows, int64_t n, int64_t k) {
     return rows < 0 || n % LANES || k <= 0 || k % (2 * CHAINS) ? -1 : 0;
 }
 
-/* Every block of 16 channels, on the intra-op threads, each thread with its own scratch of k / 2 pairs */
-static int run_blocks(const Gemm *gemm, void (*block_fn)(const Gemm *, int64_t, __m512i *), int num_threads) {
+/* Every block of 16 channels, on the intra-op threads, each thread with its own scratch of k / 2 pairs when the
+ * weights need converting (and more than one row will read them) */
+static int run_blocks(const Gemm *gemm, void (*block_fn)(const Gemm *, int64_t, __m512i *), int scratch,
+                      int num_threads) {
     int failed = 0;
 #pragma omp parallel num_threads(num_threads) reduction(| : failed)
     {
-        __m512i *pairs = aligned_alloc(64, sizeof(__m512i) * (size_t)(gemm->k / 2));
-        if (!pairs) failed = 1;
+        __m512i *pairs = scratch ? aligned_alloc(64, sizeof(__m512i) * (size_t)(gemm->k / 2)) : NULL;
+        if (scratch && !pairs) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t block = 0; block < gemm->n / LANES; block++)
-            if (pairs) block_fn(gemm, block, pairs);
+            if (pairs || !scratch) block_fn(gemm, block, pairs);
         free(pairs);
     }
     return failed ? -1 : 0;
 }
 
 /* Returns 0, or -1 on a refused shape, a CPU without AVX512-BF16 or a failed allocation. */
-int int8_gemm(const uint16_t *x, const int8_t *w, const float *scale, float *out, int64_t rows, int64_t n, int64_t k,
+int bf16_gemm(const uint16_t *x, const uint16_t *w, void *out, int out_bf16, int64_t rows, int64_t n, int64_t k,
               int num_threads) {
     if (check(rows, n, k) || !woq_available()) return -1;
-    Gemm gemm = {x, w, scale, NULL, NULL, out, rows, n, k, 0};
-    return run_blocks(&gemm, int8_block, num_threads);
+    Gemm gemm = {x, w, NULL, NULL, NULL, out, rows, n, k, 0, out_bf16};
+    return run_blocks(&gemm, bf16_block, 0, num_threads);
 }
 
-int int4_gemm(const uint16_t *x, const uint8_t *w, const uint16_t *scale, const uint16_t *offset, float *out,
-              int64_t rows, int64_t n, int64_t k, int64_t group, int num_threads) {
+int int8_gemm(const uint16_t *x, const int8_t *w, const float *scale, void *out, int out_bf16, int64_t rows, int64_t n,
+              int64_t k, int num_threads) {
+    if (check(rows, n, k) || !woq_available()) return -1;
+    Gemm gemm = {x, w, scale, NULL, NULL, out, rows, n, k, 0, out_bf16};
+    return run_blocks(&gemm, int8_block, rows > 1, num_threads);
+}
+
+int int4_gemm(const uint16_t *x, const uint8_t *w, const uint16_t *scale, const uint16_t *offset, void *out,
+              int out_bf16, int64_t rows, int64_t n, int64_t k, int64_t group, int num_threads) {
     if (check(rows, n, k) || group <= 0 || group % (2 * CHAINS) || k % group || !woq_available()) return -1;
     const int64_t groups = k / group;
     float *xsum = malloc(sizeof(float) * (size_t)(rows * groups > 0 ? rows * groups : 1));
@@ -220,8 +257,8 @@ int int4_gemm(const uint16_t *x, const uint8_t *w, const uint16_t *scale, const 
         }
         xsum[i] = sum;
     }
-    Gemm gemm = {x, w, scale, offset, xsum, out, rows, n, k, group};
-    int status = run_blocks(&gemm, int4_block, num_threads);
+    Gemm gemm = {x, w, scale, offset, xsum, out, rows, n, k, group, out_bf16};
+    int status = run_blocks(&gemm, int4_block, rows > 1, num_threads);
     free(xsum);
     return status;
 }

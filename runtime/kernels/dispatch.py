@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from infleet.runtime.kernels import cpu_woq
+from infleet.runtime.kernels import cpu_pointwise, cpu_woq
 from infleet.runtime.kernels.activation import silu_and_mul_reference
 from infleet.runtime.kernels.casts import as_dtype
 from infleet.runtime.kernels.dequant_gemm import int4_gemm_reference, int8_gemm_reference
@@ -116,7 +116,11 @@ def gemm_backend(tier: str, device: torch.device) -> str:
     """The kernel the tier's linear layers use on `device` under the current backend (reported by the server)."""
     triton_ = _BACKEND == "triton" or (_BACKEND == "auto" and device.type == "cuda")
     if tier == "bf16":
-        return "torch.matmul"
+        return (
+            "cpu-bf16 (C, AVX512-BF16)"
+            if device.type == "cpu" and not triton_ and cpu_woq.available()
+            else "torch.matmul"
+        )
     if tier == "fp8":
         if triton_ and scaled_mm_available(device):
             return "torch._scaled_mm"
@@ -252,6 +256,8 @@ def rms_norm(
         from infleet.runtime.kernels.rmsnorm import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps, residual)
+    if cpu_pointwise.available(x):
+        return cpu_pointwise.rms_norm(x, weight, eps, residual)
     return rms_norm_reference(x, weight, eps, residual)
 
 
@@ -260,6 +266,8 @@ def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         from infleet.runtime.kernels.activation import silu_and_mul_triton
 
         return silu_and_mul_triton(gate, up)
+    if cpu_pointwise.available(gate):
+        return cpu_pointwise.silu_and_mul(gate, up)
     return silu_and_mul_reference(gate, up)
 
 

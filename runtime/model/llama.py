@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from infleet.runtime.config import ModelConfig
+from infleet.runtime.kernels import cpu_pointwise
 from infleet.runtime.kernels import dispatch as kernels
 from infleet.runtime.model.attention import AttentionMetadata, KVCache, paged_attention
 
@@ -91,7 +92,9 @@ class RopeTables(NamedTuple):
 
     def rotate(self, x: Tensor) -> Tensor:
         """x [T, H, D] rotated: (x1 c - x2 s, x2 c + x1 s), computed as x * cos + (x2, x1) * signed sin (the same
-        products and sums, so the same bits)."""
+        products and sums, so the same bits); bf16 on the CPU in one C call with the same roundings."""
+        if cpu_pointwise.available(x) and x.dim() == 3:
+            return cpu_pointwise.rope(x, self.cos, self.sin)
         x1, x2 = x.chunk(2, dim=-1)
         return x * self.cos + torch.cat((x2, x1), dim=-1) * self.sin
 

@@ -1,6 +1,7 @@
 """Quantization tiers: swap a model's nn.Linear layers for weight-only quantized ones, in place, at load time.
 
-Tiers: `bf16` (the float weights as loaded: for a GGUF model, its dequantized weights), `fp8` (e4m3, per-channel
+Tiers: `bf16` (the float weights as loaded: for a GGUF model, its dequantized weights; on a CPU with AVX512-BF16
+repacked for infleet's kernel, `Bf16Linear`, the same values in the same bytes), `fp8` (e4m3, per-channel
 scale), `int8` (symmetric per output channel), `int4` (asymmetric, group size 128/64/32: the largest that divides
 every layer's input dimension, or the block size of the 4-bit grid the weights already sit on, see
 `source_grid_block`). Every nn.Linear is quantized. An lm_head tied to the embedding (SmolLM2, Qwen2 small models)
@@ -64,13 +65,79 @@ class Fp8Linear(nn.Module):
 
 
 def _cpu_kernel(device: torch.device, out_features: int, in_features: int, group_size: int | None = None) -> bool:
-    """Whether a layer on `device` runs on infleet's CPU int8/int4 kernel (`kernels/cpu_woq.py`)."""
+    """Whether a layer on `device` runs on infleet's CPU bf16/int8/int4 kernel (`kernels/cpu_woq.py`)."""
     return (
         device.type == "cpu"
         and dispatch.backend() != "triton"
         and cpu_woq.available()
         and cpu_woq.fits(out_features, in_features, group_size)
     )
+
+
+class Bf16Linear(nn.Module):
+    """bf16 weights on infleet's CPU kernel, packed as the pairs its dot product reads (`cpu_woq.pack_bf16`): the
+    bf16 tier's layers on a CPU with AVX512-BF16. Products are summed in float32, then rounded to bf16 once."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("bias", None)  # set by quantize_model when the float layer has one (Qwen2 q/k/v)
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", cpu_woq.pack_bf16(weight.detach()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:  # the kernel rounds to bf16 activations as it stores
+            return cpu_woq.bf16_gemm(x, self.weight, x.dtype)
+        return as_dtype(with_bias(cpu_woq.bf16_gemm(x, self.weight), self.bias), x.dtype)
+
+
+class Bf16Head(Bf16Linear):
+    """A tied lm_head in bf16 on the CPU kernel: float32 logits, never rounded to bf16's 8 bits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return with_bias(cpu_woq.bf16_gemm(x, self.weight), self.bias)
+
+
+class Bf16Embedding(nn.Module):
+    """The embedding of a tied Bf16Head: rows looked up in the head's packed table (one table in memory)."""
+
+    weight: torch.Tensor
+
+    def __init__(self, head: Bf16Head) -> None:
+        super().__init__()
+        self.register_buffer("weight", head.weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return cpu_woq.bf16_rows(self.weight, ids)  # [T, hidden]
+
+
+def _pack_bf16(model: nn.Module) -> int:
+    """The bf16 tier on a CPU with AVX512-BF16: every bf16 nn.Linear the kernel fits becomes a Bf16Linear (a tied
+    lm_head a Bf16Head, its embedding reading the same table). Returns the layers swapped; 0 elsewhere."""
+    swapped = 0
+    for parent, attr, linear in _linears(model):
+        w = linear.weight
+        if w.dtype == torch.bfloat16 and _cpu_kernel(w.device, *w.shape):
+            new = Bf16Linear(w)
+            if linear.bias is not None:
+                new.bias = linear.bias.detach()
+            setattr(parent, attr, new)
+            swapped += 1
+    head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+    if (
+        isinstance(head, nn.Linear)
+        and isinstance(embed, nn.Embedding)
+        and head.weight.data_ptr() == embed.weight.data_ptr()
+    ):
+        w = head.weight
+        if w.dtype == torch.bfloat16 and head.bias is None and _cpu_kernel(w.device, *w.shape):
+            packed = Bf16Head(w)
+            model.lm_head = packed
+            model.model.embed_tokens = Bf16Embedding(packed)
+            swapped += 1
+    return swapped
 
 
 class Int8Linear(nn.Module):
@@ -99,6 +166,8 @@ class Int8Linear(nn.Module):
         return cpu_woq.unpack_int8(self.weight) if self.woq else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.woq and self.bias is None:
+            return cpu_woq.int8_gemm(x, self.weight, self.scale, x.dtype)
         if self.woq:
             out = as_dtype(cpu_woq.int8_gemm(x, self.weight, self.scale), x.dtype)
         else:
@@ -152,6 +221,8 @@ class Int4Linear(nn.Module):
         return cls(F.quantize_int4(w, group_size), w.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.woq and self.bias is None:
+            return cpu_woq.int4_gemm(x, self.packed, self.scale, self.offset, self.group_size, x.dtype)
         if self.woq:
             out = as_dtype(cpu_woq.int4_gemm(x, self.packed, self.scale, self.offset, self.group_size), x.dtype)
         elif self.cpu_layout:
@@ -293,7 +364,8 @@ def quantize_model(model: nn.Module, tier: str) -> TierInfo:
         raise TierError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
     info = TierInfo(tier=tier, float_weight_bytes=model_bytes(model))
     if tier == "bf16":
-        info.weight_bytes = info.float_weight_bytes
+        info.layers = _pack_bf16(model)
+        info.weight_bytes = model_bytes(model)
         return info
     linears = _linears(model)
     if not linears:
