@@ -8,6 +8,7 @@ INFLEET_CPU_POINTWISE is not "torch"; float32 activations (the reference) keep P
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -16,14 +17,15 @@ from torch import Tensor
 from infleet.runtime.kernels import cpu_native
 
 
+@functools.cache
+def _enabled() -> bool:
+    """The library loaded and INFLEET_CPU_POINTWISE is not "torch" (read once: these run hundreds of times a step)."""
+    return os.environ.get("INFLEET_CPU_POINTWISE", "kernel") != "torch" and cpu_native.library() is not None
+
+
 def available(x: Tensor) -> bool:
-    """Whether `x` takes these kernels: bf16 on the CPU, the library loaded, INFLEET_CPU_POINTWISE not "torch"."""
-    return (
-        x.dtype == torch.bfloat16
-        and x.device.type == "cpu"
-        and os.environ.get("INFLEET_CPU_POINTWISE", "kernel") != "torch"
-        and cpu_native.library() is not None
-    )
+    """Whether `x` takes these kernels: bf16 on the CPU, with the kernels enabled."""
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and _enabled()
 
 
 def _library() -> object:

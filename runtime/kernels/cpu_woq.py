@@ -115,7 +115,7 @@ def _call(
     """Run one of the kernel's GEMMs on x [..., K] rounded to bf16, into a new [..., N] tensor of `out_dtype` (the
     kernel stores bf16 or float32; any other dtype is a cast of the float32)."""
     k = x.shape[-1]
-    xb = as_dtype(x.reshape(-1, k), torch.bfloat16, contiguous=True)
+    xb = as_dtype(x if x.dim() == 2 else x.reshape(-1, k), torch.bfloat16, contiguous=True)
     stored = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
     out = torch.empty(*x.shape[:-1], n, dtype=stored)
     with _profiled(profile_name):
