@@ -3,7 +3,8 @@
 PyTorch has no CPU kernel for four of the runtime's hot paths: decode attention over the paged KV cache
 (`cpu_attention.py`), logits through an int8 LM head in float32 (`cpu_logits.py`), bf16/int8/int4 linear layers
 whose time does not grow row by row (`cpu_woq.py`), and RMSNorm, SiLU-and-multiply and RoPE in one call each
-instead of chains of small ops (`cpu_pointwise.py`). Each is a short C file.
+instead of chains of small ops (`cpu_pointwise.py`); with them, a whole bf16 decoder layer over decode rows in one
+call (`cpu_decode_layer.py`). Each is a short C file.
 
 The library is compiled once per source version with the system's C compiler (`cc`, about a second) into a cache
 directory, or found there prebuilt (the runtime image builds it: docker/runtime.Dockerfile). Without a compiler
@@ -45,6 +46,7 @@ SIGNATURES = {  # C entry point -> argument types (each returns an int: 0, or -1
     "rms_norm_bf16": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _f32, _i32],
     "silu_and_mul_bf16": [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i32],
     "rope_bf16": [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i32],
+    "decode_layer_bf16": [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i32],
 }
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from infleet.runtime.config import ModelConfig
-from infleet.runtime.kernels import cpu_pointwise
+from infleet.runtime.kernels import cpu_decode_layer, cpu_pointwise
 from infleet.runtime.kernels import dispatch as kernels
 from infleet.runtime.model.attention import AttentionMetadata, KVCache, paged_attention
 
@@ -250,8 +250,14 @@ class LlamaForCausalLM(nn.Module):
         """Hidden states `[T, hidden]` after the final norm; call `compute_logits` on the rows to sample from."""
         x = self.model.embed_tokens(input_ids)
         rope = self.rope(positions, x.dtype)
+        c_step = cpu_decode_layer.step(x, meta, rope.cos, rope.sin)  # a decode step whose layers can run in C
+        if c_step is not None:
+            x = x.clone(memory_format=torch.contiguous_format)  # the C layers update their input in place
         for layer, cache in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(x, rope, cache, meta)
+            if c_step is not None and isinstance(layer, DecoderLayer) and cpu_decode_layer.runs(layer, cache):
+                x = cpu_decode_layer.forward(layer, x, cache, c_step)
+            else:
+                x = layer(x, rope, cache, meta)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
