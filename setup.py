@@ -15,4 +15,8 @@ for part in PARTS:
         for p in sorted((root / part).rglob("__init__.py"))
         if "__pycache__" not in p.parts
     ]
-setup(packages=packages, package_dir=package_dir, package_data={"": ["*.yaml", "*.json", "*.txt", "*.jinja", "*.c"]})
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"": ["*.yaml", "*.json", "*.txt", "*.jinja", "*.c", "*.h"]},
+)

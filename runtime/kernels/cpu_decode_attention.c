@@ -13,7 +13,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "cpu_kernels.h"
 
 #define MAX_HEAD_DIM 256
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -68,10 +69,7 @@ CLONES static void unpack(const uint16_t *cache, const int64_t *table, int64_t l
     for (int64_t t0 = 0, b = 0; t0 < len; t0 += block_size, b++) {
         const uint16_t *x = cache + table[b] * block_stride;
         for (int64_t t = t0; t < len && t < t0 + block_size; t++, x += token_stride, out += dim) {
-            for (int64_t d = 0; d < dim; d++) {
-                uint32_t bits = (uint32_t)x[d] << 16;
-                memcpy(out + d, &bits, sizeof bits);
-            }
+            for (int64_t d = 0; d < dim; d++) out[d] = from_bf16(x[d]);
         }
     }
 }

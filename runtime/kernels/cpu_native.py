@@ -29,6 +29,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(sorted(Path(__file__).parent.glob("cpu_*.c")))
+HEADERS = tuple(sorted(Path(__file__).parent.glob("cpu_*.h")))  # included by the sources: part of their version
 # -ffast-math for the compile only (reassociated sums, vector expf from libmvec): linked with it, the library would
 # carry crtfastmath.o, whose constructor flushes denormals to zero for the whole process when it loads.
 CFLAGS = ("-O3", "-ffast-math", "-fPIC", "-fopenmp", "-std=c11")
@@ -58,7 +59,7 @@ def cache_dir() -> Path:
 
 
 def library_name() -> str:
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(CFLAGS + LDFLAGS).encode())
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join(CFLAGS + LDFLAGS).encode())
     return f"infleet_cpu-{digest.hexdigest()[:16]}.so"
 
 

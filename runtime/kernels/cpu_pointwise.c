@@ -2,25 +2,13 @@
  *
  * In PyTorch each is a chain of small ops on a decode step's one row (casts up, add, square, mean, rsqrt, multiply,
  * casts down): about ten dispatches per norm, sixty norms per step, each costing more than its arithmetic. Here one
- * call does a row's whole norm. Rounding to bf16 is PyTorch's (to nearest even; NaN stays NaN). Built and loaded by
+ * call does a row's whole norm. Rounding to bf16 is PyTorch's (`to_bf16`). Built and loaded by
  * cpu_native.py; used for bf16 activations by dispatch.py (cpu_pointwise.py).
  */
 #include <math.h>
 #include <stdint.h>
 
-static inline float from_bf16(uint16_t b) {
-    uint32_t bits = (uint32_t)b << 16;
-    float v;
-    __builtin_memcpy(&v, &bits, sizeof v);
-    return v;
-}
-
-static inline uint16_t to_bf16(float v) {
-    uint32_t bits;
-    __builtin_memcpy(&bits, &v, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; /* NaN (a bit test: -ffast-math drops isnan) */
-    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
+#include "cpu_kernels.h"
 
 /* out = bf16(h / sqrt(mean(h^2) + eps) * weight) for contiguous [rows, dim], h = x (+ residual, then also stored as
  * bf16 into residual_out) */

@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "cpu_kernels.h"
+
 #define LANES 16 /* output channels per block: one zmm of float32 */
 #define TILE 4   /* activation rows per pass over a block's scratch */
 #define CHAINS 4 /* accumulators per row, each over every CHAINS-th input pair (the sum of four, in one order) */
@@ -249,12 +251,7 @@ int int4_gemm(const uint16_t *x, const uint8_t *w, const uint16_t *scale, const 
     if (!xsum) return -1;
     for (int64_t i = 0; i < rows * groups; i++) { /* each row's sum over each group of inputs: the offsets' term */
         float sum = 0.0f;
-        for (int64_t d = 0; d < group; d++) {
-            uint32_t bits = (uint32_t)x[i * group + d] << 16;
-            float v;
-            __builtin_memcpy(&v, &bits, sizeof v);
-            sum += v;
-        }
+        for (int64_t d = 0; d < group; d++) sum += from_bf16(x[i * group + d]);
         xsum[i] = sum;
     }
     Gemm gemm = {x, w, scale, offset, xsum, out, rows, n, k, group, out_bf16};
