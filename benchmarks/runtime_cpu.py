@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             prefix_caching=False,  # every round sends the same prompts; the peers here cache nothing across requests
         )
         engines[f"infleet-{tier}"] = AsyncEngine(LLMEngine(tier_model, config, tokenizer, cfg))
-        if tier in args.torch_tiers:  # the int8/int4 layers pick their kernel when built: PyTorch's, for these
+        if tier in args.torch_tiers:  # the bf16/int8/int4 layers pick their kernel when built: PyTorch's, for these
             os.environ[TORCH_ONLY_WEIGHTS[0]] = TORCH_ONLY_WEIGHTS[1]
             try:
                 torch_model = model if tier == "fp32" else served_model(gguf_path, tier)[0]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from infleet.runtime.kernels import cpu_native
+from infleet.runtime.kernels.casts import as_dtype
 
 
 @functools.cache
@@ -40,8 +41,8 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, residual: Tensor | None = No
     dim = x.shape[-1]
     if x.dtype != torch.bfloat16 or weight.shape != (dim,) or (residual is not None and residual.shape != x.shape):
         raise ValueError(f"want bf16 x [..., {dim}], weight [{dim}] and a residual like x; got {tuple(x.shape)}")
-    x, w = x.contiguous(), weight.to(torch.bfloat16).contiguous()
-    r = residual.to(torch.bfloat16).contiguous() if residual is not None else None
+    x, w = x.contiguous(), as_dtype(weight, torch.bfloat16, contiguous=True)  # a bf16 model's weight as it is
+    r = as_dtype(residual, torch.bfloat16, contiguous=True) if residual is not None else None
     out = torch.empty_like(x)
     summed = torch.empty_like(x) if r is not None else None
     status = _library().rms_norm_bf16(  # type: ignore[attr-defined]

@@ -113,6 +113,21 @@ class Bf16Embedding(nn.Module):
         return cpu_woq.bf16_rows(self.weight, ids)  # [T, hidden]
 
 
+def _replace(parent: nn.Module, attr: str, linear: nn.Linear, new: nn.Module) -> None:
+    """Put `new` where `linear` was, keeping its bias (float)."""
+    if linear.bias is not None:
+        new.bias = linear.bias.detach()
+    setattr(parent, attr, new)
+
+
+def _tied_head(model: nn.Module) -> tuple[nn.Linear, nn.Embedding] | None:
+    """A LlamaForCausalLM's lm_head and embedding when they share one table, else None."""
+    head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+    if isinstance(head, nn.Linear) and isinstance(embed, nn.Embedding):
+        return (head, embed) if head.weight.data_ptr() == embed.weight.data_ptr() else None
+    return None
+
+
 def _pack_bf16(model: nn.Module) -> int:
     """The bf16 tier on a CPU with AVX512-BF16: every bf16 nn.Linear the kernel fits becomes a Bf16Linear (a tied
     lm_head a Bf16Head, its embedding reading the same table). Returns the layers swapped; 0 elsewhere."""
@@ -120,19 +135,12 @@ def _pack_bf16(model: nn.Module) -> int:
     for parent, attr, linear in _linears(model):
         w = linear.weight
         if w.dtype == torch.bfloat16 and _cpu_kernel(w.device, *w.shape):
-            new = Bf16Linear(w)
-            if linear.bias is not None:
-                new.bias = linear.bias.detach()
-            setattr(parent, attr, new)
+            _replace(parent, attr, linear, Bf16Linear(w))
             swapped += 1
-    head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
-    if (
-        isinstance(head, nn.Linear)
-        and isinstance(embed, nn.Embedding)
-        and head.weight.data_ptr() == embed.weight.data_ptr()
-    ):
-        w = head.weight
-        if w.dtype == torch.bfloat16 and head.bias is None and _cpu_kernel(w.device, *w.shape):
+    tied = _tied_head(model)
+    if tied is not None:
+        w = tied[0].weight
+        if tied[0].bias is None and w.dtype == torch.bfloat16 and _cpu_kernel(w.device, *w.shape):
             packed = Bf16Head(w)
             model.lm_head = packed
             model.model.embed_tokens = Bf16Embedding(packed)
@@ -166,10 +174,8 @@ class Int8Linear(nn.Module):
         return cpu_woq.unpack_int8(self.weight) if self.woq else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.woq and self.bias is None:
-            return cpu_woq.int8_gemm(x, self.weight, self.scale, x.dtype)
-        if self.woq:
-            out = as_dtype(cpu_woq.int8_gemm(x, self.weight, self.scale), x.dtype)
+        if self.woq:  # the kernel stores x's dtype (bf16 rounded as a cast rounds)
+            out = cpu_woq.int8_gemm(x, self.weight, self.scale, x.dtype)
         else:
             out = dispatch.int8_linear(x, self.weight, self.scale)
         return with_bias(out, self.bias)
@@ -221,10 +227,8 @@ class Int4Linear(nn.Module):
         return cls(F.quantize_int4(w, group_size), w.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.woq and self.bias is None:
-            return cpu_woq.int4_gemm(x, self.packed, self.scale, self.offset, self.group_size, x.dtype)
-        if self.woq:
-            out = as_dtype(cpu_woq.int4_gemm(x, self.packed, self.scale, self.offset, self.group_size), x.dtype)
+        if self.woq:  # the kernel stores x's dtype (bf16 rounded as a cast rounds)
+            out = cpu_woq.int4_gemm(x, self.packed, self.scale, self.offset, self.group_size, x.dtype)
         elif self.cpu_layout:
             out = dispatch.cpu_int4_linear(x, self.packed, self.scales_and_zeros, self.group_size)
         else:
@@ -269,11 +273,10 @@ class Int8Embedding(nn.Module):
 
 def _quantize_tied_head(model: nn.Module) -> bool:
     """A LlamaForCausalLM's lm_head tied to its embedding -> Int8Head + Int8Embedding on the same codes."""
-    head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
-    if not (isinstance(head, nn.Linear) and isinstance(embed, nn.Embedding)):
+    tied = _tied_head(model)
+    if tied is None:
         return False
-    if head.weight.data_ptr() != embed.weight.data_ptr():
-        return False
+    head, embed = tied
     q = Int8Head(F.quantize_int8(head.weight.detach()))
     model.lm_head = q
     model.model.embed_tokens = Int8Embedding(q, embed.weight.dtype)  # type: ignore[union-attr]
@@ -380,9 +383,7 @@ def quantize_model(model: nn.Module, tier: str) -> TierInfo:
         else:
             assert group_size is not None
             new = Int4Linear.from_linear(linear, group_size)
-        if linear.bias is not None:
-            new.bias = linear.bias.detach()
-        setattr(parent, attr, new)
+        _replace(parent, attr, linear, new)
         info.layers += 1
     if tier in ("int8", "int4") and _quantize_tied_head(model):
         info.layers += 1
